@@ -1,0 +1,51 @@
+// npht._C: raw kernels registered with torch.library under the namespace `npht_C`,
+// dispatched by device (CPU always built, CUDA when built). The public, differentiable
+// ops live in npht/ops (namespace `npht`) and call these.
+//
+// Tri-plane sampling contract, shared by the cpu, cuda and triton backends:
+//   planes      [B, 3, H, W, C]  contiguous channels-last; float32, float64, float16, bfloat16
+//   points      [B, N, 3]        contiguous; float64 when planes are float64, else float32
+//   axes        [u0, v0, u1, v1, u2, v2]: plane k reads (points[..., uk], points[..., vk])
+//   scale       coordinates are multiplied by it before sampling (EG3D: 2 / box_warp)
+//   aggregate   0 sum, 1 mean, 2 concat;  padding 0 zeros, 1 border
+//   out         [B, N, C] (sum, mean) or [B, N, 3C] (concat, plane-major), planes' dtype
+// triplane_bwd returns (grad_planes, grad_points) in the dtypes of planes and points;
+// triplane_bwd2 returns (grad_grad_out, grad_planes, grad_points): the vjp of triplane_bwd
+// for upstream gradients gg_planes (of grad_planes) and gg_points (of grad_points), either
+// of which may be None. Outputs whose need_* flag is false are empty tensors.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+TORCH_LIBRARY(npht_C, m) {
+  m.def(
+      "triplane_fwd(Tensor planes, Tensor points, int[] axes, float scale, int aggregate, "
+      "int padding, bool align_corners) -> Tensor");
+  m.def(
+      "triplane_bwd(Tensor grad_out, Tensor planes, Tensor points, int[] axes, float scale, "
+      "int aggregate, int padding, bool align_corners, bool need_planes, bool need_points) "
+      "-> (Tensor, Tensor)");
+  m.def(
+      "triplane_bwd2(Tensor? gg_planes, Tensor? gg_points, Tensor grad_out, Tensor planes, "
+      "Tensor points, int[] axes, float scale, int aggregate, int padding, bool align_corners, "
+      "bool need_grad_out, bool need_planes, bool need_points) -> (Tensor, Tensor, Tensor)");
+}
+
+static std::string build_info() {
+  // parsed by npht.build_info()
+#ifdef NPHT_WITH_CUDA
+  return "cuda=1";
+#else
+  return "cuda=0";
+#endif
+}
+
+TORCH_LIBRARY_FRAGMENT(npht_C, m) { m.def("build_info() -> str", &build_info); }
+
+// A plain extension module: importing npht._C loads the library and runs the
+// registrations above.
+static PyModuleDef npht_c_module = {PyModuleDef_HEAD_INIT, "_C",
+                                    "npht compiled kernels (torch.ops.npht_C.*)", -1, nullptr};
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&npht_c_module); }

@@ -1,0 +1,508 @@
+// CUDA kernels of tri-plane bilinear sampling and the torch-free launchers declared in
+// triplane_cuda.h. The per-element math is npht/triplane_math.h (shared with the CPU
+// backend); this file only maps it onto threads.
+//
+// Thread mapping: a group of G lanes (G = min(32, next_pow2(C)), a power of two, so a group
+// never straddles a warp) handles one point of the flattened [B * N] points; lane l takes
+// channels c = l, l + G, ... so the loads of one corner's channels (channels-last) and the
+// atomics into its gradient are coalesced. Every lane computes the point's PlaneSample
+// setups itself (cheap arithmetic, no communication). Point gradients are per-lane partial
+// sums over channels, reduced within the group with __shfl_xor_sync; for that every lane of
+// a warp must reach the shuffles, so the backward kernels never return early (`active`).
+//
+// Layouts (csrc/bindings.cpp): planes [B, 3, H, W, C], points [B, N, 3],
+// out / grad_out [B, N, C] (sum, mean) or [B, N, 3C] (concat, plane-major).
+// All flattened indices are int64.
+//
+// A (point, plane) pair with no corner on the plane (outside, or a NaN coordinate) gets no
+// gradient at all (as in the reference: grid_sample's backward skips corners outside, and
+// a NaN coordinate contributes nothing), even when the upstream gradient is non-finite.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "npht/triplane_math.h"
+#include "triplane/triplane_cuda.h"
+
+namespace npht {
+namespace {
+
+constexpr int kBlock = 256;  // threads per block; a multiple of 32 (whole warps)
+static_assert(kBlock % 32 == 0, "blocks must hold whole warps");
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// ---- scalar types -------------------------------------------------------------------
+
+template <typename S>
+struct AccType {
+  using type = float;
+};
+template <>
+struct AccType<double> {
+  using type = double;
+};
+template <typename S>
+using acc_t = typename AccType<S>::type;
+
+// Explicit conversions only (torch builds with __CUDA_NO_HALF_CONVERSIONS__ and friends).
+__device__ __forceinline__ float load_acc(const float* p) { return __ldg(p); }
+__device__ __forceinline__ double load_acc(const double* p) { return __ldg(p); }
+__device__ __forceinline__ float load_acc(const __half* p) { return __half2float(__ldg(p)); }
+__device__ __forceinline__ float load_acc(const __nv_bfloat16* p) {
+  return __bfloat162float(__ldg(p));
+}
+
+template <typename S>
+__device__ __forceinline__ S from_acc(acc_t<S> v);
+template <>
+__device__ __forceinline__ float from_acc<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ double from_acc<double>(double v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// ---- small helpers ------------------------------------------------------------------
+
+// p[i] of a point held in three registers (a runtime index into a local array would put
+// the array in local memory).
+template <typename T>
+__device__ __forceinline__ T pick3(T a0, T a1, T a2, int i) {
+  return i == 0 ? a0 : (i == 1 ? a1 : a2);
+}
+
+template <typename T>
+__device__ __forceinline__ void add3(T& a0, T& a1, T& a2, int i, T v) {
+  if (i == 0) {
+    a0 += v;
+  } else if (i == 1) {
+    a1 += v;
+  } else {
+    a2 += v;
+  }
+}
+
+// Sum over the G lanes of a group (G a power of two <= 32, groups aligned within the warp).
+// Every lane of the warp must call it (full mask); every lane of a group gets the sum.
+template <typename T>
+__device__ __forceinline__ T group_sum(T v, int G) {
+  for (int o = G >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ bool any_valid(const PlaneSample<T>& s) {
+  return s.valid[0] || s.valid[1] || s.valid[2] || s.valid[3];
+}
+
+// Geometry shared by the kernels, passed by value.
+struct Geo {
+  int64_t total;  // B * N points
+  int64_t N;
+  int64_t HWC;    // H * W * C, elements of one plane
+  int H, W, C;
+  int log2g;      // G = 1 << log2g lanes per point
+};
+
+// ---- forward ------------------------------------------------------------------------
+
+template <typename S>
+__global__ void __launch_bounds__(kBlock)
+    triplane_fwd_kernel(const S* __restrict__ planes, const acc_t<S>* __restrict__ points,
+                        S* __restrict__ out, Geo g, TriplaneParams prm) {
+  using A = acc_t<S>;
+  const int G = 1 << g.log2g;
+  const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t p = gid >> g.log2g;  // point index in [0, B * N)
+  if (p >= g.total) return;          // no shuffles in the forward: early exit is fine
+  const int lane = static_cast<int>(threadIdx.x) & (G - 1);
+  const int64_t b = p / g.N;
+
+  const A x0 = __ldg(points + p * 3 + 0);
+  const A x1 = __ldg(points + p * 3 + 1);
+  const A x2 = __ldg(points + p * 3 + 2);
+  const A scale = static_cast<A>(prm.scale);
+  const A aw = aggregate_weight<A>(prm.aggregate);
+  const bool concat = prm.aggregate == kAggConcat;
+
+  PlaneSample<A> s[3];
+  int64_t off[3][4];  // element offset of each corner's channel 0 (valid corners only)
+#pragma unroll
+  for (int k = 0; k < 3; ++k) {
+    s[k] = plane_setup<A>(pick3(x0, x1, x2, prm.axis_u[k]), pick3(x0, x1, x2, prm.axis_v[k]),
+                          g.H, g.W, scale, prm.align_corners, prm.padding);
+    const int64_t base = (b * 3 + k) * g.HWC;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) off[k][j] = base + s[k].idx[j] * g.C;
+  }
+
+  const int64_t C = g.C;
+  const int64_t row = p * (concat ? 3 * C : C);
+  for (int64_t c = lane; c < C; c += G) {
+    A acc = A(0);
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+      A f[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) f[j] = s[k].valid[j] ? load_acc(planes + off[k][j] + c) : A(0);
+      const A v = bilerp(s[k], f);
+      if (concat) {
+        out[row + k * C + c] = from_acc<S>(aw * v);  // aw == 1 for concat
+      } else {
+        acc += aw * v;
+      }
+    }
+    if (!concat) out[row + c] = from_acc<S>(acc);
+  }
+}
+
+// ---- backward -----------------------------------------------------------------------
+// grad_planes_acc[(b*3+k)*HWC + idx[j]*C + c] += aw * go * w[j]   (atomics, valid corners)
+// grad_points[b, n, axis_u[k]] += aw * (dix * sum_c go * dv/dix), same for axis_v / diy.
+
+template <typename S>
+__global__ void __launch_bounds__(kBlock)
+    triplane_bwd_kernel(const S* __restrict__ grad_out, const S* __restrict__ planes,
+                        const acc_t<S>* __restrict__ points, acc_t<S>* __restrict__ grad_planes,
+                        acc_t<S>* __restrict__ grad_points, Geo g, TriplaneParams prm) {
+  using A = acc_t<S>;
+  const int G = 1 << g.log2g;
+  const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t p = gid >> g.log2g;
+  const bool active = p < g.total;  // inactive lanes still reach the shuffles
+  const int lane = static_cast<int>(threadIdx.x) & (G - 1);
+  const int64_t b = active ? p / g.N : 0;
+
+  A x0 = A(0), x1 = A(0), x2 = A(0);
+  if (active) {
+    x0 = __ldg(points + p * 3 + 0);
+    x1 = __ldg(points + p * 3 + 1);
+    x2 = __ldg(points + p * 3 + 2);
+  }
+  const A scale = static_cast<A>(prm.scale);
+  const A aw = aggregate_weight<A>(prm.aggregate);
+  const bool concat = prm.aggregate == kAggConcat;
+  const bool need_points = grad_points != nullptr;  // uniform over the grid
+  const int64_t C = g.C;
+  const int64_t row = p * (concat ? 3 * C : C);
+
+  A gp0 = A(0), gp1 = A(0), gp2 = A(0);
+#pragma unroll
+  for (int k = 0; k < 3; ++k) {
+    const int au = prm.axis_u[k], av = prm.axis_v[k];
+    const PlaneSample<A> s = plane_setup<A>(pick3(x0, x1, x2, au), pick3(x0, x1, x2, av), g.H,
+                                            g.W, scale, prm.align_corners, prm.padding);
+    const bool any = active && any_valid(s);  // uniform within the group
+    A gix = A(0), giy = A(0);
+    if (any) {
+      const int64_t base = (b * 3 + k) * g.HWC;
+      int64_t off[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) off[j] = base + s.idx[j] * C;
+      const S* go_row = grad_out + row + (concat ? k * C : int64_t(0));
+      for (int64_t c = lane; c < C; c += G) {
+        const A go = load_acc(go_row + c);
+        if (grad_planes != nullptr) {
+          const A ago = aw * go;
+#pragma unroll
+          for (int j = 0; j < 4; ++j)
+            if (s.valid[j]) atomicAdd(grad_planes + off[j] + c, ago * s.w[j]);
+        }
+        if (need_points) {
+          A f[4];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) f[j] = s.valid[j] ? load_acc(planes + off[j] + c) : A(0);
+          bilerp_vjp(s, f, go, &gix, &giy);
+        }
+      }
+    }
+    if (need_points) {
+      gix = group_sum(gix, G);
+      giy = group_sum(giy, G);
+      if (any) {
+        add3(gp0, gp1, gp2, au, aw * (s.dix * gix));
+        add3(gp0, gp1, gp2, av, aw * (s.diy * giy));
+      }
+    }
+  }
+  if (need_points && active && lane == 0) {
+    grad_points[p * 3 + 0] = gp0;
+    grad_points[p * 3 + 1] = gp1;
+    grad_points[p * 3 + 2] = gp2;
+  }
+}
+
+// ---- double backward ----------------------------------------------------------------
+// The vjp of the backward above for upstream gradients Gp = gg_planes (of grad_planes) and
+// P = gg_points (of grad_points); per (point, plane, channel), with go the channel's
+// grad_out, qx = P[axis_u] * dix, qy = P[axis_v] * diy and r, g_ix, g_iy from
+// bilerp_vjp_vjp:
+//   g_grad_out[.., c] (+)= aw * r          (summed over planes for sum / mean)
+//   g_planes_acc[corner j, c] += aw * go * (qx * wx[j] + qy * wy[j])
+//   g_points[axis_u] += aw * (dix * sum_c g_ix),  g_points[axis_v] += aw * (diy * sum_c g_iy)
+// Loops run over channels outside and planes inside so the sum over planes of g_grad_out
+// stays in a register; the plane setups are recomputed per channel step (one step when
+// C <= G, the common case).
+
+template <typename S>
+__global__ void __launch_bounds__(kBlock)
+    triplane_bwd2_kernel(const S* __restrict__ gg_planes, const acc_t<S>* __restrict__ gg_points,
+                         const S* __restrict__ grad_out, const S* __restrict__ planes,
+                         const acc_t<S>* __restrict__ points, S* __restrict__ g_grad_out,
+                         acc_t<S>* __restrict__ g_planes, acc_t<S>* __restrict__ g_points, Geo g,
+                         TriplaneParams prm) {
+  using A = acc_t<S>;
+  const int G = 1 << g.log2g;
+  const int64_t gid = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int64_t p = gid >> g.log2g;
+  const bool active = p < g.total;  // inactive lanes still reach the shuffles
+  const int lane = static_cast<int>(threadIdx.x) & (G - 1);
+  const int64_t b = active ? p / g.N : 0;
+
+  A x0 = A(0), x1 = A(0), x2 = A(0);
+  A P0 = A(0), P1 = A(0), P2 = A(0);
+  if (active) {
+    x0 = __ldg(points + p * 3 + 0);
+    x1 = __ldg(points + p * 3 + 1);
+    x2 = __ldg(points + p * 3 + 2);
+    if (gg_points != nullptr) {
+      P0 = __ldg(gg_points + p * 3 + 0);
+      P1 = __ldg(gg_points + p * 3 + 1);
+      P2 = __ldg(gg_points + p * 3 + 2);
+    }
+  }
+  const A scale = static_cast<A>(prm.scale);
+  const A aw = aggregate_weight<A>(prm.aggregate);
+  const bool concat = prm.aggregate == kAggConcat;
+  const bool has_q = gg_points != nullptr;
+  const bool need_out = g_grad_out != nullptr;
+  const bool need_points = g_points != nullptr;
+  // What each output needs (zero terms are skipped, not computed):
+  //   r   = Gp.w + qx * dF/dix + qy * dF/diy      -> f if has_q, Gp if gg_planes
+  //   g_i = go * (Gp.wx + qy * xyF) (and y)       -> go, f if has_q, Gp if gg_planes
+  //   g_planes corner = go * (qx wx + qy wy)      -> go, only nonzero if has_q
+  const bool do_planes = g_planes != nullptr && has_q;
+  const bool need_f = has_q && (need_out || need_points);
+  const bool need_gp = gg_planes != nullptr && (need_out || need_points);
+  const bool need_go = need_points || do_planes;
+  const int64_t C = g.C;
+  const int64_t row = p * (concat ? 3 * C : C);
+
+  A gix[3] = {A(0), A(0), A(0)};
+  A giy[3] = {A(0), A(0), A(0)};
+  if (active) {
+    for (int64_t c = lane; c < C; c += G) {
+      A go_sum = A(0);
+      if (need_go && !concat) go_sum = load_acc(grad_out + row + c);
+      A r_sum = A(0);
+#pragma unroll
+      for (int k = 0; k < 3; ++k) {
+        const int au = prm.axis_u[k], av = prm.axis_v[k];
+        const PlaneSample<A> s = plane_setup<A>(pick3(x0, x1, x2, au), pick3(x0, x1, x2, av),
+                                                g.H, g.W, scale, prm.align_corners, prm.padding);
+        A r = A(0);
+        if (any_valid(s)) {
+          const A qx = pick3(P0, P1, P2, au) * s.dix;  // 0 when gg_points is None
+          const A qy = pick3(P0, P1, P2, av) * s.diy;
+          A go = go_sum;
+          if (need_go && concat) go = load_acc(grad_out + row + k * C + c);
+          const int64_t base = (b * 3 + k) * g.HWC;
+          int64_t off[4];
+          A f[4], Gv[4];
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            off[j] = base + s.idx[j] * C;
+            f[j] = (need_f && s.valid[j]) ? load_acc(planes + off[j] + c) : A(0);
+            Gv[j] = (need_gp && s.valid[j]) ? load_acc(gg_planes + off[j] + c) : A(0);
+          }
+          r = bilerp_vjp_vjp(s, f, Gv, go, qx, qy, &gix[k], &giy[k]);
+          if (do_planes) {
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+              if (s.valid[j])
+                atomicAdd(g_planes + off[j] + c, aw * bilerp_vjp_vjp_corner(s, j, go, qx, qy));
+          }
+        }
+        if (need_out) {
+          if (concat) {
+            g_grad_out[row + k * C + c] = from_acc<S>(aw * r);  // aw == 1 for concat
+          } else {
+            r_sum += aw * r;
+          }
+        }
+      }
+      if (need_out && !concat) g_grad_out[row + c] = from_acc<S>(r_sum);
+    }
+  }
+
+  if (need_points) {  // uniform over the grid: all lanes of every warp get here
+    A gp0 = A(0), gp1 = A(0), gp2 = A(0);
+#pragma unroll
+    for (int k = 0; k < 3; ++k) {
+      const A sx = group_sum(gix[k], G);
+      const A sy = group_sum(giy[k], G);
+      // dix / diy again (cheap); a pair without valid corners added nothing above.
+      const int au = prm.axis_u[k], av = prm.axis_v[k];
+      const PlaneSample<A> s = plane_setup<A>(pick3(x0, x1, x2, au), pick3(x0, x1, x2, av),
+                                              g.H, g.W, scale, prm.align_corners, prm.padding);
+      if (active && any_valid(s)) {
+        add3(gp0, gp1, gp2, au, aw * (s.dix * sx));
+        add3(gp0, gp1, gp2, av, aw * (s.diy * sy));
+      }
+    }
+    if (active && lane == 0) {
+      g_points[p * 3 + 0] = gp0;
+      g_points[p * 3 + 1] = gp1;
+      g_points[p * 3 + 2] = gp2;
+    }
+  }
+}
+
+// ---- launch helpers -----------------------------------------------------------------
+
+// log2 of the group size G = min(32, next_pow2(C)) (G = 1 for C <= 1).
+int group_log2(int C) {
+  int l = 0;
+  while ((1 << l) < C && l < 5) ++l;
+  return l;
+}
+
+// Fills *g and *blocks; false when there is nothing to launch (no points).
+bool make_geo(const TriplaneSizes& sz, Geo* g, unsigned* blocks, cudaError_t* err) {
+  *err = cudaSuccess;
+  if (sz.B <= 0 || sz.N <= 0) return false;
+  g->total = sz.B * sz.N;
+  g->N = sz.N;
+  g->H = sz.H;
+  g->W = sz.W;
+  g->C = sz.C;
+  g->HWC = static_cast<int64_t>(sz.H) * sz.W * sz.C;
+  g->log2g = group_log2(sz.C);
+  const int64_t threads = g->total << g->log2g;
+  const int64_t nb = (threads + kBlock - 1) / kBlock;
+  if (nb > 0x7fffffffLL) {
+    *err = cudaErrorInvalidConfiguration;
+    return false;
+  }
+  *blocks = static_cast<unsigned>(nb);
+  return true;
+}
+
+template <typename S>
+cudaError_t launch_fwd(const void* planes, const void* points, void* out, TriplaneSizes sz,
+                       TriplaneParams prm, cudaStream_t stream) {
+  Geo g;
+  unsigned blocks = 0;
+  cudaError_t err;
+  if (sz.C <= 0 || !make_geo(sz, &g, &blocks, &err)) return err;  // nothing to write
+  triplane_fwd_kernel<S><<<blocks, kBlock, 0, stream>>>(
+      static_cast<const S*>(planes), static_cast<const acc_t<S>*>(points), static_cast<S*>(out),
+      g, prm);
+  return cudaGetLastError();
+}
+
+template <typename S>
+cudaError_t launch_bwd(const void* grad_out, const void* planes, const void* points,
+                       void* grad_planes_acc, void* grad_points, TriplaneSizes sz,
+                       TriplaneParams prm, cudaStream_t stream) {
+  Geo g;
+  unsigned blocks = 0;
+  cudaError_t err;
+  if (grad_planes_acc == nullptr && grad_points == nullptr) return cudaSuccess;
+  if (!make_geo(sz, &g, &blocks, &err)) return err;
+  triplane_bwd_kernel<S><<<blocks, kBlock, 0, stream>>>(
+      static_cast<const S*>(grad_out), static_cast<const S*>(planes),
+      static_cast<const acc_t<S>*>(points), static_cast<acc_t<S>*>(grad_planes_acc),
+      static_cast<acc_t<S>*>(grad_points), g, prm);
+  return cudaGetLastError();
+}
+
+template <typename S>
+cudaError_t launch_bwd2(const void* gg_planes, const void* gg_points, const void* grad_out,
+                        const void* planes, const void* points, void* g_grad_out,
+                        void* g_planes_acc, void* g_points, TriplaneSizes sz, TriplaneParams prm,
+                        cudaStream_t stream) {
+  Geo g;
+  unsigned blocks = 0;
+  cudaError_t err;
+  if (g_grad_out == nullptr && g_planes_acc == nullptr && g_points == nullptr) return cudaSuccess;
+  if (!make_geo(sz, &g, &blocks, &err)) return err;
+  triplane_bwd2_kernel<S><<<blocks, kBlock, 0, stream>>>(
+      static_cast<const S*>(gg_planes), static_cast<const acc_t<S>*>(gg_points),
+      static_cast<const S*>(grad_out), static_cast<const S*>(planes),
+      static_cast<const acc_t<S>*>(points), static_cast<S*>(g_grad_out),
+      static_cast<acc_t<S>*>(g_planes_acc), static_cast<acc_t<S>*>(g_points), g, prm);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
+// ---- the launchers of triplane_cuda.h -----------------------------------------------
+
+cudaError_t triplane_fwd_cuda(const void* planes, const void* points, void* out, DType dt,
+                              TriplaneSizes sz, TriplaneParams prm, cudaStream_t stream) {
+  switch (dt) {
+    case DType::kF32:
+      return launch_fwd<float>(planes, points, out, sz, prm, stream);
+    case DType::kF64:
+      return launch_fwd<double>(planes, points, out, sz, prm, stream);
+    case DType::kF16:
+      return launch_fwd<__half>(planes, points, out, sz, prm, stream);
+    case DType::kBF16:
+      return launch_fwd<__nv_bfloat16>(planes, points, out, sz, prm, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t triplane_bwd_cuda(const void* grad_out, const void* planes, const void* points,
+                              void* grad_planes_acc, void* grad_points, DType dt,
+                              TriplaneSizes sz, TriplaneParams prm, cudaStream_t stream) {
+  switch (dt) {
+    case DType::kF32:
+      return launch_bwd<float>(grad_out, planes, points, grad_planes_acc, grad_points, sz, prm,
+                               stream);
+    case DType::kF64:
+      return launch_bwd<double>(grad_out, planes, points, grad_planes_acc, grad_points, sz, prm,
+                                stream);
+    case DType::kF16:
+      return launch_bwd<__half>(grad_out, planes, points, grad_planes_acc, grad_points, sz, prm,
+                                stream);
+    case DType::kBF16:
+      return launch_bwd<__nv_bfloat16>(grad_out, planes, points, grad_planes_acc, grad_points,
+                                       sz, prm, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+cudaError_t triplane_bwd2_cuda(const void* gg_planes, const void* gg_points,
+                               const void* grad_out, const void* planes, const void* points,
+                               void* g_grad_out, void* g_planes_acc, void* g_points, DType dt,
+                               TriplaneSizes sz, TriplaneParams prm, cudaStream_t stream) {
+  switch (dt) {
+    case DType::kF32:
+      return launch_bwd2<float>(gg_planes, gg_points, grad_out, planes, points, g_grad_out,
+                                g_planes_acc, g_points, sz, prm, stream);
+    case DType::kF64:
+      return launch_bwd2<double>(gg_planes, gg_points, grad_out, planes, points, g_grad_out,
+                                 g_planes_acc, g_points, sz, prm, stream);
+    case DType::kF16:
+      return launch_bwd2<__half>(gg_planes, gg_points, grad_out, planes, points, g_grad_out,
+                                 g_planes_acc, g_points, sz, prm, stream);
+    case DType::kBF16:
+      return launch_bwd2<__nv_bfloat16>(gg_planes, gg_points, grad_out, planes, points,
+                                        g_grad_out, g_planes_acc, g_points, sz, prm, stream);
+  }
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace npht

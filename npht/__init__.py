@@ -1,0 +1,23 @@
+"""npht: fused tri-plane SDF ops for PyTorch (CUDA, Triton, CPU) and a neural parametric
+head model toolkit built on them."""
+
+__version__ = "0.1.0"
+
+from .ops import (  # noqa: E402
+    BACKENDS,
+    PROJECTIONS,
+    build_info,
+    projection_from_plane_axes,
+    resolve_projection,
+    triplane_sample,
+)
+
+__all__ = [
+    "BACKENDS",
+    "PROJECTIONS",
+    "__version__",
+    "build_info",
+    "projection_from_plane_axes",
+    "resolve_projection",
+    "triplane_sample",
+]

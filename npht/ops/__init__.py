@@ -1,0 +1,13 @@
+"""Public differentiable ops (registered with torch.library) and backend selection."""
+
+from ._backend import BACKENDS, build_info
+from .triplane import PROJECTIONS, projection_from_plane_axes, resolve_projection, triplane_sample
+
+__all__ = [
+    "BACKENDS",
+    "PROJECTIONS",
+    "build_info",
+    "projection_from_plane_axes",
+    "resolve_projection",
+    "triplane_sample",
+]

@@ -1,0 +1,135 @@
+"""Which backends exist, and which one a call uses.
+
+Every op has four backends with one meaning: ``cuda`` (csrc), ``triton`` (kernels/),
+``cpu`` (csrc, at::parallel_for) and ``reference`` (npht/reference, pure PyTorch).
+``backend="auto"`` picks cuda > triton > reference for GPU tensors and cpu for CPU tensors.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+BACKENDS = ("auto", "cuda", "triton", "cpu", "reference")
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled():
+    """The compiled extension, or the ImportError explaining why it is missing."""
+    try:
+        return importlib.import_module("npht._C"), None
+    except ImportError as exc:  # not built (e.g. a source checkout without `pip install`)
+        return None, exc
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_info() -> dict:
+    mod, _ = _compiled()
+    if mod is None:
+        return {"cpu": False, "cuda": False}
+    info = dict(kv.split("=", 1) for kv in torch.ops.npht_C.build_info().split(";"))
+    return {"cpu": True, "cuda": info.get("cuda") == "1"}
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _triton():
+    try:
+        return importlib.import_module("npht.kernels.triplane"), None
+    except Exception as exc:  # ImportError, or triton failing to initialise
+        return None, exc
+
+
+def build_info() -> dict:
+    """Which backends this installation has.
+
+    Returns a dict with ``cpu`` / ``cuda`` (compiled kernels present), ``triton``
+    (importable), ``triton_interpret`` (Triton runs on CPU through its interpreter),
+    ``cuda_available`` (a GPU is visible now), the torch/triton versions, and
+    ``compiled_error`` when the extension could not be loaded.
+    """
+    mod, err = _compiled()
+    info = _compiled_info()
+    triton_mod, triton_err = _triton()
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = None
+    out = {
+        "cpu": info["cpu"],
+        "cuda": info["cuda"],
+        "triton": triton_mod is not None,
+        "triton_interpret": triton_interpreted(),
+        "reference": True,
+        "cuda_available": torch.cuda.is_available(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton_version": triton_version,
+    }
+    if err is not None:
+        out["compiled_error"] = str(err)
+    if triton_err is not None:
+        out["triton_error"] = str(triton_err)
+    return out
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """Validate ``backend`` for tensors on ``device`` and resolve ``"auto"``."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    is_cuda = device.type == "cuda"
+    if backend == "auto":
+        if is_cuda:
+            if _compiled_info()["cuda"]:
+                return "cuda"
+            if _triton()[0] is not None:
+                return "triton"
+            return "reference"
+        if device.type == "cpu" and _compiled_info()["cpu"]:
+            return "cpu"
+        return "reference"
+    if backend == "cpu":
+        if device.type != "cpu":
+            raise ValueError(f"backend='cpu' needs CPU tensors, got tensors on {device}")
+        if not _compiled_info()["cpu"]:
+            raise RuntimeError(
+                "backend='cpu' is not available: the npht._C extension is not built "
+                f"({_compiled()[1]}); install with `pip install --no-build-isolation .`"
+            )
+    elif backend == "cuda":
+        if not is_cuda:
+            raise ValueError(f"backend='cuda' needs CUDA tensors, got tensors on {device}")
+        if not _compiled_info()["cuda"]:
+            raise RuntimeError(
+                "backend='cuda' is not available: npht._C was built without CUDA "
+                "(rebuild where torch has CUDA and nvcc is found, or set NPHT_CUDA=1 to force)"
+            )
+    elif backend == "triton":
+        mod, err = _triton()
+        if mod is None:
+            raise RuntimeError(f"backend='triton' is not available: {err}")
+        if not is_cuda and not triton_interpreted():
+            raise ValueError(
+                f"backend='triton' needs CUDA tensors (got {device}); on CPU it runs only "
+                "under the interpreter, with TRITON_INTERPRET=1 set before npht is imported"
+            )
+    return backend
+
+
+def kernels(backend: str):
+    """The module implementing the raw-kernel contract for ``backend``."""
+    if backend in ("cpu", "cuda"):
+        return torch.ops.npht_C
+    if backend == "triton":
+        return _triton()[0]
+    from npht.reference import triplane as ref
+
+    return ref

@@ -1,0 +1,320 @@
+"""``npht.triplane_sample``: tri-plane bilinear feature sampling with exact first and
+second derivatives, registered with torch.library.
+
+Three custom ops form the chain that makes double backward work:
+``npht::triplane_sample`` (forward) has as backward ``npht::triplane_sample_backward``,
+whose own backward is ``npht::triplane_sample_double_backward``. Each takes the backend
+name and calls the raw kernels of that backend (see csrc/bindings.cpp for the contract).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import torch
+
+from . import _backend
+
+__all__ = ["triplane_sample", "resolve_projection", "projection_from_plane_axes", "PROJECTIONS"]
+
+_AGGREGATES = {"sum": 0, "mean": 1, "concat": 2}
+_PADDINGS = {"zeros": 0, "border": 1}
+_PLANE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+#: Named projections: for plane k, the point coordinates read as the plane's (x, y).
+PROJECTIONS = {
+    # npht / the thesis: planes xy, yz, xz
+    "npht": ((0, 1), (1, 2), (0, 2)),
+    # EG3D's generate_planes(): planes xy, xz, zx
+    "eg3d": ((0, 1), (0, 2), (2, 0)),
+}
+
+Projection = Union[str, Sequence[Sequence[int]]]
+
+
+def resolve_projection(projection: Projection):
+    """A projection name or three (u, v) axis pairs -> ((u0, v0), (u1, v1), (u2, v2))."""
+    if isinstance(projection, str):
+        if projection not in PROJECTIONS:
+            raise ValueError(
+                f"projection must be one of {tuple(PROJECTIONS)} or three (u, v) axis pairs, "
+                f"got {projection!r}"
+            )
+        return PROJECTIONS[projection]
+    try:
+        pairs = tuple((int(u), int(v)) for u, v in projection)
+    except (TypeError, ValueError):
+        pairs = ()
+    if len(pairs) != 3 or any(a not in (0, 1, 2) for pair in pairs for a in pair):
+        raise ValueError(
+            "projection must be a name or three (u, v) pairs of axes in {0, 1, 2}, "
+            f"got {projection!r}"
+        )
+    return pairs
+
+
+def projection_from_plane_axes(plane_axes: torch.Tensor):
+    """Convert EG3D-style ``plane_axes`` ([3, 3, 3] axis-permutation matrices, as from
+    EG3D's ``generate_planes()``) to npht's axis pairs. EG3D projects a point onto plane
+    k as ``(p @ inv(plane_axes[k]))[:2]``; for a permutation matrix that reads the axes
+    where rows 0 and 1 of ``plane_axes[k]`` are 1."""
+    axes = torch.as_tensor(plane_axes).detach().to("cpu", torch.float64)
+    if axes.shape != (3, 3, 3):
+        raise ValueError(f"plane_axes must be [3, 3, 3], got {tuple(axes.shape)}")
+    pairs = []
+    for k in range(3):
+        m = axes[k]
+        is_perm = torch.equal(m @ m.T, torch.eye(3, dtype=m.dtype)) and bool(((m == 0) | (m == 1)).all())
+        if not is_perm:
+            raise ValueError(
+                f"plane_axes[{k}] must be a permutation matrix (axis-aligned plane), got {m.tolist()}"
+            )
+        pairs.append((int(m[0].argmax()), int(m[1].argmax())))
+    return tuple(pairs)
+
+
+# ---------------------------------------------------------------------------------------
+# Registered ops. Tensors reaching them are contiguous: planes [B, 3, H, W, C], points
+# [B, N, 3] in the accumulation dtype.
+
+
+def _flat_axes(axes: Sequence[int]) -> list:
+    return [int(a) for a in axes]
+
+
+@torch.library.custom_op("npht::triplane_sample", mutates_args=())
+def _triplane_sample_op(
+    planes: torch.Tensor,
+    points: torch.Tensor,
+    axes: Sequence[int],
+    scale: float,
+    aggregate: int,
+    padding: int,
+    align_corners: bool,
+    backend: str,
+) -> torch.Tensor:
+    return _backend.kernels(backend).triplane_fwd(
+        planes, points, _flat_axes(axes), scale, aggregate, padding, align_corners
+    )
+
+
+@_triplane_sample_op.register_fake
+def _(planes, points, axes, scale, aggregate, padding, align_corners, backend):
+    C = planes.shape[-1] * (3 if aggregate == _AGGREGATES["concat"] else 1)
+    return planes.new_empty((points.shape[0], points.shape[1], C))
+
+
+@torch.library.custom_op("npht::triplane_sample_backward", mutates_args=())
+def _triplane_backward_op(
+    grad_out: torch.Tensor,
+    planes: torch.Tensor,
+    points: torch.Tensor,
+    axes: Sequence[int],
+    scale: float,
+    aggregate: int,
+    padding: int,
+    align_corners: bool,
+    backend: str,
+    need_planes: bool,
+    need_points: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    gp, gx = _backend.kernels(backend).triplane_bwd(
+        grad_out, planes, points, _flat_axes(axes), scale, aggregate, padding, align_corners,
+        need_planes, need_points,
+    )
+    return gp, gx
+
+
+@_triplane_backward_op.register_fake
+def _(grad_out, planes, points, axes, scale, aggregate, padding, align_corners, backend,
+      need_planes, need_points):
+    gp = planes.new_empty(planes.shape) if need_planes else planes.new_empty(0)
+    gx = points.new_empty(points.shape) if need_points else points.new_empty(0)
+    return gp, gx
+
+
+@torch.library.custom_op("npht::triplane_sample_double_backward", mutates_args=())
+def _triplane_double_backward_op(
+    gg_planes: Optional[torch.Tensor],
+    gg_points: Optional[torch.Tensor],
+    grad_out: torch.Tensor,
+    planes: torch.Tensor,
+    points: torch.Tensor,
+    axes: Sequence[int],
+    scale: float,
+    aggregate: int,
+    padding: int,
+    align_corners: bool,
+    backend: str,
+    need_grad_out: bool,
+    need_planes: bool,
+    need_points: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g_go, g_p, g_x = _backend.kernels(backend).triplane_bwd2(
+        gg_planes, gg_points, grad_out, planes, points, _flat_axes(axes), scale, aggregate,
+        padding, align_corners, need_grad_out, need_planes, need_points,
+    )
+    return g_go, g_p, g_x
+
+
+@_triplane_double_backward_op.register_fake
+def _(gg_planes, gg_points, grad_out, planes, points, axes, scale, aggregate, padding,
+      align_corners, backend, need_grad_out, need_planes, need_points):
+    g_go = grad_out.new_empty(grad_out.shape) if need_grad_out else grad_out.new_empty(0)
+    g_p = planes.new_empty(planes.shape) if need_planes else planes.new_empty(0)
+    g_x = points.new_empty(points.shape) if need_points else points.new_empty(0)
+    return g_go, g_p, g_x
+
+
+# ---- autograd: forward -> backward -> double backward ---------------------------------
+
+
+def _fwd_setup_context(ctx, inputs, output):
+    planes, points, *args = inputs
+    ctx.save_for_backward(planes, points)
+    ctx.args = tuple(args)  # axes, scale, aggregate, padding, align_corners, backend
+
+
+def _fwd_backward(ctx, grad):
+    planes, points = ctx.saved_tensors
+    need_planes, need_points = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if not (need_planes or need_points):
+        return (None,) * 8
+    gp, gx = torch.ops.npht.triplane_sample_backward(
+        grad.contiguous(), planes, points, *ctx.args, need_planes, need_points
+    )
+    return (gp if need_planes else None, gx if need_points else None) + (None,) * 6
+
+
+_triplane_sample_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
+
+
+def _bwd_setup_context(ctx, inputs, output):
+    grad_out, planes, points, *args = inputs
+    ctx.save_for_backward(grad_out, planes, points)
+    ctx.args = tuple(args[:6])  # axes, scale, aggregate, padding, align_corners, backend
+
+
+def _usable(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    # Gradients of unused (or empty, not-needed) outputs arrive as None or empty.
+    return None if t is None or t.numel() == 0 else t.contiguous()
+
+
+def _bwd_backward(ctx, gg_planes, gg_points):
+    grad_out, planes, points = ctx.saved_tensors
+    gg_planes, gg_points = _usable(gg_planes), _usable(gg_points)
+    need_go, need_planes, need_points = ctx.needs_input_grad[:3]
+    # grad_planes does not depend on planes, so only gg_points reaches the planes.
+    need_planes = need_planes and gg_points is not None
+    if gg_planes is None and gg_points is None or not (need_go or need_planes or need_points):
+        return (None,) * 11
+    g_go, g_p, g_x = torch.ops.npht.triplane_sample_double_backward(
+        gg_planes, gg_points, grad_out, planes, points, *ctx.args, need_go, need_planes, need_points
+    )
+    return (
+        g_go if need_go else None,
+        g_p if need_planes else None,
+        g_x if need_points else None,
+    ) + (None,) * 8
+
+
+_triplane_backward_op.register_autograd(_bwd_backward, setup_context=_bwd_setup_context)
+
+
+# ---- public function -------------------------------------------------------------------
+
+
+def _check_inputs(planes, points, channels_last: bool):
+    if not isinstance(planes, torch.Tensor):
+        raise TypeError(f"planes must be a torch.Tensor, got {type(planes).__name__}")
+    if not isinstance(points, torch.Tensor):
+        raise TypeError(f"points must be a torch.Tensor, got {type(points).__name__}")
+    layout = "[B, 3, H, W, C]" if channels_last else "[B, 3, C, H, W]"
+    if planes.dim() != 5:
+        raise ValueError(f"planes must be 5-D {layout}, got shape {tuple(planes.shape)}")
+    if planes.shape[1] != 3:
+        raise ValueError(
+            f"planes must hold 3 planes in dim 1 ({layout}), got shape {tuple(planes.shape)}"
+        )
+    if points.dim() != 3 or points.shape[-1] != 3:
+        raise ValueError(f"points must be [B, N, 3], got shape {tuple(points.shape)}")
+    if points.shape[0] != planes.shape[0]:
+        raise ValueError(
+            f"points and planes must have the same batch size, got points {tuple(points.shape)} "
+            f"and planes {tuple(planes.shape)}"
+        )
+    if planes.device != points.device:
+        raise ValueError(
+            f"planes and points must be on the same device, got {planes.device} and {points.device}"
+        )
+    if planes.dtype not in _PLANE_DTYPES:
+        raise TypeError(
+            f"planes must be float32, float64, float16 or bfloat16, got {planes.dtype}"
+        )
+    want = torch.float64 if planes.dtype == torch.float64 else torch.float32
+    if points.dtype != want:
+        raise TypeError(
+            f"points must be {want} for {planes.dtype} planes, got {points.dtype}"
+            + (" (use points.float())" if want == torch.float32 else " (use points.double())")
+        )
+    C, H, W = (planes.shape[4], planes.shape[2], planes.shape[3]) if channels_last else planes.shape[2:]
+    if min(C, H, W) < 1:
+        raise ValueError(f"planes must have C, H, W >= 1, got shape {tuple(planes.shape)}")
+
+
+def triplane_sample(
+    planes: torch.Tensor,
+    points: torch.Tensor,
+    *,
+    aggregate: str = "sum",
+    align_corners: bool = False,
+    padding_mode: str = "zeros",
+    projection: Projection = "npht",
+    box_warp: float = 2.0,
+    channels_last: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Sample three feature planes bilinearly at 3-D points and aggregate the features.
+
+    Args:
+        planes: ``[B, 3, C, H, W]`` (generator layout), or ``[B, 3, H, W, C]`` with
+            ``channels_last=True`` (the kernels' layout: no copy). float32, float64, or
+            float16/bfloat16 (computed in float32).
+        points: ``[B, N, 3]``; float32 (float64 for float64 planes).
+        aggregate: ``"sum"`` (thesis), ``"mean"`` (EG3D) -> ``[B, N, C]``;
+            ``"concat"`` -> ``[B, N, 3C]``, plane-major.
+        align_corners, padding_mode: as in ``F.grid_sample`` (``"zeros"`` or ``"border"``).
+        projection: ``"npht"`` (planes xy, yz, xz), ``"eg3d"`` (EG3D's planes xy, xz, zx), or
+            three ``(u, v)`` axis pairs; plane k reads ``p[u]`` along W and ``p[v]`` along H.
+        box_warp: side of the cube the planes span (EG3D's name): coordinates are scaled by
+            ``2 / box_warp``. The default 2.0 maps ``[-1, 1]^3`` onto the planes.
+        backend: ``"auto"``, ``"cuda"``, ``"triton"``, ``"cpu"`` or ``"reference"``.
+
+    Points outside the planes follow ``padding_mode`` exactly like ``F.grid_sample``;
+    ``+-inf`` coordinates too. A NaN coordinate gives NaN features from the planes that
+    read it, and that (point, plane) pair contributes no gradient.
+
+    Differentiable w.r.t. ``planes`` and ``points`` to second order (eikonal and normal
+    losses): the point-gradient is itself differentiable w.r.t. planes, points and the
+    upstream gradient.
+    """
+    _check_inputs(planes, points, channels_last)
+    if aggregate not in _AGGREGATES:
+        raise ValueError(f"aggregate must be one of {tuple(_AGGREGATES)}, got {aggregate!r}")
+    if padding_mode not in _PADDINGS:
+        raise ValueError(f"padding_mode must be one of {tuple(_PADDINGS)}, got {padding_mode!r}")
+    if not isinstance(box_warp, (int, float)) or not box_warp > 0:
+        raise ValueError(f"box_warp must be a positive number, got {box_warp!r}")
+    axes = [a for pair in resolve_projection(projection) for a in pair]
+    backend = _backend.resolve_backend(backend, planes.device)
+    planes_cl = planes if channels_last else planes.permute(0, 1, 3, 4, 2)
+    return torch.ops.npht.triplane_sample(
+        planes_cl.contiguous(),
+        points.contiguous(),
+        axes,
+        2.0 / float(box_warp),
+        _AGGREGATES[aggregate],
+        _PADDINGS[padding_mode],
+        bool(align_corners),
+        backend,
+    )

@@ -1,0 +1,76 @@
+"""Build npht: the Python package plus the compiled extension npht._C.
+
+CPU sources are always compiled. CUDA sources are compiled when torch was built with CUDA
+and nvcc is found; NPHT_CUDA=1 forces CUDA (failing if impossible), NPHT_CUDA=0 skips it.
+TORCH_CUDA_ARCH_LIST picks the architectures (default: 8.0;9.0). Install with
+`pip install --no-build-isolation .` so the build uses the torch already installed.
+"""
+
+import glob
+import os
+import shutil
+
+from setuptools import setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError as exc:  # pragma: no cover - build-time message
+    raise RuntimeError(
+        "npht needs PyTorch at build time: install torch first, then "
+        "`pip install --no-build-isolation .` (build isolation would hide the installed torch)"
+    ) from exc
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _want_cuda() -> bool:
+    flag = os.environ.get("NPHT_CUDA", "auto").strip().lower()
+    has_nvcc = CUDA_HOME is not None or shutil.which("nvcc") is not None
+    possible = torch.version.cuda is not None and has_nvcc
+    if flag in ("0", "false", "no", "off"):
+        return False
+    if flag in ("1", "true", "yes", "on"):
+        if not possible:
+            raise RuntimeError(
+                "NPHT_CUDA=1 but CUDA cannot be built: "
+                f"torch.version.cuda={torch.version.cuda!r}, nvcc found={has_nvcc}"
+            )
+        return True
+    return possible
+
+
+def _extension():
+    rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+    cpu_sources = ["csrc/bindings.cpp"] + [
+        p for p in rel("csrc/*/*.cpp") if not p.endswith("_cuda.cpp")
+    ]
+    include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
+    cxx = ["-O3", "-g0", "-std=c++17", "-fopenmp"]
+    if _want_cuda():
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        sources = cpu_sources + rel("csrc/*/*_cuda.cpp") + rel("csrc/*/*.cu")
+        return CUDAExtension(
+            "npht._C",
+            sources,
+            include_dirs=include_dirs,
+            define_macros=[("NPHT_WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "-std=c++17", "-lineinfo"]},
+            extra_link_args=["-fopenmp"],
+        ), True
+    return CppExtension(
+        "npht._C",
+        cpu_sources,
+        include_dirs=include_dirs,
+        extra_compile_args={"cxx": cxx},
+        extra_link_args=["-fopenmp"],
+    ), False
+
+
+ext, with_cuda = _extension()
+print(f"npht: building the extension with CUDA={'yes' if with_cuda else 'no'}")
+
+setup(
+    ext_modules=[ext],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
