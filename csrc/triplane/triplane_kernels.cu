@@ -135,26 +135,28 @@ __global__ void __launch_bounds__(kBlock)
   const A aw = aggregate_weight<A>(prm.aggregate);
   const bool concat = prm.aggregate == kAggConcat;
 
+  const int64_t C = g.C;
+  const int64_t WC = static_cast<int64_t>(g.W) * C;
   PlaneSample<A> s[3];
-  int64_t off[3][4];  // element offset of each corner's channel 0 (valid corners only)
+  int64_t off[3];  // element offset of corner 0's channel 0 (+C: corner 1, +WC: corner 2)
 #pragma unroll
   for (int k = 0; k < 3; ++k) {
     s[k] = plane_setup<A>(pick3(x0, x1, x2, prm.axis_u[k]), pick3(x0, x1, x2, prm.axis_v[k]),
                           g.H, g.W, scale, prm.align_corners, prm.padding);
-    const int64_t base = (b * 3 + k) * g.HWC;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) off[k][j] = base + s[k].idx[j] * g.C;
+    off[k] = (b * 3 + k) * g.HWC + s[k].idx[0] * C;
   }
 
-  const int64_t C = g.C;
   const int64_t row = p * (concat ? 3 * C : C);
   for (int64_t c = lane; c < C; c += G) {
     A acc = A(0);
 #pragma unroll
     for (int k = 0; k < 3; ++k) {
+      const int64_t o = off[k] + c;  // corner 0; only valid corners are read
       A f[4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) f[j] = s[k].valid[j] ? load_acc(planes + off[k][j] + c) : A(0);
+      f[0] = s[k].valid[0] ? load_acc(planes + o) : A(0);
+      f[1] = s[k].valid[1] ? load_acc(planes + (o + C)) : A(0);
+      f[2] = s[k].valid[2] ? load_acc(planes + (o + WC)) : A(0);
+      f[3] = s[k].valid[3] ? load_acc(planes + (o + WC + C)) : A(0);
       const A v = bilerp(s[k], f);
       if (concat) {
         out[row + k * C + c] = from_acc<S>(aw * v);  // aw == 1 for concat
@@ -403,7 +405,7 @@ cudaError_t launch_fwd(const void* planes, const void* points, void* out, Tripla
                        TriplaneParams prm, cudaStream_t stream) {
   Geo g;
   unsigned blocks = 0;
-  cudaError_t err;
+  cudaError_t err = cudaSuccess;
   if (sz.C <= 0 || !make_geo(sz, &g, &blocks, &err)) return err;  // nothing to write
   triplane_fwd_kernel<S><<<blocks, kBlock, 0, stream>>>(
       static_cast<const S*>(planes), static_cast<const acc_t<S>*>(points), static_cast<S*>(out),
@@ -417,7 +419,7 @@ cudaError_t launch_bwd(const void* grad_out, const void* planes, const void* poi
                        TriplaneParams prm, cudaStream_t stream) {
   Geo g;
   unsigned blocks = 0;
-  cudaError_t err;
+  cudaError_t err = cudaSuccess;
   if (grad_planes_acc == nullptr && grad_points == nullptr) return cudaSuccess;
   if (!make_geo(sz, &g, &blocks, &err)) return err;
   triplane_bwd_kernel<S><<<blocks, kBlock, 0, stream>>>(
@@ -434,7 +436,7 @@ cudaError_t launch_bwd2(const void* gg_planes, const void* gg_points, const void
                         cudaStream_t stream) {
   Geo g;
   unsigned blocks = 0;
-  cudaError_t err;
+  cudaError_t err = cudaSuccess;
   if (g_grad_out == nullptr && g_planes_acc == nullptr && g_points == nullptr) return cudaSuccess;
   if (!make_geo(sz, &g, &blocks, &err)) return err;
   triplane_bwd2_kernel<S><<<blocks, kBlock, 0, stream>>>(

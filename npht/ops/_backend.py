@@ -16,22 +16,26 @@ import torch
 BACKENDS = ("auto", "cuda", "triton", "cpu", "reference")
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled():
-    """The compiled extension, or the ImportError explaining why it is missing."""
+def _load_compiled():
+    """The compiled extension (or the ImportError explaining why it is missing), probed
+    once at import so that backend choice is plain Python that torch.compile can trace."""
     try:
-        return importlib.import_module("npht._C"), None
+        mod = importlib.import_module("npht._C")
     except ImportError as exc:  # not built (e.g. a source checkout without `pip install`)
-        return None, exc
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled_info() -> dict:
-    mod, _ = _compiled()
-    if mod is None:
-        return {"cpu": False, "cuda": False}
+        return None, exc, {"cpu": False, "cuda": False}
     info = dict(kv.split("=", 1) for kv in torch.ops.npht_C.build_info().split(";"))
-    return {"cpu": True, "cuda": info.get("cuda") == "1"}
+    return mod, None, {"cpu": True, "cuda": info.get("cuda") == "1"}
+
+
+_C_MODULE, _C_ERROR, _C_INFO = _load_compiled()
+
+
+def _compiled():
+    return _C_MODULE, _C_ERROR
+
+
+def _compiled_info() -> dict:
+    return _C_INFO
 
 
 def triton_interpreted() -> bool:
@@ -40,10 +44,16 @@ def triton_interpreted() -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _triton():
+    """npht.kernels.triplane, or (None, error). Imported on first use (triton is heavy)."""
     try:
         return importlib.import_module("npht.kernels.triplane"), None
     except Exception as exc:  # ImportError, or triton failing to initialise
         return None, exc
+
+
+@torch.compiler.assume_constant_result
+def _triton_available() -> bool:
+    return _triton()[0] is not None
 
 
 def build_info() -> dict:
@@ -90,7 +100,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         if is_cuda:
             if _compiled_info()["cuda"]:
                 return "cuda"
-            if _triton()[0] is not None:
+            if _triton_available():
                 return "triton"
             return "reference"
         if device.type == "cpu" and _compiled_info()["cpu"]:
@@ -113,9 +123,8 @@ def resolve_backend(backend: str, device: torch.device) -> str:
                 "(rebuild where torch has CUDA and nvcc is found, or set NPHT_CUDA=1 to force)"
             )
     elif backend == "triton":
-        mod, err = _triton()
-        if mod is None:
-            raise RuntimeError(f"backend='triton' is not available: {err}")
+        if not _triton_available():
+            raise RuntimeError(f"backend='triton' is not available: {_triton()[1]}")
         if not is_cuda and not triton_interpreted():
             raise ValueError(
                 f"backend='triton' needs CUDA tensors (got {device}); on CPU it runs only "

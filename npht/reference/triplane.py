@@ -122,73 +122,158 @@ def eg3d_sample_from_planes(
     return out.permute(0, 3, 2, 1).reshape(B, n_planes, M, C)
 
 
-# ---- the raw-kernel contract of csrc/bindings.cpp, in PyTorch (the `reference` backend) ----
+# ---- the raw-kernel contract of csrc/bindings.cpp in explicit PyTorch: the `reference`
+# backend. The same formulas as csrc/include/npht/triplane_math.h, vectorised with
+# gather/scatter (no autograd: these run inside the registered ops' implementations).
 
 
 def _axes_pairs(axes: Sequence[int]):
     return [(int(axes[2 * k]), int(axes[2 * k + 1])) for k in range(3)]
 
 
-_AGG_NAMES = {0: "sum", 1: "mean", 2: "concat"}
-_PAD_NAMES = {0: "zeros", 1: "border"}
+def _source_index(g, size: int, align_corners: bool, padding: int):
+    """Pixel coordinate and its derivative (border clamp included) for grid coords g."""
+    if align_corners:
+        ix = (g + 1) / 2 * (size - 1) if size > 1 else torch.zeros_like(g)
+        d = torch.full_like(g, (size - 1) / 2)
+    else:
+        ix = ((g + 1) * size - 1) / 2
+        d = torch.full_like(g, size / 2)
+    if padding == 1:
+        clamped = (ix <= 0) | (ix >= size - 1)
+        ix = ix.clamp(0, size - 1)
+        d = torch.where(clamped, torch.zeros_like(d), d)
+    return ix, d
 
 
-def _fwd_cl(planes_cl, points, axes, scale, aggregate, padding, align_corners):
-    return sample_planar(
-        planes_cl.permute(0, 1, 4, 2, 3),
-        points,
-        _axes_pairs(axes),
-        scale,
-        _AGG_NAMES[aggregate],
-        _PAD_NAMES[padding],
-        align_corners,
-    )
+class _Footprint:
+    """Bilinear footprint of all points on one plane: tensors [B, N, 4] and [B, N]."""
+
+    def __init__(self, points, u, v, H, W, scale, align_corners, padding):
+        pu, pv = points[..., u], points[..., v]
+        nan = pu.isnan() | pv.isnan()
+        self.fill = torch.where(nan, torch.full_like(pu, float("nan")), torch.zeros_like(pu))
+        zero = torch.zeros_like(pu)
+        ix, dx = _source_index(torch.where(nan, zero, pu) * scale, W, align_corners, padding)
+        iy, dy = _source_index(torch.where(nan, zero, pv) * scale, H, align_corners, padding)
+        x0f, y0f = ix.floor(), iy.floor()
+        near = ~nan & (x0f >= -1) & (x0f <= W - 1) & (y0f >= -1) & (y0f <= H - 1)
+        x0f = torch.where(near, x0f, zero)
+        y0f = torch.where(near, y0f, zero)
+        tx = torch.where(near, ix - x0f, zero)  # far/inf points: no corners, finite weights
+        ty = torch.where(near, iy - y0f, zero)
+        x0, y0 = x0f.long(), y0f.long()
+        xs = torch.stack([x0, x0 + 1, x0, x0 + 1], -1)
+        ys = torch.stack([y0, y0, y0 + 1, y0 + 1], -1)
+        self.valid = near[..., None] & (xs >= 0) & (xs < W) & (ys >= 0) & (ys < H)
+        self.idx = torch.where(self.valid, ys * W + xs, torch.zeros_like(xs))
+        keep = near.to(pu.dtype)[..., None]
+        one = torch.ones_like(tx)
+        self.w = torch.stack([(one - tx) * (one - ty), tx * (one - ty), (one - tx) * ty, tx * ty], -1) * keep
+        self.wx = torch.stack([-(one - ty), one - ty, -ty, ty], -1) * keep
+        self.wy = torch.stack([-(one - tx), -tx, one - tx, tx], -1) * keep
+        self.cross = torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=pu.dtype, device=pu.device) * keep
+        self.dix = torch.where(nan, zero, dx * scale)
+        self.diy = torch.where(nan, zero, dy * scale)
+
+    def gather(self, plane):
+        """plane [B, H, W, C] -> corner values [B, N, 4, C] (0 for invalid corners)."""
+        B, H, W, C = plane.shape
+        N = self.idx.shape[1]
+        flat = plane.reshape(B, H * W, C)
+        f = flat.gather(1, self.idx.reshape(B, N * 4, 1).expand(-1, -1, C)).reshape(B, N, 4, C)
+        return f * self.valid[..., None].to(f.dtype)
+
+    def scatter(self, coef, shape):
+        """coef [B, N, 4, C] -> plane gradient [B, H, W, C] (invalid corners dropped)."""
+        B, H, W, C = shape
+        N = self.idx.shape[1]
+        coef = coef * self.valid[..., None].to(coef.dtype)
+        out = coef.new_zeros(B, H * W, C)
+        out.scatter_add_(1, self.idx.reshape(B, N * 4, 1).expand(-1, -1, C), coef.reshape(B, N * 4, C))
+        return out.reshape(B, H, W, C)
+
+
+def _prepare(planes, points, axes, scale, align_corners, padding):
+    acc = _acc_dtype(planes.dtype)
+    B, _, H, W, C = planes.shape
+    fps = [_Footprint(points.to(acc), u, v, H, W, scale, align_corners, padding)
+           for u, v in _axes_pairs(axes)]
+    return acc, fps, (B, H, W, C)
+
+
+def _plane_slice(t, k, C, aggregate):
+    return t[..., k * C:(k + 1) * C] if aggregate == 2 else t
 
 
 def triplane_fwd(planes, points, axes, scale, aggregate, padding, align_corners):
-    """planes [B, 3, H, W, C] -> [B, N, C] or [B, N, 3C]."""
-    return _fwd_cl(planes, points, axes, scale, aggregate, padding, align_corners)
+    """planes [B, 3, H, W, C], points [B, N, 3] -> [B, N, C] or [B, N, 3C]."""
+    acc, fps, (B, H, W, C) = _prepare(planes, points, axes, scale, align_corners, padding)
+    feats = [(fp.w[..., None] * fp.gather(planes[:, k].to(acc))).sum(2) + fp.fill[..., None]
+             for k, fp in enumerate(fps)]
+    if aggregate == 2:
+        return torch.cat(feats, -1).to(planes.dtype)
+    out = feats[0] + feats[1] + feats[2]
+    return (out / 3 if aggregate == 1 else out).to(planes.dtype)
 
 
-def _grads_or_empty(grads, refs, needs):
-    out = []
-    for g, ref, need in zip(grads, refs, needs):
-        if not need:
-            out.append(ref.new_empty(0))
-        elif g is None:
-            out.append(torch.zeros_like(ref))
-        else:
-            out.append(g.to(ref.dtype))
-    return tuple(out)
+def _points_grad(fps, g_ix, g_iy, axes, aw, like):
+    grad = torch.zeros_like(like)
+    for k, (u, v) in enumerate(_axes_pairs(axes)):
+        grad[..., u] += aw * fps[k].dix * g_ix[k]
+        grad[..., v] += aw * fps[k].diy * g_iy[k]
+    return grad
 
 
 def triplane_bwd(grad_out, planes, points, axes, scale, aggregate, padding, align_corners,
                  need_planes, need_points):
-    """(grad_planes, grad_points) by autograd through :func:`triplane_fwd`."""
-    with torch.enable_grad():
-        P = planes.detach().requires_grad_(True)
-        X = points.detach().requires_grad_(True)
-        out = _fwd_cl(P, X, axes, scale, aggregate, padding, align_corners)
-        gP, gX = torch.autograd.grad(out, (P, X), grad_out, allow_unused=True)
-    return _grads_or_empty((gP, gX), (planes, points), (need_planes, need_points))
+    """(grad_planes, grad_points) of triplane_fwd for the upstream gradient grad_out."""
+    acc, fps, shape = _prepare(planes, points, axes, scale, align_corners, padding)
+    aw = 1 / 3 if aggregate == 1 else 1.0
+    C = shape[-1]
+    go = grad_out.to(acc)
+    grad_planes, g_ix, g_iy = [], [], []
+    for k, fp in enumerate(fps):
+        gok = _plane_slice(go, k, C, aggregate)[:, :, None]  # [B, N, 1, C]
+        if need_planes:
+            grad_planes.append(fp.scatter(aw * fp.w[..., None] * gok, shape))
+        if need_points:
+            f = fp.gather(planes[:, k].to(acc))
+            g_ix.append(((fp.wx[..., None] * f).sum(2) * gok[:, :, 0]).sum(-1))
+            g_iy.append(((fp.wy[..., None] * f).sum(2) * gok[:, :, 0]).sum(-1))
+    gp = torch.stack(grad_planes, 1).to(planes.dtype) if need_planes else planes.new_empty(0)
+    gx = _points_grad(fps, g_ix, g_iy, axes, aw, points) if need_points else points.new_empty(0)
+    return gp, gx
 
 
 def triplane_bwd2(gg_planes, gg_points, grad_out, planes, points, axes, scale, aggregate,
                   padding, align_corners, need_grad_out, need_planes, need_points):
-    """The vjp of :func:`triplane_bwd` by double autograd."""
-    with torch.enable_grad():
-        G = grad_out.detach().requires_grad_(True)
-        P = planes.detach().requires_grad_(True)
-        X = points.detach().requires_grad_(True)
-        out = _fwd_cl(P, X, axes, scale, aggregate, padding, align_corners)
-        gP, gX = torch.autograd.grad(out, (P, X), G, create_graph=True)
-        total = out.new_zeros((), dtype=gX.dtype)
-        if gg_planes is not None:
-            total = total + (gP.to(gX.dtype) * gg_planes.to(gX.dtype)).sum()
+    """The vjp of triplane_bwd for upstream gradients gg_planes, gg_points (either None)."""
+    acc, fps, shape = _prepare(planes, points, axes, scale, align_corners, padding)
+    aw = 1 / 3 if aggregate == 1 else 1.0
+    C = shape[-1]
+    go = grad_out.to(acc)
+    g_go = torch.zeros_like(go)
+    g_planes, g_ix, g_iy = [], [], []
+    for k, (fp, (u, v)) in enumerate(zip(fps, _axes_pairs(axes))):
+        gok = _plane_slice(go, k, C, aggregate)  # [B, N, C]
+        f = fp.gather(planes[:, k].to(acc))  # [B, N, 4, C]
+        G = fp.gather(gg_planes[:, k].to(acc)) if gg_planes is not None else torch.zeros_like(f)
         if gg_points is not None:
-            total = total + (gX * gg_points.to(gX.dtype)).sum()
-        if total.requires_grad:
-            grads = torch.autograd.grad(total, (G, P, X), allow_unused=True)
+            qx = (gg_points[..., u].to(acc) * fp.dix)[..., None]  # [B, N, 1]
+            qy = (gg_points[..., v].to(acc) * fp.diy)[..., None]
         else:
-            grads = (None, None, None)
-    return _grads_or_empty(grads, (grad_out, planes, points), (need_grad_out, need_planes, need_points))
+            qx = qy = torch.zeros_like(fp.dix)[..., None]
+        dxF, dyF = (fp.wx[..., None] * f).sum(2), (fp.wy[..., None] * f).sum(2)
+        xyF = (fp.cross[..., None] * f).sum(2)
+        contrib = (fp.w[..., None] * G).sum(2) + qx * dxF + qy * dyF  # [B, N, C]
+        _plane_slice(g_go, k, C, aggregate).add_(aw * contrib)
+        g_ix.append((gok * ((fp.wx[..., None] * G).sum(2) + qy * xyF)).sum(-1))
+        g_iy.append((gok * ((fp.wy[..., None] * G).sum(2) + qx * xyF)).sum(-1))
+        if need_planes:
+            coef = gok[:, :, None] * (qx[..., None] * fp.wx[..., None] + qy[..., None] * fp.wy[..., None])
+            g_planes.append(fp.scatter(aw * coef, shape))
+    out_go = g_go.to(grad_out.dtype) if need_grad_out else grad_out.new_empty(0)
+    out_p = torch.stack(g_planes, 1).to(planes.dtype) if need_planes else planes.new_empty(0)
+    out_x = _points_grad(fps, g_ix, g_iy, axes, aw, points) if need_points else points.new_empty(0)
+    return out_go, out_p, out_x

@@ -1,0 +1,234 @@
+"""npht.triplane_sample: every backend against the pure-PyTorch reference (forward, first
+and second derivatives, random upstream gradients), odd shapes, dtypes, edge cases."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import npht
+from npht.reference import eg3d_sample_from_planes
+from npht.reference import triplane_sample as reference
+
+AGGREGATES = ("sum", "mean", "concat")
+PADDINGS = ("zeros", "border")
+
+# Per-dtype tolerances, relative to the largest magnitude of the expected tensor.
+TOL = {
+    torch.float64: 1e-10,
+    torch.float32: 2e-5,
+    torch.float16: 4e-3,
+    torch.bfloat16: 3e-2,
+}
+
+
+def assert_match(actual, expected, dtype, what=""):
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    a, e = actual.double(), expected.double()
+    nan_a, nan_e = a.isnan(), e.isnan()
+    assert torch.equal(nan_a, nan_e), f"{what}: NaN positions differ"
+    a, e = a.nan_to_num(), e.nan_to_num()
+    scale = max(1.0, e.abs().max().item()) if e.numel() else 1.0
+    tol = TOL[dtype] * scale
+    err = (a - e).abs().max().item() if e.numel() else 0.0
+    assert err <= tol, f"{what}: max abs error {err:.3g} > {tol:.3g}"
+
+
+def make_inputs(device, dtype, B=2, N=37, C=5, H=6, W=9, channels_last=False, spread=1.3):
+    planes = torch.randn(B, 3, C, H, W, dtype=torch.float32, device=device).to(dtype)
+    if channels_last:
+        planes = planes.permute(0, 1, 3, 4, 2).contiguous()
+    pdt = torch.float64 if dtype == torch.float64 else torch.float32
+    points = (torch.rand(B, N, 3, dtype=pdt, device=device) * 2 - 1) * spread
+    return planes, points
+
+
+def derivatives(fn, planes, points, seed=1):
+    """Output, first derivatives and second derivatives (w.r.t. grad_out, planes, points)
+    of fn for random upstream gradients."""
+    gen = torch.Generator().manual_seed(seed)
+    P = planes.detach().requires_grad_(True)
+    X = points.detach().requires_grad_(True)
+    out = fn(P, X)
+    go = torch.randn(out.shape, generator=gen).to(out).requires_grad_(True)
+    gP, gX = torch.autograd.grad(out, (P, X), go, create_graph=True)
+    gg_planes = torch.randn(gP.shape, generator=gen).to(gP)
+    gg_points = torch.randn(gX.shape, generator=gen).to(gX)
+    total = (gP.float() * gg_planes.float()).sum() + (gX * gg_points).sum()
+    hG, hP, hX = torch.autograd.grad(total, (go, P, X))
+    return {"out": out, "grad_planes": gP, "grad_points": gX, "gg_grad_out": hG,
+            "gg_planes": hP, "gg_points": hX}
+
+
+def compare_with_reference(backend, planes, points, dtype, **kw):
+    got = derivatives(lambda P, X: npht.triplane_sample(P, X, backend=backend, **kw), planes, points)
+    exp = derivatives(lambda P, X: reference(P, X, **kw), planes, points)
+    for name in exp:
+        assert_match(got[name], exp[name], dtype, name)
+    return got
+
+
+@pytest.mark.parametrize(
+    "aggregate,padding,align_corners,channels_last,projection",
+    list(itertools.product(AGGREGATES, PADDINGS, (False, True), (False, True), ("npht", "eg3d"))),
+)
+def test_matches_reference(backend, device, aggregate, padding, align_corners, channels_last, projection):
+    planes, points = make_inputs(device, torch.float32, channels_last=channels_last)
+    compare_with_reference(
+        backend, planes, points, torch.float32, aggregate=aggregate, padding_mode=padding,
+        align_corners=align_corners, channels_last=channels_last, projection=projection,
+        box_warp=1.6 if projection == "eg3d" else 2.0,
+    )
+
+
+@pytest.mark.parametrize(
+    "B,N,C,H,W",
+    [
+        (1, 1, 4, 5, 5),  # a single point
+        (1, 1151, 8, 16, 16),  # not a multiple of any block size
+        (2, 50, 5, 7, 13),  # H != W
+        (2, 40, 1, 6, 6),  # C = 1
+        (1, 60, 33, 6, 5),  # C = 33: not a multiple of 8 or 32
+        (1, 30, 70, 4, 4),  # C > 64: channel blocks loop
+        (1, 25, 3, 1, 1),  # 1x1 planes
+        (1, 25, 3, 1, 6),  # one row
+    ],
+)
+@pytest.mark.parametrize("aggregate", AGGREGATES)
+def test_odd_shapes(backend, device, B, N, C, H, W, aggregate):
+    planes, points = make_inputs(device, torch.float32, B=B, N=N, C=C, H=H, W=W)
+    for align_corners, padding in [(False, "zeros"), (True, "border")]:
+        compare_with_reference(backend, planes, points, torch.float32, aggregate=aggregate,
+                               align_corners=align_corners, padding_mode=padding)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("aggregate", AGGREGATES)
+def test_dtypes(backend, device, dtype, aggregate):
+    planes, points = make_inputs(device, dtype, N=45, C=6)
+    got = compare_with_reference(backend, planes, points, dtype, aggregate=aggregate)
+    assert got["out"].dtype == dtype
+    assert got["grad_planes"].dtype == dtype
+    assert got["grad_points"].dtype == points.dtype
+
+
+def test_reference_is_grid_sample():
+    """The oracle itself: three F.grid_sample calls at the documented projections."""
+    planes, points = make_inputs("cpu", torch.float64)
+    for projection, box_warp in [("npht", 2.0), ("eg3d", 1.5), (((2, 1), (0, 0), (1, 2)), 3.0)]:
+        axes = npht.resolve_projection(projection)
+        for align_corners, padding in itertools.product((False, True), PADDINGS):
+            feats = []
+            for k, (u, v) in enumerate(axes):
+                grid = torch.stack([points[..., u], points[..., v]], -1)[:, None] * (2 / box_warp)
+                f = F.grid_sample(planes[:, k], grid, align_corners=align_corners, padding_mode=padding)
+                feats.append(f[:, :, 0].transpose(1, 2))
+            kw = dict(projection=projection, box_warp=box_warp, align_corners=align_corners,
+                      padding_mode=padding)
+            torch.testing.assert_close(reference(planes, points, **kw), sum(feats))
+            torch.testing.assert_close(reference(planes, points, aggregate="mean", **kw), sum(feats) / 3)
+            torch.testing.assert_close(reference(planes, points, aggregate="concat", **kw), torch.cat(feats, -1))
+
+
+def test_eg3d_drop_in(backend, device):
+    """EG3D's sample_from_planes + mean(1) and npht with projection="eg3d" agree."""
+    # EG3D's generate_planes(): plane axes as rows
+    plane_axes = torch.tensor([[[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+                               [[1, 0, 0], [0, 0, 1], [0, 1, 0]],
+                               [[0, 0, 1], [1, 0, 0], [0, 1, 0]]], dtype=torch.float32)
+    assert npht.projection_from_plane_axes(plane_axes) == npht.PROJECTIONS["eg3d"]
+    planes, _ = make_inputs(device, torch.float32, B=2, C=8, H=12, W=12)
+    coords = (torch.rand(2, 300, 3, device=device) - 0.5) * 1.1  # box_warp 1: [-0.55, 0.55]
+    expected = eg3d_sample_from_planes(plane_axes.to(device), planes, coords, box_warp=1.0).mean(1)
+    got = npht.triplane_sample(planes, coords, aggregate="mean", projection="eg3d", box_warp=1.0,
+                               backend=backend)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_empty_points(backend, device):
+    planes, _ = make_inputs(device, torch.float32, C=4)
+    planes.requires_grad_(True)
+    points = torch.zeros(2, 0, 3, device=device, requires_grad=True)
+    for aggregate, C in [("sum", 4), ("concat", 12)]:
+        out = npht.triplane_sample(planes, points, aggregate=aggregate, backend=backend)
+        assert out.shape == (2, 0, C)
+        gP, gX = torch.autograd.grad(out.sum(), (planes, points))
+        assert gP.shape == planes.shape and torch.count_nonzero(gP) == 0
+        assert gX.shape == (2, 0, 3)
+
+
+@pytest.mark.parametrize("padding", PADDINGS)
+def test_outside_and_nonfinite_points(backend, device, padding):
+    """Documented behaviour: +-inf follows padding_mode; NaN gives NaN features from the
+    planes that read it and no gradient from that (point, plane) pair."""
+    planes, _ = make_inputs(device, torch.float32, B=1, C=3, H=5, W=7)
+    nan, inf = float("nan"), float("inf")
+    pts = torch.tensor([[[0.1, 0.2, 0.3],   # inside
+                         [inf, 0.2, 0.3],   # x = +inf: planes xy and xz read it
+                         [0.1, -inf, 0.3],  # y = -inf: planes xy and yz
+                         [3.0, -5.0, 0.3],  # far outside, finite
+                         [0.1, 0.2, nan]]], device=device)  # z NaN: planes yz and xz
+    kw = dict(aggregate="concat", padding_mode=padding, align_corners=False)
+    compare_with_reference(backend, planes, pts, torch.float32, **kw)
+    out = npht.triplane_sample(planes, pts, backend=backend, **kw).view(5, 3, 3)
+    assert torch.isfinite(out[:4]).all()
+    assert torch.isfinite(out[4, 0]).all() and out[4, 1:].isnan().all()
+    if padding == "zeros":
+        assert (out[1, [0, 2]] == 0).all() and (out[2, [0, 1]] == 0).all() and (out[3] == 0).all()
+    else:  # border: +inf x reads the last column of plane xy at y = 0.2
+        edge = npht.triplane_sample(planes, torch.tensor([[[1.0, 0.2, 0.3]]], device=device),
+                                    backend=backend, **kw).view(3, 3)
+        torch.testing.assert_close(out[1, 0], edge[0])
+    P = planes.detach().requires_grad_(True)
+    X = pts.detach().requires_grad_(True)
+    o = npht.triplane_sample(P, X, backend=backend, **kw)
+    gP, gX = torch.autograd.grad(o.nan_to_num().sum(), (P, X))
+    assert torch.isfinite(gP).all() and torch.isfinite(gX).all()
+    # An infinite or far-away coordinate gets no gradient (outside: zeros; border: clamped)
+    assert gX[0, 1, 0] == 0 and gX[0, 2, 1] == 0 and (gX[0, 3, :2] == 0).all()
+    # z is NaN: planes yz and xz give nothing, plane xy still differentiates x and y
+    assert gX[0, 4, 2] == 0 and (gX[0, 4, :2] != 0).all()
+
+
+def test_points_outside_match_grid_sample_exactly(backend, device):
+    """Outside [-1, 1] the padding semantics are F.grid_sample's (zeros and border)."""
+    planes, _ = make_inputs(device, torch.float32, B=1, C=2, H=4, W=4)
+    line = torch.linspace(-1.6, 1.6, 161, device=device)
+    pts = torch.stack([line, line.flip(0), torch.zeros_like(line)], -1)[None]
+    for padding, align in itertools.product(PADDINGS, (False, True)):
+        kw = dict(padding_mode=padding, align_corners=align)
+        torch.testing.assert_close(npht.triplane_sample(planes, pts, backend=backend, **kw),
+                                   reference(planes, pts, **kw), rtol=1e-5, atol=1e-6)
+
+
+def test_eikonal_step_matches_reference(backend, device):
+    """A small SDF model (tri-plane + MLP, softplus) with an eikonal loss: the parameter
+    gradients through the double backward equal the reference's."""
+    planes0, points = make_inputs(device, torch.float32, B=2, N=64, C=8, H=10, W=10)
+    torch.manual_seed(3)
+    mlp = torch.nn.Sequential(torch.nn.Linear(8 + 3, 32), torch.nn.Softplus(beta=100),
+                              torch.nn.Linear(32, 1)).to(device)
+
+    def grads(sample):
+        planes = planes0.detach().requires_grad_(True)
+        x = points.detach().requires_grad_(True)
+        sdf = mlp(torch.cat([sample(planes, x), x], -1)).squeeze(-1)
+        (n,) = torch.autograd.grad(sdf.sum(), x, create_graph=True)
+        loss = ((n.norm(dim=-1) - 1) ** 2).mean() + sdf.abs().mean()
+        params = [planes, *mlp.parameters()]
+        return torch.autograd.grad(loss, params)
+
+    got = grads(lambda p, x: npht.triplane_sample(p, x, backend=backend))
+    exp = grads(lambda p, x: reference(p, x))
+    for g, e in zip(got, exp):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+def test_build_info():
+    info = npht.build_info()
+    for key in ("cpu", "cuda", "triton", "reference", "torch"):
+        assert key in info
+    assert info["reference"] is True
+    assert info["cpu"] is True, info.get("compiled_error")
