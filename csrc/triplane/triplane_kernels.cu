@@ -14,9 +14,12 @@
 // out / grad_out [B, N, C] (sum, mean) or [B, N, 3C] (concat, plane-major).
 // All flattened indices are int64.
 //
-// A (point, plane) pair with no corner on the plane (outside, or a NaN coordinate) gets no
-// gradient at all (as in the reference: grid_sample's backward skips corners outside, and
-// a NaN coordinate contributes nothing), even when the upstream gradient is non-finite.
+// Order of operations mirrors triplane_cpu.cpp (sum over planes, then times the aggregate
+// weight; point gradients aw * dix * sum_c(...)), so the two backends agree to rounding
+// (summation order over channels aside), non-finite upstream gradients included. The only
+// shortcuts: corner values that are multiplied by an absent upstream gradient (gg_points or
+// gg_planes None in the double backward) are not loaded, and plane-gradient atomics that
+// are identically zero (no gg_points) are not issued.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -100,11 +103,6 @@ __device__ __forceinline__ T group_sum(T v, int G) {
   return v;
 }
 
-template <typename T>
-__device__ __forceinline__ bool any_valid(const PlaneSample<T>& s) {
-  return s.valid[0] || s.valid[1] || s.valid[2] || s.valid[3];
-}
-
 // Geometry shared by the kernels, passed by value.
 struct Geo {
   int64_t total;  // B * N points
@@ -159,12 +157,12 @@ __global__ void __launch_bounds__(kBlock)
       f[3] = s[k].valid[3] ? load_acc(planes + (o + WC + C)) : A(0);
       const A v = bilerp(s[k], f);
       if (concat) {
-        out[row + k * C + c] = from_acc<S>(aw * v);  // aw == 1 for concat
+        out[row + k * C + c] = from_acc<S>(v);  // aw == 1 for concat
       } else {
-        acc += aw * v;
+        acc += v;
       }
     }
-    if (!concat) out[row + c] = from_acc<S>(acc);
+    if (!concat) out[row + c] = from_acc<S>(acc * aw);
   }
 }
 
@@ -204,21 +202,23 @@ __global__ void __launch_bounds__(kBlock)
     const int au = prm.axis_u[k], av = prm.axis_v[k];
     const PlaneSample<A> s = plane_setup<A>(pick3(x0, x1, x2, au), pick3(x0, x1, x2, av), g.H,
                                             g.W, scale, prm.align_corners, prm.padding);
-    const bool any = active && any_valid(s);  // uniform within the group
     A gix = A(0), giy = A(0);
-    if (any) {
+    if (active) {
       const int64_t base = (b * 3 + k) * g.HWC;
       int64_t off[4];
+      A aww[4];
 #pragma unroll
-      for (int j = 0; j < 4; ++j) off[j] = base + s.idx[j] * C;
+      for (int j = 0; j < 4; ++j) {
+        off[j] = base + s.idx[j] * C;
+        aww[j] = aw * s.w[j];
+      }
       const S* go_row = grad_out + row + (concat ? k * C : int64_t(0));
       for (int64_t c = lane; c < C; c += G) {
         const A go = load_acc(go_row + c);
         if (grad_planes != nullptr) {
-          const A ago = aw * go;
 #pragma unroll
           for (int j = 0; j < 4; ++j)
-            if (s.valid[j]) atomicAdd(grad_planes + off[j] + c, ago * s.w[j]);
+            if (s.valid[j]) atomicAdd(grad_planes + off[j] + c, aww[j] * go);
         }
         if (need_points) {
           A f[4];
@@ -231,10 +231,8 @@ __global__ void __launch_bounds__(kBlock)
     if (need_points) {
       gix = group_sum(gix, G);
       giy = group_sum(giy, G);
-      if (any) {
-        add3(gp0, gp1, gp2, au, aw * (s.dix * gix));
-        add3(gp0, gp1, gp2, av, aw * (s.diy * giy));
-      }
+      add3(gp0, gp1, gp2, au, aw * s.dix * gix);
+      add3(gp0, gp1, gp2, av, aw * s.diy * giy);
     }
   }
   if (need_points && active && lane == 0) {
@@ -249,9 +247,9 @@ __global__ void __launch_bounds__(kBlock)
 // P = gg_points (of grad_points); per (point, plane, channel), with go the channel's
 // grad_out, qx = P[axis_u] * dix, qy = P[axis_v] * diy and r, g_ix, g_iy from
 // bilerp_vjp_vjp:
-//   g_grad_out[.., c] (+)= aw * r          (summed over planes for sum / mean)
+//   g_grad_out[.., c] = aw * r  (concat),  aw * sum_k r_k  (sum, mean)
 //   g_planes_acc[corner j, c] += aw * go * (qx * wx[j] + qy * wy[j])
-//   g_points[axis_u] += aw * (dix * sum_c g_ix),  g_points[axis_v] += aw * (diy * sum_c g_iy)
+//   g_points[axis_u] += aw * dix * sum_c g_ix,  g_points[axis_v] += aw * diy * sum_c g_iy
 // Loops run over channels outside and planes inside so the sum over planes of g_grad_out
 // stays in a register; the plane setups are recomputed per channel step (one step when
 // C <= G, the common case).
@@ -296,7 +294,7 @@ __global__ void __launch_bounds__(kBlock)
   const bool do_planes = g_planes != nullptr && has_q;
   const bool need_f = has_q && (need_out || need_points);
   const bool need_gp = gg_planes != nullptr && (need_out || need_points);
-  const bool need_go = need_points || do_planes;
+  const bool need_go = (need_points || do_planes) && (has_q || gg_planes != nullptr);
   const int64_t C = g.C;
   const int64_t row = p * (concat ? 3 * C : C);
 
@@ -312,38 +310,35 @@ __global__ void __launch_bounds__(kBlock)
         const int au = prm.axis_u[k], av = prm.axis_v[k];
         const PlaneSample<A> s = plane_setup<A>(pick3(x0, x1, x2, au), pick3(x0, x1, x2, av),
                                                 g.H, g.W, scale, prm.align_corners, prm.padding);
-        A r = A(0);
-        if (any_valid(s)) {
-          const A qx = pick3(P0, P1, P2, au) * s.dix;  // 0 when gg_points is None
-          const A qy = pick3(P0, P1, P2, av) * s.diy;
-          A go = go_sum;
-          if (need_go && concat) go = load_acc(grad_out + row + k * C + c);
-          const int64_t base = (b * 3 + k) * g.HWC;
-          int64_t off[4];
-          A f[4], Gv[4];
+        const A qx = has_q ? pick3(P0, P1, P2, au) * s.dix : A(0);
+        const A qy = has_q ? pick3(P0, P1, P2, av) * s.diy : A(0);
+        A go = go_sum;
+        if (need_go && concat) go = load_acc(grad_out + row + k * C + c);
+        const int64_t base = (b * 3 + k) * g.HWC;
+        int64_t off[4];
+        A f[4], Gv[4];
 #pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            off[j] = base + s.idx[j] * C;
-            f[j] = (need_f && s.valid[j]) ? load_acc(planes + off[j] + c) : A(0);
-            Gv[j] = (need_gp && s.valid[j]) ? load_acc(gg_planes + off[j] + c) : A(0);
-          }
-          r = bilerp_vjp_vjp(s, f, Gv, go, qx, qy, &gix[k], &giy[k]);
-          if (do_planes) {
+        for (int j = 0; j < 4; ++j) {
+          off[j] = base + s.idx[j] * C;
+          f[j] = (need_f && s.valid[j]) ? load_acc(planes + off[j] + c) : A(0);
+          Gv[j] = (need_gp && s.valid[j]) ? load_acc(gg_planes + off[j] + c) : A(0);
+        }
+        const A r = bilerp_vjp_vjp(s, f, Gv, go, qx, qy, &gix[k], &giy[k]);
+        if (do_planes) {
 #pragma unroll
-            for (int j = 0; j < 4; ++j)
-              if (s.valid[j])
-                atomicAdd(g_planes + off[j] + c, aw * bilerp_vjp_vjp_corner(s, j, go, qx, qy));
-          }
+          for (int j = 0; j < 4; ++j)
+            if (s.valid[j])
+              atomicAdd(g_planes + off[j] + c, aw * bilerp_vjp_vjp_corner(s, j, go, qx, qy));
         }
         if (need_out) {
           if (concat) {
-            g_grad_out[row + k * C + c] = from_acc<S>(aw * r);  // aw == 1 for concat
+            g_grad_out[row + k * C + c] = from_acc<S>(r * aw);
           } else {
-            r_sum += aw * r;
+            r_sum += r;
           }
         }
       }
-      if (need_out && !concat) g_grad_out[row + c] = from_acc<S>(r_sum);
+      if (need_out && !concat) g_grad_out[row + c] = from_acc<S>(r_sum * aw);
     }
   }
 
@@ -353,14 +348,12 @@ __global__ void __launch_bounds__(kBlock)
     for (int k = 0; k < 3; ++k) {
       const A sx = group_sum(gix[k], G);
       const A sy = group_sum(giy[k], G);
-      // dix / diy again (cheap); a pair without valid corners added nothing above.
+      // dix / diy again (cheap arithmetic, fewer live registers than keeping them)
       const int au = prm.axis_u[k], av = prm.axis_v[k];
       const PlaneSample<A> s = plane_setup<A>(pick3(x0, x1, x2, au), pick3(x0, x1, x2, av),
                                               g.H, g.W, scale, prm.align_corners, prm.padding);
-      if (active && any_valid(s)) {
-        add3(gp0, gp1, gp2, au, aw * (s.dix * sx));
-        add3(gp0, gp1, gp2, av, aw * (s.diy * sy));
-      }
+      add3(gp0, gp1, gp2, au, aw * s.dix * sx);
+      add3(gp0, gp1, gp2, av, aw * s.diy * sy);
     }
     if (active && lane == 0) {
       g_points[p * 3 + 0] = gp0;

@@ -1,0 +1,91 @@
+"""Render the committed benchmark JSON (benchmarks/results/) as markdown tables and write
+them into README.md between the `<!-- results:begin -->` / `<!-- results:end -->` markers.
+
+    python benchmarks/report.py            # rewrite the README's results section
+    python benchmarks/report.py --print    # print the tables only
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def latest_results(results_dir: str) -> list:
+    """The newest result per (benchmark, device, quick) found in results_dir."""
+    latest = {}
+    for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
+        with open(path) as f:
+            res = json.load(f)
+        key = (res.get("benchmark"), res.get("device"), res.get("config", {}).get("quick"))
+        if key not in latest or res["date"] > latest[key][1]["date"]:
+            latest[key] = (os.path.basename(path), res)
+    return sorted(latest.values(), key=lambda kv: (kv[1]["device_type"] != "cuda", kv[0]))
+
+
+def _ms(x):
+    return f"{x:.2f}" if x >= 1 else f"{x:.3f}"
+
+
+def table(name: str, res: dict) -> str:
+    cfg = res["config"]
+    lines = [
+        f"**{res['device']}** — torch {res['torch']}, commit `{res['commit']}`, {res['date'][:10]} "
+        f"(`{name}`): B={cfg['B']}, N={cfg['N']}, C={cfg['C']}, planes {cfg['res']}², "
+        f"eikonal N={cfg['eik_N']}, float32",
+        "",
+        "| task | method | median ms | points/s | speed-up vs reference | vs EG3D path | peak memory MiB | memory vs reference |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["results"]:
+        if "error" in r:
+            lines.append(f"| {r['task']} | {r['method']} | {r['error']} | | | | | |")
+            continue
+        mem = r.get("peak_mem_bytes")
+        mem_s = "" if mem is None else f"{mem / 2**20:.1f}"
+        ratio = r.get("memory_ratio_vs_reference")
+        ratio_s = "" if ratio is None else f"{ratio:.2f}"
+        lines.append(
+            f"| {r['task']} | {r['method']} | {_ms(r['median_ms'])} | {r['points_per_s'] / 1e6:.1f} M | "
+            f"{r.get('speedup_vs_reference', float('nan')):.2f}x | "
+            f"{r.get('speedup_vs_eg3d', float('nan')):.2f}x | {mem_s} | {ratio_s} |"
+        )
+    return "\n".join(lines)
+
+
+def render(results_dir: str) -> str:
+    found = latest_results(results_dir)
+    if not found:
+        return "_No benchmark results committed yet._"
+    return "\n\n".join(table(name, res) for name, res in found)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--results", default=os.path.join(HERE, "results"))
+    p.add_argument("--readme", default=os.path.join(ROOT, "README.md"))
+    p.add_argument("--print", action="store_true", help="print instead of editing the README")
+    args = p.parse_args(argv)
+    text = render(args.results)
+    if args.print:
+        print(text)
+        return
+    with open(args.readme) as f:
+        readme = f.read()
+    if BEGIN not in readme or END not in readme:
+        raise SystemExit(f"{args.readme} lacks the {BEGIN} ... {END} markers")
+    head, rest = readme.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    with open(args.readme, "w") as f:
+        f.write(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    print(f"updated {args.readme}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""Benchmark of npht.triplane_sample against the PyTorch references, side by side in one run.
+
+Methods: ``reference`` (3 x F.grid_sample + sum, the thesis-style baseline, the ratio
+denominator), ``eg3d`` (EG3D's path: batched grid_sample, permute, mean), and npht with
+each backend available here, fed the generator layout [B, 3, C, H, W] (``npht-<backend>``,
+a drop-in call that includes the layout copy) and channels-last planes
+(``npht-<backend>-cl``). Tasks: ``fwd`` (no grad), ``fwd_bwd`` (gradients to planes and
+points), ``eikonal`` (tri-plane + the thesis decoder, eikonal loss on the SDF's gradient
+norm, full double backward to planes and decoder).
+
+Timing: triton.testing.do_bench on GPU, a repeated wall-clock timer on CPU; median and
+20/80 % quantiles. Peak memory: CUDA allocator peak above the inputs on GPU; on CPU the
+peak RSS increase (sampled every 0.2 ms) of a fresh child process running the task once. Results go to
+benchmarks/results/triplane_<device>_<date>.json (+ .png with --plot).
+
+    python benchmarks/triplane.py                 # full sizes for this device
+    python benchmarks/triplane.py --quick --plot  # small sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import npht
+from npht.models import TriplaneDecoder
+from npht.reference import eg3d_sample_from_planes
+from npht.reference import triplane_sample as reference_sample
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+EG3D_PLANE_AXES = torch.tensor([[[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+                                [[1, 0, 0], [0, 0, 1], [0, 1, 0]],
+                                [[0, 0, 1], [1, 0, 0], [0, 1, 0]]], dtype=torch.float32)
+TASKS = ("fwd", "fwd_bwd", "eikonal")
+
+
+def default_config(device: str, quick: bool) -> dict:
+    if device == "cuda":
+        cfg = dict(B=4, N=2 ** 20, C=32, res=256, eik_N=2 ** 18)
+        if quick:
+            cfg.update(N=2 ** 16, eik_N=2 ** 14)
+    else:
+        cfg = dict(B=4, N=2 ** 15, C=32, res=128, eik_N=2 ** 11)
+        if quick:
+            cfg.update(N=2 ** 10, C=8, res=32, eik_N=2 ** 7)
+    return cfg
+
+
+def methods_for(device: str) -> list:
+    info = npht.build_info()
+    names = ["reference", "eg3d"]
+    backends = []
+    if device == "cuda":
+        if info["cuda"]:
+            backends.append("cuda")
+        if info["triton"]:
+            backends.append("triton")
+    elif info["cpu"]:
+        backends.append("cpu")
+    for b in backends:
+        names += [f"npht-{b}", f"npht-{b}-cl"]
+    return names
+
+
+def sampler(method: str):
+    """method -> (function(planes, points) -> features, channels_last input?)."""
+    if method == "reference":
+        return (lambda P, X: reference_sample(P, X)), False
+    if method == "eg3d":
+        def eg3d(P, X):
+            return eg3d_sample_from_planes(EG3D_PLANE_AXES.to(P.device), P, X, box_warp=2.0).mean(1)
+        return eg3d, False
+    m = re.fullmatch(r"npht-(\w+?)(-cl)?", method)
+    backend, cl = m.group(1), bool(m.group(2))
+    # EG3D comparisons use EG3D's projection and mean: same cost as npht's default sum
+    return (lambda P, X: npht.triplane_sample(P, X, backend=backend, channels_last=cl)), cl
+
+
+def make_inputs(cfg: dict, device: str, task: str, channels_last: bool, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    B, C, R = cfg["B"], cfg["C"], cfg["res"]
+    N = cfg["eik_N"] if task == "eikonal" else cfg["N"]
+    planes = (torch.randn(B, 3, C, R, R, generator=gen) * 0.1).to(device)
+    if channels_last:
+        planes = planes.permute(0, 1, 3, 4, 2).contiguous()
+    points = (torch.rand(B, N, 3, generator=gen) * 2 - 1).to(device)
+    return planes.requires_grad_(task != "fwd"), points.requires_grad_(task != "fwd")
+
+
+def make_step(method: str, task: str, cfg: dict, device: str):
+    """Build the inputs and a closure running one step of ``task``."""
+    fn, cl = sampler(method)
+    planes, points = make_inputs(cfg, device, task, cl)
+    if task == "fwd":
+        def step():
+            with torch.no_grad():
+                return fn(planes, points)
+    elif task == "fwd_bwd":
+        go = torch.randn(points.shape[0], points.shape[1], cfg["C"], device=device)
+
+        def step():
+            out = fn(planes, points)
+            return torch.autograd.grad(out, (planes, points), go)
+    else:
+        torch.manual_seed(0)
+        decoder = TriplaneDecoder(feature_dim=cfg["C"]).to(device)
+        params = [planes, *decoder.parameters()]
+
+        def step():
+            x = points
+            sdf = decoder(fn(planes, x), x)
+            (normals,) = torch.autograd.grad(sdf.sum(), x, create_graph=True)
+            loss = ((normals.norm(dim=-1) - 1) ** 2).mean() + sdf.abs().mean()
+            return torch.autograd.grad(loss, params)
+    return step, (planes, points)
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_step(step, device: str, reps: int) -> dict:
+    if device == "cuda":
+        import triton.testing
+
+        q20, med, q80 = triton.testing.do_bench(step, quantiles=[0.2, 0.5, 0.8], warmup=25, rep=200)
+        return {"median_ms": med, "q20_ms": q20, "q80_ms": q80}
+    step()  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    qs = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
+    return {"median_ms": statistics.median(times), "q20_ms": qs[1], "q80_ms": qs[7]}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_memory(method: str, task: str, cfg: dict, device: str) -> int:
+    """Bytes of peak memory a step needs beyond its inputs."""
+    if device == "cuda":
+        step, _ = make_step(method, task, cfg, device)
+        step()
+        sync(device)
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        sync(device)
+        return torch.cuda.max_memory_allocated() - base
+    cmd = [sys.executable, os.path.abspath(__file__), "--child-memory", method, task,
+           "--config", json.dumps(cfg)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ.copy())
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def child_memory(method: str, task: str, cfg: dict) -> None:
+    """Run one step in this (fresh) process and print its peak RSS increase, sampled
+    every 0.2 ms by a thread while the step runs."""
+    import threading
+
+    step, _ = make_step(method, task, cfg, "cpu")
+    base = _rss_bytes()
+    peak = [base]
+    done = threading.Event()
+
+    def poll():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.0002)
+
+    t = threading.Thread(target=poll, daemon=True)
+    t.start()
+    step()
+    done.set()
+    t.join()
+    print(max(0, max(peak[0], _rss_bytes()) - base))
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def run(args) -> dict:
+    device = args.device
+    cfg = default_config(device, args.quick)
+    for key in ("B", "N", "C", "res", "eik_N"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
+    methods = args.methods or methods_for(device)
+    rows = []
+    for task in args.tasks:
+        for method in methods:
+            row = {"task": task, "method": method}
+            try:
+                step, _ = make_step(method, task, cfg, device)
+                row.update(time_step(step, device, args.reps))
+                del step
+                if not args.no_memory:
+                    row["peak_mem_bytes"] = peak_memory(method, task, cfg, device)
+            except torch.OutOfMemoryError:
+                row["error"] = "out of memory"
+            except subprocess.CalledProcessError as exc:  # child ran out of memory / failed
+                row["error"] = f"memory child failed: {exc.stderr.strip().splitlines()[-1:]}"
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            n = cfg["eik_N"] if task == "eikonal" else cfg["N"]
+            if "median_ms" in row:
+                row["points_per_s"] = cfg["B"] * n / (row["median_ms"] * 1e-3)
+            rows.append(row)
+            print(_fmt_row(row), flush=True)
+    for row in rows:
+        for base in ("reference", "eg3d"):
+            ref = next((r for r in rows if r["task"] == row["task"] and r["method"] == base), None)
+            if ref and "median_ms" in ref and "median_ms" in row:
+                row[f"speedup_vs_{base}"] = ref["median_ms"] / row["median_ms"]
+                if ref.get("peak_mem_bytes") and row.get("peak_mem_bytes") is not None:
+                    row[f"memory_ratio_vs_{base}"] = row["peak_mem_bytes"] / ref["peak_mem_bytes"]
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except Exception:
+        triton_version = None
+    return {
+        "benchmark": "triplane",
+        "device": device_name(device),
+        "device_type": device,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "npht": npht.__version__,
+        "commit": git_commit(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": {**cfg, "dtype": "float32", "reps": args.reps, "quick": args.quick,
+                   "decoder": "5 layers, 256 wide, softplus beta=100"},
+        "build_info": {k: v for k, v in npht.build_info().items() if not k.endswith("error")},
+        "results": rows,
+    }
+
+
+def _fmt_row(row: dict) -> str:
+    if "error" in row:
+        return f"{row['task']:8s} {row['method']:16s} {row['error']}"
+    mem = row.get("peak_mem_bytes")
+    mem_s = f"{mem / 2**20:9.1f} MiB" if mem is not None else ""
+    return f"{row['task']:8s} {row['method']:16s} {row['median_ms']:10.3f} ms  {mem_s}"
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["results"] if "speedup_vs_reference" in r]
+    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    width = 0.8 / max(1, len(methods))
+    for i, m in enumerate(methods):
+        xs = [tasks.index(r["task"]) + i * width for r in rows if r["method"] == m]
+        axes[0].bar(xs, [r["speedup_vs_reference"] for r in rows if r["method"] == m], width, label=m)
+        mem = [(tasks.index(r["task"]) + i * width, r.get("peak_mem_bytes", 0) / 2**20)
+               for r in rows if r["method"] == m]
+        axes[1].bar([x for x, _ in mem], [v for _, v in mem], width, label=m)
+    for ax, title in zip(axes, ["speed-up vs reference (3 x grid_sample)", "peak memory (MiB)"]):
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(tasks))], tasks)
+        ax.set_title(title)
+    axes[0].axhline(1.0, color="k", lw=0.8)
+    axes[0].set_yscale("log")
+    axes[1].legend(fontsize=8)
+    cfg = result["config"]
+    fig.suptitle(f"npht.triplane_sample on {result['device']}  (B={cfg['B']}, N={cfg['N']}, "
+                 f"C={cfg['C']}, {cfg['res']}^2; eikonal N={cfg['eik_N']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    p.add_argument("--B", type=int)
+    p.add_argument("--N", type=int, help="points per batch element (fwd, fwd_bwd)")
+    p.add_argument("--C", type=int)
+    p.add_argument("--res", type=int, help="plane resolution")
+    p.add_argument("--eik-N", dest="eik_N", type=int, help="points per batch element (eikonal)")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    p.add_argument("--methods", nargs="+")
+    p.add_argument("--reps", type=int, default=7, help="timed repetitions on CPU")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--plot", action="store_true")
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--child-memory", nargs=2, metavar=("METHOD", "TASK"), help=argparse.SUPPRESS)
+    p.add_argument("--config", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child_memory:
+        child_memory(*args.child_memory, json.loads(args.config))
+        return None
+    result = run(args)
+    os.makedirs(args.out, exist_ok=True)
+    slug = re.sub(r"[^a-z0-9]+", "-", result["device_type"] + "-" + result["device"].lower()).strip("-")[:48]
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(args.out, f"triplane_{slug}_{stamp}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(path + ".tmp", path)  # never leave a half-written result
+    print(f"wrote {path}")
+    if args.plot:
+        plot(result, path[:-5] + ".png")
+        print(f"wrote {path[:-5]}.png")
+    return path
+
+
+if __name__ == "__main__":
+    main()
