@@ -193,6 +193,8 @@ def child_memory(method: str, task: str, cfg: dict) -> None:
 
 
 def git_commit() -> str:
+    if os.environ.get("NPHT_COMMIT"):  # set where the tree travels without its .git
+        return os.environ["NPHT_COMMIT"]
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
                               text=True, check=True).stdout.strip()

@@ -18,6 +18,8 @@ Only long-stable Triton APIs are used (load/store/atomic_add with masks, where, 
 floor, arange, program_id, constexpr); no autotuning.
 """
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -28,67 +30,68 @@ _MAX_BLOCK_C = 64
 
 
 # ---------------------------------------------------------------------------------------
-# per-element helpers
+# per-element helpers (few and large: the interpreter pays per helper call)
 # ---------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _pick(p0, p1, p2, A: tl.constexpr):
-    if A == 0:
-        r = p0
-    elif A == 1:
-        r = p1
+def _add2(g0, g1, g2, U: tl.constexpr, V: tl.constexpr, gu, gv):
+    """Adds gu to coordinate U and gv to coordinate V of the point gradient."""
+    if U == 0:
+        g0 = g0 + gu
+    elif U == 1:
+        g1 = g1 + gu
     else:
-        r = p2
-    return r
-
-
-@triton.jit
-def _add_to(g0, g1, g2, A: tl.constexpr, val):
-    if A == 0:
-        g0 = g0 + val
-    elif A == 1:
-        g1 = g1 + val
+        g2 = g2 + gu
+    if V == 0:
+        g0 = g0 + gv
+    elif V == 1:
+        g1 = g1 + gv
     else:
-        g2 = g2 + val
+        g2 = g2 + gv
     return g0, g1, g2
 
 
 @triton.jit
-def _source_index(g, size, ALIGN: tl.constexpr, PAD: tl.constexpr, CDT: tl.constexpr):
-    """Grid coordinate -> (pixel coordinate, d pixel / d grid), as source_index()."""
-    sizef = size.to(CDT)
-    if ALIGN:
-        ix = (g + 1.0) / 2.0 * (sizef - 1.0)
-        # size 1: every coordinate maps to pixel 0 (also +-inf, where inf * 0 is NaN)
-        ix = tl.where(size > 1, ix, 0.0)
-        d = tl.zeros_like(g) + (sizef - 1.0) / 2.0
-    else:
-        ix = ((g + 1.0) * sizef - 1.0) / 2.0
-        d = tl.zeros_like(g) + sizef / 2.0
-    if PAD == 1:
-        lim = sizef - 1.0
-        lo = ix <= 0.0
-        hi = ix >= lim
-        d = tl.where(lo | hi, 0.0, d)
-        ix = tl.where(lo, 0.0, tl.where(hi, lim, ix))
-    return ix, d
-
-
-@triton.jit
-def _setup(pu, pv, mn, sc, H, W, ALIGN: tl.constexpr, PAD: tl.constexpr, CDT: tl.constexpr):
-    """The bilinear footprint of BLOCK_N points on one plane (plane_setup()).
+def _setup(points, n, mn, sc, H, W, U: tl.constexpr, V: tl.constexpr, ALIGN: tl.constexpr,
+           PAD: tl.constexpr, CDT: tl.constexpr):
+    """The bilinear footprint of BLOCK_N points on one plane (plane_setup() of the header).
 
     Returns idx0 (y0 * W + x0, int64), the four corner masks (row mask mn included), tx,
     ty (0 where the point has no corner), dix, diy (0 likewise) and fill (NaN for a NaN
     coordinate, else 0)."""
+    pu = tl.load(points + n * 3 + U, mask=mn, other=0.0).to(CDT)
+    pv = tl.load(points + n * 3 + V, mask=mn, other=0.0).to(CDT)
     isn = (pu != pu) | (pv != pv)
-    ix, gx = _source_index(pu * sc, W, ALIGN, PAD, CDT)
-    iy, gy = _source_index(pv * sc, H, ALIGN, PAD, CDT)
-    x0f = tl.floor(ix)
-    y0f = tl.floor(iy)
+    gu = pu * sc
+    gv = pv * sc
     Wf = W.to(CDT)
     Hf = H.to(CDT)
+    # source_index(): grid coordinate -> pixel coordinate and d pixel / d grid
+    if ALIGN:
+        ix = (gu + 1.0) / 2.0 * (Wf - 1.0)
+        iy = (gv + 1.0) / 2.0 * (Hf - 1.0)
+        # size 1: every coordinate maps to pixel 0 (also +-inf, where inf * 0 is NaN)
+        ix = tl.where(W > 1, ix, 0.0)
+        iy = tl.where(H > 1, iy, 0.0)
+        dgx = tl.zeros_like(gu) + (Wf - 1.0) / 2.0
+        dgy = tl.zeros_like(gv) + (Hf - 1.0) / 2.0
+    else:
+        ix = ((gu + 1.0) * Wf - 1.0) / 2.0
+        iy = ((gv + 1.0) * Hf - 1.0) / 2.0
+        dgx = tl.zeros_like(gu) + Wf / 2.0
+        dgy = tl.zeros_like(gv) + Hf / 2.0
+    if PAD == 1:
+        lox = ix <= 0.0
+        hix = ix >= Wf - 1.0
+        dgx = tl.where(lox | hix, 0.0, dgx)
+        ix = tl.where(lox, 0.0, tl.where(hix, Wf - 1.0, ix))
+        loy = iy <= 0.0
+        hiy = iy >= Hf - 1.0
+        dgy = tl.where(loy | hiy, 0.0, dgy)
+        iy = tl.where(loy, 0.0, tl.where(hiy, Hf - 1.0, iy))
+    x0f = tl.floor(ix)
+    y0f = tl.floor(iy)
     # decide in floating point: far-away / infinite points have no corner (NaN: false)
     inr = (x0f >= -1.0) & (x0f <= Wf - 1.0) & (y0f >= -1.0) & (y0f <= Hf - 1.0)
     inr = inr & (isn == 0) & mn
@@ -107,30 +110,10 @@ def _setup(pu, pv, mn, sc, H, W, ALIGN: tl.constexpr, PAD: tl.constexpr, CDT: tl
     m2 = inr & vx0 & vy1
     m3 = inr & vx1 & vy1
     idx0 = y0.to(tl.int64) * W + x0.to(tl.int64)
-    dix = tl.where(inr, gx * sc, 0.0)
-    diy = tl.where(inr, gy * sc, 0.0)
+    dix = tl.where(inr, dgx * sc, 0.0)
+    diy = tl.where(inr, dgy * sc, 0.0)
     fill = tl.where(isn, (pu - pu) + (pv - pv), 0.0)
     return idx0, m0, m1, m2, m3, tx, ty, dix, diy, fill
-
-
-@triton.jit
-def _load_tile(ptr, rows, m, offs_c, mc, CDT: tl.constexpr):
-    return tl.load(ptr + rows[:, None] + offs_c[None, :], mask=m[:, None] & mc[None, :],
-                   other=0.0).to(CDT)
-
-
-@triton.jit
-def _load_go(grad_out, n, mn, offs_c, mc, C, OC, K: tl.constexpr, AGG: tl.constexpr,
-             CDT: tl.constexpr):
-    """The upstream gradient of plane K's samples, aggregate weight included."""
-    if AGG == 2:
-        rows = n * OC + K * C
-    else:
-        rows = n * OC
-    go = _load_tile(grad_out, rows, mn, offs_c, mc, CDT)
-    if AGG == 1:
-        go = go / 3.0
-    return go
 
 
 # ---------------------------------------------------------------------------------------
@@ -139,17 +122,18 @@ def _load_go(grad_out, n, mn, offs_c, mc, C, OC, K: tl.constexpr, AGG: tl.conste
 
 
 @triton.jit
-def _fwd_plane(planes, n, mn, b, pu, pv, sc, offs_c, mc, H, W, C, HWC,
-               K: tl.constexpr, PAD: tl.constexpr, ALIGN: tl.constexpr, CDT: tl.constexpr):
-    idx0, m0, m1, m2, m3, tx, ty, dix, diy, fill = _setup(pu, pv, mn, sc, H, W, ALIGN, PAD, CDT)
+def _fwd_plane(planes, points, n, mn, b, sc, offs_c, mc, H, W, C, HWC,
+               K: tl.constexpr, U: tl.constexpr, V: tl.constexpr, PAD: tl.constexpr,
+               ALIGN: tl.constexpr, CDT: tl.constexpr):
+    idx0, m0, m1, m2, m3, tx, ty, dix, diy, fill = _setup(points, n, mn, sc, H, W, U, V,
+                                                          ALIGN, PAD, CDT)
     a0 = (b * 3 + K) * HWC + idx0 * C
-    a1 = a0 + C
-    a2 = a0 + W * C
-    a3 = a2 + C
-    f0 = _load_tile(planes, a0, m0, offs_c, mc, CDT)
-    f1 = _load_tile(planes, a1, m1, offs_c, mc, CDT)
-    f2 = _load_tile(planes, a2, m2, offs_c, mc, CDT)
-    f3 = _load_tile(planes, a3, m3, offs_c, mc, CDT)
+    p = planes + a0[:, None] + offs_c[None, :]
+    cm = mc[None, :]
+    f0 = tl.load(p, mask=m0[:, None] & cm, other=0.0).to(CDT)
+    f1 = tl.load(p + C, mask=m1[:, None] & cm, other=0.0).to(CDT)
+    f2 = tl.load(p + W * C, mask=m2[:, None] & cm, other=0.0).to(CDT)
+    f3 = tl.load(p + W * C + C, mask=m3[:, None] & cm, other=0.0).to(CDT)
     w0 = (1.0 - tx) * (1.0 - ty)
     w1 = tx * (1.0 - ty)
     w2 = (1.0 - tx) * ty
@@ -159,7 +143,7 @@ def _fwd_plane(planes, n, mn, b, pu, pv, sc, offs_c, mc, H, W, C, HWC,
 
 
 @triton.jit(do_not_specialize=["H", "W"])
-def _triplane_fwd_kernel(planes, points, out, BN, N, H, W, C, HWC, OC, scale,
+def _triplane_fwd_kernel(planes, points, out, BN, N, H, W, C, HWC, OC, scale: tl.float64,
                          U0: tl.constexpr, V0: tl.constexpr, U1: tl.constexpr,
                          V1: tl.constexpr, U2: tl.constexpr, V2: tl.constexpr,
                          AGG: tl.constexpr, PAD: tl.constexpr, ALIGN: tl.constexpr,
@@ -168,21 +152,18 @@ def _triplane_fwd_kernel(planes, points, out, BN, N, H, W, C, HWC, OC, scale,
     n = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mn = n < BN
     b = n // N
-    p0 = tl.load(points + n * 3 + 0, mask=mn, other=0.0).to(CDT)
-    p1 = tl.load(points + n * 3 + 1, mask=mn, other=0.0).to(CDT)
-    p2 = tl.load(points + n * 3 + 2, mask=mn, other=0.0).to(CDT)
     sc = tl.full([BLOCK_N], scale, CDT)
     odt = out.dtype.element_ty
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         mc = offs_c < C
         msk = mn[:, None] & mc[None, :]
-        v0 = _fwd_plane(planes, n, mn, b, _pick(p0, p1, p2, U0), _pick(p0, p1, p2, V0), sc,
-                        offs_c, mc, H, W, C, HWC, 0, PAD, ALIGN, CDT)
-        v1 = _fwd_plane(planes, n, mn, b, _pick(p0, p1, p2, U1), _pick(p0, p1, p2, V1), sc,
-                        offs_c, mc, H, W, C, HWC, 1, PAD, ALIGN, CDT)
-        v2 = _fwd_plane(planes, n, mn, b, _pick(p0, p1, p2, U2), _pick(p0, p1, p2, V2), sc,
-                        offs_c, mc, H, W, C, HWC, 2, PAD, ALIGN, CDT)
+        v0 = _fwd_plane(planes, points, n, mn, b, sc, offs_c, mc, H, W, C, HWC, 0, U0, V0,
+                        PAD, ALIGN, CDT)
+        v1 = _fwd_plane(planes, points, n, mn, b, sc, offs_c, mc, H, W, C, HWC, 1, U1, V1,
+                        PAD, ALIGN, CDT)
+        v2 = _fwd_plane(planes, points, n, mn, b, sc, offs_c, mc, H, W, C, HWC, 2, U2, V2,
+                        PAD, ALIGN, CDT)
         optr = out + (n * OC)[:, None] + offs_c[None, :]
         if AGG == 2:
             tl.store(optr, v0.to(odt), mask=msk)
@@ -201,43 +182,44 @@ def _triplane_fwd_kernel(planes, points, out, BN, N, H, W, C, HWC, OC, scale,
 
 
 @triton.jit
-def _bwd_plane(planes, grad_out, gplanes, n, mn, b, pu, pv, sc, offs_c, mc, H, W, C, HWC, OC,
-               K: tl.constexpr, AGG: tl.constexpr, PAD: tl.constexpr, ALIGN: tl.constexpr,
-               CDT: tl.constexpr, NEED_PLANES: tl.constexpr, NEED_POINTS: tl.constexpr):
-    idx0, m0, m1, m2, m3, tx, ty, dix, diy, fill = _setup(pu, pv, mn, sc, H, W, ALIGN, PAD, CDT)
+def _bwd_plane(planes, points, grad_out, gplanes, n, mn, b, sc, offs_c, mc, H, W, C, HWC, OC,
+               K: tl.constexpr, U: tl.constexpr, V: tl.constexpr, AGG: tl.constexpr,
+               PAD: tl.constexpr, ALIGN: tl.constexpr, CDT: tl.constexpr,
+               NEED_PLANES: tl.constexpr, NEED_POINTS: tl.constexpr):
+    idx0, m0, m1, m2, m3, tx, ty, dix, diy, fill = _setup(points, n, mn, sc, H, W, U, V,
+                                                          ALIGN, PAD, CDT)
     a0 = (b * 3 + K) * HWC + idx0 * C
-    a1 = a0 + C
-    a2 = a0 + W * C
-    a3 = a2 + C
-    go = _load_go(grad_out, n, mn, offs_c, mc, C, OC, K, AGG, CDT)
+    cm = mc[None, :]
+    # upstream gradient of this plane's samples, aggregate weight included
+    if AGG == 2:
+        go_rows = n * OC + K * C
+    else:
+        go_rows = n * OC
+    go = tl.load(grad_out + go_rows[:, None] + offs_c[None, :], mask=mn[:, None] & cm,
+                 other=0.0).to(CDT)
+    if AGG == 1:
+        go = go / 3.0
     gu = tl.zeros_like(tx)
     gv = tl.zeros_like(tx)
     if NEED_PLANES:
-        cm = mc[None, :]
+        q = gplanes + a0[:, None] + offs_c[None, :]
         w0 = (1.0 - tx) * (1.0 - ty)
         w1 = tx * (1.0 - ty)
         w2 = (1.0 - tx) * ty
         w3 = tx * ty
-        tl.atomic_add(gplanes + a0[:, None] + offs_c[None, :], go * w0[:, None],
-                      mask=m0[:, None] & cm, sem="relaxed")
-        tl.atomic_add(gplanes + a1[:, None] + offs_c[None, :], go * w1[:, None],
-                      mask=m1[:, None] & cm, sem="relaxed")
-        tl.atomic_add(gplanes + a2[:, None] + offs_c[None, :], go * w2[:, None],
-                      mask=m2[:, None] & cm, sem="relaxed")
-        tl.atomic_add(gplanes + a3[:, None] + offs_c[None, :], go * w3[:, None],
-                      mask=m3[:, None] & cm, sem="relaxed")
+        tl.atomic_add(q, go * w0[:, None], mask=m0[:, None] & cm, sem="relaxed")
+        tl.atomic_add(q + C, go * w1[:, None], mask=m1[:, None] & cm, sem="relaxed")
+        tl.atomic_add(q + W * C, go * w2[:, None], mask=m2[:, None] & cm, sem="relaxed")
+        tl.atomic_add(q + W * C + C, go * w3[:, None], mask=m3[:, None] & cm, sem="relaxed")
     if NEED_POINTS:
-        f0 = _load_tile(planes, a0, m0, offs_c, mc, CDT)
-        f1 = _load_tile(planes, a1, m1, offs_c, mc, CDT)
-        f2 = _load_tile(planes, a2, m2, offs_c, mc, CDT)
-        f3 = _load_tile(planes, a3, m3, offs_c, mc, CDT)
+        p = planes + a0[:, None] + offs_c[None, :]
+        f0 = tl.load(p, mask=m0[:, None] & cm, other=0.0).to(CDT)
+        f1 = tl.load(p + C, mask=m1[:, None] & cm, other=0.0).to(CDT)
+        f2 = tl.load(p + W * C, mask=m2[:, None] & cm, other=0.0).to(CDT)
+        f3 = tl.load(p + W * C + C, mask=m3[:, None] & cm, other=0.0).to(CDT)
         # wx = (-(1-ty), 1-ty, -ty, ty), wy = (-(1-tx), -tx, 1-tx, tx)
-        sy = (1.0 - ty)[:, None]
-        ty2 = ty[:, None]
-        sx = (1.0 - tx)[:, None]
-        tx2 = tx[:, None]
-        dx = sy * (f1 - f0) + ty2 * (f3 - f2)
-        dy = sx * (f2 - f0) + tx2 * (f3 - f1)
+        dx = (1.0 - ty)[:, None] * (f1 - f0) + ty[:, None] * (f3 - f2)
+        dy = (1.0 - tx)[:, None] * (f2 - f0) + tx[:, None] * (f3 - f1)
         gu = tl.sum(go * dx, axis=1) * dix
         gv = tl.sum(go * dy, axis=1) * diy
     return gu, gv
@@ -245,7 +227,7 @@ def _bwd_plane(planes, grad_out, gplanes, n, mn, b, pu, pv, sc, offs_c, mc, H, W
 
 @triton.jit(do_not_specialize=["H", "W"])
 def _triplane_bwd_kernel(grad_out, planes, points, gplanes, gpoints, BN, N, H, W, C, HWC, OC,
-                         scale,
+                         scale: tl.float64,
                          U0: tl.constexpr, V0: tl.constexpr, U1: tl.constexpr,
                          V1: tl.constexpr, U2: tl.constexpr, V2: tl.constexpr,
                          AGG: tl.constexpr, PAD: tl.constexpr, ALIGN: tl.constexpr,
@@ -256,9 +238,6 @@ def _triplane_bwd_kernel(grad_out, planes, points, gplanes, gpoints, BN, N, H, W
     n = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mn = n < BN
     b = n // N
-    p0 = tl.load(points + n * 3 + 0, mask=mn, other=0.0).to(CDT)
-    p1 = tl.load(points + n * 3 + 1, mask=mn, other=0.0).to(CDT)
-    p2 = tl.load(points + n * 3 + 2, mask=mn, other=0.0).to(CDT)
     sc = tl.full([BLOCK_N], scale, CDT)
     g0 = tl.zeros([BLOCK_N], CDT)
     g1 = tl.zeros([BLOCK_N], CDT)
@@ -266,21 +245,18 @@ def _triplane_bwd_kernel(grad_out, planes, points, gplanes, gpoints, BN, N, H, W
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         mc = offs_c < C
-        gu, gv = _bwd_plane(planes, grad_out, gplanes, n, mn, b, _pick(p0, p1, p2, U0),
-                            _pick(p0, p1, p2, V0), sc, offs_c, mc, H, W, C, HWC, OC, 0, AGG,
-                            PAD, ALIGN, CDT, NEED_PLANES, NEED_POINTS)
-        g0, g1, g2 = _add_to(g0, g1, g2, U0, gu)
-        g0, g1, g2 = _add_to(g0, g1, g2, V0, gv)
-        gu, gv = _bwd_plane(planes, grad_out, gplanes, n, mn, b, _pick(p0, p1, p2, U1),
-                            _pick(p0, p1, p2, V1), sc, offs_c, mc, H, W, C, HWC, OC, 1, AGG,
-                            PAD, ALIGN, CDT, NEED_PLANES, NEED_POINTS)
-        g0, g1, g2 = _add_to(g0, g1, g2, U1, gu)
-        g0, g1, g2 = _add_to(g0, g1, g2, V1, gv)
-        gu, gv = _bwd_plane(planes, grad_out, gplanes, n, mn, b, _pick(p0, p1, p2, U2),
-                            _pick(p0, p1, p2, V2), sc, offs_c, mc, H, W, C, HWC, OC, 2, AGG,
-                            PAD, ALIGN, CDT, NEED_PLANES, NEED_POINTS)
-        g0, g1, g2 = _add_to(g0, g1, g2, U2, gu)
-        g0, g1, g2 = _add_to(g0, g1, g2, V2, gv)
+        gu, gv = _bwd_plane(planes, points, grad_out, gplanes, n, mn, b, sc, offs_c, mc, H, W,
+                            C, HWC, OC, 0, U0, V0, AGG, PAD, ALIGN, CDT, NEED_PLANES,
+                            NEED_POINTS)
+        g0, g1, g2 = _add2(g0, g1, g2, U0, V0, gu, gv)
+        gu, gv = _bwd_plane(planes, points, grad_out, gplanes, n, mn, b, sc, offs_c, mc, H, W,
+                            C, HWC, OC, 1, U1, V1, AGG, PAD, ALIGN, CDT, NEED_PLANES,
+                            NEED_POINTS)
+        g0, g1, g2 = _add2(g0, g1, g2, U1, V1, gu, gv)
+        gu, gv = _bwd_plane(planes, points, grad_out, gplanes, n, mn, b, sc, offs_c, mc, H, W,
+                            C, HWC, OC, 2, U2, V2, AGG, PAD, ALIGN, CDT, NEED_PLANES,
+                            NEED_POINTS)
+        g0, g1, g2 = _add2(g0, g1, g2, U2, V2, gu, gv)
     if NEED_POINTS:
         pdt = gpoints.dtype.element_ty
         tl.store(gpoints + n * 3 + 0, g0.to(pdt), mask=mn)
@@ -294,19 +270,20 @@ def _triplane_bwd_kernel(grad_out, planes, points, gplanes, gpoints, BN, N, H, W
 
 
 @triton.jit
-def _bwd2_plane(planes, gg_planes, grad_out, gplanes, n, mn, b, pu, pv, qu, qv, sc, offs_c,
-                mc, H, W, C, HWC, OC, K: tl.constexpr, AGG: tl.constexpr, PAD: tl.constexpr,
-                ALIGN: tl.constexpr, CDT: tl.constexpr, HAS_GGPL: tl.constexpr,
-                HAS_GGPT: tl.constexpr, NEED_GO: tl.constexpr, NEED_PLANES: tl.constexpr,
-                NEED_POINTS: tl.constexpr, LOAD_GO: tl.constexpr, LOAD_F: tl.constexpr,
-                LOAD_G: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    idx0, m0, m1, m2, m3, tx, ty, dix, diy, fill = _setup(pu, pv, mn, sc, H, W, ALIGN, PAD, CDT)
+def _bwd2_plane(planes, points, gg_planes, gg_points, grad_out, gplanes, n, mn, b, sc, offs_c,
+                mc, H, W, C, HWC, OC, K: tl.constexpr, U: tl.constexpr, V: tl.constexpr,
+                AGG: tl.constexpr, PAD: tl.constexpr, ALIGN: tl.constexpr, CDT: tl.constexpr,
+                HAS_GGPL: tl.constexpr, HAS_GGPT: tl.constexpr, NEED_GO: tl.constexpr,
+                NEED_PLANES: tl.constexpr, NEED_POINTS: tl.constexpr, LOAD_GO: tl.constexpr,
+                LOAD_F: tl.constexpr, LOAD_G: tl.constexpr, BLOCK_N: tl.constexpr,
+                BLOCK_C: tl.constexpr):
+    idx0, m0, m1, m2, m3, tx, ty, dix, diy, fill = _setup(points, n, mn, sc, H, W, U, V,
+                                                          ALIGN, PAD, CDT)
     a0 = (b * 3 + K) * HWC + idx0 * C
-    a1 = a0 + C
-    a2 = a0 + W * C
-    a3 = a2 + C
-    qx = qu * dix
-    qy = qv * diy
+    cm = mc[None, :]
+    if HAS_GGPT:
+        qx = tl.load(gg_points + n * 3 + U, mask=mn, other=0.0).to(CDT) * dix
+        qy = tl.load(gg_points + n * 3 + V, mask=mn, other=0.0).to(CDT) * diy
     sy = (1.0 - ty)[:, None]
     ty2 = ty[:, None]
     sx = (1.0 - tx)[:, None]
@@ -315,20 +292,30 @@ def _bwd2_plane(planes, gg_planes, grad_out, gplanes, n, mn, b, pu, pv, qu, qv, 
     gu = tl.zeros_like(tx)
     gv = tl.zeros_like(tx)
     if LOAD_GO:
-        go = _load_go(grad_out, n, mn, offs_c, mc, C, OC, K, AGG, CDT)
+        # upstream gradient of this plane's samples, aggregate weight included
+        if AGG == 2:
+            go_rows = n * OC + K * C
+        else:
+            go_rows = n * OC
+        go = tl.load(grad_out + go_rows[:, None] + offs_c[None, :], mask=mn[:, None] & cm,
+                     other=0.0).to(CDT)
+        if AGG == 1:
+            go = go / 3.0
     if LOAD_F:
-        f0 = _load_tile(planes, a0, m0, offs_c, mc, CDT)
-        f1 = _load_tile(planes, a1, m1, offs_c, mc, CDT)
-        f2 = _load_tile(planes, a2, m2, offs_c, mc, CDT)
-        f3 = _load_tile(planes, a3, m3, offs_c, mc, CDT)
+        p = planes + a0[:, None] + offs_c[None, :]
+        f0 = tl.load(p, mask=m0[:, None] & cm, other=0.0).to(CDT)
+        f1 = tl.load(p + C, mask=m1[:, None] & cm, other=0.0).to(CDT)
+        f2 = tl.load(p + W * C, mask=m2[:, None] & cm, other=0.0).to(CDT)
+        f3 = tl.load(p + W * C + C, mask=m3[:, None] & cm, other=0.0).to(CDT)
         dxF = sy * (f1 - f0) + ty2 * (f3 - f2)
         dyF = sx * (f2 - f0) + tx2 * (f3 - f1)
         xyF = f0 - f1 - f2 + f3
     if LOAD_G:
-        G0 = _load_tile(gg_planes, a0, m0, offs_c, mc, CDT)
-        G1 = _load_tile(gg_planes, a1, m1, offs_c, mc, CDT)
-        G2 = _load_tile(gg_planes, a2, m2, offs_c, mc, CDT)
-        G3 = _load_tile(gg_planes, a3, m3, offs_c, mc, CDT)
+        pg = gg_planes + a0[:, None] + offs_c[None, :]
+        G0 = tl.load(pg, mask=m0[:, None] & cm, other=0.0).to(CDT)
+        G1 = tl.load(pg + C, mask=m1[:, None] & cm, other=0.0).to(CDT)
+        G2 = tl.load(pg + W * C, mask=m2[:, None] & cm, other=0.0).to(CDT)
+        G3 = tl.load(pg + W * C + C, mask=m3[:, None] & cm, other=0.0).to(CDT)
         dxG = sy * (G1 - G0) + ty2 * (G3 - G2)
         dyG = sx * (G2 - G0) + tx2 * (G3 - G1)
     if NEED_GO:
@@ -340,20 +327,17 @@ def _bwd2_plane(planes, gg_planes, grad_out, gplanes, n, mn, b, pu, pv, qu, qv, 
             t = t / 3.0
     if NEED_PLANES:
         if HAS_GGPT:
-            cm = mc[None, :]
             # corner j gets go * (qx * wx_j + qy * wy_j)
             c0 = -(qx * (1.0 - ty) + qy * (1.0 - tx))
             c1 = qx * (1.0 - ty) - qy * tx
-            c2 = -(qx * ty) + qy * (1.0 - tx)
+            c2 = qy * (1.0 - tx) - qx * ty
             c3 = qx * ty + qy * tx
-            tl.atomic_add(gplanes + a0[:, None] + offs_c[None, :], go * c0[:, None],
-                          mask=m0[:, None] & cm, sem="relaxed")
-            tl.atomic_add(gplanes + a1[:, None] + offs_c[None, :], go * c1[:, None],
-                          mask=m1[:, None] & cm, sem="relaxed")
-            tl.atomic_add(gplanes + a2[:, None] + offs_c[None, :], go * c2[:, None],
-                          mask=m2[:, None] & cm, sem="relaxed")
-            tl.atomic_add(gplanes + a3[:, None] + offs_c[None, :], go * c3[:, None],
-                          mask=m3[:, None] & cm, sem="relaxed")
+            q = gplanes + a0[:, None] + offs_c[None, :]
+            tl.atomic_add(q, go * c0[:, None], mask=m0[:, None] & cm, sem="relaxed")
+            tl.atomic_add(q + C, go * c1[:, None], mask=m1[:, None] & cm, sem="relaxed")
+            tl.atomic_add(q + W * C, go * c2[:, None], mask=m2[:, None] & cm, sem="relaxed")
+            tl.atomic_add(q + W * C + C, go * c3[:, None], mask=m3[:, None] & cm,
+                          sem="relaxed")
     if NEED_POINTS:
         hx = tl.zeros([BLOCK_N, BLOCK_C], CDT)
         hy = tl.zeros([BLOCK_N, BLOCK_C], CDT)
@@ -370,7 +354,7 @@ def _bwd2_plane(planes, gg_planes, grad_out, gplanes, n, mn, b, pu, pv, qu, qv, 
 
 @triton.jit(do_not_specialize=["H", "W"])
 def _triplane_bwd2_kernel(gg_planes, gg_points, grad_out, planes, points, ggo, gplanes,
-                          gpoints, BN, N, H, W, C, HWC, OC, scale,
+                          gpoints, BN, N, H, W, C, HWC, OC, scale: tl.float64,
                           U0: tl.constexpr, V0: tl.constexpr, U1: tl.constexpr,
                           V1: tl.constexpr, U2: tl.constexpr, V2: tl.constexpr,
                           AGG: tl.constexpr, PAD: tl.constexpr, ALIGN: tl.constexpr,
@@ -383,17 +367,6 @@ def _triplane_bwd2_kernel(gg_planes, gg_points, grad_out, planes, points, ggo, g
     n = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     mn = n < BN
     b = n // N
-    p0 = tl.load(points + n * 3 + 0, mask=mn, other=0.0).to(CDT)
-    p1 = tl.load(points + n * 3 + 1, mask=mn, other=0.0).to(CDT)
-    p2 = tl.load(points + n * 3 + 2, mask=mn, other=0.0).to(CDT)
-    if HAS_GGPT:
-        q0 = tl.load(gg_points + n * 3 + 0, mask=mn, other=0.0).to(CDT)
-        q1 = tl.load(gg_points + n * 3 + 1, mask=mn, other=0.0).to(CDT)
-        q2 = tl.load(gg_points + n * 3 + 2, mask=mn, other=0.0).to(CDT)
-    else:
-        q0 = tl.zeros([BLOCK_N], CDT)
-        q1 = tl.zeros([BLOCK_N], CDT)
-        q2 = tl.zeros([BLOCK_N], CDT)
     sc = tl.full([BLOCK_N], scale, CDT)
     g0 = tl.zeros([BLOCK_N], CDT)
     g1 = tl.zeros([BLOCK_N], CDT)
@@ -401,30 +374,21 @@ def _triplane_bwd2_kernel(gg_planes, gg_points, grad_out, planes, points, ggo, g
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         mc = offs_c < C
-        t0, gu, gv = _bwd2_plane(planes, gg_planes, grad_out, gplanes, n, mn, b,
-                                 _pick(p0, p1, p2, U0), _pick(p0, p1, p2, V0),
-                                 _pick(q0, q1, q2, U0), _pick(q0, q1, q2, V0), sc, offs_c, mc,
-                                 H, W, C, HWC, OC, 0, AGG, PAD, ALIGN, CDT, HAS_GGPL, HAS_GGPT,
-                                 NEED_GO, NEED_PLANES, NEED_POINTS, LOAD_GO, LOAD_F, LOAD_G,
-                                 BLOCK_N, BLOCK_C)
-        g0, g1, g2 = _add_to(g0, g1, g2, U0, gu)
-        g0, g1, g2 = _add_to(g0, g1, g2, V0, gv)
-        t1, gu, gv = _bwd2_plane(planes, gg_planes, grad_out, gplanes, n, mn, b,
-                                 _pick(p0, p1, p2, U1), _pick(p0, p1, p2, V1),
-                                 _pick(q0, q1, q2, U1), _pick(q0, q1, q2, V1), sc, offs_c, mc,
-                                 H, W, C, HWC, OC, 1, AGG, PAD, ALIGN, CDT, HAS_GGPL, HAS_GGPT,
-                                 NEED_GO, NEED_PLANES, NEED_POINTS, LOAD_GO, LOAD_F, LOAD_G,
-                                 BLOCK_N, BLOCK_C)
-        g0, g1, g2 = _add_to(g0, g1, g2, U1, gu)
-        g0, g1, g2 = _add_to(g0, g1, g2, V1, gv)
-        t2, gu, gv = _bwd2_plane(planes, gg_planes, grad_out, gplanes, n, mn, b,
-                                 _pick(p0, p1, p2, U2), _pick(p0, p1, p2, V2),
-                                 _pick(q0, q1, q2, U2), _pick(q0, q1, q2, V2), sc, offs_c, mc,
-                                 H, W, C, HWC, OC, 2, AGG, PAD, ALIGN, CDT, HAS_GGPL, HAS_GGPT,
-                                 NEED_GO, NEED_PLANES, NEED_POINTS, LOAD_GO, LOAD_F, LOAD_G,
-                                 BLOCK_N, BLOCK_C)
-        g0, g1, g2 = _add_to(g0, g1, g2, U2, gu)
-        g0, g1, g2 = _add_to(g0, g1, g2, V2, gv)
+        t0, gu, gv = _bwd2_plane(planes, points, gg_planes, gg_points, grad_out, gplanes, n, mn,
+                                 b, sc, offs_c, mc, H, W, C, HWC, OC, 0, U0, V0, AGG, PAD, ALIGN,
+                                 CDT, HAS_GGPL, HAS_GGPT, NEED_GO, NEED_PLANES, NEED_POINTS,
+                                 LOAD_GO, LOAD_F, LOAD_G, BLOCK_N, BLOCK_C)
+        g0, g1, g2 = _add2(g0, g1, g2, U0, V0, gu, gv)
+        t1, gu, gv = _bwd2_plane(planes, points, gg_planes, gg_points, grad_out, gplanes, n, mn,
+                                 b, sc, offs_c, mc, H, W, C, HWC, OC, 1, U1, V1, AGG, PAD, ALIGN,
+                                 CDT, HAS_GGPL, HAS_GGPT, NEED_GO, NEED_PLANES, NEED_POINTS,
+                                 LOAD_GO, LOAD_F, LOAD_G, BLOCK_N, BLOCK_C)
+        g0, g1, g2 = _add2(g0, g1, g2, U1, V1, gu, gv)
+        t2, gu, gv = _bwd2_plane(planes, points, gg_planes, gg_points, grad_out, gplanes, n, mn,
+                                 b, sc, offs_c, mc, H, W, C, HWC, OC, 2, U2, V2, AGG, PAD, ALIGN,
+                                 CDT, HAS_GGPL, HAS_GGPT, NEED_GO, NEED_PLANES, NEED_POINTS,
+                                 LOAD_GO, LOAD_F, LOAD_G, BLOCK_N, BLOCK_C)
+        g0, g1, g2 = _add2(g0, g1, g2, U2, V2, gu, gv)
         if NEED_GO:
             odt = ggo.dtype.element_ty
             msk = mn[:, None] & mc[None, :]
@@ -447,6 +411,19 @@ def _triplane_bwd2_kernel(gg_planes, gg_points, grad_out, planes, points, ggo, g
 # ---------------------------------------------------------------------------------------
 
 
+def _interpreting():
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _store_dtype(dtype):
+    """Dtype a kernel writes an output of `dtype` in. The interpreter converts float32 to
+    bfloat16 by truncation (GPUs round to nearest even), so there bfloat16 outputs are
+    written in float32 and converted by torch."""
+    if dtype == torch.bfloat16 and _interpreting():
+        return torch.float32
+    return dtype
+
+
 def _cdt(dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
@@ -455,9 +432,13 @@ def _acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _blocks(C):
+def _blocks(BN, C):
     block_c = min(triton.next_power_of_2(max(int(C), 1)), _MAX_BLOCK_C)
-    block_n = min(128, max(32, 4096 // block_c))
+    if _interpreting():
+        # the interpreter's cost is per program and per op, hardly per element
+        block_n = min(512, max(16, triton.next_power_of_2(max(int(BN), 1))))
+    else:
+        block_n = min(128, max(32, 4096 // block_c))
     num_warps = 4 if block_n * block_c <= 2048 else 8
     return block_n, block_c, num_warps
 
@@ -485,7 +466,7 @@ def _out_channels(C, aggregate):
 
 def _common(planes, points, axes, scale, aggregate, padding, align_corners):
     B, N, H, W, C = _check(planes, points)
-    block_n, block_c, num_warps = _blocks(C)
+    block_n, block_c, num_warps = _blocks(B * N, C)
     u0, v0, u1, v1, u2, v2 = _axes6(axes)
     OC = _out_channels(C, aggregate)
     sizes = (B * N, N, H, W, C, H * W * C, OC, float(scale))
@@ -505,9 +486,9 @@ def triplane_fwd(planes, points, axes, scale, aggregate, padding, align_corners)
                                                    padding, align_corners)
     if empty:
         return planes.new_zeros((B, N, OC))
-    out = planes.new_empty((B, N, OC))
+    out = torch.empty((B, N, OC), dtype=_store_dtype(planes.dtype), device=planes.device)
     _triplane_fwd_kernel[grid](planes, points, out, *sizes, **meta)
-    return out
+    return out.to(planes.dtype)
 
 
 def triplane_bwd(grad_out, planes, points, axes, scale, aggregate, padding, align_corners,
@@ -547,7 +528,7 @@ def triplane_bwd2(gg_planes, gg_points, grad_out, planes, points, axes, scale, a
     ggo = None
     if need_go:
         ggo = (torch.zeros if empty or not (has_gpl or has_gpt) else torch.empty)(
-            grad_out.shape, dtype=grad_out.dtype, device=grad_out.device)
+            grad_out.shape, dtype=_store_dtype(grad_out.dtype), device=grad_out.device)
     gplanes = torch.zeros(planes.shape, dtype=acc, device=planes.device) if need_pl else None
     gpoints = torch.zeros_like(points) if need_pt else None
     # which outputs get a nonzero contribution
@@ -564,7 +545,7 @@ def triplane_bwd2(gg_planes, gg_points, grad_out, planes, points, axes, scale, a
             HAS_GGPL=has_gpl, HAS_GGPT=has_gpt, NEED_GO=run_go, NEED_PLANES=run_pl,
             NEED_POINTS=run_pt, LOAD_GO=run_pl or run_pt, LOAD_F=has_gpt and (run_go or run_pt),
             LOAD_G=has_gpl and (run_go or run_pt), **meta)
-    r_go = ggo if need_go else grad_out.new_empty(0)
+    r_go = ggo.to(grad_out.dtype) if need_go else grad_out.new_empty(0)
     r_pl = gplanes.to(planes.dtype) if need_pl else planes.new_empty(0)
     r_pt = gpoints if need_pt else points.new_empty(0)
     return r_go, r_pl, r_pt

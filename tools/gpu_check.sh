@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One call on a GPU machine: build the CUDA extension, run the whole test suite (CUDA and
+# Triton-on-GPU tests included), then the benchmarks. Logs and result JSON/PNG go to
+# ${OUT:-gpu_out}. Usage (repo root): NPHT_COMMIT=$(git rev-parse --short HEAD) bash tools/gpu_check.sh [pytest args]
+set -uo pipefail
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
+if ls .whl/*.whl >/dev/null 2>&1; then  # packages the machine lacks, carried as wheels
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+t0=$(date +%s)
+NPHT_CUDA=1 python3 -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 \
+  || { tail -50 "$OUT/build.log"; exit 1; }
+echo "build: $(( $(date +%s) - t0 )) s"
+python3 -c "import npht; print(npht.build_info())" | tee -a "$OUT/gpu.txt"
+t0=$(date +%s)
+python3 -m pytest -q -x -p no:cacheprovider "${@:-tests}" 2>&1 | tee "$OUT/pytest.log" | tail -25
+echo "tests: $(( $(date +%s) - t0 )) s"
+python3 benchmarks/triplane.py --plot --out "$OUT" 2>&1 | tee "$OUT/bench.log"
