@@ -34,7 +34,7 @@ import torch
 
 import npht
 from npht.models import TriplaneDecoder
-from npht.reference import eg3d_sample_from_planes
+from npht.reference import eg3d_sample_from_planes, grid_sample_has_double_backward
 from npht.reference import triplane_sample as reference_sample
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -72,10 +72,19 @@ def methods_for(device: str) -> list:
     return names
 
 
-def sampler(method: str):
+def reference_impl(task: str, device: str) -> str:
+    """3 x F.grid_sample, except for the eikonal step where this torch has no double
+    backward of grid_sample (before 2.13): there the gather-based equivalent."""
+    if task == "eikonal" and not grid_sample_has_double_backward(device):
+        return "gather"
+    return "grid_sample"
+
+
+def sampler(method: str, task: str = "fwd", device: str = "cpu"):
     """method -> (function(planes, points) -> features, channels_last input?)."""
     if method == "reference":
-        return (lambda P, X: reference_sample(P, X)), False
+        impl = reference_impl(task, device)
+        return (lambda P, X: reference_sample(P, X, impl=impl)), False
     if method == "eg3d":
         def eg3d(P, X):
             return eg3d_sample_from_planes(EG3D_PLANE_AXES.to(P.device), P, X, box_warp=2.0).mean(1)
@@ -99,7 +108,7 @@ def make_inputs(cfg: dict, device: str, task: str, channels_last: bool, seed: in
 
 def make_step(method: str, task: str, cfg: dict, device: str):
     """Build the inputs and a closure running one step of ``task``."""
-    fn, cl = sampler(method)
+    fn, cl = sampler(method, task, device)
     planes, points = make_inputs(cfg, device, task, cl)
     if task == "fwd":
         def step():
@@ -236,6 +245,8 @@ def run(args) -> dict:
                     row["peak_mem_bytes"] = peak_memory(method, task, cfg, device)
             except torch.OutOfMemoryError:
                 row["error"] = "out of memory"
+            except RuntimeError as exc:  # e.g. no double backward of grid_sample in this torch
+                row["error"] = str(exc).splitlines()[0][:200]
             except subprocess.CalledProcessError as exc:  # child ran out of memory / failed
                 row["error"] = f"memory child failed: {exc.stderr.strip().splitlines()[-1:]}"
             if device == "cuda":
@@ -267,6 +278,7 @@ def run(args) -> dict:
         "npht": npht.__version__,
         "commit": git_commit(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "reference_impl": {t: reference_impl(t, device) for t in args.tasks},
         "config": {**cfg, "dtype": "float32", "reps": args.reps, "quick": args.quick,
                    "decoder": "5 layers, 256 wide, softplus beta=100"},
         "build_info": {k: v for k, v in npht.build_info().items() if not k.endswith("error")},

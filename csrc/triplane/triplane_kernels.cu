@@ -2,13 +2,17 @@
 // triplane_cuda.h. The per-element math is npht/triplane_math.h (shared with the CPU
 // backend); this file only maps it onto threads.
 //
-// Thread mapping: a group of G lanes (G = min(32, next_pow2(C)), a power of two, so a group
-// never straddles a warp) handles one point of the flattened [B * N] points; lane l takes
-// channels c = l, l + G, ... so the loads of one corner's channels (channels-last) and the
-// atomics into its gradient are coalesced. Every lane computes the point's PlaneSample
-// setups itself (cheap arithmetic, no communication). Point gradients are per-lane partial
-// sums over channels, reduced within the group with __shfl_xor_sync; for that every lane of
-// a warp must reach the shuffles, so the backward kernels never return early (`active`).
+// Thread mapping: a group of G lanes handles one point of the flattened [B * N] points; each
+// lane owns V consecutive channels per step (V = 16 bytes of the planes' type when C is a
+// multiple of it and the pointers are aligned, else 1), so a corner's channels are read
+// with 16-byte loads, and G = min(32, next_pow2(ceil(C / V))) (a power of two: a group never
+// straddles a warp). Lane l takes channels [V (l + G i), V (l + G i) + V), i = 0, 1, ...
+// Every lane computes the point's PlaneSample setups itself (cheap arithmetic, no
+// communication), so fewer lanes per point (larger V) means less redundant setup. Point
+// gradients are per-lane partial sums over channels, reduced within the group with
+// __shfl_xor_sync; for that every lane of a warp must reach the shuffles, so the backward
+// kernels never return early (`active`). Plane gradients are atomics into a float / double
+// buffer; on sm_90 float ones are issued as v2 / v4 vector atomics.
 //
 // Layouts (csrc/bindings.cpp): planes [B, 3, H, W, C], points [B, N, 3],
 // out / grad_out [B, N, C] (sum, mean) or [B, N, 3C] (concat, plane-major).
@@ -24,6 +28,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
+
+#include <initializer_list>
 
 #include "npht/triplane_math.h"
 #include "triplane/triplane_cuda.h"
@@ -56,6 +62,11 @@ __device__ __forceinline__ float load_acc(const __nv_bfloat16* p) {
   return __bfloat162float(__ldg(p));
 }
 
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
 template <typename S>
 __device__ __forceinline__ S from_acc(acc_t<S> v);
 template <>
@@ -76,6 +87,70 @@ __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
 }
 
 // ---- small helpers ------------------------------------------------------------------
+
+// V consecutive values of type S, aligned so that a load / store is one vector access.
+template <typename S, int V>
+struct alignas(sizeof(S) * V) Vec {
+  S v[V];
+};
+
+// out[i] = p[i] (converted to the accumulation type) if valid, else 0.
+template <typename S, int V>
+__device__ __forceinline__ void load_vec(const S* p, bool valid, acc_t<S> (&out)[V]) {
+  if (valid) {
+    if constexpr (V == 1) {
+      out[0] = load_acc(p);
+    } else {
+      const Vec<S, V> t = *reinterpret_cast<const Vec<S, V>*>(p);
+#pragma unroll
+      for (int i = 0; i < V; ++i) out[i] = to_acc(t.v[i]);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) out[i] = acc_t<S>(0);
+  }
+}
+
+template <typename S, int V>
+__device__ __forceinline__ void store_vec(S* p, const acc_t<S> (&v)[V]) {
+  Vec<S, V> t;
+#pragma unroll
+  for (int i = 0; i < V; ++i) t.v[i] = from_acc<S>(v[i]);
+  *reinterpret_cast<Vec<S, V>*>(p) = t;
+}
+
+// p[i] += v[i] atomically (p aligned to V elements).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+constexpr bool kVectorAtomics = true;  // atomicAdd on float2 / float4 (sm_90+)
+#else
+constexpr bool kVectorAtomics = false;
+#endif
+
+template <int V>
+__device__ __forceinline__ void atomic_add_vec(float* p, const float (&v)[V]) {
+  if constexpr (kVectorAtomics && V % 4 == 0) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#pragma unroll
+    for (int i = 0; i < V; i += 4)
+      atomicAdd(reinterpret_cast<float4*>(p + i), make_float4(v[i], v[i + 1], v[i + 2], v[i + 3]));
+#endif
+  } else if constexpr (kVectorAtomics && V % 2 == 0) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#pragma unroll
+    for (int i = 0; i < V; i += 2)
+      atomicAdd(reinterpret_cast<float2*>(p + i), make_float2(v[i], v[i + 1]));
+#endif
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) atomicAdd(p + i, v[i]);
+  }
+}
+
+template <int V>
+__device__ __forceinline__ void atomic_add_vec(double* p, const double (&v)[V]) {
+#pragma unroll
+  for (int i = 0; i < V; ++i) atomicAdd(p + i, v[i]);
+}
 
 // p[i] of a point held in three registers (a runtime index into a local array would put
 // the array in local memory).
@@ -112,9 +187,24 @@ struct Geo {
   int log2g;      // G = 1 << log2g lanes per point
 };
 
+// The four corner values of channels [c, c + V) (0 for corners outside the plane).
+template <typename S, int V>
+__device__ __forceinline__ void load_corners(const S* base, const PlaneSample<acc_t<S>>& s,
+                                             const int64_t (&off)[4], int64_t c,
+                                             acc_t<S> (&f)[4][V]) {
+#pragma unroll
+  for (int j = 0; j < 4; ++j) load_vec<S, V>(base + off[j] + c, s.valid[j], f[j]);
+}
+
+template <typename A, int V>
+__device__ __forceinline__ void corner_column(const A (&f)[4][V], int i, A (&fi)[4]) {
+#pragma unroll
+  for (int j = 0; j < 4; ++j) fi[j] = f[j][i];
+}
+
 // ---- forward ------------------------------------------------------------------------
 
-template <typename S>
+template <typename S, int V>
 __global__ void __launch_bounds__(kBlock)
     triplane_fwd_kernel(const S* __restrict__ planes, const acc_t<S>* __restrict__ points,
                         S* __restrict__ out, Geo g, TriplaneParams prm) {
@@ -134,35 +224,40 @@ __global__ void __launch_bounds__(kBlock)
   const bool concat = prm.aggregate == kAggConcat;
 
   const int64_t C = g.C;
-  const int64_t WC = static_cast<int64_t>(g.W) * C;
   PlaneSample<A> s[3];
-  int64_t off[3];  // element offset of corner 0's channel 0 (+C: corner 1, +WC: corner 2)
+  int64_t off[3][4];  // element offset of each corner's channel 0
 #pragma unroll
   for (int k = 0; k < 3; ++k) {
     s[k] = plane_setup<A>(pick3(x0, x1, x2, prm.axis_u[k]), pick3(x0, x1, x2, prm.axis_v[k]),
                           g.H, g.W, scale, prm.align_corners, prm.padding);
-    off[k] = (b * 3 + k) * g.HWC + s[k].idx[0] * C;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) off[k][j] = (b * 3 + k) * g.HWC + s[k].idx[j] * C;
   }
 
   const int64_t row = p * (concat ? 3 * C : C);
-  for (int64_t c = lane; c < C; c += G) {
-    A acc = A(0);
+  for (int64_t c = int64_t(lane) * V; c < C; c += int64_t(G) * V) {
+    A acc[V];
+#pragma unroll
+    for (int i = 0; i < V; ++i) acc[i] = A(0);
 #pragma unroll
     for (int k = 0; k < 3; ++k) {
-      const int64_t o = off[k] + c;  // corner 0; only valid corners are read
-      A f[4];
-      f[0] = s[k].valid[0] ? load_acc(planes + o) : A(0);
-      f[1] = s[k].valid[1] ? load_acc(planes + (o + C)) : A(0);
-      f[2] = s[k].valid[2] ? load_acc(planes + (o + WC)) : A(0);
-      f[3] = s[k].valid[3] ? load_acc(planes + (o + WC + C)) : A(0);
-      const A v = bilerp(s[k], f);
-      if (concat) {
-        out[row + k * C + c] = from_acc<S>(v);  // aw == 1 for concat
-      } else {
-        acc += v;
+      A f[4][V];
+      load_corners<S, V>(planes, s[k], off[k], c, f);
+      A v[V];
+#pragma unroll
+      for (int i = 0; i < V; ++i) {
+        A fi[4];
+        corner_column(f, i, fi);
+        v[i] = bilerp(s[k], fi);
+        acc[i] += v[i];
       }
+      if (concat) store_vec<S, V>(out + row + k * C + c, v);  // aw == 1 for concat
     }
-    if (!concat) out[row + c] = from_acc<S>(acc * aw);
+    if (!concat) {
+#pragma unroll
+      for (int i = 0; i < V; ++i) acc[i] *= aw;
+      store_vec<S, V>(out + row + c, acc);
+    }
   }
 }
 
@@ -170,7 +265,7 @@ __global__ void __launch_bounds__(kBlock)
 // grad_planes_acc[(b*3+k)*HWC + idx[j]*C + c] += aw * go * w[j]   (atomics, valid corners)
 // grad_points[b, n, axis_u[k]] += aw * (dix * sum_c go * dv/dix), same for axis_v / diy.
 
-template <typename S>
+template <typename S, int V>
 __global__ void __launch_bounds__(kBlock)
     triplane_bwd_kernel(const S* __restrict__ grad_out, const S* __restrict__ planes,
                         const acc_t<S>* __restrict__ points, acc_t<S>* __restrict__ grad_planes,
@@ -213,18 +308,28 @@ __global__ void __launch_bounds__(kBlock)
         aww[j] = aw * s.w[j];
       }
       const S* go_row = grad_out + row + (concat ? k * C : int64_t(0));
-      for (int64_t c = lane; c < C; c += G) {
-        const A go = load_acc(go_row + c);
+      for (int64_t c = int64_t(lane) * V; c < C; c += int64_t(G) * V) {
+        A go[V];
+        load_vec<S, V>(go_row + c, true, go);
         if (grad_planes != nullptr) {
 #pragma unroll
-          for (int j = 0; j < 4; ++j)
-            if (s.valid[j]) atomicAdd(grad_planes + off[j] + c, aww[j] * go);
+          for (int j = 0; j < 4; ++j) {
+            if (!s.valid[j]) continue;
+            A t[V];
+#pragma unroll
+            for (int i = 0; i < V; ++i) t[i] = aww[j] * go[i];
+            atomic_add_vec<V>(grad_planes + off[j] + c, t);
+          }
         }
         if (need_points) {
-          A f[4];
+          A f[4][V];
+          load_corners<S, V>(planes, s, off, c, f);
 #pragma unroll
-          for (int j = 0; j < 4; ++j) f[j] = s.valid[j] ? load_acc(planes + off[j] + c) : A(0);
-          bilerp_vjp(s, f, go, &gix, &giy);
+          for (int i = 0; i < V; ++i) {
+            A fi[4];
+            corner_column(f, i, fi);
+            bilerp_vjp(s, fi, go[i], &gix, &giy);
+          }
         }
       }
     }
@@ -251,10 +356,10 @@ __global__ void __launch_bounds__(kBlock)
 //   g_planes_acc[corner j, c] += aw * go * (qx * wx[j] + qy * wy[j])
 //   g_points[axis_u] += aw * dix * sum_c g_ix,  g_points[axis_v] += aw * diy * sum_c g_iy
 // Loops run over channels outside and planes inside so the sum over planes of g_grad_out
-// stays in a register; the plane setups are recomputed per channel step (one step when
-// C <= G, the common case).
+// stays in registers; the plane setups are recomputed per channel step (one step when
+// C <= G * V, the common case).
 
-template <typename S>
+template <typename S, int V>
 __global__ void __launch_bounds__(kBlock)
     triplane_bwd2_kernel(const S* __restrict__ gg_planes, const acc_t<S>* __restrict__ gg_points,
                          const S* __restrict__ grad_out, const S* __restrict__ planes,
@@ -301,10 +406,12 @@ __global__ void __launch_bounds__(kBlock)
   A gix[3] = {A(0), A(0), A(0)};
   A giy[3] = {A(0), A(0), A(0)};
   if (active) {
-    for (int64_t c = lane; c < C; c += G) {
-      A go_sum = A(0);
-      if (need_go && !concat) go_sum = load_acc(grad_out + row + c);
-      A r_sum = A(0);
+    for (int64_t c = int64_t(lane) * V; c < C; c += int64_t(G) * V) {
+      A go_sum[V];
+      load_vec<S, V>(grad_out + row + c, need_go && !concat, go_sum);
+      A r_sum[V];
+#pragma unroll
+      for (int i = 0; i < V; ++i) r_sum[i] = A(0);
 #pragma unroll
       for (int k = 0; k < 3; ++k) {
         const int au = prm.axis_u[k], av = prm.axis_v[k];
@@ -312,33 +419,62 @@ __global__ void __launch_bounds__(kBlock)
                                                 g.H, g.W, scale, prm.align_corners, prm.padding);
         const A qx = has_q ? pick3(P0, P1, P2, au) * s.dix : A(0);
         const A qy = has_q ? pick3(P0, P1, P2, av) * s.diy : A(0);
-        A go = go_sum;
-        if (need_go && concat) go = load_acc(grad_out + row + k * C + c);
+        A go[V];
+        if (concat) {
+          load_vec<S, V>(grad_out + row + k * C + c, need_go, go);
+        } else {
+#pragma unroll
+          for (int i = 0; i < V; ++i) go[i] = go_sum[i];
+        }
         const int64_t base = (b * 3 + k) * g.HWC;
         int64_t off[4];
-        A f[4], Gv[4];
+        bool vf[4], vg[4];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           off[j] = base + s.idx[j] * C;
-          f[j] = (need_f && s.valid[j]) ? load_acc(planes + off[j] + c) : A(0);
-          Gv[j] = (need_gp && s.valid[j]) ? load_acc(gg_planes + off[j] + c) : A(0);
+          vf[j] = need_f && s.valid[j];
+          vg[j] = need_gp && s.valid[j];
         }
-        const A r = bilerp_vjp_vjp(s, f, Gv, go, qx, qy, &gix[k], &giy[k]);
+        A f[4][V], Gv[4][V];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          load_vec<S, V>(planes + off[j] + c, vf[j], f[j]);
+          load_vec<S, V>(gg_planes + off[j] + c, vg[j], Gv[j]);
+        }
+        A r[V];
+#pragma unroll
+        for (int i = 0; i < V; ++i) {
+          A fi[4], Gi[4];
+          corner_column(f, i, fi);
+          corner_column(Gv, i, Gi);
+          r[i] = bilerp_vjp_vjp(s, fi, Gi, go[i], qx, qy, &gix[k], &giy[k]);
+        }
         if (do_planes) {
 #pragma unroll
-          for (int j = 0; j < 4; ++j)
-            if (s.valid[j])
-              atomicAdd(g_planes + off[j] + c, aw * bilerp_vjp_vjp_corner(s, j, go, qx, qy));
+          for (int j = 0; j < 4; ++j) {
+            if (!s.valid[j]) continue;
+            A t[V];
+#pragma unroll
+            for (int i = 0; i < V; ++i) t[i] = aw * bilerp_vjp_vjp_corner(s, j, go[i], qx, qy);
+            atomic_add_vec<V>(g_planes + off[j] + c, t);
+          }
         }
         if (need_out) {
           if (concat) {
-            g_grad_out[row + k * C + c] = from_acc<S>(r * aw);
+#pragma unroll
+            for (int i = 0; i < V; ++i) r[i] *= aw;
+            store_vec<S, V>(g_grad_out + row + k * C + c, r);
           } else {
-            r_sum += r;
+#pragma unroll
+            for (int i = 0; i < V; ++i) r_sum[i] += r[i];
           }
         }
       }
-      if (need_out && !concat) g_grad_out[row + c] = from_acc<S>(r_sum * aw);
+      if (need_out && !concat) {
+#pragma unroll
+        for (int i = 0; i < V; ++i) r_sum[i] *= aw;
+        store_vec<S, V>(g_grad_out + row + c, r_sum);
+      }
     }
   }
 
@@ -365,15 +501,29 @@ __global__ void __launch_bounds__(kBlock)
 
 // ---- launch helpers -----------------------------------------------------------------
 
-// log2 of the group size G = min(32, next_pow2(C)) (G = 1 for C <= 1).
-int group_log2(int C) {
+// Channels per lane: 16 bytes of S when every channel row and pointer allows it, else 1.
+template <typename S>
+constexpr int kVecMax = 16 / static_cast<int>(sizeof(S));
+
+template <typename S>
+bool vec_ok(int C, std::initializer_list<const void*> ptrs) {
+  constexpr int V = kVecMax<S>;
+  if (C % V != 0) return false;
+  for (const void* q : ptrs)
+    if (q != nullptr && reinterpret_cast<uintptr_t>(q) % (sizeof(S) * V) != 0) return false;
+  return true;
+}
+
+// log2 of the group size G = min(32, next_pow2(ceil(C / V))) (G = 1 for C <= V).
+int group_log2(int C, int V) {
+  const int slots = (C + V - 1) / V;
   int l = 0;
-  while ((1 << l) < C && l < 5) ++l;
+  while ((1 << l) < slots && l < 5) ++l;
   return l;
 }
 
 // Fills *g and *blocks; false when there is nothing to launch (no points).
-bool make_geo(const TriplaneSizes& sz, Geo* g, unsigned* blocks, cudaError_t* err) {
+bool make_geo(const TriplaneSizes& sz, int V, Geo* g, unsigned* blocks, cudaError_t* err) {
   *err = cudaSuccess;
   if (sz.B <= 0 || sz.N <= 0) return false;
   g->total = sz.B * sz.N;
@@ -382,7 +532,7 @@ bool make_geo(const TriplaneSizes& sz, Geo* g, unsigned* blocks, cudaError_t* er
   g->W = sz.W;
   g->C = sz.C;
   g->HWC = static_cast<int64_t>(sz.H) * sz.W * sz.C;
-  g->log2g = group_log2(sz.C);
+  g->log2g = group_log2(sz.C, V);
   const int64_t threads = g->total << g->log2g;
   const int64_t nb = (threads + kBlock - 1) / kBlock;
   if (nb > 0x7fffffffLL) {
@@ -393,16 +543,39 @@ bool make_geo(const TriplaneSizes& sz, Geo* g, unsigned* blocks, cudaError_t* er
   return true;
 }
 
-template <typename S>
-cudaError_t launch_fwd(const void* planes, const void* points, void* out, TriplaneSizes sz,
-                       TriplaneParams prm, cudaStream_t stream) {
+template <typename S, int V>
+cudaError_t launch_fwd_v(const void* planes, const void* points, void* out, TriplaneSizes sz,
+                         TriplaneParams prm, cudaStream_t stream) {
   Geo g;
   unsigned blocks = 0;
   cudaError_t err = cudaSuccess;
-  if (sz.C <= 0 || !make_geo(sz, &g, &blocks, &err)) return err;  // nothing to write
-  triplane_fwd_kernel<S><<<blocks, kBlock, 0, stream>>>(
+  if (sz.C <= 0 || !make_geo(sz, V, &g, &blocks, &err)) return err;  // nothing to write
+  triplane_fwd_kernel<S, V><<<blocks, kBlock, 0, stream>>>(
       static_cast<const S*>(planes), static_cast<const acc_t<S>*>(points), static_cast<S*>(out),
       g, prm);
+  return cudaGetLastError();
+}
+
+template <typename S>
+cudaError_t launch_fwd(const void* planes, const void* points, void* out, TriplaneSizes sz,
+                       TriplaneParams prm, cudaStream_t stream) {
+  if (vec_ok<S>(sz.C, {planes, out}))
+    return launch_fwd_v<S, kVecMax<S>>(planes, points, out, sz, prm, stream);
+  return launch_fwd_v<S, 1>(planes, points, out, sz, prm, stream);
+}
+
+template <typename S, int V>
+cudaError_t launch_bwd_v(const void* grad_out, const void* planes, const void* points,
+                         void* grad_planes_acc, void* grad_points, TriplaneSizes sz,
+                         TriplaneParams prm, cudaStream_t stream) {
+  Geo g;
+  unsigned blocks = 0;
+  cudaError_t err = cudaSuccess;
+  if (!make_geo(sz, V, &g, &blocks, &err)) return err;
+  triplane_bwd_kernel<S, V><<<blocks, kBlock, 0, stream>>>(
+      static_cast<const S*>(grad_out), static_cast<const S*>(planes),
+      static_cast<const acc_t<S>*>(points), static_cast<acc_t<S>*>(grad_planes_acc),
+      static_cast<acc_t<S>*>(grad_points), g, prm);
   return cudaGetLastError();
 }
 
@@ -410,15 +583,30 @@ template <typename S>
 cudaError_t launch_bwd(const void* grad_out, const void* planes, const void* points,
                        void* grad_planes_acc, void* grad_points, TriplaneSizes sz,
                        TriplaneParams prm, cudaStream_t stream) {
+  if (grad_planes_acc == nullptr && grad_points == nullptr) return cudaSuccess;
+  // the accumulation buffer holds acc_t<S> (4 or 8 bytes): aligned when S-vectors are
+  if (vec_ok<S>(sz.C, {grad_out, planes}) &&
+      reinterpret_cast<uintptr_t>(grad_planes_acc) % (sizeof(acc_t<S>) * kVecMax<S>) == 0)
+    return launch_bwd_v<S, kVecMax<S>>(grad_out, planes, points, grad_planes_acc, grad_points,
+                                       sz, prm, stream);
+  return launch_bwd_v<S, 1>(grad_out, planes, points, grad_planes_acc, grad_points, sz, prm,
+                            stream);
+}
+
+template <typename S, int V>
+cudaError_t launch_bwd2_v(const void* gg_planes, const void* gg_points, const void* grad_out,
+                          const void* planes, const void* points, void* g_grad_out,
+                          void* g_planes_acc, void* g_points, TriplaneSizes sz,
+                          TriplaneParams prm, cudaStream_t stream) {
   Geo g;
   unsigned blocks = 0;
   cudaError_t err = cudaSuccess;
-  if (grad_planes_acc == nullptr && grad_points == nullptr) return cudaSuccess;
-  if (!make_geo(sz, &g, &blocks, &err)) return err;
-  triplane_bwd_kernel<S><<<blocks, kBlock, 0, stream>>>(
+  if (!make_geo(sz, V, &g, &blocks, &err)) return err;
+  triplane_bwd2_kernel<S, V><<<blocks, kBlock, 0, stream>>>(
+      static_cast<const S*>(gg_planes), static_cast<const acc_t<S>*>(gg_points),
       static_cast<const S*>(grad_out), static_cast<const S*>(planes),
-      static_cast<const acc_t<S>*>(points), static_cast<acc_t<S>*>(grad_planes_acc),
-      static_cast<acc_t<S>*>(grad_points), g, prm);
+      static_cast<const acc_t<S>*>(points), static_cast<S*>(g_grad_out),
+      static_cast<acc_t<S>*>(g_planes_acc), static_cast<acc_t<S>*>(g_points), g, prm);
   return cudaGetLastError();
 }
 
@@ -427,17 +615,13 @@ cudaError_t launch_bwd2(const void* gg_planes, const void* gg_points, const void
                         const void* planes, const void* points, void* g_grad_out,
                         void* g_planes_acc, void* g_points, TriplaneSizes sz, TriplaneParams prm,
                         cudaStream_t stream) {
-  Geo g;
-  unsigned blocks = 0;
-  cudaError_t err = cudaSuccess;
   if (g_grad_out == nullptr && g_planes_acc == nullptr && g_points == nullptr) return cudaSuccess;
-  if (!make_geo(sz, &g, &blocks, &err)) return err;
-  triplane_bwd2_kernel<S><<<blocks, kBlock, 0, stream>>>(
-      static_cast<const S*>(gg_planes), static_cast<const acc_t<S>*>(gg_points),
-      static_cast<const S*>(grad_out), static_cast<const S*>(planes),
-      static_cast<const acc_t<S>*>(points), static_cast<S*>(g_grad_out),
-      static_cast<acc_t<S>*>(g_planes_acc), static_cast<acc_t<S>*>(g_points), g, prm);
-  return cudaGetLastError();
+  if (vec_ok<S>(sz.C, {gg_planes, grad_out, planes, g_grad_out}) &&
+      reinterpret_cast<uintptr_t>(g_planes_acc) % (sizeof(acc_t<S>) * kVecMax<S>) == 0)
+    return launch_bwd2_v<S, kVecMax<S>>(gg_planes, gg_points, grad_out, planes, points,
+                                        g_grad_out, g_planes_acc, g_points, sz, prm, stream);
+  return launch_bwd2_v<S, 1>(gg_planes, gg_points, grad_out, planes, points, g_grad_out,
+                             g_planes_acc, g_points, sz, prm, stream);
 }
 
 }  // namespace

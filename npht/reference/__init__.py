@@ -1,5 +1,15 @@
 """Pure-PyTorch implementations of every npht op: the tests' oracle and the fallback."""
 
-from .triplane import eg3d_sample_from_planes, triplane_sample
+from .triplane import (
+    eg3d_sample_from_planes,
+    gather_bilinear,
+    grid_sample_has_double_backward,
+    triplane_sample,
+)
 
-__all__ = ["eg3d_sample_from_planes", "triplane_sample"]
+__all__ = [
+    "eg3d_sample_from_planes",
+    "gather_bilinear",
+    "grid_sample_has_double_backward",
+    "triplane_sample",
+]

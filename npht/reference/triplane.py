@@ -6,7 +6,13 @@ so every convention (``align_corners``, ``padding_mode``, pixel centres) is exac
 grid_sample's. Non-finite coordinates are made well defined, identically in every npht
 backend: ``+-inf`` obeys the padding mode (zeros: 0, border: the edge), and a NaN in the two
 coordinates a plane reads gives NaN features from that plane while that (point, plane)
-pair contributes no gradient. Everything here is differentiable to any order by autograd.
+pair contributes no gradient.
+
+Second derivatives: ``F.grid_sample`` has a double backward w.r.t. the grid only in recent
+PyTorch (2.13 has it, 2.11 does not). ``impl="auto"`` therefore uses grid_sample where its
+double backward exists and otherwise ``impl="gather"``: the same bilinear sampling written
+with gathers and arithmetic that autograd differentiates to any order (the hand-written
+path users fall back to; exactly grid_sample's numbers, more memory).
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ import torch.nn.functional as F
 
 __all__ = [
     "triplane_sample",
+    "gather_bilinear",
+    "grid_sample_has_double_backward",
     "eg3d_sample_from_planes",
     "triplane_fwd",
     "triplane_bwd",
@@ -32,16 +40,81 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _sample_plane(plane: torch.Tensor, coords: torch.Tensor, padding: str, align_corners: bool):
+_IMPLS = ("auto", "grid_sample", "gather")
+_GRID_SAMPLE_DOUBLE_BACKWARD: dict = {}
+
+
+def grid_sample_has_double_backward(device: torch.device | str = "cpu") -> bool:
+    """Whether this torch differentiates F.grid_sample's backward w.r.t. the grid (probed
+    once per device type on a 1x1x2x2 plane)."""
+    dev = torch.device(device)
+    if dev.type not in _GRID_SAMPLE_DOUBLE_BACKWARD:
+        plane = torch.ones(1, 1, 2, 2, device=dev, requires_grad=True)
+        grid = torch.full((1, 1, 1, 2), 0.1, device=dev, requires_grad=True)
+        try:
+            out = F.grid_sample(plane, grid, align_corners=False)
+            (g,) = torch.autograd.grad(out.sum(), grid, create_graph=True)
+            torch.autograd.grad(g.sum(), plane)
+            ok = True
+        except RuntimeError:
+            ok = False
+        _GRID_SAMPLE_DOUBLE_BACKWARD[dev.type] = ok
+    return _GRID_SAMPLE_DOUBLE_BACKWARD[dev.type]
+
+
+def _unnormalize(g: torch.Tensor, size: int, align_corners: bool, padding: str) -> torch.Tensor:
+    """grid_sample's grid coordinate -> pixel coordinate, border clamp with zero gradient."""
+    if align_corners:
+        ix = (g + 1) / 2 * (size - 1) if size > 1 else g * 0
+    else:
+        ix = ((g + 1) * size - 1) / 2
+    if padding == "border":
+        lo, hi = ix <= 0, ix >= size - 1
+        ix = torch.where(lo, torch.zeros_like(ix), torch.where(hi, torch.full_like(ix, size - 1), ix))
+    return ix
+
+
+def gather_bilinear(plane: torch.Tensor, grid: torch.Tensor, padding: str,
+                    align_corners: bool) -> torch.Tensor:
+    """``F.grid_sample(plane, grid[:, None], mode="bilinear", ...)[:, :, 0].transpose(1, 2)``
+    with gathers: plane [B, C, H, W], grid [B, N, 2] finite -> [B, N, C]. Differentiable
+    to any order; keeps four [B, C, N] corner tensors alive for the backward."""
+    B, C, H, W = plane.shape
+    N = grid.shape[1]
+    ix = _unnormalize(grid[..., 0], W, align_corners, padding)  # [B, N]
+    iy = _unnormalize(grid[..., 1], H, align_corners, padding)
+    x0 = ix.detach().floor()
+    y0 = iy.detach().floor()
+    tx, ty = ix - x0, iy - y0
+    flat = plane.reshape(B, C, H * W)
+    out = None
+    for dx, dy, w in ((0, 0, (1 - tx) * (1 - ty)), (1, 0, tx * (1 - ty)),
+                      (0, 1, (1 - tx) * ty), (1, 1, tx * ty)):
+        xi, yi = x0 + dx, y0 + dy
+        valid = (xi >= 0) & (xi <= W - 1) & (yi >= 0) & (yi <= H - 1)
+        idx = (yi.clamp(0, H - 1) * W + xi.clamp(0, W - 1)).long()  # [B, N]
+        vals = torch.gather(flat, 2, idx[:, None, :].expand(B, C, N))  # [B, C, N]
+        term = vals * torch.where(valid, w, torch.zeros_like(w))[:, None, :]
+        out = term if out is None else out + term
+    return out.transpose(1, 2)
+
+
+def _sample_plane(plane: torch.Tensor, coords: torch.Tensor, padding: str, align_corners: bool,
+                  impl: str = "auto"):
     """plane [B, C, H, W], coords [B, N, 2] (already scaled) -> [B, N, C]."""
     nan = coords.isnan().any(-1, keepdim=True)  # [B, N, 1]
     # Past +-3 every corner is outside the plane (zeros) or clamped (border), with zero
     # gradient either way: clamping keeps grid_sample away from inf/huge values.
     grid = torch.where(nan, torch.zeros_like(coords), coords).clamp(-3.0, 3.0)
-    out = F.grid_sample(
-        plane, grid[:, None], mode="bilinear", padding_mode=padding, align_corners=align_corners
-    )  # [B, C, 1, N]
-    out = out[:, :, 0].transpose(1, 2)  # [B, N, C]
+    if impl == "auto":
+        impl = "grid_sample" if grid_sample_has_double_backward(plane.device) else "gather"
+    if impl == "gather":
+        out = gather_bilinear(plane, grid, padding, align_corners)
+    else:
+        out = F.grid_sample(
+            plane, grid[:, None], mode="bilinear", padding_mode=padding, align_corners=align_corners
+        )  # [B, C, 1, N]
+        out = out[:, :, 0].transpose(1, 2)  # [B, N, C]
     return torch.where(nan, torch.full_like(out, float("nan")), out)
 
 
@@ -53,9 +126,10 @@ def sample_planar(
     aggregate: str,
     padding: str,
     align_corners: bool,
+    impl: str = "auto",
 ) -> torch.Tensor:
-    """Three grid_sample calls and an aggregate; computes in float32 (float64 for float64
-    planes) and returns the planes' dtype."""
+    """Three grid_sample calls (or their gather equivalent, see ``impl``) and an aggregate;
+    computes in float32 (float64 for float64 planes) and returns the planes' dtype."""
     acc = _acc_dtype(planes.dtype)
     pl = planes.to(acc)
     pts = points.to(acc)
@@ -63,7 +137,7 @@ def sample_planar(
     for k in range(3):
         u, v = axes[k]
         coords = torch.stack([pts[..., u], pts[..., v]], dim=-1) * scale
-        feats.append(_sample_plane(pl[:, k], coords, padding, align_corners))
+        feats.append(_sample_plane(pl[:, k], coords, padding, align_corners, impl))
     if aggregate == "concat":
         out = torch.cat(feats, dim=-1)
     elif aggregate == "mean":
@@ -83,17 +157,25 @@ def triplane_sample(
     projection="npht",
     box_warp: float = 2.0,
     channels_last: bool = False,
+    impl: str = "auto",
 ) -> torch.Tensor:
-    """Reference of :func:`npht.triplane_sample` (same arguments, no backend choice)."""
+    """Reference of :func:`npht.triplane_sample` (same arguments, no backend choice).
+
+    ``impl``: ``"grid_sample"`` (three F.grid_sample calls), ``"gather"`` (the same numbers
+    from gathers, differentiable to any order in every torch) or ``"auto"`` (grid_sample
+    where this torch has its double backward, else gather)."""
     from npht.ops.triplane import resolve_projection  # local: ops imports this module
 
     if aggregate not in _AGGREGATES:
         raise ValueError(f"aggregate must be one of {_AGGREGATES}, got {aggregate!r}")
     if padding_mode not in _PADDINGS:
         raise ValueError(f"padding_mode must be one of {_PADDINGS}, got {padding_mode!r}")
+    if impl not in _IMPLS:
+        raise ValueError(f"impl must be one of {_IMPLS}, got {impl!r}")
     axes = resolve_projection(projection)
     planar = planes.permute(0, 1, 4, 2, 3) if channels_last else planes
-    return sample_planar(planar, points, axes, 2.0 / box_warp, aggregate, padding_mode, align_corners)
+    return sample_planar(planar, points, axes, 2.0 / box_warp, aggregate, padding_mode, align_corners,
+                         impl)
 
 
 def eg3d_sample_from_planes(

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import npht
-from npht.reference import eg3d_sample_from_planes
+from npht.reference import eg3d_sample_from_planes, gather_bilinear, grid_sample_has_double_backward
 from npht.reference import triplane_sample as reference
 
 AGGREGATES = ("sum", "mean", "concat")
@@ -130,6 +130,34 @@ def test_reference_is_grid_sample():
             torch.testing.assert_close(reference(planes, points, **kw), sum(feats))
             torch.testing.assert_close(reference(planes, points, aggregate="mean", **kw), sum(feats) / 3)
             torch.testing.assert_close(reference(planes, points, aggregate="concat", **kw), torch.cat(feats, -1))
+
+
+@pytest.mark.parametrize("align_corners", (False, True))
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("size", [(6, 9), (1, 5), (4, 1)])
+def test_gather_impl_is_grid_sample(align_corners, padding, size):
+    """The oracle's gather path (used where grid_sample has no double backward) gives
+    grid_sample's values and first derivatives, and has its own second derivatives."""
+    H, W = size
+    gen = torch.Generator().manual_seed(3)
+    plane = torch.randn(2, 3, H, W, dtype=torch.float64, generator=gen, requires_grad=True)
+    grid = ((torch.rand(2, 41, 2, dtype=torch.float64, generator=gen) * 2 - 1) * 1.4).requires_grad_()
+    got = gather_bilinear(plane, grid, padding, align_corners)
+    exp = F.grid_sample(plane, grid[:, None], padding_mode=padding,
+                        align_corners=align_corners)[:, :, 0].transpose(1, 2)
+    torch.testing.assert_close(got, exp)
+    go = torch.randn_like(exp)
+    torch.testing.assert_close(torch.autograd.grad(got, (plane, grid), go, retain_graph=True),
+                               torch.autograd.grad(exp, (plane, grid), go, retain_graph=True))
+    assert torch.autograd.gradgradcheck(
+        lambda p, g: gather_bilinear(p, g, padding, align_corners),
+        (plane[:1, :2].detach().requires_grad_(), grid[:1, :6].detach().requires_grad_()))
+    if grid_sample_has_double_backward():
+        (gg,) = torch.autograd.grad(got, grid, go, create_graph=True)
+        (ge,) = torch.autograd.grad(exp, grid, go, create_graph=True)
+        v = torch.randn_like(gg)
+        torch.testing.assert_close(torch.autograd.grad(gg, plane, v),
+                                   torch.autograd.grad(ge, plane, v))
 
 
 def test_eg3d_drop_in(backend, device):
