@@ -38,8 +38,19 @@ def table(name: str, res: dict) -> str:
     lines = [
         f"**{res['device']}** — torch {res['torch']}, commit `{res['commit']}`, {res['date'][:10]} "
         f"(`{name}`): B={cfg['B']}, N={cfg['N']}, C={cfg['C']}, planes {cfg['res']}², "
-        f"eikonal N={cfg['eik_N']}, float32",
+        f"eikonal N={cfg['eik_N']} (eikonal_op: N), float32",
         "",
+    ]
+    impl = res.get("reference_impl") or {}
+    if any(v != "grid_sample" for v in impl.values()):
+        lines += [
+            "Reference = 3 x F.grid_sample + sum, except for "
+            + ", ".join(t for t, v in impl.items() if v != "grid_sample")
+            + ": this torch has no double backward of grid_sample, so there the reference is "
+            "the same sampling written with gathers (`npht.reference.gather_bilinear`).",
+            "",
+        ]
+    lines += [
         "| task | method | median ms | points/s | speed-up vs reference | vs EG3D path | peak memory MiB | memory vs reference |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]

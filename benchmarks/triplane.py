@@ -5,7 +5,9 @@ denominator), ``eg3d`` (EG3D's path: batched grid_sample, permute, mean), and np
 each backend available here, fed the generator layout [B, 3, C, H, W] (``npht-<backend>``,
 a drop-in call that includes the layout copy) and channels-last planes
 (``npht-<backend>-cl``). Tasks: ``fwd`` (no grad), ``fwd_bwd`` (gradients to planes and
-points), ``eikonal`` (tri-plane + the thesis decoder, eikonal loss on the SDF's gradient
+points), ``eikonal_op`` (the op alone under an eikonal loss: a fixed linear head, gradient w.r.t.
+the points with create_graph, then gradients to planes and points: the op's double
+backward), ``eikonal`` (tri-plane + the thesis decoder, eikonal loss on the SDF's gradient
 norm, full double backward to planes and decoder).
 
 Timing: triton.testing.do_bench on GPU, a repeated wall-clock timer on CPU; median and
@@ -41,7 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 EG3D_PLANE_AXES = torch.tensor([[[1, 0, 0], [0, 1, 0], [0, 0, 1]],
                                 [[1, 0, 0], [0, 0, 1], [0, 1, 0]],
                                 [[0, 0, 1], [1, 0, 0], [0, 1, 0]]], dtype=torch.float32)
-TASKS = ("fwd", "fwd_bwd", "eikonal")
+TASKS = ("fwd", "fwd_bwd", "eikonal_op", "eikonal")
 
 
 def default_config(device: str, quick: bool) -> dict:
@@ -75,7 +77,7 @@ def methods_for(device: str) -> list:
 def reference_impl(task: str, device: str) -> str:
     """3 x F.grid_sample, except for the eikonal step where this torch has no double
     backward of grid_sample (before 2.13): there the gather-based equivalent."""
-    if task == "eikonal" and not grid_sample_has_double_backward(device):
+    if task.startswith("eikonal") and not grid_sample_has_double_backward(device):
         return "gather"
     return "grid_sample"
 
@@ -120,6 +122,17 @@ def make_step(method: str, task: str, cfg: dict, device: str):
         def step():
             out = fn(planes, points)
             return torch.autograd.grad(out, (planes, points), go)
+    elif task == "eikonal_op":
+        # the op's own second derivative: a fixed linear SDF head, eikonal loss on the
+        # gradient w.r.t. the points, gradients to planes and points (double backward)
+        w = torch.randn(cfg["C"], generator=torch.Generator().manual_seed(1)).to(device)
+
+        def step():
+            x = points
+            sdf = fn(planes, x) @ w
+            (normals,) = torch.autograd.grad(sdf.sum(), x, create_graph=True)
+            loss = ((normals.norm(dim=-1) - 1) ** 2).mean()
+            return torch.autograd.grad(loss, (planes, x))
     else:
         torch.manual_seed(0)
         decoder = TriplaneDecoder(feature_dim=cfg["C"]).to(device)

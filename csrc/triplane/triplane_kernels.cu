@@ -224,31 +224,30 @@ __global__ void __launch_bounds__(kBlock)
   const bool concat = prm.aggregate == kAggConcat;
 
   const int64_t C = g.C;
-  PlaneSample<A> s[3];
-  int64_t off[3][4];  // element offset of each corner's channel 0
-#pragma unroll
-  for (int k = 0; k < 3; ++k) {
-    s[k] = plane_setup<A>(pick3(x0, x1, x2, prm.axis_u[k]), pick3(x0, x1, x2, prm.axis_v[k]),
-                          g.H, g.W, scale, prm.align_corners, prm.padding);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) off[k][j] = (b * 3 + k) * g.HWC + s[k].idx[j] * C;
-  }
-
   const int64_t row = p * (concat ? 3 * C : C);
+  // The plane setups are recomputed per channel step (one step when C <= G * V, the common
+  // case): keeping three PlaneSamples live would cost registers and occupancy.
   for (int64_t c = int64_t(lane) * V; c < C; c += int64_t(G) * V) {
     A acc[V];
 #pragma unroll
     for (int i = 0; i < V; ++i) acc[i] = A(0);
 #pragma unroll
     for (int k = 0; k < 3; ++k) {
+      const PlaneSample<A> s =
+          plane_setup<A>(pick3(x0, x1, x2, prm.axis_u[k]), pick3(x0, x1, x2, prm.axis_v[k]),
+                         g.H, g.W, scale, prm.align_corners, prm.padding);
+      const int64_t base = (b * 3 + k) * g.HWC;
+      int64_t off[4];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) off[j] = base + s.idx[j] * C;
       A f[4][V];
-      load_corners<S, V>(planes, s[k], off[k], c, f);
+      load_corners<S, V>(planes, s, off, c, f);
       A v[V];
 #pragma unroll
       for (int i = 0; i < V; ++i) {
         A fi[4];
         corner_column(f, i, fi);
-        v[i] = bilerp(s[k], fi);
+        v[i] = bilerp(s, fi);
         acc[i] += v[i];
       }
       if (concat) store_vec<S, V>(out + row + k * C + c, v);  // aw == 1 for concat
