@@ -17,6 +17,6 @@ NPHT_CUDA=1 python3 -m pip install -q --no-build-isolation --no-deps -e . >"$OUT
 echo "build: $(( $(date +%s) - t0 )) s"
 python3 -c "import npht; print(npht.build_info())" | tee -a "$OUT/gpu.txt"
 t0=$(date +%s)
-python3 -m pytest -q -x -p no:cacheprovider "${@:-tests}" 2>&1 | tee "$OUT/pytest.log" | tail -25
+python3 -m pytest -q -p no:cacheprovider "${@:-tests}" 2>&1 | tee "$OUT/pytest.log" | tail -25
 echo "tests: $(( $(date +%s) - t0 )) s"
 python3 benchmarks/triplane.py --plot --out "$OUT" 2>&1 | tee "$OUT/bench.log"
