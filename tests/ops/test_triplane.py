@@ -251,7 +251,12 @@ def test_eikonal_step_matches_reference(backend, device):
     got = grads(lambda p, x: npht.triplane_sample(p, x, backend=backend))
     exp = grads(lambda p, x: reference(p, x))
     for g, e in zip(got, exp):
-        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+        # Float32 sums in another order (GPU atomics, the gather reference): an element that
+        # is a near-cancelling sum can differ by ~1e-5 absolutely, so compare relative to the
+        # tensor's scale, and the whole tensor by its norm.
+        scale = e.abs().max().item()
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4 * scale)
+        assert ((g - e).norm() / e.norm()).item() < 2e-5
 
 
 def test_build_info():
