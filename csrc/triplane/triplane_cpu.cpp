@@ -13,18 +13,19 @@
 #include <algorithm>
 #include <vector>
 
+#include "npht/check.h"
 #include "npht/triplane_math.h"
 
 namespace npht {
 namespace {
 
-#define CHECK_CPU(x) TORCH_CHECK((x).device().is_cpu(), #x " must be a CPU tensor, got ", (x).device())
-#define CHECK_CONTIGUOUS(x) TORCH_CHECK((x).is_contiguous(), #x " must be contiguous")
+#define CHECK_CPU(x) NPHT_TORCH_CHECK((x).device().is_cpu(), #x " must be a CPU tensor, got ", (x).device())
+#define CHECK_CONTIGUOUS(x) NPHT_TORCH_CHECK((x).is_contiguous(), #x " must be contiguous")
 #define CHECK_SHAPE(x, ...)                                                              \
-  TORCH_CHECK((x).sizes() == at::IntArrayRef({__VA_ARGS__}), #x " must have shape ",   \
+  NPHT_TORCH_CHECK((x).sizes() == at::IntArrayRef({__VA_ARGS__}), #x " must have shape ",   \
               at::IntArrayRef({__VA_ARGS__}), ", got ", (x).sizes())
 #define CHECK_DTYPE(x, dt) \
-  TORCH_CHECK((x).scalar_type() == (dt), #x " must be ", (dt), ", got ", (x).scalar_type())
+  NPHT_TORCH_CHECK((x).scalar_type() == (dt), #x " must be ", (dt), ", got ", (x).scalar_type())
 
 constexpr int64_t kPointGrain = 256;  // points per parallel chunk
 
@@ -37,13 +38,13 @@ struct Geometry {
 
 TriplaneParams make_params(at::IntArrayRef axes, double scale, int64_t aggregate,
                            int64_t padding, bool align_corners) {
-  TORCH_CHECK(axes.size() == 6, "axes must have 6 entries [u0, v0, u1, v1, u2, v2], got ",
+  NPHT_TORCH_CHECK(axes.size() == 6, "axes must have 6 entries [u0, v0, u1, v1, u2, v2], got ",
               axes.size());
-  TORCH_CHECK(aggregate >= 0 && aggregate <= 2, "aggregate must be 0 (sum), 1 (mean) or 2 (concat), got ", aggregate);
-  TORCH_CHECK(padding == 0 || padding == 1, "padding must be 0 (zeros) or 1 (border), got ", padding);
+  NPHT_TORCH_CHECK(aggregate >= 0 && aggregate <= 2, "aggregate must be 0 (sum), 1 (mean) or 2 (concat), got ", aggregate);
+  NPHT_TORCH_CHECK(padding == 0 || padding == 1, "padding must be 0 (zeros) or 1 (border), got ", padding);
   TriplaneParams p;
   for (int k = 0; k < 3; ++k) {
-    TORCH_CHECK(axes[2 * k] >= 0 && axes[2 * k] < 3 && axes[2 * k + 1] >= 0 && axes[2 * k + 1] < 3,
+    NPHT_TORCH_CHECK(axes[2 * k] >= 0 && axes[2 * k] < 3 && axes[2 * k + 1] >= 0 && axes[2 * k + 1] < 3,
                 "axes entries must be 0, 1 or 2, got ", axes);
     p.axis_u[k] = static_cast<int>(axes[2 * k]);
     p.axis_v[k] = static_cast<int>(axes[2 * k + 1]);
@@ -62,12 +63,12 @@ Geometry check_inputs(const at::Tensor& planes,  // [B, 3, H, W, C]
   CHECK_CPU(points);
   CHECK_CONTIGUOUS(planes);
   CHECK_CONTIGUOUS(points);
-  TORCH_CHECK(planes.dim() == 5 && planes.size(1) == 3, "planes must be [B, 3, H, W, C], got ", planes.sizes());
-  TORCH_CHECK(points.dim() == 3 && points.size(2) == 3, "points must be [B, N, 3], got ", points.sizes());
-  TORCH_CHECK(points.size(0) == planes.size(0), "points and planes must have the same batch size, got ",
+  NPHT_TORCH_CHECK(planes.dim() == 5 && planes.size(1) == 3, "planes must be [B, 3, H, W, C], got ", planes.sizes());
+  NPHT_TORCH_CHECK(points.dim() == 3 && points.size(2) == 3, "points must be [B, N, 3], got ", points.sizes());
+  NPHT_TORCH_CHECK(points.size(0) == planes.size(0), "points and planes must have the same batch size, got ",
               points.size(0), " and ", planes.size(0));
   const auto pt = planes.scalar_type();
-  TORCH_CHECK(pt == at::kFloat || pt == at::kDouble || pt == at::kHalf || pt == at::kBFloat16,
+  NPHT_TORCH_CHECK(pt == at::kFloat || pt == at::kDouble || pt == at::kHalf || pt == at::kBFloat16,
               "planes must be float32, float64, float16 or bfloat16, got ", pt);
   CHECK_DTYPE(points, pt == at::kDouble ? at::kDouble : at::kFloat);
   Geometry g;
@@ -329,7 +330,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_bwd2_cpu(
   if (gg_planes.defined()) {
     CHECK_CPU(gg_planes);
     CHECK_CONTIGUOUS(gg_planes);
-    TORCH_CHECK(gg_planes.sizes() == planes.sizes(), "gg_planes must have the shape of planes ",
+    NPHT_TORCH_CHECK(gg_planes.sizes() == planes.sizes(), "gg_planes must have the shape of planes ",
                 planes.sizes(), ", got ", gg_planes.sizes());
     CHECK_DTYPE(gg_planes, planes.scalar_type());
   }

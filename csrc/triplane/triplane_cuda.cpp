@@ -14,9 +14,10 @@
 #include <tuple>
 #include <vector>
 
+#include "npht/check.h"
 #include "triplane/triplane_cuda.h"
 
-#define NPHT_CHECK(cond, ...) TORCH_CHECK(cond, "npht_C (cuda): ", __VA_ARGS__)
+#define NPHT_CHECK(cond, ...) NPHT_TORCH_CHECK(cond, "npht_C (cuda): ", __VA_ARGS__)
 #define CHECK_CUDA(x) \
   NPHT_CHECK((x).is_cuda(), #x " must be a CUDA tensor, got one on ", (x).device())
 #define CHECK_CONTIGUOUS(x) \
