@@ -33,6 +33,10 @@ def _ms(x):
     return f"{x:.2f}" if x >= 1 else f"{x:.3f}"
 
 
+def _x(ratio):
+    return "—" if ratio is None else f"{ratio:.2f}x"
+
+
 def table(name: str, res: dict) -> str:
     cfg = res["config"]
     lines = [
@@ -64,8 +68,8 @@ def table(name: str, res: dict) -> str:
         ratio_s = "" if ratio is None else f"{ratio:.2f}"
         lines.append(
             f"| {r['task']} | {r['method']} | {_ms(r['median_ms'])} | {r['points_per_s'] / 1e6:.1f} M | "
-            f"{r.get('speedup_vs_reference', float('nan')):.2f}x | "
-            f"{r.get('speedup_vs_eg3d', float('nan')):.2f}x | {mem_s} | {ratio_s} |"
+            f"{_x(r.get('speedup_vs_reference'))} | {_x(r.get('speedup_vs_eg3d'))} | "
+            f"{mem_s} | {ratio_s} |"
         )
     return "\n".join(lines)
 
