@@ -53,6 +53,22 @@ def _add2(g0, g1, g2, U: tl.constexpr, V: tl.constexpr, gu, gv):
 
 
 @triton.jit
+def _point_block(BN, N, scale, CDT: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's BLOCK_N flattened point indices, their mask, batch index and the
+    coordinate scale as a vector."""
+    n = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return n, n < BN, n // N, tl.full([BLOCK_N], scale, CDT)
+
+
+@triton.jit
+def _store_points(gpoints, n, mn, g0, g1, g2):
+    pdt = gpoints.dtype.element_ty
+    tl.store(gpoints + n * 3 + 0, g0.to(pdt), mask=mn)
+    tl.store(gpoints + n * 3 + 1, g1.to(pdt), mask=mn)
+    tl.store(gpoints + n * 3 + 2, g2.to(pdt), mask=mn)
+
+
+@triton.jit
 def _setup(points, n, mn, sc, H, W, U: tl.constexpr, V: tl.constexpr, ALIGN: tl.constexpr,
            PAD: tl.constexpr, CDT: tl.constexpr):
     """The bilinear footprint of BLOCK_N points on one plane (plane_setup() of the header).
@@ -148,11 +164,7 @@ def _triplane_fwd_kernel(planes, points, out, BN, N, H, W, C, HWC, OC, scale: tl
                          V1: tl.constexpr, U2: tl.constexpr, V2: tl.constexpr,
                          AGG: tl.constexpr, PAD: tl.constexpr, ALIGN: tl.constexpr,
                          CDT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid = tl.program_id(0)
-    n = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mn = n < BN
-    b = n // N
-    sc = tl.full([BLOCK_N], scale, CDT)
+    n, mn, b, sc = _point_block(BN, N, scale, CDT, BLOCK_N)
     odt = out.dtype.element_ty
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
@@ -234,11 +246,7 @@ def _triplane_bwd_kernel(grad_out, planes, points, gplanes, gpoints, BN, N, H, W
                          CDT: tl.constexpr, NEED_PLANES: tl.constexpr,
                          NEED_POINTS: tl.constexpr, BLOCK_N: tl.constexpr,
                          BLOCK_C: tl.constexpr):
-    pid = tl.program_id(0)
-    n = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mn = n < BN
-    b = n // N
-    sc = tl.full([BLOCK_N], scale, CDT)
+    n, mn, b, sc = _point_block(BN, N, scale, CDT, BLOCK_N)
     g0 = tl.zeros([BLOCK_N], CDT)
     g1 = tl.zeros([BLOCK_N], CDT)
     g2 = tl.zeros([BLOCK_N], CDT)
@@ -258,10 +266,7 @@ def _triplane_bwd_kernel(grad_out, planes, points, gplanes, gpoints, BN, N, H, W
                             NEED_POINTS)
         g0, g1, g2 = _add2(g0, g1, g2, U2, V2, gu, gv)
     if NEED_POINTS:
-        pdt = gpoints.dtype.element_ty
-        tl.store(gpoints + n * 3 + 0, g0.to(pdt), mask=mn)
-        tl.store(gpoints + n * 3 + 1, g1.to(pdt), mask=mn)
-        tl.store(gpoints + n * 3 + 2, g2.to(pdt), mask=mn)
+        _store_points(gpoints, n, mn, g0, g1, g2)
 
 
 # ---------------------------------------------------------------------------------------
@@ -363,11 +368,7 @@ def _triplane_bwd2_kernel(gg_planes, gg_points, grad_out, planes, points, ggo, g
                           NEED_POINTS: tl.constexpr, LOAD_GO: tl.constexpr,
                           LOAD_F: tl.constexpr, LOAD_G: tl.constexpr,
                           BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
-    pid = tl.program_id(0)
-    n = pid.to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
-    mn = n < BN
-    b = n // N
-    sc = tl.full([BLOCK_N], scale, CDT)
+    n, mn, b, sc = _point_block(BN, N, scale, CDT, BLOCK_N)
     g0 = tl.zeros([BLOCK_N], CDT)
     g1 = tl.zeros([BLOCK_N], CDT)
     g2 = tl.zeros([BLOCK_N], CDT)
@@ -400,10 +401,7 @@ def _triplane_bwd2_kernel(gg_planes, gg_points, grad_out, planes, points, ggo, g
             else:
                 tl.store(optr, (t0 + t1 + t2).to(odt), mask=msk)
     if NEED_POINTS:
-        pdt = gpoints.dtype.element_ty
-        tl.store(gpoints + n * 3 + 0, g0.to(pdt), mask=mn)
-        tl.store(gpoints + n * 3 + 1, g1.to(pdt), mask=mn)
-        tl.store(gpoints + n * 3 + 2, g2.to(pdt), mask=mn)
+        _store_points(gpoints, n, mn, g0, g1, g2)
 
 
 # ---------------------------------------------------------------------------------------
