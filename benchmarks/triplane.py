@@ -8,7 +8,11 @@ a drop-in call that includes the layout copy) and channels-last planes
 points), ``eikonal_op`` (the op alone under an eikonal loss: a fixed linear head, gradient w.r.t.
 the points with create_graph, then gradients to planes and points: the op's double
 backward), ``eikonal`` (tri-plane + the thesis decoder, eikonal loss on the SDF's gradient
-norm, full double backward to planes and decoder).
+norm, full double backward to planes and decoder). In the eikonal task two more npht
+methods run: ``npht-<backend>-fused`` takes the decoder's value and gradient from
+npht.softplus_mlp_with_grad (hand-written double backward) instead of autograd, and
+``npht-<backend>-fused-ckpt`` does so keeping nothing for the backward (recompute in
+chunks).
 
 Timing: triton.testing.do_bench on GPU, a repeated wall-clock timer on CPU; median and
 20/80 % quantiles. Peak memory: CUDA allocator peak above the inputs on GPU; on CPU the
@@ -70,8 +74,21 @@ def methods_for(device: str) -> list:
     elif info["cpu"]:
         backends.append("cpu")
     for b in backends:
-        names += [f"npht-{b}", f"npht-{b}-cl"]
+        names += [f"npht-{b}", f"npht-{b}-cl", f"npht-{b}-fused", f"npht-{b}-fused-ckpt"]
     return names
+
+
+def applies(method: str, task: str) -> bool:
+    """The fused-decoder variants exist for the eikonal step only."""
+    return "-fused" not in method or task == "eikonal"
+
+
+def parse_method(method: str):
+    """'npht-cpu-cl' -> ('cpu', channels_last, fused decoder, checkpoint)."""
+    m = re.fullmatch(r"npht-(\w+?)(-cl)?(-fused)?(-ckpt)?", method)
+    if m is None or (m.group(4) and not m.group(3)):
+        raise ValueError(f"unknown method {method!r}")
+    return m.group(1), bool(m.group(2)), bool(m.group(3)), bool(m.group(4))
 
 
 def reference_impl(task: str, device: str) -> str:
@@ -91,8 +108,7 @@ def sampler(method: str, task: str = "fwd", device: str = "cpu"):
         def eg3d(P, X):
             return eg3d_sample_from_planes(EG3D_PLANE_AXES.to(P.device), P, X, box_warp=2.0).mean(1)
         return eg3d, False
-    m = re.fullmatch(r"npht-(\w+?)(-cl)?", method)
-    backend, cl = m.group(1), bool(m.group(2))
+    backend, cl, _, _ = parse_method(method)
     # EG3D comparisons use EG3D's projection and mean: same cost as npht's default sum
     return (lambda P, X: npht.triplane_sample(P, X, backend=backend, channels_last=cl)), cl
 
@@ -137,11 +153,19 @@ def make_step(method: str, task: str, cfg: dict, device: str):
         torch.manual_seed(0)
         decoder = TriplaneDecoder(feature_dim=cfg["C"]).to(device)
         params = [planes, *decoder.parameters()]
+        fused = method.startswith("npht-") and parse_method(method)[2]
+
+        def sdf_and_normals():
+            if fused:
+                backend, cl, _, ckpt = parse_method(method)
+                return decoder.sdf_and_gradient(planes, points, backend=backend, channels_last=cl,
+                                                checkpoint=ckpt)
+            sdf = decoder(fn(planes, points), points)
+            (normals,) = torch.autograd.grad(sdf.sum(), points, create_graph=True)
+            return sdf, normals
 
         def step():
-            x = points
-            sdf = decoder(fn(planes, x), x)
-            (normals,) = torch.autograd.grad(sdf.sum(), x, create_graph=True)
+            sdf, normals = sdf_and_normals()
             loss = ((normals.norm(dim=-1) - 1) ** 2).mean() + sdf.abs().mean()
             return torch.autograd.grad(loss, params)
     return step, (planes, points)
@@ -249,6 +273,8 @@ def run(args) -> dict:
     rows = []
     for task in args.tasks:
         for method in methods:
+            if not applies(method, task):
+                continue
             row = {"task": task, "method": method}
             try:
                 step, _ = make_step(method, task, cfg, device)

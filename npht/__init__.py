@@ -9,6 +9,7 @@ from .ops import (  # noqa: E402
     build_info,
     projection_from_plane_axes,
     resolve_projection,
+    softplus_mlp_with_grad,
     triplane_sample,
 )
 
@@ -19,5 +20,6 @@ __all__ = [
     "build_info",
     "projection_from_plane_axes",
     "resolve_projection",
+    "softplus_mlp_with_grad",
     "triplane_sample",
 ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from npht.ops import triplane_sample
+from npht.ops import softplus_mlp_with_grad, triplane_sample
 
 
 class TriplaneDecoder(nn.Module):
@@ -27,6 +27,7 @@ class TriplaneDecoder(nn.Module):
                 layers.append(nn.Softplus(beta=beta))
         self.net = nn.Sequential(*layers)
         self.feature_dim = feature_dim
+        self.beta = float(beta)
 
     def forward(self, features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """features ``[..., feature_dim]``, points ``[..., 3]`` -> sdf ``[...]``."""
@@ -40,3 +41,48 @@ class TriplaneDecoder(nn.Module):
         """SDF of ``points [B, N, 3]`` for tri-planes ``planes`` (sampled with
         :func:`npht.triplane_sample`, thesis default: sum aggregation)."""
         return self(triplane_sample(planes, points, **sample_kwargs), points)
+
+    def layers(self):
+        """``(weights, biases)`` of the linear layers, in order (nn.Linear layout)."""
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+        return [m.weight for m in linears], [m.bias for m in linears]
+
+    def sdf_and_gradient(self, planes: torch.Tensor, points: torch.Tensor, *, fused: bool = True,
+                         checkpoint: bool = False, **sample_kwargs):
+        """SDF ``[B, N]`` and its gradient w.r.t. the points ``[B, N, 3]`` (normals before
+        normalisation), through the tri-plane features and the direct point input.
+
+        With grad mode on, both are differentiable w.r.t. the planes, the decoder's
+        parameters and the points: an eikonal or normal loss on the gradient
+        backpropagates into all of them (double backward). ``fused=True`` takes the MLP's
+        value and gradient from :func:`npht.softplus_mlp_with_grad` (hand-written
+        backward, about a third of autograd's memory; ``checkpoint=True`` keeps nothing
+        and recomputes in chunks); ``fused=False`` is plain autograd (the reference).
+        With grad mode off, the results are plain tensors and no graph is kept.
+        """
+        create = torch.is_grad_enabled()
+        with torch.enable_grad():
+            pts = points if points.requires_grad else points.detach().requires_grad_()
+            feats = triplane_sample(planes, pts, **sample_kwargs)
+            if feats.shape[-1] != self.feature_dim:
+                raise ValueError(
+                    f"the tri-plane features have {feats.shape[-1]} channels, the decoder expects "
+                    f"{self.feature_dim}"
+                )
+            if fused:
+                weights, biases = self.layers()
+                x = torch.cat([feats, pts.to(feats.dtype)], dim=-1)
+                if not create:
+                    x = x.detach()
+                sdf, grad_x = softplus_mlp_with_grad(x, weights, biases, beta=self.beta,
+                                                     checkpoint=checkpoint or not create)
+                grad_feat, grad_pts = grad_x.split([self.feature_dim, grad_x.shape[-1] - self.feature_dim], -1)
+                # chain the feature gradient through the tri-plane op's backward
+                (grad_via_planes,) = torch.autograd.grad(feats, pts, grad_feat, create_graph=create)
+                grad = grad_pts + grad_via_planes
+            else:
+                sdf = self(feats, pts)
+                (grad,) = torch.autograd.grad(sdf.sum(), pts, create_graph=create)
+        if not create:
+            sdf, grad = sdf.detach(), grad.detach()
+        return sdf, grad

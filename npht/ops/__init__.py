@@ -1,6 +1,7 @@
 """Public differentiable ops (registered with torch.library) and backend selection."""
 
 from ._backend import BACKENDS, build_info
+from .mlp import softplus_mlp_with_grad
 from .triplane import PROJECTIONS, projection_from_plane_axes, resolve_projection, triplane_sample
 
 __all__ = [
@@ -9,5 +10,6 @@ __all__ = [
     "build_info",
     "projection_from_plane_axes",
     "resolve_projection",
+    "softplus_mlp_with_grad",
     "triplane_sample",
 ]

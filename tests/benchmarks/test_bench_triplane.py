@@ -21,13 +21,15 @@ def test_triplane_benchmark_smoke(tmp_path):
     bench = load("triplane")
     path = bench.main(["--device", "cpu", "--quick", "--B", "1", "--N", "64", "--eik-N", "16",
                        "--C", "4", "--res", "8", "--reps", "2", "--out", str(tmp_path), "--no-memory",
-                       "--methods", "reference", "eg3d", "npht-cpu", "npht-cpu-cl"])
+                       "--methods", "reference", "eg3d", "npht-cpu", "npht-cpu-cl", "npht-cpu-fused",
+                       "npht-cpu-fused-ckpt"])
     with open(path) as f:
         res = json.load(f)
     assert res["device_type"] == "cpu" and res["commit"] and res["torch"]
     rows = {(r["task"], r["method"]): r for r in res["results"]}
     assert set(rows) == {(t, m) for t in ("fwd", "fwd_bwd", "eikonal_op", "eikonal")
-                         for m in ("reference", "eg3d", "npht-cpu", "npht-cpu-cl")}
+                         for m in ("reference", "eg3d", "npht-cpu", "npht-cpu-cl")} | {
+        ("eikonal", "npht-cpu-fused"), ("eikonal", "npht-cpu-fused-ckpt")}
     no_gg = not grid_sample_has_double_backward("cpu")
     for (task, method), r in rows.items():
         if no_gg and method == "eg3d" and task.startswith("eikonal"):
@@ -48,3 +50,14 @@ def test_cpu_peak_memory_child_sees_the_allocation():
     cfg = dict(B=1, N=2 ** 16, C=16, res=16, eik_N=16)
     peak = bench.peak_memory("reference", "fwd_bwd", cfg, "cpu")
     assert peak > 8 * 2 ** 20
+
+
+def test_method_names():
+    bench = load("triplane")
+    assert bench.parse_method("npht-cuda-cl") == ("cuda", True, False, False)
+    assert bench.parse_method("npht-cpu-fused-ckpt") == ("cpu", False, True, True)
+    assert not bench.applies("npht-cpu-fused", "fwd") and bench.applies("npht-cpu-fused", "eikonal")
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown method"):
+        bench.parse_method("npht-cpu-ckpt")

@@ -29,3 +29,51 @@ def test_bad_feature_width():
         dec(torch.randn(2, 10, 5), torch.rand(2, 10, 3))
     with pytest.raises(ValueError, match=r"num_layers must be >= 2"):
         TriplaneDecoder(num_layers=1)
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+@pytest.mark.parametrize("sample_backend", ["reference", "cpu"])
+def test_fused_sdf_and_gradient_matches_autograd(checkpoint, sample_backend):
+    """The eikonal training step: SDF gradient through features and the direct point
+    input, loss on its norm, gradients to planes, decoder and points."""
+    torch.manual_seed(0)
+    dec = TriplaneDecoder(feature_dim=5, hidden=24).double()
+    planes = (torch.randn(2, 3, 5, 9, 7, dtype=torch.float64) * 0.3).requires_grad_()
+    points = (torch.rand(2, 33, 3, dtype=torch.float64) * 2 - 1).requires_grad_()
+    params = [planes, points, *dec.parameters()]
+    results = []
+    for fused in (False, True):
+        sdf, grad = dec.sdf_and_gradient(planes, points, fused=fused, checkpoint=checkpoint,
+                                         backend=sample_backend)
+        loss = ((grad.norm(dim=-1) - 1) ** 2).mean() + sdf.abs().mean()
+        results.append((sdf, grad, torch.autograd.grad(loss, params, allow_unused=True,
+                                                        materialize_grads=True)))
+    (s0, g0, r0), (s1, g1, r1) = results
+    assert s1.shape == (2, 33) and g1.shape == (2, 33, 3)
+    torch.testing.assert_close(s1, s0)
+    torch.testing.assert_close(g1, g0)
+    for a, b in zip(r1, r0):
+        torch.testing.assert_close(a, b)
+    # the gradient is the SDF's: finite differences along x
+    eps = 1e-6
+    shifted = points.detach() + torch.tensor([eps, 0, 0], dtype=torch.float64)
+    fd = (dec.sdf(planes, shifted, backend=sample_backend) - dec.sdf(planes, points, backend=sample_backend)) / eps
+    torch.testing.assert_close(g1[..., 0], fd, rtol=1e-3, atol=1e-4)
+
+
+def test_sdf_and_gradient_without_grad_mode():
+    dec = TriplaneDecoder(feature_dim=4, hidden=16)
+    planes = torch.randn(1, 3, 4, 8, 8, requires_grad=True)
+    points = torch.rand(1, 20, 3) * 2 - 1
+    with torch.no_grad():
+        sdf, grad = dec.sdf_and_gradient(planes, points)
+    assert not sdf.requires_grad and not grad.requires_grad
+    s0, g0 = dec.sdf_and_gradient(planes, points, fused=False)
+    torch.testing.assert_close(sdf, s0.detach())
+    torch.testing.assert_close(grad, g0.detach())
+
+
+def test_sdf_and_gradient_feature_mismatch():
+    dec = TriplaneDecoder(feature_dim=4, hidden=16)
+    with pytest.raises(ValueError, match="decoder expects 4"):
+        dec.sdf_and_gradient(torch.randn(1, 3, 5, 8, 8), torch.rand(1, 20, 3))

@@ -1,0 +1,34 @@
+"""Reference for :func:`npht.softplus_mlp_with_grad`: the MLP written with PyTorch ops and
+its input gradient taken by autograd (``create_graph=True``), so that a loss on the
+gradient is differentiated by autograd's double backward. This is what tri-plane SDF
+projects do today; the tests use it as the oracle and the benchmarks as the baseline."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def softplus_mlp(x: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor],
+                 beta: float = 100.0, threshold: float = 20.0) -> torch.Tensor:
+    """``x [..., D0]`` -> ``[...]``: linear layers with softplus(beta, threshold) between them."""
+    a = x
+    for i, (w, b) in enumerate(zip(weights, biases)):
+        a = F.linear(a, w, b)
+        if i < len(weights) - 1:
+            a = F.softplus(a, beta, threshold)
+    return a.squeeze(-1)
+
+
+def softplus_mlp_with_grad(x: torch.Tensor, weights: Sequence[torch.Tensor],
+                           biases: Sequence[torch.Tensor], beta: float = 100.0,
+                           threshold: float = 20.0):
+    """``(y [...], dy/dx [..., D0])`` by autograd; differentiable again when grad mode is on."""
+    create = torch.is_grad_enabled()
+    with torch.enable_grad():
+        xr = x if x.requires_grad else x.detach().requires_grad_()
+        y = softplus_mlp(xr, weights, biases, beta, threshold)
+        (g,) = torch.autograd.grad(y.sum(), xr, create_graph=create)
+    return (y, g) if create else (y.detach(), g.detach())
