@@ -1,0 +1,148 @@
+"""VolSDF's error-bound sampler (Algorithm 1), with VolSDF/MonoSDF semantics and
+parameters. The caller's SDF is evaluated between iterations without grad (in chunks);
+the per-ray math is in :mod:`npht.reference.sampler`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from npht.reference import sampler as ref
+from npht.render.density import laplace_density
+
+__all__ = ["ErrorBoundSampler", "evaluate_sdf"]
+
+
+def evaluate_sdf(sdf_fn: Callable, points: torch.Tensor, chunk: int = 1 << 18) -> torch.Tensor:
+    """``sdf_fn`` on ``points [B, ..., 3]`` without grad, in chunks of ``chunk`` points per
+    batch element -> ``[B, ...]``. ``sdf_fn`` maps ``[B, n, 3]`` to ``[B, n]`` (batch
+    element b is shape b: its own tri-planes/latent)."""
+    B = points.shape[0]
+    flat = points.reshape(B, -1, 3)
+    with torch.no_grad():
+        out = [sdf_fn(flat[:, i:i + chunk]).reshape(B, -1) for i in range(0, flat.shape[1], chunk)]
+    res = torch.cat(out, 1) if out else flat.new_zeros(B, 0)
+    return res.reshape(points.shape[:-1])
+
+
+@dataclass
+class ErrorBoundSampler:
+    """``N_samples`` final samples per ray drawn from the rendering weights at a beta whose
+    opacity error is <= ``eps`` (found by ``beta_iters`` bisection steps), after up to
+    ``max_total_iters`` rounds that add ``N_samples_eval`` samples where the error bound is
+    large; plus ``N_samples_extra`` of the evaluation samples and the ray's near/far."""
+
+    N_samples: int = 64
+    N_samples_eval: int = 128
+    N_samples_extra: int = 32
+    eps: float = 0.1
+    beta_iters: int = 10
+    max_total_iters: int = 5
+    add_tiny: float = 1e-6
+
+    def __post_init__(self):
+        for name in ("N_samples", "N_samples_eval", "max_total_iters"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.N_samples_extra < 0 or self.beta_iters < 0:
+            raise ValueError("N_samples_extra and beta_iters must be >= 0")
+        if self.N_samples_extra > self.N_samples_eval:
+            raise ValueError(
+                f"N_samples_extra ({self.N_samples_extra}) cannot exceed N_samples_eval ({self.N_samples_eval})"
+            )
+        if not self.eps > 0:
+            raise ValueError(f"eps must be > 0, got {self.eps}")
+
+    @classmethod
+    def volsdf(cls) -> "ErrorBoundSampler":
+        """VolSDF/MonoSDF defaults: 64 / 128 / 32, eps 0.1, 10 beta iterations, 5 rounds."""
+        return cls(64, 128, 32, 0.1, 10, 5)
+
+    @classmethod
+    def thesis(cls) -> "ErrorBoundSampler":
+        """Thesis Sec. 5.2.2: 32 samples, 32 evaluation samples, eps 0.1, beta_iters 10,
+        max_iter 10 (N_samples_extra is not stated: MonoSDF's 32)."""
+        return cls(32, 32, 32, 0.1, 10, 10)
+
+    @property
+    def samples_per_ray(self) -> int:
+        return self.N_samples + self.N_samples_extra + 2
+
+    def __call__(self, sdf_fn: Callable, origins: torch.Tensor, dirs: torch.Tensor, near: torch.Tensor,
+                 far: torch.Tensor, beta0, *, training: bool = False,
+                 generator: Optional[torch.Generator] = None, chunk: int = 1 << 18) -> torch.Tensor:
+        """Depths ``[B, R, samples_per_ray]`` (sorted) for rays ``origins, dirs [B, R, 3]``
+        in ``[near, far]`` (``[B, R]``); ray b, r samples shape b of ``sdf_fn``.
+        ``training`` draws stratified initial samples, random final quantiles and random
+        extra samples (VolSDF); otherwise all is deterministic."""
+        if origins.dim() != 3 or origins.shape[-1] != 3 or dirs.shape != origins.shape:
+            raise ValueError(
+                f"origins and dirs must both be [B, R, 3], got {tuple(origins.shape)} and {tuple(dirs.shape)}"
+            )
+        if near.shape != origins.shape[:2] or far.shape != origins.shape[:2]:
+            raise ValueError(
+                f"near and far must be [B, R] = {tuple(origins.shape[:2])}, got {tuple(near.shape)} "
+                f"and {tuple(far.shape)}"
+            )
+        B, Rb = origins.shape[:2]
+        R = B * Rb
+        dev, dt = origins.device, origins.dtype
+        beta0 = torch.as_tensor(beta0, dtype=dt, device=dev).detach().reshape(())
+        near, far = near.reshape(R, 1).to(dt), far.reshape(R, 1).to(dt)
+        origins, dirs = origins.reshape(R, 3), dirs.reshape(R, 3)
+        gen_dev = generator.device if generator is not None else dev
+
+        def rand(*shape):
+            return torch.rand(*shape, generator=generator, dtype=dt, device=gen_dev).to(dev)
+
+        t = torch.linspace(0.0, 1.0, self.N_samples_eval, dtype=dt, device=dev)
+        z = near * (1.0 - t) + far * t
+        if training:  # stratified in the intervals around each sample
+            mids = 0.5 * (z[:, 1:] + z[:, :-1])
+            upper = torch.cat([mids, z[:, -1:]], -1)
+            lower = torch.cat([z[:, :1], mids], -1)
+            z = lower + (upper - lower) * rand(*z.shape)
+        beta = ref.initial_beta(z, self.eps)
+
+        def points(depths):  # [R, k] -> [B, Rb * k, 3]
+            return (origins[:, None] + depths[..., None] * dirs[:, None]).reshape(B, -1, 3)
+
+        samples, order, sdf = z, None, None
+        for it in range(self.max_total_iters):
+            new_sdf = evaluate_sdf(sdf_fn, points(samples), chunk).reshape(R, -1)
+            sdf = new_sdf if order is None else torch.gather(torch.cat([sdf, new_sdf], -1), 1, order)
+            beta = ref.bisect_beta(beta0, beta, sdf, z, self.eps, self.beta_iters)
+            last_round = not bool(beta.max() > beta0) or it + 1 >= self.max_total_iters
+            dists = z[:, 1:] - z[:, :-1]
+            density = laplace_density(sdf, beta[:, None])
+            free = torch.cat([dists, torch.full_like(dists[:, :1], 1e10)], -1) * density
+            before = torch.cumsum(torch.cat([torch.zeros_like(free[:, :1]), free[:, :-1]], -1), -1)
+            transmittance = torch.exp(-before)
+            if not last_round:  # sample where the error bound is large
+                d_star = ref.distance_bound(z, sdf)
+                per = torch.exp(-d_star / beta[:, None]) * dists * dists / (4.0 * beta[:, None] ** 2)
+                bound = (torch.clamp(torch.exp(torch.cumsum(per, -1)), max=1e6) - 1.0) * transmittance[:, :-1]
+                u = torch.linspace(0.0, 1.0, self.N_samples_eval, dtype=dt, device=dev).expand(R, -1)
+                samples = ref.sample_pdf(z, bound + self.add_tiny, u)
+                z, order = torch.sort(torch.cat([z, samples], -1), -1)
+            else:  # final samples from the weights at the converged beta
+                weights = (1.0 - torch.exp(-free)) * transmittance
+                if training:
+                    u = rand(R, self.N_samples)
+                else:
+                    u = torch.linspace(0.0, 1.0, self.N_samples, dtype=dt, device=dev).expand(R, -1)
+                samples = ref.sample_pdf(z, weights[:, :-1] + 1e-5, u)
+                break
+        n = z.shape[1]
+        if self.N_samples_extra > 0:
+            if training:
+                perm = torch.randperm(n, generator=generator, device=gen_dev)[: self.N_samples_extra].to(dev)
+            else:
+                perm = torch.linspace(0, n - 1, self.N_samples_extra, device=dev).long()
+            extra = torch.cat([near, far, z[:, perm]], -1)
+        else:
+            extra = torch.cat([near, far], -1)
+        return torch.sort(torch.cat([samples, extra], -1), -1).values.reshape(B, Rb, -1)

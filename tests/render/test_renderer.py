@@ -1,0 +1,145 @@
+"""Error-bound sampler and the reference renderer on analytic SDFs."""
+
+import pytest
+import torch
+
+from npht.reference import sampler as ref
+from npht.render import (ErrorBoundSampler, LaplaceDensity, fibonacci_cameras, generate_rays,
+                         ray_sphere_bounds, render_reference)
+
+
+def sphere(p, r=0.5):
+    return p.norm(dim=-1) - r
+
+
+def torus(p, R=0.45, r=0.15):
+    q = torch.stack([torch.sqrt(p[..., 0] ** 2 + p[..., 2] ** 2) - R, p[..., 1]], -1)
+    return q.norm(dim=-1) - r
+
+
+def test_distance_bound_cases():
+    z = torch.tensor([[0.0, 1.0, 2.0, 3.0]], dtype=torch.float64)
+    # |sdf| grows away from the start: the start is nearest (b); a sign change gives 0
+    sdf = torch.tensor([[0.2, 1.3, 0.5, -0.5]], dtype=torch.float64)
+    d = ref.distance_bound(z, sdf)
+    assert d[0, 0] == 0.2 and d[0, 2] == 0
+    # triangle case: both ends at 0.8, interval 1: height sqrt(0.8^2 - 0.5^2)
+    d = ref.distance_bound(torch.tensor([[0.0, 1.0]], dtype=torch.float64),
+                           torch.tensor([[0.8, 0.8]], dtype=torch.float64))
+    torch.testing.assert_close(d, torch.tensor([[(0.64 - 0.25) ** 0.5]], dtype=torch.float64))
+
+
+def test_bisect_beta_meets_eps():
+    z = torch.linspace(0.0, 2.0, 64, dtype=torch.float64).expand(3, -1).contiguous()
+    sdf = 1.0 - z + torch.tensor([[0.0], [0.2], [-0.3]], dtype=torch.float64)
+    beta_hi = ref.initial_beta(z, 0.1)
+    beta = ref.bisect_beta(1e-3, beta_hi, sdf, z, 0.1, 20)
+    assert (ref.opacity_error_bound(beta, sdf, z) <= 0.1 + 1e-12).all()
+    assert (beta >= 1e-3).all() and (beta <= beta_hi).all()
+    # Lemma 2: the initial beta satisfies the bound for any SDF
+    assert (ref.opacity_error_bound(beta_hi, sdf, z) <= 0.1 + 1e-9).all()
+
+
+def test_sample_pdf_inverts_cdf():
+    bins = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    pdf = torch.tensor([[0.0, 1.0, 0.0]])
+    u = torch.linspace(0, 0.95, 11).expand(1, -1)
+    s = ref.sample_pdf(bins, pdf, u)
+    assert (s >= 1.0).all() and (s <= 2.0).all()
+    torch.testing.assert_close(s, 1.0 + u)
+
+
+def test_sampler_concentrates_samples_at_the_surface():
+    sampler = ErrorBoundSampler.thesis()
+    o = torch.tensor([[[0.0, 0.0, 2.6]]], dtype=torch.float64).expand(1, 4, 3).contiguous()
+    d = torch.tensor([[0.0, 0.0, -1.0], [0.1, 0.0, -1.0], [0.0, 0.1, -1.0], [0.08, 0.08, -1.0]],
+                     dtype=torch.float64)
+    d = (d / d.norm(dim=-1, keepdim=True))[None]
+    near, far, hit = ray_sphere_bounds(o, d, 1.0)
+    z = sampler(sphere, o, d, near, far, 1e-3)
+    assert z.shape == (1, 4, sampler.samples_per_ray)
+    assert (z[..., 1:] >= z[..., :-1]).all()
+    hit_depth = ray_sphere_bounds(o, d, 0.5)[0]
+    close = ((z - hit_depth[..., None]).abs() < 0.01).sum(-1)
+    assert (close >= sampler.N_samples // 2).all(), close
+
+
+def test_sampler_training_mode_is_seeded():
+    sampler = ErrorBoundSampler(16, 16, 4, 0.1, 5, 3)
+    o = torch.tensor([[[0.0, 0.0, 2.6]]]).expand(1, 3, 3).contiguous()
+    d = torch.tensor([[[0.0, 0.0, -1.0]]]).expand(1, 3, 3).contiguous()
+    near, far, _ = ray_sphere_bounds(o, d)
+    z1 = sampler(sphere, o, d, near, far, 1e-3, training=True, generator=torch.Generator().manual_seed(1))
+    z2 = sampler(sphere, o, d, near, far, 1e-3, training=True, generator=torch.Generator().manual_seed(1))
+    z3 = sampler(sphere, o, d, near, far, 1e-3, training=True, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(z1, z2)
+    assert not torch.equal(z1, z3)
+
+
+def test_sampler_errors():
+    with pytest.raises(ValueError, match="N_samples must be >= 1"):
+        ErrorBoundSampler(0)
+    with pytest.raises(ValueError, match="cannot exceed N_samples_eval"):
+        ErrorBoundSampler(8, 8, 16)
+    s = ErrorBoundSampler.thesis()
+    with pytest.raises(ValueError, match=r"origins and dirs must both be \[B, R, 3\]"):
+        s(sphere, torch.zeros(4, 3), torch.zeros(4, 3), torch.zeros(4), torch.ones(4), 1e-3)
+    with pytest.raises(ValueError, match=r"near and far must be \[B, R\]"):
+        s(sphere, torch.zeros(1, 4, 3), torch.zeros(1, 4, 3), torch.zeros(4), torch.ones(4), 1e-3)
+
+
+@pytest.mark.parametrize("sdf,name", [(sphere, "sphere"), (torus, "torus")])
+def test_reference_renderer_analytic(sdf, name):
+    cams = fibonacci_cameras(3, resolution=24, dtype=torch.float64)
+    dens = LaplaceDensity(beta=1e-3).double()
+    with torch.no_grad():
+        out = render_reference(sdf, cams, dens)
+    o, d = generate_rays(cams)
+    # analytic first hit by dense marching (reference ray caster)
+    t = torch.linspace(1.0, 4.2, 6401, dtype=torch.float64)
+    vals = sdf(o[..., None, :] + t[:, None] * d[..., None, :])
+    inside = vals < 0
+    hit = inside.any(-1)
+    first = inside.float().argmax(-1)
+    depth = t[first]
+    # silhouettes agree except within a few beta of the outline
+    margin = vals.min(-1).values.abs() > 0.01
+    pred = out.opacity > 0.5
+    assert (pred[margin] == hit[margin]).all()
+    iou = (pred & hit).sum() / (pred | hit).sum()
+    assert iou > 0.95
+    interior = hit & margin & (vals.min(-1).values < -0.01)
+    p = o + depth[..., None] * d
+    p = p.clone().requires_grad_()
+    (n,) = torch.autograd.grad(sdf(p).sum(), p)
+    n = n / n.norm(dim=-1, keepdim=True)
+    # depth: the Laplace density's bias grows like beta / |cos| at grazing angles
+    facing = interior & ((n * d).sum(-1).abs() > 0.5)
+    torch.testing.assert_close(out.depth[facing], depth[facing], atol=5e-3, rtol=0)
+    cos = (out.normals[interior] * n[interior]).sum(-1).clamp(-1, 1)
+    assert torch.rad2deg(torch.acos(cos)).mean() < 1.0
+
+
+def test_reference_renderer_backpropagates_through_normals():
+    """A loss on the normal map reaches the SDF's parameters (double backward) and beta."""
+    cams = fibonacci_cameras(2, resolution=8)
+    dens = LaplaceDensity(beta=0.01)
+    radius = torch.tensor(0.5, requires_grad=True)
+    scale = torch.tensor([1.0, 1.0, 1.0], requires_grad=True)
+
+    def ellipsoid(p):
+        return (p * scale).norm(dim=-1) - radius
+
+    out = render_reference(ellipsoid, cams, dens)
+    loss = out.normals[..., 1].abs().mean() + out.opacity.mean()
+    loss.backward()
+    assert scale.grad is not None and scale.grad.abs().sum() > 0
+    assert radius.grad is not None and dens.beta_param.grad is not None
+
+
+def test_renderer_errors():
+    cams = fibonacci_cameras(2, resolution=8)
+    with pytest.raises(TypeError, match="cameras must be npht.render.Cameras"):
+        render_reference(sphere, "cams", LaplaceDensity())
+    with pytest.raises(ValueError, match=r"batch_size \(3\) must equal the number of cameras \(2\)"):
+        render_reference(sphere, cams, LaplaceDensity(), batch_size=3)
