@@ -61,6 +61,20 @@ def _point_block(BN, N, scale, CDT: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _load_grad_out(grad_out, n, mn, offs_c, cm, OC, K, C, AGG: tl.constexpr, CDT: tl.constexpr):
+    """Upstream gradient of plane K's samples [BLOCK_N, BLOCK_C], aggregate weight included."""
+    if AGG == 2:
+        go_rows = n * OC + K * C
+    else:
+        go_rows = n * OC
+    go = tl.load(grad_out + go_rows[:, None] + offs_c[None, :], mask=mn[:, None] & cm,
+                 other=0.0).to(CDT)
+    if AGG == 1:
+        go = go / 3.0
+    return go
+
+
+@triton.jit
 def _store_points(gpoints, n, mn, g0, g1, g2):
     pdt = gpoints.dtype.element_ty
     tl.store(gpoints + n * 3 + 0, g0.to(pdt), mask=mn)
@@ -202,15 +216,7 @@ def _bwd_plane(planes, points, grad_out, gplanes, n, mn, b, sc, offs_c, mc, H, W
                                                           ALIGN, PAD, CDT)
     a0 = (b * 3 + K) * HWC + idx0 * C
     cm = mc[None, :]
-    # upstream gradient of this plane's samples, aggregate weight included
-    if AGG == 2:
-        go_rows = n * OC + K * C
-    else:
-        go_rows = n * OC
-    go = tl.load(grad_out + go_rows[:, None] + offs_c[None, :], mask=mn[:, None] & cm,
-                 other=0.0).to(CDT)
-    if AGG == 1:
-        go = go / 3.0
+    go = _load_grad_out(grad_out, n, mn, offs_c, cm, OC, K, C, AGG, CDT)
     gu = tl.zeros_like(tx)
     gv = tl.zeros_like(tx)
     if NEED_PLANES:
@@ -297,15 +303,7 @@ def _bwd2_plane(planes, points, gg_planes, gg_points, grad_out, gplanes, n, mn, 
     gu = tl.zeros_like(tx)
     gv = tl.zeros_like(tx)
     if LOAD_GO:
-        # upstream gradient of this plane's samples, aggregate weight included
-        if AGG == 2:
-            go_rows = n * OC + K * C
-        else:
-            go_rows = n * OC
-        go = tl.load(grad_out + go_rows[:, None] + offs_c[None, :], mask=mn[:, None] & cm,
-                     other=0.0).to(CDT)
-        if AGG == 1:
-            go = go / 3.0
+        go = _load_grad_out(grad_out, n, mn, offs_c, cm, OC, K, C, AGG, CDT)
     if LOAD_F:
         p = planes + a0[:, None] + offs_c[None, :]
         f0 = tl.load(p, mask=m0[:, None] & cm, other=0.0).to(CDT)
