@@ -42,11 +42,20 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+# op name -> (Triton kernel module, reference module) implementing its raw-kernel contract
+_MODULES = {
+    "triplane": ("npht.kernels.triplane", "npht.reference.triplane"),
+    "composite": ("npht.kernels.composite", "npht.reference.render"),
+    "sampler": ("npht.kernels.sampler", "npht.reference.sampler"),
+}
+
+
 @functools.lru_cache(maxsize=None)
-def _triton():
-    """npht.kernels.triplane, or (None, error). Imported on first use (triton is heavy)."""
+def _triton(op: str = "triplane"):
+    """The Triton kernel module of ``op``, or (None, error). Imported on first use
+    (triton is heavy)."""
     try:
-        return importlib.import_module("npht.kernels.triplane"), None
+        return importlib.import_module(_MODULES[op][0]), None
     except Exception as exc:  # ImportError, or triton failing to initialise
         return None, exc
 
@@ -133,12 +142,13 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def kernels(backend: str):
-    """The module implementing the raw-kernel contract for ``backend``."""
+def kernels(backend: str, op: str = "triplane"):
+    """The module implementing the raw-kernel contract of ``op`` for ``backend``."""
     if backend in ("cpu", "cuda"):
         return torch.ops.npht_C
     if backend == "triton":
-        return _triton()[0]
-    from npht.reference import triplane as ref
-
-    return ref
+        mod, err = _triton(op)
+        if mod is None:
+            raise RuntimeError(f"backend='triton' is not available for {op}: {err}")
+        return mod
+    return importlib.import_module(_MODULES[op][1])

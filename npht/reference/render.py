@@ -15,9 +15,18 @@ from typing import Optional
 
 import torch
 
-from npht.render.density import laplace_density
-
 LAST_DELTA = 1e10
+
+
+def laplace_density(sdf: torch.Tensor, beta) -> torch.Tensor:
+    """``(1/beta) * Psi_beta(-sdf)``: ``0.5 exp(-sdf/beta) / beta`` outside (sdf >= 0),
+    ``(1 - 0.5 exp(sdf/beta)) / beta`` inside; ``beta`` a scalar or broadcastable tensor."""
+    inv = 1.0 / beta
+    # |sdf| as a where (not .abs()) so the derivative at sdf == 0 is the true -0.5/beta^2
+    # (abs' subgradient there is 0); both branches meet at 0.5/beta.
+    outside = sdf >= 0
+    half_e = 0.5 * torch.exp(-torch.where(outside, sdf, -sdf) * inv)
+    return inv * torch.where(outside, half_e, 1.0 - half_e)
 
 
 def composite_weights(sdf: torch.Tensor, z: torch.Tensor, beta, last_delta: float = LAST_DELTA) -> torch.Tensor:
@@ -69,3 +78,93 @@ def composite_packed(sdf: torch.Tensor, z: torch.Tensor, beta, ray_offsets: torc
     depth = z.new_zeros(R).index_add(0, ray, w * z)
     opacity = z.new_zeros(R).index_add(0, ray, w)
     return rendered, depth, opacity, w
+
+
+# ---------------------------------------------------------------------------------------
+# The raw-kernel contract of the fused compositing op (csrc/bindings.cpp), in PyTorch.
+#
+#   composite_fwd(sdf, z, beta, values?, offsets?, last_delta)
+#       -> (rendered [R, K], depth [R], opacity [R], weights like sdf)
+#   dense:  sdf, z [R, S]; values [R, S, K] or None (K = 0); offsets None
+#   packed: sdf, z [M]; values [M, K] or None; offsets [R + 1] int64 (CSR: ray r owns
+#           samples offsets[r] .. offsets[r+1]-1, offsets[0] = 0, offsets[R] = M)
+#   beta [1] (shared) or [R] (per ray); every float tensor has the dtype of sdf (f32/f64).
+#
+#   composite_bwd(grad_rendered?, grad_depth?, grad_opacity?, grad_weights?, sdf, z, beta,
+#                 values?, offsets?, last_delta, need_sdf, need_z, need_beta, need_values)
+#       -> (grad_sdf like sdf, grad_z like z, grad_beta [R] (per ray, also for a shared
+#           beta: the caller sums), grad_values like values); not-needed outputs are empty.
+
+
+def _num_rays(sdf, offsets):
+    return sdf.shape[0] if offsets is None else offsets.numel() - 1
+
+
+def _ref_composite(sdf, z, beta, values, offsets, last_delta):
+    R = _num_rays(sdf, offsets)
+    b = beta.reshape(()) if beta.numel() == 1 and R != 1 else beta.reshape(-1)
+    if offsets is None:
+        b = b if b.dim() == 0 else b[:, None]
+        rendered, depth, opacity, w = composite(sdf, z, b, values, last_delta)
+    else:
+        if b.dim() == 1:  # per-ray beta on the packed layout: expand to samples
+            counts = offsets[1:] - offsets[:-1]
+            b = torch.repeat_interleave(b, counts)
+            return _ref_packed_per_sample_beta(sdf, z, b, values, offsets, last_delta)
+        rendered, depth, opacity, w = composite_packed(sdf, z, b, offsets, values, last_delta)
+    if rendered is None:
+        rendered = sdf.new_zeros(R, 0)
+    return rendered, depth, opacity, w
+
+
+def _ref_packed_per_sample_beta(sdf, z, beta_s, values, offsets, last_delta):
+    """Packed compositing with a beta per sample (the ray's), by a per-ray loop of the
+    dense formula (the oracle: slow, obviously right)."""
+    R = offsets.numel() - 1
+    K = 0 if values is None else values.shape[-1]
+    rendered, depth, opacity, weights = [], [], [], []
+    for r in range(R):
+        a, e = int(offsets[r]), int(offsets[r + 1])
+        if e == a:
+            rendered.append(sdf.new_zeros(1, K))
+            depth.append(sdf.new_zeros(1))
+            opacity.append(sdf.new_zeros(1))
+            continue
+        v = None if values is None else values[a:e][None]
+        rr, d, o, w = composite(sdf[a:e][None], z[a:e][None], beta_s[a:e][None], v, last_delta)
+        rendered.append(sdf.new_zeros(1, K) if rr is None else rr)
+        depth.append(d)
+        opacity.append(o)
+        weights.append(w[0])
+    w = torch.cat(weights) if weights else sdf.new_zeros(0)
+    return torch.cat(rendered), torch.cat(depth), torch.cat(opacity), w
+
+
+def composite_fwd(sdf, z, beta, values, offsets, last_delta):
+    with torch.no_grad():
+        return _ref_composite(sdf, z, beta, values, offsets, last_delta)
+
+
+def composite_bwd(grad_rendered, grad_depth, grad_opacity, grad_weights, sdf, z, beta, values,
+                  offsets, last_delta, need_sdf, need_z, need_beta, need_values):
+    R = _num_rays(sdf, offsets)
+    with torch.enable_grad():
+        ins = [t.detach().requires_grad_() for t in (sdf, z)]
+        # per-ray beta leaf, so the gradient comes out per ray for a shared beta too
+        b = beta.detach().reshape(-1).expand(R).clone().requires_grad_()
+        v = None if values is None else values.detach().requires_grad_()
+        outs = _ref_composite(ins[0], ins[1], b, v, offsets, last_delta)
+        pairs = [(o, g) for o, g in zip(outs, (grad_rendered, grad_depth, grad_opacity, grad_weights))
+                 if g is not None and g.numel() > 0]
+        leaves = ins + [b] + ([v] if v is not None else [])
+        if pairs:
+            grads = torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs],
+                                        allow_unused=True)
+        else:
+            grads = [None] * len(leaves)
+    grads = [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, grads)]
+    g_sdf, g_z, g_beta = grads[:3]
+    g_v = grads[3] if v is not None else sdf.new_empty(0)
+    empty = sdf.new_empty(0)
+    return (g_sdf if need_sdf else empty, g_z if need_z else empty, g_beta if need_beta else empty,
+            g_v if need_values and values is not None else empty)

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from npht.render.density import laplace_density
+from npht.reference.render import laplace_density
 
 __all__ = ["distance_bound", "opacity_error_bound", "bisect_beta", "sample_pdf", "initial_beta"]
 

@@ -13,14 +13,9 @@ from typing import Optional
 import torch
 from torch import nn
 
+from npht.reference.render import laplace_density
+
 __all__ = ["laplace_density", "LaplaceDensity"]
-
-
-def laplace_density(sdf: torch.Tensor, beta) -> torch.Tensor:
-    """``(1/beta) * (0.5 + 0.5 * sign(sdf) * expm1(-|sdf|/beta))``: ``0.5 exp(-sdf/beta) / beta``
-    outside (sdf > 0), ``(1 - 0.5 exp(sdf/beta)) / beta`` inside."""
-    inv = 1.0 / beta
-    return inv * (0.5 + 0.5 * torch.sign(sdf) * torch.expm1(-sdf.abs() * inv))
 
 
 class LaplaceDensity(nn.Module):
