@@ -13,6 +13,15 @@
 // triplane_bwd2 returns (grad_grad_out, grad_planes, grad_points): the vjp of triplane_bwd
 // for upstream gradients gg_planes (of grad_planes) and gg_points (of grad_points), either
 // of which may be None. Outputs whose need_* flag is false are empty tensors.
+//
+// VolSDF compositing contract (cpu, cuda, triton; reference in npht/reference/render.py):
+//   dense:  sdf, z [R, S]; values [R, S, K] or None; offsets None
+//   packed: sdf, z [M]; values [M, K] or None; offsets [R + 1] int64 (CSR, clamped to [0, M])
+//   beta [1] (shared) or [R] (per ray); all float tensors float32 or float64, one dtype
+//   composite_fwd -> (rendered [R, K], depth [R], opacity [R], weights like sdf)
+//   composite_bwd -> (grad_sdf, grad_z, grad_beta [R] (per ray, the caller sums a shared
+//   beta), grad_values); any upstream gradient may be None or empty (zero); outputs whose
+//   need_* flag is false are empty. Math: csrc/include/npht/composite_math.h.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -30,6 +39,14 @@ TORCH_LIBRARY(npht_C, m) {
       "triplane_bwd2(Tensor? gg_planes, Tensor? gg_points, Tensor grad_out, Tensor planes, "
       "Tensor points, int[] axes, float scale, int aggregate, int padding, bool align_corners, "
       "bool need_grad_out, bool need_planes, bool need_points) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "composite_fwd(Tensor sdf, Tensor z, Tensor beta, Tensor? values, Tensor? offsets, "
+      "float last_delta) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "composite_bwd(Tensor? grad_rendered, Tensor? grad_depth, Tensor? grad_opacity, "
+      "Tensor? grad_weights, Tensor sdf, Tensor z, Tensor beta, Tensor? values, Tensor? offsets, "
+      "float last_delta, bool need_sdf, bool need_z, bool need_beta, bool need_values) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 static std::string build_info() {

@@ -6,15 +6,18 @@ __version__ = "0.1.0"
 from .ops import (  # noqa: E402
     BACKENDS,
     PROJECTIONS,
+    CompositeResult,
     build_info,
     projection_from_plane_axes,
     resolve_projection,
     softplus_mlp_with_grad,
     triplane_sample,
+    volume_composite,
 )
 
 __all__ = [
     "BACKENDS",
+    "CompositeResult",
     "PROJECTIONS",
     "__version__",
     "build_info",
@@ -22,4 +25,5 @@ __all__ = [
     "resolve_projection",
     "softplus_mlp_with_grad",
     "triplane_sample",
+    "volume_composite",
 ]

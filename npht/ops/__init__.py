@@ -1,15 +1,18 @@
 """Public differentiable ops (registered with torch.library) and backend selection."""
 
 from ._backend import BACKENDS, build_info
+from .composite import CompositeResult, volume_composite
 from .mlp import softplus_mlp_with_grad
 from .triplane import PROJECTIONS, projection_from_plane_axes, resolve_projection, triplane_sample
 
 __all__ = [
     "BACKENDS",
+    "CompositeResult",
     "PROJECTIONS",
     "build_info",
     "projection_from_plane_axes",
     "resolve_projection",
     "softplus_mlp_with_grad",
     "triplane_sample",
+    "volume_composite",
 ]

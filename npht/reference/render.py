@@ -29,10 +29,14 @@ def laplace_density(sdf: torch.Tensor, beta) -> torch.Tensor:
     return inv * torch.where(outside, half_e, 1.0 - half_e)
 
 
-def composite_weights(sdf: torch.Tensor, z: torch.Tensor, beta, last_delta: float = LAST_DELTA) -> torch.Tensor:
-    """Dense ``[R, S]`` sdf and depths -> weights ``[R, S]``."""
+def composite_weights(sdf: torch.Tensor, z: torch.Tensor, beta, last_delta: float = LAST_DELTA,
+                      valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Dense ``[R, S]`` sdf and depths -> weights ``[R, S]``. ``valid [R, S]`` (bool) marks
+    real samples of rows that end in padding: padding is empty space (and gets no gradient)."""
     delta = torch.cat([z[:, 1:] - z[:, :-1], torch.full_like(z[:, :1], last_delta)], -1)
     free = laplace_density(sdf, beta) * delta
+    if valid is not None:
+        free = torch.where(valid, free, torch.zeros_like(free))
     alpha = 1.0 - torch.exp(-free)
     shifted = torch.cat([torch.zeros_like(free[:, :1]), free[:, :-1]], -1)
     return alpha * torch.exp(-torch.cumsum(shifted, -1))
@@ -63,14 +67,14 @@ def composite_packed(sdf: torch.Tensor, z: torch.Tensor, beta, ray_offsets: torc
     col = torch.arange(sdf.numel(), device=sdf.device) - ray_offsets[:-1].repeat_interleave(counts)
     valid = torch.zeros(R, S, dtype=torch.bool, device=sdf.device)
     valid[ray, col] = True
-    # padding: far-away, empty samples (sdf +inf -> density 0) after the ray's last one
-    sdf_d = sdf.new_full((R, S), float("inf")).index_put((ray, col), sdf)
+    # padding: empty samples (masked out of the free energy) after the ray's last one
+    sdf_d = sdf.new_zeros((R, S)).index_put((ray, col), sdf)
     # padding sits last_delta apart behind the ray's last sample, which so keeps its
     # own delta of last_delta
     last = (ray_offsets[1:] - 1).clamp(min=0)
     steps = torch.arange(1, S + 1, device=z.device, dtype=z.dtype)
     z_d = (z[last][:, None] + last_delta * steps).index_put((ray, col), z)
-    w_d = composite_weights(sdf_d, z_d, beta, last_delta) * valid
+    w_d = composite_weights(sdf_d, z_d, beta, last_delta, valid) * valid
     w = w_d[ray, col]
     rendered = None
     if values is not None:
@@ -145,26 +149,84 @@ def composite_fwd(sdf, z, beta, values, offsets, last_delta):
         return _ref_composite(sdf, z, beta, values, offsets, last_delta)
 
 
+def _laplace_vjp(sdf, beta):
+    """sigma, dsigma/dsdf, dsigma/dbeta of the Laplace density (exact at sdf = 0)."""
+    x = torch.where(sdf >= 0, sdf, -sdf) / beta
+    e = torch.exp(-x)
+    inv2 = 1.0 / (beta * beta)
+    outside = sdf >= 0
+    sigma = torch.where(outside, 0.5 * e, 1.0 - 0.5 * e) / beta
+    d_beta = torch.where(outside, 0.5 * e * (x - 1.0), 0.5 * e * (1.0 - x) - 1.0) * inv2
+    return sigma, -0.5 * e * inv2, d_beta
+
+
+def _dense_bwd(g_r, g_d, g_o, g_w, sdf, z, beta, values, valid, last_delta):
+    """Explicit vjp of dense compositing (rows may end in padding where ``valid`` is False):
+    dL/dtau_i = g_i T_{i+1} - sum_{j>i} w_j g_j with g_i = dL/dw_i."""
+    R, S = sdf.shape
+    nxt = torch.cat([valid[:, 1:], torch.zeros_like(valid[:, :1])], -1)
+    delta = torch.where(nxt, torch.cat([z[:, 1:] - z[:, :-1], torch.zeros_like(z[:, :1])], -1),
+                        torch.full_like(z, last_delta))
+    sigma, d_sdf, d_beta = _laplace_vjp(sdf, beta)
+    sigma = torch.where(valid, sigma, torch.zeros_like(sigma))
+    tau = sigma * delta
+    excl = torch.cumsum(torch.cat([torch.zeros_like(tau[:, :1]), tau[:, :-1]], -1), -1)
+    incl = excl + tau  # (not cumsum(tau) - tau: the last tau ~ 1e10 sigma would cancel)
+    w = -torch.expm1(-tau) * torch.exp(-excl)
+    g = torch.zeros_like(sdf)
+    if g_r is not None and values is not None:
+        g = g + (g_r[:, None, :] * values).sum(-1)
+    if g_d is not None:
+        g = g + g_d[:, None] * z
+    if g_o is not None:
+        g = g + g_o[:, None]
+    if g_w is not None:
+        g = g + g_w
+    g = torch.where(valid, g, torch.zeros_like(g))
+    wg = w * g
+    suffix = torch.flip(torch.cumsum(torch.flip(wg, [-1]), -1), [-1]) - wg
+    d_tau = torch.where(valid, g * torch.exp(-incl) - suffix, torch.zeros_like(g))
+    g_sdf = d_tau * delta * d_sdf
+    g_beta = (d_tau * delta * d_beta).sum(-1)
+    cur = torch.where(nxt, d_tau * sigma, torch.zeros_like(d_tau))
+    g_z = torch.cat([torch.zeros_like(cur[:, :1]), cur[:, :-1]], -1) - cur
+    if g_d is not None:
+        g_z = g_z + g_d[:, None] * w
+    g_z = torch.where(valid, g_z, torch.zeros_like(g_z))
+    g_v = None
+    if values is not None:
+        g_v = w[..., None] * (g_r[:, None, :] if g_r is not None else torch.zeros_like(values[:, :1]))
+        g_v = g_v.expand_as(values)
+    return g_sdf, g_z, g_beta, g_v
+
+
 def composite_bwd(grad_rendered, grad_depth, grad_opacity, grad_weights, sdf, z, beta, values,
                   offsets, last_delta, need_sdf, need_z, need_beta, need_values):
     R = _num_rays(sdf, offsets)
-    with torch.enable_grad():
-        ins = [t.detach().requires_grad_() for t in (sdf, z)]
-        # per-ray beta leaf, so the gradient comes out per ray for a shared beta too
-        b = beta.detach().reshape(-1).expand(R).clone().requires_grad_()
-        v = None if values is None else values.detach().requires_grad_()
-        outs = _ref_composite(ins[0], ins[1], b, v, offsets, last_delta)
-        pairs = [(o, g) for o, g in zip(outs, (grad_rendered, grad_depth, grad_opacity, grad_weights))
-                 if g is not None and g.numel() > 0]
-        leaves = ins + [b] + ([v] if v is not None else [])
-        if pairs:
-            grads = torch.autograd.grad([o for o, _ in pairs], leaves, [g for _, g in pairs],
-                                        allow_unused=True)
-        else:
-            grads = [None] * len(leaves)
-    grads = [torch.zeros_like(leaf) if g is None else g for leaf, g in zip(leaves, grads)]
-    g_sdf, g_z, g_beta = grads[:3]
-    g_v = grads[3] if v is not None else sdf.new_empty(0)
-    empty = sdf.new_empty(0)
-    return (g_sdf if need_sdf else empty, g_z if need_z else empty, g_beta if need_beta else empty,
-            g_v if need_values and values is not None else empty)
+    ups = [None if t is None or t.numel() == 0 else t for t in
+           (grad_rendered, grad_depth, grad_opacity, grad_weights)]
+    b = beta.reshape(-1).expand(R)[:, None]
+    if offsets is None:
+        valid = torch.ones(sdf.shape, dtype=torch.bool, device=sdf.device)
+        g_sdf, g_z, g_beta, g_v = _dense_bwd(*ups, sdf, z, b, values, valid, last_delta)
+    else:
+        counts = offsets[1:] - offsets[:-1]
+        S = int(counts.max()) if R > 0 else 0
+        ray = torch.repeat_interleave(torch.arange(R, device=sdf.device), counts)
+        col = torch.arange(sdf.numel(), device=sdf.device) - offsets[:-1].repeat_interleave(counts)
+        valid = torch.zeros(R, S, dtype=torch.bool, device=sdf.device)
+        valid[ray, col] = True
+
+        def dense(t):
+            return None if t is None else t.new_zeros((R, S) + t.shape[1:]).index_put((ray, col), t)
+
+        gw = dense(ups[3])
+        g_sdf, g_z, g_beta, g_v = _dense_bwd(*ups[:3], gw, dense(sdf), dense(z), b, dense(values), valid,
+                                              last_delta)
+        g_sdf, g_z = g_sdf[ray, col], g_z[ray, col]
+        g_v = None if g_v is None else g_v[ray, col]
+    def empty():  # a fresh one each: outputs of a custom op may not alias each other
+        return sdf.new_empty(0)
+
+    return (g_sdf if need_sdf else empty(), g_z if need_z else empty(), g_beta if need_beta else empty(),
+            g_v.contiguous() if need_values and g_v is not None else empty())
