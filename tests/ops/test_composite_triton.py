@@ -38,7 +38,8 @@ def blocks(request, monkeypatch):
 
 
 def assert_close(actual, expected, tol, what="", atol=0.0):
-    assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.shape == expected.shape, \
+        f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
     if expected.numel() == 0:
         return
@@ -46,7 +47,8 @@ def assert_close(actual, expected, tol, what="", atol=0.0):
     assert torch.isfinite(a).all(), f"{what}: non-finite values"
     scale = e.abs().max().item()
     err = (a - e).abs().max().item()
-    assert err <= tol * scale + atol, f"{what}: max abs error {err:.3g} > {tol:.1g} * {scale:.3g} + {atol:.1g}"
+    assert err <= tol * scale + atol, \
+        f"{what}: max abs error {err:.3g} > {tol:.1g} * {scale:.3g} + {atol:.1g}"
 
 
 # ---------------------------------------------------------------------------------------
@@ -209,8 +211,12 @@ def test_transparent_ray_tiny_tau():
 NEEDS = list(itertools.product([False, True], repeat=4))
 
 
+def _needs_id(needs):
+    return "need_" + ("".join(c for c, n in zip("szbv", needs) if n) or "none")
+
+
 @pytest.mark.parametrize("layout", ["dense", "packed"])
-@pytest.mark.parametrize("needs", NEEDS, ids=lambda n: "need_" + "".join("szbv"[i] for i in range(4) if n[i]) or "none")
+@pytest.mark.parametrize("needs", NEEDS, ids=_needs_id)
 def test_need_flags(layout, needs):
     """Each subset of needed gradients: needed ones match the reference, the others are
     empty."""
