@@ -148,7 +148,9 @@ NPHT_HD void composite_ray_bwd(const CompositeGrads<T>& g, const T* sdf, const T
     prefix += tau;
     const double gi = composite_upstream(g, values, i, K, zi);
     acc += w * gi;
-    const double d_tau = gi * exp(-prefix) - (total - acc);
+    // the suffix is exactly 0 after the last sample (round-off times last_delta ~ 1e10
+    // would otherwise leak into its gradients)
+    const double d_tau = gi * exp(-prefix) - (last ? 0.0 : total - acc);
     if (out.sdf != nullptr) out.sdf[i] = static_cast<T>(d_tau * delta * lt.d_sdf);
     g_beta += d_tau * delta * lt.d_beta;
     if (out.z != nullptr) {
