@@ -13,6 +13,21 @@
 // triplane_bwd2 returns (grad_grad_out, grad_planes, grad_points): the vjp of triplane_bwd
 // for upstream gradients gg_planes (of grad_planes) and gg_points (of grad_points), either
 // of which may be None. Outputs whose need_* flag is false are empty tensors.
+//
+// Error-bound sampler contract (VolSDF Algorithm 1, per-ray math; the SDF evaluation between
+// rounds stays with the caller), shared by the cpu, cuda and triton backends. A ray is a
+// row; all float tensors have one dtype, float32 or float64 (computed in float64 inside);
+// rows of z are sorted ascending, n >= 2:
+//   eb_bisect_beta  z, sdf [R, n], beta_hi [R] -> beta [R]: beta0 where the opacity error
+//                   bound at beta0 is <= eps, else `iters` bisection steps in
+//                   [beta0, beta_hi] keeping the upper end (reference bisect_beta)
+//   eb_upsample     z, sdf [R, n], beta [R], u [R, k] quantiles -> samples [R, k]:
+//                   inverse-CDF sampling (reference sample_pdf) of a pdf over the n - 1
+//                   intervals, plus add_tiny: mode 0 the opacity error bound per interval
+//                   at beta, mode 1 the rendering weights of the first n - 1 samples
+//   eb_merge        z [R, n], samples [R, k], both rows sorted -> (merged [R, n + k]
+//                   sorted, order [R, n + k] int64): merged = cat([z, samples], -1)
+//                   gathered at order (torch.sort's pair; equal values: z's first)
 #include <Python.h>
 #include <torch/library.h>
 
@@ -30,6 +45,11 @@ TORCH_LIBRARY(npht_C, m) {
       "triplane_bwd2(Tensor? gg_planes, Tensor? gg_points, Tensor grad_out, Tensor planes, "
       "Tensor points, int[] axes, float scale, int aggregate, int padding, bool align_corners, "
       "bool need_grad_out, bool need_planes, bool need_points) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "eb_bisect_beta(Tensor z, Tensor sdf, float beta0, Tensor beta_hi, float eps, int iters) "
+      "-> Tensor");
+  m.def("eb_upsample(Tensor z, Tensor sdf, Tensor beta, Tensor u, int mode, float add_tiny) -> Tensor");
+  m.def("eb_merge(Tensor z, Tensor samples) -> (Tensor, Tensor)");
 }
 
 static std::string build_info() {

@@ -2,12 +2,16 @@
 
 from ._backend import BACKENDS, build_info
 from .mlp import softplus_mlp_with_grad
+from .sampler import eb_bisect_beta, eb_merge, eb_upsample
 from .triplane import PROJECTIONS, projection_from_plane_axes, resolve_projection, triplane_sample
 
 __all__ = [
     "BACKENDS",
     "PROJECTIONS",
     "build_info",
+    "eb_bisect_beta",
+    "eb_merge",
+    "eb_upsample",
     "projection_from_plane_axes",
     "resolve_projection",
     "softplus_mlp_with_grad",
