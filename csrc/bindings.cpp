@@ -22,6 +22,21 @@
 //   composite_bwd -> (grad_sdf, grad_z, grad_beta [R] (per ray, the caller sums a shared
 //   beta), grad_values); any upstream gradient may be None or empty (zero); outputs whose
 //   need_* flag is false are empty. Math: csrc/include/npht/composite_math.h.
+//
+// Error-bound sampler contract (VolSDF Algorithm 1, per-ray math; the SDF evaluation between
+// rounds stays with the caller), shared by the cpu, cuda and triton backends. A ray is a
+// row; all float tensors have one dtype, float32 or float64 (computed in float64 inside);
+// rows of z are sorted ascending, n >= 2:
+//   eb_bisect_beta  z, sdf [R, n], beta_hi [R] -> beta [R]: beta0 where the opacity error
+//                   bound at beta0 is <= eps, else `iters` bisection steps in
+//                   [beta0, beta_hi] keeping the upper end (reference bisect_beta)
+//   eb_upsample     z, sdf [R, n], beta [R], u [R, k] quantiles -> samples [R, k]:
+//                   inverse-CDF sampling (reference sample_pdf) of a pdf over the n - 1
+//                   intervals, plus add_tiny: mode 0 the opacity error bound per interval
+//                   at beta, mode 1 the rendering weights of the first n - 1 samples
+//   eb_merge        z [R, n], samples [R, k], both rows sorted -> (merged [R, n + k]
+//                   sorted, order [R, n + k] int64): merged = cat([z, samples], -1)
+//                   gathered at order (torch.sort's pair; equal values: z's first)
 #include <Python.h>
 #include <torch/library.h>
 
@@ -47,6 +62,11 @@ TORCH_LIBRARY(npht_C, m) {
       "Tensor? grad_weights, Tensor sdf, Tensor z, Tensor beta, Tensor? values, Tensor? offsets, "
       "float last_delta, bool need_sdf, bool need_z, bool need_beta, bool need_values) "
       "-> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "eb_bisect_beta(Tensor z, Tensor sdf, float beta0, Tensor beta_hi, float eps, int iters) "
+      "-> Tensor");
+  m.def("eb_upsample(Tensor z, Tensor sdf, Tensor beta, Tensor u, int mode, float add_tiny) -> Tensor");
+  m.def("eb_merge(Tensor z, Tensor samples) -> (Tensor, Tensor)");
 }
 
 static std::string build_info() {

@@ -3,6 +3,7 @@
 from ._backend import BACKENDS, build_info
 from .composite import CompositeResult, volume_composite
 from .mlp import softplus_mlp_with_grad
+from .sampler import eb_bisect_beta, eb_merge, eb_upsample
 from .triplane import PROJECTIONS, projection_from_plane_axes, resolve_projection, triplane_sample
 
 __all__ = [
@@ -10,6 +11,9 @@ __all__ = [
     "CompositeResult",
     "PROJECTIONS",
     "build_info",
+    "eb_bisect_beta",
+    "eb_merge",
+    "eb_upsample",
     "projection_from_plane_axes",
     "resolve_projection",
     "softplus_mlp_with_grad",

@@ -13,7 +13,8 @@ import torch
 
 from npht.reference.render import laplace_density
 
-__all__ = ["distance_bound", "opacity_error_bound", "bisect_beta", "sample_pdf", "initial_beta"]
+__all__ = ["distance_bound", "opacity_error_bound", "bisect_beta", "sample_pdf", "initial_beta",
+           "eb_bisect_beta", "upsample_pdf", "eb_upsample", "eb_merge", "PDF_BOUND", "PDF_WEIGHTS"]
 
 
 def distance_bound(z: torch.Tensor, sdf: torch.Tensor) -> torch.Tensor:
@@ -88,3 +89,52 @@ def sample_pdf(bins: torch.Tensor, pdf: torch.Tensor, u: torch.Tensor) -> torch.
     denom = c1 - c0
     denom = torch.where(denom < 1e-5, torch.ones_like(denom), denom)
     return b0 + (u - c0) / denom * (b1 - b0)
+
+
+# ---- raw-kernel contract of the fused sampler ops (csrc/bindings.cpp) ---------------------
+# Same signatures as torch.ops.npht_C.eb_* and npht.kernels.sampler; built from the
+# functions above with the exact expressions of ErrorBoundSampler (so backend="reference"
+# reproduces its behaviour bit for bit).
+
+PDF_BOUND, PDF_WEIGHTS = 0, 1
+
+
+def eb_bisect_beta(z: torch.Tensor, sdf: torch.Tensor, beta0: float, beta_hi: torch.Tensor,
+                   eps: float, iters: int) -> torch.Tensor:
+    """``z, sdf [R, n]``, ``beta_hi [R]`` -> ``beta [R]`` (:func:`bisect_beta`)."""
+    return bisect_beta(beta0, beta_hi, sdf, z, eps, iters)
+
+
+def upsample_pdf(z: torch.Tensor, sdf: torch.Tensor, beta: torch.Tensor, mode: int,
+                 add_tiny: float) -> torch.Tensor:
+    """The pdf ``[R, n-1]`` eb_upsample samples from: mode 0 the opacity error bound per
+    interval at ``beta [R]``, mode 1 the rendering weights of the first n-1 samples; plus
+    ``add_tiny``."""
+    if mode not in (PDF_BOUND, PDF_WEIGHTS):
+        raise ValueError(f"mode must be 0 (error bound) or 1 (weights), got {mode!r}")
+    dists = z[:, 1:] - z[:, :-1]
+    density = laplace_density(sdf, beta[:, None])
+    free = torch.cat([dists, torch.full_like(dists[:, :1], 1e10)], -1) * density
+    before = torch.cumsum(torch.cat([torch.zeros_like(free[:, :1]), free[:, :-1]], -1), -1)
+    transmittance = torch.exp(-before)
+    if mode == PDF_BOUND:
+        d_star = distance_bound(z, sdf)
+        per = torch.exp(-d_star / beta[:, None]) * dists * dists / (4.0 * beta[:, None] ** 2)
+        bound = (torch.clamp(torch.exp(torch.cumsum(per, -1)), max=1e6) - 1.0) * transmittance[:, :-1]
+        return bound + add_tiny
+    weights = (1.0 - torch.exp(-free)) * transmittance
+    return weights[:, :-1] + add_tiny
+
+
+def eb_upsample(z: torch.Tensor, sdf: torch.Tensor, beta: torch.Tensor, u: torch.Tensor, mode: int,
+                add_tiny: float) -> torch.Tensor:
+    """``z, sdf [R, n]``, ``beta [R]``, quantiles ``u [R, k]`` -> samples ``[R, k]``:
+    :func:`sample_pdf` of :func:`upsample_pdf`."""
+    return sample_pdf(z, upsample_pdf(z, sdf, beta, mode, add_tiny), u)
+
+
+def eb_merge(z: torch.Tensor, samples: torch.Tensor):
+    """Row-wise sorted ``z [R, n]`` and ``samples [R, k]`` -> ``(merged [R, n+k], order
+    [R, n+k] int64)``: torch.sort of their concatenation (equal values in either order)."""
+    merged, order = torch.sort(torch.cat([z, samples], -1), -1)
+    return merged, order

@@ -1,6 +1,8 @@
 """VolSDF's error-bound sampler (Algorithm 1), with VolSDF/MonoSDF semantics and
 parameters. The caller's SDF is evaluated between iterations without grad (in chunks);
-the per-ray math is in :mod:`npht.reference.sampler`.
+the per-ray math (bisection for beta, upsampling, merging) runs as the fused ops of
+:mod:`npht.ops.sampler` on the sampler's ``backend``; ``backend="reference"`` is
+:mod:`npht.reference.sampler`, the original pure-PyTorch sampler.
 """
 
 from __future__ import annotations
@@ -10,8 +12,9 @@ from typing import Callable, Optional
 
 import torch
 
+from npht.ops import _backend as npht_backend
+from npht.ops import sampler as ops
 from npht.reference import sampler as ref
-from npht.render.density import laplace_density
 
 __all__ = ["ErrorBoundSampler", "evaluate_sdf"]
 
@@ -33,7 +36,9 @@ class ErrorBoundSampler:
     """``N_samples`` final samples per ray drawn from the rendering weights at a beta whose
     opacity error is <= ``eps`` (found by ``beta_iters`` bisection steps), after up to
     ``max_total_iters`` rounds that add ``N_samples_eval`` samples where the error bound is
-    large; plus ``N_samples_extra`` of the evaluation samples and the ray's near/far."""
+    large; plus ``N_samples_extra`` of the evaluation samples and the ray's near/far.
+    ``backend`` runs the per-ray math (:mod:`npht.ops.sampler`): ``"auto"``, ``"cuda"``,
+    ``"triton"``, ``"cpu"`` or ``"reference"``."""
 
     N_samples: int = 64
     N_samples_eval: int = 128
@@ -42,6 +47,7 @@ class ErrorBoundSampler:
     beta_iters: int = 10
     max_total_iters: int = 5
     add_tiny: float = 1e-6
+    backend: str = "auto"
 
     def __post_init__(self):
         for name in ("N_samples", "N_samples_eval", "max_total_iters"):
@@ -55,6 +61,8 @@ class ErrorBoundSampler:
             )
         if not self.eps > 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
+        if self.backend not in npht_backend.BACKENDS:
+            raise ValueError(f"backend must be one of {npht_backend.BACKENDS}, got {self.backend!r}")
 
     @classmethod
     def volsdf(cls) -> "ErrorBoundSampler":
@@ -94,6 +102,7 @@ class ErrorBoundSampler:
         near, far = near.reshape(R, 1).to(dt), far.reshape(R, 1).to(dt)
         origins, dirs = origins.reshape(R, 3), dirs.reshape(R, 3)
         gen_dev = generator.device if generator is not None else dev
+        backend = npht_backend.resolve_backend(self.backend, dev)
 
         def rand(*shape):
             return torch.rand(*shape, generator=generator, dtype=dt, device=gen_dev).to(dev)
@@ -114,27 +123,18 @@ class ErrorBoundSampler:
         for it in range(self.max_total_iters):
             new_sdf = evaluate_sdf(sdf_fn, points(samples), chunk).reshape(R, -1)
             sdf = new_sdf if order is None else torch.gather(torch.cat([sdf, new_sdf], -1), 1, order)
-            beta = ref.bisect_beta(beta0, beta, sdf, z, self.eps, self.beta_iters)
+            beta = ops.eb_bisect_beta(z, sdf, beta0, beta, self.eps, self.beta_iters, backend=backend)
             last_round = not bool(beta.max() > beta0) or it + 1 >= self.max_total_iters
-            dists = z[:, 1:] - z[:, :-1]
-            density = laplace_density(sdf, beta[:, None])
-            free = torch.cat([dists, torch.full_like(dists[:, :1], 1e10)], -1) * density
-            before = torch.cumsum(torch.cat([torch.zeros_like(free[:, :1]), free[:, :-1]], -1), -1)
-            transmittance = torch.exp(-before)
             if not last_round:  # sample where the error bound is large
-                d_star = ref.distance_bound(z, sdf)
-                per = torch.exp(-d_star / beta[:, None]) * dists * dists / (4.0 * beta[:, None] ** 2)
-                bound = (torch.clamp(torch.exp(torch.cumsum(per, -1)), max=1e6) - 1.0) * transmittance[:, :-1]
                 u = torch.linspace(0.0, 1.0, self.N_samples_eval, dtype=dt, device=dev).expand(R, -1)
-                samples = ref.sample_pdf(z, bound + self.add_tiny, u)
-                z, order = torch.sort(torch.cat([z, samples], -1), -1)
+                samples = ops.eb_upsample(z, sdf, beta, u, "bound", self.add_tiny, backend=backend)
+                z, order = ops.eb_merge(z, samples, backend=backend)
             else:  # final samples from the weights at the converged beta
-                weights = (1.0 - torch.exp(-free)) * transmittance
                 if training:
                     u = rand(R, self.N_samples)
                 else:
                     u = torch.linspace(0.0, 1.0, self.N_samples, dtype=dt, device=dev).expand(R, -1)
-                samples = ref.sample_pdf(z, weights[:, :-1] + 1e-5, u)
+                samples = ops.eb_upsample(z, sdf, beta, u, "weights", 1e-5, backend=backend)
                 break
         n = z.shape[1]
         if self.N_samples_extra > 0:
