@@ -16,13 +16,16 @@ from .cameras import (
 from .density import LaplaceDensity, laplace_density
 from .renderer import RenderOutput, render_reference, sdf_and_gradient_autograd
 from .sampler import ErrorBoundSampler, evaluate_sdf
+from .volsdf import Render, VolSDFRenderer, render
 
 __all__ = [
     "OPENCV_TO_OPENGL",
     "Cameras",
     "ErrorBoundSampler",
     "LaplaceDensity",
+    "Render",
     "RenderOutput",
+    "VolSDFRenderer",
     "evaluate_sdf",
     "fibonacci_cameras",
     "fibonacci_sphere",
@@ -32,6 +35,7 @@ __all__ = [
     "look_at",
     "near_frontal_cameras",
     "ray_sphere_bounds",
+    "render",
     "render_reference",
     "sdf_and_gradient_autograd",
     "world_normals_to_camera",

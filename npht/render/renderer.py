@@ -7,7 +7,7 @@ fused, sample-efficient renderer is measured against.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import torch
@@ -59,7 +59,8 @@ def render_reference(sdf_fn: Callable, cameras: Cameras, density: LaplaceDensity
     backward) and the density's beta when grad mode is on. ``convention``: ``"world"``,
     ``"opencv"`` or ``"opengl"`` (pyrender's camera frame)."""
     _check(cameras, batch_size)
-    sampler = sampler or ErrorBoundSampler.thesis()
+    # the thesis' renderer: the sampler's per-ray math in plain PyTorch too
+    sampler = sampler or replace(ErrorBoundSampler.thesis(), backend="reference")
     B, H, W = len(cameras), cameras.height, cameras.width
     origins, dirs = generate_rays(cameras)
     origins, dirs = origins.reshape(B, H * W, 3), dirs.reshape(B, H * W, 3)

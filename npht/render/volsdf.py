@@ -1,0 +1,323 @@
+"""npht's VolSDF normal-map renderer: the thesis' renderer (error-bound sampling, Laplace
+density, normals as normalised SDF gradients, compositing) made fast and frugal.
+
+Pipeline for cameras ``[B]`` at ``H x W``:
+
+1. rays through pixel centres, bounded by the unit sphere; rays that miss it cost nothing;
+2. (optional, ``coarse_factor``) a coarse pass at ``H/f x W/f`` finds, per coarse pixel,
+   whether the surface is there and the depth range of the samples that matter; fine rays
+   whose dilated coarse neighbourhood is empty are skipped, the others are sampled only
+   within the coarse depth range plus a margin;
+3. the error-bound sampler picks the depths, evaluating the SDF without grad;
+4. a no-grad pass evaluates the SDF at the final samples and composites the weights (fused);
+5. shading with grad: only the samples of each ray from the first to the last whose weight
+   exceeds ``weight_threshold`` are evaluated with grad (the next sample only bounds the
+   last one's interval and counts as empty space): SDF, normals
+   (autograd, ``create_graph`` when grad is on, so a loss on the normal map reaches the
+   SDF's parameters), optional colour; they are composited in the packed layout, and the
+   result is scaled by the (no-grad) transmittance in front of the window, so the weights
+   of the window's samples are exact.
+
+``weight_threshold=None`` and ``coarse_factor=None`` give the full renderer (every sample
+shaded with grad), equal to :func:`npht.render.render_reference` up to round-off. The two
+approximations are switchable and measured against it (tests, benchmarks/render.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from npht.ops.composite import volume_composite
+from npht.render.cameras import Cameras, generate_rays, ray_sphere_bounds, world_normals_to_camera
+from npht.render.density import LaplaceDensity
+from npht.render.sampler import ErrorBoundSampler, evaluate_sdf
+
+__all__ = ["VolSDFRenderer", "Render", "render"]
+
+SdfFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Render:
+    """``normals [B, H, W, 3]`` (world space or the requested camera convention), ``depth
+    [B, H, W]`` (distance along the ray), ``opacity [B, H, W]``, ``hit [B, H, W]`` (the ray
+    was rendered: meets the bounding sphere and, with a coarse pass, its neighbourhood has
+    surface), ``color [B, H, W, C]`` when a colour function is given, and ``stats``."""
+
+    normals: torch.Tensor
+    depth: torch.Tensor
+    opacity: torch.Tensor
+    hit: torch.Tensor
+    color: Optional[torch.Tensor] = None
+    stats: dict = field(default_factory=dict)
+
+
+def _gradient(sdf_fn: SdfFn, points: torch.Tensor, create_graph: bool):
+    with torch.enable_grad():
+        pts = points.detach().requires_grad_()
+        sdf = sdf_fn(pts)
+        (grad,) = torch.autograd.grad(sdf.sum(), pts, create_graph=create_graph)
+    return sdf, grad
+
+
+def _pad_by_batch(flat: torch.Tensor, batch: torch.Tensor, B: int):
+    """Rows ``flat [M, ...]`` belonging to batch elements ``batch [M]`` (sorted) ->
+    ``[B, Nmax, ...]`` zero-padded, and the (b, j) index of every row."""
+    counts = torch.bincount(batch, minlength=B)
+    n_max = int(counts.max()) if flat.shape[0] else 0
+    starts = torch.cumsum(counts, 0) - counts
+    j = torch.arange(flat.shape[0], device=flat.device) - starts[batch]
+    out = flat.new_zeros((B, max(n_max, 1)) + flat.shape[1:])
+    out[batch, j] = flat
+    return out, j
+
+
+@dataclass
+class VolSDFRenderer:
+    """Renders normal maps (and depth, opacity, optional colour) of any SDF callable
+    ``sdf(points [B, N, 3]) -> [B, N]`` (batch element b is the shape camera b sees).
+
+    Args:
+        density: the Laplace density (learnable beta); default ``LaplaceDensity()``
+            (thesis: beta 0.001, beta_min 1e-4).
+        sampler: ``ErrorBoundSampler.thesis()`` by default.
+        bound_radius: the scene lies in the sphere of this radius around the origin.
+        weight_threshold: samples whose weight is below it at both ends of a ray are not
+            shaded with grad; ``None`` shades every sample (the full renderer).
+        coarse_factor: bounds from a coarse pass at ``1/coarse_factor`` of the resolution
+            (``None``: off); ``coarse_dilate`` coarse pixels of dilation, ``coarse_margin``
+            world units added to both ends of the depth range.
+        gradient_fn: optional ``(points) -> (sdf, grad)`` replacing autograd for the
+            shading pass (e.g. ``lambda p: decoder.sdf_and_gradient(planes, p)``); it must
+            build the graph itself when grad is on.
+        backend: backend of the fused compositing op.
+        chunk: points per SDF call in the no-grad passes; ``ray_chunk``: without grad, rays
+            are rendered in chunks of this many per batch element (inference memory).
+    """
+
+    density: Optional[LaplaceDensity] = None
+    sampler: Optional[ErrorBoundSampler] = None
+    bound_radius: float = 1.0
+    weight_threshold: Optional[float] = 1e-4
+    coarse_factor: Optional[int] = None
+    coarse_dilate: int = 1
+    coarse_margin: float = 0.05
+    gradient_fn: Optional[Callable] = None
+    backend: str = "auto"
+    chunk: int = 1 << 18
+    ray_chunk: Optional[int] = 1 << 16
+
+    def __post_init__(self):
+        self.density = self.density if self.density is not None else LaplaceDensity()
+        self.sampler = self.sampler if self.sampler is not None else ErrorBoundSampler.thesis()
+        if self.weight_threshold is not None and not 0 <= self.weight_threshold < 1:
+            raise ValueError(f"weight_threshold must be in [0, 1) or None, got {self.weight_threshold!r}")
+        if self.coarse_factor is not None and (int(self.coarse_factor) != self.coarse_factor or self.coarse_factor < 2):
+            raise ValueError(f"coarse_factor must be an integer >= 2 or None, got {self.coarse_factor!r}")
+        if self.coarse_dilate < 0 or self.coarse_margin < 0:
+            raise ValueError("coarse_dilate and coarse_margin must be >= 0")
+        if not self.bound_radius > 0:
+            raise ValueError(f"bound_radius must be > 0, got {self.bound_radius!r}")
+
+    # -- public -------------------------------------------------------------------------
+
+    def __call__(self, sdf_fn: SdfFn, cameras: Cameras, resolution: Union[None, int, Tuple[int, int]] = None,
+                 *, color_fn: Optional[SdfFn] = None, training: bool = False,
+                 generator: Optional[torch.Generator] = None, convention: str = "world") -> Render:
+        """Render ``cameras`` (at ``resolution``: ``H`` or ``(H, W)``; default the cameras'
+        own). ``color_fn(points [B, N, 3]) -> [B, N, C]`` adds a colour map.
+        ``training`` randomises the sampler (VolSDF). ``convention``: ``"world"``,
+        ``"opencv"`` or ``"opengl"`` (pyrender's camera frame) for the normals."""
+        if not callable(sdf_fn):
+            raise TypeError(f"sdf_fn must be callable, got {type(sdf_fn).__name__}")
+        if not isinstance(cameras, Cameras):
+            raise TypeError(f"cameras must be npht.render.Cameras, got {type(cameras).__name__}")
+        if convention not in ("world", "opencv", "opengl"):
+            raise ValueError(f"convention must be 'world', 'opencv' or 'opengl', got {convention!r}")
+        if resolution is not None:
+            h, w = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+            if int(h) < 1 or int(w) < 1:
+                raise ValueError(f"resolution must be positive, got {resolution!r}")
+            cameras = cameras.resized(int(h), int(w))
+        B, H, W = len(cameras), cameras.height, cameras.width
+        origins, dirs = generate_rays(cameras)
+        origins, dirs = origins.reshape(B, H * W, 3), dirs.reshape(B, H * W, 3)
+        with torch.no_grad():  # a clear error for an SDF of the wrong batch size
+            probe = sdf_fn(origins.new_zeros(B, 2, 3))
+        if tuple(probe.shape) != (B, 2):
+            raise ValueError(f"sdf_fn must map points [B, N, 3] to [B, N] with B = {B} (one shape per "
+                             f"camera); for points [{B}, 2, 3] it returned {tuple(probe.shape)}")
+        near, far, hit = ray_sphere_bounds(origins, dirs, self.bound_radius)
+        stats = {"rays": B * H * W, "rays_in_sphere": int(hit.sum())}
+        if self.coarse_factor is not None and min(H, W) >= 2 * self.coarse_factor:
+            near, far, hit = self._coarse_bounds(sdf_fn, cameras, near, far, hit, generator)
+        stats["rays_rendered"] = int(hit.sum())
+        grad_on = torch.is_grad_enabled()
+        R = H * W
+        step = R if grad_on or self.ray_chunk is None else self.ray_chunk
+        parts = []
+        for s in range(0, R, step):
+            sl = slice(s, min(s + step, R))
+            parts.append(self._render_rays(sdf_fn, color_fn, origins[:, sl], dirs[:, sl], near[:, sl], far[:, sl],
+                                           hit[:, sl], training, generator, stats))
+        normals, depth, opacity, color = (
+            torch.cat([p[i] for p in parts], 1) if parts[0][i] is not None else None for i in range(4))
+        normals = normals.reshape(B, H, W, 3)
+        if convention != "world":
+            normals = world_normals_to_camera(normals, cameras, convention)
+        return Render(normals, depth.reshape(B, H, W), opacity.reshape(B, H, W), hit.reshape(B, H, W),
+                      None if color is None else color.reshape(B, H, W, -1), stats)
+
+    # -- passes -------------------------------------------------------------------------
+
+    def _sample(self, sdf_fn, origins, dirs, near, far, active, training, generator):
+        """Error-bound sampling of the active rays only (padded per batch element with
+        zero-length dummy rays). Returns depths [B, Ra, S] and the active rays' indices."""
+        B, R = active.shape
+        counts = active.sum(1)
+        Ra = max(int(counts.max()) if B else 0, 1)
+        order = torch.argsort((~active).to(torch.int8), dim=1, stable=True)[:, :Ra]  # active first
+        valid = torch.arange(Ra, device=active.device)[None] < counts[:, None]
+
+        def take(t):
+            return torch.gather(t, 1, order[..., None].expand(-1, -1, t.shape[-1]) if t.dim() == 3 else order)
+
+        o, d, n, f = take(origins), take(dirs), take(near), take(far)
+        f = torch.where(valid, f, n)  # dummy rays: zero length
+        beta = self.density.get_beta().detach()
+        z = self.sampler(sdf_fn, o, d, n, f, beta, training=training, generator=generator, chunk=self.chunk)
+        return o, d, z, order, valid
+
+    def _render_rays(self, sdf_fn, color_fn, origins, dirs, near, far, active, training, generator, stats):
+        B, R = active.shape
+        dev, dt = origins.device, origins.dtype
+        o, d, z, order, valid = self._sample(sdf_fn, origins, dirs, near, far, active, training, generator)
+        Ra, S = z.shape[1], z.shape[2]
+        beta = self.density.get_beta()
+        points = o[:, :, None] + z[..., None] * d[:, :, None]  # [B, Ra, S, 3]
+        # no-grad weights of every sample: which samples to shade
+        sdf0 = evaluate_sdf(sdf_fn, points.reshape(B, Ra * S, 3), self.chunk).reshape(B * Ra, S)
+        with torch.no_grad():
+            w0 = volume_composite(sdf0.to(dt), z.reshape(B * Ra, S), beta.detach().to(dt),
+                                  backend=self.backend).weights
+        w0 = w0 * valid.reshape(-1, 1)
+        idx = torch.arange(S, device=dev)
+        if self.weight_threshold is None:
+            first = torch.zeros(B * Ra, dtype=torch.long, device=dev)
+            count = torch.where(valid.reshape(-1), S, 0)
+        else:
+            big = w0 > self.weight_threshold
+            anyb = big.any(1)
+            first = torch.where(big, idx, S).min(1).values
+            last = torch.where(big, idx, -1).max(1).values
+            # the window [first, last] plus a tail at last + 1 (when the ray goes on) whose
+            # only role is to give sample `last` its true delta: the tail is empty space
+            count = torch.where(anyb, torch.clamp(last + 2, max=S) - first, 0)
+        # transmittance in front of each window (exact: 1 - sum of the weights before it)
+        before = torch.where(idx[None] < first[:, None], w0, torch.zeros_like(w0)).sum(1)
+        t_front = (1.0 - before).clamp(min=0.0)
+        offsets = torch.zeros(B * Ra + 1, dtype=torch.long, device=dev)
+        offsets[1:] = torch.cumsum(count, 0)
+        M = int(offsets[-1])
+        ray = torch.repeat_interleave(torch.arange(B * Ra, device=dev), count)
+        col = torch.arange(M, device=dev) - offsets[:-1][ray] + first[ray]
+        stats["samples_per_ray"] = S
+        zs = z.reshape(B * Ra, S)[ray, col]
+        if self.weight_threshold is None:
+            shade = torch.arange(M, device=dev)
+        else:  # every sample of the window but the tails
+            tail = (col == last[ray] + 1)
+            shade = torch.nonzero(~tail).squeeze(1)
+        stats["samples_shaded"] = stats.get("samples_shaded", 0) + shade.numel()
+        pts = points.reshape(B * Ra, S, 3)[ray[shade], col[shade]]  # [Ms, 3]
+        batch = torch.div(ray[shade], Ra, rounding_mode="floor")
+        padded, j = _pad_by_batch(pts, batch, B)  # [B, Nmax, 3]
+        create = torch.is_grad_enabled()
+        if self.gradient_fn is not None:
+            sdf_p, grad_p = self.gradient_fn(padded)
+        else:
+            sdf_p, grad_p = _gradient(sdf_fn, padded, create)
+        grad_s = grad_p[batch, j].to(dt)
+        normals = grad_s / grad_s.norm(dim=-1, keepdim=True).clamp(min=1e-12)
+        values = normals
+        if color_fn is not None:
+            values = torch.cat([normals, color_fn(padded)[batch, j].to(dt)], -1)
+        # tails: empty space (sdf 1e20: density exactly 0, no gradient), zero values
+        sdf_s = torch.full((M,), 1e20, dtype=dt, device=dev).index_put((shade,), sdf_p[batch, j].to(dt))
+        values = values.new_zeros(M, values.shape[1]).index_put((shade,), values)
+        out = volume_composite(sdf_s, zs, beta.to(dt).reshape(1), values, ray_offsets=offsets,
+                               backend=self.backend)
+        scale = t_front.detach()
+        rendered = out.rendered * scale[:, None]
+        depth, opacity = out.depth * scale, out.opacity * scale
+        # back to the image's rays; `order` is a permutation, so the padding rows (zeroed)
+        # land on distinct inactive rays
+        Kc = rendered.shape[1]
+        full = rendered.new_zeros(B, R, Kc)
+        flat_idx = order.reshape(B, Ra)
+        vmask = valid.reshape(B, Ra)
+        full = full.scatter(1, flat_idx[..., None].expand(-1, -1, Kc),
+                            (rendered.reshape(B, Ra, Kc) * vmask[..., None]))
+        dfull = depth.new_zeros(B, R).scatter(1, flat_idx, depth.reshape(B, Ra) * vmask)
+        ofull = opacity.new_zeros(B, R).scatter(1, flat_idx, opacity.reshape(B, Ra) * vmask)
+        color = full[..., 3:] if color_fn is not None else None
+        return full[..., :3], dfull, ofull, color
+
+    def _coarse_bounds(self, sdf_fn, cameras, near, far, hit, generator):
+        """Depth range and surface presence from a coarse render, dilated and upsampled."""
+        f = int(self.coarse_factor)
+        B, H, W = len(cameras), cameras.height, cameras.width
+        hc, wc = max(H // f, 1), max(W // f, 1)
+        coarse = cameras.resized(hc, wc)
+        co, cd = generate_rays(coarse)
+        co, cd = co.reshape(B, hc * wc, 3), cd.reshape(B, hc * wc, 3)
+        cn, cf, chit = ray_sphere_bounds(co, cd, self.bound_radius)
+        with torch.no_grad():
+            o, d, z, order, valid = self._sample(sdf_fn, co, cd, cn, cf, chit, False, generator)
+            Ra, S = z.shape[1], z.shape[2]
+            pts = (o[:, :, None] + z[..., None] * d[:, :, None]).reshape(B, Ra * S, 3)
+            sdf0 = evaluate_sdf(sdf_fn, pts, self.chunk).reshape(B * Ra, S)
+            w = volume_composite(sdf0.to(z.dtype), z.reshape(B * Ra, S), self.density.get_beta().detach().to(z.dtype),
+                                 backend=self.backend).weights.reshape(B, Ra, S)
+            thr = self.weight_threshold if self.weight_threshold is not None else 1e-4
+            big = (w > thr) & valid[..., None]
+            inf = torch.full_like(z, float("inf"))
+            lo = torch.where(big, z, inf).min(-1).values
+            hi = torch.where(big, z, -inf).max(-1).values
+            has = big.any(-1)
+            # back to the coarse image
+            lo_img = torch.full((B, hc * wc), float("inf"), device=z.device, dtype=z.dtype).scatter(
+                1, order, torch.where(valid & has, lo, inf[..., 0]))
+            hi_img = torch.full((B, hc * wc), -float("inf"), device=z.device, dtype=z.dtype).scatter(
+                1, order, torch.where(valid & has, hi, -inf[..., 0]))
+            k = 2 * self.coarse_dilate + 1
+            lo_img = -F.max_pool2d(-lo_img.reshape(B, 1, hc, wc), k, 1, self.coarse_dilate)
+            hi_img = F.max_pool2d(hi_img.reshape(B, 1, hc, wc), k, 1, self.coarse_dilate)
+            # fine pixel centre -> its coarse pixel (nearest)
+            ys = torch.clamp(((torch.arange(H, device=z.device) + 0.5) * hc / H).long(), max=hc - 1)
+            xs = torch.clamp(((torch.arange(W, device=z.device) + 0.5) * wc / W).long(), max=wc - 1)
+            lo_f = lo_img[:, 0][:, ys][:, :, xs].reshape(B, H * W)
+            hi_f = hi_img[:, 0][:, ys][:, :, xs].reshape(B, H * W)
+        # The coarse depth is along coarse rays; fine rays in the same neighbourhood differ
+        # by a small angle, covered by the margin. Only the near bound moves: the far one
+        # stays on the bounding sphere, where VolSDF's last sample (delta 1e10) is empty
+        # space; a far bound near the surface would make that sample absorb the rest.
+        some = torch.isfinite(lo_f) & (hi_f + self.coarse_margin > near)
+        n2 = torch.clamp(torch.maximum(near, lo_f - self.coarse_margin), max=far)
+        hit2 = hit & some
+        return torch.where(hit2, n2, near), far, hit2
+
+
+def render(sdf_fn: SdfFn, cameras: Cameras, resolution: Union[None, int, Tuple[int, int]] = None, *,
+           density: Optional[LaplaceDensity] = None, color_fn: Optional[SdfFn] = None,
+           training: bool = False, generator: Optional[torch.Generator] = None,
+           convention: str = "world", **options) -> Render:
+    """One-call form of :class:`VolSDFRenderer`: ``render(sdf, cameras, 256)``; keyword
+    ``options`` are the renderer's fields (``weight_threshold``, ``coarse_factor``, ...)."""
+    return VolSDFRenderer(density=density, **options)(sdf_fn, cameras, resolution, color_fn=color_fn,
+                                                      training=training, generator=generator,
+                                                      convention=convention)

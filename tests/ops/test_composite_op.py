@@ -1,0 +1,230 @@
+"""npht.volume_composite: every backend against autograd through the reference compositing
+(dense and packed, shared and per-ray beta, with and without values), float64 gradcheck and
+gradgradcheck, opcheck, odd sizes, error paths."""
+
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+import npht
+from npht.reference.render import _ref_packed_per_sample_beta, composite, composite_packed
+
+TOL = {torch.float64: dict(rtol=1e-9, atol=1e-11), torch.float32: dict(rtol=2e-4, atol=2e-5)}
+
+
+def _rays(R, S, K, dtype, device, seed=0, surface=1.5):
+    """Rays crossing a surface near depth ``surface`` (so weights are neither all 0 nor
+    all on one sample), depths sorted in [0.5, 3]."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.sort(torch.rand(R, S, generator=g, dtype=torch.float64) * 2.5 + 0.5, dim=1).values
+    sdf = (surface - z) + 0.05 * torch.randn(R, S, generator=g, dtype=torch.float64)
+    v = torch.randn(R, S, K, generator=g, dtype=torch.float64)
+    return [t.to(device=device, dtype=dtype) for t in (sdf, z, v)]
+
+
+def _packed(counts, K, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.as_tensor(counts, dtype=torch.long)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+    z = torch.cat([torch.sort(torch.rand(int(c), generator=g, dtype=torch.float64) * 2.5 + 0.5).values
+                   for c in counts]) if len(counts) else torch.zeros(0, dtype=torch.float64)
+    sdf = (1.5 - z) + 0.05 * torch.randn(z.shape, generator=g, dtype=torch.float64)
+    v = torch.randn(z.shape[0], K, generator=g, dtype=torch.float64)
+    return [t.to(device=device, dtype=dtype) for t in (sdf, z, v)] + [offsets.to(device)]
+
+
+def _reference(sdf, z, beta, v, offsets, last_delta):
+    """Autograd-able reference outputs (rendered, depth, opacity, weights)."""
+    R = sdf.shape[0] if offsets is None else offsets.numel() - 1
+    if offsets is None:
+        b = beta.reshape(-1)[:, None] if beta.numel() == R and R > 1 else beta.reshape(())
+        out = composite(sdf, z, b, v, last_delta)
+    elif beta.numel() > 1:
+        b = torch.repeat_interleave(beta, offsets[1:] - offsets[:-1])  # the ray's beta per sample
+        out = _ref_packed_per_sample_beta(sdf, z, b, v, offsets, last_delta)
+    else:
+        out = composite_packed(sdf, z, beta.reshape(()), offsets, v, last_delta)
+    rendered = out[0] if out[0] is not None else sdf.new_zeros(R, 0)
+    return rendered, out[1], out[2], out[3]
+
+
+def _compare(backend, device, dtype, sdf, z, beta, v, offsets, last_delta=1e10, seed=1):
+    leaves = [t.detach().clone().requires_grad_() for t in (sdf, z, beta)]
+    lv = None if v is None else v.detach().clone().requires_grad_()
+    got = npht.volume_composite(*leaves, lv, ray_offsets=offsets, last_delta=last_delta, backend=backend)
+    rl = [t.detach().clone().requires_grad_() for t in (sdf, z, beta)]
+    rv = None if v is None else v.detach().clone().requires_grad_()
+    want = _reference(*rl, rv, offsets, last_delta)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b.to(a.dtype), **TOL[dtype])
+    g = torch.Generator().manual_seed(seed)
+    ups = [torch.randn(t.shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype) for t in want]
+    grads_got = torch.autograd.grad(got, leaves + ([lv] if lv is not None else []), ups, allow_unused=True)
+    grads_want = torch.autograd.grad([w for w in want if w.requires_grad],
+                                     rl + ([rv] if rv is not None else []),
+                                     [u for u, w in zip(ups, want) if w.requires_grad], allow_unused=True)
+    for a, b in zip(grads_got, grads_want):
+        if b is None:
+            assert a is None or not a.abs().any()
+            continue
+        assert a.shape == b.shape
+        if b.numel() == 0:
+            continue
+        scale = b.abs().max().clamp(min=1.0)
+        torch.testing.assert_close(a / scale, b / scale, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("per_ray_beta", [False, True])
+@pytest.mark.parametrize("K", [0, 3])
+def test_dense_matches_reference(backend, device, dtype, per_ray_beta, K):
+    R, S = 37, 67
+    sdf, z, v = _rays(R, S, max(K, 1), dtype, device)
+    beta = (torch.rand(R, dtype=dtype) * 0.09 + 0.01 if per_ray_beta else torch.tensor([0.05], dtype=dtype)).to(device)
+    _compare(backend, device, dtype, sdf, z, beta, v if K else None, None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("per_ray_beta", [False, True])
+def test_packed_matches_reference(backend, device, dtype, per_ray_beta):
+    counts = [5, 0, 1, 67, 12, 0, 3, 40, 2]
+    sdf, z, v, off = _packed(counts, 5, dtype, device)
+    R = len(counts)
+    beta = (torch.rand(R, dtype=dtype) * 0.09 + 0.01 if per_ray_beta else torch.tensor([0.05], dtype=dtype)).to(device)
+    _compare(backend, device, dtype, sdf, z, beta, v, off)
+
+
+def test_packed_equals_dense(backend, device):
+    R, S = 6, 9
+    sdf, z, v = _rays(R, S, 3, torch.float64, device)
+    beta = torch.tensor(0.05, dtype=torch.float64, device=device)
+    dense = npht.volume_composite(sdf, z, beta, v, backend=backend)
+    off = (torch.arange(R + 1) * S).to(device)
+    packed = npht.volume_composite(sdf.reshape(-1), z.reshape(-1), beta, v.reshape(-1, 3), ray_offsets=off,
+                                   backend=backend)
+    for a, b in zip(dense[:3], packed[:3]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(dense.weights.reshape(-1), packed.weights, rtol=1e-12, atol=1e-14)
+
+
+def test_finite_last_delta_and_scalar_beta(backend, device):
+    sdf, z, v = _rays(5, 7, 2, torch.float64, device)
+    _compare(backend, device, torch.float64, sdf, z, torch.tensor([0.2], dtype=torch.float64, device=device), v,
+             None, last_delta=0.3)
+    out = npht.volume_composite(sdf, z, 0.2, v, last_delta=0.3, backend=backend)  # python float beta
+    ref = composite(sdf, z, 0.2, v, 0.3)
+    torch.testing.assert_close(out.depth, ref[1])
+
+
+@pytest.mark.parametrize("R,S", [(1, 1), (1, 2), (3, 1), (0, 4)])
+def test_odd_sizes(backend, device, R, S):
+    sdf, z, v = _rays(R, S, 3, torch.float64, device)
+    _compare(backend, device, torch.float64, sdf, z, torch.tensor([0.05], dtype=torch.float64, device=device),
+             v, None)
+
+
+def test_packed_all_empty(backend, device):
+    off = torch.zeros(4, dtype=torch.long, device=device)
+    e = torch.zeros(0, dtype=torch.float64, device=device)
+    out = npht.volume_composite(e, e, 0.1, e.reshape(0, 3), ray_offsets=off, backend=backend)
+    assert out.rendered.shape == (3, 3) and not out.rendered.any() and not out.opacity.any()
+    assert out.weights.shape == (0,)
+
+
+def test_opaque_surface_depth(backend, device):
+    """A ray through a plane at depth 1.5 with small beta: opacity 1, depth 1.5."""
+    z = torch.linspace(0.5, 3.0, 400, dtype=torch.float64, device=device)[None]
+    out = npht.volume_composite(1.5 - z, z, 1e-3, backend=backend)
+    assert abs(out.opacity.item() - 1.0) < 1e-9
+    assert abs(out.depth.item() - 1.5) < 5e-3
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_gradcheck_gradgradcheck(backend, device, packed):
+    torch.manual_seed(0)
+    if packed:
+        sdf, z, v, off = _packed([3, 0, 1, 4], 2, torch.float64, device)
+        R = 4
+    else:
+        sdf, z, v = _rays(3, 4, 2, torch.float64, device)
+        off, R = None, 3
+    beta = (torch.rand(R, dtype=torch.float64) * 0.3 + 0.2).to(device)
+    ins = [t.clone().requires_grad_() for t in (sdf, z, beta, v)]
+
+    def f(s, zz, b, vv):
+        return npht.volume_composite(s, zz, b, vv, ray_offsets=off, last_delta=0.7, backend=backend)
+
+    assert gradcheck(f, ins)
+    assert gradgradcheck(f, ins)
+
+
+def test_weights_gradient_only(backend, device):
+    """A loss on the weights alone (e.g. a weight regulariser) reaches sdf and beta."""
+    sdf, z, _ = _rays(4, 6, 1, torch.float64, device)
+    s = sdf.clone().requires_grad_()
+    b = torch.tensor([0.1], dtype=torch.float64, device=device, requires_grad=True)
+    w = npht.volume_composite(s, z, b, backend=backend).weights
+    (w * w).sum().backward()
+    s2 = sdf.clone().requires_grad_()
+    b2 = b.detach().clone().requires_grad_()
+    w2 = composite(s2, z, b2.reshape(()))[3]
+    (w2 * w2).sum().backward()
+    torch.testing.assert_close(s.grad, s2.grad)
+    torch.testing.assert_close(b.grad, b2.grad)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_opcheck(backend, device, packed):
+    if packed:
+        sdf, z, v, off = _packed([3, 0, 2], 2, torch.float64, device)
+    else:
+        (sdf, z, v), off = _rays(3, 4, 2, torch.float64, device), None
+    R = 3
+    beta = torch.full((R,), 0.1, dtype=torch.float64, device=device)
+    args = (sdf.requires_grad_(), z, beta.requires_grad_(), v.requires_grad_(), off, 1e10, backend)
+    torch.library.opcheck(torch.ops.npht.volume_composite, args)
+    ups = (torch.randn(R, 2, dtype=torch.float64, device=device), torch.randn(R, dtype=torch.float64, device=device),
+           None, None)
+    torch.library.opcheck(torch.ops.npht.volume_composite_backward,
+                          ups + (sdf.detach(), z, beta.detach(), v.detach(), off, 1e10, backend, True, True, True, True))
+
+
+def test_malformed_offsets_stay_in_bounds():
+    """Offsets beyond M or decreasing are clamped by the kernels (no out-of-bounds read)."""
+    info = npht.build_info()
+    if not info["cpu"]:
+        pytest.skip("compiled CPU backend not built")
+    sdf = torch.randn(5, dtype=torch.float64)
+    z = torch.sort(torch.rand(5, dtype=torch.float64)).values
+    off = torch.tensor([0, 3, 2, 99], dtype=torch.long)
+    rendered, depth, opacity, w = torch.ops.npht_C.composite_fwd(sdf, z, torch.tensor([0.1], dtype=torch.float64),
+                                                                 None, off, 1e10)
+    assert torch.isfinite(depth).all() and opacity[1] == 0  # ray 1 is [3, 3): empty
+    ref = composite(sdf[None, :3], z[None, :3], 0.1)
+    torch.testing.assert_close(depth[0], ref[1][0])
+
+
+def test_errors():
+    sdf, z, v = _rays(3, 4, 2, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="dense sdf must be"):
+        npht.volume_composite(sdf.reshape(-1), z.reshape(-1), 0.1)
+    with pytest.raises(ValueError, match="z must have the shape of sdf"):
+        npht.volume_composite(sdf, z[:, :3], 0.1)
+    with pytest.raises(TypeError, match="z must have the dtype"):
+        npht.volume_composite(sdf, z.double(), 0.1)
+    with pytest.raises(ValueError, match="values must be"):
+        npht.volume_composite(sdf, z, 0.1, v[:, :3])
+    with pytest.raises(TypeError, match="values must have the dtype"):
+        npht.volume_composite(sdf, z, 0.1, v.double())
+    with pytest.raises(ValueError, match=r"beta must be a number, 0-d, \[1\] or \[R\]"):
+        npht.volume_composite(sdf, z, torch.ones(2))
+    with pytest.raises(TypeError, match="beta must have the dtype"):
+        npht.volume_composite(sdf, z, torch.ones(1, dtype=torch.float64))
+    with pytest.raises(TypeError, match="sdf must be float32 or float64"):
+        npht.volume_composite(sdf.half(), z.half(), 0.1)
+    with pytest.raises(ValueError, match="ray_offsets must be a 1-D int64"):
+        npht.volume_composite(sdf.reshape(-1), z.reshape(-1), 0.1, ray_offsets=torch.tensor([0, 12]).int())
+    with pytest.raises(ValueError, match="packed sdf must be"):
+        npht.volume_composite(sdf, z, 0.1, ray_offsets=torch.tensor([0, 12]))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        npht.volume_composite(sdf, z, 0.1, backend="metal")
