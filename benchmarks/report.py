@@ -37,7 +37,41 @@ def _x(ratio):
     return "—" if ratio is None else f"{ratio:.2f}x"
 
 
+def render_table(name: str, res: dict) -> str:
+    """The renderer benchmark: time / memory per resolution, accuracy against the full renderer."""
+    cfg = res["config"]
+    lines = [
+        f"**{res['device']}** — torch {res['torch']}, commit `{res['commit']}`, {res['date'][:10]} "
+        f"(`{name}`): renderer, B={cfg['B']}, tri-plane {cfg['plane_res']}² x {cfg['C']}, decoder width "
+        f"{cfg['hidden']}, float32; accuracy = against npht-full at the same resolution",
+        "",
+        "| task | method | res | median ms | speed-up vs reference | peak memory MiB | normal err deg | mask IoU | grad cosine |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["results"]:
+        head = f"| {r['task']} | {r['method']} | {r['res']} |"
+        if "error" in r:
+            lines.append(f"{head} {r['error']} | | | | | |")
+            continue
+        mem = r.get("peak_mem_bytes")
+        acc = r.get("accuracy_vs_full") or {}
+
+        def num(key, fmt):
+            return "" if acc.get(key) is None else format(acc[key], fmt)
+
+        lines.append(
+            f"{head} {_ms(r['median_ms'])} | {_x(r.get('speedup_vs_reference'))} | "
+            f"{'' if mem is None else f'{mem / 2**20:.1f}'} | {num('normal_err_deg', '.3f')} | "
+            f"{num('mask_iou', '.4f')} | {num('grad_cosine', '.4f')} |"
+        )
+    for target, ok in (res.get("targets") or {}).items():
+        lines.append(f"- target {target}: {'met' if ok else 'NOT met'}")
+    return "\n".join(lines)
+
+
 def table(name: str, res: dict) -> str:
+    if res.get("benchmark") == "render":
+        return render_table(name, res)
     cfg = res["config"]
     lines = [
         f"**{res['device']}** — torch {res['torch']}, commit `{res['commit']}`, {res['date'][:10]} "

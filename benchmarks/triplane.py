@@ -29,12 +29,9 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import re
-import statistics
 import subprocess
 import sys
-import time
 
 import torch
 
@@ -42,6 +39,16 @@ import npht
 from npht.models import TriplaneDecoder
 from npht.reference import eg3d_sample_from_planes, grid_sample_has_double_backward
 from npht.reference import triplane_sample as reference_sample
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (  # noqa: E402
+    cuda_peak_during,
+    device_name,
+    git_commit,
+    rss_peak_during,
+    time_step,
+    triton_version,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EG3D_PLANE_AXES = torch.tensor([[[1, 0, 0], [0, 1, 0], [0, 0, 1]],
@@ -171,44 +178,11 @@ def make_step(method: str, task: str, cfg: dict, device: str):
     return step, (planes, points)
 
 
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_step(step, device: str, reps: int) -> dict:
-    if device == "cuda":
-        import triton.testing
-
-        q20, med, q80 = triton.testing.do_bench(step, quantiles=[0.2, 0.5, 0.8], warmup=25, rep=200)
-        return {"median_ms": med, "q20_ms": q20, "q80_ms": q80}
-    step()  # warm-up
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        times.append((time.perf_counter() - t0) * 1e3)
-    qs = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
-    return {"median_ms": statistics.median(times), "q20_ms": qs[1], "q80_ms": qs[7]}
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def peak_memory(method: str, task: str, cfg: dict, device: str) -> int:
     """Bytes of peak memory a step needs beyond its inputs."""
     if device == "cuda":
         step, _ = make_step(method, task, cfg, device)
-        step()
-        sync(device)
-        torch.cuda.empty_cache()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        step()
-        sync(device)
-        return torch.cuda.max_memory_allocated() - base
+        return cuda_peak_during(step)
     cmd = [sys.executable, os.path.abspath(__file__), "--child-memory", method, task,
            "--config", json.dumps(cfg)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ.copy())
@@ -216,51 +190,9 @@ def peak_memory(method: str, task: str, cfg: dict, device: str) -> int:
 
 
 def child_memory(method: str, task: str, cfg: dict) -> None:
-    """Run one step in this (fresh) process and print its peak RSS increase, sampled
-    every 0.2 ms by a thread while the step runs."""
-    import threading
-
+    """Run one step in this (fresh) process and print its peak RSS increase."""
     step, _ = make_step(method, task, cfg, "cpu")
-    base = _rss_bytes()
-    peak = [base]
-    done = threading.Event()
-
-    def poll():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.0002)
-
-    t = threading.Thread(target=poll, daemon=True)
-    t.start()
-    step()
-    done.set()
-    t.join()
-    print(max(0, max(peak[0], _rss_bytes()) - base))
-
-
-def git_commit() -> str:
-    if os.environ.get("NPHT_COMMIT"):  # set where the tree travels without its .git
-        return os.environ["NPHT_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except Exception:
-        return "unknown"
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{cpu} ({torch.get_num_threads()} threads)"
+    print(rss_peak_during(step))
 
 
 def run(args) -> dict:
@@ -302,18 +234,12 @@ def run(args) -> dict:
                 row[f"speedup_vs_{base}"] = ref["median_ms"] / row["median_ms"]
                 if ref.get("peak_mem_bytes") and row.get("peak_mem_bytes") is not None:
                     row[f"memory_ratio_vs_{base}"] = row["peak_mem_bytes"] / ref["peak_mem_bytes"]
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except Exception:
-        triton_version = None
     return {
         "benchmark": "triplane",
         "device": device_name(device),
         "device_type": device,
         "torch": torch.__version__,
-        "triton": triton_version,
+        "triton": triton_version(),
         "npht": npht.__version__,
         "commit": git_commit(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -4,6 +4,9 @@ with the point, and whose output is the SDF."""
 
 from __future__ import annotations
 
+import math
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -41,6 +44,31 @@ class TriplaneDecoder(nn.Module):
         """SDF of ``points [B, N, 3]`` for tri-planes ``planes`` (sampled with
         :func:`npht.triplane_sample`, thesis default: sum aggregation)."""
         return self(triplane_sample(planes, points, **sample_kwargs), points)
+
+    @torch.no_grad()
+    def geometric_init_(self, radius: float = 0.5, feature_std: float = 1e-2,
+                        generator: Optional[torch.Generator] = None) -> "TriplaneDecoder":
+        """Geometric initialisation (Atzmon & Lipman, SAL; as in IGR/VolSDF): the SDF starts
+        close to a sphere of ``radius``. Hidden layers ~ N(0, 2/fan_out), the last layer
+        ~ N(sqrt(pi/fan_in), 1e-4) with bias ``-radius``; the first layer's weights of the
+        tri-plane features ~ N(0, feature_std) (small: the planes start as a perturbation).
+        Exact for ReLU; softplus with a large beta is close. Returns self."""
+        linears = [m for m in self.net if isinstance(m, nn.Linear)]
+
+        def normal(t, std, mean=0.0):
+            t.copy_(torch.randn(t.shape, generator=generator, dtype=t.dtype).to(t.device) * std + mean)
+
+        for i, lin in enumerate(linears):
+            out_dim, in_dim = lin.weight.shape
+            if i == len(linears) - 1:
+                normal(lin.weight, 1e-4, math.sqrt(math.pi) / math.sqrt(in_dim))
+                lin.bias.fill_(-radius)
+                continue
+            normal(lin.weight, math.sqrt(2.0) / math.sqrt(out_dim))
+            lin.bias.zero_()
+            if i == 0:
+                normal(lin.weight[:, : self.feature_dim], feature_std)
+        return self
 
     def layers(self):
         """``(weights, biases)`` of the linear layers, in order (nn.Linear layout)."""

@@ -1,0 +1,107 @@
+"""Helpers shared by the benchmark scripts: timing, peak memory, provenance."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import threading
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_step(step, device: str, reps: int) -> dict:
+    """Median and 20/80 % quantiles in ms: triton's do_bench on GPU, a wall-clock loop on CPU."""
+    if device == "cuda":
+        import triton.testing
+
+        q20, med, q80 = triton.testing.do_bench(step, quantiles=[0.2, 0.5, 0.8], warmup=25, rep=200)
+        return {"median_ms": med, "q20_ms": q20, "q80_ms": q80}
+    step()  # warm-up
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t0) * 1e3)
+    qs = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
+    return {"median_ms": statistics.median(times), "q20_ms": qs[1], "q80_ms": qs[7]}
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_peak_during(fn) -> int:
+    """Peak RSS increase while ``fn()`` runs, sampled every 0.2 ms by a thread (run it in
+    a fresh process so earlier allocations do not hide the step's)."""
+    base = rss_bytes()
+    peak = [base]
+    done = threading.Event()
+
+    def poll():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_bytes())
+            time.sleep(0.0002)
+
+    t = threading.Thread(target=poll, daemon=True)
+    t.start()
+    fn()
+    done.set()
+    t.join()
+    return max(0, max(peak[0], rss_bytes()) - base)
+
+
+def cuda_peak_during(fn) -> int:
+    """CUDA allocator peak above what was allocated before ``fn()`` (warmed up once)."""
+    fn()
+    sync("cuda")
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    sync("cuda")
+    return torch.cuda.max_memory_allocated() - base
+
+
+def git_commit() -> str:
+    if os.environ.get("NPHT_COMMIT"):  # set where the tree travels without its .git
+        return os.environ["NPHT_COMMIT"]
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except Exception:
+        return "unknown"
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"{cpu} ({torch.get_num_threads()} threads)"
+
+
+def triton_version():
+    try:
+        import triton
+
+        return triton.__version__
+    except Exception:
+        return None

@@ -1,0 +1,380 @@
+"""Benchmark of npht's VolSDF normal-map renderer against the thesis-style reference, side
+by side in one run.
+
+SDF: tri-plane (C=32 channels, planes random * 0.1, sum aggregation) + the thesis decoder
+(5 layers, 256 wide, softplus beta 100) with geometric initialisation (a bumpy sphere of
+radius 0.5); Laplace density beta 0.001 (thesis); error-bound sampler with the thesis
+parameters; B near-frontal cameras (radius 2.6, fov 30).
+
+Task ``gan_step``: the generator side of a GAN step on normal maps: render the normal maps
+at each resolution, a loss on them (mean squared error to a fixed target map: the
+discriminator's cost does not depend on the renderer), backward through the normals
+(double backward) into planes, decoder and beta. Methods:
+
+- ``reference``: the thesis' renderer (npht.render.render_reference): every sample of every
+  pixel evaluated with grad, PyTorch tri-plane sampling (3 x grid_sample, or its gather
+  equivalent where grid_sample has no double backward), PyTorch sampler and compositing;
+- ``npht-full``: npht's renderer shading every sample (fused ops, no approximation);
+- ``npht``: + sample-efficient shading (the default weight threshold 1e-6);
+- ``npht-fused``: + the decoder's value and gradient from npht.softplus_mlp_with_grad;
+- ``npht-coarse``: + near bounds and ray culling from a 4x coarser pass.
+
+Accuracy (not timed): each npht method against ``npht-full`` at the same resolution:
+foreground mean angular error of the normal maps, opacity-mask IoU, and the cosine
+similarity of the parameter gradients of the loss (issue bounds: <= 1 deg, >= 0.99, >= 0.99).
+
+Task ``composite``: the compositing op alone, fwd+bwd (R = B * 256^2 rays, S = 66 samples,
+normals as values): the reference PyTorch ops with autograd vs npht.volume_composite per
+backend.
+
+Out of memory is a result (an ``error`` row), not a crash. Results go to
+benchmarks/results/render_<device>_<date>.json (+ .png with --plot).
+
+    python benchmarks/render.py              # full sizes for this device
+    python benchmarks/render.py --quick      # small sizes
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import re
+import sys
+
+import torch
+import torch.nn.functional as F
+
+import npht
+from npht.models import TriplaneDecoder
+from npht.reference import grid_sample_has_double_backward
+from npht.reference import triplane_sample as reference_sample
+from npht.reference.render import composite as reference_composite
+from npht.render import LaplaceDensity, VolSDFRenderer, near_frontal_cameras, render_reference
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import (  # noqa: E402
+    cuda_peak_during,
+    device_name,
+    git_commit,
+    time_step,
+    triton_version,
+)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TASKS = ("gan_step", "composite")
+GAN_METHODS = ("reference", "npht-full", "npht", "npht-fused", "npht-coarse")
+
+
+def default_config(device: str, quick: bool) -> dict:
+    if device == "cuda":
+        cfg = dict(B=4, C=32, plane_res=256, hidden=256, resolutions=[64, 128, 256, 512], comp_res=256)
+        if quick:
+            cfg.update(resolutions=[64, 128], comp_res=64)
+    else:
+        cfg = dict(B=2, C=32, plane_res=128, hidden=256, resolutions=[32, 64], comp_res=64)
+        if quick:
+            cfg.update(B=1, C=8, plane_res=16, hidden=32, resolutions=[8, 16], comp_res=8)
+    return cfg
+
+
+def composite_methods(device: str) -> list:
+    info = npht.build_info()
+    names = ["reference"]
+    if device == "cuda":
+        names += [f"npht-{b}" for b in ("cuda", "triton") if info[b]]
+    elif info["cpu"]:
+        names.append("npht-cpu")
+    return names
+
+
+class Scene:
+    """Tri-plane + decoder SDF, density, cameras and a target normal map for one resolution."""
+
+    def __init__(self, cfg: dict, device: str, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        B, C, P = cfg["B"], cfg["C"], cfg["plane_res"]
+        self.planes = (torch.randn(B, 3, C, P, P, generator=g) * 0.1).to(device).requires_grad_()
+        self.decoder = TriplaneDecoder(feature_dim=C, hidden=cfg["hidden"]).geometric_init_(0.5, generator=g)
+        self.decoder.to(device)
+        self.density = LaplaceDensity(beta=0.001, beta_min=1e-4).to(device)
+        self.cameras = near_frontal_cameras(B, generator=g, device=device)
+        self.params = [self.planes] + list(self.decoder.parameters()) + list(self.density.parameters())
+        self.device = device
+        self.ref_impl = "grid_sample" if grid_sample_has_double_backward(device) else "gather"
+
+    def sdf_reference(self, p):
+        return self.decoder(reference_sample(self.planes, p, impl=self.ref_impl), p)
+
+    def sdf_npht(self, p):
+        return self.decoder.sdf(self.planes, p)
+
+    def target(self, res: int):
+        g = torch.Generator().manual_seed(1)
+        t = torch.randn(len(self.cameras), res, res, 3, generator=g)
+        return F.normalize(t, dim=-1).to(self.device)
+
+    def render(self, method: str, res: int):
+        cams = self.cameras.resized(res, res)
+        if method == "reference":
+            return render_reference(self.sdf_reference, cams, self.density)
+        opts = dict(density=self.density)
+        if method == "npht-full":
+            opts["weight_threshold"] = None
+        if method == "npht-coarse":
+            opts["coarse_factor"] = 4
+        if method == "npht-fused":
+            opts["gradient_fn"] = lambda p: self.decoder.sdf_and_gradient(self.planes, p, fused=True)
+        return VolSDFRenderer(**opts)(self.sdf_npht, cams)
+
+    def step_fn(self, method: str, res: int):
+        target = self.target(res)
+
+        def step():
+            out = self.render(method, res)
+            loss = ((out.normals - target) ** 2).mean()
+            grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+            return out, grads
+
+        return step
+
+
+def _flat_grads(grads, params):
+    return torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)])
+
+
+def accuracy(scene: Scene, method: str, res: int, full) -> dict:
+    """``method`` against the full npht renderer at the same resolution."""
+    out, grads = scene.step_fn(method, res)()
+    f_out, f_grads = full
+    fg = f_out.opacity > 0.5
+    cos = (F.normalize(out.normals, dim=-1) * F.normalize(f_out.normals, dim=-1)).sum(-1)[fg].clamp(-1, 1)
+    mine = out.opacity > 0.5
+    g1, g2 = _flat_grads(grads, scene.params), _flat_grads(f_grads, scene.params)
+    return {
+        "normal_err_deg": float(torch.rad2deg(torch.acos(cos.detach())).mean()) if fg.any() else None,
+        "mask_iou": float((mine & fg).sum() / (mine | fg).sum().clamp(min=1)),
+        "grad_cosine": float(F.cosine_similarity(g1, g2, dim=0)),
+        "foreground_fraction": float(fg.float().mean()),
+        "samples_shaded": out.stats.get("samples_shaded") if hasattr(out, "stats") else None,
+    }
+
+
+def measure(step, device: str, reps: int, memory: bool) -> dict:
+    row = time_step(step, device, reps)
+    if memory and device == "cuda":  # on CPU the allocator's caching hides a step's peak
+        row["peak_mem_bytes"] = cuda_peak_during(step)
+    return row
+
+
+def _error_row(exc) -> str:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return "out of memory"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+
+
+def run_gan(cfg, device, methods, reps, memory) -> list:
+    rows = []
+    scene = Scene(cfg, device)
+    for res in cfg["resolutions"]:
+        full = None
+        try:
+            full = scene.step_fn("npht-full", res)()
+        except Exception as exc:  # the accuracy baseline may itself run out of memory
+            full_error = _error_row(exc)
+        for method in methods:
+            row = {"task": "gan_step", "method": method, "res": res}
+            try:
+                step = scene.step_fn(method, res)
+                row.update(measure(step, device, reps, memory))
+                if method not in ("reference", "npht-full") and full is not None:
+                    row["accuracy_vs_full"] = accuracy(scene, method, res, full)
+                elif method not in ("reference", "npht-full"):
+                    row["accuracy_vs_full"] = {"error": full_error}
+            except Exception as exc:
+                row["error"] = _error_row(exc)
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            rows.append(row)
+            print(_fmt(row), flush=True)
+        del full
+    return rows
+
+
+def composite_inputs(cfg, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    R, S = cfg["B"] * cfg["comp_res"] ** 2, 66
+    z = torch.sort(torch.rand(R, S, generator=g) * 2.0 + 1.6, dim=1).values
+    sdf = (2.6 - z) * 0.5 + 0.01 * torch.randn(R, S, generator=g)
+    v = F.normalize(torch.randn(R, S, 3, generator=g), dim=-1)
+    ups = [torch.randn(R, 3, generator=g), torch.randn(R, generator=g), torch.randn(R, generator=g)]
+    return [t.to(device) for t in (sdf, z, v)], [u.to(device) for u in ups]
+
+
+def run_composite(cfg, device, reps, memory) -> list:
+    rows = []
+    (sdf, z, v), ups = composite_inputs(cfg, device)
+    beta = torch.tensor(0.01, device=device)
+    for method in composite_methods(device):
+        row = {"task": "composite", "method": method, "res": cfg["comp_res"]}
+        s, b, vv = (t.detach().clone().requires_grad_() for t in (sdf, beta, v))
+
+        def step():
+            if method == "reference":
+                rendered, depth, opacity, _ = reference_composite(s, z, b, vv)
+            else:
+                rendered, depth, opacity, _ = npht.volume_composite(s, z, b, vv, backend=method[5:])
+            return torch.autograd.grad((rendered, depth, opacity), (s, b, vv), ups)
+
+        try:
+            row.update(measure(step, device, reps, memory))
+        except Exception as exc:
+            row["error"] = _error_row(exc)
+        rows.append(row)
+        print(_fmt(row), flush=True)
+    return rows
+
+
+def add_ratios(rows: list) -> None:
+    for row in rows:
+        ref = next((r for r in rows if r["task"] == row["task"] and r["res"] == row["res"]
+                    and r["method"] == "reference"), None)
+        if ref and "median_ms" in ref and "median_ms" in row:
+            row["speedup_vs_reference"] = ref["median_ms"] / row["median_ms"]
+            if ref.get("peak_mem_bytes") and row.get("peak_mem_bytes") is not None:
+                row["memory_ratio_vs_reference"] = row["peak_mem_bytes"] / ref["peak_mem_bytes"]
+
+
+def targets(rows: list, device: str) -> dict:
+    """The renderer issue's GPU targets, evaluated on this run's rows (None: not measured)."""
+    def get(method, res):
+        return next((r for r in rows if r["task"] == "gan_step" and r["method"] == method and r["res"] == res), None)
+
+    ref64 = get("reference", 64)
+    out = {}
+    for method in ("npht", "npht-fused", "npht-coarse"):
+        r256, r512 = get(method, 256), get(method, 512)
+        if ref64 is None or "median_ms" not in ref64:
+            continue
+        if r256 and "median_ms" in r256:
+            out[f"{method}: 256 time <= reference 64 time"] = r256["median_ms"] <= ref64["median_ms"]
+            if r256.get("peak_mem_bytes") is not None:
+                out[f"{method}: 256 peak <= 24 GiB"] = r256["peak_mem_bytes"] <= 24 * 2 ** 30
+        if r512 and "median_ms" in r512:
+            out[f"{method}: 512 time <= 4x reference 64 time"] = r512["median_ms"] <= 4 * ref64["median_ms"]
+    for r in rows:
+        if r["task"] == "composite" and r["method"] != "reference" and "speedup_vs_reference" in r:
+            out[f"composite {r['method']} fwd+bwd >= 10x reference"] = r["speedup_vs_reference"] >= 10
+    return out if device == "cuda" else {}
+
+
+def run(args) -> dict:
+    device = args.device
+    cfg = default_config(device, args.quick)
+    if args.B:
+        cfg["B"] = args.B
+    if args.resolutions:
+        cfg["resolutions"] = args.resolutions
+    rows = []
+    if "gan_step" in args.tasks:
+        rows += run_gan(cfg, device, args.methods or list(GAN_METHODS), args.reps, not args.no_memory)
+    if "composite" in args.tasks:
+        rows += run_composite(cfg, device, args.reps, not args.no_memory)
+    add_ratios(rows)
+    return {
+        "benchmark": "render",
+        "device": device_name(device),
+        "device_type": device,
+        "torch": torch.__version__,
+        "triton": triton_version(),
+        "npht": npht.__version__,
+        "commit": git_commit(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": {**cfg, "dtype": "float32", "reps": args.reps, "quick": args.quick,
+                   "sampler": "thesis (32/32/32, eps 0.1, beta_iters 10, max_iter 10)",
+                   "memory": "CUDA allocator peak above the inputs" if device == "cuda"
+                   else "not measured on CPU"},
+        "build_info": {k: v for k, v in npht.build_info().items() if not k.endswith("error")},
+        "targets": targets(rows, device),
+        "results": rows,
+    }
+
+
+def _fmt(row: dict) -> str:
+    head = f"{row['task']:9s} {row['method']:12s} {row['res']:4d}"
+    if "error" in row:
+        return f"{head}  {row['error']}"
+    mem = row.get("peak_mem_bytes")
+    acc = row.get("accuracy_vs_full", {})
+    acc_s = (f"  err {acc['normal_err_deg']:.3f} deg, IoU {acc['mask_iou']:.4f}, grad cos {acc['grad_cosine']:.4f}"
+             if acc.get("grad_cosine") is not None and acc.get("normal_err_deg") is not None else "")
+    mem_s = f"{mem / 2**20:10.1f} MiB" if mem is not None else ""
+    return f"{head} {row['median_ms']:11.2f} ms {mem_s}{acc_s}"
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["results"] if r["task"] == "gan_step"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method and "median_ms" in r]
+        if not mine:
+            continue
+        axes[0].plot([r["res"] for r in mine], [r["median_ms"] for r in mine], "o-", label=method)
+        mem = [r for r in mine if r.get("peak_mem_bytes") is not None]
+        if mem:
+            axes[1].plot([r["res"] for r in mem], [r["peak_mem_bytes"] / 2**30 for r in mem], "o-", label=method)
+        oom = [r["res"] for r in rows if r["method"] == method and r.get("error") == "out of memory"]
+        for res in oom:
+            axes[0].annotate("OOM", (res, max(r["median_ms"] for r in mine)), fontsize=8)
+    for ax, title in zip(axes, ["GAN generator step: median time (ms)", "peak memory (GiB)"]):
+        ax.set_xlabel("normal-map resolution")
+        ax.set_title(title)
+        if not ax.lines:  # e.g. memory on CPU
+            ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes)
+            continue
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    cfg = result["config"]
+    fig.suptitle(f"npht renderer on {result['device']} (B={cfg['B']}, tri-plane {cfg['plane_res']}^2 x "
+                 f"{cfg['C']}, decoder width {cfg['hidden']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    p.add_argument("--B", type=int)
+    p.add_argument("--resolutions", type=int, nargs="+")
+    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    p.add_argument("--methods", nargs="+", choices=GAN_METHODS)
+    p.add_argument("--reps", type=int, default=3, help="timed repetitions on CPU")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--plot", action="store_true")
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = p.parse_args(argv)
+    result = run(args)
+    os.makedirs(args.out, exist_ok=True)
+    slug = re.sub(r"[^a-z0-9]+", "-", result["device_type"] + "-" + result["device"].lower()).strip("-")[:48]
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(args.out, f"render_{slug}_{stamp}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(path + ".tmp", path)  # never leave a half-written result
+    print(f"wrote {path}")
+    if args.plot:
+        plot(result, path[:-5] + ".png")
+        print(f"wrote {path[:-5]}.png")
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""The renderer benchmark runs end to end at tiny sizes, writes valid JSON with timings,
+ratios and accuracy figures, and the README report renders it."""
+
+import json
+
+from test_bench_triplane import load
+
+
+def test_render_benchmark_smoke(tmp_path):
+    bench = load("render")
+    path = bench.main(["--device", "cpu", "--quick", "--resolutions", "8", "--reps", "1", "--out", str(tmp_path),
+                       "--plot"])
+    with open(path) as f:
+        res = json.load(f)
+    assert res["benchmark"] == "render" and res["device_type"] == "cpu" and res["commit"]
+    rows = {(r["task"], r["method"], r["res"]): r for r in res["results"]}
+    for m in bench.GAN_METHODS:
+        assert rows[("gan_step", m, 8)]["median_ms"] > 0
+    assert rows[("gan_step", "reference", 8)]["speedup_vs_reference"] == 1.0
+    acc = rows[("gan_step", "npht", 8)]["accuracy_vs_full"]
+    assert acc["mask_iou"] > 0.99 and acc["grad_cosine"] > 0.99 and acc["normal_err_deg"] < 1.0
+    assert {("composite", "reference", 8), ("composite", "npht-cpu", 8)} <= set(rows)
+    assert (tmp_path / (path.split("/")[-1][:-5] + ".png")).exists()
+    text = load("report").render(str(tmp_path))
+    assert "| gan_step | npht | 8 |" in text
+
+
+def test_out_of_memory_is_a_row(monkeypatch):
+    """An OOM in one method is recorded as an error row; the run goes on."""
+    import torch
+
+    bench = load("render")
+    cfg = bench.default_config("cpu", True)
+    cfg["resolutions"] = [8]
+
+    def boom(self, method, res):
+        if method == "reference":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 TiB")
+        return orig(self, method, res)
+
+    orig = bench.Scene.render
+    monkeypatch.setattr(bench.Scene, "render", boom)
+    rows = bench.run_gan(cfg, "cpu", ["reference", "npht"], reps=1, memory=False)
+    assert rows[0]["error"] == "out of memory" and rows[1]["median_ms"] > 0
