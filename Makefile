@@ -31,6 +31,7 @@ demo: install-bench
 
 bench: install-bench
 	$(PYTHON) benchmarks/triplane.py --plot
+	$(PYTHON) benchmarks/render.py --plot
 
 # Compile every CUDA kernel for each architecture without a GPU (kernels include no torch),
 # then syntax-check the CUDA torch glue against torch's headers (a CPU torch ships the

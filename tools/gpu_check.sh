@@ -19,4 +19,6 @@ python3 -c "import npht; print(npht.build_info())" | tee -a "$OUT/gpu.txt"
 t0=$(date +%s)
 python3 -m pytest -q -p no:cacheprovider "${@:-tests}" 2>&1 | tee "$OUT/pytest.log" | tail -25
 echo "tests: $(( $(date +%s) - t0 )) s"
-python3 benchmarks/triplane.py --plot --out "$OUT" 2>&1 | tee "$OUT/bench.log"
+# SKIP_TRIPLANE_BENCH=1 leaves out the tri-plane benchmark (results already committed)
+[ -n "${SKIP_TRIPLANE_BENCH:-}" ] || python3 benchmarks/triplane.py --plot --out "$OUT" 2>&1 | tee "$OUT/bench.log"
+python3 benchmarks/render.py --plot --out "$OUT" 2>&1 | tee "$OUT/bench_render.log"

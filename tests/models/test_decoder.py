@@ -77,3 +77,20 @@ def test_sdf_and_gradient_feature_mismatch():
     dec = TriplaneDecoder(feature_dim=4, hidden=16)
     with pytest.raises(ValueError, match="decoder expects 4"):
         dec.sdf_and_gradient(torch.randn(1, 3, 5, 8, 8), torch.rand(1, 20, 3))
+
+
+def test_geometric_init_is_close_to_a_sphere():
+    torch.manual_seed(0)
+    dec = TriplaneDecoder().geometric_init_(0.5, generator=torch.Generator().manual_seed(0))
+    planes = torch.randn(1, 3, 32, 16, 16) * 0.1
+    dirs = torch.nn.functional.normalize(torch.randn(1, 2000, 3), dim=-1)
+    with torch.no_grad():
+        centre = dec.sdf(planes, torch.zeros(1, 1, 3))
+        far = dec.sdf(planes, dirs * 0.95)
+    # inside at the centre (finite width: about -0.25, not -0.5), outside near the unit sphere
+    assert centre.item() < -0.15 and (far > 0).float().mean() > 0.99
+    pts = dirs * torch.rand(1, 2000, 1)
+    with torch.no_grad():
+        err = dec.sdf(planes, pts) - (pts.norm(dim=-1) - 0.5)
+    assert err.abs().mean() < 0.15
+    assert dec.net[-1].bias.item() == -0.5
