@@ -105,3 +105,25 @@ def triton_version():
         return triton.__version__
     except Exception:
         return None
+
+
+def write_result(result: dict, out_dir: str, plot=None) -> str:
+    """Write ``result`` as ``<benchmark>_<device>_<date>.json`` in ``out_dir`` atomically
+    (never a half-written file), and the plot next to it when ``plot(result, png_path)`` is
+    given. Returns the JSON path."""
+    import datetime as dt
+    import json
+    import re
+
+    os.makedirs(out_dir, exist_ok=True)
+    slug = re.sub(r"[^a-z0-9]+", "-", result["device_type"] + "-" + result["device"].lower()).strip("-")[:48]
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(out_dir, f"{result['benchmark']}_{slug}_{stamp}.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(path + ".tmp", path)
+    print(f"wrote {path}")
+    if plot is not None:
+        plot(result, path[:-5] + ".png")
+        print(f"wrote {path[:-5]}.png")
+    return path

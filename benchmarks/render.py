@@ -38,9 +38,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
-import re
 import sys
 
 import torch
@@ -60,6 +58,7 @@ from _common import (  # noqa: E402
     git_commit,
     time_step,
     triton_version,
+    write_result,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -361,19 +360,7 @@ def main(argv=None):
     p.add_argument("--plot", action="store_true")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
     args = p.parse_args(argv)
-    result = run(args)
-    os.makedirs(args.out, exist_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "-", result["device_type"] + "-" + result["device"].lower()).strip("-")[:48]
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    path = os.path.join(args.out, f"render_{slug}_{stamp}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(path + ".tmp", path)  # never leave a half-written result
-    print(f"wrote {path}")
-    if args.plot:
-        plot(result, path[:-5] + ".png")
-        print(f"wrote {path[:-5]}.png")
-    return path
+    return write_result(run(args), args.out, plot if args.plot else None)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ from _common import (  # noqa: E402
     rss_peak_during,
     time_step,
     triton_version,
+    write_result,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -310,19 +311,7 @@ def main(argv=None):
     if args.child_memory:
         child_memory(*args.child_memory, json.loads(args.config))
         return None
-    result = run(args)
-    os.makedirs(args.out, exist_ok=True)
-    slug = re.sub(r"[^a-z0-9]+", "-", result["device_type"] + "-" + result["device"].lower()).strip("-")[:48]
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    path = os.path.join(args.out, f"triplane_{slug}_{stamp}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(path + ".tmp", path)  # never leave a half-written result
-    print(f"wrote {path}")
-    if args.plot:
-        plot(result, path[:-5] + ".png")
-        print(f"wrote {path[:-5]}.png")
-    return path
+    return write_result(run(args), args.out, plot if args.plot else None)
 
 
 if __name__ == "__main__":

@@ -59,16 +59,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_bwd_cpu(
     const at::Tensor& sdf, const at::Tensor& z, const at::Tensor& beta,
     const std::optional<at::Tensor>& values, const std::optional<at::Tensor>& offsets,
     double last_delta, bool need_sdf, bool need_z, bool need_beta, bool need_values) {
-  const CompositeSizes s = composite_check(sdf, z, beta, values, offsets, /*cuda=*/false);
-  const at::Tensor* gr = usable_grad(grad_rendered, {s.R, s.K}, sdf, "grad_rendered", false);
-  const at::Tensor* gd = usable_grad(grad_depth, {s.R}, sdf, "grad_depth", false);
-  const at::Tensor* go = usable_grad(grad_opacity, {s.R}, sdf, "grad_opacity", false);
-  const at::Tensor* gw = usable_grad(grad_weights, sdf.sizes(), sdf, "grad_weights", false);
-  need_values = need_values && s.K > 0;
-  at::Tensor g_sdf = need_sdf ? at::zeros_like(sdf) : sdf.new_empty({0});
-  at::Tensor g_z = need_z ? at::zeros_like(z) : z.new_empty({0});
-  at::Tensor g_beta = need_beta ? at::zeros({s.R}, sdf.options()) : sdf.new_empty({0});
-  at::Tensor g_values = need_values ? at::zeros_like(*values) : sdf.new_empty({0});
+  CompositeBwdIO io = composite_bwd_prepare(grad_rendered, grad_depth, grad_opacity, grad_weights, sdf, z,
+                                            beta, values, offsets, need_sdf, need_z, need_beta,
+                                            need_values, /*cuda=*/false);
+  const CompositeSizes& s = io.s;
+  const at::Tensor *gr = io.grad_rendered, *gd = io.grad_depth, *go = io.grad_opacity, *gw = io.grad_weights;
+  at::Tensor g_sdf = io.g_sdf, g_z = io.g_z, g_beta = io.g_beta, g_values = io.g_values;
+  need_values = g_values.numel() > 0;
   const int64_t* off = s.S == 0 && s.R > 0 && offsets ? offsets->data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(sdf.scalar_type(), "composite_bwd_cpu", [&] {
     auto ptr = [](const at::Tensor* t) { return t ? t->data_ptr<scalar_t>() : nullptr; };
@@ -81,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_bwd_cpu(
     scalar_t* oz = need_z ? g_z.data_ptr<scalar_t>() : nullptr;
     scalar_t* ob = need_beta ? g_beta.data_ptr<scalar_t>() : nullptr;
     scalar_t* ov = need_values ? g_values.data_ptr<scalar_t>() : nullptr;
-    if (!(pr || pd || po || pw)) return;  // all-zero upstream: zero gradients
+    if (!io.any_upstream()) return;  // all-zero upstream: zero gradients
     at::parallel_for(0, s.R, kRayGrain, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         int64_t a, n;

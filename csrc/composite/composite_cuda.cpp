@@ -65,19 +65,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_bwd_cuda_op
     const at::Tensor& sdf, const at::Tensor& z, const at::Tensor& beta,
     const std::optional<at::Tensor>& values, const std::optional<at::Tensor>& offsets,
     double last_delta, bool need_sdf, bool need_z, bool need_beta, bool need_values) {
-  const CompositeSizes s = composite_check(sdf, z, beta, values, offsets, /*cuda=*/true);
-  const at::Tensor* gr = usable_grad(grad_rendered, {s.R, s.K}, sdf, "grad_rendered", true);
-  const at::Tensor* gd = usable_grad(grad_depth, {s.R}, sdf, "grad_depth", true);
-  const at::Tensor* go = usable_grad(grad_opacity, {s.R}, sdf, "grad_opacity", true);
-  const at::Tensor* gw = usable_grad(grad_weights, sdf.sizes(), sdf, "grad_weights", true);
-  need_values = need_values && s.K > 0;
+  CompositeBwdIO io = composite_bwd_prepare(grad_rendered, grad_depth, grad_opacity, grad_weights, sdf, z,
+                                            beta, values, offsets, need_sdf, need_z, need_beta,
+                                            need_values, /*cuda=*/true);
+  const CompositeSizes& s = io.s;
+  const at::Tensor *gr = io.grad_rendered, *gd = io.grad_depth, *go = io.grad_opacity, *gw = io.grad_weights;
+  at::Tensor g_sdf = io.g_sdf, g_z = io.g_z, g_beta = io.g_beta, g_values = io.g_values;
+  need_values = g_values.numel() > 0;
   const c10::cuda::CUDAGuard guard(sdf.device());
-  // zero-filled: samples that belong to no ray (malformed offsets) get no gradient
-  at::Tensor g_sdf = need_sdf ? at::zeros_like(sdf) : sdf.new_empty({0});
-  at::Tensor g_z = need_z ? at::zeros_like(z) : z.new_empty({0});
-  at::Tensor g_beta = need_beta ? at::zeros({s.R}, sdf.options()) : sdf.new_empty({0});
-  at::Tensor g_values = need_values ? at::zeros_like(*values) : sdf.new_empty({0});
-  if (!(gr || gd || go || gw)) return {g_sdf, g_z, g_beta, g_values};
+  if (!io.any_upstream()) return {g_sdf, g_z, g_beta, g_values};
   const cudaError_t err = composite_bwd_cuda(
       ptr_or_null(gr), ptr_or_null(gd), ptr_or_null(go), ptr_or_null(gw), sdf.data_ptr(),
       z.data_ptr(), beta.data_ptr(), s.K > 0 ? values->data_ptr() : nullptr,

@@ -98,4 +98,33 @@ inline const at::Tensor* usable_grad(const std::optional<at::Tensor>& g, at::Int
   return &*g;
 }
 
+// The backward's checked upstream gradients (nullptr = zero) and its zero-filled outputs
+// (empty where not needed; samples of no ray, under malformed offsets, keep a 0 gradient).
+struct CompositeBwdIO {
+  CompositeSizes s;
+  const at::Tensor *grad_rendered, *grad_depth, *grad_opacity, *grad_weights;
+  at::Tensor g_sdf, g_z, g_beta, g_values;
+  bool any_upstream() const { return grad_rendered || grad_depth || grad_opacity || grad_weights; }
+};
+
+inline CompositeBwdIO composite_bwd_prepare(
+    const std::optional<at::Tensor>& grad_rendered, const std::optional<at::Tensor>& grad_depth,
+    const std::optional<at::Tensor>& grad_opacity, const std::optional<at::Tensor>& grad_weights,
+    const at::Tensor& sdf, const at::Tensor& z, const at::Tensor& beta,
+    const std::optional<at::Tensor>& values, const std::optional<at::Tensor>& offsets, bool need_sdf,
+    bool need_z, bool need_beta, bool need_values, bool cuda) {
+  CompositeBwdIO io;
+  io.s = composite_check(sdf, z, beta, values, offsets, cuda);
+  const CompositeSizes& s = io.s;
+  io.grad_rendered = usable_grad(grad_rendered, {s.R, s.K}, sdf, "grad_rendered", cuda);
+  io.grad_depth = usable_grad(grad_depth, {s.R}, sdf, "grad_depth", cuda);
+  io.grad_opacity = usable_grad(grad_opacity, {s.R}, sdf, "grad_opacity", cuda);
+  io.grad_weights = usable_grad(grad_weights, sdf.sizes(), sdf, "grad_weights", cuda);
+  io.g_sdf = need_sdf ? at::zeros_like(sdf) : sdf.new_empty({0});
+  io.g_z = need_z ? at::zeros_like(z) : z.new_empty({0});
+  io.g_beta = need_beta ? at::zeros({s.R}, sdf.options()) : sdf.new_empty({0});
+  io.g_values = need_values && s.K > 0 ? at::zeros_like(*values) : sdf.new_empty({0});
+  return io;
+}
+
 }  // namespace npht

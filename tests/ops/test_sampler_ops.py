@@ -237,7 +237,7 @@ def test_raw_kernel_errors():
         C.eb_upsample(z, sdf, beta, u, 3, 1e-6)
     with pytest.raises(RuntimeError, match="z must have at least 2 samples"):
         C.eb_upsample(z[:, :1].contiguous(), sdf[:, :1].contiguous(), beta, u, 0, 1e-6)
-    with pytest.raises(RuntimeError, match="samples must have size 5 in dim 0"):
+    with pytest.raises(RuntimeError, match=r"samples must have 5 rows \(one per ray\)"):
         C.eb_merge(z, u[:2])
 
 

@@ -25,12 +25,7 @@
 
 #include <stdint.h>
 
-#if defined(__CUDACC__)
-#define NPHT_SHD __host__ __device__ __forceinline__
-#else
-#include <cmath>
-#define NPHT_SHD inline
-#endif
+#include "npht/hd.h"
 
 namespace npht {
 namespace eb {
@@ -41,7 +36,7 @@ enum PdfMode : int { kPdfBound = 0, kPdfWeights = 1 };
 constexpr double kBoundClamp = 1e6;    // exp(cumsum) is clamped to this (VolSDF)
 constexpr double kMinCdfStep = 1e-5;   // CDF steps below this interpolate with denom 1
 
-NPHT_SHD double exp_(double x) {
+NPHT_HD double exp_(double x) {
 #if defined(__CUDA_ARCH__)
   return ::exp(x);
 #else
@@ -49,7 +44,7 @@ NPHT_SHD double exp_(double x) {
 #endif
 }
 
-NPHT_SHD double sqrt_(double x) {
+NPHT_HD double sqrt_(double x) {
 #if defined(__CUDA_ARCH__)
   return ::sqrt(x);
 #else
@@ -57,10 +52,10 @@ NPHT_SHD double sqrt_(double x) {
 #endif
 }
 
-NPHT_SHD double sign_(double x) { return x > 0.0 ? 1.0 : (x < 0.0 ? -1.0 : 0.0); }
+NPHT_HD double sign_(double x) { return x > 0.0 ? 1.0 : (x < 0.0 ? -1.0 : 0.0); }
 
 // Laplace density for inv = 1 / beta (reference laplace_density, same operation order).
-NPHT_SHD double laplace_density(double sdf, double inv) {
+NPHT_HD double laplace_density(double sdf, double inv) {
   const bool outside = sdf >= 0.0;
   const double half_e = 0.5 * exp_(-(outside ? sdf : -sdf) * inv);
   return inv * (outside ? half_e : 1.0 - half_e);
@@ -69,7 +64,7 @@ NPHT_SHD double laplace_density(double sdf, double inv) {
 // d* of one interval of length a whose ends have sdf s0, s1 (reference distance_bound):
 // the least distance to the surface of any point in the interval; 0 unless both ends have
 // the same nonzero sign.
-NPHT_SHD double distance_bound(double a, double s0, double s1) {
+NPHT_HD double distance_bound(double a, double s0, double s1) {
   const double b = s0 < 0.0 ? -s0 : s0;
   const double c = s1 < 0.0 ? -s1 : s1;
   const bool first = a * a + b * b <= c * c;   // the nearest point is the start
@@ -85,12 +80,12 @@ NPHT_SHD double distance_bound(double a, double s0, double s1) {
 }
 
 // The error-bound increment exp(-d* / beta) a^2 / (4 beta^2) of one interval.
-NPHT_SHD double bound_term(double a, double s0, double s1, double beta) {
+NPHT_HD double bound_term(double a, double s0, double s1, double beta) {
   return exp_(-distance_bound(a, s0, s1) / beta) * a * a / (4.0 * beta * beta);
 }
 
 // E_i from the running sum of bound terms and before_i.
-NPHT_SHD double bound_value(double cum, double before) {
+NPHT_HD double bound_value(double cum, double before) {
   double e = exp_(cum);
   e = e > kBoundClamp ? kBoundClamp : e;  // torch.clamp(max=1e6)
   return (e - 1.0) * exp_(-before);
@@ -98,7 +93,7 @@ NPHT_SHD double bound_value(double cum, double before) {
 
 // max_i E_i(beta) <= eps (false if any E_i is NaN, as torch's max propagates NaN).
 template <typename S>
-NPHT_SHD bool bound_holds(const S* z, const S* sdf, int64_t n, double beta, double eps) {
+NPHT_HD bool bound_holds(const S* z, const S* sdf, int64_t n, double beta, double eps) {
   const double inv = 1.0 / beta;
   double cum = 0.0, before = 0.0;
   for (int64_t i = 0; i + 1 < n; ++i) {
@@ -115,7 +110,7 @@ NPHT_SHD bool bound_holds(const S* z, const S* sdf, int64_t n, double beta, doub
 // steps in [beta0, beta_hi] keeping the upper end (reference bisect_beta). The interval
 // ends live in S, like the reference's.
 template <typename S>
-NPHT_SHD S bisect_beta_ray(const S* z, const S* sdf, int64_t n, S beta0, S beta_hi, double eps,
+NPHT_HD S bisect_beta_ray(const S* z, const S* sdf, int64_t n, S beta0, S beta_hi, double eps,
                            int64_t iters) {
   const double eps_s = static_cast<double>(static_cast<S>(eps));
   if (bound_holds(z, sdf, n, static_cast<double>(beta0), eps_s)) return beta0;
@@ -131,7 +126,7 @@ NPHT_SHD S bisect_beta_ray(const S* z, const S* sdf, int64_t n, S beta0, S beta_
 }
 
 // Unnormalised pdf of interval i for eb_upsample, given the running sums (updated here).
-NPHT_SHD double pdf_term(double a, double s0, double s1, double beta, double inv, int mode,
+NPHT_HD double pdf_term(double a, double s0, double s1, double beta, double inv, int mode,
                          double add_tiny, double* cum, double* before) {
   double p;
   const double free_energy = a * laplace_density(s0, inv);
@@ -151,7 +146,7 @@ NPHT_SHD double pdf_term(double a, double s0, double s1, double beta, double inv
 // of CDF entries <= u) and the interpolation are all in double; only the result is
 // rounded to S.
 template <typename S>
-NPHT_SHD void upsample_ray(const S* z, const S* sdf, S beta, const S* u, S* out, double* cdf,
+NPHT_HD void upsample_ray(const S* z, const S* sdf, S beta, const S* u, S* out, double* cdf,
                            int64_t n, int64_t k, int mode, double add_tiny) {
   const double b = static_cast<double>(beta);
   const double inv = 1.0 / b;
@@ -195,7 +190,7 @@ NPHT_SHD void upsample_ray(const S* z, const S* sdf, S beta, const S* u, S* out,
 // eb_merge for one ray: a[0..n) and b[0..k) sorted -> out[0..n+k) sorted, order[t] = the
 // index of out[t] in cat([a, b]). Ties take a's element first (a stable merge).
 template <typename S>
-NPHT_SHD void merge_ray(const S* a, int64_t n, const S* b, int64_t k, S* out, int64_t* order) {
+NPHT_HD void merge_ray(const S* a, int64_t n, const S* b, int64_t k, S* out, int64_t* order) {
   int64_t i = 0, j = 0;
   for (int64_t t = 0; t < n + k; ++t) {
     const bool take_a = j >= k || (i < n && !(b[j] < a[i]));

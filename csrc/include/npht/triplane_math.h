@@ -23,12 +23,7 @@
 
 #include <stdint.h>
 
-#if defined(__CUDACC__)
-#define NPHT_HD __host__ __device__ __forceinline__
-#else
-#include <cmath>
-#define NPHT_HD inline
-#endif
+#include "npht/hd.h"
 
 namespace npht {
 
