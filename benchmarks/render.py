@@ -16,8 +16,11 @@ discriminator's cost does not depend on the renderer), backward through the norm
   equivalent where grid_sample has no double backward), PyTorch sampler and compositing;
 - ``npht-full``: npht's renderer shading every sample (fused ops, no approximation);
 - ``npht``: + sample-efficient shading (the default weight threshold 1e-6);
-- ``npht-fused``: + the decoder's value and gradient from npht.softplus_mlp_with_grad;
-- ``npht-coarse``: + near bounds and ray culling from a 4x coarser pass.
+- ``npht-fused``: + the decoder's value and gradient from npht.softplus_mlp_with_grad
+  (``npht-fused-ckpt``: keeping nothing for the backward, recomputed in chunks);
+- ``npht-coarse``: ``npht`` + near bounds and ray culling from a 4x coarser pass;
+- ``npht-skip``: ``npht`` + the sampler skips converged rays (``skip_converged``);
+- ``npht-fast``: all of them: coarse bounds, skip converged rays, fused decoder.
 
 Accuracy (not timed): each npht method against ``npht-full`` at the same resolution:
 foreground mean angular error of the normal maps, opacity-mask IoU, and the cosine
@@ -40,6 +43,7 @@ import argparse
 import datetime as dt
 import os
 import sys
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +53,7 @@ from npht.models import TriplaneDecoder
 from npht.reference import grid_sample_has_double_backward
 from npht.reference import triplane_sample as reference_sample
 from npht.reference.render import composite as reference_composite
-from npht.render import LaplaceDensity, VolSDFRenderer, near_frontal_cameras, render_reference
+from npht.render import ErrorBoundSampler, LaplaceDensity, VolSDFRenderer, near_frontal_cameras, render_reference
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
@@ -63,7 +67,8 @@ from _common import (  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TASKS = ("gan_step", "composite")
-GAN_METHODS = ("reference", "npht-full", "npht", "npht-fused", "npht-coarse")
+GAN_METHODS = ("reference", "npht-full", "npht", "npht-fused", "npht-fused-ckpt", "npht-coarse", "npht-skip",
+               "npht-fast")
 
 
 def default_config(device: str, quick: bool) -> dict:
@@ -121,10 +126,13 @@ class Scene:
         opts = dict(density=self.density)
         if method == "npht-full":
             opts["weight_threshold"] = None
-        if method == "npht-coarse":
+        if method in ("npht-coarse", "npht-fast"):
             opts["coarse_factor"] = 4
-        if method == "npht-fused":
-            opts["gradient_fn"] = lambda p: self.decoder.sdf_and_gradient(self.planes, p, fused=True)
+        if method in ("npht-skip", "npht-fast"):
+            opts["sampler"] = replace(ErrorBoundSampler.thesis(), skip_converged=True)
+        if method.startswith("npht-fused") or method == "npht-fast":
+            ckpt = method.endswith("-ckpt")
+            opts["gradient_fn"] = lambda p: self.decoder.sdf_and_gradient(self.planes, p, fused=True, checkpoint=ckpt)
         return VolSDFRenderer(**opts)(self.sdf_npht, cams)
 
     def step_fn(self, method: str, res: int):
@@ -156,7 +164,8 @@ def accuracy(scene: Scene, method: str, res: int, full) -> dict:
         "mask_iou": float((mine & fg).sum() / (mine | fg).sum().clamp(min=1)),
         "grad_cosine": float(F.cosine_similarity(g1, g2, dim=0)),
         "foreground_fraction": float(fg.float().mean()),
-        "samples_shaded": out.stats.get("samples_shaded") if hasattr(out, "stats") else None,
+        "samples_shaded": out.stats.get("samples_shaded"),
+        "sampler_sdf_evaluations": out.stats.get("sampler_sdf_evaluations"),
     }
 
 
@@ -252,7 +261,7 @@ def targets(rows: list, device: str) -> dict:
 
     ref64 = get("reference", 64)
     out = {}
-    for method in ("npht", "npht-fused", "npht-coarse"):
+    for method in GAN_METHODS[2:]:
         r256, r512 = get(method, 256), get(method, 512)
         if ref64 is None or "median_ms" not in ref64:
             continue

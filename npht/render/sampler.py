@@ -16,7 +16,7 @@ from npht.ops import _backend as npht_backend
 from npht.ops import sampler as ops
 from npht.reference import sampler as ref
 
-__all__ = ["ErrorBoundSampler", "evaluate_sdf"]
+__all__ = ["ErrorBoundSampler", "evaluate_sdf", "evaluate_sdf_rays", "pad_by_batch"]
 
 
 def evaluate_sdf(sdf_fn: Callable, points: torch.Tensor, chunk: int = 1 << 18) -> torch.Tensor:
@@ -31,6 +31,29 @@ def evaluate_sdf(sdf_fn: Callable, points: torch.Tensor, chunk: int = 1 << 18) -
     return res.reshape(points.shape[:-1])
 
 
+def pad_by_batch(flat: torch.Tensor, batch: torch.Tensor, B: int):
+    """Rows ``flat [M, ...]`` of batch elements ``batch [M]`` (sorted ascending) ->
+    ``[B, Nmax, ...]`` zero-padded, and the column ``j [M]`` of each row in it."""
+    counts = torch.bincount(batch, minlength=B)
+    n_max = int(counts.max()) if flat.shape[0] else 0
+    starts = torch.cumsum(counts, 0) - counts
+    j = torch.arange(flat.shape[0], device=flat.device) - starts[batch]
+    out = flat.new_zeros((B, max(n_max, 1)) + flat.shape[1:])
+    out[batch, j] = flat
+    return out, j
+
+
+def evaluate_sdf_rays(sdf_fn: Callable, points: torch.Tensor, rays: torch.Tensor, rays_per_batch: int, B: int,
+                      chunk: int = 1 << 18) -> torch.Tensor:
+    """``sdf_fn`` without grad at ``points [n, k, 3]`` of a subset of rays: ``rays [n]``
+    (ascending) index the B * rays_per_batch rays, ray r looking at shape
+    r // rays_per_batch -> ``[n, k]``."""
+    k = points.shape[1]
+    batch = torch.div(rays, rays_per_batch, rounding_mode="floor").repeat_interleave(k)
+    padded, j = pad_by_batch(points.reshape(-1, 3), batch, B)
+    return evaluate_sdf(sdf_fn, padded, chunk)[batch, j].reshape(-1, k)
+
+
 @dataclass
 class ErrorBoundSampler:
     """``N_samples`` final samples per ray drawn from the rendering weights at a beta whose
@@ -38,7 +61,13 @@ class ErrorBoundSampler:
     ``max_total_iters`` rounds that add ``N_samples_eval`` samples where the error bound is
     large; plus ``N_samples_extra`` of the evaluation samples and the ray's near/far.
     ``backend`` runs the per-ray math (:mod:`npht.ops.sampler`): ``"auto"``, ``"cuda"``,
-    ``"triton"``, ``"cpu"`` or ``"reference"``."""
+    ``"triton"``, ``"cpu"`` or ``"reference"``.
+
+    ``skip_converged`` (off by default, VolSDF's semantics): VolSDF keeps adding samples to
+    every ray until all rays meet eps; with it, a ray whose beta already meets eps gets no
+    new samples (its new slots repeat its far sample, zero-length intervals that change
+    nothing) and the SDF is evaluated only on the rays still converging. ``last_stats``
+    holds the rounds run and the SDF evaluations of the last call."""
 
     N_samples: int = 64
     N_samples_eval: int = 128
@@ -48,8 +77,10 @@ class ErrorBoundSampler:
     max_total_iters: int = 5
     add_tiny: float = 1e-6
     backend: str = "auto"
+    skip_converged: bool = False
 
     def __post_init__(self):
+        self.last_stats = {}
         for name in ("N_samples", "N_samples_eval", "max_total_iters"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -119,15 +150,28 @@ class ErrorBoundSampler:
         def points(depths):  # [R, k] -> [B, Rb * k, 3]
             return (origins[:, None] + depths[..., None] * dirs[:, None]).reshape(B, -1, 3)
 
-        samples, order, sdf = z, None, None
+        samples, order, sdf, active = z, None, None, None
+        evaluations = 0
         for it in range(self.max_total_iters):
-            new_sdf = evaluate_sdf(sdf_fn, points(samples), chunk).reshape(R, -1)
+            if active is None:
+                new_sdf = evaluate_sdf(sdf_fn, points(samples), chunk).reshape(R, -1)
+                evaluations += new_sdf.numel()
+            else:  # converged rays repeat their far sample: its sdf is known
+                new_sdf = far_sdf.expand(-1, samples.shape[1]).clone()
+                rays = torch.nonzero(active).squeeze(1)
+                pts = origins[rays, None] + samples[rays, :, None] * dirs[rays, None]
+                new_sdf[rays] = evaluate_sdf_rays(sdf_fn, pts, rays, Rb, B, chunk).to(new_sdf.dtype)
+                evaluations += rays.numel() * samples.shape[1]
             sdf = new_sdf if order is None else torch.gather(torch.cat([sdf, new_sdf], -1), 1, order)
             beta = ops.eb_bisect_beta(z, sdf, beta0, beta, self.eps, self.beta_iters, backend=backend)
             last_round = not bool(beta.max() > beta0) or it + 1 >= self.max_total_iters
             if not last_round:  # sample where the error bound is large
                 u = torch.linspace(0.0, 1.0, self.N_samples_eval, dtype=dt, device=dev).expand(R, -1)
                 samples = ops.eb_upsample(z, sdf, beta, u, "bound", self.add_tiny, backend=backend)
+                if self.skip_converged:
+                    active = beta > beta0
+                    far_sdf = sdf[:, -1:]
+                    samples = torch.where(active[:, None], samples, z[:, -1:].expand_as(samples))
                 z, order = ops.eb_merge(z, samples, backend=backend)
             else:  # final samples from the weights at the converged beta
                 if training:
@@ -136,6 +180,7 @@ class ErrorBoundSampler:
                     u = torch.linspace(0.0, 1.0, self.N_samples, dtype=dt, device=dev).expand(R, -1)
                 samples = ops.eb_upsample(z, sdf, beta, u, "weights", 1e-5, backend=backend)
                 break
+        self.last_stats = {"rounds": it + 1, "sdf_evaluations": evaluations}
         n = z.shape[1]
         if self.N_samples_extra > 0:
             if training:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from npht.ops.composite import volume_composite
 from npht.render.cameras import Cameras, generate_rays, ray_sphere_bounds, world_normals_to_camera
 from npht.render.density import LaplaceDensity
-from npht.render.sampler import ErrorBoundSampler, evaluate_sdf
+from npht.render.sampler import ErrorBoundSampler, evaluate_sdf, pad_by_batch
 
 __all__ = ["VolSDFRenderer", "Render", "render"]
 
@@ -62,18 +62,6 @@ def _gradient(sdf_fn: SdfFn, points: torch.Tensor, create_graph: bool):
         sdf = sdf_fn(pts)
         (grad,) = torch.autograd.grad(sdf.sum(), pts, create_graph=create_graph)
     return sdf, grad
-
-
-def _pad_by_batch(flat: torch.Tensor, batch: torch.Tensor, B: int):
-    """Rows ``flat [M, ...]`` belonging to batch elements ``batch [M]`` (sorted) ->
-    ``[B, Nmax, ...]`` zero-padded, and the (b, j) index of every row."""
-    counts = torch.bincount(batch, minlength=B)
-    n_max = int(counts.max()) if flat.shape[0] else 0
-    starts = torch.cumsum(counts, 0) - counts
-    j = torch.arange(flat.shape[0], device=flat.device) - starts[batch]
-    out = flat.new_zeros((B, max(n_max, 1)) + flat.shape[1:])
-    out[batch, j] = flat
-    return out, j
 
 
 @dataclass
@@ -197,10 +185,15 @@ class VolSDFRenderer:
         z = self.sampler(sdf_fn, o, d, n, f, beta, training=training, generator=generator, chunk=self.chunk)
         return o, d, z, order, valid
 
+    def _sampler_stats(self, stats):
+        for key, value in getattr(self.sampler, "last_stats", {}).items():
+            stats["sampler_" + key] = stats.get("sampler_" + key, 0) + value
+
     def _render_rays(self, sdf_fn, color_fn, origins, dirs, near, far, active, training, generator, stats):
         B, R = active.shape
         dev, dt = origins.device, origins.dtype
         o, d, z, order, valid = self._sample(sdf_fn, origins, dirs, near, far, active, training, generator)
+        self._sampler_stats(stats)
         Ra, S = z.shape[1], z.shape[2]
         beta = self.density.get_beta()
         points = o[:, :, None] + z[..., None] * d[:, :, None]  # [B, Ra, S, 3]
@@ -240,7 +233,7 @@ class VolSDFRenderer:
         stats["samples_shaded"] = stats.get("samples_shaded", 0) + shade.numel()
         pts = points.reshape(B * Ra, S, 3)[ray[shade], col[shade]]  # [Ms, 3]
         batch = torch.div(ray[shade], Ra, rounding_mode="floor")
-        padded, j = _pad_by_batch(pts, batch, B)  # [B, Nmax, 3]
+        padded, j = pad_by_batch(pts, batch, B)  # [B, Nmax, 3]
         create = torch.is_grad_enabled()
         if self.gradient_fn is not None:
             sdf_p, grad_p = self.gradient_fn(padded)

@@ -75,8 +75,13 @@ def test_full_renderer_equals_reference():
     assert out.stats["samples_shaded"] == 2 * 24 * 24 * out.stats["samples_per_ray"]
 
 
+SKIP = replace(ErrorBoundSampler.thesis(), skip_converged=True)
+APPROXIMATIONS = [dict(weight_threshold=1e-6), dict(weight_threshold=1e-6, coarse_factor=2),
+                  dict(sampler=SKIP), dict(coarse_factor=2, sampler=SKIP)]
+
+
 @pytest.mark.parametrize("shape", [sphere, torus, smooth_union])
-@pytest.mark.parametrize("options", [dict(weight_threshold=1e-6), dict(weight_threshold=1e-6, coarse_factor=2)])
+@pytest.mark.parametrize("options", APPROXIMATIONS)
 def test_approximations_within_bounds(shape, options):
     dens = LaplaceDensity(beta=0.005)
     cams = fibonacci_cameras(2, resolution=32)
@@ -87,9 +92,11 @@ def test_approximations_within_bounds(shape, options):
     assert angular_error_deg(fast.normals, full.normals, fg) <= 1.0
     assert iou(fast.opacity > 0.5, fg) >= 0.99
     assert fast.stats["samples_shaded"] < 0.7 * full.stats["samples_shaded"]
+    if "sampler" in options:  # fewer SDF evaluations while sampling
+        assert fast.stats["sampler_sdf_evaluations"] < 0.8 * full.stats["sampler_sdf_evaluations"]
 
 
-@pytest.mark.parametrize("options", [dict(weight_threshold=1e-6), dict(weight_threshold=1e-6, coarse_factor=2)])
+@pytest.mark.parametrize("options", APPROXIMATIONS)
 def test_parameter_gradients_match_full_renderer(options):
     """A loss on the normal map (through the normals' double backward) and the opacity:
     the parameter gradients of the fast renderer point the same way as the full one's."""
