@@ -147,7 +147,7 @@ class VolSDFRenderer:
         stats = {"rays": B * H * W, "rays_in_sphere": int(hit.sum())}
         stats["coarse"] = self.coarse_factor is not None and min(H, W) // self.coarse_factor >= 16
         if stats["coarse"]:
-            near, far, hit = self._coarse_bounds(sdf_fn, cameras, near, far, hit, generator)
+            near, far, hit = self._coarse_bounds(sdf_fn, cameras, near, far, hit, generator, stats)
         stats["rays_rendered"] = int(hit.sum())
         grad_on = torch.is_grad_enabled()
         R = H * W
@@ -189,20 +189,27 @@ class VolSDFRenderer:
         for key, value in getattr(self.sampler, "last_stats", {}).items():
             stats["sampler_" + key] = stats.get("sampler_" + key, 0) + value
 
+    def _weights(self, sdf_fn, origins, dirs, near, far, active, training, generator, stats):
+        """Sampling and the no-grad weights of every sample of the active rays: depths
+        ``z [B, Ra, S]``, points ``[B, Ra, S, 3]``, weights ``[B * Ra, S]`` (0 on padding
+        rays), the active rays' indices ``order [B, Ra]`` and ``valid [B, Ra]``."""
+        o, d, z, order, valid = self._sample(sdf_fn, origins, dirs, near, far, active, training, generator)
+        self._sampler_stats(stats)
+        B, Ra, S = z.shape
+        points = o[:, :, None] + z[..., None] * d[:, :, None]
+        sdf0 = evaluate_sdf(sdf_fn, points.reshape(B, Ra * S, 3), self.chunk).reshape(B * Ra, S)
+        with torch.no_grad():
+            w0 = volume_composite(sdf0.to(z.dtype), z.reshape(B * Ra, S), self.density.get_beta().detach().to(z.dtype),
+                                  backend=self.backend).weights
+        return z, points, w0 * valid.reshape(-1, 1), order, valid
+
     def _render_rays(self, sdf_fn, color_fn, origins, dirs, near, far, active, training, generator, stats):
         B, R = active.shape
         dev, dt = origins.device, origins.dtype
-        o, d, z, order, valid = self._sample(sdf_fn, origins, dirs, near, far, active, training, generator)
-        self._sampler_stats(stats)
+        z, points, w0, order, valid = self._weights(sdf_fn, origins, dirs, near, far, active, training, generator,
+                                                    stats)
         Ra, S = z.shape[1], z.shape[2]
         beta = self.density.get_beta()
-        points = o[:, :, None] + z[..., None] * d[:, :, None]  # [B, Ra, S, 3]
-        # no-grad weights of every sample: which samples to shade
-        sdf0 = evaluate_sdf(sdf_fn, points.reshape(B, Ra * S, 3), self.chunk).reshape(B * Ra, S)
-        with torch.no_grad():
-            w0 = volume_composite(sdf0.to(dt), z.reshape(B * Ra, S), beta.detach().to(dt),
-                                  backend=self.backend).weights
-        w0 = w0 * valid.reshape(-1, 1)
         idx = torch.arange(S, device=dev)
         if self.weight_threshold is None:
             first = torch.zeros(B * Ra, dtype=torch.long, device=dev)
@@ -265,7 +272,7 @@ class VolSDFRenderer:
         color = full[..., 3:] if color_fn is not None else None
         return full[..., :3], dfull, ofull, color
 
-    def _coarse_bounds(self, sdf_fn, cameras, near, far, hit, generator):
+    def _coarse_bounds(self, sdf_fn, cameras, near, far, hit, generator, stats):
         """Depth range and surface presence from a coarse render, dilated and upsampled."""
         f = int(self.coarse_factor)
         B, H, W = len(cameras), cameras.height, cameras.width
@@ -275,12 +282,9 @@ class VolSDFRenderer:
         co, cd = co.reshape(B, hc * wc, 3), cd.reshape(B, hc * wc, 3)
         cn, cf, chit = ray_sphere_bounds(co, cd, self.bound_radius)
         with torch.no_grad():
-            o, d, z, order, valid = self._sample(sdf_fn, co, cd, cn, cf, chit, False, generator)
-            Ra, S = z.shape[1], z.shape[2]
-            pts = (o[:, :, None] + z[..., None] * d[:, :, None]).reshape(B, Ra * S, 3)
-            sdf0 = evaluate_sdf(sdf_fn, pts, self.chunk).reshape(B * Ra, S)
-            w = volume_composite(sdf0.to(z.dtype), z.reshape(B * Ra, S), self.density.get_beta().detach().to(z.dtype),
-                                 backend=self.backend).weights.reshape(B, Ra, S)
+            # its sampler work counts in the renderer's statistics
+            z, _, w, order, valid = self._weights(sdf_fn, co, cd, cn, cf, chit, False, generator, stats)
+            w = w.reshape(z.shape)
             thr = self.weight_threshold if self.weight_threshold is not None else 1e-4
             big = (w > thr) & valid[..., None]
             inf = torch.full_like(z, float("inf"))

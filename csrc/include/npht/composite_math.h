@@ -14,8 +14,9 @@
 //   dL/dsdf_i = dL/dtau_i delta_i dsigma/dsdf_i,   dL/dbeta = sum_i dL/dtau_i delta_i dsigma/dbeta_i
 //   dL/dz_i = grad_depth w_i + dL/dtau_{i-1} sigma_{i-1} - dL/dtau_i sigma_i  (terms that exist)
 //   dL/dv_ik = grad_rendered_k w_i
-// All sums run in double; the suffix sum_{j>i} is total - inclusive prefix, both in double
-// (two passes over the ray, nothing stored per sample).
+// Per-sample terms are computed in the tensors' dtype; all sums run in double; T_{i+1} = T_i exp(-tau_i) is carried as a product (two
+// transcendentals per sample: the density's exp and expm1(-tau)); the suffix sum_{j>i} is
+// total - inclusive prefix, both in double (two passes over the ray, nothing stored).
 #pragma once
 
 #include <stdint.h>
@@ -24,26 +25,38 @@
 
 namespace npht {
 
-// Laplace density and its partial derivatives (exact on both sides of sdf = 0).
+// exp, expm1, fabs in the precision of their argument (float math stays float on the host)
+NPHT_HD float exp_(float x) { return expf(x); }
+NPHT_HD double exp_(double x) { return exp(x); }
+NPHT_HD float expm1_(float x) { return expm1f(x); }
+NPHT_HD double expm1_(double x) { return expm1(x); }
+NPHT_HD float fabs_(float x) { return fabsf(x); }
+NPHT_HD double fabs_(double x) { return fabs(x); }
+
+// Laplace density and its partial derivatives (exact on both sides of sdf = 0), in the
+// math type M (the tensors' dtype: per-sample terms need no more; sums run in double).
+template <typename M>
 struct LaplaceTerms {
-  double sigma;
-  double d_sdf;   // dsigma / dsdf = -0.5 e / beta^2
-  double d_beta;  // dsigma / dbeta
+  M sigma;
+  M d_sdf;   // dsigma / dsdf = -0.5 e / beta^2
+  M d_beta;  // dsigma / dbeta
 };
 
-NPHT_HD double laplace_density(double sdf, double beta) {
-  const double e = exp(-fabs(sdf) / beta);
-  return (sdf >= 0.0 ? 0.5 * e : 1.0 - 0.5 * e) / beta;
+template <typename M>
+NPHT_HD M laplace_density(M sdf, M beta) {
+  const M e = exp_(-fabs_(sdf) / beta);
+  return (sdf >= M(0) ? M(0.5) * e : M(1) - M(0.5) * e) / beta;
 }
 
-NPHT_HD LaplaceTerms laplace_density_vjp(double sdf, double beta) {
-  const double x = fabs(sdf) / beta;
-  const double e = exp(-x);
-  const double inv2 = 1.0 / (beta * beta);
-  LaplaceTerms t;
-  t.sigma = (sdf >= 0.0 ? 0.5 * e : 1.0 - 0.5 * e) / beta;
-  t.d_sdf = -0.5 * e * inv2;
-  t.d_beta = (sdf >= 0.0 ? 0.5 * e * (x - 1.0) : 0.5 * e * (1.0 - x) - 1.0) * inv2;
+template <typename M>
+NPHT_HD LaplaceTerms<M> laplace_density_vjp(M sdf, M beta) {
+  const M x = fabs_(sdf) / beta;
+  const M e = exp_(-x);
+  const M inv2 = M(1) / (beta * beta);
+  LaplaceTerms<M> t;
+  t.sigma = (sdf >= M(0) ? M(0.5) * e : M(1) - M(0.5) * e) / beta;
+  t.d_sdf = M(-0.5) * e * inv2;
+  t.d_beta = (sdf >= M(0) ? M(0.5) * e * (x - M(1)) : M(0.5) * e * (M(1) - x) - M(1)) * inv2;
   return t;
 }
 
@@ -53,13 +66,14 @@ template <typename T>
 NPHT_HD void composite_ray_fwd(const T* sdf, const T* z, const T* values, int64_t n, int64_t K,
                                double beta, double last_delta, T* rendered, T* depth,
                                T* opacity, T* weights) {
-  double prefix = 0.0, dep = 0.0, opa = 0.0;
+  const T b = static_cast<T>(beta), ld = static_cast<T>(last_delta);
+  double trans = 1.0, dep = 0.0, opa = 0.0;  // trans = T_i
   for (int64_t i = 0; i < n; ++i) {
+    const T delta = i + 1 < n ? z[i + 1] - z[i] : ld;
+    const double em1 = expm1_(-laplace_density<T>(sdf[i], b) * delta);  // -alpha_i
     const double zi = static_cast<double>(z[i]);
-    const double delta = i + 1 < n ? static_cast<double>(z[i + 1]) - zi : last_delta;
-    const double tau = laplace_density(static_cast<double>(sdf[i]), beta) * delta;
-    const double w = -expm1(-tau) * exp(-prefix);
-    prefix += tau;
+    const double w = -em1 * trans;
+    trans *= 1.0 + em1;              // T_{i+1} = T_i exp(-tau_i)
     weights[i] = static_cast<T>(w);
     dep += w * zi;
     opa += w;
@@ -113,13 +127,14 @@ NPHT_HD void composite_ray_bwd(const CompositeGrads<T>& g, const T* sdf, const T
                                const T* values, int64_t n, int64_t K, double beta,
                                double last_delta, CompositeRayVjp<T> out) {
   // pass 1: total = sum_j w_j g_j (and the values' gradient, which needs only w)
-  double prefix = 0.0, total = 0.0;
+  const T b = static_cast<T>(beta), ld = static_cast<T>(last_delta);
+  double trans = 1.0, total = 0.0;
   for (int64_t i = 0; i < n; ++i) {
     const double zi = static_cast<double>(z[i]);
-    const double delta = i + 1 < n ? static_cast<double>(z[i + 1]) - zi : last_delta;
-    const double tau = laplace_density(static_cast<double>(sdf[i]), beta) * delta;
-    const double w = -expm1(-tau) * exp(-prefix);
-    prefix += tau;
+    const T delta = i + 1 < n ? z[i + 1] - z[i] : ld;
+    const double em1 = expm1_(-laplace_density<T>(sdf[i], b) * delta);
+    const double w = -em1 * trans;
+    trans *= 1.0 + em1;
     total += w * composite_upstream(g, values, i, K, zi);
     if (out.values != nullptr) {
       for (int64_t k = 0; k < K; ++k) {
@@ -132,20 +147,20 @@ NPHT_HD void composite_ray_bwd(const CompositeGrads<T>& g, const T* sdf, const T
   // pass 2: dL/dtau_i = g_i T_{i+1} - (total - sum_{j<=i} w_j g_j)
   const double g_depth = g.depth != nullptr ? static_cast<double>(*g.depth) : 0.0;
   double acc = 0.0, g_beta = 0.0, prev = 0.0;  // prev = dL/dtau_{i-1} sigma_{i-1}
-  prefix = 0.0;
+  trans = 1.0;
   for (int64_t i = 0; i < n; ++i) {
     const double zi = static_cast<double>(z[i]);
     const bool last = i + 1 >= n;
-    const double delta = last ? last_delta : static_cast<double>(z[i + 1]) - zi;
-    const LaplaceTerms lt = laplace_density_vjp(static_cast<double>(sdf[i]), beta);
-    const double tau = lt.sigma * delta;
-    const double w = -expm1(-tau) * exp(-prefix);
-    prefix += tau;
+    const T delta = last ? ld : z[i + 1] - z[i];
+    const LaplaceTerms<T> lt = laplace_density_vjp<T>(sdf[i], b);
+    const double em1 = expm1_(-lt.sigma * delta);
+    const double w = -em1 * trans;
+    trans *= 1.0 + em1;  // now T_{i+1}
     const double gi = composite_upstream(g, values, i, K, zi);
     acc += w * gi;
     // the suffix is exactly 0 after the last sample (round-off times last_delta ~ 1e10
     // would otherwise leak into its gradients)
-    const double d_tau = gi * exp(-prefix) - (last ? 0.0 : total - acc);
+    const double d_tau = gi * trans - (last ? 0.0 : total - acc);
     if (out.sdf != nullptr) out.sdf[i] = static_cast<T>(d_tau * delta * lt.d_sdf);
     g_beta += d_tau * delta * lt.d_beta;
     if (out.z != nullptr) {
