@@ -166,6 +166,7 @@ def accuracy(scene: Scene, method: str, res: int, full) -> dict:
         "foreground_fraction": float(fg.float().mean()),
         "samples_shaded": out.stats.get("samples_shaded"),
         "sampler_sdf_evaluations": out.stats.get("sampler_sdf_evaluations"),
+        "coarse_pass_ran": out.stats.get("coarse"),  # off below 16 coarse pixels a side
     }
 
 

@@ -21,7 +21,9 @@
 //   composite_fwd -> (rendered [R, K], depth [R], opacity [R], weights like sdf)
 //   composite_bwd -> (grad_sdf, grad_z, grad_beta [R] (per ray, the caller sums a shared
 //   beta), grad_values); any upstream gradient may be None or empty (zero); outputs whose
-//   need_* flag is false are empty. Math: csrc/include/npht/composite_math.h.
+//   need_* flag is false are empty. `weights` (optional, last): the forward's weights, which
+//   spare the backward most of its transcendentals (backends may ignore it).
+//   Math: csrc/include/npht/composite_math.h.
 //
 // Error-bound sampler contract (VolSDF Algorithm 1, per-ray math; the SDF evaluation between
 // rounds stays with the caller), shared by the cpu, cuda and triton backends. A ray is a
@@ -60,8 +62,8 @@ TORCH_LIBRARY(npht_C, m) {
   m.def(
       "composite_bwd(Tensor? grad_rendered, Tensor? grad_depth, Tensor? grad_opacity, "
       "Tensor? grad_weights, Tensor sdf, Tensor z, Tensor beta, Tensor? values, Tensor? offsets, "
-      "float last_delta, bool need_sdf, bool need_z, bool need_beta, bool need_values) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "float last_delta, bool need_sdf, bool need_z, bool need_beta, bool need_values, "
+      "Tensor? weights=None) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "eb_bisect_beta(Tensor z, Tensor sdf, float beta0, Tensor beta_hi, float eps, int iters) "
       "-> Tensor");

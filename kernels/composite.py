@@ -358,10 +358,11 @@ def composite_fwd(sdf, z, beta, values, offsets, last_delta):
 
 
 def composite_bwd(grad_rendered, grad_depth, grad_opacity, grad_weights, sdf, z, beta, values,
-                  offsets, last_delta, need_sdf, need_z, need_beta, need_values):
+                  offsets, last_delta, need_sdf, need_z, need_beta, need_values, weights=None):
     """-> (grad_sdf like sdf, grad_z like z, grad_beta [R] (per ray), grad_values like
     values); an empty tensor for an output that is not needed (and for grad_values when
-    values is None). A None or empty upstream gradient counts as zero."""
+    values is None). A None or empty upstream gradient counts as zero. ``weights`` (the
+    forward's, an optional hint of the contract) is not used: this kernel recomputes them."""
     sdf = sdf.contiguous()
     z = z.contiguous()
     beta = beta.contiguous()

@@ -58,10 +58,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_bwd_cpu(
     const std::optional<at::Tensor>& grad_weights,   // like sdf
     const at::Tensor& sdf, const at::Tensor& z, const at::Tensor& beta,
     const std::optional<at::Tensor>& values, const std::optional<at::Tensor>& offsets,
-    double last_delta, bool need_sdf, bool need_z, bool need_beta, bool need_values) {
+    double last_delta, bool need_sdf, bool need_z, bool need_beta, bool need_values,
+    const std::optional<at::Tensor>& weights) {  // like sdf, the forward's
   CompositeBwdIO io = composite_bwd_prepare(grad_rendered, grad_depth, grad_opacity, grad_weights, sdf, z,
                                             beta, values, offsets, need_sdf, need_z, need_beta,
-                                            need_values, /*cuda=*/false);
+                                            need_values, weights, /*cuda=*/false);
   const CompositeSizes& s = io.s;
   const at::Tensor *gr = io.grad_rendered, *gd = io.grad_depth, *go = io.grad_opacity, *gw = io.grad_weights;
   at::Tensor g_sdf = io.g_sdf, g_z = io.g_z, g_beta = io.g_beta, g_values = io.g_values;
@@ -69,7 +70,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_bwd_cpu(
   const int64_t* off = s.S == 0 && s.R > 0 && offsets ? offsets->data_ptr<int64_t>() : nullptr;
   AT_DISPATCH_FLOATING_TYPES(sdf.scalar_type(), "composite_bwd_cpu", [&] {
     auto ptr = [](const at::Tensor* t) { return t ? t->data_ptr<scalar_t>() : nullptr; };
-    const scalar_t *pr = ptr(gr), *pd = ptr(gd), *po = ptr(go), *pw = ptr(gw);
+    const scalar_t *pr = ptr(gr), *pd = ptr(gd), *po = ptr(go), *pw = ptr(gw), *ps = ptr(io.saved_weights);
     const scalar_t* sd = sdf.data_ptr<scalar_t>();
     const scalar_t* zz = z.data_ptr<scalar_t>();
     const scalar_t* bt = beta.data_ptr<scalar_t>();
@@ -87,7 +88,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_bwd_cpu(
                                    po ? po + r : nullptr, pw ? pw + a : nullptr};
         CompositeRayVjp<scalar_t> out{os ? os + a : nullptr, oz ? oz + a : nullptr,
                                       ob ? ob + r : nullptr, ov ? ov + a * s.K : nullptr};
-        composite_ray_bwd<scalar_t>(g, sd + a, zz + a, v ? v + a * s.K : nullptr, n, s.K,
+        composite_ray_bwd<scalar_t>(g, sd + a, zz + a, v ? v + a * s.K : nullptr, ps ? ps + a : nullptr, n, s.K,
                                     static_cast<double>(bt[s.per_ray_beta ? r : 0]), last_delta, out);
       }
     });

@@ -64,10 +64,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_bwd_cuda_op
     const std::optional<at::Tensor>& grad_weights,   // like sdf
     const at::Tensor& sdf, const at::Tensor& z, const at::Tensor& beta,
     const std::optional<at::Tensor>& values, const std::optional<at::Tensor>& offsets,
-    double last_delta, bool need_sdf, bool need_z, bool need_beta, bool need_values) {
+    double last_delta, bool need_sdf, bool need_z, bool need_beta, bool need_values,
+    const std::optional<at::Tensor>& weights) {  // like sdf, the forward's
   CompositeBwdIO io = composite_bwd_prepare(grad_rendered, grad_depth, grad_opacity, grad_weights, sdf, z,
                                             beta, values, offsets, need_sdf, need_z, need_beta,
-                                            need_values, /*cuda=*/true);
+                                            need_values, weights, /*cuda=*/true);
   const CompositeSizes& s = io.s;
   const at::Tensor *gr = io.grad_rendered, *gd = io.grad_depth, *go = io.grad_opacity, *gw = io.grad_weights;
   at::Tensor g_sdf = io.g_sdf, g_z = io.g_z, g_beta = io.g_beta, g_values = io.g_values;
@@ -77,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_bwd_cuda_op
   const cudaError_t err = composite_bwd_cuda(
       ptr_or_null(gr), ptr_or_null(gd), ptr_or_null(go), ptr_or_null(gw), sdf.data_ptr(),
       z.data_ptr(), beta.data_ptr(), s.K > 0 ? values->data_ptr() : nullptr,
-      offsets_ptr(s, offsets), need_sdf ? g_sdf.data_ptr() : nullptr,
+      ptr_or_null(io.saved_weights), offsets_ptr(s, offsets), need_sdf ? g_sdf.data_ptr() : nullptr,
       need_z ? g_z.data_ptr() : nullptr, need_beta ? g_beta.data_ptr() : nullptr,
       need_values ? g_values.data_ptr() : nullptr, launch_params(s, last_delta, sdf),
       c10::cuda::getCurrentCUDAStream());

@@ -23,13 +23,13 @@ cudaError_t composite_fwd_cuda(const void* sdf, const void* z, const void* beta,
                                cudaStream_t stream);
 
 // Upstream gradients grad_rendered [R, K], grad_depth [R], grad_opacity [R], grad_weights
-// [M], each nullptr when zero. Outputs (nullptr when not needed) are fully written:
+// [M], each nullptr when zero; saved_weights [M] (the forward's) or nullptr. Outputs (nullptr when not needed) are fully written:
 // g_sdf [M], g_z [M], g_beta [R] (per ray), g_values [M, K].
 cudaError_t composite_bwd_cuda(const void* grad_rendered, const void* grad_depth,
                                const void* grad_opacity, const void* grad_weights,
                                const void* sdf, const void* z, const void* beta,
-                               const void* values, const int64_t* offsets, void* g_sdf,
-                               void* g_z, void* g_beta, void* g_values, CompositeLaunch p,
-                               cudaStream_t stream);
+                               const void* values, const void* saved_weights,
+                               const int64_t* offsets, void* g_sdf, void* g_z, void* g_beta,
+                               void* g_values, CompositeLaunch p, cudaStream_t stream);
 
 }  // namespace npht

@@ -84,7 +84,8 @@ inline CompositeSizes composite_check(const at::Tensor& sdf,                   /
   return s;
 }
 
-// An optional upstream gradient: defined and non-empty, else treated as zero.
+// An optional upstream gradient (or saved tensor) like `shape`: defined and non-empty,
+// else absent (nullptr; a gradient then counts as zero).
 inline const at::Tensor* usable_grad(const std::optional<at::Tensor>& g, at::IntArrayRef shape,
                                      const at::Tensor& sdf, const char* name, bool cuda) {
   if (!g.has_value() || !g->defined() || g->numel() == 0) return nullptr;
@@ -103,6 +104,7 @@ inline const at::Tensor* usable_grad(const std::optional<at::Tensor>& g, at::Int
 struct CompositeBwdIO {
   CompositeSizes s;
   const at::Tensor *grad_rendered, *grad_depth, *grad_opacity, *grad_weights;
+  const at::Tensor* saved_weights;  // the forward's weights, or nullptr
   at::Tensor g_sdf, g_z, g_beta, g_values;
   bool any_upstream() const { return grad_rendered || grad_depth || grad_opacity || grad_weights; }
 };
@@ -112,7 +114,7 @@ inline CompositeBwdIO composite_bwd_prepare(
     const std::optional<at::Tensor>& grad_opacity, const std::optional<at::Tensor>& grad_weights,
     const at::Tensor& sdf, const at::Tensor& z, const at::Tensor& beta,
     const std::optional<at::Tensor>& values, const std::optional<at::Tensor>& offsets, bool need_sdf,
-    bool need_z, bool need_beta, bool need_values, bool cuda) {
+    bool need_z, bool need_beta, bool need_values, const std::optional<at::Tensor>& weights, bool cuda) {
   CompositeBwdIO io;
   io.s = composite_check(sdf, z, beta, values, offsets, cuda);
   const CompositeSizes& s = io.s;
@@ -120,6 +122,7 @@ inline CompositeBwdIO composite_bwd_prepare(
   io.grad_depth = usable_grad(grad_depth, {s.R}, sdf, "grad_depth", cuda);
   io.grad_opacity = usable_grad(grad_opacity, {s.R}, sdf, "grad_opacity", cuda);
   io.grad_weights = usable_grad(grad_weights, sdf.sizes(), sdf, "grad_weights", cuda);
+  io.saved_weights = usable_grad(weights, sdf.sizes(), sdf, "weights", cuda);
   io.g_sdf = need_sdf ? at::zeros_like(sdf) : sdf.new_empty({0});
   io.g_z = need_z ? at::zeros_like(z) : z.new_empty({0});
   io.g_beta = need_beta ? at::zeros({s.R}, sdf.options()) : sdf.new_empty({0});

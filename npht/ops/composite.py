@@ -76,17 +76,18 @@ def _composite_backward_op(
     need_z: bool,
     need_beta: bool,
     need_values: bool,
+    weights: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     g_sdf, g_z, g_beta, g_values = _backend.kernels(backend, "composite").composite_bwd(
         grad_rendered, grad_depth, grad_opacity, grad_weights, sdf, z, beta, values, offsets,
-        last_delta, need_sdf, need_z, need_beta, need_values,
+        last_delta, need_sdf, need_z, need_beta, need_values, weights,
     )
     return g_sdf, g_z, g_beta, g_values
 
 
 @_composite_backward_op.register_fake
 def _(grad_rendered, grad_depth, grad_opacity, grad_weights, sdf, z, beta, values, offsets,
-      last_delta, backend, need_sdf, need_z, need_beta, need_values):
+      last_delta, backend, need_sdf, need_z, need_beta, need_values, weights=None):
     R = _num_rays(sdf, offsets)
     return (
         torch.empty_like(sdf) if need_sdf else sdf.new_empty((0,)),
@@ -102,19 +103,20 @@ def _usable(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 def _setup_context(ctx, inputs, output):
     sdf, z, beta, values, offsets, last_delta, backend = inputs
-    ctx.save_for_backward(sdf, z, beta, values, offsets)
+    # the weights spare the fused backward most of its transcendentals
+    ctx.save_for_backward(sdf, z, beta, values, offsets, output[3])
     ctx.last_delta, ctx.backend = last_delta, backend
 
 
 def _backward(ctx, g_rendered, g_depth, g_opacity, g_weights):
-    sdf, z, beta, values, offsets = ctx.saved_tensors
+    sdf, z, beta, values, offsets, weights = ctx.saved_tensors
     need_sdf, need_z, need_beta, need_values = ctx.needs_input_grad[:4]
     if not (need_sdf or need_z or need_beta or need_values):
         return (None,) * 7
     g_sdf, g_z, g_beta, g_values = torch.ops.npht.volume_composite_backward(
         _usable(g_rendered), _usable(g_depth), _usable(g_opacity), _usable(g_weights),
         sdf, z, beta, values, offsets, ctx.last_delta, ctx.backend,
-        need_sdf, need_z, need_beta, need_values and values is not None,
+        need_sdf, need_z, need_beta, need_values and values is not None, weights.detach(),
     )
     if need_beta and beta.shape[0] != g_beta.shape[0]:  # shared beta: sum the rays' shares
         g_beta = g_beta.sum(0, keepdim=True)
@@ -132,7 +134,7 @@ _composite_op.register_autograd(_backward, setup_context=_setup_context)
 
 def _bwd_setup_context(ctx, inputs, output):
     (g_r, g_d, g_o, g_w, sdf, z, beta, values, offsets, last_delta, backend,
-     need_sdf, need_z, need_beta, need_values) = inputs
+     need_sdf, need_z, need_beta, need_values, _weights) = inputs
     ctx.save_for_backward(g_r, g_d, g_o, g_w, sdf, z, beta, values, offsets)
     ctx.last_delta = last_delta
     ctx.needs = (need_sdf, need_z, need_beta, need_values)
@@ -170,10 +172,11 @@ def _bwd_backward(ctx, gg_sdf, gg_z, gg_beta, gg_values):
     result = dict(zip([id(t) for t in wanted], second))
     out = [None if t is None else result.get(id(t)) for t in leaves]
     mask = ctx.needs_input_grad
-    # inputs: g_r, g_d, g_o, g_w, sdf, z, beta, values, offsets, then 6 non-tensors
+    # inputs: g_r, g_d, g_o, g_w, sdf, z, beta, values, offsets, 6 non-tensors, weights
+    # (the forward's weights are a hint: their dependence on sdf/z/beta is in the above)
     grads_in = out[:8] + [None]
     grads_in = [g if (i < len(mask) and mask[i]) else None for i, g in enumerate(grads_in)]
-    return tuple(grads_in) + (None,) * 6
+    return tuple(grads_in) + (None,) * 7
 
 
 _composite_backward_op.register_autograd(_bwd_backward, setup_context=_bwd_setup_context)

@@ -95,7 +95,8 @@ def composite_packed(sdf: torch.Tensor, z: torch.Tensor, beta, ray_offsets: torc
 #   beta [1] (shared) or [R] (per ray); every float tensor has the dtype of sdf (f32/f64).
 #
 #   composite_bwd(grad_rendered?, grad_depth?, grad_opacity?, grad_weights?, sdf, z, beta,
-#                 values?, offsets?, last_delta, need_sdf, need_z, need_beta, need_values)
+#                 values?, offsets?, last_delta, need_sdf, need_z, need_beta, need_values,
+#                 weights?=None)
 #       -> (grad_sdf like sdf, grad_z like z, grad_beta [R] (per ray, also for a shared
 #           beta: the caller sums), grad_values like values); not-needed outputs are empty.
 
@@ -201,7 +202,8 @@ def _dense_bwd(g_r, g_d, g_o, g_w, sdf, z, beta, values, valid, last_delta):
 
 
 def composite_bwd(grad_rendered, grad_depth, grad_opacity, grad_weights, sdf, z, beta, values,
-                  offsets, last_delta, need_sdf, need_z, need_beta, need_values):
+                  offsets, last_delta, need_sdf, need_z, need_beta, need_values, weights=None):
+    # `weights` (the forward's) is an optional hint of the contract: recomputed here
     R = _num_rays(sdf, offsets)
     ups = [None if t is None or t.numel() == 0 else t for t in
            (grad_rendered, grad_depth, grad_opacity, grad_weights)]

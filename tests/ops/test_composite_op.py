@@ -228,3 +228,33 @@ def test_errors():
         npht.volume_composite(sdf, z, 0.1, ray_offsets=torch.tensor([0, 12]))
     with pytest.raises(ValueError, match="backend must be one of"):
         npht.volume_composite(sdf, z, 0.1, backend="metal")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("packed", [False, True])
+def test_backward_with_saved_weights(backend, device, dtype, packed):
+    """The backward given the forward's weights (fewer transcendentals) equals the one that
+    recomputes them, also for rays that end inside the surface (the last sample's delta of
+    1e10 must not amplify the weights' rounding)."""
+    from npht.ops import _backend
+
+    K = _backend.kernels(backend, "composite")
+    if packed:
+        sdf, z, v, off = _packed([7, 0, 1, 30, 12], 3, dtype, device)
+        last = off[1:] - 1
+        sdf[last[off[1:] > off[:-1]]] = -1e-3  # rays ending just inside
+        R = 5
+    else:
+        sdf, z, v = _rays(9, 30, 3, dtype, device)
+        sdf[:4, -1] = -1e-3
+        off, R = None, 9
+    beta = torch.tensor([0.05], dtype=dtype, device=device)
+    w = K.composite_fwd(sdf, z, beta, v, off, 1e10)[3]
+    g = torch.Generator().manual_seed(2)
+    ups = [torch.randn(s, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+           for s in ((R, 3), (R,), (R,), tuple(sdf.shape))]
+    with_w = K.composite_bwd(*ups, sdf, z, beta, v, off, 1e10, True, True, True, True, w)
+    without = K.composite_bwd(*ups, sdf, z, beta, v, off, 1e10, True, True, True, True)
+    for a, b in zip(with_w, without):
+        scale = b.abs().max().clamp(min=1.0)
+        torch.testing.assert_close(a / scale, b / scale, **TOL[dtype])

@@ -80,12 +80,14 @@ NPHT_HD void composite_ray_fwd(const T* sdf, const T* z, const T* values, int64_
   }
   *depth = static_cast<T>(dep);
   *opacity = static_cast<T>(opa);
-  for (int64_t k = 0; k < K; ++k) {
-    double acc = 0.0;
+  for (int64_t k0 = 0; k0 < K; k0 += 4) {  // channels in groups of 4, one pass each
+    const int64_t kn = K - k0 < 4 ? K - k0 : 4;
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
     for (int64_t i = 0; i < n; ++i) {
-      acc += static_cast<double>(weights[i]) * static_cast<double>(values[i * K + k]);
+      const double w = static_cast<double>(weights[i]);
+      for (int64_t k = 0; k < kn; ++k) acc[k] += w * static_cast<double>(values[i * K + k0 + k]);
     }
-    rendered[k] = static_cast<T>(acc);
+    for (int64_t k = 0; k < kn; ++k) rendered[k0 + k] = static_cast<T>(acc[k]);
   }
 }
 
@@ -122,19 +124,28 @@ NPHT_HD double composite_upstream(const CompositeGrads<T>& g, const T* values, i
   return gi;
 }
 
+// `saved` [n]: the forward's weights, or nullptr to recompute them. With them the backward
+// needs one transcendental per sample (the density's exp) instead of four, and
+// T_{i+1} = T_i - w_i, except after the last sample (delta ~ 1e10 would amplify the
+// weights' rounding), where T_n = T_{n-1} exp(-tau_{n-1}) is recomputed.
 template <typename T>
 NPHT_HD void composite_ray_bwd(const CompositeGrads<T>& g, const T* sdf, const T* z,
-                               const T* values, int64_t n, int64_t K, double beta,
-                               double last_delta, CompositeRayVjp<T> out) {
+                               const T* values, const T* saved, int64_t n, int64_t K,
+                               double beta, double last_delta, CompositeRayVjp<T> out) {
   // pass 1: total = sum_j w_j g_j (and the values' gradient, which needs only w)
   const T b = static_cast<T>(beta), ld = static_cast<T>(last_delta);
   double trans = 1.0, total = 0.0;
   for (int64_t i = 0; i < n; ++i) {
     const double zi = static_cast<double>(z[i]);
-    const T delta = i + 1 < n ? z[i + 1] - z[i] : ld;
-    const double em1 = expm1_(-laplace_density<T>(sdf[i], b) * delta);
-    const double w = -em1 * trans;
-    trans *= 1.0 + em1;
+    double w;
+    if (saved != nullptr) {
+      w = static_cast<double>(saved[i]);
+    } else {
+      const T delta = i + 1 < n ? z[i + 1] - z[i] : ld;
+      const double em1 = expm1_(-laplace_density<T>(sdf[i], b) * delta);
+      w = -em1 * trans;
+      trans *= 1.0 + em1;
+    }
     total += w * composite_upstream(g, values, i, K, zi);
     if (out.values != nullptr) {
       for (int64_t k = 0; k < K; ++k) {
@@ -153,9 +164,15 @@ NPHT_HD void composite_ray_bwd(const CompositeGrads<T>& g, const T* sdf, const T
     const bool last = i + 1 >= n;
     const T delta = last ? ld : z[i + 1] - z[i];
     const LaplaceTerms<T> lt = laplace_density_vjp<T>(sdf[i], b);
-    const double em1 = expm1_(-lt.sigma * delta);
-    const double w = -em1 * trans;
-    trans *= 1.0 + em1;  // now T_{i+1}
+    double w;
+    if (saved != nullptr && !last) {
+      w = static_cast<double>(saved[i]);
+      trans = trans - w > 0.0 ? trans - w : 0.0;  // now T_{i+1}
+    } else {
+      const double em1 = expm1_(-lt.sigma * delta);
+      w = saved != nullptr ? static_cast<double>(saved[i]) : -em1 * trans;
+      trans *= 1.0 + em1;  // now T_{i+1}
+    }
     const double gi = composite_upstream(g, values, i, K, zi);
     acc += w * gi;
     // the suffix is exactly 0 after the last sample (round-off times last_delta ~ 1e10
