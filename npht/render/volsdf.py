@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from npht.ops.composite import volume_composite
 from npht.render.cameras import Cameras, generate_rays, ray_sphere_bounds, world_normals_to_camera
 from npht.render.density import LaplaceDensity
+from npht.render.renderer import sdf_and_gradient_autograd
 from npht.render.sampler import ErrorBoundSampler, evaluate_sdf, pad_by_batch
 
 __all__ = ["VolSDFRenderer", "Render", "render"]
@@ -54,14 +55,6 @@ class Render:
     hit: torch.Tensor
     color: Optional[torch.Tensor] = None
     stats: dict = field(default_factory=dict)
-
-
-def _gradient(sdf_fn: SdfFn, points: torch.Tensor, create_graph: bool):
-    with torch.enable_grad():
-        pts = points.detach().requires_grad_()
-        sdf = sdf_fn(pts)
-        (grad,) = torch.autograd.grad(sdf.sum(), pts, create_graph=create_graph)
-    return sdf, grad
 
 
 @dataclass
@@ -245,7 +238,7 @@ class VolSDFRenderer:
         if self.gradient_fn is not None:
             sdf_p, grad_p = self.gradient_fn(padded)
         else:
-            sdf_p, grad_p = _gradient(sdf_fn, padded, create)
+            sdf_p, grad_p = sdf_and_gradient_autograd(sdf_fn, padded, create)
         grad_s = grad_p[batch, j].to(dt)
         normals = grad_s / grad_s.norm(dim=-1, keepdim=True).clamp(min=1e-12)
         values = normals
