@@ -127,3 +127,21 @@ def write_result(result: dict, out_dir: str, plot=None) -> str:
         plot(result, path[:-5] + ".png")
         print(f"wrote {path[:-5]}.png")
     return path
+
+
+def base_parser(doc: str, tasks, reps: int):
+    """The arguments every benchmark takes: device, quick, B, tasks, methods, reps,
+    no-memory, plot, out."""
+    import argparse
+
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    p.add_argument("--B", type=int)
+    p.add_argument("--tasks", nargs="+", default=list(tasks), choices=tasks)
+    p.add_argument("--methods", nargs="+")
+    p.add_argument("--reps", type=int, default=reps, help="timed repetitions on CPU")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--plot", action="store_true")
+    p.add_argument("--out", default=os.path.join(HERE, "results"))
+    return p

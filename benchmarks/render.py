@@ -39,7 +39,6 @@ benchmarks/results/render_<device>_<date>.json (+ .png with --plot).
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import os
 import sys
@@ -60,12 +59,12 @@ from _common import (  # noqa: E402
     cuda_peak_during,
     device_name,
     git_commit,
+    base_parser,
     time_step,
     triton_version,
     write_result,
 )
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 TASKS = ("gan_step", "composite")
 GAN_METHODS = ("reference", "npht-full", "npht", "npht-fused", "npht-fused-ckpt", "npht-coarse", "npht-skip",
                "npht-fast")
@@ -358,18 +357,12 @@ def plot(result: dict, path: str) -> None:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
-    p.add_argument("--B", type=int)
+    p = base_parser(__doc__, TASKS, reps=3)
     p.add_argument("--resolutions", type=int, nargs="+")
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    p.add_argument("--methods", nargs="+", choices=GAN_METHODS)
-    p.add_argument("--reps", type=int, default=3, help="timed repetitions on CPU")
-    p.add_argument("--no-memory", action="store_true")
-    p.add_argument("--plot", action="store_true")
-    p.add_argument("--out", default=os.path.join(HERE, "results"))
     args = p.parse_args(argv)
+    unknown = set(args.methods or ()) - set(GAN_METHODS)
+    if unknown:
+        p.error(f"unknown methods {sorted(unknown)}; choose from {GAN_METHODS}")
     return write_result(run(args), args.out, plot if args.plot else None)
 
 

@@ -42,6 +42,7 @@ from npht.reference import triplane_sample as reference_sample
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
+    base_parser,
     cuda_peak_during,
     device_name,
     git_commit,
@@ -291,20 +292,11 @@ def plot(result: dict, path: str) -> None:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
-    p.add_argument("--B", type=int)
+    p = base_parser(__doc__, TASKS, reps=7)
     p.add_argument("--N", type=int, help="points per batch element (fwd, fwd_bwd)")
     p.add_argument("--C", type=int)
     p.add_argument("--res", type=int, help="plane resolution")
     p.add_argument("--eik-N", dest="eik_N", type=int, help="points per batch element (eikonal)")
-    p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    p.add_argument("--methods", nargs="+")
-    p.add_argument("--reps", type=int, default=7, help="timed repetitions on CPU")
-    p.add_argument("--no-memory", action="store_true")
-    p.add_argument("--plot", action="store_true")
-    p.add_argument("--out", default=os.path.join(HERE, "results"))
     p.add_argument("--child-memory", nargs=2, metavar=("METHOD", "TASK"), help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
