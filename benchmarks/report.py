@@ -43,7 +43,7 @@ def render_table(name: str, res: dict) -> str:
     lines = [
         f"**{res['device']}** — torch {res['torch']}, commit `{res['commit']}`, {res['date'][:10]} "
         f"(`{name}`): renderer, B={cfg['B']}, tri-plane {cfg['plane_res']}² x {cfg['C']}, decoder width "
-        f"{cfg['hidden']}, float32; accuracy = against npht-full at the same resolution",
+        f"{cfg['hidden']}, float32; accuracy = against the full renderer (every sample shaded) at the same resolution",
         "",
         "| task | method | res | median ms | speed-up vs reference | peak memory MiB | normal err deg | mask IoU | grad cosine |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
