@@ -192,3 +192,20 @@ def test_errors():
         VolSDFRenderer(weight_threshold=2.0)
     with pytest.raises(ValueError, match="coarse_factor must be an integer >= 2"):
         VolSDFRenderer(coarse_factor=1)
+
+
+def test_training_mode_is_seeded_and_close_to_eval():
+    """training=True randomises the sampler (VolSDF): reproducible with a generator, and the
+    normal map stays close to the deterministic one."""
+    cams = fibonacci_cameras(1, resolution=24)
+    dens = LaplaceDensity(beta=0.005)
+    with torch.no_grad():
+        a = render(torus, cams, density=dens, training=True, generator=torch.Generator().manual_seed(0))
+        b = render(torus, cams, density=dens, training=True, generator=torch.Generator().manual_seed(0))
+        c = render(torus, cams, density=dens, training=True, generator=torch.Generator().manual_seed(1))
+        ev = render(torus, cams, density=dens)
+    torch.testing.assert_close(a.normals, b.normals)
+    assert not torch.equal(a.depth, c.depth)
+    fg = ev.opacity > 0.5
+    assert angular_error_deg(a.normals, ev.normals, fg) < 1.0
+    assert iou(a.opacity > 0.5, fg) > 0.99
