@@ -332,13 +332,13 @@ def _given(t):
     return t is not None and t.numel() > 0
 
 
+def _contiguous(*tensors):
+    return [None if t is None else t.contiguous() for t in tensors]
+
+
 def composite_fwd(sdf, z, beta, values, offsets, last_delta):
     """-> (rendered [R, K], depth [R], opacity [R], weights like sdf)."""
-    sdf = sdf.contiguous()
-    z = z.contiguous()
-    beta = beta.contiguous()
-    values = None if values is None else values.contiguous()
-    offsets = None if offsets is None else offsets.contiguous()
+    sdf, z, beta, values, offsets = _contiguous(sdf, z, beta, values, offsets)
     R, S, M, K, packed, n_hint = _layout(sdf, values, offsets)
     if R == 0 or M == 0:
         return sdf.new_zeros(R, K), sdf.new_zeros(R), sdf.new_zeros(R), torch.zeros_like(sdf)
@@ -363,11 +363,7 @@ def composite_bwd(grad_rendered, grad_depth, grad_opacity, grad_weights, sdf, z,
     values); an empty tensor for an output that is not needed (and for grad_values when
     values is None). A None or empty upstream gradient counts as zero. ``weights`` (the
     forward's, an optional hint of the contract) is not used: this kernel recomputes them."""
-    sdf = sdf.contiguous()
-    z = z.contiguous()
-    beta = beta.contiguous()
-    values = None if values is None else values.contiguous()
-    offsets = None if offsets is None else offsets.contiguous()
+    sdf, z, beta, values, offsets = _contiguous(sdf, z, beta, values, offsets)
     R, S, M, K, packed, n_hint = _layout(sdf, values, offsets)
     need_sdf, need_z, need_beta = bool(need_sdf), bool(need_z), bool(need_beta)
     need_values = bool(need_values) and values is not None
