@@ -13,7 +13,7 @@ torch:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
 
 install: torch
-	$(PIP) install -q setuptools wheel ninja numpy tqdm
+	$(PIP) install -q setuptools wheel ninja numpy tqdm scipy trimesh scikit-image pyrender libigl
 	$(PIP) install -q --no-build-isolation -e .
 
 install-test: install
