@@ -13,7 +13,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-__all__ = ["HeadMesh"]
+__all__ = ["HeadMesh", "atomic_save_npz", "load_npz", "save_mesh", "load_mesh"]
 
 
 @dataclass
@@ -76,3 +76,63 @@ class HeadMesh:
         import trimesh
 
         return trimesh.Trimesh(self.vertices, self.faces, process=False)
+
+
+def atomic_save_npz(path, compressed: bool = False, **arrays) -> None:
+    """Write ``arrays`` to ``path`` (.npz) through a temporary file in the same folder and
+    ``os.replace``: a run killed at any moment leaves either the old file or the new one,
+    never a truncated file."""
+    import os
+    import tempfile
+
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            (np.savez_compressed if compressed else np.savez)(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def load_npz(path) -> dict:
+    """All arrays of an .npz file; a missing file raises FileNotFoundError and a truncated
+    or corrupt one a ValueError, both naming the file."""
+    import os
+    import zipfile
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise ValueError(f"corrupt or truncated file {path}: {e}") from e
+
+
+def save_mesh(path, mesh: HeadMesh) -> None:
+    """Store a :class:`HeadMesh` (all arrays and names) as one .npz, atomically."""
+    arrays = dict(vertices=mesh.vertices, faces=mesh.faces, face_region=mesh.face_region,
+                  identity=np.array(mesh.identity), expression=np.array(mesh.expression),
+                  is_neutral=np.array(mesh.is_neutral))
+    if mesh.registration_vertices is not None:
+        arrays.update(registration_vertices=mesh.registration_vertices,
+                      registration_faces=mesh.registration_faces)
+    atomic_save_npz(path, **arrays)
+
+
+def load_mesh(path) -> HeadMesh:
+    """The :class:`HeadMesh` written by :func:`save_mesh`."""
+    z = load_npz(path)
+    missing = {"vertices", "faces", "face_region", "identity", "expression", "is_neutral"} - set(z)
+    if missing:
+        raise ValueError(f"{path} is not a npht mesh file: missing {sorted(missing)}")
+    return HeadMesh(z["vertices"], z["faces"], z["face_region"], str(z["identity"]), str(z["expression"]),
+                    bool(z["is_neutral"]), z.get("registration_vertices"), z.get("registration_faces"))
