@@ -218,7 +218,8 @@ def is_watertight(faces) -> bool:
     if f.ndim != 2 or f.shape[1] != 3 or len(f) == 0:
         return False
     edges = np.sort(f[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
-    _, counts = np.unique(edges, axis=0, return_counts=True)
+    keys = edges[:, 0] * (int(f.max()) + 1) + edges[:, 1]  # one int64 per undirected edge
+    _, counts = np.unique(keys, return_counts=True)
     return bool((counts == 2).all())
 
 
@@ -288,14 +289,44 @@ def sample_ball(n: int, rng, radius: float = 1.0) -> np.ndarray:
     return d / norm * (radius * np.cbrt(gen.random((n, 1))))
 
 
+def _above(points: np.ndarray, plane) -> np.ndarray:
+    origin, normal = (np.asarray(a, dtype=np.float64).reshape(3) for a in plane)
+    return (points - origin) @ normal > 0
+
+
+def _rejection(draw, n: int, keep, what: str) -> np.ndarray:
+    """Rejection sampling: ``draw(m)`` gives m candidates (rows of arrays),
+    ``keep(rows) -> bool [m]``; returns the first ``n`` kept rows (in draw order)."""
+    if n == 0:
+        return draw(0)
+    parts, have, m = [], 0, max(n, 64)
+    for _ in range(64):
+        batch = draw(m)
+        mask = keep(batch)
+        parts.append(batch[mask])
+        have += int(mask.sum())
+        if have >= n:
+            return np.concatenate(parts)[:n]
+        rate = max(mask.mean(), 1.0 / m)
+        m = int(min(max((n - have) / rate * 1.2, 64), 8 * n + 64))
+    raise ValueError(f"the cut plane keeps (almost) none of the {what}: check meta['cut_plane']")
+
+
 def prepare_identity_samples(mesh, n_face: int = 15000, n_nonface: int = 5000, n_ball: int = 6000, rng=None,
-                             *, sigmas: Sequence[float] = NEAR_SIGMAS, radius: float = 1.0) -> Dict[str, np.ndarray]:
+                             *, sigmas: Sequence[float] = NEAR_SIGMAS, radius: float = 1.0,
+                             cut_plane="meta") -> Dict[str, np.ndarray]:
     """The bulk samples of one head (float32 arrays, keys ``<set>_points`` with
     ``<set>_normals`` for the surface sets and ``<set>_sdf`` for the others, sets as in
     :data:`SET_KEYS`). The near sets perturb the surface points of the same region with
     ``sigmas`` (two levels); ``ball`` is uniform in the ball of ``radius``. The mesh must be
     watertight and outward oriented (see :func:`signed_distance`); all signed distances of
-    the head come from one libigl call."""
+    the head come from one libigl call.
+
+    Torso separation (thesis 5.1.2, NPHM D.2): with a plane ``(origin, normal)`` (by
+    default ``mesh.meta["cut_plane"]`` when present, as NPHMFolder sets it from the FLAME
+    fit; ``None`` disables), surface and ball points are drawn only on the side ``normal``
+    points to (rejection sampling); signed distances stay those of the whole, watertight
+    scan."""
     n_face, n_nonface, n_ball = _count(n_face, "n_face"), _count(n_nonface, "n_nonface"), _count(n_ball, "n_ball")
     sigmas = tuple(float(s) for s in sigmas)
     if len(sigmas) != 2:
@@ -304,15 +335,32 @@ def prepare_identity_samples(mesh, n_face: int = 15000, n_nonface: int = 5000, n
     v, f, region = _mesh_arrays(mesh)
     if region is None:
         raise ValueError("prepare_identity_samples needs a mesh with a per-vertex face_region")
+    if isinstance(cut_plane, str):
+        if cut_plane != "meta":
+            raise ValueError(f"cut_plane must be 'meta', None or (origin, normal), got {cut_plane!r}")
+        cut_plane = getattr(mesh, "meta", {}).get("cut_plane")
     _check_closed(v, f)
     out: Dict[str, np.ndarray] = {}
     queries = []
     for name, n in (("face", n_face), ("nonface", n_nonface)):
-        s = sample_surface((v, f, region), n, gen, region=name)
-        out[f"surface_{name}_points"], out[f"surface_{name}_normals"] = s.points, s.normals
+        if cut_plane is None:
+            s = sample_surface((v, f, region), n, gen, region=name)
+            points, normals = s.points, s.normals
+        else:
+            def draw(m, name=name):
+                s = sample_surface((v, f, region), m, gen, region=name)
+                return np.concatenate([s.points, s.normals], axis=1)
+
+            both = _rejection(draw, n, lambda rows: _above(rows[:, :3], cut_plane), f"{name} surface")
+            points, normals = both[:, :3], both[:, 3:]
+        out[f"surface_{name}_points"], out[f"surface_{name}_normals"] = points, normals
         for level, sigma in enumerate(sigmas, start=1):
-            queries.append((f"near{level}_{name}", near_surface(s.points, sigma, gen)))
-    queries.append(("ball", sample_ball(n_ball, gen, radius)))
+            queries.append((f"near{level}_{name}", near_surface(points, sigma, gen)))
+    if cut_plane is None:
+        ball = sample_ball(n_ball, gen, radius)
+    else:
+        ball = _rejection(lambda m: sample_ball(m, gen, radius), n_ball, lambda p: _above(p, cut_plane), "ball")
+    queries.append(("ball", ball))
     sdf = signed_distance((v, f), np.concatenate([q for _, q in queries]), check=False)
     start = 0
     for name, q in queries:

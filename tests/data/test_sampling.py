@@ -158,6 +158,25 @@ def test_identity_samples(sphere):
                                             True), 10, 10, 10, rng=0)
 
 
+def test_torso_cut_plane(sphere):
+    plane = (np.array([0.0, -0.3, 0.0]), np.array([0.0, 1.0, 0.0]))  # keep y > -0.3
+    cut = HeadMesh(sphere.vertices, sphere.faces, sphere.face_region, "s", "n", True, meta=dict(cut_plane=plane))
+    b = S.prepare_identity_samples(cut, 500, 400, 300, rng=0)
+    for k in ("surface_face_points", "surface_nonface_points", "ball_points"):
+        assert (b[k][:, 1] > -0.3).all(), k
+    assert len(b["surface_nonface_points"]) == 400 and len(b["ball_points"]) == 300
+    assert b["surface_nonface_normals"][:, 1].min() < -0.5  # the lower sphere just above the plane
+    np.testing.assert_allclose(b["ball_sdf"], np.linalg.norm(b["ball_points"].astype(float), axis=1) - R, atol=1e-3)
+    same = S.prepare_identity_samples(sphere, 500, 400, 300, rng=0, cut_plane=plane)
+    assert all(np.array_equal(same[k], b[k]) for k in b)
+    uncut = S.prepare_identity_samples(cut, 500, 400, 300, rng=0, cut_plane=None)
+    assert uncut["ball_points"][:, 1].min() < -0.3
+    with pytest.raises(ValueError, match="the cut plane keeps .* none of the face surface"):
+        S.prepare_identity_samples(sphere, 10, 10, 10, rng=0, cut_plane=(np.array([0, 0.9, 0]), np.array([0, 1, 0])))
+    with pytest.raises(ValueError, match="cut_plane must be"):
+        S.prepare_identity_samples(sphere, 10, 10, 10, rng=0, cut_plane="yes")
+
+
 def test_determinism_per_seed(sphere):
     a = S.prepare_identity_samples(sphere, 200, 100, 50, rng=11)
     b = S.prepare_identity_samples(sphere, 200, 100, 50, rng=np.random.default_rng(11))
