@@ -29,6 +29,8 @@ sphere, y up, face towards +z (neither loader rescales).
         flame.ply                    optional FLAME fit: gives the torso cut plane
         face_region.npy              optional bool [V] face-region mask of scan.ply
 
+Registrations are read as they are; that all expressions of an identity share their
+topology is checked where it matters, by :func:`npht.data.sampling.sample_correspondences`.
 Without a mask, :func:`default_face_region` labels the vertices. A scan that is not
 watertight loads with a warning naming the file (signed distances will refuse it).
 """
@@ -254,7 +256,8 @@ class NPHMFolder(_Loader):
                 except (OSError, json.JSONDecodeError) as e:
                     raise ValueError(f"cannot read {path}: {e}") from e
                 if not isinstance(neutrals, dict):
-                    raise ValueError(f"{path} must hold an object {{subject: expression}}, got {type(neutrals).__name__}")
+                    raise ValueError(f"{path} must hold an object {{subject: expression}}, "
+                                     f"got {type(neutrals).__name__}")
         chosen = {self._number(k, "subject"): self._number(v, "expression") for k, v in (neutrals or {}).items()}
         self._index = {}
         for subject in _sorted_names(s for s in os.listdir(self.root) if s.isdigit()):

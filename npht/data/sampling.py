@@ -30,7 +30,7 @@ Everything is numpy, float64 inside, float32 in the stored arrays; every functio
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -370,9 +370,9 @@ def prepare_identity_samples(mesh, n_face: int = 15000, n_nonface: int = 5000, n
     return {k: np.ascontiguousarray(out[k], dtype=np.float32) for s in SET_KEYS.values() for k in s}
 
 
-def subsample(bulk: Mapping[str, np.ndarray], counts: Mapping[str, int], rng) -> Dict[str, "torch.Tensor"]:  # noqa: F821
+def subsample(bulk: Mapping[str, np.ndarray], counts: Mapping[str, int], rng) -> Dict[str, Any]:
     """One training step's points: for every set named in ``counts`` (see
-    :data:`SET_KEYS`), ``counts[set]`` rows of its points and values (float32 tensors),
+    :data:`SET_KEYS`), ``counts[set]`` rows of its points and values (float32 torch tensors),
     both taken at the same indices. Rows are drawn without replacement when the bulk set
     holds at least that many, else with replacement (small bulks still give full batches).
     Sets are drawn in the order of ``counts``. Unknown set names raise KeyError, missing

@@ -217,3 +217,12 @@ def test_cut_plane_helpers():
     assert flame_cut_plane(flipped)[1][1] < 0
     with pytest.raises(ValueError, match="a FLAME mesh"):
         flame_cut_plane(v[:100])
+
+
+def test_nphm_cut_plane_reaches_the_sampler(nphm):
+    from npht.data.sampling import prepare_identity_samples
+
+    mesh = NPHMFolder(nphm)[("017", "003")]  # flame.ply: cut at y = -0.4, head above
+    bulk = prepare_identity_samples(mesh, 200, 100, 100, rng=0)
+    for k in ("surface_face_points", "surface_nonface_points", "ball_points"):
+        assert (bulk[k][:, 1] > -0.4).all() and len(bulk[k]) in (200, 100)
