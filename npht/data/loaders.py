@@ -47,7 +47,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 
 from .records import HeadMesh
-from .sampling import is_watertight
+from .sampling import above_plane, is_watertight
 
 __all__ = ["MeshFolder", "NPHMFolder", "default_face_region", "read_mesh", "above_plane", "keep_above_plane",
            "FLAME_CUT_VERTICES", "flame_cut_plane"]
@@ -114,13 +114,6 @@ def _read_scan(path: str) -> Tuple[np.ndarray, np.ndarray]:
         warnings.warn(f"mesh {path} is not watertight (an edge is not shared by exactly two faces): "
                       "signed-distance sampling will refuse it", stacklevel=3)
     return v, f
-
-
-def above_plane(points, plane) -> np.ndarray:
-    """Bool ``[n]``: ``points [n, 3]`` strictly on the side of ``plane = (origin, normal)``
-    that ``normal`` points to."""
-    origin, normal = (np.asarray(a, dtype=np.float64).reshape(3) for a in plane)
-    return (np.asarray(points, dtype=np.float64) - origin) @ normal > 0
 
 
 def keep_above_plane(points, plane) -> np.ndarray:

@@ -8,6 +8,7 @@ the same pipeline.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Optional, Tuple
 
@@ -125,7 +126,15 @@ def save_mesh(path, mesh: HeadMesh) -> None:
     if mesh.registration_vertices is not None:
         arrays.update(registration_vertices=mesh.registration_vertices,
                       registration_faces=mesh.registration_faces)
+    if mesh.meta:  # e.g. NPHM's torso cut plane: JSON, arrays as lists
+        arrays["meta"] = np.array(json.dumps(mesh.meta, default=_jsonable))
     atomic_save_npz(path, **arrays)
+
+
+def _jsonable(obj):
+    if isinstance(obj, (np.ndarray, np.generic)):
+        return obj.tolist()
+    raise TypeError(f"HeadMesh.meta value of type {type(obj).__name__} cannot be stored")
 
 
 def load_mesh(path) -> HeadMesh:
@@ -134,5 +143,6 @@ def load_mesh(path) -> HeadMesh:
     missing = {"vertices", "faces", "face_region", "identity", "expression", "is_neutral"} - set(z)
     if missing:
         raise ValueError(f"{path} is not a npht mesh file: missing {sorted(missing)}")
+    meta = json.loads(str(z["meta"])) if "meta" in z else {}
     return HeadMesh(z["vertices"], z["faces"], z["face_region"], str(z["identity"]), str(z["expression"]),
-                    bool(z["is_neutral"]), z.get("registration_vertices"), z.get("registration_faces"))
+                    bool(z["is_neutral"]), z.get("registration_vertices"), z.get("registration_faces"), meta)

@@ -37,7 +37,7 @@ import numpy as np
 __all__ = [
     "SurfaceSamples", "DEFAULT_STEP_COUNTS", "NEAR_SIGMAS", "CORRESPONDENCE_SIGMAS", "SET_KEYS",
     "as_generator", "vertex_normals", "triangle_region", "sample_surface", "is_watertight",
-    "signed_distance", "near_surface", "sample_ball", "prepare_identity_samples", "subsample",
+    "signed_distance", "above_plane", "near_surface", "sample_ball", "prepare_identity_samples", "subsample",
     "sample_correspondences", "prepare_expression_samples",
 ]
 
@@ -290,9 +290,11 @@ def sample_ball(n: int, rng, radius: float = 1.0) -> np.ndarray:
     return d / norm * (radius * np.cbrt(gen.random((n, 1))))
 
 
-def _above(points: np.ndarray, plane) -> np.ndarray:
+def above_plane(points, plane) -> np.ndarray:
+    """Bool ``[n]``: ``points [n, 3]`` strictly on the side of ``plane = (origin, normal)``
+    that ``normal`` points to."""
     origin, normal = (np.asarray(a, dtype=np.float64).reshape(3) for a in plane)
-    return (points - origin) @ normal > 0
+    return (np.asarray(points, dtype=np.float64) - origin) @ normal > 0
 
 
 def _rejection(draw, n: int, keep, what: str) -> np.ndarray:
@@ -352,7 +354,7 @@ def prepare_identity_samples(mesh, n_face: int = 15000, n_nonface: int = 5000, n
                 s = sample_surface((v, f, region), m, gen, region=name)
                 return np.concatenate([s.points, s.normals], axis=1)
 
-            both = _rejection(draw, n, lambda rows: _above(rows[:, :3], cut_plane), f"{name} surface")
+            both = _rejection(draw, n, lambda rows: above_plane(rows[:, :3], cut_plane), f"{name} surface")
             points, normals = both[:, :3], both[:, 3:]
         out[f"surface_{name}_points"], out[f"surface_{name}_normals"] = points, normals
         for level, sigma in enumerate(sigmas, start=1):
@@ -360,7 +362,7 @@ def prepare_identity_samples(mesh, n_face: int = 15000, n_nonface: int = 5000, n
     if cut_plane is None:
         ball = sample_ball(n_ball, gen, radius)
     else:
-        ball = _rejection(lambda m: sample_ball(m, gen, radius), n_ball, lambda p: _above(p, cut_plane), "ball")
+        ball = _rejection(lambda m: sample_ball(m, gen, radius), n_ball, lambda p: above_plane(p, cut_plane), "ball")
     queries.append(("ball", ball))
     sdf = signed_distance((v, f), np.concatenate([q for _, q in queries]), check=False)
     start = 0

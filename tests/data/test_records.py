@@ -18,12 +18,15 @@ def tetra(**kw):
 
 
 def test_roundtrip(tmp_path):
-    m = tetra(registration_vertices=np.zeros((3, 3)), registration_faces=np.array([[0, 1, 2]]))
+    plane = (np.array([0.0, -0.4, 0.0]), np.array([0.0, 1.0, 0.0]))
+    m = tetra(registration_vertices=np.zeros((3, 3)), registration_faces=np.array([[0, 1, 2]]),
+              meta={"cut_plane": plane})
     save_mesh(tmp_path / "m.npz", m)
     back = load_mesh(tmp_path / "m.npz")
     for name in ("vertices", "faces", "face_region", "registration_vertices", "registration_faces"):
         np.testing.assert_array_equal(getattr(back, name), getattr(m, name))
     assert (back.identity, back.expression, back.is_neutral, back.key) == ("a", "neutral", True, "a/neutral")
+    np.testing.assert_array_equal(np.asarray(back.meta["cut_plane"]), np.stack(plane))
     assert back.vertices.dtype == np.float64 and back.faces.dtype == np.int64
     assert back.to_trimesh().is_watertight
     t = tetra()
