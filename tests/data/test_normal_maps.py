@@ -1,6 +1,10 @@
 """Ground-truth normal maps (pyrender) against analytic spheres and npht's own renderer,
 driven by the same Cameras."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +15,7 @@ from npht.render import (Cameras, LaplaceDensity, fibonacci_cameras, generate_ra
                          world_normals_to_camera)
 
 R = 0.5
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -187,6 +192,29 @@ def test_msaa_option_and_shared_context(renderer, sphere):
     with pytest.raises(RuntimeError, match="closed"):
         other.render(sphere, cams)
     assert torch.equal(renderer.render(sphere, cams).mask, exact.mask)
+    # other pyrender code deleting its renderer terminates the shared EGL display: recovered
+    import pyrender
+
+    foreign = pyrender.OffscreenRenderer(16, 16)
+    foreign.delete()
+    assert torch.equal(renderer.render(sphere, cams).normals, exact.normals)
+
+
+def test_unusable_platform_is_a_clear_error():
+    """PyOpenGL reads PYOPENGL_PLATFORM once per process: checked in a fresh one."""
+    code = ("import trimesh\n"
+            "from npht.data.normal_maps import render_normal_maps\n"
+            "from npht.render import fibonacci_cameras\n"
+            "try:\n"
+            "    render_normal_maps(trimesh.creation.icosphere(1), fibonacci_cameras(1, resolution=8))\n"
+            "except RuntimeError as e:\n"
+            "    print('RuntimeError', e)\n")
+    env = dict(os.environ, PYOPENGL_PLATFORM="no-such-platform",
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.startswith("RuntimeError"), out.stdout + out.stderr
+    assert "PYOPENGL_PLATFORM='no-such-platform'" in out.stdout
+    assert "libegl1" in out.stdout and "libosmesa6" in out.stdout and "PyOpenGL>=3.1.10" in out.stdout
 
 
 def test_errors(renderer, sphere):
