@@ -66,7 +66,8 @@ def run(args) -> dict:
             row.update(analytic_errors(maps, cams))
             rows.append(row)
             print(f"{res}^2: {row['median_s']:.2f} s for {args.views} views ({row['per_view_ms']:.1f} ms/view), "
-                  f"mean {row['mean_err_deg']:.4f} deg, p99 {row['p99_err_deg']:.3f} deg, max {row['max_err_deg']:.3f} deg, "
+                  f"mean {row['mean_err_deg']:.4f} deg, p99 {row['p99_err_deg']:.3f} deg, "
+                  f"max {row['max_err_deg']:.3f} deg, "
                   f"mask mismatch {row['mask_mismatch_px']} of {row['mask_px']} px")
     return {"benchmark": "gt_normal_maps", "device_type": "cpu", "device": device_name("cpu"),
             "renderer": "pyrender EGL " + os.environ.get("PYOPENGL_PLATFORM", ""), "torch": torch.__version__,

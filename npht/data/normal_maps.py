@@ -25,12 +25,18 @@ Two framebuffer changes, scoped to this module's renders (:func:`_framebuffer_fo
 * **float colour**: the colour renderbuffers are ``GL_RGBA32F`` instead of ``GL_RGBA8`` and
   the colour is read back as floats. 8-bit colour quantises each normal component to 2/255
   (~0.17 deg mean angular error on a sphere); float colour leaves only the mesh's own
-  interpolation error (~0.007 deg on an icosphere of subdivision 6).
+  interpolation error.
 
 Both rely on pyrender 0.1.x internals (the ``glRenderbufferStorage*`` names in
 ``pyrender.renderer`` and the offscreen renderer's main framebuffer); platforms without
 framebuffer objects (OSMesa) render directly into an 8-bit, non-multisampled default
 framebuffer: exact masks, 8-bit normals.
+
+Measured (Mesa llvmpipe via EGL, 2 shared CPU cores): an icosphere of subdivision 6
+(82k faces, r = 0.5) against the analytic sphere through pixel centres: 0 mismatching mask
+pixels at 128^2, mean angular error 0.012 deg (max 0.19 deg, at grazing silhouette rays
+where polygon and sphere part); a ~100k-face sphere, 128 Fibonacci views: ~1.8 s at 128^2
+(~14 ms/view), ~3.2 s at 256^2 (~25 ms/view), geometry-bound (``benchmarks/gt_normal_maps.py``).
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ import os
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
