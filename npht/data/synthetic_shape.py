@@ -1,0 +1,163 @@
+"""The neutral procedural head as one signed distance function built from smooth
+primitives, and the landmarks (layout) it shares with the deformation and the face region.
+
+Units: the whole head (hair top to the flat neck cut) spans about 1.45 in y, so about one
+unit is 17 cm; y up, face towards +z, every surface point within 0.85 of the origin for
+all identity parameters in range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .synthetic_params import IdentityParams
+from .synthetic_sdf import (capsule, ellipsoid, rotate_xz, rotate_yz, smax, smin, smoothstep, soft_abs,
+                            sphere, ssub, tapered_capsule)
+
+__all__ = ["Layout", "layout", "head_sdf", "face_region_mask"]
+
+NECK_CUT_Y = -0.80  # flat bottom of the neck stump
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Landmark positions (world units) derived from an identity."""
+
+    W: float  # cranium half width
+    H: float  # cranium half height
+    D: float  # cranium half depth
+    cranium_c: tuple
+    eye_x: float
+    eye_y: float
+    eye_z: float
+    brow_y: float
+    nose_tip: tuple
+    nose_bottom_y: float
+    mouth_y: float  # centre of the gap between the lips
+    mouth_z: float  # front of the lips
+    mouth_half_width: float
+    chin_c: tuple
+    chin_bottom_y: float
+    jaw_half_width: float
+    ear_c: tuple
+    ear_half_height: float
+    hinge: tuple  # jaw hinge axis (parallel to x) through (0, y, z)
+    hairline_front_y: float
+    hairline_back_y: float
+
+
+def layout(idp: IdentityParams) -> Layout:
+    W, H, D = 0.36 * idp.head_width, 0.46 * idp.head_height, 0.45 * idp.head_depth
+    fl = idp.face_length
+    mouth_y = -0.225 * fl
+    chin_bottom = -0.455 * fl
+    ear_h = 0.09 * idp.ear_size
+    return Layout(
+        W=W, H=H, D=D, cranium_c=(0.0, 0.17, -0.06),
+        eye_x=0.112 * idp.eye_spacing, eye_y=0.075, eye_z=0.28,
+        brow_y=0.15,
+        nose_tip=(0.0, -0.075 * fl, 0.465 + 0.035 * (idp.nose_length - 1.0) * 2.0),
+        nose_bottom_y=-0.115 * fl,
+        mouth_y=mouth_y, mouth_z=0.405, mouth_half_width=0.082 * idp.mouth_width,
+        chin_c=(0.0, chin_bottom + 0.075, 0.30 + 0.03 * (idp.chin - 1.0)),
+        chin_bottom_y=chin_bottom,
+        jaw_half_width=0.27 * idp.jaw_width,
+        ear_c=(W - 0.005, 0.0, -0.075), ear_half_height=ear_h,
+        hinge=(0.0, -0.03, -0.01),
+        hairline_front_y=0.36, hairline_back_y=0.12 - 0.30 * idp.hair_length,
+    )
+
+
+def head_sdf(p: torch.Tensor, idp: IdentityParams, L: Layout) -> torch.Tensor:
+    """Signed distance estimate of the neutral head at points ``p [..., 3]`` (negative
+    inside). Exact sign; magnitude within a few percent of the true distance near the
+    surface (smooth blends and the ellipsoid estimate)."""
+    x, y, z = p.unbind(-1)
+    pm = torch.stack([soft_abs(x), y, z], -1)  # mirrored: paired parts are built on x > 0
+    fl = idp.face_length
+
+    # cranium, lower face, jaw, chin, cheeks
+    d = ellipsoid(p, L.cranium_c, (L.W, L.H, L.D))
+    face = ellipsoid(p, (0.0, -0.06 * fl, 0.07), (0.29, 0.34 * fl, 0.31))
+    d = smin(d, face, 0.10)
+    jaw = ellipsoid(p, (0.0, -0.25 * fl, 0.05), (L.jaw_half_width, 0.19 * fl, 0.29))
+    d = smin(d, jaw, 0.10)
+    chin = ellipsoid(p, L.chin_c, (0.085 * idp.chin, 0.08 * idp.chin, 0.075 * idp.chin))
+    d = smin(d, chin, 0.08)
+    cheek = sphere(pm, (0.165, -0.02, 0.235 + 0.02 * idp.cheekbones), 0.11)
+    d = smin(d, cheek, 0.08)
+
+    # brow ridge
+    br = 0.022 + 0.014 * idp.brow_ridge
+    brow = tapered_capsule(pm, (0.0, L.brow_y - 0.01, 0.385), (0.2, L.brow_y, 0.31), br, 0.8 * br)
+    d = smin(d, brow, 0.06)
+
+    # eye sockets, eyeballs, lids
+    ec = (L.eye_x, L.eye_y, L.eye_z)
+    d = ssub(d, ellipsoid(pm, (L.eye_x, L.eye_y + 0.005, 0.375), (0.07, 0.048, 0.075)), 0.04)
+    eye = sphere(pm, ec, 0.058)
+    lid = smax(sphere(pm, ec, 0.064), -(y - (L.eye_y + 0.018)), 0.01)  # upper lid: cap of a shell
+    d = smin(d, smin(eye, lid, 0.006), 0.012)
+
+    # nose: bridge, tip, wings; nostrils carved below
+    tip = L.nose_tip
+    nw = idp.nose_width
+    bridge_top = (0.0, L.eye_y + 0.03, 0.345 + 0.025 * idp.nose_bridge)
+    nose = tapered_capsule(p, bridge_top, tip, 0.018 + 0.006 * idp.nose_bridge, 0.03 * nw)
+    nose = smin(nose, sphere(p, (0.0, tip[1] - 0.005, tip[2] - 0.012), 0.036 * nw), 0.03)
+    wing = ellipsoid(pm, (0.034 * nw, L.nose_bottom_y + 0.022, tip[2] - 0.05), (0.024 * nw, 0.022, 0.03))
+    nose = smin(nose, wing, 0.02)
+    d = smin(d, nose, 0.035)
+    nostril = ellipsoid(pm, (0.017 * nw, L.nose_bottom_y + 0.004, tip[2] - 0.035), (0.011 * nw, 0.008, 0.018))
+    d = ssub(d, nostril, 0.006)
+
+    # lips and the mouth gap (open in the canonical expression)
+    lf, mw = idp.lip_fullness, L.mouth_half_width
+    upper = ellipsoid(p, (0.0, L.mouth_y + 0.022, L.mouth_z - 0.035), (mw, 0.024 * lf, 0.036 * lf))
+    lower = ellipsoid(p, (0.0, L.mouth_y - 0.026, L.mouth_z - 0.042), (0.9 * mw, 0.027 * lf, 0.036 * lf))
+    d = smin(d, smin(upper, lower, 0.01), 0.03)
+    gap = ellipsoid(p, (0.0, L.mouth_y, L.mouth_z), (mw + 0.004, 0.0085, 0.13))
+    d = ssub(d, gap, 0.008)
+
+    # ears: a thin plate turned out by the ear angle, the bowl carved on its outer side
+    ang = 0.05 + 0.4 * idp.ear_angle
+    q = rotate_xz(pm, -ang, L.ear_c)  # ear frame: plate normal ~ x, back edge away from head
+    q = rotate_yz(q, 0.15, L.ear_c)
+    ex, ey, ez = L.ear_c
+    h = L.ear_half_height
+    ear = ellipsoid(q, (ex + 0.012, ey, ez), (0.024, h, 0.6 * h))
+    bowl = ellipsoid(q, (ex + 0.04, ey - 0.1 * h, ez + 0.05 * h), (0.02, 0.75 * h, 0.42 * h))
+    ear = ssub(ear, bowl, 0.012)
+    d = smin(d, ear, 0.025)
+
+    # neck stump, cut flat and closed
+    nr = 0.155 * idp.neck_width
+    neck = (torch.stack([x, z + 0.05], -1)).norm(dim=-1) - nr
+    neck = smax(neck, y - 0.0, 0.05)
+    d = smin(d, neck, 0.09)
+    d = smax(d, NECK_CUT_Y - y, 0.0)
+
+    # hair: an offset shell of the cranium above a tilted hairline plane
+    t = 0.012 + 0.048 * idp.hair_volume
+    cap = ellipsoid(p, L.cranium_c, (L.W + t, L.H + t, L.D + t))
+    zf, zb = 0.40, -0.52
+    slope = (L.hairline_front_y - L.hairline_back_y) / (zf - zb)
+    above = (L.hairline_back_y + slope * (z - zb)) - y  # < 0 above the hairline
+    cap = smax(cap, above * 0.88, 0.02)
+    d = smin(d, cap, 0.012)
+    return d
+
+
+def face_region_mask(p: torch.Tensor, L: Layout) -> torch.Tensor:
+    """NPHM-like face region of neutral points ``p [..., 3]``: face, forehead and ears
+    (in front of the ears, above the chin, below the hairline; plus the ears), not the
+    back of the head, the hair or the neck."""
+    x, y, z = p.unbind(-1)
+    front = (z > L.ear_c[2] + 0.06) & (y > L.chin_bottom_y - 0.03) & (y < L.hairline_front_y + 0.02)
+    front &= z > 0.25 * (L.chin_bottom_y - y) - 0.01  # not under the jaw
+    ex, ey, ez = L.ear_c
+    ear = ((x.abs() - ex - 0.03) ** 2 / 0.06**2 + (y - ey) ** 2 / (1.3 * L.ear_half_height) ** 2
+           + (z - ez) ** 2 / 0.09**2) < 1.0
+    return front | ear
