@@ -7,19 +7,18 @@ for every parameter in range, and each equal to the identity far from the face:
    at landmarks (mouth corners, lips, brows, cheeks) with amplitude vectors ``a_k``
    scaled by the expression parameters. ``det(I + a g'^T) = 1 + a . grad g`` and
    ``|grad g| <= 1 / (s sqrt(e))``; amplitudes stay below ``0.6 s`` so the determinant
-   stays above ~0.4 even where bumps overlap.
-2. ``jaw``: rotation by ``theta w(x)`` about the hinge axis (parallel to x, in front of
-   the ears) with a smooth weight ``w`` in [0, 1]. For a rotation about an axis ``a``
-   through ``c``, ``det J = 1 + theta grad w . (a x (x - c))``. ``w`` is the product of
-   (i) a step across the plane through the hinge axis and the lip gap (its gradient is
-   parallel to the rotation velocity: it only increases det), (ii) a step in z in front
-   of the hinge, (iii) a step above the neck and (iv) a radial falloff about the hinge
-   (its gradient is orthogonal to the velocity). Only (ii) and (iii) can lower det; their
-   widths keep it above ~0.3 at ``jaw_open = 1`` (checked on dense grids by the tests).
+   stays above 0.3 where bumps overlap (checked on dense grids by the tests).
+2. ``jaw``: rotation by ``theta w(x)`` (``theta <= 0.26`` rad) about the hinge axis
+   (parallel to x, in front of the ears) with a smooth weight ``w`` in [0, 1]. For a
+   rotation about an axis, ``det J = 1 + theta dw/dphi`` with ``phi`` the angle about the
+   axis. ``w`` is a product of a step across the lip gap increasing with ``phi``, a fade
+   below the chin (slope at most 1.875 / 0.7 in ``phi``) and factors of quantities the
+   rotation keeps (x, distance to the axis, distance to the hinge point), so
+   ``det J >= 1 - 0.26 * 1.875 / 0.7 = 0.30`` everywhere.
 
 A proper local diffeomorphism of R^3 is a global one, so the posed surface of a
 watertight neutral mesh has no self-intersections. The inverse (``deform_inverse``) is
-Newton's method on ``deform(x) = y`` with the Jacobian from autograd, started at ``y``.
+bisection on the jaw angle, then Newton's method for the bumps (Jacobian from autograd).
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from .synthetic_shape import Layout
 
 __all__ = ["deform", "deform_inverse", "jacobian", "JAW_MAX_ANGLE"]
 
-JAW_MAX_ANGLE = 0.30  # rad at jaw_open = 1
+JAW_MAX_ANGLE = 0.26  # rad at jaw_open = 1
 
 
 def _bump_list(e: ExpressionParams, L: Layout):
@@ -73,38 +72,78 @@ def _bumps(x: torch.Tensor, e: ExpressionParams, L: Layout) -> torch.Tensor:
     return y
 
 
-def jaw_weight(x: torch.Tensor, L: Layout) -> torch.Tensor:
-    """Weight in [0, 1] of the jaw rotation (1 on the lower lip, chin and jaw)."""
-    px, py, pz = x.unbind(-1)
+JAW_SECTOR_END = (0.95, 0.7)  # the weight fades over angles [0.95, 0.95 + 0.7] rad below the forward horizontal
+
+
+def _jaw_polar(x: torch.Tensor, L: Layout):
+    """Hinge-axis coordinates: (x, rho = distance to the axis, phi = angle below the forward
+    horizontal, increasing as the jaw opens, r = distance to the hinge point)."""
     _, hy, hz = L.hinge
-    # (i) below the plane through the hinge axis and the lip gap; sharp at the lips,
-    # wider sideways (the x dependence is free: the rotation velocity has no x part)
-    ty, tz = L.mouth_y - hy, L.mouth_z - hz
-    n = math.hypot(ty, tz)
-    s = ((py - L.mouth_y) * tz - (pz - L.mouth_z) * ty) / n  # > 0 above the plane
+    qy, qz = x[..., 1] - hy, x[..., 2] - hz
+    rho = torch.sqrt(qy * qy + qz * qz + 1e-12)
+    phi = torch.atan2(-qy, qz)
+    r = torch.sqrt(x[..., 0] ** 2 + rho * rho)
+    return x[..., 0], rho, phi, r
+
+
+def _jaw_weight_polar(px, rho, phi, r, L: Layout) -> torch.Tensor:
+    _, hy, hz = L.hinge
+    phi_m = math.atan2(-(L.mouth_y - hy), L.mouth_z - hz)  # the lip gap
+    # (i) step across the lip gap: sharp at the lips, wider sideways (in space: the angular
+    # width is the spatial width over rho)
     width = 0.012 + 0.5 * torch.nn.functional.softplus((soft_abs(px) - L.mouth_half_width) / 0.05) * 0.05
-    w1 = smoothstep(0.5 - s / (2.0 * width))
-    # (ii) in front of the hinge
-    w2 = smoothstep((pz - hz + 0.02) / 0.26)
-    # (iii) above the neck
-    w3 = smoothstep((py - L.chin_bottom_y + 0.17) / 0.2)
-    # (iv) radial falloff about the hinge
-    r = torch.sqrt(px * px + (py - hy) ** 2 + (pz - hz) ** 2)
+    dphi = (width / rho.clamp_min(1e-3)).clamp(max=0.8)
+    w1 = smoothstep(0.5 + (phi - phi_m) / (2.0 * dphi))
+    # (ii) fade below the chin (keeps the neck)
+    a0, da = JAW_SECTOR_END
+    w3 = 1.0 - smoothstep((phi - a0) / da)
+    # (iii) radial falloff about the hinge, (iv) off the axis: both orthogonal to the motion
     w4 = 1.0 - smoothstep((r - 0.66) / 0.3)
-    return w1 * w2 * w3 * w4
+    w5 = smoothstep(rho / 0.08)
+    return w1 * w3 * w4 * w5
+
+
+def jaw_weight(x: torch.Tensor, L: Layout) -> torch.Tensor:
+    """Weight in [0, 1] of the jaw rotation (1 on the lower lip, chin and jaw).
+
+    A product of functions of the hinge-axis angle ``phi`` (step across the lip gap,
+    increasing with ``phi``; fade below the chin, slope at most 1.875 / 0.7) and of
+    quantities the rotation preserves (``x``, ``rho``, ``r``), so
+    ``det J = 1 + theta dw/dphi >= 1 - 0.26 * 1.875 / 0.7 = 0.30``."""
+    return _jaw_weight_polar(*_jaw_polar(x, L), L)
+
+
+def _rotate_about_hinge(x: torch.Tensor, angle: torch.Tensor, L: Layout) -> torch.Tensor:
+    _, hy, hz = L.hinge
+    qy, qz = x[..., 1] - hy, x[..., 2] - hz
+    ca, sa = torch.cos(angle), torch.sin(angle)
+    # positive angles open the jaw: the chin (front, below the hinge) goes down and back
+    return torch.stack([x[..., 0], ca * qy - sa * qz + hy, sa * qy + ca * qz + hz], -1)
 
 
 def _jaw(x: torch.Tensor, e: ExpressionParams, L: Layout) -> torch.Tensor:
     if not e.jaw_open:
         return x
-    angle = JAW_MAX_ANGLE * e.jaw_open * jaw_weight(x, L)
-    _, hy, hz = L.hinge
-    qy, qz = x[..., 1] - hy, x[..., 2] - hz
-    ca, sa = torch.cos(angle), torch.sin(angle)
-    # opening: the chin (front, below the hinge) goes down and back
-    y = ca * qy - sa * qz + hy
-    z = sa * qy + ca * qz + hz
-    return torch.stack([x[..., 0], y, z], -1)
+    return _rotate_about_hinge(x, JAW_MAX_ANGLE * e.jaw_open * jaw_weight(x, L), L)
+
+
+def _jaw_inverse(y: torch.Tensor, e: ExpressionParams, L: Layout, iters: int = 60) -> torch.Tensor:
+    """The rotation keeps x, rho and r, so the inverse solves the scalar equation
+    ``psi = theta w(phi_y - psi)`` (increasing in psi since det J > 0) by bisection on
+    [0, theta]."""
+    if not e.jaw_open:
+        return y
+    theta = JAW_MAX_ANGLE * e.jaw_open
+    px, rho, phi, r = _jaw_polar(y, L)
+    lo, hi = torch.zeros_like(phi), torch.full_like(phi, theta)
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        g = mid - theta * _jaw_weight_polar(px, rho, phi - mid, r, L)
+        pos = g > 0
+        hi, lo = torch.where(pos, mid, hi), torch.where(pos, lo, mid)
+        if float((hi - lo).max()) < 1e-15 if hi.numel() else True:
+            break
+    return _rotate_about_hinge(y, -0.5 * (lo + hi), L)
 
 
 def deform(x: torch.Tensor, e: ExpressionParams, L: Layout) -> torch.Tensor:
@@ -116,9 +155,13 @@ def deform(x: torch.Tensor, e: ExpressionParams, L: Layout) -> torch.Tensor:
 
 def jacobian(x: torch.Tensor, e: ExpressionParams, L: Layout) -> torch.Tensor:
     """``d deform / dx`` at ``x [..., 3]``: ``[..., 3, 3]`` (rows: output coordinates)."""
+    return _stage_jacobian(deform, x, e, L)
+
+
+def _stage_jacobian(fn, x: torch.Tensor, e: ExpressionParams, L: Layout) -> torch.Tensor:
     with torch.enable_grad():
         xg = x.detach().requires_grad_(True)
-        y = deform(xg, e, L)
+        y = fn(xg, e, L)
         if not y.requires_grad:  # neutral
             return torch.eye(3, dtype=x.dtype, device=x.device).expand(*x.shape[:-1], 3, 3).clone()
         rows = [torch.autograd.grad(y[..., i].sum(), xg, retain_graph=i < 2)[0] for i in range(3)]
@@ -126,19 +169,24 @@ def jacobian(x: torch.Tensor, e: ExpressionParams, L: Layout) -> torch.Tensor:
 
 
 def deform_inverse(y: torch.Tensor, e: ExpressionParams, L: Layout, iters: int = 20,
-                   tol: float = 1e-10) -> torch.Tensor:
-    """Posed points ``y [..., 3]`` -> neutral points, by Newton's method (stops early when
-    every residual is below ``tol``). Differentiable w.r.t. ``y``: the last step is taken
-    with the graph attached, which gives the implicit-function gradient ``J^-1``."""
+                   tol: float = 1e-12) -> torch.Tensor:
+    """Posed points ``y [..., 3]`` -> neutral points: the jaw rotation is undone by
+    bisection on its angle, the bumps by Newton's method (``iters`` steps at most; stops
+    when every residual is below ``tol``). Differentiable w.r.t. ``y``: a last Newton step
+    on the whole map is taken with the graph attached, which gives the implicit-function
+    gradient ``J^-1``."""
     if e.is_neutral:
         return y
-    x = y.detach().clone()
-    for _ in range(iters):
-        r = deform(x, e, L) - y.detach()
-        if float(r.abs().max()) < tol if r.numel() else True:
-            break
-        J = jacobian(x, e, L)
-        x = x - torch.linalg.solve(J, r.unsqueeze(-1)).squeeze(-1)
+    with torch.no_grad():
+        yd = y.detach()
+        z = _jaw_inverse(yd, e, L)
+        x = z.clone()
+        for _ in range(iters):
+            r = _bumps(x, e, L) - z
+            if not r.numel() or float(r.abs().max()) < tol:
+                break
+            J = _stage_jacobian(_bumps, x, e, L)
+            x = x - torch.linalg.solve(J, r.unsqueeze(-1)).squeeze(-1)
     if y.requires_grad:
         J = jacobian(x, e, L)
         x = x - torch.linalg.solve(J, (deform(x, e, L) - y).unsqueeze(-1)).squeeze(-1)

@@ -143,7 +143,7 @@ class ExpressionParams(_Params):
     is the canonical (neutral) expression, whose mouth is slightly open as in NPHM. Ranges:
 
     - ``jaw_open`` 0-1: jaw rotation about the hinge axis in front of the ears, up to
-      0.3 rad.
+      0.26 rad.
     - ``smile`` -1-1: mouth corners up, out and back, cheeks up (negative: frown).
     - ``mouth_wide`` -1-1: mouth corners sideways (negative: narrower).
     - ``pucker`` 0-1: lips forward, corners inward.
@@ -151,7 +151,7 @@ class ExpressionParams(_Params):
     - ``cheek_puff`` 0-1: cheeks outward.
     """
 
-    jaw_open: float = _p(0.0, 0.0, 1.0, "jaw rotation (0.3 rad at 1)")
+    jaw_open: float = _p(0.0, 0.0, 1.0, "jaw rotation (0.26 rad at 1)")
     smile: float = _p(0.0, -1.0, 1.0, "mouth corners up/out (negative: frown)")
     mouth_wide: float = _p(0.0, -1.0, 1.0, "mouth corners sideways")
     pucker: float = _p(0.0, 0.0, 1.0, "lips forward, corners in")

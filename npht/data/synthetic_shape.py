@@ -53,20 +53,20 @@ def layout(idp: IdentityParams) -> Layout:
     fl = idp.face_length
     mouth_y = -0.225 * fl
     chin_bottom = -0.455 * fl
-    ear_h = 0.09 * idp.ear_size
+    ear_h = 0.115 * idp.ear_size
     return Layout(
         W=W, H=H, D=D, cranium_c=(0.0, 0.17, -0.06),
-        eye_x=0.112 * idp.eye_spacing, eye_y=0.075, eye_z=0.28,
+        eye_x=0.14 * idp.eye_spacing, eye_y=0.07, eye_z=0.262,
         brow_y=0.15,
-        nose_tip=(0.0, -0.075 * fl, 0.465 + 0.035 * (idp.nose_length - 1.0) * 2.0),
-        nose_bottom_y=-0.115 * fl,
-        mouth_y=mouth_y, mouth_z=0.405, mouth_half_width=0.082 * idp.mouth_width,
+        nose_tip=(0.0, -0.08 * fl, 0.50 + 0.05 * (idp.nose_length - 1.0)),
+        nose_bottom_y=-0.125 * fl,
+        mouth_y=mouth_y, mouth_z=0.405, mouth_half_width=0.1 * idp.mouth_width,
         chin_c=(0.0, chin_bottom + 0.075, 0.30 + 0.03 * (idp.chin - 1.0)),
         chin_bottom_y=chin_bottom,
         jaw_half_width=0.27 * idp.jaw_width,
-        ear_c=(W - 0.005, 0.0, -0.075), ear_half_height=ear_h,
+        ear_c=(W - 0.01, 0.01, -0.075), ear_half_height=ear_h,
         hinge=(0.0, -0.03, -0.01),
-        hairline_front_y=0.36, hairline_back_y=0.12 - 0.30 * idp.hair_length,
+        hairline_front_y=0.37, hairline_back_y=0.02 - 0.24 * idp.hair_length,
     )
 
 
@@ -78,75 +78,83 @@ def head_sdf(p: torch.Tensor, idp: IdentityParams, L: Layout) -> torch.Tensor:
     pm = torch.stack([soft_abs(x), y, z], -1)  # mirrored: paired parts are built on x > 0
     fl = idp.face_length
 
-    # cranium, lower face, jaw, chin, cheeks
+    # cranium, lower face, jaw, chin, cheeks, muzzle (the mouth's base)
     d = ellipsoid(p, L.cranium_c, (L.W, L.H, L.D))
     face = ellipsoid(p, (0.0, -0.06 * fl, 0.07), (0.29, 0.34 * fl, 0.31))
     d = smin(d, face, 0.10)
-    jaw = ellipsoid(p, (0.0, -0.25 * fl, 0.05), (L.jaw_half_width, 0.19 * fl, 0.29))
+    jc = (0.0, -0.25 * fl, 0.06)
+    jaw = ellipsoid(rotate_yz(p, -0.45, jc), jc, (L.jaw_half_width, 0.17 * fl, 0.27))  # back end raised
     d = smin(d, jaw, 0.10)
     chin = ellipsoid(p, L.chin_c, (0.085 * idp.chin, 0.08 * idp.chin, 0.075 * idp.chin))
     d = smin(d, chin, 0.08)
-    cheek = sphere(pm, (0.165, -0.02, 0.235 + 0.02 * idp.cheekbones), 0.11)
-    d = smin(d, cheek, 0.08)
+    cheek = sphere(pm, (0.15, -0.01, 0.215 + 0.02 * idp.cheekbones), 0.12)
+    d = smin(d, cheek, 0.10)
+    muzzle = ellipsoid(p, (0.0, L.mouth_y + 0.01, 0.25), (0.14, 0.13 * fl, 0.125))
+    d = smin(d, muzzle, 0.06)
 
     # brow ridge
     br = 0.022 + 0.014 * idp.brow_ridge
-    brow = tapered_capsule(pm, (0.0, L.brow_y - 0.01, 0.385), (0.2, L.brow_y, 0.31), br, 0.8 * br)
+    brow = tapered_capsule(pm, (0.0, L.brow_y - 0.01, 0.385), (0.22, L.brow_y, 0.30), br, 0.8 * br)
     d = smin(d, brow, 0.06)
 
-    # eye sockets, eyeballs, lids
+    # eye sockets, eyeballs, upper lids
     ec = (L.eye_x, L.eye_y, L.eye_z)
-    d = ssub(d, ellipsoid(pm, (L.eye_x, L.eye_y + 0.005, 0.375), (0.07, 0.048, 0.075)), 0.04)
-    eye = sphere(pm, ec, 0.058)
-    lid = smax(sphere(pm, ec, 0.064), -(y - (L.eye_y + 0.018)), 0.01)  # upper lid: cap of a shell
+    d = ssub(d, ellipsoid(pm, (L.eye_x, L.eye_y + 0.005, 0.36), (0.075, 0.05, 0.07)), 0.04)
+    eye = sphere(pm, ec, 0.056)
+    lid = smax(sphere(pm, ec, 0.062), -(y - (L.eye_y + 0.016)), 0.01)  # cap of a shell
     d = smin(d, smin(eye, lid, 0.006), 0.012)
 
     # nose: bridge, tip, wings; nostrils carved below
     tip = L.nose_tip
     nw = idp.nose_width
-    bridge_top = (0.0, L.eye_y + 0.03, 0.345 + 0.025 * idp.nose_bridge)
-    nose = tapered_capsule(p, bridge_top, tip, 0.018 + 0.006 * idp.nose_bridge, 0.03 * nw)
-    nose = smin(nose, sphere(p, (0.0, tip[1] - 0.005, tip[2] - 0.012), 0.036 * nw), 0.03)
-    wing = ellipsoid(pm, (0.034 * nw, L.nose_bottom_y + 0.022, tip[2] - 0.05), (0.024 * nw, 0.022, 0.03))
+    bridge_top = (0.0, L.eye_y + 0.035, 0.35 + 0.025 * idp.nose_bridge)
+    nose = tapered_capsule(p, bridge_top, tip, 0.02 + 0.006 * idp.nose_bridge, 0.03 * nw)
+    nose = smin(nose, sphere(p, (0.0, tip[1] - 0.008, tip[2] - 0.018), 0.038 * nw), 0.03)
+    wing = ellipsoid(pm, (0.04 * nw, L.nose_bottom_y + 0.026, tip[2] - 0.065), (0.028 * nw, 0.026, 0.034))
     nose = smin(nose, wing, 0.02)
     d = smin(d, nose, 0.035)
-    nostril = ellipsoid(pm, (0.017 * nw, L.nose_bottom_y + 0.004, tip[2] - 0.035), (0.011 * nw, 0.008, 0.018))
+    nostril = ellipsoid(pm, (0.02 * nw, L.nose_bottom_y + 0.004, tip[2] - 0.045), (0.012 * nw, 0.008, 0.02))
     d = ssub(d, nostril, 0.006)
 
     # lips and the mouth gap (open in the canonical expression)
     lf, mw = idp.lip_fullness, L.mouth_half_width
-    upper = ellipsoid(p, (0.0, L.mouth_y + 0.022, L.mouth_z - 0.035), (mw, 0.024 * lf, 0.036 * lf))
-    lower = ellipsoid(p, (0.0, L.mouth_y - 0.026, L.mouth_z - 0.042), (0.9 * mw, 0.027 * lf, 0.036 * lf))
-    d = smin(d, smin(upper, lower, 0.01), 0.03)
-    gap = ellipsoid(p, (0.0, L.mouth_y, L.mouth_z), (mw + 0.004, 0.0085, 0.13))
+    upper = ellipsoid(p, (0.0, L.mouth_y + 0.022, L.mouth_z - 0.038), (mw, 0.022 * lf, 0.038 * lf))
+    lower = ellipsoid(p, (0.0, L.mouth_y - 0.026, L.mouth_z - 0.045), (0.88 * mw, 0.026 * lf, 0.04 * lf))
+    d = smin(d, smin(upper, lower, 0.01), 0.035)
+    gap = ellipsoid(p, (0.0, L.mouth_y, L.mouth_z), (mw + 0.002, 0.0085, 0.13))
     d = ssub(d, gap, 0.008)
 
-    # ears: a thin plate turned out by the ear angle, the bowl carved on its outer side
-    ang = 0.05 + 0.4 * idp.ear_angle
+    # ears: a plate (helix) with a lobe, turned out by the ear angle; the bowl carved outside
+    ang = 0.12 + 0.33 * idp.ear_angle
     q = rotate_xz(pm, -ang, L.ear_c)  # ear frame: plate normal ~ x, back edge away from head
     q = rotate_yz(q, 0.15, L.ear_c)
     ex, ey, ez = L.ear_c
     h = L.ear_half_height
-    ear = ellipsoid(q, (ex + 0.012, ey, ez), (0.024, h, 0.6 * h))
-    bowl = ellipsoid(q, (ex + 0.04, ey - 0.1 * h, ez + 0.05 * h), (0.02, 0.75 * h, 0.42 * h))
+    ear = ellipsoid(q, (ex + 0.016, ey + 0.15 * h, ez), (0.026, 0.85 * h, 0.6 * h))
+    lobe = ellipsoid(q, (ex + 0.014, ey - 0.55 * h, ez + 0.08 * h), (0.02, 0.42 * h, 0.36 * h))
+    ear = smin(ear, lobe, 0.03)
+    bowl = ellipsoid(q, (ex + 0.045, ey + 0.05 * h, ez + 0.06 * h), (0.022, 0.66 * h, 0.4 * h))
     ear = ssub(ear, bowl, 0.012)
     d = smin(d, ear, 0.025)
 
-    # neck stump, cut flat and closed
-    nr = 0.155 * idp.neck_width
-    neck = (torch.stack([x, z + 0.05], -1)).norm(dim=-1) - nr
+    # neck stump (leaning slightly forward), cut flat and closed
+    nr = 0.19 * idp.neck_width
+    zc = -0.07 + 0.08 * (-0.2 - y)
+    neck = torch.sqrt(x * x + ((z - zc) / 0.95) ** 2) * 0.975 - nr
     neck = smax(neck, y - 0.0, 0.05)
     d = smin(d, neck, 0.09)
     d = smax(d, NECK_CUT_Y - y, 0.0)
 
-    # hair: an offset shell of the cranium above a tilted hairline plane
-    t = 0.012 + 0.048 * idp.hair_volume
+    # hair: an offset shell of the cranium above a hairline that runs from the forehead
+    # over the ears down to the nape (a + b cos(phi) + c cos(2 phi) around the y axis)
+    t = 0.015 + 0.05 * idp.hair_volume
     cap = ellipsoid(p, L.cranium_c, (L.W + t, L.H + t, L.D + t))
-    zf, zb = 0.40, -0.52
-    slope = (L.hairline_front_y - L.hairline_back_y) / (zf - zb)
-    above = (L.hairline_back_y + slope * (z - zb)) - y  # < 0 above the hairline
-    cap = smax(cap, above * 0.88, 0.02)
-    d = smin(d, cap, 0.012)
+    F, S, K = L.hairline_front_y, 0.19, L.hairline_back_y
+    a, b, c = ((F + K) / 2 + S) / 2, (F - K) / 2, ((F + K) / 2 - S) / 2
+    r2 = x * x + z * z + 1e-4
+    line = a + b * z / torch.sqrt(r2) + c * (z * z - x * x) / r2
+    cap = smax(cap, (line - y) * 0.8, 0.06)
+    d = smin(d, cap, 0.03)
     return d
 
 
