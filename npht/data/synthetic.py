@@ -28,7 +28,7 @@ from .records import HeadMesh
 from .synthetic_deform import deform as _deform
 from .synthetic_deform import deform_inverse as _deform_inverse
 from .synthetic_deform import jacobian as _jacobian
-from .synthetic_params import EXPRESSION_PRESETS, ExpressionParams, IdentityParams, as_generator
+from .synthetic_params import EXPRESSION_PRESETS, ExpressionParams, IdentityParams
 from .synthetic_shape import face_region_mask, head_sdf, layout
 
 __all__ = [

@@ -1,7 +1,8 @@
 """Smooth SDF primitives and blends (PyTorch, any float dtype, autograd-friendly).
 
-Points are ``[..., 3]`` tensors; centres, radii and axes are Python floats (tuples), so
-one function serves float32 and float64. The blends are the quadratic polynomial smooth
+Points are tuples ``(x, y, z)`` of equal-shape tensors (separate contiguous components are
+several times faster on CPU than reductions over a trailing axis of 3); centres, radii
+and axes are Python floats, so one function serves float32 and float64. The blends are the quadratic polynomial smooth
 minimum: its gradient is a convex combination of the operands' gradients, so it never
 raises the Lipschitz constant above theirs.
 """
@@ -9,7 +10,7 @@ raises the Lipschitz constant above theirs.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import torch
 
@@ -19,10 +20,7 @@ __all__ = [
 ]
 
 Vec = Sequence[float]
-
-
-def _vec(p: torch.Tensor, v: Vec) -> torch.Tensor:
-    return torch.tensor(v, dtype=p.dtype, device=p.device)
+Pts = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def smin(a: torch.Tensor, b: torch.Tensor, k: float) -> torch.Tensor:
@@ -54,49 +52,48 @@ def soft_abs(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
     return torch.sqrt(x * x + eps * eps)
 
 
-def sphere(p: torch.Tensor, c: Vec, r: float) -> torch.Tensor:
-    return (p - _vec(p, c)).norm(dim=-1) - r
+def _len(x, y, z):
+    return torch.sqrt(x * x + y * y + z * z)
 
 
-def ellipsoid(p: torch.Tensor, c: Vec, radii: Vec) -> torch.Tensor:
+def sphere(p: Pts, c: Vec, r: float) -> torch.Tensor:
+    return _len(p[0] - c[0], p[1] - c[1], p[2] - c[2]) - r
+
+
+def ellipsoid(p: Pts, c: Vec, radii: Vec) -> torch.Tensor:
     """Ellipsoid distance estimate ``k0 (k0 - 1) / k1`` (k0 = |q/r|, k1 = |q/r^2|): exact
-    on the surface, gradient norm close to 1 near it, same sign as the true distance."""
-    r = _vec(p, radii)
-    q = p - _vec(p, c)
-    k0 = (q / r).norm(dim=-1)
-    k1 = (q / (r * r)).norm(dim=-1).clamp_min(1e-9)
+    on the surface with a unit gradient there, same sign as the true distance."""
+    qx, qy, qz = p[0] - c[0], p[1] - c[1], p[2] - c[2]
+    a, b, cc = radii
+    k0 = _len(qx / a, qy / b, qz / cc)
+    k1 = _len(qx / (a * a), qy / (b * b), qz / (cc * cc)).clamp_min(1e-9)
     return k0 * (k0 - 1.0) / k1
 
 
-def capsule(p: torch.Tensor, a: Vec, b: Vec, r: float) -> torch.Tensor:
+def capsule(p: Pts, a: Vec, b: Vec, r: float) -> torch.Tensor:
     """Segment ``a``-``b`` thickened by ``r``."""
     return tapered_capsule(p, a, b, r, r)
 
 
-def tapered_capsule(p: torch.Tensor, a: Vec, b: Vec, ra: float, rb: float) -> torch.Tensor:
+def tapered_capsule(p: Pts, a: Vec, b: Vec, ra: float, rb: float) -> torch.Tensor:
     """Segment ``a``-``b`` with a radius going linearly from ``ra`` to ``rb`` (distance
     estimate; exact when ``ra == rb``)."""
-    av, bv = _vec(p, a), _vec(p, b)
-    ba = bv - av
-    t = (((p - av) * ba).sum(-1) / float((ba * ba).sum())).clamp(0.0, 1.0)
-    return (p - av - t[..., None] * ba).norm(dim=-1) - (ra + (rb - ra) * t)
+    ba = [b[i] - a[i] for i in range(3)]
+    bb = sum(v * v for v in ba)
+    q = [p[i] - a[i] for i in range(3)]
+    t = ((q[0] * ba[0] + q[1] * ba[1] + q[2] * ba[2]) / bb).clamp(0.0, 1.0)
+    return _len(q[0] - t * ba[0], q[1] - t * ba[1], q[2] - t * ba[2]) - (ra + (rb - ra) * t)
 
 
-def rotate_yz(p: torch.Tensor, angle: float, c: Vec = (0.0, 0.0, 0.0)) -> torch.Tensor:
+def rotate_yz(p: Pts, angle: float, c: Vec = (0.0, 0.0, 0.0)) -> Pts:
     """Points rotated by ``angle`` about the x axis through ``c`` (y towards z)."""
-    cv = _vec(p, c)
-    q = p - cv
+    qy, qz = p[1] - c[1], p[2] - c[2]
     ca, sa = math.cos(angle), math.sin(angle)
-    y = ca * q[..., 1] - sa * q[..., 2]
-    z = sa * q[..., 1] + ca * q[..., 2]
-    return torch.stack([q[..., 0], y, z], -1) + cv
+    return p[0], ca * qy - sa * qz + c[1], sa * qy + ca * qz + c[2]
 
 
-def rotate_xz(p: torch.Tensor, angle: float, c: Vec = (0.0, 0.0, 0.0)) -> torch.Tensor:
+def rotate_xz(p: Pts, angle: float, c: Vec = (0.0, 0.0, 0.0)) -> Pts:
     """Points rotated by ``angle`` about the y axis through ``c`` (z towards x)."""
-    cv = _vec(p, c)
-    q = p - cv
+    qx, qz = p[0] - c[0], p[2] - c[2]
     ca, sa = math.cos(angle), math.sin(angle)
-    x = ca * q[..., 0] + sa * q[..., 2]
-    z = -sa * q[..., 0] + ca * q[..., 2]
-    return torch.stack([x, q[..., 1], z], -1) + cv
+    return ca * qx + sa * qz + c[0], p[1], -sa * qx + ca * qz + c[2]

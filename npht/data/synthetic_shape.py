@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from .synthetic_params import IdentityParams
-from .synthetic_sdf import (capsule, ellipsoid, rotate_xz, rotate_yz, smax, smin, smoothstep, soft_abs,
-                            sphere, ssub, tapered_capsule)
+from .synthetic_sdf import (ellipsoid, rotate_xz, rotate_yz, smax, smin, soft_abs, sphere, ssub,
+                            tapered_capsule)
 
 __all__ = ["Layout", "layout", "head_sdf", "face_region_mask"]
 
@@ -74,8 +74,9 @@ def head_sdf(p: torch.Tensor, idp: IdentityParams, L: Layout) -> torch.Tensor:
     """Signed distance estimate of the neutral head at points ``p [..., 3]`` (negative
     inside). Exact sign; magnitude within a few percent of the true distance near the
     surface (smooth blends and the ellipsoid estimate)."""
-    x, y, z = p.unbind(-1)
-    pm = torch.stack([soft_abs(x), y, z], -1)  # mirrored: paired parts are built on x > 0
+    x, y, z = (p[..., i].contiguous() for i in range(3))
+    pm = (soft_abs(x), y, z)  # mirrored: paired parts are built on x > 0
+    p = (x, y, z)
     fl = idp.face_length
 
     # cranium, lower face, jaw, chin, cheeks, muzzle (the mouth's base)
