@@ -11,7 +11,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 import numpy as np  # noqa: E402
 
 
-def render_normals(mesh, yaw_degrees=30.0, pitch_degrees=8.0, size=256, renderer=None):
+def render_normals(mesh, yaw_degrees=30.0, pitch_degrees=8.0, size=256, renderer=None, fov_degrees=34.0):
     """World-normal image [size, size, 3] (uint8) of a HeadMesh from a camera on a circle."""
     import pyrender
     import trimesh
@@ -29,7 +29,7 @@ def render_normals(mesh, yaw_degrees=30.0, pitch_degrees=8.0, size=256, renderer
     up = np.cross(right, fwd)
     pose = np.eye(4)
     pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = right, up, -fwd, eye  # OpenGL camera
-    scene.add(pyrender.PerspectiveCamera(yfov=math.radians(38.0)), pose=pose)
+    scene.add(pyrender.PerspectiveCamera(yfov=math.radians(fov_degrees)), pose=pose)
     r = renderer or pyrender.OffscreenRenderer(size, size)
     color, _ = r.render(scene, flags=pyrender.RenderFlags.FLAT)
     if renderer is None:
@@ -47,8 +47,8 @@ def main(path=os.path.join(os.path.dirname(os.path.abspath(__file__)), "heads.pn
     from npht.data.synthetic import EXPRESSION_PRESETS, synthetic_head
 
     names = list(EXPRESSION_PRESETS)[:4]
-    renderer = pyrender.OffscreenRenderer(256, 256)
-    fig, axes = plt.subplots(n_ids, len(names) + 1, figsize=(2.2 * (len(names) + 1), 2.3 * n_ids))
+    renderer = pyrender.OffscreenRenderer(300, 300)
+    fig, axes = plt.subplots(n_ids, len(names) + 1, figsize=(2.6 * (len(names) + 1), 2.6 * n_ids + 0.3))
     for i in range(n_ids):
         head = synthetic_head(i)
         for j, name in enumerate(names):
@@ -57,7 +57,7 @@ def main(path=os.path.join(os.path.dirname(os.path.abspath(__file__)), "heads.pn
             if i == 0:
                 axes[i, j].set_title(name, fontsize=9)
         axes[i, -1].imshow(render_normals(head.mesh(None, resolution), yaw_degrees=90.0, renderer=renderer))
-        axes[i, 0].text(-10, 128, head.name, rotation=90, va="center", ha="right", fontsize=9)
+        axes[i, 0].text(-10, 150, head.name, rotation=90, va="center", ha="right", fontsize=9)
     axes[0, -1].set_title("neutral, side", fontsize=9)
     renderer.delete()
     for ax in axes.flat:

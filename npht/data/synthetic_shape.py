@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .synthetic_params import IdentityParams
-from .synthetic_sdf import (ellipsoid, rotate_xz, rotate_yz, smax, smin, soft_abs, sphere, ssub,
+from .synthetic_sdf import (ellipsoid, rotate_xz, rotate_yz, smax, smin, smoothstep, soft_abs, sphere, ssub,
                             tapered_capsule)
 
 __all__ = ["Layout", "layout", "head_sdf", "face_region_mask"]
@@ -46,6 +47,7 @@ class Layout:
     hinge: tuple  # jaw hinge axis (parallel to x) through (0, y, z)
     hairline_front_y: float
     hairline_back_y: float
+    hairline_coef: tuple  # hairline height = sum_k coef[k] cos(k phi), phi around the y axis
 
 
 def layout(idp: IdentityParams) -> Layout:
@@ -67,7 +69,16 @@ def layout(idp: IdentityParams) -> Layout:
         ear_c=(W - 0.01, 0.01, -0.075), ear_half_height=ear_h,
         hinge=(0.0, -0.03, -0.01),
         hairline_front_y=0.37, hairline_back_y=0.02 - 0.24 * idp.hair_length,
+        hairline_coef=_hairline(0.37, 0.26, 0.19, 0.02 - 0.24 * idp.hair_length),
     )
+
+
+def _hairline(front: float, temple: float, side: float, back: float) -> tuple:
+    """Coefficients of ``sum_k c_k cos(k phi)`` (k = 0..3) through the hairline heights at
+    phi = 0 (forehead), 55 deg (temples), 105 deg (over the ears) and 180 deg (nape)."""
+    phis = np.radians([0.0, 55.0, 105.0, 180.0])
+    A = np.cos(np.outer(phis, np.arange(4)))
+    return tuple(float(c) for c in np.linalg.solve(A, [front, temple, side, back]))
 
 
 def head_sdf(p: torch.Tensor, idp: IdentityParams, L: Layout) -> torch.Tensor:
@@ -98,12 +109,13 @@ def head_sdf(p: torch.Tensor, idp: IdentityParams, L: Layout) -> torch.Tensor:
     brow = tapered_capsule(pm, (0.0, L.brow_y - 0.01, 0.385), (0.22, L.brow_y, 0.30), br, 0.8 * br)
     d = smin(d, brow, 0.06)
 
-    # eye sockets, eyeballs, upper lids
+    # eye sockets, eyeballs, lids (a shell around the eyeball, open along the eye slit)
     ec = (L.eye_x, L.eye_y, L.eye_z)
-    d = ssub(d, ellipsoid(pm, (L.eye_x, L.eye_y + 0.005, 0.36), (0.075, 0.05, 0.07)), 0.04)
-    eye = sphere(pm, ec, 0.056)
-    lid = smax(sphere(pm, ec, 0.062), -(y - (L.eye_y + 0.016)), 0.01)  # cap of a shell
-    d = smin(d, smin(eye, lid, 0.006), 0.012)
+    d = ssub(d, ellipsoid(pm, (L.eye_x, L.eye_y + 0.006, 0.365), (0.072, 0.044, 0.065)), 0.035)
+    eye = sphere(pm, ec, 0.054)
+    slit = 0.016 - soft_abs(y - L.eye_y - 0.003, 0.004) - 0.15 * (pm[0] - L.eye_x) ** 2 / 0.05
+    lids = smax(sphere(pm, ec, 0.066), slit, 0.008)
+    d = smin(d, smin(eye, lids, 0.006), 0.015)
 
     # nose: bridge, tip, wings; nostrils carved below
     tip = L.nose_tip
@@ -111,15 +123,15 @@ def head_sdf(p: torch.Tensor, idp: IdentityParams, L: Layout) -> torch.Tensor:
     bridge_top = (0.0, L.eye_y + 0.035, 0.35 + 0.025 * idp.nose_bridge)
     nose = tapered_capsule(p, bridge_top, tip, 0.02 + 0.006 * idp.nose_bridge, 0.03 * nw)
     nose = smin(nose, sphere(p, (0.0, tip[1] - 0.008, tip[2] - 0.018), 0.038 * nw), 0.03)
-    wing = ellipsoid(pm, (0.04 * nw, L.nose_bottom_y + 0.026, tip[2] - 0.065), (0.028 * nw, 0.026, 0.034))
-    nose = smin(nose, wing, 0.02)
+    wing = ellipsoid(pm, (0.036 * nw, L.nose_bottom_y + 0.028, tip[2] - 0.072), (0.024 * nw, 0.022, 0.036))
+    nose = smin(nose, wing, 0.03)
     d = smin(d, nose, 0.035)
     nostril = ellipsoid(pm, (0.02 * nw, L.nose_bottom_y + 0.004, tip[2] - 0.045), (0.012 * nw, 0.008, 0.02))
     d = ssub(d, nostril, 0.006)
 
     # lips and the mouth gap (open in the canonical expression)
     lf, mw = idp.lip_fullness, L.mouth_half_width
-    upper = ellipsoid(p, (0.0, L.mouth_y + 0.022, L.mouth_z - 0.038), (mw, 0.022 * lf, 0.038 * lf))
+    upper = ellipsoid(p, (0.0, L.mouth_y + 0.024, L.mouth_z - 0.04), (mw, 0.025 * lf, 0.04 * lf))
     lower = ellipsoid(p, (0.0, L.mouth_y - 0.026, L.mouth_z - 0.045), (0.88 * mw, 0.026 * lf, 0.04 * lf))
     d = smin(d, smin(upper, lower, 0.01), 0.035)
     gap = ellipsoid(p, (0.0, L.mouth_y, L.mouth_z), (mw + 0.002, 0.0085, 0.13))
@@ -138,24 +150,27 @@ def head_sdf(p: torch.Tensor, idp: IdentityParams, L: Layout) -> torch.Tensor:
     ear = ssub(ear, bowl, 0.012)
     d = smin(d, ear, 0.025)
 
-    # neck stump (leaning slightly forward), cut flat and closed
-    nr = 0.19 * idp.neck_width
-    zc = -0.07 + 0.08 * (-0.2 - y)
-    neck = torch.sqrt(x * x + ((z - zc) / 0.95) ** 2) * 0.975 - nr
+    # neck stump (leaning slightly forward, widening at the bottom), cut flat and closed
+    nr = 0.205 * idp.neck_width * (1.0 + 0.12 * smoothstep((-0.55 - y) / 0.25))
+    zc = -0.08 + 0.08 * (-0.2 - y)
+    neck = torch.sqrt(x * x + ((z - zc) / 0.92) ** 2) * 0.96 - nr
     neck = smax(neck, y - 0.0, 0.05)
     d = smin(d, neck, 0.09)
     d = smax(d, NECK_CUT_Y - y, 0.0)
 
-    # hair: an offset shell of the cranium above a hairline that runs from the forehead
-    # over the ears down to the nape (a + b cos(phi) + c cos(2 phi) around the y axis)
+    # hair: an offset shell of the cranium (fuller on top) above a hairline running from
+    # the forehead over the temples and ears down to the nape (periodic in the angle
+    # around the y axis)
     t = 0.015 + 0.05 * idp.hair_volume
-    cap = ellipsoid(p, L.cranium_c, (L.W + t, L.H + t, L.D + t))
-    F, S, K = L.hairline_front_y, 0.19, L.hairline_back_y
-    a, b, c = ((F + K) / 2 + S) / 2, (F - K) / 2, ((F + K) / 2 - S) / 2
-    r2 = x * x + z * z + 1e-4
-    line = a + b * z / torch.sqrt(r2) + c * (z * z - x * x) / r2
-    cap = smax(cap, (line - y) * 0.8, 0.06)
-    d = smin(d, cap, 0.03)
+    cap = ellipsoid(p, L.cranium_c, (L.W + t, L.H + 1.4 * t, L.D + 1.2 * t))
+    r = torch.sqrt(x * x + z * z + 1e-4)
+    c1, s1 = z / r, x / r
+    c2 = c1 * c1 - s1 * s1
+    c3 = c1 * (2.0 * c2 - 1.0) - 0.0  # cos(3 phi) = cos(phi) (2 cos(2 phi) - 1)
+    k = L.hairline_coef
+    line = k[0] + k[1] * c1 + k[2] * c2 + k[3] * c3
+    cap = smax(cap, (line - y) * 0.8, 0.05)
+    d = smin(d, cap, 0.025)
     return d
 
 
