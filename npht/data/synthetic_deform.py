@@ -62,14 +62,29 @@ def _bump_list(e: ExpressionParams, L: Layout):
     return out
 
 
-def _bumps(x: torch.Tensor, e: ExpressionParams, L: Layout) -> torch.Tensor:
+def _merged_bumps(e: ExpressionParams, L: Layout):
+    """The bumps with amplitudes of equal (centre, sigma) summed."""
+    merged = {}
+    for c, sigma, a in _bump_list(e, L):
+        prev = merged.get((c, sigma), (0.0, 0.0, 0.0))
+        merged[(c, sigma)] = tuple(p + q for p, q in zip(prev, a))
+    return [(c, sigma, a) for (c, sigma), a in merged.items()]
+
+
+def _bumps(x: torch.Tensor, e: ExpressionParams, L: Layout, with_jacobian: bool = False):
+    """``x + sum_k a_k g_k(x)``; with ``with_jacobian`` also ``I + sum_k a_k grad g_k^T``
+    (analytic: ``grad g = -g (x - c) / s^2``)."""
     y = x
-    for c, s, a in _bump_list(e, L):
+    J = torch.eye(3, dtype=x.dtype, device=x.device).expand(*x.shape[:-1], 3, 3).clone() if with_jacobian else None
+    for c, sigma, a in _merged_bumps(e, L):
         cv = torch.tensor(c, dtype=x.dtype, device=x.device)
         av = torch.tensor(a, dtype=x.dtype, device=x.device)
-        g = torch.exp(-((x - cv) ** 2).sum(-1) / (2.0 * s * s))
+        q = x - cv
+        g = torch.exp(-(q * q).sum(-1) / (2.0 * sigma * sigma))
         y = y + g[..., None] * av
-    return y
+        if with_jacobian:
+            J = J - (g[..., None, None] / (sigma * sigma)) * (av[:, None] * q[..., None, :])
+    return (y, J) if with_jacobian else y
 
 
 JAW_SECTOR_END = (0.95, 0.7)  # the weight fades over angles [0.95, 0.95 + 0.7] rad below the forward horizontal
@@ -135,6 +150,12 @@ def _jaw_inverse(y: torch.Tensor, e: ExpressionParams, L: Layout, iters: int = 6
         return y
     theta = JAW_MAX_ANGLE * e.jaw_open
     px, rho, phi, r = _jaw_polar(y, L)
+    # the weight vanishes outside the sector phi in (phi_m - 0.8, 1.65) and beyond r = 0.96:
+    # only points whose bracket [phi - theta, phi] meets it are solved for
+    _, hy, hz = L.hinge
+    phi_m = math.atan2(-(L.mouth_y - hy), L.mouth_z - hz)
+    live = (r < 0.96) & (phi > phi_m - 0.8) & (phi < sum(JAW_SECTOR_END) + theta)
+    px, rho, phi, r = (t[live] for t in (px, rho, phi, r))
     lo, hi = torch.zeros_like(phi), torch.full_like(phi, theta)
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
@@ -143,7 +164,9 @@ def _jaw_inverse(y: torch.Tensor, e: ExpressionParams, L: Layout, iters: int = 6
         hi, lo = torch.where(pos, mid, hi), torch.where(pos, lo, mid)
         if float((hi - lo).max()) < 1e-15 if hi.numel() else True:
             break
-    return _rotate_about_hinge(y, -0.5 * (lo + hi), L)
+    angle = torch.zeros(y.shape[:-1], dtype=y.dtype, device=y.device)
+    angle[live] = -0.5 * (lo + hi)
+    return _rotate_about_hinge(y, angle, L)
 
 
 def deform(x: torch.Tensor, e: ExpressionParams, L: Layout) -> torch.Tensor:
@@ -182,10 +205,10 @@ def deform_inverse(y: torch.Tensor, e: ExpressionParams, L: Layout, iters: int =
         z = _jaw_inverse(yd, e, L)
         x = z.clone()
         for _ in range(iters):
-            r = _bumps(x, e, L) - z
+            fx, J = _bumps(x, e, L, with_jacobian=True)
+            r = fx - z
             if not r.numel() or float(r.abs().max()) < tol:
                 break
-            J = _stage_jacobian(_bumps, x, e, L)
             x = x - torch.linalg.solve(J, r.unsqueeze(-1)).squeeze(-1)
     if y.requires_grad:
         J = jacobian(x, e, L)
