@@ -163,23 +163,27 @@ def head_sdf(p: torch.Tensor, idp: IdentityParams, L: Layout) -> torch.Tensor:
     # around the y axis)
     t = 0.015 + 0.05 * idp.hair_volume
     cap = ellipsoid(p, L.cranium_c, (L.W + t, L.H + 1.4 * t, L.D + 1.2 * t))
+    cap = smax(cap, (hairline(x, z, L) - y) * 0.8, 0.05)
+    d = smin(d, cap, 0.025)
+    return d
+
+
+def hairline(x: torch.Tensor, z: torch.Tensor, L: Layout) -> torch.Tensor:
+    """Height of the hairline above ``(x, z)``: ``sum_k c_k cos(k phi)``, phi = atan2(x, z)."""
     r = torch.sqrt(x * x + z * z + 1e-4)
     c1, s1 = z / r, x / r
     c2 = c1 * c1 - s1 * s1
-    c3 = c1 * (2.0 * c2 - 1.0) - 0.0  # cos(3 phi) = cos(phi) (2 cos(2 phi) - 1)
+    c3 = c1 * (2.0 * c2 - 1.0)  # cos(3 phi) = cos(phi) (2 cos(2 phi) - 1)
     k = L.hairline_coef
-    line = k[0] + k[1] * c1 + k[2] * c2 + k[3] * c3
-    cap = smax(cap, (line - y) * 0.8, 0.05)
-    d = smin(d, cap, 0.025)
-    return d
+    return k[0] + k[1] * c1 + k[2] * c2 + k[3] * c3
 
 
 def face_region_mask(p: torch.Tensor, L: Layout) -> torch.Tensor:
     """NPHM-like face region of neutral points ``p [..., 3]``: face, forehead and ears
     (in front of the ears, above the chin, below the hairline; plus the ears), not the
-    back of the head, the hair or the neck."""
+    back of the head, the hair or the neck. A function of the neutral position only."""
     x, y, z = p.unbind(-1)
-    front = (z > L.ear_c[2] + 0.06) & (y > L.chin_bottom_y - 0.03) & (y < L.hairline_front_y + 0.02)
+    front = (z > L.ear_c[2] + 0.06) & (y > L.chin_bottom_y - 0.03) & (y < hairline(x, z, L) - 0.01)
     front &= z > 0.25 * (L.chin_bottom_y - y) - 0.01  # not under the jaw
     ex, ey, ez = L.ear_c
     ear = ((x.abs() - ex - 0.03) ** 2 / 0.06**2 + (y - ey) ** 2 / (1.3 * L.ear_half_height) ** 2
