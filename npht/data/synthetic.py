@@ -84,9 +84,12 @@ class ProceduralHead:
 
     # --- fields ---------------------------------------------------------------------
     def sdf(self, points: torch.Tensor) -> torch.Tensor:
-        """Neutral signed distance at ``points [..., 3]`` -> ``[...]`` (negative inside;
-        sign exact, magnitude an estimate: gradient norm within ~10% of 1 near the
-        surface). Same dtype/device as ``points``; differentiable by autograd."""
+        """Neutral signed distance at ``points [..., 3]`` -> ``[...]`` (negative inside).
+        The sign is exact; the magnitude is an estimate built from smooth unions of
+        primitives: at the surface the gradient norm has median ~1.0 and lies within
+        [0.8, 1.1] on ~90% of it, lower (down to ~0.5) in concave blends and at the
+        hairline, higher inside the mouth gap (thinner than a voxel at resolution 160).
+        Same dtype/device as ``points``; differentiable by autograd."""
         return head_sdf(_check_points(points), self.identity, self.layout)
 
     def deform(self, points: torch.Tensor, expression: ExpressionLike) -> torch.Tensor:
@@ -98,14 +101,18 @@ class ProceduralHead:
         return _jacobian(_check_points(points), resolve_expression(expression)[1], self.layout)
 
     def deform_inverse(self, points: torch.Tensor, expression: ExpressionLike, iters: int = 20) -> torch.Tensor:
-        """Posed -> neutral points ``[..., 3]`` (Newton; round trip error ~1e-12 in float64)."""
+        """Posed -> neutral points ``[..., 3]``: bisection on the jaw angle, then at most
+        ``iters`` Newton steps for the bumps; round trip error below 1e-12 in float64,
+        ~2e-7 in float32."""
         return _deform_inverse(_check_points(points), resolve_expression(expression)[1], self.layout, iters)
 
     def posed_sdf(self, points: torch.Tensor, expression: ExpressionLike, iters: int = 20) -> torch.Tensor:
-        """SDF of the posed head: ``sdf(deform_inverse(points))``. The sign is exact; the
-        magnitude is the neutral distance of the pulled-back point, i.e. scaled by the local
-        stretch of the deformation (exact where the map is rigid, within ~30% at the jaw
-        and mouth corners of the strongest presets)."""
+        """SDF of the posed head: ``sdf(deform_inverse(points))``. The sign is exact (the
+        deformation is a diffeomorphism); the magnitude is the neutral distance of the
+        pulled-back point, so it is scaled by the local stretch of the deformation: at the
+        posed surface of the presets the gradient norm has median 1.0 and 90% within
+        [0.7, 1.05], up to ~2.4 inside the opened mouth. Differentiable w.r.t. ``points``
+        (implicit-function gradient through the inverse)."""
         return self.sdf(self.deform_inverse(points, expression, iters))
 
     def face_region(self, points: torch.Tensor) -> torch.Tensor:
