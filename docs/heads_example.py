@@ -22,7 +22,7 @@ def render_normals(mesh, yaw_degrees=30.0, pitch_degrees=8.0, size=256, renderer
     scene = pyrender.Scene(bg_color=[1.0, 1.0, 1.0, 1.0], ambient_light=[1.0, 1.0, 1.0])
     scene.add(pyrender.Mesh.from_trimesh(tm, smooth=True))
     yaw, pitch, dist = math.radians(yaw_degrees), math.radians(pitch_degrees), 2.7
-    eye = np.array([dist * math.sin(yaw) * math.cos(pitch), dist * math.sin(pitch), dist * math.cos(yaw) * math.cos(pitch)])
+    eye = dist * np.array([math.sin(yaw) * math.cos(pitch), math.sin(pitch), math.cos(yaw) * math.cos(pitch)])
     fwd = -eye / np.linalg.norm(eye)  # look at the origin
     right = np.cross(fwd, [0.0, 1.0, 0.0])
     right /= np.linalg.norm(right)

@@ -49,7 +49,8 @@ def _bump_list(e: ExpressionParams, L: Layout):
     corner = (mw + 0.005, my, mz - 0.03)
     if e.smile:
         pair(corner, 0.045, (0.012 * e.smile, 0.022 * e.smile, -0.008 * e.smile))
-        pair((0.13, L.mouth_y + 0.12, 0.33), 0.06, (0.004 * e.smile, 0.014 * max(e.smile, 0.0), 0.006 * e.smile))
+        cheek = (0.004 * e.smile, 0.014 * max(e.smile, 0.0), 0.006 * e.smile)  # cheeks rise, never sink
+        pair((0.13, L.mouth_y + 0.12, 0.33), 0.06, cheek)
     if e.mouth_wide:
         pair(corner, 0.045, (0.02 * e.mouth_wide, 0.0, -0.006 * e.mouth_wide))
     if e.pucker:
@@ -76,7 +77,9 @@ def _bumps(x: torch.Tensor, e: ExpressionParams, L: Layout, with_jacobian: bool 
     """``x + sum_k a_k g_k(x)``; with ``with_jacobian`` also ``I + sum_k a_k grad g_k^T``
     (analytic: ``grad g = -g (x - c) / s^2``)."""
     y = x
-    J = torch.eye(3, dtype=x.dtype, device=x.device).expand(*x.shape[:-1], 3, 3).clone() if with_jacobian else None
+    J = None
+    if with_jacobian:
+        J = torch.eye(3, dtype=x.dtype, device=x.device).expand(*x.shape[:-1], 3, 3).clone()
     for c, sigma, a in _merged_bumps(e, L):
         cv = torch.tensor(c, dtype=x.dtype, device=x.device)
         av = torch.tensor(a, dtype=x.dtype, device=x.device)
@@ -88,7 +91,8 @@ def _bumps(x: torch.Tensor, e: ExpressionParams, L: Layout, with_jacobian: bool 
     return (y, J) if with_jacobian else y
 
 
-JAW_SECTOR_END = (0.95, 0.7)  # the weight fades over angles [0.95, 0.95 + 0.7] rad below the forward horizontal
+# the jaw weight fades over the angles [0.95, 0.95 + 0.7] rad below the forward horizontal
+JAW_SECTOR_END = (0.95, 0.7)
 
 
 def _jaw_polar(x: torch.Tensor, L: Layout):

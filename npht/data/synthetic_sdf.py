@@ -1,10 +1,10 @@
 """Smooth SDF primitives and blends (PyTorch, any float dtype, autograd-friendly).
 
-Points are tuples ``(x, y, z)`` of equal-shape tensors (separate contiguous components are
-several times faster on CPU than reductions over a trailing axis of 3); centres, radii
-and axes are Python floats, so one function serves float32 and float64. The blends are the quadratic polynomial smooth
-minimum: its gradient is a convex combination of the operands' gradients, so it never
-raises the Lipschitz constant above theirs.
+Points are tuples ``(x, y, z)`` of equal-shape tensors (separate contiguous components
+are several times faster on CPU than reductions over a trailing axis of 3); centres,
+radii and axes are Python floats, so one function serves float32 and float64. The blends
+are the quadratic polynomial smooth minimum: its gradient is a convex combination of the
+operands' gradients, so it never raises the Lipschitz constant above theirs.
 """
 
 from __future__ import annotations

@@ -91,7 +91,8 @@ def head_sdf(p: torch.Tensor, idp: IdentityParams, L: Layout) -> torch.Tensor:
     fl = idp.face_length
 
     # cranium, lower face, jaw, chin, cheeks, muzzle (the mouth's base)
-    d = ellipsoid(p, L.cranium_c, (L.W, L.H, L.D))
+    cranium = ellipsoid(p, L.cranium_c, (L.W, L.H, L.D))
+    d = cranium
     face = ellipsoid(p, (0.0, -0.06 * fl, 0.07), (0.29, 0.34 * fl, 0.31))
     d = smin(d, face, 0.10)
     jc = (0.0, -0.25 * fl, 0.06)
@@ -163,7 +164,9 @@ def head_sdf(p: torch.Tensor, idp: IdentityParams, L: Layout) -> torch.Tensor:
     # around the y axis)
     t = 0.015 + 0.05 * idp.hair_volume
     cap = ellipsoid(p, L.cranium_c, (L.W + t, L.H + 1.4 * t, L.D + 1.2 * t))
-    cap = smax(cap, (hairline(x, z, L) - y) * 0.8, 0.05)
+    # bevelled edge: the cut rises with the height above the scalp
+    cut = (hairline(x, z, L) - y + 1.5 * cranium.clamp_min(0.0)) * 0.6
+    cap = smax(cap, cut, 0.04)
     d = smin(d, cap, 0.025)
     return d
 
