@@ -1,40 +1,22 @@
 """Writes docs/heads.png: procedural heads of npht.data.synthetic (4 identities x the first
-4 expression presets, plus a side view), rendered with pyrender (headless EGL) with world
-normals as colours (n + 1) / 2. Runs on CPU in well under a minute:
+4 expression presets, plus a side view), rendered by npht's ground-truth normal-map
+renderer (pyrender, headless) with world normals as colours (n + 1) / 2. CPU, ~1 minute:
     python docs/heads_example.py"""
 
 import math
 import os
 
-os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
 
+def cameras_at(yaw_degrees, pitch_degrees=8.0, size=300, fov_degrees=34.0, distance=2.7):
+    """npht Cameras (OpenCV) on a circle around the head, looking at the origin."""
+    from npht.render import Cameras, intrinsics_from_fov, look_at
 
-def render_normals(mesh, yaw_degrees=30.0, pitch_degrees=8.0, size=256, renderer=None, fov_degrees=34.0):
-    """World-normal image [size, size, 3] (uint8) of a HeadMesh from a camera on a circle."""
-    import pyrender
-    import trimesh
-
-    tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
-    colors = np.concatenate([(tm.vertex_normals + 1.0) / 2.0, np.ones((len(tm.vertices), 1))], 1)
-    tm.visual.vertex_colors = (colors * 255).round().astype(np.uint8)
-    scene = pyrender.Scene(bg_color=[1.0, 1.0, 1.0, 1.0], ambient_light=[1.0, 1.0, 1.0])
-    scene.add(pyrender.Mesh.from_trimesh(tm, smooth=True))
-    yaw, pitch, dist = math.radians(yaw_degrees), math.radians(pitch_degrees), 2.7
-    eye = dist * np.array([math.sin(yaw) * math.cos(pitch), math.sin(pitch), math.cos(yaw) * math.cos(pitch)])
-    fwd = -eye / np.linalg.norm(eye)  # look at the origin
-    right = np.cross(fwd, [0.0, 1.0, 0.0])
-    right /= np.linalg.norm(right)
-    up = np.cross(right, fwd)
-    pose = np.eye(4)
-    pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = right, up, -fwd, eye  # OpenGL camera
-    scene.add(pyrender.PerspectiveCamera(yfov=math.radians(fov_degrees)), pose=pose)
-    r = renderer or pyrender.OffscreenRenderer(size, size)
-    color, _ = r.render(scene, flags=pyrender.RenderFlags.FLAT)
-    if renderer is None:
-        r.delete()
-    return color
+    yaw, pitch = math.radians(yaw_degrees), math.radians(pitch_degrees)
+    eye = distance * torch.tensor([[math.sin(yaw) * math.cos(pitch), math.sin(pitch), math.cos(yaw) * math.cos(pitch)]])
+    return Cameras(intrinsics_from_fov(fov_degrees, size), look_at(eye), size, size)
 
 
 def main(path=os.path.join(os.path.dirname(os.path.abspath(__file__)), "heads.png"), n_ids=4, resolution=160):
@@ -42,27 +24,32 @@ def main(path=os.path.join(os.path.dirname(os.path.abspath(__file__)), "heads.pn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import pyrender
 
+    from npht.data.normal_maps import NormalMapRenderer
     from npht.data.synthetic import EXPRESSION_PRESETS, synthetic_head
 
+    def picture(renderer, mesh, yaw):
+        maps = renderer.render(mesh, cameras_at(yaw), convention="world")
+        rgb = (maps.normals[0].numpy() + 1.0) / 2.0
+        rgb[~maps.mask[0].numpy()] = 1.0  # white background
+        return np.clip(rgb, 0.0, 1.0)
+
     names = list(EXPRESSION_PRESETS)[:4]
-    renderer = pyrender.OffscreenRenderer(300, 300)
     fig, axes = plt.subplots(n_ids, len(names) + 1, figsize=(2.6 * (len(names) + 1), 2.6 * n_ids + 0.3))
-    for i in range(n_ids):
-        head = synthetic_head(i)
-        for j, name in enumerate(names):
-            mesh = head.mesh(name, resolution)
-            axes[i, j].imshow(render_normals(mesh, renderer=renderer))
-            if i == 0:
-                axes[i, j].set_title(name, fontsize=9)
-        axes[i, -1].imshow(render_normals(head.mesh(None, resolution), yaw_degrees=90.0, renderer=renderer))
-        axes[i, 0].text(-10, 150, head.name, rotation=90, va="center", ha="right", fontsize=9)
+    with NormalMapRenderer() as renderer:
+        for i in range(n_ids):
+            head = synthetic_head(i)
+            for j, name in enumerate(names):
+                axes[i, j].imshow(picture(renderer, head.mesh(name, resolution), 30.0))
+                if i == 0:
+                    axes[i, j].set_title(name, fontsize=9)
+            axes[i, -1].imshow(picture(renderer, head.mesh(None, resolution), 90.0))
+            axes[i, 0].text(-10, 150, head.name, rotation=90, va="center", ha="right", fontsize=9)
     axes[0, -1].set_title("neutral, side", fontsize=9)
-    renderer.delete()
     for ax in axes.flat:
         ax.axis("off")
-    fig.suptitle("npht.data.synthetic: procedural heads (world normals), marching cubes at 160^3", fontsize=10)
+    fig.suptitle(f"npht.data.synthetic: procedural heads (world normals), marching cubes at {resolution}^3",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     print(f"wrote {path}")

@@ -52,9 +52,10 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from npht.render.cameras import Cameras
+from ..render.cameras import Cameras
+from .sampling import vertex_normals
 
-__all__ = ["NormalMaps", "NormalMapRenderer", "render_normal_maps", "mesh_arrays", "vertex_normals"]
+__all__ = ["NormalMaps", "NormalMapRenderer", "render_normal_maps", "mesh_arrays"]
 
 CONVENTIONS = ("opengl", "opencv", "world")
 _OPENCV_TO_OPENGL_POSE = np.diag([1.0, -1.0, -1.0, 1.0])
@@ -120,19 +121,6 @@ def mesh_arrays(mesh) -> Tuple[np.ndarray, np.ndarray]:
     if not np.isfinite(vertices).all():
         raise ValueError("mesh vertices must be finite (found NaN or inf)")
     return vertices, faces.astype(np.int64)
-
-
-def vertex_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
-    """Smooth unit vertex normals ``[V, 3]``: the sum of the incident faces' normals
-    weighted by their areas (faces counter-clockwise seen from outside). Vertices without
-    a face of non-zero area get 0."""
-    tri = vertices[faces]
-    face_n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # length = 2 area
-    n = np.zeros_like(vertices)
-    for k in range(3):
-        np.add.at(n, faces[:, k], face_n)
-    length = np.linalg.norm(n, axis=1, keepdims=True)
-    return np.divide(n, length, out=np.zeros_like(n), where=length > 0)
 
 
 # -- OpenGL platform ----------------------------------------------------------------------

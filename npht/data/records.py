@@ -128,7 +128,7 @@ def save_mesh(path, mesh: HeadMesh) -> None:
                       registration_faces=mesh.registration_faces)
     if mesh.meta:  # e.g. NPHM's torso cut plane: JSON, arrays as lists
         arrays["meta"] = np.array(json.dumps(mesh.meta, default=_jsonable))
-    atomic_save_npz(path, **arrays)
+    atomic_save_npz(path, compressed=True, **arrays)
 
 
 def _jsonable(obj):

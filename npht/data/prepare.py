@@ -1,0 +1,354 @@
+"""``npht data prepare``: turn a source of heads into a training-ready folder.
+
+A source is ``"synthetic"`` (the embedded procedural heads, no download), a folder of
+meshes (:class:`~npht.data.loaders.MeshFolder`) or the NPHM layout
+(:class:`~npht.data.loaders.NPHMFolder`). For every record (identity x expression) the
+prepared folder holds::
+
+    OUT/
+      config.json                      the settings (a re-run with other settings refuses)
+      manifest.json                    records, splits, files; written last
+      meshes/<identity>/<expression>.npz            HeadMesh (vertices, faces, face labels)
+      samples/<identity>/<expression>.npz           thesis point samples in bulk
+      correspondences/<identity>/<expression>.npz   neutral<->posed pairs (posed records)
+      normal_maps/<identity>/<expression>.npz       uint8 normals (OpenGL camera frame)
+                                                    + masks of the camera rig
+
+Every file is written through a temporary file and ``os.replace``: a run killed at any
+moment leaves only complete files, and re-running skips every file that exists (the
+work unit is one identity, so a synthetic identity's meshes are marched once).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, fields
+from multiprocessing import get_context
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .records import HeadMesh, atomic_save_npz, load_mesh, load_npz, save_mesh
+
+__all__ = ["PrepareConfig", "prepare", "open_source", "camera_rig", "NORMAL_SCALE"]
+
+#: Normal maps are stored as uint8 ``round((n + 1) / 2 * NORMAL_SCALE)`` (the 8-bit
+#: colour a pyrender ground truth has anyway: ~0.2 degree quantisation).
+NORMAL_SCALE = 255.0
+
+
+@dataclass
+class PrepareConfig:
+    """Settings of a prepared dataset (stored in ``config.json``).
+
+    source: ``"synthetic"`` or a folder; ``layout``: ``"auto"`` (NPHM if the folder holds
+    ``<ddd>/<ddd>/scan.ply``, else a mesh folder), ``"folder"`` or ``"nphm"``.
+    identities / expressions / seed / mesh_resolution: procedural heads only.
+    Bulk sizes per record: ``surface_face``/``surface_nonface`` surface points (the near
+    sets perturb them), ``ball`` uniform points, ``correspondences`` pairs per posed record.
+    Normal maps: ``cameras`` Fibonacci cameras at ``camera_radius`` looking at the origin,
+    ``resolution`` pixels square, ``fov_degrees`` vertical field of view (0 disables).
+    ``test_identities``: the last identities (sorted) form the held-out test split.
+    """
+
+    source: str = "synthetic"
+    layout: str = "auto"
+    identities: int = 16
+    expressions: int = 4
+    seed: int = 0
+    mesh_resolution: int = 160
+    surface_face: int = 15000
+    surface_nonface: int = 5000
+    ball: int = 6000
+    correspondences: int = 20000
+    cameras: int = 128
+    camera_radius: float = 2.6
+    fov_degrees: float = 30.0
+    resolution: int = 128
+    test_identities: int = 2
+
+    def validate(self) -> "PrepareConfig":
+        if self.layout not in ("auto", "folder", "nphm"):
+            raise ValueError(f"layout must be 'auto', 'folder' or 'nphm', got {self.layout!r}")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.type in ("int", int) and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+                raise ValueError(f"{f.name} must be an int >= 0, got {v!r}")
+        if self.source == "synthetic" and (self.identities < 1 or self.expressions < 1):
+            raise ValueError("synthetic source needs identities >= 1 and expressions >= 1, got "
+                             f"{self.identities} and {self.expressions}")
+        if self.source != "synthetic" and not os.path.isdir(self.source):
+            raise FileNotFoundError(f"source must be 'synthetic' or an existing folder, got {self.source!r}")
+        if self.cameras and not 16 <= self.resolution <= 1024:
+            raise ValueError(f"resolution must be in [16, 1024], got {self.resolution}")
+        if self.surface_face + self.surface_nonface < 1:
+            raise ValueError("surface_face + surface_nonface must be >= 1")
+        return self
+
+    def fingerprint(self) -> dict:
+        """What determines the files (``source`` is stored as given)."""
+        return asdict(self)
+
+
+def camera_rig(config: PrepareConfig, resolution: Optional[int] = None):
+    """The Fibonacci rig the normal maps were rendered with (npht Cameras, OpenCV):
+    drive npht's renderer with it and its maps align pixel for pixel with the stored ones."""
+    from ..render.cameras import fibonacci_cameras
+
+    return fibonacci_cameras(config.cameras, radius=config.camera_radius,
+                             resolution=resolution or config.resolution, fov_degrees=config.fov_degrees)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class _SyntheticSource:
+    def __init__(self, config: PrepareConfig):
+        from .synthetic import EXPRESSION_PRESETS
+
+        names = list(EXPRESSION_PRESETS)
+        if config.expressions > len(names):
+            raise ValueError(f"expressions must be <= {len(names)} (presets {names}), got {config.expressions}")
+        self.config = config
+        self.expression_names = names[:config.expressions]
+
+    def identities(self) -> List[str]:
+        return [f"synth{i:03d}" for i in range(self.config.identities)]
+
+    def expressions(self, identity: str) -> List[str]:
+        return list(self.expression_names)
+
+    def load(self, identity: str) -> List[HeadMesh]:
+        from .synthetic import synthetic_head
+
+        head = synthetic_head(int(identity[len("synth"):]), seed=self.config.seed)
+        return [head.mesh(name, resolution=self.config.mesh_resolution) for name in self.expression_names]
+
+
+class _FolderSource:
+    def __init__(self, loader):
+        self.loader = loader
+
+    def identities(self) -> List[str]:
+        return list(self.loader.identities())
+
+    def expressions(self, identity: str) -> List[str]:
+        return list(self.loader.expressions(identity))
+
+    def load(self, identity: str) -> List[HeadMesh]:
+        return [self.loader[(identity, e)] for e in self.expressions(identity)]
+
+
+def _looks_like_nphm(root: str) -> bool:
+    for s in sorted(os.listdir(root)):
+        sub = os.path.join(root, s)
+        if s.isdigit() and os.path.isdir(sub):
+            for e in sorted(os.listdir(sub)):
+                if e.isdigit() and os.path.isfile(os.path.join(sub, e, "scan.ply")):
+                    return True
+    return False
+
+
+def open_source(config: PrepareConfig):
+    """The source object for ``config`` (identities(), expressions(id), load(id) with the
+    neutral first)."""
+    if config.source == "synthetic":
+        return _SyntheticSource(config)
+    from .loaders import MeshFolder, NPHMFolder
+
+    layout = config.layout
+    if layout == "auto":
+        layout = "nphm" if _looks_like_nphm(config.source) else "folder"
+    return _FolderSource(NPHMFolder(config.source) if layout == "nphm" else MeshFolder(config.source))
+
+
+# --------------------------------------------------------------------------- work
+
+
+def _paths(out: str, identity: str, expression: str) -> Dict[str, str]:
+    rel = os.path.join(identity, f"{expression}.npz")
+    return {kind: os.path.join(out, kind, rel)
+            for kind in ("meshes", "samples", "correspondences", "normal_maps")}
+
+
+def _record_seed(config: PrepareConfig, identity_index: int, expression_index: int, stage: int):
+    return np.random.default_rng([config.seed, identity_index, expression_index, stage])
+
+
+def _neutral_first(meshes: Sequence[HeadMesh]) -> List[HeadMesh]:
+    neutral = [m for m in meshes if m.is_neutral]
+    if len(neutral) != 1:
+        names = [m.expression for m in meshes]
+        raise ValueError(f"identity {meshes[0].identity if meshes else '?'} needs exactly one neutral "
+                         f"expression, got {len(neutral)} among {names}")
+    return neutral + [m for m in meshes if not m.is_neutral]
+
+
+def _prepare_identity(config: PrepareConfig, out: str, identity: str, identity_index: int,
+                      expressions: List[str]) -> List[dict]:
+    """All files of one identity; returns its manifest records. Runs in a worker."""
+    import torch
+
+    torch.set_num_threads(1)
+    from .sampling import prepare_expression_samples, prepare_identity_samples
+
+    paths = {e: _paths(out, identity, e) for e in expressions}
+    if all(os.path.exists(paths[e]["meshes"]) for e in expressions):
+        meshes = [load_mesh(paths[e]["meshes"]) for e in expressions]
+    else:
+        meshes = open_source(config).load(identity)
+        for m in meshes:
+            if not os.path.exists(paths[m.expression]["meshes"]):
+                save_mesh(paths[m.expression]["meshes"], m)
+    meshes = _neutral_first(meshes)
+    neutral = meshes[0]
+    order = {e: i for i, e in enumerate(expressions)}
+    rig = camera_rig(config) if config.cameras else None
+    renderer = None
+    records = []
+    try:
+        for mesh in meshes:
+            e_idx = order[mesh.expression]
+            p = paths[mesh.expression]
+            if not os.path.exists(p["samples"]):
+                bulk = prepare_identity_samples(mesh, n_face=config.surface_face, n_nonface=config.surface_nonface,
+                                                n_ball=config.ball, rng=_record_seed(config, identity_index, e_idx, 0))
+                atomic_save_npz(p["samples"], **bulk)
+            has_corr = not mesh.is_neutral and config.correspondences > 0
+            if has_corr and not os.path.exists(p["correspondences"]):
+                pairs = prepare_expression_samples(neutral, mesh, n=config.correspondences,
+                                                   rng=_record_seed(config, identity_index, e_idx, 1))
+                atomic_save_npz(p["correspondences"], **pairs)
+            if rig is not None and not os.path.exists(p["normal_maps"]):
+                if renderer is None:
+                    from .normal_maps import NormalMapRenderer
+
+                    renderer = NormalMapRenderer()
+                maps = renderer.render(mesh, rig)
+                normals = np.asarray(maps.normals, dtype=np.float32)
+                code = np.round((normals + 1.0) * 0.5 * NORMAL_SCALE).astype(np.uint8)
+                mask = np.asarray(maps.mask, dtype=bool)
+                code[~mask] = 0
+                atomic_save_npz(p["normal_maps"], compressed=True, normals=code, mask=mask)
+            records.append(dict(identity=identity, expression=mesh.expression, is_neutral=mesh.is_neutral,
+                                identity_index=identity_index, expression_index=e_idx,
+                                vertices=int(len(mesh.vertices)), faces=int(len(mesh.faces)),
+                                files=_record_files(out, p, has_corr, rig is not None)))
+    finally:
+        if renderer is not None:
+            renderer.close()
+    return records
+
+
+def _record_files(out: str, paths: Dict[str, str], correspondences: bool, normal_maps: bool) -> dict:
+    files = {k: os.path.relpath(v, out) for k, v in paths.items()}
+    if not correspondences:
+        files["correspondences"] = None
+    if not normal_maps:
+        files["normal_maps"] = None
+    return files
+
+
+def _check_config(out: str, config: PrepareConfig, overwrite: bool) -> None:
+    path = os.path.join(out, "config.json")
+    fp = config.fingerprint()
+    if os.path.exists(path) and not overwrite:
+        with open(path) as f:
+            try:
+                old = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"corrupt {path}: {e}; delete it or pass overwrite=True") from e
+        if old != fp:
+            diff = {k: (old.get(k), v) for k, v in fp.items() if old.get(k) != v}
+            raise ValueError(f"{out} was prepared with other settings {diff} (old, new); "
+                             "use another folder or overwrite=True (--overwrite)")
+        return
+    if overwrite and os.path.isdir(out):
+        import shutil
+
+        for kind in ("meshes", "samples", "correspondences", "normal_maps"):
+            shutil.rmtree(os.path.join(out, kind), ignore_errors=True)
+        for name in ("manifest.json", "config.json"):
+            if os.path.exists(os.path.join(out, name)):
+                os.unlink(os.path.join(out, name))
+    _atomic_json(path, fp)
+
+
+def _atomic_json(path: str, obj) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def prepare(config: PrepareConfig, out: str, *, workers: int = 1, overwrite: bool = False,
+            progress: bool = True) -> dict:
+    """Prepare ``config`` into folder ``out`` and return the manifest (also written to
+    ``out/manifest.json``). ``workers`` processes share the identities (each one renders
+    and samples a whole identity). Re-running finishes an interrupted run."""
+    config.validate()
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    os.makedirs(out, exist_ok=True)
+    _check_config(out, config, overwrite)
+    source = open_source(config)
+    identities = sorted(source.identities())
+    if not identities:
+        raise ValueError(f"source {config.source!r} holds no identities")
+    expressions = {i: source.expressions(i) for i in identities}
+    t0 = time.perf_counter()
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(identities), desc="prepare", unit="identity", disable=not progress)
+    results: Dict[str, List[dict]] = {}
+    try:
+        if workers == 1:
+            for k, ident in enumerate(identities):
+                results[ident] = _prepare_identity(config, out, ident, k, expressions[ident])
+                bar.update(1)
+        else:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+                futures = {pool.submit(_prepare_identity, config, out, ident, k, expressions[ident]): ident
+                           for k, ident in enumerate(identities)}
+                for fut in as_completed(futures):
+                    results[futures[fut]] = fut.result()
+                    bar.update(1)
+    finally:
+        bar.close()
+    n_test = min(config.test_identities, max(len(identities) - 1, 0))
+    split = {ident: ("test" if k >= len(identities) - n_test else "train") for k, ident in enumerate(identities)}
+    records = [dict(r, split=split[r["identity"]]) for ident in identities for r in results[ident]]
+    manifest = dict(version=1, config=config.fingerprint(), identities=identities, records=records,
+                    seconds=round(time.perf_counter() - t0, 2))
+    _atomic_json(os.path.join(out, "manifest.json"), manifest)
+    return manifest
+
+
+def load_manifest(root: str) -> dict:
+    """The manifest of a prepared folder, with a clear error if the run did not finish."""
+    path = os.path.join(root, "manifest.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{root} is not a prepared npht dataset (no manifest.json): "
+                                "run `npht data prepare` (again) to finish it")
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"corrupt {path}: {e}; run `npht data prepare` again") from e
+
+
+def decode_normals(code: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Unit float32 normals from the stored uint8 code (0 where ``mask`` is False)."""
+    n = code.astype(np.float32) * (2.0 / NORMAL_SCALE) - 1.0
+    n /= np.maximum(np.linalg.norm(n, axis=-1, keepdims=True), 1e-8)
+    n[~mask] = 0.0
+    return n
+
+
+def decode_normal_maps(path: str):
+    """``(normals [V, H, W, 3] float32 unit, mask [V, H, W] bool)`` from a stored file."""
+    z = load_npz(path)
+    return decode_normals(z["normals"], z["mask"]), z["mask"]

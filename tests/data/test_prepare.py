@@ -1,0 +1,187 @@
+"""`npht data prepare`, its cache/resume behaviour and the per-step Datasets."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from npht.cli import main
+from npht.data import prepare as prep
+from npht.data.dataset import CorrespondenceDataset, HeadDataset
+from npht.data.prepare import PrepareConfig, load_manifest, prepare
+from npht.data.records import load_mesh, save_mesh
+
+TINY = dict(identities=3, expressions=2, mesh_resolution=64, surface_face=600, surface_nonface=300,
+            ball=200, correspondences=400, cameras=6, resolution=24, test_identities=1)
+
+
+def tiny(**kw):
+    return PrepareConfig(**{**TINY, **kw})
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("prep") / "synthetic")
+    manifest = prepare(tiny(), out, progress=False)
+    return out, manifest
+
+
+def mtimes(root):
+    return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+            for d, _, fs in os.walk(root) for f in fs if f.endswith(".npz")}
+
+
+def test_prepare_writes_every_record(prepared):
+    out, manifest = prepared
+    assert manifest == load_manifest(out)
+    assert manifest["identities"] == ["synth000", "synth001", "synth002"]
+    recs = manifest["records"]
+    assert len(recs) == 6
+    assert [r["split"] for r in recs].count("test") == 2  # last identity, both expressions
+    for r in recs:
+        for kind in ("meshes", "samples", "normal_maps"):
+            assert os.path.isfile(os.path.join(out, r["files"][kind])), (r, kind)
+        assert (r["files"]["correspondences"] is None) == r["is_neutral"]
+    neutral = [r for r in recs if r["is_neutral"]]
+    assert len(neutral) == 3 and all(r["expression_index"] == 0 for r in neutral)
+    mesh = load_mesh(os.path.join(out, recs[1]["files"]["meshes"]))
+    assert mesh.identity == "synth000" and not mesh.is_neutral and mesh.face_region.any()
+
+
+def test_rerun_skips_finished_work_and_resumes(prepared, tmp_path):
+    out, manifest = prepared
+    before = mtimes(out)
+    victim = os.path.join(out, manifest["records"][0]["files"]["samples"])
+    os.unlink(victim)
+    again = prepare(tiny(), out, progress=False)
+    after = mtimes(out)
+    assert set(after) == set(before)
+    changed = [p for p in after if after[p] != before[p]]
+    assert changed == [victim]
+    assert again["records"] == manifest["records"]
+
+
+def test_killed_run_leaves_complete_files_only(tmp_path, monkeypatch):
+    out = str(tmp_path / "killed")
+    real = prep.atomic_save_npz
+    calls = {"n": 0}
+
+    def dying_save(path, compressed=False, **arrays):
+        calls["n"] += 1
+        if calls["n"] == 5:  # die in the middle of writing a file
+            with open(os.path.join(os.path.dirname(path), ".tmp-partial.part"), "wb") as f:
+                f.write(b"PK\x03\x04 truncated")
+            raise KeyboardInterrupt
+        return real(path, compressed=compressed, **arrays)
+
+    monkeypatch.setattr(prep, "atomic_save_npz", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(tiny(identities=2), out, progress=False)
+    assert not os.path.exists(os.path.join(out, "manifest.json"))
+    with pytest.raises(FileNotFoundError, match="run `npht data prepare`"):
+        HeadDataset(out)
+    for path in mtimes(out):  # everything that exists loads
+        np.load(path)
+    monkeypatch.setattr(prep, "atomic_save_npz", real)
+    done = prepare(tiny(identities=2), out, progress=False)
+    assert len(done["records"]) == 4
+    assert len(mtimes(out)) == 4 * 3 + 2  # meshes, samples, normal maps + 2 correspondences
+
+
+def test_other_settings_refuse_then_overwrite(prepared, tmp_path):
+    out = str(tmp_path / "o")
+    prepare(tiny(identities=1, expressions=1, cameras=0), out, progress=False)
+    with pytest.raises(ValueError, match="other settings.*seed"):
+        prepare(tiny(identities=1, expressions=1, cameras=0, seed=3), out, progress=False)
+    m = prepare(tiny(identities=1, expressions=1, cameras=0, seed=3), out, progress=False, overwrite=True)
+    assert m["config"]["seed"] == 3 and m["records"][0]["files"]["normal_maps"] is None
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="source must be 'synthetic' or an existing folder"):
+        prepare(tiny(source=str(tmp_path / "nope")), str(tmp_path / "o"), progress=False)
+    with pytest.raises(ValueError, match="layout must be"):
+        prepare(tiny(layout="zip"), str(tmp_path / "o"), progress=False)
+    with pytest.raises(ValueError, match="resolution must be in"):
+        prepare(tiny(resolution=8), str(tmp_path / "o"), progress=False)
+    with pytest.raises(ValueError, match="expressions must be <="):
+        prepare(tiny(expressions=99), str(tmp_path / "o"), progress=False)
+    with pytest.raises(ValueError, match="workers must be"):
+        prepare(tiny(), str(tmp_path / "o"), workers=0, progress=False)
+    with open(tmp_path / "o" / "config.json", "w") as f:
+        f.write("{broken")
+    with pytest.raises(ValueError, match="corrupt"):
+        prepare(tiny(), str(tmp_path / "o"), progress=False)
+
+
+def test_head_dataset_items(prepared):
+    out, manifest = prepared
+    counts = dict(surface_face=7, surface_nonface=5, near1_face=7, near1_nonface=5, near2_face=7,
+                  near2_nonface=5, ball=3)
+    ds = HeadDataset(out, counts=counts, views=2, seed=1)
+    assert len(ds) == 2  # neutral records of the 2 train identities
+    item = ds[1]
+    assert item["identity"] == "synth001" and item["identity_index"] == 1
+    assert item["surface_face_points"].shape == (7, 3) and item["surface_face_normals"].shape == (7, 3)
+    assert item["near2_nonface_sdf"].shape == (5,) and item["ball_points"].shape == (3, 3)
+    assert item["normal_maps"].shape == (2, 24, 24, 3) and item["masks"].shape == (2, 24, 24)
+    n = item["normal_maps"][item["masks"]]
+    assert n.numel() > 0 and torch.allclose(n.norm(dim=-1), torch.ones(len(n)), atol=1e-5)
+    assert (item["normal_maps"][~item["masks"]] == 0).all()
+    again = ds[1]
+    for k in item:
+        if torch.is_tensor(item[k]):
+            assert torch.equal(item[k], again[k]), k
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1]["ball_points"], item["ball_points"])
+    assert ds.cameras().K.shape == (6, 3, 3)
+    test = HeadDataset(out, "test", expressions="all", views=0)
+    assert len(test) == 2 and "normal_maps" not in test[0]
+    with pytest.raises(IndexError):
+        ds[5]
+    with pytest.raises(ValueError, match="split must be"):
+        HeadDataset(out, "val")
+    with pytest.raises(ValueError, match="views must be"):
+        HeadDataset(out, views=7)
+
+
+def test_correspondence_dataset(prepared):
+    out, _ = prepared
+    ds = CorrespondenceDataset(out, pairs=50)
+    assert len(ds) == 2  # posed records of the train identities
+    item = ds[0]
+    assert item["neutral"].shape == (50, 3) and item["posed"].shape == (50, 3)
+    assert item["expression_index"] == 1
+    assert (item["neutral"] - item["posed"]).norm(dim=-1).max() > 1e-3  # the expression moves points
+
+
+def test_mesh_folder_source_matches_records(prepared, tmp_path):
+    out, manifest = prepared
+    folder = tmp_path / "meshes"
+    for r in manifest["records"][:2]:  # synth000 neutral + posed as a mesh folder
+        m = load_mesh(os.path.join(out, r["files"]["meshes"]))
+        d = folder / m.identity
+        d.mkdir(parents=True, exist_ok=True)
+        name = "neutral" if m.is_neutral else m.expression
+        m.to_trimesh().export(d / f"{name}.ply")
+        np.save(d / f"{name}.face.npy", m.face_region)
+    out2 = str(tmp_path / "from_folder")
+    man = prepare(tiny(source=str(folder), cameras=4, correspondences=100), out2, progress=False)
+    assert [(r["identity"], r["is_neutral"]) for r in man["records"]] == [("synth000", True), ("synth000", False)]
+    a = load_mesh(os.path.join(out, manifest["records"][0]["files"]["meshes"]))
+    b = load_mesh(os.path.join(out2, man["records"][0]["files"]["meshes"]))
+    np.testing.assert_allclose(a.vertices, b.vertices, atol=1e-6)
+    np.testing.assert_array_equal(a.face_region, b.face_region)
+
+
+def test_cli_prepare_and_errors(tmp_path, capsys):
+    out = str(tmp_path / "cli")
+    rc = main(["data", "prepare", "--source", "synthetic", "--out", out, "--identities", "1",
+               "--expressions", "1", "--mesh-resolution", "48", "--cameras", "0", "--surface-face", "100",
+               "--surface-nonface", "50", "--ball", "50", "--quiet"])
+    assert rc == 0 and "prepared 1 records of 1 identities" in capsys.readouterr().out
+    assert json.load(open(os.path.join(out, "config.json")))["mesh_resolution"] == 48
+    rc = main(["data", "prepare", "--source", str(tmp_path / "missing"), "--out", out, "--quiet"])
+    assert rc == 2 and "source must be" in capsys.readouterr().err
