@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import fields
 from typing import List, Optional
@@ -23,7 +24,9 @@ def _add_prepare(sub) -> None:
                                    "are skipped.")
     p.add_argument("--source", required=True, help="'synthetic' or a folder (mesh folder or NPHM layout)")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--workers", type=int, default=1, help="processes (one identity each at a time)")
+    workers = max(1, min(8, os.cpu_count() or 1))
+    p.add_argument("--workers", type=int, default=workers,
+                   help=f"processes, one identity each at a time (default: the cores, at most 8: {workers})")
     p.add_argument("--overwrite", action="store_true", help="discard what the folder holds and start again")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     defaults = PrepareConfig()

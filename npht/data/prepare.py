@@ -190,9 +190,6 @@ def _neutral_first(meshes: Sequence[HeadMesh]) -> List[HeadMesh]:
 def _prepare_identity(config: PrepareConfig, out: str, identity: str, identity_index: int,
                       expressions: List[str]) -> List[dict]:
     """All files of one identity; returns its manifest records. Runs in a worker."""
-    import torch
-
-    torch.set_num_threads(1)
     from .sampling import prepare_expression_samples, prepare_identity_samples
 
     paths = {e: _paths(out, identity, e) for e in expressions}
@@ -250,6 +247,12 @@ def _record_files(out: str, paths: Dict[str, str], correspondences: bool, normal
     if not normal_maps:
         files["normal_maps"] = None
     return files
+
+
+def _worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # the processes share the cores
 
 
 def _check_config(out: str, config: PrepareConfig, overwrite: bool) -> None:
@@ -310,7 +313,8 @@ def prepare(config: PrepareConfig, out: str, *, workers: int = 1, overwrite: boo
                 results[ident] = _prepare_identity(config, out, ident, k, expressions[ident])
                 bar.update(1)
         else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                     initializer=_worker_init) as pool:
                 futures = {pool.submit(_prepare_identity, config, out, ident, k, expressions[ident]): ident
                            for k, ident in enumerate(identities)}
                 for fut in as_completed(futures):
