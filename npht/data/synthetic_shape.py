@@ -8,6 +8,7 @@ all identity parameters in range.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,16 +119,25 @@ def head_sdf(p: torch.Tensor, idp: IdentityParams, L: Layout) -> torch.Tensor:
     lids = smax(sphere(pm, ec, 0.066), slit, 0.008)
     d = smin(d, smin(eye, lids, 0.006), 0.015)
 
-    # nose: bridge, tip, wings; nostrils carved below
+    # maxilla under the nose (philtrum): fills the hollow between the nose and the upper lip
+    maxilla = ellipsoid(p, (0.0, L.nose_bottom_y - 0.035, 0.30), (0.10, 0.065, 0.095))
+    d = smin(d, maxilla, 0.05)
+
+    # nose: a wide base (side walls) along the dorsum blending into the cheeks, the dorsum,
+    # the tip and the wings (alae); nostrils carved below
     tip = L.nose_tip
     nw = idp.nose_width
     bridge_top = (0.0, L.eye_y + 0.035, 0.35 + 0.025 * idp.nose_bridge)
-    nose = tapered_capsule(p, bridge_top, tip, 0.02 + 0.006 * idp.nose_bridge, 0.03 * nw)
-    nose = smin(nose, sphere(p, (0.0, tip[1] - 0.008, tip[2] - 0.018), 0.038 * nw), 0.03)
-    wing = ellipsoid(pm, (0.036 * nw, L.nose_bottom_y + 0.028, tip[2] - 0.072), (0.024 * nw, 0.022, 0.036))
+    nose = tapered_capsule(p, bridge_top, tip, 0.024 + 0.008 * idp.nose_bridge, 0.034 * nw)
+    nose = smin(nose, sphere(p, (0.0, tip[1] - 0.01, tip[2] - 0.03), 0.044 * nw), 0.03)
+    mid = (0.0, 0.5 * (bridge_top[1] + L.nose_bottom_y) - 0.005, 0.5 * (bridge_top[2] + tip[2]) - 0.045)
+    slope = math.atan2(tip[2] - bridge_top[2], bridge_top[1] - tip[1])
+    base = ellipsoid(rotate_yz(p, slope, mid), mid, (0.052 * nw, 0.12, 0.06))
+    nose = smin(nose, base, 0.03)
+    wing = ellipsoid(pm, (0.046 * nw, L.nose_bottom_y + 0.03, tip[2] - 0.075), (0.03 * nw, 0.028, 0.042))
     nose = smin(nose, wing, 0.03)
-    d = smin(d, nose, 0.035)
-    nostril = ellipsoid(pm, (0.02 * nw, L.nose_bottom_y + 0.004, tip[2] - 0.045), (0.012 * nw, 0.008, 0.02))
+    d = smin(d, nose, 0.045)
+    nostril = ellipsoid(pm, (0.022 * nw, L.nose_bottom_y + 0.004, tip[2] - 0.05), (0.013 * nw, 0.008, 0.022))
     d = ssub(d, nostril, 0.006)
 
     # lips and the mouth gap (open in the canonical expression)
