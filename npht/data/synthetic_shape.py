@@ -49,6 +49,7 @@ class Layout:
     hairline_front_y: float
     hairline_back_y: float
     hairline_coef: tuple  # hairline height = sum_k coef[k] cos(k phi), phi around the y axis
+    shear: float  # cranium sheared back with height: z -> z + shear * (y - cranium_c[1])
 
 
 def layout(idp: IdentityParams) -> Layout:
@@ -57,20 +58,22 @@ def layout(idp: IdentityParams) -> Layout:
     mouth_y = -0.225 * fl
     chin_bottom = -0.455 * fl
     ear_h = 0.115 * idp.ear_size
+    front, back = 0.30 + 0.14 * idp.hairline, 0.02 - 0.24 * idp.hair_length
     return Layout(
         W=W, H=H, D=D, cranium_c=(0.0, 0.17, -0.06),
         eye_x=0.14 * idp.eye_spacing, eye_y=0.07, eye_z=0.262,
         brow_y=0.15,
-        nose_tip=(0.0, -0.08 * fl, 0.50 + 0.05 * (idp.nose_length - 1.0)),
+        nose_tip=(0.0, -0.08 * fl - 0.02 * (idp.nose_length - 1.0), 0.50 + 0.07 * (idp.nose_length - 1.0)),
         nose_bottom_y=-0.125 * fl,
         mouth_y=mouth_y, mouth_z=0.405, mouth_half_width=0.1 * idp.mouth_width,
-        chin_c=(0.0, chin_bottom + 0.075, 0.30 + 0.03 * (idp.chin - 1.0)),
+        chin_c=(0.0, chin_bottom + 0.075, 0.30 + 0.05 * (idp.chin - 1.0)),
         chin_bottom_y=chin_bottom,
         jaw_half_width=0.27 * idp.jaw_width,
         ear_c=(W - 0.01, 0.01, -0.075), ear_half_height=ear_h,
         hinge=(0.0, -0.03, -0.01),
-        hairline_front_y=0.37, hairline_back_y=0.02 - 0.24 * idp.hair_length,
-        hairline_coef=_hairline(0.37, 0.26, 0.19, 0.02 - 0.24 * idp.hair_length),
+        hairline_front_y=front, hairline_back_y=back,
+        hairline_coef=_hairline(front, 0.2 + 0.16 * idp.hairline, 0.19, back),
+        shear=-0.08 + 0.26 * idp.forehead_slope,
     )
 
 
@@ -92,22 +95,26 @@ def head_sdf(p: torch.Tensor, idp: IdentityParams, L: Layout) -> torch.Tensor:
     fl = idp.face_length
 
     # cranium, lower face, jaw, chin, cheeks, muzzle (the mouth's base)
-    cranium = ellipsoid(p, L.cranium_c, (L.W, L.H, L.D))
+    ps = (x, y, z + L.shear * (y - L.cranium_c[1]))  # sheared cranium frame (forehead slope)
+    cranium = ellipsoid(ps, L.cranium_c, (L.W, L.H, L.D))
     d = cranium
-    face = ellipsoid(p, (0.0, -0.06 * fl, 0.07), (0.29, 0.34 * fl, 0.31))
+    fw = idp.face_width
+    face = ellipsoid(p, (0.0, -0.06 * fl, 0.07), (0.29 * fw, 0.34 * fl, 0.31))
     d = smin(d, face, 0.10)
     jc = (0.0, -0.25 * fl, 0.06)
     jaw = ellipsoid(rotate_yz(p, -0.45, jc), jc, (L.jaw_half_width, 0.17 * fl, 0.27))  # back end raised
     d = smin(d, jaw, 0.10)
-    chin = ellipsoid(p, L.chin_c, (0.085 * idp.chin, 0.08 * idp.chin, 0.075 * idp.chin))
+    cs = 1.0 + 0.6 * (idp.chin - 1.0)  # size; the projection is in the layout
+    chin = ellipsoid(p, L.chin_c, (0.085 * cs, 0.08 * cs, 0.075 * cs))
     d = smin(d, chin, 0.08)
-    cheek = sphere(pm, (0.15, -0.01, 0.215 + 0.02 * idp.cheekbones), 0.12)
+    cb = idp.cheekbones
+    cheek = sphere(pm, (0.15 * fw + 0.015 * cb, -0.01 + 0.01 * cb, 0.205 + 0.04 * cb), 0.12)
     d = smin(d, cheek, 0.10)
     muzzle = ellipsoid(p, (0.0, L.mouth_y + 0.01, 0.25), (0.14, 0.13 * fl, 0.125))
     d = smin(d, muzzle, 0.06)
 
     # brow ridge
-    br = 0.022 + 0.014 * idp.brow_ridge
+    br = 0.018 + 0.024 * idp.brow_ridge
     brow = tapered_capsule(pm, (0.0, L.brow_y - 0.01, 0.385), (0.22, L.brow_y, 0.30), br, 0.8 * br)
     d = smin(d, brow, 0.06)
 
@@ -172,8 +179,10 @@ def head_sdf(p: torch.Tensor, idp: IdentityParams, L: Layout) -> torch.Tensor:
     # hair: an offset shell of the cranium (fuller on top) above a hairline running from
     # the forehead over the temples and ears down to the nape (periodic in the angle
     # around the y axis)
-    t = 0.015 + 0.05 * idp.hair_volume
-    cap = ellipsoid(p, L.cranium_c, (L.W + t, L.H + 1.4 * t, L.D + 1.2 * t))
+    t, top = 0.01 + 0.08 * idp.hair_volume, idp.hair_top
+    cc = L.cranium_c
+    cap = ellipsoid(ps, (cc[0], cc[1] + 0.02 * top, cc[2] + 0.02 * top),
+                    (L.W + t, L.H + 1.4 * t + 0.05 * top, L.D + 1.2 * t + 0.02 * top))
     # bevelled edge: the cut rises with the height above the scalp
     cut = (hairline(x, z, L) - y + 1.5 * cranium.clamp_min(0.0)) * 0.6
     cap = smax(cap, cut, 0.04)
