@@ -2,7 +2,7 @@
 primitives, and the landmarks (layout) it shares with the deformation and the face region.
 
 Units: the whole head (hair top to the flat neck cut) spans about 1.45 in y, so about one
-unit is 17 cm; y up, face towards +z, every surface point within 0.85 of the origin for
+unit is 17 cm; y up, face towards +z, every surface point within 0.93 of the origin for
 all identity parameters in range.
 """
 
@@ -73,7 +73,7 @@ def layout(idp: IdentityParams) -> Layout:
         hinge=(0.0, -0.03, -0.01),
         hairline_front_y=front, hairline_back_y=back,
         hairline_coef=_hairline(front, 0.2 + 0.16 * idp.hairline, 0.19, back),
-        shear=-0.08 + 0.26 * idp.forehead_slope,
+        shear=-0.14 + 0.32 * idp.forehead_slope,
     )
 
 
@@ -181,8 +181,8 @@ def head_sdf(p: torch.Tensor, idp: IdentityParams, L: Layout) -> torch.Tensor:
     # around the y axis)
     t, top = 0.01 + 0.08 * idp.hair_volume, idp.hair_top
     cc = L.cranium_c
-    cap = ellipsoid(ps, (cc[0], cc[1] + 0.02 * top, cc[2] + 0.02 * top),
-                    (L.W + t, L.H + 1.4 * t + 0.05 * top, L.D + 1.2 * t + 0.02 * top))
+    cap = ellipsoid(ps, (cc[0], cc[1] + 0.03 * top, cc[2] + 0.03 * top),
+                    (L.W + t + 0.01 * top, L.H + 1.4 * t + 0.06 * top, L.D + 1.2 * t + 0.03 * top))
     # bevelled edge: the cut rises with the height above the scalp
     cut = (hairline(x, z, L) - y + 1.5 * cranium.clamp_min(0.0)) * 0.6
     cap = smax(cap, cut, 0.04)
