@@ -66,7 +66,7 @@ def layout(idp: IdentityParams) -> Layout:
         nose_tip=(0.0, -0.08 * fl - 0.02 * (idp.nose_length - 1.0), 0.50 + 0.07 * (idp.nose_length - 1.0)),
         nose_bottom_y=-0.125 * fl,
         mouth_y=mouth_y, mouth_z=0.405, mouth_half_width=0.1 * idp.mouth_width,
-        chin_c=(0.0, chin_bottom + 0.075, 0.30 + 0.05 * (idp.chin - 1.0)),
+        chin_c=(0.0, chin_bottom + 0.075, 0.30 + 0.04 * (idp.chin - 1.0)),
         chin_bottom_y=chin_bottom,
         jaw_half_width=0.27 * idp.jaw_width,
         ear_c=(W - 0.01, 0.01, -0.075), ear_half_height=ear_h,
@@ -104,9 +104,9 @@ def head_sdf(p: torch.Tensor, idp: IdentityParams, L: Layout) -> torch.Tensor:
     jc = (0.0, -0.25 * fl, 0.06)
     jaw = ellipsoid(rotate_yz(p, -0.45, jc), jc, (L.jaw_half_width, 0.17 * fl, 0.27))  # back end raised
     d = smin(d, jaw, 0.10)
-    cs = 1.0 + 0.6 * (idp.chin - 1.0)  # size; the projection is in the layout
+    cs = 1.0 + 0.45 * (idp.chin - 1.0)  # size; the projection is in the layout
     chin = ellipsoid(p, L.chin_c, (0.085 * cs, 0.08 * cs, 0.075 * cs))
-    d = smin(d, chin, 0.08)
+    d = smin(d, chin, 0.1)
     cb = idp.cheekbones
     cheek = sphere(pm, (0.15 * fw + 0.015 * cb, -0.01 + 0.01 * cb, 0.205 + 0.04 * cb), 0.12)
     d = smin(d, cheek, 0.10)
