@@ -115,7 +115,9 @@ def head_sdf(p: torch.Tensor, idp: IdentityParams, L: Layout) -> torch.Tensor:
 
     # brow ridge
     br = 0.018 + 0.024 * idp.brow_ridge
-    brow = tapered_capsule(pm, (0.0, L.brow_y - 0.01, 0.385), (0.22, L.brow_y, 0.30), br, 0.8 * br)
+    dz = L.D - 0.45  # follows the forehead of shallow / deep crania
+    brow = tapered_capsule(pm, (0.0, L.brow_y - 0.01, 0.385 + 0.4 * dz), (0.22 * fw, L.brow_y, 0.30 + 0.6 * dz),
+                           br, 0.8 * br)
     d = smin(d, brow, 0.06)
 
     # eye sockets, eyeballs, lids (a shell around the eyeball, open along the eye slit)
