@@ -1,9 +1,9 @@
 """Parameters of the procedural heads: identity (shape) and expression (deformation).
 
 Every field has a documented closed range; constructing a parameter set outside it raises
-a ``ValueError`` that names the field. ``sample(seed)`` draws each field from a Beta(2, 2)
-law stretched over its range (smooth, centred on the mean, never outside), so a seed fixes
-the parameters on every machine.
+a ``ValueError`` that names the field. ``sample(seed)`` draws each field from a Beta law
+stretched over its range (identities Beta(1.2, 1.2), nearly uniform for diverse heads;
+expressions Beta(2, 2); never outside), so a seed fixes the parameters on every machine.
 """
 
 from __future__ import annotations
@@ -75,12 +75,12 @@ class _Params:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def _sample(cls, seed: SeedLike, defaults: dict):
+    def _sample(cls, seed: SeedLike, defaults: dict, concentration: float = 2.0):
         rng = as_generator(seed)
         values = {}
         for f in dataclasses.fields(cls):
             lo, hi = f.metadata["range"]
-            u = rng.beta(2.0, 2.0)
+            u = rng.beta(concentration, concentration)
             values[f.name] = defaults.get(f.name, lo + (hi - lo) * u)
         return cls(**values)
 
@@ -90,41 +90,53 @@ class IdentityParams(_Params):
     """Shape of one procedural head. Scale factors are relative to the mean head (1.0);
     the others are blends in their range. Ranges (low, high), mean in brackets:
 
-    - ``head_width`` 0.9-1.1 [1.0], ``head_height`` 0.92-1.08 [1.0], ``head_depth``
-      0.9-1.1 [1.0]: cranium proportions (x, y, z).
-    - ``face_length`` 0.9-1.1 [1.0]: length of the lower face (mouth and chin move down).
-    - ``nose_length`` 0.8-1.2 [1.0], ``nose_width`` 0.8-1.25 [1.0], ``nose_bridge`` 0-1
+    - ``head_width`` 0.86-1.14 [1.0], ``head_height`` 0.9-1.1 [1.0], ``head_depth``
+      0.88-1.12 [1.0]: cranium proportions (x, y, z).
+    - ``forehead_slope`` 0-1 [0.5]: the cranium sheared back with height (upright,
+      bulging forehead at 0; sloping forehead and high back at 1).
+    - ``face_length`` 0.86-1.14 [1.0]: length of the lower face (mouth and chin move down);
+      ``face_width`` 0.88-1.12 [1.0]: width of the face and cheeks.
+    - ``nose_length`` 0.75-1.3 [1.0], ``nose_width`` 0.8-1.3 [1.0], ``nose_bridge`` 0-1
       [0.5]: nose projection and width, bridge height between the eyes.
-    - ``jaw_width`` 0.85-1.15 [1.0], ``chin`` 0.7-1.3 [1.0] (chin size and projection),
+    - ``jaw_width`` 0.8-1.2 [1.0], ``chin`` 0.6-1.4 [1.0] (chin size and projection),
       ``cheekbones`` 0-1 [0.5].
-    - ``ear_size`` 0.8-1.2 [1.0], ``ear_angle`` 0-1 [0.5]: how far the ears stand out
+    - ``ear_size`` 0.8-1.25 [1.0], ``ear_angle`` 0-1 [0.5]: how far the ears stand out
       (0.05 to 0.45 rad from the head).
     - ``eye_spacing`` 0.9-1.1 [1.0], ``brow_ridge`` 0-1 [0.5].
-    - ``lip_fullness`` 0.7-1.3 [1.0], ``mouth_width`` 0.85-1.15 [1.0].
-    - ``neck_width`` 0.85-1.15 [1.0].
-    - ``hair_volume`` 0-1 [0.5]: thickness of the hair cap (0.012 to 0.06);
-      ``hair_length`` 0-1 [0.5]: how far down the back of the head the hair reaches.
+    - ``lip_fullness`` 0.65-1.35 [1.0], ``mouth_width`` 0.85-1.15 [1.0].
+    - ``neck_width`` 0.8-1.2 [1.0].
+    - ``hair_volume`` 0-1 [0.5]: thickness of the hair cap (0.01 to 0.09);
+      ``hair_length`` 0-1 [0.5]: how far down the back of the head the hair reaches;
+      ``hairline`` 0-1 [0.5]: height of the front hairline (low to receding temples);
+      ``hair_top`` 0-1 [0.5]: extra volume on top and in front (short crop to quiff).
+
+    ``sample`` draws identity fields from Beta(1.2, 1.2) (nearly uniform: distinct
+    identities); expressions keep Beta(2, 2).
     """
 
-    head_width: float = _p(1.0, 0.9, 1.1, "cranium width (x) factor")
-    head_height: float = _p(1.0, 0.92, 1.08, "cranium height (y) factor")
-    head_depth: float = _p(1.0, 0.9, 1.1, "cranium depth (z) factor")
-    face_length: float = _p(1.0, 0.9, 1.1, "lower face length factor")
-    nose_length: float = _p(1.0, 0.8, 1.2, "nose length / projection factor")
-    nose_width: float = _p(1.0, 0.8, 1.25, "nose width factor")
+    head_width: float = _p(1.0, 0.86, 1.14, "cranium width (x) factor")
+    head_height: float = _p(1.0, 0.9, 1.1, "cranium height (y) factor")
+    head_depth: float = _p(1.0, 0.88, 1.12, "cranium depth (z) factor")
+    face_length: float = _p(1.0, 0.86, 1.14, "lower face length factor")
+    nose_length: float = _p(1.0, 0.75, 1.3, "nose length / projection factor")
+    nose_width: float = _p(1.0, 0.8, 1.3, "nose width factor")
     nose_bridge: float = _p(0.5, 0.0, 1.0, "bridge height")
-    jaw_width: float = _p(1.0, 0.85, 1.15, "jaw width factor")
-    chin: float = _p(1.0, 0.7, 1.3, "chin size and projection factor")
+    jaw_width: float = _p(1.0, 0.8, 1.2, "jaw width factor")
+    chin: float = _p(1.0, 0.6, 1.4, "chin size and projection factor")
     cheekbones: float = _p(0.5, 0.0, 1.0, "cheekbone prominence")
-    ear_size: float = _p(1.0, 0.8, 1.2, "ear size factor")
+    ear_size: float = _p(1.0, 0.8, 1.25, "ear size factor")
     ear_angle: float = _p(0.5, 0.0, 1.0, "ear protrusion")
     eye_spacing: float = _p(1.0, 0.9, 1.1, "distance between the eyes factor")
     brow_ridge: float = _p(0.5, 0.0, 1.0, "brow ridge prominence")
-    lip_fullness: float = _p(1.0, 0.7, 1.3, "lip thickness factor")
+    lip_fullness: float = _p(1.0, 0.65, 1.35, "lip thickness factor")
     mouth_width: float = _p(1.0, 0.85, 1.15, "mouth width factor")
-    neck_width: float = _p(1.0, 0.85, 1.15, "neck radius factor")
+    neck_width: float = _p(1.0, 0.8, 1.2, "neck radius factor")
     hair_volume: float = _p(0.5, 0.0, 1.0, "hair cap thickness")
     hair_length: float = _p(0.5, 0.0, 1.0, "hair reach down the back")
+    face_width: float = _p(1.0, 0.88, 1.12, "face and cheek width (x) factor")
+    forehead_slope: float = _p(0.5, 0.0, 1.0, "forehead slope (0 upright, 1 sloping back)")
+    hairline: float = _p(0.5, 0.0, 1.0, "hairline height (0 low, 1 receding)")
+    hair_top: float = _p(0.5, 0.0, 1.0, "hair volume on top (0 crop, 1 raised quiff)")
 
     @classmethod
     def mean(cls) -> "IdentityParams":
@@ -133,8 +145,9 @@ class IdentityParams(_Params):
 
     @classmethod
     def sample(cls, seed: SeedLike) -> "IdentityParams":
-        """Random identity: each field Beta(2, 2) over its range; deterministic in ``seed``."""
-        return cls._sample(seed, {})
+        """Random identity: each field Beta(1.2, 1.2) over its range (nearly uniform, so
+        identities are clearly distinct); deterministic in ``seed``."""
+        return cls._sample(seed, {}, concentration=1.2)
 
 
 @dataclass(frozen=True)

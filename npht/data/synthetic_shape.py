@@ -2,12 +2,13 @@
 primitives, and the landmarks (layout) it shares with the deformation and the face region.
 
 Units: the whole head (hair top to the flat neck cut) spans about 1.45 in y, so about one
-unit is 17 cm; y up, face towards +z, every surface point within 0.85 of the origin for
+unit is 17 cm; y up, face towards +z, every surface point within 0.93 of the origin for
 all identity parameters in range.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,7 @@ class Layout:
     hairline_front_y: float
     hairline_back_y: float
     hairline_coef: tuple  # hairline height = sum_k coef[k] cos(k phi), phi around the y axis
+    shear: float  # cranium sheared back with height: z -> z + shear * (y - cranium_c[1])
 
 
 def layout(idp: IdentityParams) -> Layout:
@@ -56,20 +58,22 @@ def layout(idp: IdentityParams) -> Layout:
     mouth_y = -0.225 * fl
     chin_bottom = -0.455 * fl
     ear_h = 0.115 * idp.ear_size
+    front, back = 0.30 + 0.14 * idp.hairline, 0.02 - 0.24 * idp.hair_length
     return Layout(
         W=W, H=H, D=D, cranium_c=(0.0, 0.17, -0.06),
         eye_x=0.14 * idp.eye_spacing, eye_y=0.07, eye_z=0.262,
         brow_y=0.15,
-        nose_tip=(0.0, -0.08 * fl, 0.50 + 0.05 * (idp.nose_length - 1.0)),
+        nose_tip=(0.0, -0.08 * fl - 0.02 * (idp.nose_length - 1.0), 0.50 + 0.07 * (idp.nose_length - 1.0)),
         nose_bottom_y=-0.125 * fl,
         mouth_y=mouth_y, mouth_z=0.405, mouth_half_width=0.1 * idp.mouth_width,
-        chin_c=(0.0, chin_bottom + 0.075, 0.30 + 0.03 * (idp.chin - 1.0)),
+        chin_c=(0.0, chin_bottom + 0.075, 0.30 + 0.04 * (idp.chin - 1.0)),
         chin_bottom_y=chin_bottom,
         jaw_half_width=0.27 * idp.jaw_width,
         ear_c=(W - 0.01, 0.01, -0.075), ear_half_height=ear_h,
         hinge=(0.0, -0.03, -0.01),
-        hairline_front_y=0.37, hairline_back_y=0.02 - 0.24 * idp.hair_length,
-        hairline_coef=_hairline(0.37, 0.26, 0.19, 0.02 - 0.24 * idp.hair_length),
+        hairline_front_y=front, hairline_back_y=back,
+        hairline_coef=_hairline(front, 0.2 + 0.16 * idp.hairline, 0.19, back),
+        shear=-0.14 + 0.32 * idp.forehead_slope,
     )
 
 
@@ -91,23 +95,29 @@ def head_sdf(p: torch.Tensor, idp: IdentityParams, L: Layout) -> torch.Tensor:
     fl = idp.face_length
 
     # cranium, lower face, jaw, chin, cheeks, muzzle (the mouth's base)
-    cranium = ellipsoid(p, L.cranium_c, (L.W, L.H, L.D))
+    ps = (x, y, z + L.shear * (y - L.cranium_c[1]))  # sheared cranium frame (forehead slope)
+    cranium = ellipsoid(ps, L.cranium_c, (L.W, L.H, L.D))
     d = cranium
-    face = ellipsoid(p, (0.0, -0.06 * fl, 0.07), (0.29, 0.34 * fl, 0.31))
+    fw = idp.face_width
+    face = ellipsoid(p, (0.0, -0.06 * fl, 0.07), (0.29 * fw, 0.34 * fl, 0.31))
     d = smin(d, face, 0.10)
     jc = (0.0, -0.25 * fl, 0.06)
     jaw = ellipsoid(rotate_yz(p, -0.45, jc), jc, (L.jaw_half_width, 0.17 * fl, 0.27))  # back end raised
     d = smin(d, jaw, 0.10)
-    chin = ellipsoid(p, L.chin_c, (0.085 * idp.chin, 0.08 * idp.chin, 0.075 * idp.chin))
-    d = smin(d, chin, 0.08)
-    cheek = sphere(pm, (0.15, -0.01, 0.215 + 0.02 * idp.cheekbones), 0.12)
+    cs = 1.0 + 0.45 * (idp.chin - 1.0)  # size; the projection is in the layout
+    chin = ellipsoid(p, L.chin_c, (0.085 * cs, 0.08 * cs, 0.075 * cs))
+    d = smin(d, chin, 0.1)
+    cb = idp.cheekbones
+    cheek = sphere(pm, (0.15 * fw + 0.015 * cb, -0.01 + 0.01 * cb, 0.205 + 0.04 * cb), 0.12)
     d = smin(d, cheek, 0.10)
     muzzle = ellipsoid(p, (0.0, L.mouth_y + 0.01, 0.25), (0.14, 0.13 * fl, 0.125))
     d = smin(d, muzzle, 0.06)
 
     # brow ridge
-    br = 0.022 + 0.014 * idp.brow_ridge
-    brow = tapered_capsule(pm, (0.0, L.brow_y - 0.01, 0.385), (0.22, L.brow_y, 0.30), br, 0.8 * br)
+    br = 0.018 + 0.024 * idp.brow_ridge
+    dz = L.D - 0.45  # follows the forehead of shallow / deep crania
+    brow = tapered_capsule(pm, (0.0, L.brow_y - 0.01, 0.385 + 0.4 * dz), (0.22 * fw, L.brow_y, 0.30 + 0.6 * dz),
+                           br, 0.8 * br)
     d = smin(d, brow, 0.06)
 
     # eye sockets, eyeballs, lids (a shell around the eyeball, open along the eye slit)
@@ -118,16 +128,25 @@ def head_sdf(p: torch.Tensor, idp: IdentityParams, L: Layout) -> torch.Tensor:
     lids = smax(sphere(pm, ec, 0.066), slit, 0.008)
     d = smin(d, smin(eye, lids, 0.006), 0.015)
 
-    # nose: bridge, tip, wings; nostrils carved below
+    # maxilla under the nose (philtrum): fills the hollow between the nose and the upper lip
+    maxilla = ellipsoid(p, (0.0, L.nose_bottom_y - 0.035, 0.30), (0.10, 0.065, 0.095))
+    d = smin(d, maxilla, 0.05)
+
+    # nose: a wide base (side walls) along the dorsum blending into the cheeks, the dorsum,
+    # the tip and the wings (alae); nostrils carved below
     tip = L.nose_tip
     nw = idp.nose_width
     bridge_top = (0.0, L.eye_y + 0.035, 0.35 + 0.025 * idp.nose_bridge)
-    nose = tapered_capsule(p, bridge_top, tip, 0.02 + 0.006 * idp.nose_bridge, 0.03 * nw)
-    nose = smin(nose, sphere(p, (0.0, tip[1] - 0.008, tip[2] - 0.018), 0.038 * nw), 0.03)
-    wing = ellipsoid(pm, (0.036 * nw, L.nose_bottom_y + 0.028, tip[2] - 0.072), (0.024 * nw, 0.022, 0.036))
+    nose = tapered_capsule(p, bridge_top, tip, 0.024 + 0.008 * idp.nose_bridge, 0.034 * nw)
+    nose = smin(nose, sphere(p, (0.0, tip[1] - 0.01, tip[2] - 0.03), 0.044 * nw), 0.03)
+    mid = (0.0, 0.5 * (bridge_top[1] + L.nose_bottom_y) - 0.005, 0.5 * (bridge_top[2] + tip[2]) - 0.045)
+    slope = math.atan2(tip[2] - bridge_top[2], bridge_top[1] - tip[1])
+    base = ellipsoid(rotate_yz(p, slope, mid), mid, (0.052 * nw, 0.12, 0.06))
+    nose = smin(nose, base, 0.03)
+    wing = ellipsoid(pm, (0.046 * nw, L.nose_bottom_y + 0.03, tip[2] - 0.075), (0.03 * nw, 0.028, 0.042))
     nose = smin(nose, wing, 0.03)
-    d = smin(d, nose, 0.035)
-    nostril = ellipsoid(pm, (0.02 * nw, L.nose_bottom_y + 0.004, tip[2] - 0.045), (0.012 * nw, 0.008, 0.02))
+    d = smin(d, nose, 0.045)
+    nostril = ellipsoid(pm, (0.022 * nw, L.nose_bottom_y + 0.004, tip[2] - 0.05), (0.013 * nw, 0.008, 0.022))
     d = ssub(d, nostril, 0.006)
 
     # lips and the mouth gap (open in the canonical expression)
@@ -162,8 +181,10 @@ def head_sdf(p: torch.Tensor, idp: IdentityParams, L: Layout) -> torch.Tensor:
     # hair: an offset shell of the cranium (fuller on top) above a hairline running from
     # the forehead over the temples and ears down to the nape (periodic in the angle
     # around the y axis)
-    t = 0.015 + 0.05 * idp.hair_volume
-    cap = ellipsoid(p, L.cranium_c, (L.W + t, L.H + 1.4 * t, L.D + 1.2 * t))
+    t, top = 0.01 + 0.08 * idp.hair_volume, idp.hair_top
+    cc = L.cranium_c
+    cap = ellipsoid(ps, (cc[0], cc[1] + 0.03 * top, cc[2] + 0.03 * top),
+                    (L.W + t + 0.01 * top, L.H + 1.4 * t + 0.06 * top, L.D + 1.2 * t + 0.03 * top))
     # bevelled edge: the cut rises with the height above the scalp
     cut = (hairline(x, z, L) - y + 1.5 * cranium.clamp_min(0.0)) * 0.6
     cap = smax(cap, cut, 0.04)

@@ -57,7 +57,7 @@ def test_identity_params_sample_mean_vectors():
 
 
 def test_params_errors():
-    msg = r"IdentityParams.nose_length = 2.0 is outside its range \[0.8, 1.2\]"
+    msg = r"IdentityParams.nose_length = 2.0 is outside its range \[0.75, 1.3\]"
     with pytest.raises(ValueError, match=msg):
         IdentityParams(nose_length=2.0)
     with pytest.raises(ValueError, match="ExpressionParams.jaw_open"):
@@ -128,13 +128,25 @@ def test_meshes_watertight_inside_unit_sphere(meshes, name):
         assert abs(tm.volume - vn) < 0.03 * vn, (tm.volume, vn)
 
 
-def test_extreme_identities_inside_unit_sphere():
+def identity_corners(n, seed=0):
+    """Both all-low and all-high identities, then random corners of the identity box."""
+    rng = np.random.default_rng(seed)
     ranges = IdentityParams.ranges()
-    for corner in (0, 1):
-        h = ProceduralHead(IdentityParams(**{k: r[corner] for k, r in ranges.items()}))
-        m = h.mesh("jaw_open", 48)
+    out = [IdentityParams(**{k: r[c] for k, r in ranges.items()}) for c in (0, 1)]
+    return out + [IdentityParams(**{k: r[rng.integers(2)] for k, r in ranges.items()}) for _ in range(n)]
+
+
+@pytest.mark.parametrize("identity", identity_corners(6))
+def test_extreme_identities_inside_unit_sphere(identity):
+    h = ProceduralHead(identity)
+    for expression in ("neutral", "jaw_open"):
+        m = h.mesh(expression, 48)
+        tm = m.to_trimesh()
         assert np.linalg.norm(m.vertices, axis=1).max() < 0.95
-        assert m.to_trimesh().is_watertight
+        assert tm.is_watertight and tm.body_count == 1
+    p = ball_points(4000, seed=8)
+    for expression in corner_expressions(2, seed=2):
+        assert float(torch.linalg.det(h.deform_jacobian(p, expression)).min()) > 0.25
 
 
 def test_triangle_count_grows_with_resolution(meshes):
