@@ -36,7 +36,7 @@ import numpy as np
 
 __all__ = [
     "SurfaceSamples", "DEFAULT_STEP_COUNTS", "NEAR_SIGMAS", "CORRESPONDENCE_SIGMAS", "SET_KEYS",
-    "as_generator", "vertex_normals", "triangle_region", "sample_surface", "is_watertight",
+    "as_generator", "vertex_normals", "triangle_region", "sample_surface", "is_watertight", "signed_volume",
     "signed_distance", "above_plane", "near_surface", "sample_ball", "prepare_identity_samples", "subsample",
     "sample_correspondences", "prepare_expression_samples",
 ]
@@ -74,14 +74,14 @@ class SurfaceSamples:
 # --------------------------------------------------------------------------- helpers
 
 
-def as_generator(rng) -> np.random.Generator:
+def as_generator(rng, name: str = "rng") -> np.random.Generator:
     """``rng`` as a Generator: an int seed or a Generator (used as is). ``None`` is refused
     so that every sample file is reproducible."""
     if isinstance(rng, np.random.Generator):
         return rng
     if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
         return np.random.default_rng(int(rng))
-    raise TypeError(f"rng must be an int seed or a np.random.Generator, got {type(rng).__name__}")
+    raise TypeError(f"{name} must be an int seed or a np.random.Generator, got {type(rng).__name__}")
 
 
 def _mesh_arrays(mesh) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
@@ -224,12 +224,17 @@ def is_watertight(faces) -> bool:
     return bool((counts == 2).all())
 
 
+def signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
+    """Volume enclosed by a closed mesh (positive when its faces are CCW seen from outside)."""
+    a, b, c = vertices[faces[:, 0]], vertices[faces[:, 1]], vertices[faces[:, 2]]
+    return float(np.einsum("ij,ij->", a, np.cross(b, c)) / 6.0)
+
+
 def _check_closed(v: np.ndarray, f: np.ndarray) -> None:
     if not is_watertight(f):
         raise ValueError(f"signed distances need a watertight mesh (every edge shared by exactly two faces); "
                          f"this one ({len(v)} vertices, {len(f)} faces) is not: fill its holes first")
-    a, b, c = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
-    volume = np.einsum("ij,ij->", a, np.cross(b, c)) / 6.0
+    volume = signed_volume(v, f)
     if volume < 0:
         raise ValueError(f"the mesh's faces are oriented inwards (signed volume {volume:.3g} < 0): "
                          "flip them (faces[:, ::-1]) so that signed distances are positive outside")

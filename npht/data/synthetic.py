@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .records import HeadMesh
+from .sampling import signed_volume
 from .synthetic_deform import deform as _deform
 from .synthetic_deform import deform_inverse as _deform_inverse
 from .synthetic_deform import jacobian as _jacobian
@@ -219,12 +220,6 @@ def largest_component(verts: np.ndarray, faces: np.ndarray):
     remap = np.full(nv, -1, np.int64)
     remap[used] = np.arange(len(used))
     return verts[used], remap[faces]
-
-
-def signed_volume(verts: np.ndarray, faces: np.ndarray) -> float:
-    """Volume enclosed by a closed mesh (positive when its faces are CCW from outside)."""
-    a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
-    return float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
 
 
 def identity_seed(seed: int, identity_index: int) -> np.random.Generator:

@@ -14,18 +14,11 @@ from typing import Dict, Tuple, Union
 
 import numpy as np
 
-__all__ = ["IdentityParams", "ExpressionParams", "EXPRESSION_PRESETS", "as_generator"]
+from .sampling import as_generator
+
+__all__ = ["IdentityParams", "ExpressionParams", "EXPRESSION_PRESETS"]
 
 SeedLike = Union[int, np.random.Generator]
-
-
-def as_generator(seed: SeedLike) -> np.random.Generator:
-    """A numpy Generator from an int seed (or the generator itself)."""
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if isinstance(seed, (bool, float)) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int or a numpy Generator, got {type(seed).__name__}")
-    return np.random.default_rng(int(seed))
 
 
 def _p(default: float, lo: float, hi: float, doc: str):
@@ -76,7 +69,7 @@ class _Params:
 
     @classmethod
     def _sample(cls, seed: SeedLike, defaults: dict, concentration: float = 2.0):
-        rng = as_generator(seed)
+        rng = as_generator(seed, "seed")
         values = {}
         for f in dataclasses.fields(cls):
             lo, hi = f.metadata["range"]
