@@ -2,14 +2,22 @@
 same :class:`npht.render.Cameras` as npht's differentiable renderer, so the two can be
 compared pixel for pixel.
 
-How a view is made:
+How a view is made (default, ``msaa=False``):
 
-* the mesh's smooth (area-weighted) vertex normals, in world space, are written once per
-  mesh as vertex colours ``(n + 1) / 2``; the scene is uploaded once and only the camera
-  node moves between views;
-* pyrender draws with ``RenderFlags.FLAT`` (no lighting: the interpolated vertex colour is
-  the fragment colour), the colour is decoded ``2 c - 1`` and renormalised per pixel, and
-  the world normal is rotated into the requested camera frame;
+* pyrender draws the mesh once per view with ``RenderFlags.FLAT`` (no lighting), each face
+  in one flat colour that encodes its index (24 bits; unshared vertices), uploaded once per
+  mesh; only the camera node moves between views;
+* for every covered pixel the ray through the pixel centre is intersected with that face
+  in float64 (:func:`_shade_exact`): the hit gives the depth, its barycentrics interpolate
+  the mesh's smooth (area-weighted) vertex normals, renormalised; the world normal is then
+  rotated into the requested camera frame. The rasteriser's own interpolation is not used:
+  it extrapolates garbage at the rare silhouette pixels covered by faces seen nearly
+  edge-on (measured with normals as interpolated colours: up to 45 deg of normal error and
+  0.49 of depth error, ~1 pixel in 10^5); the few pixels whose index itself is corrupt are
+  ray cast against every face;
+* with ``msaa=True`` (soft silhouettes) indices would blend, so the normals are written
+  as vertex colours ``(n + 1) / 2`` instead, decoded ``2 c - 1`` and renormalised, and the
+  depth is pyrender's (the thesis' recipe);
 * ``Cameras`` (OpenCV) become ``IntrinsicsCamera(fx, fy, cx, cy)`` with the pose
   ``cam2world @ diag(1, -1, -1, 1)`` (OpenCV -> OpenGL camera axes). pyrender's projection
   puts the continuous pixel coordinate ``u`` at window coordinate ``u`` and OpenGL samples
@@ -23,20 +31,23 @@ Two framebuffer changes, scoped to this module's renders (:func:`_framebuffer_fo
   0 samples instead, so every pixel is either covered at its centre or not, like a ray
   through the pixel centre.
 * **float colour**: the colour renderbuffers are ``GL_RGBA32F`` instead of ``GL_RGBA8`` and
-  the colour is read back as floats. 8-bit colour quantises each normal component to 2/255
-  (~0.17 deg mean angular error on a sphere); float colour leaves only the mesh's own
-  interpolation error.
+  the colour is read back as floats. For ``msaa=True``'s colour-coded normals: 8-bit colour
+  quantises each component to 2/255 (~0.17 deg mean angular error on a sphere). Face
+  indices are exact in either.
 
 Both rely on pyrender 0.1.x internals (the ``glRenderbufferStorage*`` names in
 ``pyrender.renderer`` and the offscreen renderer's main framebuffer); platforms without
 framebuffer objects (OSMesa) render directly into an 8-bit, non-multisampled default
-framebuffer: exact masks, 8-bit normals.
+framebuffer: exact masks, and face indices are exact in 8 bits.
 
 Measured (Mesa llvmpipe via EGL, 2 shared CPU cores): an icosphere of subdivision 6
-(82k faces, r = 0.5) against the analytic sphere through pixel centres: 0 mismatching mask
-pixels at 128^2, mean angular error 0.012 deg (max 0.19 deg, at grazing silhouette rays
-where polygon and sphere part); a ~100k-face sphere, 128 Fibonacci views: ~1.8 s at 128^2
-(~14 ms/view), ~3.2 s at 256^2 (~25 ms/view), geometry-bound (``benchmarks/gt_normal_maps.py``).
+(82k faces, r = 0.5), 128 Fibonacci views, against the analytic sphere through pixel
+centres: at 128^2, 35 mask pixels in all 128 views differ, all rays that pass between
+the polygon and the sphere (none covered wrongly); mean angular error 0.012 deg, max 1.4
+deg (grazing rays, where the polygon's and the sphere's hits part); every depth
+back-projects to within 6e-5 of the polygon. The ~100k-face sphere of ``benchmarks/gt_normal_maps.py``, 128 views:
+see its output (~25-35 ms/view at 128^2, ~1.6x the time of the colour-coded normals: three
+times the vertices, plus the float64 shading).
 """
 
 from __future__ import annotations
@@ -59,6 +70,7 @@ __all__ = ["NormalMaps", "NormalMapRenderer", "render_normal_maps", "mesh_arrays
 
 CONVENTIONS = ("opengl", "opencv", "world")
 _OPENCV_TO_OPENGL_POSE = np.diag([1.0, -1.0, -1.0, 1.0])
+_MAX_FACES = (1 << 24) - 1  # face index + 1 in the 24 bits of RGB
 _PATCH_LOCK = threading.RLock()
 _INSTALL_HINT = (
     "install EGL (apt-get install libegl1, plus a driver: Mesa's libegl-mesa0 renders on the CPU) "
@@ -290,14 +302,20 @@ class NormalMapRenderer:
         except Exception:
             pass
 
-    def _scene(self, vertices: np.ndarray, faces: np.ndarray):
-        """One scene per mesh: world normals as float vertex colours, uploaded once."""
+    def _scene(self, vertices: np.ndarray, faces: np.ndarray, normals: np.ndarray):
+        """One scene per mesh, uploaded once: without multisampling, one flat colour per face
+        encoding its index (unshared vertices); with it, world normals as vertex colours."""
         pr = self._pyrender
-        n = vertex_normals(vertices, faces)
-        colors = np.concatenate([(n + 1.0) * 0.5, np.ones((len(n), 1))], 1).astype(np.float32)
+        if self.msaa:
+            colors = (normals + 1.0) * 0.5
+            positions, indices = vertices, faces.astype(np.uint32)
+        else:
+            colors = np.repeat(_index_colors(len(faces)), 3, axis=0)
+            positions, indices = vertices[faces].reshape(-1, 3), None
+        colors = np.concatenate([colors, np.ones((len(colors), 1))], 1).astype(np.float32)
         material = pr.MetallicRoughnessMaterial(baseColorFactor=[1.0, 1.0, 1.0, 1.0], metallicFactor=0.0,
                                                 roughnessFactor=1.0, doubleSided=self.double_sided)
-        primitive = pr.Primitive(positions=vertices.astype(np.float32), indices=faces.astype(np.uint32),
+        primitive = pr.Primitive(positions=positions.astype(np.float32), indices=indices,
                                  color_0=colors, material=material, mode=pr.constants.GLTF.TRIANGLES)
         scene = pr.Scene(bg_color=[0.0, 0.0, 0.0, 0.0], ambient_light=[0.0, 0.0, 0.0])
         scene.add(pr.Mesh([primitive]))
@@ -315,6 +333,8 @@ class NormalMapRenderer:
         if not isinstance(cameras, Cameras):
             raise TypeError(f"cameras must be npht.render.Cameras, got {type(cameras).__name__}")
         vertices, faces = mesh_arrays(mesh)
+        if not self.msaa and len(faces) > _MAX_FACES:
+            raise ValueError(f"mesh has {len(faces)} faces; face indices are 24-bit colours: at most {_MAX_FACES}")
         K = cameras.K.detach().cpu().double().numpy()
         c2w = cameras.cam2world.detach().cpu().double().numpy()
         if np.abs(K[:, 0, 1]).max(initial=0) > 1e-9 or np.abs(K[:, 1, 0]).max(initial=0) > 1e-9 or \
@@ -333,7 +353,8 @@ class NormalMapRenderer:
 
     def _render_views(self, vertices, faces, K, c2w, H, W, convention, normals, mask, depth):
         pr = self._pyrender
-        scene = self._scene(vertices, faces)
+        vn = vertex_normals(vertices, faces)
+        scene = self._scene(vertices, faces, vn)
         camera = pr.IntrinsicsCamera(K[0, 0, 0], K[0, 1, 1], K[0, 0, 2], K[0, 1, 2], znear=self.znear,
                                      zfar=self.zfar)
         node = scene.add(camera, pose=np.eye(4))
@@ -348,7 +369,10 @@ class NormalMapRenderer:
                 rgba = _read_float_color(offscreen, H, W)
             if rgba is None:  # no framebuffer objects (OSMesa): pyrender's 8-bit colour
                 rgba = color8.astype(np.float32) / 255.0
-            n, m = _decode(rgba, z, self.msaa)
+            if self.msaa:
+                n, m = _decode(rgba, z, self.msaa)
+            else:
+                n, m, z = _shade_exact(rgba, vertices, faces, vn, K[i], c2w[i])
             if convention != "world":
                 R = pose[:3, :3] if convention == "opengl" else c2w[i, :3, :3]
                 n = n @ R  # components along the camera axes (columns of R)
@@ -374,6 +398,122 @@ def _read_float_color(offscreen, height: int, width: int) -> Optional[np.ndarray
         platform.make_uncurrent()
     rgba = np.frombuffer(buf, dtype=np.float32).reshape(height, width, 4)
     return rgba[::-1]
+
+
+def _index_colors(count: int) -> np.ndarray:
+    """RGB colours ``[count, 3]`` in [0, 1] encoding ``index + 1`` in 8 bits per channel
+    (0 is the background); exact through 8-bit and float colour buffers alike."""
+    i = np.arange(1, count + 1, dtype=np.int64)
+    return np.stack([i & 255, (i >> 8) & 255, (i >> 16) & 255], -1) / 255.0
+
+
+def _dot(a, b):
+    return np.einsum("...i,...i->...", a, b)
+
+
+def _cross(a, b):
+    return np.stack([a[..., 1] * b[..., 2] - a[..., 2] * b[..., 1], a[..., 2] * b[..., 0] - a[..., 0] * b[..., 2],
+                     a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]], -1)
+
+
+def _ray_faces(face, d, pix, vertices, faces, K, c2w):
+    """The rays ``d [M, 3]`` (world, from the camera centre, through pixel centres ``pix
+    [M, 2]``) against the faces ``face [M]`` (float64): barycentrics of the hit clamped to
+    the face ``[M, 3]``, that point ``[M, 3]`` and its distance to the pixel centre once
+    projected (pixels; 0 when the ray meets the face)."""
+    origin = c2w[:3, 3]
+    tri = faces[face]
+    p0, p1, p2 = vertices[tri[:, 0]], vertices[tri[:, 1]], vertices[tri[:, 2]]
+    e1, e2 = p1 - p0, p2 - p0
+    pvec = _cross(d, e2)
+    det = _dot(e1, pvec)
+    ok = np.abs(det) > 1e-300
+    inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
+    tvec = origin - p0
+    b1 = _dot(tvec, pvec) * inv
+    b2 = _dot(d, _cross(tvec, e1)) * inv
+    b = np.clip(np.stack([1.0 - b1 - b2, b1, b2], -1), 0.0, None)
+    b = np.where(ok[:, None], b, 1.0 / 3.0)  # a face seen exactly edge-on: its centroid
+    b /= b.sum(-1, keepdims=True)
+    point = p0 + b[:, 1:2] * e1 + b[:, 2:] * e2
+    cam = (point - origin) @ c2w[:3, :3]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        proj = (cam @ K.T)[:, :2] / cam[:, 2:]
+        offset = proj - pix
+    miss = np.where(cam[:, 2] > 0, np.sqrt(_dot(offset, offset)), np.inf)
+    return b, point, np.nan_to_num(miss, nan=np.inf)
+
+
+def _ray_cast(d, origin, vertices, faces, chunk_elements=1 << 22):
+    """The nearest face each ray ``d [B, 3]`` from ``origin`` meets, by brute force over
+    all faces (float64; -1 where none): for the few pixels the rasteriser got wrong."""
+    p0 = vertices[faces[:, 0]]
+    e1, e2 = vertices[faces[:, 1]] - p0, vertices[faces[:, 2]] - p0
+    tvec = origin - p0
+    qvec = _cross(tvec, e1)  # [F, 3], independent of the ray
+    best = np.full(len(d), -1, np.int64)
+    step = max(1, chunk_elements // len(faces))
+    for s in range(0, len(d), step):
+        ray = d[s:s + step, None]  # [b, 1, 3]
+        pvec = _cross(ray, e2)  # [b, F, 3]
+        det = _dot(e1, pvec)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = 1.0 / det
+            b1 = _dot(tvec, pvec) * inv
+            b2 = _dot(ray, qvec) * inv
+            t = _dot(e2, qvec) * inv
+        hit = (det != 0) & (b1 >= 0) & (b2 >= 0) & (b1 + b2 <= 1) & (t > 0)
+        t = np.where(hit, t, np.inf)
+        nearest = t.argmin(1)
+        best[s:s + step] = np.where(np.isfinite(t[np.arange(len(t)), nearest]), nearest, -1)
+    return best
+
+
+def _shade_exact(rgba, vertices, faces, vn, K, c2w, wrong_px=0.5):
+    """World unit normals ``[H, W, 3]``, mask and optical-axis depth ``[H, W]`` (float64)
+    from a face-index image: the ray through each covered pixel's centre meets its face
+    in float64; the normal interpolates the vertex normals with those barycentrics.
+
+    The rasteriser's own interpolation is avoided because it fails for faces seen nearly
+    edge-on at silhouettes: their vertices snapped to the subpixel grid make the
+    interpolation plane ill-conditioned, so the value extrapolated to a pixel centre can
+    be far off -- even of an attribute that is constant over the face (measured: 45 deg of
+    normal and 0.49 of depth with colour-coded normals, corrupt face indices with index
+    colours, on ~1 pixel in 10^5). Such a pixel (its colour is not an exact index, or its
+    ray misses the face by more than ``wrong_px`` pixels once the hit is clamped to the
+    face) is ray cast against every face; a ray that meets none is background. A ray that
+    misses its face by less (a face seen edge-on, where the rasteriser's snapped vertices
+    and float64 disagree about coverage) keeps it, the hit clamped to the face."""
+    H, W = rgba.shape[:2]
+    normals, depth, mask = np.zeros((H, W, 3)), np.zeros((H, W)), np.zeros((H, W), bool)
+    v, u = np.nonzero(rgba[..., 3] > 0.5)
+    if len(v) == 0:
+        return normals, mask, depth
+    c = rgba[v, u, :3].astype(np.float64) * 255.0
+    byte = np.rint(c)
+    valid = np.abs(c - byte).max(-1) < 0.05  # float32 round-off: ~1e-3; always true in 8 bits
+    byte = byte.astype(np.int64)
+    index = (byte[:, 0] | (byte[:, 1] << 8) | (byte[:, 2] << 16)) - 1
+    valid &= (index >= 0) & (index < len(faces))
+    index = np.where(valid, index, 0)
+    pix = np.stack([u + 0.5, v + 0.5], -1)
+    d = np.concatenate([pix, np.ones((len(u), 1))], -1) @ np.linalg.inv(K).T @ c2w[:3, :3].T
+    b, point, miss = _ray_faces(index, d, pix, vertices, faces, K, c2w)
+    bad = np.nonzero(~valid | (miss > wrong_px))[0]
+    keep = np.ones(len(v), bool)
+    if len(bad):
+        index[bad] = _ray_cast(d[bad], c2w[:3, 3], vertices, faces)
+        keep[bad] = index[bad] >= 0
+        bad = bad[keep[bad]]
+        b[bad], point[bad], _ = _ray_faces(index[bad], d[bad], pix[bad], vertices, faces, K, c2w)
+    v, u, index, b, point = v[keep], u[keep], index[keep], b[keep], point[keep]
+    tri = faces[index]
+    depth[v, u] = (point - c2w[:3, 3]) @ c2w[:3, 2]
+    n = b[:, :1] * vn[tri[:, 0]] + b[:, 1:2] * vn[tri[:, 1]] + b[:, 2:] * vn[tri[:, 2]]
+    length = np.sqrt(_dot(n, n))[:, None]
+    normals[v, u] = np.divide(n, length, out=np.zeros_like(n), where=length > 1e-12)
+    mask[v, u] = True
+    return normals, mask, depth
 
 
 def _decode(rgba: np.ndarray, z: np.ndarray, msaa: bool):
