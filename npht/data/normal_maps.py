@@ -38,7 +38,10 @@ Two framebuffer changes, scoped to this module's renders (:func:`_framebuffer_fo
 Both rely on pyrender 0.1.x internals (the ``glRenderbufferStorage*`` names in
 ``pyrender.renderer`` and the offscreen renderer's main framebuffer); platforms without
 framebuffer objects (OSMesa) render directly into an 8-bit, non-multisampled default
-framebuffer: exact masks, and face indices are exact in 8 bits.
+framebuffer: exact masks, and face indices are exact in 8 bits (``msaa=True`` has no
+effect there; pyrender's read-back drops alpha, so coverage is depth > 0). Checked: this
+module's and the partial-scan tests pass with ``PYOPENGL_PLATFORM=osmesa`` (Debian's
+libosmesa6, PyOpenGL 3.1.10).
 
 Measured (Mesa llvmpipe via EGL, 2 shared CPU cores): an icosphere of subdivision 6
 (82k faces, r = 0.5), 128 Fibonacci views, against the analytic sphere through pixel
@@ -369,6 +372,8 @@ class NormalMapRenderer:
                 rgba = _read_float_color(offscreen, H, W)
             if rgba is None:  # no framebuffer objects (OSMesa): pyrender's 8-bit colour
                 rgba = color8.astype(np.float32) / 255.0
+                if rgba.shape[-1] == 3:  # OSMesa's read-back drops alpha: coverage is depth > 0
+                    rgba = np.concatenate([rgba, (np.asarray(z) > 0)[..., None].astype(np.float32)], -1)
             if self.msaa:
                 n, m = _decode(rgba, z, self.msaa)
             else:

@@ -240,7 +240,10 @@ def test_msaa_option_and_shared_context(renderer, sphere):
     with NormalMapRenderer(msaa=True) as soft_renderer:
         soft = soft_renderer.render(sphere, cams)
     hit = analytic_sphere(cams)[0]
-    assert 0 < (soft.mask != hit).sum() <= 0.1 * hit.sum()
+    if os.environ.get("PYOPENGL_PLATFORM") == "osmesa":  # no framebuffer objects: never multisampled
+        assert torch.equal(soft.mask, exact.mask)
+    else:
+        assert 0 < (soft.mask != hit).sum() <= 0.1 * hit.sum()
     again = renderer.render(sphere, cams)
     assert torch.equal(again.mask, exact.mask) and torch.equal(again.normals, exact.normals)
     other = NormalMapRenderer()
