@@ -17,6 +17,7 @@ import contextlib
 import csv
 import os
 import time
+import warnings
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -298,7 +299,9 @@ class IdentityTrainer:
         self.sched.step()
         self.sched_codes.step()
         if self.sched_d is not None:
-            self.sched_d.step()
+            with warnings.catch_warnings():   # D is not stepped in stages 2-3
+                warnings.simplefilter("ignore", UserWarning)
+                self.sched_d.step()
 
     def train(self, epochs: Optional[int] = None, max_steps: Optional[int] = None) -> None:
         """Train until ``epochs`` epochs are done in all (default: the three stages), or
