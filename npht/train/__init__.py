@@ -9,7 +9,11 @@ from .losses import (
     triplane_l2_loss,
 )
 
+from .config import PRESETS, TrainConfig
+from .identity import IdentityTrainer, add_train_parser, train_identity_main
+
 __all__ = [
+    "PRESETS", "TrainConfig", "IdentityTrainer", "add_train_parser", "train_identity_main",
     "EXPRESSION_TERMS", "IDENTITY_TERMS", "LossWeights", "MultiStageSchedule", "Stage",
     "correspondence_loss", "deformation_penalty", "discriminator_loss", "edr_perturbation",
     "eikonal_loss", "explicit_density_loss", "expression_losses", "generator_loss",

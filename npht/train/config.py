@@ -1,0 +1,149 @@
+"""Training configurations for the identity model and their presets.
+
+Presets (``TrainConfig.preset(name, **overrides)``):
+
+* ``thesis-64``: the thesis (Sec. 4.2, 5.2.2): TP model (z 512, planes 3 x 32 x 256^2,
+  decoder 5 x 256), Table 4.1 weights, 64x64 normal maps rendered by the full VolSDF
+  renderer (error-bound sampler 32/32, eps 0.1, beta 1e-3, beta_min 1e-4, beta_iters 10,
+  max_iter 10; every sample shaded, autograd normals), batch 4, lr 5e-5 (AdamW, weight
+  decay 0.02), codes lr 1e-3 (SparseAdam), discriminator lr 2e-4 (SGD, as written in
+  5.2.2), step decay 0.75 every 1000 (networks) / 2000 (codes) epochs, gradient-norm
+  clipping 0.1, stages 5k / 3k / 7k epochs (Sec. 4.2.4).
+* ``npht-256``: the same model and hyper-parameters, 256x256 normal maps with npht's
+  renderer options (``weight_threshold`` 1e-6, the fused decoder value+gradient for the
+  shading pass), discriminator at 256 with Adam (pi-GAN's betas (0, 0.9)).
+* ``cpu-demo``: tiny widths, few points, 16x16 maps (the discriminator sees them
+  upsampled to 64x64, its smallest resolution), a small sampler; minutes on 2 cores.
+* ``npm``: the NPM baseline (8 x 1024 DeepSDF), 3D losses only (NPM weights of 5.2.2),
+  batch 32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+from .losses import LossWeights
+
+__all__ = ["TrainConfig", "PRESETS"]
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model: str = "triplane"              # "triplane" | "npm"
+    z_dim: int = 512
+    plane_channels: int = 32
+    plane_resolution: int = 256
+    generator_base: int = 64
+    decoder_hidden: int = 256
+    decoder_layers: int = 5
+    code_init_std: float = 1.0           # Sec. 4.2.1: z_id ~ N(0, I)
+    geometric_init: bool = True
+    npm_hidden: int = 1024
+    npm_layers: int = 8
+    # losses and schedule
+    weights: LossWeights = field(default_factory=LossWeights.thesis)
+    stage_epochs: Tuple[int, int, int] = (5000, 3000, 7000)
+    r1_weight: float = 5.0               # eq. 4.10, lambda = 5
+    eikonal_mode: str = "abs"
+    # data
+    batch_size: int = 4
+    views: int = 1                       # normal maps per identity per step
+    counts: Optional[Dict[str, int]] = None   # points per step (None: dataset default)
+    workers: int = 0
+    # rendering
+    render_resolution: int = 64
+    disc_resolution: Optional[int] = None     # None: = render_resolution
+    disc_base: int = 32
+    disc_max_channels: int = 400
+    samples: Tuple[int, int, int] = (32, 32, 32)   # N_samples, N_samples_eval, N_samples_extra
+    sampler_eps: float = 0.1
+    beta_iters: int = 10
+    max_total_iters: int = 10
+    beta_init: float = 1e-3
+    beta_min: float = 1e-4
+    weight_threshold: Optional[float] = None
+    fused_gradient: bool = False         # fused decoder value+gradient (3D terms and shading)
+    # optimisation (Sec. 5.2.2)
+    lr: float = 5e-5
+    lr_codes: float = 1e-3
+    lr_disc: float = 2e-4
+    disc_optimizer: str = "sgd"          # "sgd" (thesis text) | "adam"
+    disc_betas: Tuple[float, float] = (0.0, 0.9)
+    weight_decay: float = 0.02
+    lr_decay: float = 0.75
+    decay_interval: int = 1000           # epochs
+    decay_interval_codes: int = 2000     # epochs
+    grad_clip: Optional[float] = 0.1
+    grad_clip_codes: Optional[float] = 0.1
+    # run
+    seed: int = 0
+    bf16: bool = False
+    device: str = "cpu"
+    ckpt_every: int = 1000               # steps (0: only at the end)
+    image_every: int = 500               # steps (0: never)
+    log_every: int = 1
+    progress: bool = True
+
+    @property
+    def uses_2d(self) -> bool:
+        w = self.weights
+        return self.model == "triplane" and (w.nmr != 0 or w.g != 0 or w.d != 0)
+
+    @property
+    def d_resolution(self) -> int:
+        return self.disc_resolution or self.render_resolution
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        if isinstance(d.get("weights"), dict):
+            d["weights"] = LossWeights(**d["weights"])
+        for k in ("stage_epochs", "samples", "disc_betas"):
+            if k in d and d[k] is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "TrainConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        return PRESETS[name]().replace(**overrides)
+
+
+def _thesis_64() -> TrainConfig:
+    return TrainConfig()
+
+
+def _npht_256() -> TrainConfig:
+    return TrainConfig(render_resolution=256, weight_threshold=1e-6, fused_gradient=True,
+                       disc_optimizer="adam")
+
+
+def _cpu_demo() -> TrainConfig:
+    counts = dict(surface_face=96, surface_nonface=32, near1_face=8, near1_nonface=8,
+                  near2_face=8, near2_nonface=8, ball=64)
+    return TrainConfig(z_dim=16, plane_channels=4, plane_resolution=16, generator_base=8,
+                       decoder_hidden=32, decoder_layers=3, code_init_std=0.1,
+                       batch_size=2, counts=counts, render_resolution=16, disc_resolution=64,
+                       disc_base=2, disc_max_channels=16, samples=(8, 8, 4), beta_iters=4,
+                       max_total_iters=2, beta_init=0.01, weight_threshold=1e-6,
+                       fused_gradient=True, lr=1e-3, lr_codes=1e-2, disc_optimizer="adam",
+                       stage_epochs=(200, 100, 200), decay_interval=200, decay_interval_codes=400,
+                       ckpt_every=100, image_every=50)
+
+
+def _npm() -> TrainConfig:
+    return TrainConfig(model="npm", weights=LossWeights.npm(), batch_size=32, views=0,
+                       code_init_std=0.01)
+
+
+PRESETS = {"thesis-64": _thesis_64, "npht-256": _npht_256, "cpu-demo": _cpu_demo, "npm": _npm}

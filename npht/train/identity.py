@@ -1,0 +1,422 @@
+"""Identity-model training (thesis Sec. 4.2, multi-stage schedule of Sec. 4.2.4,
+optimisers and hyper-parameters of Sec. 5.2.2).
+
+``IdentityTrainer(config, data_root, out_dir, resume=False)``; ``step(batch)`` is one
+thesis step: 3D terms on the batch points (SDF values and gradients kept differentiable
+so the eikonal and normal terms train), then, in stage 1, normal maps rendered from the
+item's cameras (L1 against the masked GT), the generator loss from D, and a
+discriminator update with R1 on the real maps. ``train(epochs)`` loops over the data with
+a CSV log, image grids and atomic checkpoints; a resumed run repeats the uninterrupted
+one bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import os
+import time
+import warnings
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from .config import PRESETS, TrainConfig
+from .losses import (discriminator_loss, edr_perturbation, identity_losses,
+                     multi_stage_schedule, r1_penalty)
+
+__all__ = ["IdentityTrainer", "collate", "add_train_parser", "train_identity_main", "LOG_COLUMNS"]
+
+SPACE_KEYS = ("ball_points",)
+LOG_TERMS = ("ss", "sn", "eik", "nsp", "edr", "nmr", "g", "tv", "tp", "lat_id", "total", "d", "r1")
+LOG_COLUMNS = ("epoch", "step", "stage") + LOG_TERMS + ("lr", "time")
+
+
+def collate(items: List[dict]) -> dict:
+    """Stack tensors (and numbers) of dict items; other values become lists."""
+    out = {}
+    for k in items[0]:
+        vals = [it[k] for it in items]
+        if isinstance(vals[0], torch.Tensor):
+            out[k] = torch.stack(vals)
+        elif isinstance(vals[0], (int, float, np.integer, np.floating)):
+            out[k] = torch.as_tensor(vals)
+        else:
+            out[k] = vals
+    return out
+
+
+def _dist():
+    d = torch.distributed
+    if d.is_available() and d.is_initialized():
+        return d.get_rank(), d.get_world_size()
+    return 0, 1
+
+
+def _clip(params, max_norm: Optional[float]) -> None:
+    """Gradient-norm clipping over dense and sparse gradients."""
+    if not max_norm:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    grads = [g.coalesce() if g.is_sparse else g for g in grads]
+    norms = [(g._values() if g.is_sparse else g).detach().norm() for g in grads]
+    total = torch.stack(norms).norm()
+    scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for p, g in zip([p for p in params if p.grad is not None], grads):
+        if g.is_sparse:
+            p.grad = torch.sparse_coo_tensor(g._indices(), g._values() * scale, g.shape,
+                                             check_invariants=False, is_coalesced=True)
+        else:
+            g.mul_(scale)
+
+
+class IdentityTrainer:
+    def __init__(self, config: TrainConfig, data_root: str, out_dir: str, *, resume: bool = False,
+                 dataset=None):
+        from ..data.dataset import HeadDataset
+        from ..models import Discriminator, IdentityModel, NPMBaseline, TriplaneDecoder, TriplaneGenerator
+        from ..render import LaplaceDensity
+
+        self.cfg = cfg = config
+        self.out_dir = os.fspath(out_dir)
+        os.makedirs(self.out_dir, exist_ok=True)
+        self.device = torch.device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.rank, self.world = _dist()
+        views = cfg.views if cfg.uses_2d else 0
+        self.dataset = dataset if dataset is not None else HeadDataset(
+            data_root, "train", counts=cfg.counts, views=views, seed=cfg.seed)
+        n_id = len(self.dataset.identity_index)
+        if cfg.model == "triplane":
+            gen = TriplaneGenerator(cfg.z_dim, cfg.plane_channels, cfg.plane_resolution, base=cfg.generator_base)
+            dec = TriplaneDecoder(cfg.plane_channels, cfg.decoder_hidden, cfg.decoder_layers)
+            if cfg.geometric_init:
+                dec.geometric_init_()
+            self.model = IdentityModel(gen, dec, n_id, cfg.z_dim, init_std=cfg.code_init_std)
+        elif cfg.model == "npm":
+            self.model = NPMBaseline(n_id, cfg.z_dim, cfg.npm_hidden, cfg.npm_layers,
+                                     init_std=cfg.code_init_std, geometric_init=cfg.geometric_init)
+        else:
+            raise ValueError(f"model must be 'triplane' or 'npm', got {cfg.model!r}")
+        self.model.to(self.device)
+        self.density = LaplaceDensity(cfg.beta_init, cfg.beta_min).to(self.device)
+        self.disc = None
+        if cfg.uses_2d:
+            self.disc = Discriminator(cfg.d_resolution, 3, cfg.disc_base, cfg.disc_max_channels).to(self.device)
+            self.rig = self.dataset.cameras(cfg.render_resolution).to(self.device)
+        self.schedule = multi_stage_schedule(tuple(cfg.stage_epochs), cfg.weights)
+        # optimisers (Sec. 5.2.2): AdamW networks, SparseAdam codes, SGD/Adam discriminator
+        code_params = [self.model.codes.weight]
+        net_params = [p for n, p in self.model.named_parameters() if not n.startswith("codes.")]
+        net_params += list(self.density.parameters())
+        self.net_params, self.code_params = net_params, code_params
+        self.opt = torch.optim.AdamW(net_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt_codes = torch.optim.SparseAdam(code_params, lr=cfg.lr_codes)
+        self.sched = torch.optim.lr_scheduler.StepLR(self.opt, cfg.decay_interval, cfg.lr_decay)
+        self.sched_codes = torch.optim.lr_scheduler.StepLR(self.opt_codes, cfg.decay_interval_codes, cfg.lr_decay)
+        self.opt_d = self.sched_d = None
+        if self.disc is not None:
+            if cfg.disc_optimizer == "sgd":
+                self.opt_d = torch.optim.SGD(self.disc.parameters(), lr=cfg.lr_disc)
+            elif cfg.disc_optimizer == "adam":
+                self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr_disc, betas=cfg.disc_betas)
+            else:
+                raise ValueError(f"disc_optimizer must be 'sgd' or 'adam', got {cfg.disc_optimizer!r}")
+            self.sched_d = torch.optim.lr_scheduler.StepLR(self.opt_d, cfg.decay_interval, cfg.lr_decay)
+        self.gen = torch.Generator().manual_seed(cfg.seed + 1)   # sampler jitter, EDR noise
+        self.epoch, self.global_step, self.step_in_epoch = 0, 0, 0
+        self.ckpt_path = os.path.join(self.out_dir, "checkpoint.pt")
+        self.log_path = os.path.join(self.out_dir, "log.csv")
+        self._tb = None
+        if resume and os.path.exists(self.ckpt_path):
+            self.load(self.ckpt_path)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        s = {"config": self.cfg.to_dict(), "model": self.model.state_dict(), "density": self.density.state_dict(),
+             "opt": self.opt.state_dict(), "opt_codes": self.opt_codes.state_dict(),
+             "sched": self.sched.state_dict(), "sched_codes": self.sched_codes.state_dict(),
+             "epoch": self.epoch, "global_step": self.global_step, "step_in_epoch": self.step_in_epoch,
+             "stage": self.stage.index, "dataset_epoch": self.dataset.epoch,
+             "rng": rng_state(), "gen": self.gen.get_state()}
+        if self.disc is not None:
+            s.update(disc=self.disc.state_dict(), opt_d=self.opt_d.state_dict(), sched_d=self.sched_d.state_dict())
+        return s
+
+    def load_state_dict(self, s: dict) -> None:
+        self.model.load_state_dict(s["model"])
+        self.density.load_state_dict(s["density"])
+        for name in ("opt", "opt_codes", "sched", "sched_codes"):
+            getattr(self, name).load_state_dict(s[name])
+        if self.disc is not None:
+            self.disc.load_state_dict(s["disc"])
+            self.opt_d.load_state_dict(s["opt_d"])
+            self.sched_d.load_state_dict(s["sched_d"])
+        self.epoch, self.global_step, self.step_in_epoch = s["epoch"], s["global_step"], s["step_in_epoch"]
+        self.dataset.set_epoch(s["dataset_epoch"])
+        set_rng_state(s["rng"])
+        self.gen.set_state(s["gen"])
+
+    def save(self, path: Optional[str] = None) -> str:
+        path = path or self.ckpt_path
+        if self.rank == 0:
+            save_atomic(self.state_dict(), path)
+        return path
+
+    def load(self, path: str) -> None:
+        self.load_state_dict(load_checkpoint(path, self.device))
+
+    @property
+    def stage(self):
+        return self.schedule.stage_at(self.epoch)
+
+    # ------------------------------------------------------------------ step
+    def _autocast(self):
+        if self.cfg.bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _sdf_grad(self, planes, idx, pts):
+        if self.cfg.model == "npm":
+            return self.model.sdf_and_gradient(pts, idx)
+        return self.model.decoder.sdf_and_gradient(planes, pts, fused=self.cfg.fused_gradient and not self.cfg.bf16,
+                                                   **self.model.sample_kwargs)
+
+    def render_maps(self, planes, batch) -> torch.Tensor:
+        """Normal maps ``[B, V, H, W, 3]`` (OpenGL camera frame) of each identity seen
+        from its item's cameras."""
+        from ..render import ErrorBoundSampler, render
+
+        cfg, dec, kw = self.cfg, self.model.decoder, self.model.sample_kwargs
+        cam_idx = batch["camera_index"]                       # [B, V]
+        B, V = cam_idx.shape
+        rep = planes.repeat_interleave(V, 0)                  # camera b*V+v sees identity b
+        cams = self.rig[cam_idx.reshape(-1).tolist()]
+        n, ne, nx = cfg.samples
+        sampler = ErrorBoundSampler(n, ne, nx, cfg.sampler_eps, cfg.beta_iters, cfg.max_total_iters)
+        grad_fn = (lambda p: dec.sdf_and_gradient(rep, p, fused=True, **kw)) if cfg.fused_gradient and not cfg.bf16 else None
+        out = render(lambda p: dec.sdf(rep, p, **kw), cams, cfg.render_resolution, density=self.density,
+                     training=True, generator=self.gen, convention="opengl", sampler=sampler,
+                     weight_threshold=cfg.weight_threshold, gradient_fn=grad_fn)
+        R = cfg.render_resolution
+        return out.normals.reshape(B, V, R, R, 3)
+
+    def _to_disc(self, maps: torch.Tensor) -> torch.Tensor:
+        x = maps.reshape(-1, *maps.shape[-3:]).permute(0, 3, 1, 2)
+        if x.shape[-1] != self.cfg.d_resolution:
+            x = F.interpolate(x, size=self.cfg.d_resolution, mode="bilinear", align_corners=False)
+        return x.contiguous()
+
+    def step(self, batch: dict) -> Dict[str, float]:
+        """One training step on a collated batch; returns the logged values."""
+        cfg, t0 = self.cfg, time.perf_counter()
+        batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        weights = self.schedule.active_weights(self.epoch)
+        stage = self.stage
+        idx = batch["identity_index"].long()
+        self.model.train()
+        with self._autocast():
+            planes = self.model.planes(idx) if cfg.model == "triplane" else None
+            surf = torch.cat([batch["surface_face_points"], batch["surface_nonface_points"]], 1)
+            space = torch.cat([batch[k] for k in SPACE_KEYS], 1)
+            sdf, grad = self._sdf_grad(planes, idx, torch.cat([surf, space], 1))
+            sdf, grad = sdf.float(), grad.float()
+            ns = surf.shape[1]
+            perturbed = None
+            if weights.edr != 0:
+                pts = edr_perturbation(space, generator=self.gen)
+                perturbed = (self.model.decoder.sdf(planes, pts, **self.model.sample_kwargs) if planes is not None
+                             else self.model(pts, idx)).float()
+            render_2d = self.disc is not None and (weights.nmr != 0 or weights.g != 0 or weights.d != 0)
+            maps = d_fake = None
+            if render_2d:
+                maps = self.render_maps(planes, batch).float()
+                if weights.g != 0:
+                    self.disc.requires_grad_(False)
+                    d_fake = self.disc(self._to_disc(maps)).float()
+                    self.disc.requires_grad_(True)
+            terms = identity_losses(batch, weights, surface_sdf=sdf[:, :ns], surface_grad=grad[:, :ns],
+                                    space_sdf=sdf[:, ns:], space_grad=grad[:, ns:], space_sdf_perturbed=perturbed,
+                                    normal_maps=maps, d_fake=d_fake, planes=None if planes is None else planes.float(),
+                                    z_id=self.model.latent(idx), use_masks=True, eikonal_mode=cfg.eikonal_mode)
+        self.opt.zero_grad(set_to_none=True)
+        self.opt_codes.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        self._all_reduce(self.net_params)
+        _clip(self.net_params, cfg.grad_clip)
+        _clip(self.code_params, cfg.grad_clip_codes)
+        self.opt.step()
+        self.opt_codes.step()
+        row = {k: float(v.detach()) for k, v in terms.items()}
+        if render_2d and weights.d != 0:
+            row.update(self._disc_step(maps.detach(), batch, weights.d))
+        self.global_step += 1
+        self.step_in_epoch += 1
+        row.update(epoch=self.epoch, step=self.global_step, stage=stage.index, lr=self.opt.param_groups[0]["lr"],
+                   time=time.perf_counter() - t0)
+        self._last_maps = (maps.detach() if maps is not None else None, batch.get("normal_maps"))
+        return row
+
+    def _disc_step(self, fake, batch, w_d) -> Dict[str, float]:
+        real = self._to_disc(batch["normal_maps"].float()).requires_grad_(True)
+        with self._autocast():
+            d_fake = self.disc(self._to_disc(fake)).float()
+            d_real = self.disc(real).float()
+            loss_d = w_d * discriminator_loss(d_fake, d_real)
+            r1 = r1_penalty(d_real, real, weight=self.cfg.r1_weight)
+        self.opt_d.zero_grad(set_to_none=True)
+        (loss_d + r1).backward()
+        self._all_reduce(list(self.disc.parameters()))
+        self.opt_d.step()
+        return {"d": float(loss_d.detach()), "r1": float(r1.detach())}
+
+    def _all_reduce(self, params) -> None:
+        if self.world == 1:
+            return
+        for p in params:
+            if p.grad is not None and not p.grad.is_sparse:
+                torch.distributed.all_reduce(p.grad)
+                p.grad.div_(self.world)
+
+    # ------------------------------------------------------------------ loop
+    def _batches(self, epoch: int) -> List[List[int]]:
+        g = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
+        order = torch.randperm(len(self.dataset), generator=g).tolist()
+        order = order[self.rank::self.world]                  # DistributedSampler-style split
+        bs = self.cfg.batch_size
+        return [order[i:i + bs] for i in range(0, len(order), bs)]
+
+    def _end_epoch(self) -> None:
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.sched.step()
+        self.sched_codes.step()
+        if self.sched_d is not None:
+            with warnings.catch_warnings():   # D is not stepped in stages 2-3
+                warnings.simplefilter("ignore", UserWarning)
+                self.sched_d.step()
+
+    def train(self, epochs: Optional[int] = None, max_steps: Optional[int] = None) -> None:
+        """Train until ``epochs`` epochs are done in all (default: the three stages), or
+        ``max_steps`` more steps were taken; a checkpoint is written at the end."""
+        from torch.utils.data import DataLoader
+
+        cfg = self.cfg
+        end = sum(cfg.stage_epochs) if epochs is None else int(epochs)
+        taken = 0
+        bar = None
+        if cfg.progress and self.rank == 0:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=max_steps, initial=0, desc="train", dynamic_ncols=True)
+        try:
+            while self.epoch < end and (max_steps is None or taken < max_steps):
+                self.dataset.set_epoch(self.epoch)
+                batches = self._batches(self.epoch)[self.step_in_epoch:]
+                loader = DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate,
+                                    num_workers=cfg.workers, generator=torch.Generator().manual_seed(self.epoch))
+                for batch in loader:
+                    row = self.step(batch)
+                    taken += 1
+                    self._log(row)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(epoch=self.epoch, stage=row["stage"], loss=f"{row['total']:.4g}")
+                    if cfg.image_every and self.global_step % cfg.image_every == 0:
+                        self.save_images()
+                    if cfg.ckpt_every and self.global_step % cfg.ckpt_every == 0:
+                        self.save()
+                    if max_steps is not None and taken >= max_steps:
+                        break
+                if self.step_in_epoch >= len(self._batches(self.epoch)):
+                    self._end_epoch()
+        finally:
+            if bar is not None:
+                bar.close()
+        self.save()
+
+    def _log(self, row: dict) -> None:
+        if self.rank != 0 or not self.cfg.log_every or self.global_step % self.cfg.log_every:
+            return
+        new = not os.path.exists(self.log_path)
+        with open(self.log_path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: row.get(k, "") for k in LOG_COLUMNS})
+        tb = self._tensorboard()
+        if tb is not None:
+            for k in LOG_TERMS:
+                if k in row:
+                    tb.add_scalar(f"loss/{k}", row[k], self.global_step)
+
+    def _tensorboard(self):
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(os.path.join(self.out_dir, "tb"))
+            except Exception:   # tensorboard is optional
+                self._tb = False
+        return self._tb or None
+
+    def save_images(self) -> Optional[str]:
+        """PNG grid: rendered (top) vs GT (bottom) normal maps of the last step."""
+        pred, gt = getattr(self, "_last_maps", (None, None))
+        if pred is None or gt is None or self.rank != 0:
+            return None
+        from PIL import Image
+
+        def row(m):
+            m = m.reshape(-1, *m.shape[-3:]).float().cpu().clamp(-1, 1)
+            return torch.cat(list((m + 1) * 0.5), dim=1)      # [H, N*W, 3]
+
+        grid = torch.cat([row(pred), row(gt)], 0)
+        path = os.path.join(self.out_dir, "images", f"step_{self.global_step:07d}.png")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        Image.fromarray((grid.numpy() * 255).round().astype(np.uint8)).save(path)
+        return path
+
+
+# ---------------------------------------------------------------------- CLI
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    """``npht train identity --preset P --data DIR --out DIR [--resume] [--epochs ...]``."""
+    p = subparsers.add_parser("identity", help="train the identity model")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-demo")
+    p.add_argument("--data", required=True, help="prepared dataset folder")
+    p.add_argument("--out", required=True, help="output folder (log, images, checkpoint)")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--epochs", type=int, nargs=3, metavar=("E1", "E2", "E3"), help="epochs of the three stages")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--ckpt-every", type=int)
+    p.add_argument("--image-every", type=int)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=train_identity_main)
+    return p
+
+
+def train_identity_main(args) -> int:
+    over = {}
+    if args.epochs:
+        over["stage_epochs"] = tuple(args.epochs)
+    for a, k in (("batch_size", "batch_size"), ("device", "device"), ("seed", "seed"),
+                 ("ckpt_every", "ckpt_every"), ("image_every", "image_every")):
+        if getattr(args, a, None) is not None:
+            over[k] = getattr(args, a)
+    if args.bf16:
+        over["bf16"] = True
+    if args.no_progress:
+        over["progress"] = False
+    cfg = TrainConfig.preset(args.preset, **over)
+    trainer = IdentityTrainer(cfg, args.data, args.out, resume=args.resume)
+    trainer.train(max_steps=args.max_steps)
+    return 0

@@ -1,0 +1,140 @@
+"""Identity trainer on a tiny prepared dataset (cpu-demo-sized config)."""
+
+import csv
+import math
+import os
+
+import pytest
+import torch
+
+from npht.data.prepare import PrepareConfig, prepare
+from npht.train import checkpoint as ckpt_mod
+from npht.train.config import PRESETS, TrainConfig
+from npht.train.identity import LOG_COLUMNS, IdentityTrainer, collate
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("heads")
+    prepare(PrepareConfig(identities=2, expressions=1, mesh_resolution=48, cameras=4, resolution=16,
+                          surface_face=300, surface_nonface=100, ball=100, test_identities=0), str(root),
+            progress=False)
+    return str(root)
+
+
+def _cfg(stages=(5, 5, 5), **kw):
+    base = dict(progress=False, stage_epochs=stages, ckpt_every=0, image_every=0)
+    base.update(kw)
+    return TrainConfig.preset("cpu-demo", **base)
+
+
+def _batch(tr):
+    return collate([tr.dataset[i] for i in range(len(tr.dataset))])
+
+
+def _params(tr):
+    out = {("m", k): v.clone() for k, v in tr.model.state_dict().items()}
+    out.update({("r", k): v.clone() for k, v in tr.density.state_dict().items()})
+    if tr.disc is not None:
+        out.update({("d", k): v.clone() for k, v in tr.disc.state_dict().items()})
+    return out
+
+
+def test_presets():
+    assert set(PRESETS) == {"thesis-64", "npht-256", "cpu-demo", "npm"}
+    t = TrainConfig.preset("thesis-64")
+    assert (t.lr, t.lr_codes, t.lr_disc, t.weight_decay, t.lr_decay) == (5e-5, 1e-3, 2e-4, 0.02, 0.75)
+    assert (t.decay_interval, t.decay_interval_codes, t.grad_clip, t.batch_size) == (1000, 2000, 0.1, 4)
+    assert t.render_resolution == 64 and t.weights.ss == 20.0 and t.stage_epochs == (5000, 3000, 7000)
+    assert TrainConfig.preset("npht-256").render_resolution == 256
+    npm = TrainConfig.preset("npm")
+    assert npm.model == "npm" and not npm.uses_2d and npm.batch_size == 32
+    assert TrainConfig.from_dict(t.to_dict()) == t
+    with pytest.raises(ValueError, match="unknown preset"):
+        TrainConfig.preset("nope")
+
+
+def test_full_step_every_term_finite(data_root, tmp_path):
+    tr = IdentityTrainer(_cfg(), data_root, tmp_path)
+    assert tr.stage.index == 1
+    before = {k: v.clone() for k, v in tr.disc.state_dict().items()}
+    row = tr.step(_batch(tr))
+    for k in ("ss", "sn", "eik", "nsp", "edr", "nmr", "g", "tv", "tp", "total", "d", "r1"):
+        assert k in row and math.isfinite(row[k]), k
+    assert any(not torch.equal(before[k], v) for k, v in tr.disc.state_dict().items())
+    assert tr.save_images() is not None
+
+
+def test_stage_switch_removes_2d_terms(data_root, tmp_path):
+    tr = IdentityTrainer(_cfg(stages=(0, 5, 5)), data_root, tmp_path)
+    assert tr.stage.index == 2
+    before = {k: v.clone() for k, v in tr.disc.state_dict().items()}
+    row = tr.step(_batch(tr))
+    assert not {"nmr", "g", "d", "r1"} & set(row) and "tv" in row and "tp" in row
+    assert all(torch.equal(before[k], v) for k, v in tr.disc.state_dict().items())
+    tr3 = IdentityTrainer(_cfg(stages=(0, 0, 5)), data_root, tmp_path / "s3")
+    row = tr3.step(_batch(tr3))
+    assert tr3.stage.index == 3 and not {"nmr", "g", "d", "tv", "tp", "edr"} & set(row)
+
+
+def test_3d_loss_falls(data_root, tmp_path):
+    tr = IdentityTrainer(_cfg(stages=(0, 0, 100)), data_root, tmp_path)
+    b = _batch(tr)
+    totals = [tr.step(b)["total"] for _ in range(25)]
+    assert sum(totals[-5:]) / 5 < 0.5 * sum(totals[:5]) / 5, totals
+
+
+@pytest.mark.parametrize("stages,n,m", [((0, 10, 10), 3, 3), ((10, 0, 0), 1, 1)])
+def test_resume_bit_identical(data_root, tmp_path, stages, n, m):
+    a = IdentityTrainer(_cfg(stages), data_root, tmp_path / "a")
+    a.train(max_steps=n + m)
+    b = IdentityTrainer(_cfg(stages), data_root, tmp_path / "b")
+    b.train(max_steps=n)
+    c = IdentityTrainer(_cfg(stages), data_root, tmp_path / "b", resume=True)
+    assert c.global_step == n
+    c.train(max_steps=m)
+    pa, pc = _params(a), _params(c)
+    assert pa.keys() == pc.keys()
+    assert all(torch.equal(pa[k], pc[k]) for k in pa)
+    assert c.opt.state_dict()["state"].keys() == a.opt.state_dict()["state"].keys()
+
+
+def test_killed_save_keeps_last_checkpoint(data_root, tmp_path, monkeypatch):
+    tr = IdentityTrainer(_cfg((0, 0, 5)), data_root, tmp_path)
+    path = tr.save()
+    good = ckpt_mod.load_checkpoint(path)
+    tr.step(_batch(tr))
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise KeyboardInterrupt("killed mid-save")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        tr.save()
+    monkeypatch.setattr(ckpt_mod.torch, "save", real_save)
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]
+    back = ckpt_mod.load_checkpoint(path)
+    assert back["global_step"] == good["global_step"] == 0
+    assert all(torch.equal(back["model"][k], good["model"][k]) for k in good["model"])
+
+
+def test_discriminator_resolution(data_root, tmp_path):
+    tr = IdentityTrainer(_cfg(), data_root, tmp_path)
+    assert tr.disc.resolution == 64
+    with pytest.raises(ValueError, match="resolution 64"):
+        tr.disc(torch.zeros(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="resolution must be one of"):
+        IdentityTrainer(_cfg(disc_resolution=None), data_root, tmp_path / "x")
+
+
+def test_csv_log_columns_and_bf16(data_root, tmp_path):
+    tr = IdentityTrainer(_cfg((0, 5, 5), bf16=True), data_root, tmp_path)
+    tr.train(max_steps=2)
+    with open(tmp_path / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0].keys()) == LOG_COLUMNS and len(rows) == 2
+    assert rows[1]["step"] == "2" and rows[0]["stage"] == "2" and rows[0]["d"] == ""
+    assert math.isfinite(float(rows[1]["total"])) and (tmp_path / "checkpoint.pt").exists()
