@@ -2,6 +2,7 @@
 
     npht data prepare --source synthetic --out data/synthetic
     npht data prepare --source /path/to/NPHM --out data/nphm --resolution 256
+    npht train identity --preset cpu-demo --data data/synthetic --out runs/demo
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
     top = parser.add_subparsers(dest="command", required=True)
     data = top.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     _add_prepare(data)
+    from .train.identity import add_train_parser
+
+    add_train_parser(top.add_parser("train", help="training").add_subparsers(dest="train_command", required=True))
     return parser
 
 
@@ -61,6 +65,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "data" and args.data_command == "prepare":
             return _run_prepare(args)
+        if args.command == "train":
+            return args.func(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"npht: error: {e}", file=sys.stderr)
         return 2

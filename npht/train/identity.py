@@ -218,6 +218,9 @@ class IdentityTrainer:
         """One training step on a collated batch; returns the logged values."""
         cfg, t0 = self.cfg, time.perf_counter()
         batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        if "normal_maps" in batch and batch["normal_maps"].shape[-2] != cfg.render_resolution:
+            batch["normal_maps"], batch["masks"] = resample_maps(batch["normal_maps"], batch["masks"],
+                                                                 cfg.render_resolution)
         weights = self.schedule.active_weights(self.epoch)
         stage = self.stage
         idx = batch["identity_index"].long()
@@ -384,6 +387,19 @@ class IdentityTrainer:
 
 
 # ---------------------------------------------------------------------- CLI
+def resample_maps(maps: torch.Tensor, masks: torch.Tensor, resolution: int):
+    """GT normal maps ``[..., H, W, 3]`` and masks ``[..., H, W]`` resampled to
+    ``resolution^2`` at the new pixel centres (bilinear, the points the renderer's rays go
+    through), normals renormalised, mask = interpolated coverage > 0.5, 0 outside it."""
+    lead = maps.shape[:-3]
+    x = maps.reshape(-1, *maps.shape[-3:]).permute(0, 3, 1, 2).float()
+    m = masks.reshape(-1, 1, *masks.shape[-2:]).float()
+    x = F.interpolate(x, size=resolution, mode="bilinear", align_corners=False)
+    m = F.interpolate(m, size=resolution, mode="bilinear", align_corners=False)[:, 0] > 0.5
+    x = F.normalize(x.permute(0, 2, 3, 1), dim=-1) * m[..., None]
+    return x.reshape(*lead, resolution, resolution, 3), m.reshape(*lead, resolution, resolution)
+
+
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """``npht train identity --preset P --data DIR --out DIR [--resume] [--epochs ...]``."""
     p = subparsers.add_parser("identity", help="train the identity model")

@@ -138,3 +138,39 @@ def test_csv_log_columns_and_bf16(data_root, tmp_path):
     assert tuple(rows[0].keys()) == LOG_COLUMNS and len(rows) == 2
     assert rows[1]["step"] == "2" and rows[0]["stage"] == "2" and rows[0]["d"] == ""
     assert math.isfinite(float(rows[1]["total"])) and (tmp_path / "checkpoint.pt").exists()
+
+
+def test_resample_maps_to_the_render_resolution():
+    from npht.train.identity import resample_maps
+
+    v, u = torch.meshgrid(torch.arange(32) + 0.5, torch.arange(32) + 0.5, indexing="ij")
+    mask = (u - 16) ** 2 + (v - 16) ** 2 < 100
+    n = torch.nn.functional.normalize(torch.stack([u - 16, v - 16, torch.full_like(u, 8.0)], -1), dim=-1)
+    maps, masks = resample_maps((n * mask[..., None])[None, None], mask[None, None], 16)
+    assert maps.shape == (1, 1, 16, 16, 3) and masks.shape == (1, 1, 16, 16)
+    # the coarse pixel centre (i + 0.5) * 2 is where 4 fine pixels meet: the disc of radius 5
+    v2, u2 = torch.meshgrid((torch.arange(16) + 0.5) * 2, (torch.arange(16) + 0.5) * 2, indexing="ij")
+    inside = (u2 - 16) ** 2 + (v2 - 16) ** 2 < 90  # clear of the rim
+    assert masks[0, 0][inside].all() and not masks[0, 0][(u2 - 16) ** 2 + (v2 - 16) ** 2 > 110].any()
+    m = maps[0, 0][masks[0, 0]]
+    torch.testing.assert_close(m.norm(dim=-1), torch.ones(len(m)))
+    assert (maps[0, 0][~masks[0, 0]] == 0).all()
+
+
+def test_step_renders_at_another_resolution_than_the_dataset(data_root, tmp_path):
+    tr = IdentityTrainer(_cfg(render_resolution=8), data_root, tmp_path)  # the dataset's maps are 16^2
+    row = tr.step(_batch(tr))
+    assert math.isfinite(row["nmr"]) and row["nmr"] > 0
+    assert tr._last_maps[0].shape[-3:-1] == (8, 8)
+
+
+def test_cli_trains(data_root, tmp_path):
+    from npht.cli import main
+
+    out = str(tmp_path / "run")
+    assert main(["train", "identity", "--preset", "cpu-demo", "--data", data_root, "--out", out,
+                 "--max-steps", "2", "--no-progress"]) == 0
+    with open(os.path.join(out, "log.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(math.isfinite(float(r["nmr"])) for r in rows)
+    assert os.path.exists(os.path.join(out, "checkpoint.pt"))
