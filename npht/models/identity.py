@@ -16,6 +16,7 @@ from torch import nn
 
 from .decoder import TriplaneDecoder
 from .generator import TriplaneGenerator
+from .latent import lookup_codes
 
 __all__ = ["IdentityModel"]
 
@@ -61,15 +62,7 @@ class IdentityModel(nn.Module):
     def latent(self, identity: torch.Tensor) -> torch.Tensor:
         """Identity indices ``[B]`` (integer) -> codes ``[B, z_dim]``; a float tensor
         ``[B, z_dim]`` (e.g. a code being fitted) is returned as is."""
-        if identity.is_floating_point():
-            if identity.dim() != 2 or identity.shape[1] != self.z_dim:
-                raise ValueError(f"z must have shape [B, {self.z_dim}], got {tuple(identity.shape)}")
-            return identity
-        if identity.dim() != 1:
-            raise ValueError(f"identity_index must have shape [B], got {tuple(identity.shape)}")
-        if identity.numel() and (int(identity.min()) < 0 or int(identity.max()) >= self.num_identities):
-            raise ValueError(f"identity_index out of range [0, {self.num_identities})")
-        return self.codes(identity)
+        return lookup_codes(self.codes, identity)
 
     def planes(self, identity: torch.Tensor) -> torch.Tensor:
         """Indices ``[B]`` or codes ``[B, z_dim]`` -> tri-planes ``[B, 3, C, R, R]``."""

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .deepsdf import SkipMLP
+from .latent import lookup_codes
 
 __all__ = ["NPMBaseline"]
 
@@ -39,15 +40,9 @@ class NPMBaseline(nn.Module):
             self.mlp.geometric_init_(radius)
 
     def latent(self, identity: torch.Tensor) -> torch.Tensor:
-        if identity.is_floating_point():
-            if identity.dim() != 2 or identity.shape[1] != self.z_dim:
-                raise ValueError(f"z must have shape [B, {self.z_dim}], got {tuple(identity.shape)}")
-            return identity
-        if identity.dim() != 1:
-            raise ValueError(f"identity_index must have shape [B], got {tuple(identity.shape)}")
-        if identity.numel() and (int(identity.min()) < 0 or int(identity.max()) >= self.num_identities):
-            raise ValueError(f"identity_index out of range [0, {self.num_identities})")
-        return self.codes(identity)
+        """Identity indices ``[B]`` (integer) -> codes ``[B, z_dim]``; a float tensor
+        ``[B, z_dim]`` (e.g. a code being fitted) is returned as is."""
+        return lookup_codes(self.codes, identity)
 
     def forward(self, points: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
         z = self.latent(identity)
