@@ -3,6 +3,7 @@
     npht data prepare --source synthetic --out data/synthetic
     npht data prepare --source /path/to/NPHM --out data/nphm --resolution 256
     npht train identity --preset cpu-demo --data data/synthetic --out runs/demo
+    npht train expression --preset cpu-demo --data data/synthetic --identity runs/demo/checkpoint.pt --out runs/expr
 """
 
 from __future__ import annotations
@@ -43,9 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     top = parser.add_subparsers(dest="command", required=True)
     data = top.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     _add_prepare(data)
+    from .train.expression import add_expression_parser
     from .train.identity import add_train_parser
 
-    add_train_parser(top.add_parser("train", help="training").add_subparsers(dest="train_command", required=True))
+    train = top.add_parser("train", help="training").add_subparsers(dest="train_command", required=True)
+    add_train_parser(train)
+    add_expression_parser(train)
     return parser
 
 

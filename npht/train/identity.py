@@ -29,7 +29,7 @@ from .config import PRESETS, TrainConfig
 from .losses import (discriminator_loss, edr_perturbation, identity_losses,
                      multi_stage_schedule, r1_penalty)
 
-__all__ = ["IdentityTrainer", "collate", "add_train_parser", "train_identity_main", "LOG_COLUMNS"]
+__all__ = ["IdentityTrainer", "build_identity_model", "collate", "add_train_parser", "train_identity_main", "LOG_COLUMNS"]
 
 SPACE_KEYS = ("ball_points",)
 LOG_TERMS = ("ss", "sn", "eik", "nsp", "edr", "nmr", "g", "tv", "tp", "lat_id", "total", "d", "r1")
@@ -76,11 +76,28 @@ def _clip(params, max_norm: Optional[float]) -> None:
             g.mul_(scale)
 
 
+def build_identity_model(cfg: TrainConfig, n_id: int) -> torch.nn.Module:
+    """The identity model of ``cfg`` (tri-plane or NPM baseline) with ``n_id`` codes, as
+    :class:`IdentityTrainer` builds it (also used to reload its checkpoints)."""
+    from ..models import IdentityModel, NPMBaseline, TriplaneDecoder, TriplaneGenerator
+
+    if cfg.model == "triplane":
+        gen = TriplaneGenerator(cfg.z_dim, cfg.plane_channels, cfg.plane_resolution, base=cfg.generator_base)
+        dec = TriplaneDecoder(cfg.plane_channels, cfg.decoder_hidden, cfg.decoder_layers)
+        if cfg.geometric_init:
+            dec.geometric_init_()
+        return IdentityModel(gen, dec, n_id, cfg.z_dim, init_std=cfg.code_init_std)
+    if cfg.model == "npm":
+        return NPMBaseline(n_id, cfg.z_dim, cfg.npm_hidden, cfg.npm_layers,
+                           init_std=cfg.code_init_std, geometric_init=cfg.geometric_init)
+    raise ValueError(f"model must be 'triplane' or 'npm', got {cfg.model!r}")
+
+
 class IdentityTrainer:
     def __init__(self, config: TrainConfig, data_root: str, out_dir: str, *, resume: bool = False,
                  dataset=None):
         from ..data.dataset import HeadDataset
-        from ..models import Discriminator, IdentityModel, NPMBaseline, TriplaneDecoder, TriplaneGenerator
+        from ..models import Discriminator
         from ..render import LaplaceDensity
 
         self.cfg = cfg = config
@@ -94,17 +111,7 @@ class IdentityTrainer:
         self.dataset = dataset if dataset is not None else HeadDataset(
             data_root, "train", counts=cfg.counts, views=views, seed=cfg.seed)
         n_id = len(self.dataset.identity_index)
-        if cfg.model == "triplane":
-            gen = TriplaneGenerator(cfg.z_dim, cfg.plane_channels, cfg.plane_resolution, base=cfg.generator_base)
-            dec = TriplaneDecoder(cfg.plane_channels, cfg.decoder_hidden, cfg.decoder_layers)
-            if cfg.geometric_init:
-                dec.geometric_init_()
-            self.model = IdentityModel(gen, dec, n_id, cfg.z_dim, init_std=cfg.code_init_std)
-        elif cfg.model == "npm":
-            self.model = NPMBaseline(n_id, cfg.z_dim, cfg.npm_hidden, cfg.npm_layers,
-                                     init_std=cfg.code_init_std, geometric_init=cfg.geometric_init)
-        else:
-            raise ValueError(f"model must be 'triplane' or 'npm', got {cfg.model!r}")
+        self.model = build_identity_model(cfg, n_id)
         self.model.to(self.device)
         self.density = LaplaceDensity(cfg.beta_init, cfg.beta_min).to(self.device)
         self.disc = None

@@ -1,0 +1,429 @@
+"""Expression-model training (thesis Sec. 4.3, hyper-parameters of NPHM D.2 as Sec. 5.2.2
+prescribes).
+
+``ExpressionTrainer(config, data_root, identity_checkpoint, out_dir, resume=False)`` trains
+the forward deformation network ``F_ex(x, z_ex, z_id)`` (:class:`~npht.models.ExpressionModel`)
+and one auto-decoded expression code per posed training record against the
+neutral<->posed correspondences of :class:`~npht.data.CorrespondenceDataset`, with the
+identity codes ``z_id`` of a trained identity model (``npht train identity``) frozen.
+Loss (eq. 4.21): ``lambda_c L_c + lambda_dp L_dp + lambda_r L_r`` with
+``L_c = ||x + F_ex(x) - x_posed||^2`` on the pairs, ``L_dp = ||F_ex(x)||^2`` on points outside
+the face region (the identity's neutral non-face surface samples) and ``L_r = ||z_ex||^2``.
+
+Code indexing: a posed record's ``expression_index`` in the prepared data is the position
+of its expression within its identity (the same index is shared by different people), but
+the thesis and NPHM (eq. 13, ``z_{j,l}``) auto-decode one code per identity j and expression
+l, i.e. per posed scan. The trainer therefore numbers the posed training records densely,
+in the dataset's record order: code ``k`` belongs to ``expression_keys[k] = (identity,
+expression)`` (stored in the checkpoint). Identity codes are looked up by identity *name*
+in the identity run's index (sorted names of the neutral training records of its data,
+as :class:`~npht.data.HeadDataset` numbers them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from .config import TrainConfig
+from .identity import _clip, build_identity_model, collate
+from .losses import LossWeights, expression_losses
+
+__all__ = ["ExpressionConfig", "EXPRESSION_PRESETS", "ExpressionTrainer", "ExpressionData",
+           "load_identity_checkpoint", "add_expression_parser", "train_expression_main", "EXPRESSION_LOG_COLUMNS"]
+
+EXPRESSION_LOG_TERMS = ("c", "dp", "r", "total")
+EXPRESSION_LOG_COLUMNS = ("epoch", "step") + EXPRESSION_LOG_TERMS + ("lr", "lr_codes", "time")
+
+
+@dataclass
+class ExpressionConfig:
+    """Expression-training settings. Presets (``ExpressionConfig.preset(name, **overrides)``):
+
+    * ``thesis``: Sec. 4.3.2's network (DeepSDF MLP, 8 x 1024, skip at layer 4, softplus
+      beta 100, z_ex 200; z_id is the identity run's code size, 512 in the thesis), codes
+      ~ N(0, I) (Sec. 4.3.1), eq. 4.21's weights (c 100, dp 1e-5, r 5e-5); the training
+      hyper-parameters are NPHM's (D.2, "same hyper-parameters as NPHM", Sec. 5.2.2): AdamW lr
+      5e-4 with weight decay 5e-4, SparseAdam codes lr 1e-3, decay 0.5 every 600 epochs,
+      gradient clipping 0.025, batch 32 posed scans, 1000 pairs per scan per step (Sec.
+      5.1.2), 2000 epochs.
+    * ``nphm``: the same with NPHM D.3.1's smaller MLP (6 x 512), for Sec. 5.2.2's "similar
+      architecture as NPHM" reading.
+    * ``cpu-demo``: a tiny MLP (3 x 32, z_ex 8), 64 pairs, batch 2, faster rates; seconds
+      on 2 cores.
+    """
+
+    z_ex_dim: int = 200
+    hidden: int = 1024
+    layers: int = 8
+    skip: Optional[int] = 4
+    beta: float = 100.0
+    code_init_std: float = 1.0
+    weights: LossWeights = field(default_factory=LossWeights.thesis)
+    pairs: int = 1000                    # correspondences per posed scan per step
+    outside_points: int = 250            # L_dp points (neutral non-face surface) per scan per step
+    batch_size: int = 32
+    epochs: int = 2000
+    lr: float = 5e-4
+    lr_codes: float = 1e-3
+    weight_decay: float = 5e-4
+    lr_decay: float = 0.5
+    decay_interval: int = 600            # epochs
+    decay_interval_codes: int = 600      # epochs
+    grad_clip: Optional[float] = 0.025
+    grad_clip_codes: Optional[float] = 0.025
+    workers: int = 0
+    seed: int = 0
+    device: str = "cpu"
+    ckpt_every: int = 1000               # steps (0: only at the end)
+    log_every: int = 1
+    progress: bool = True
+
+    def replace(self, **changes) -> "ExpressionConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExpressionConfig":
+        d = dict(d)
+        if isinstance(d.get("weights"), dict):
+            d["weights"] = LossWeights(**d["weights"])
+        return cls(**d)
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> "ExpressionConfig":
+        if name not in EXPRESSION_PRESETS:
+            raise ValueError(f"unknown expression preset {name!r}; choose one of {sorted(EXPRESSION_PRESETS)}")
+        return EXPRESSION_PRESETS[name]().replace(**overrides)
+
+
+EXPRESSION_PRESETS = {
+    "thesis": lambda: ExpressionConfig(),
+    "nphm": lambda: ExpressionConfig(hidden=512, layers=6),
+    "cpu-demo": lambda: ExpressionConfig(z_ex_dim=8, hidden=32, layers=3, skip=None, code_init_std=0.1,
+                                         pairs=64, outside_points=16, batch_size=2, epochs=200, lr=2e-3,
+                                         lr_codes=1e-2, decay_interval=100, decay_interval_codes=100,
+                                         grad_clip=1.0, grad_clip_codes=1.0, ckpt_every=100),
+}
+
+
+# ---------------------------------------------------------------------- identity run
+def load_identity_checkpoint(path: str, map_location="cpu") -> Tuple[TrainConfig, dict]:
+    """``(TrainConfig, model state dict)`` of an ``npht train identity`` checkpoint; a clear
+    ValueError for anything else."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"identity checkpoint {path!r} does not exist")
+    try:
+        s = load_checkpoint(path, map_location)
+    except Exception as e:  # not a torch file at all
+        raise ValueError(f"cannot read identity checkpoint {path!r}: {type(e).__name__}: {e}") from None
+    if not isinstance(s, dict) or not isinstance(s.get("config"), dict) or "model" not in s \
+            or "expression_keys" in s:
+        raise ValueError(f"{path!r} is not an identity-model checkpoint (written by `npht train identity`: "
+                         "a dict with 'config' and 'model')")
+    try:
+        cfg = TrainConfig.from_dict(s["config"])
+    except TypeError as e:
+        raise ValueError(f"{path!r}: its 'config' is not an identity TrainConfig ({e})") from None
+    return cfg, s["model"]
+
+
+# ---------------------------------------------------------------------- data
+class ExpressionData(torch.utils.data.Dataset):
+    """Items of the posed training records: CorrespondenceDataset's ``neutral``/``posed``
+    ``[pairs, 3]``, ``identity``/``expression`` names, ``code_index`` (the record's dense
+    expression-code index), ``identity_index`` (replaced by the row of the frozen identity
+    code table: the identity run's index of that name) and, with ``outside_points``,
+    ``outside [outside_points, 3]``: non-face surface points of the identity's neutral scan
+    (drawn like HeadDataset's, a pure function of seed, epoch and record)."""
+
+    def __init__(self, root: str, identity_names: Dict[str, int], *, pairs: int, outside_points: int,
+                 seed: int = 0, split: str = "train"):
+        from ..data.dataset import CorrespondenceDataset, HeadDataset
+
+        self.corr = CorrespondenceDataset(root, split, pairs=pairs, seed=seed)
+        if len(self.corr) == 0:
+            raise ValueError(f"{root!r} holds no posed {split} records with correspondences")
+        missing_files = [(r["identity"], r["expression"]) for r in self.corr.records
+                         if not r["files"].get("correspondences")]
+        if missing_files:
+            raise ValueError(f"posed records without correspondences (prepared with correspondences=0?): "
+                             f"{missing_files[:5]}")
+        self.keys: List[Tuple[str, str]] = [(r["identity"], r["expression"]) for r in self.corr.records]
+        missing = sorted({i for i, _ in self.keys if i not in identity_names})
+        if missing:
+            raise ValueError(f"identities {missing} of the expression data have no trained code in the identity "
+                             f"checkpoint (its identities: {sorted(identity_names)})")
+        self.identity_names = dict(identity_names)
+        self.outside_points = int(outside_points)
+        self.neutral = None
+        if self.outside_points:
+            self.neutral = HeadDataset(root, split, expressions="neutral", counts={"surface_nonface": outside_points},
+                                       views=0, seed=seed)
+            self._neutral_row = {r["identity"]: i for i, r in enumerate(self.neutral.records)}
+            lacking = sorted({i for i, _ in self.keys if i not in self._neutral_row})
+            if lacking:
+                raise ValueError(f"identities {lacking} have no neutral {split} record for the deformation "
+                                 "penalty's points (set outside_points=0 to train without L_dp)")
+
+    def __len__(self) -> int:
+        return len(self.corr)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.corr.set_epoch(epoch)
+        if self.neutral is not None:
+            self.neutral.set_epoch(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return self.corr.epoch
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.corr[index]
+        index %= len(self)
+        item["code_index"] = index
+        item["identity_index"] = self.identity_names[item["identity"]]
+        if self.neutral is not None:
+            item["outside"] = self.neutral[self._neutral_row[item["identity"]]]["surface_nonface_points"]
+        return item
+
+
+# ---------------------------------------------------------------------- trainer
+class ExpressionTrainer:
+    def __init__(self, config: ExpressionConfig, data_root: str, identity_checkpoint: str, out_dir: str, *,
+                 resume: bool = False, identity_data_root: Optional[str] = None):
+        from ..data.dataset import HeadDataset
+        from ..models import ExpressionModel
+
+        self.cfg = cfg = config
+        self.out_dir = os.fspath(out_dir)
+        self.device = torch.device(cfg.device)
+        self.identity_checkpoint = os.fspath(identity_checkpoint)
+        id_cfg, id_state = load_identity_checkpoint(self.identity_checkpoint)
+        # the identity run's code index: HeadDataset's numbering of its neutral training records
+        id_root = os.fspath(identity_data_root if identity_data_root is not None else data_root)
+        names = HeadDataset(id_root, "train", views=0).identity_index
+        n_codes = id_state["codes.weight"].shape[0] if "codes.weight" in id_state else -1
+        if n_codes != len(names):
+            raise ValueError(f"identity checkpoint {self.identity_checkpoint!r} has {n_codes} identity codes but "
+                             f"{id_root!r} has {len(names)} neutral training identities: it was not trained on "
+                             "this data (pass the identity run's data folder)")
+        self.identity_cfg = id_cfg
+        self.identity_model = build_identity_model(id_cfg, len(names))
+        self.identity_model.load_state_dict(id_state)
+        self.identity_model.requires_grad_(False).eval().to(self.device)
+        self.identity_names = names
+        # frozen z_id table (Sec. 4.3.1: pre-trained in the identity model and frozen)
+        self.z_id = self.identity_model.codes.weight.detach().clone().to(self.device)
+
+        os.makedirs(self.out_dir, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.dataset = ExpressionData(data_root, names, pairs=cfg.pairs, outside_points=cfg.outside_points,
+                                      seed=cfg.seed)
+        self.expression_keys = list(self.dataset.keys)
+        self.model = ExpressionModel(self.z_id.shape[1], cfg.z_ex_dim, cfg.hidden, cfg.layers, cfg.skip,
+                                     num_expressions=len(self.dataset), beta=cfg.beta,
+                                     init_std=cfg.code_init_std).to(self.device)
+        self.code_params = [self.model.codes.weight]
+        self.net_params = [p for n, p in self.model.named_parameters() if not n.startswith("codes.")]
+        self.opt = torch.optim.AdamW(self.net_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt_codes = torch.optim.SparseAdam(self.code_params, lr=cfg.lr_codes)
+        self.sched = torch.optim.lr_scheduler.StepLR(self.opt, cfg.decay_interval, cfg.lr_decay)
+        self.sched_codes = torch.optim.lr_scheduler.StepLR(self.opt_codes, cfg.decay_interval_codes, cfg.lr_decay)
+        self.epoch, self.global_step, self.step_in_epoch = 0, 0, 0
+        self.ckpt_path = os.path.join(self.out_dir, "checkpoint.pt")
+        self.log_path = os.path.join(self.out_dir, "log.csv")
+        self._tb = None
+        if resume and os.path.exists(self.ckpt_path):
+            self.load(self.ckpt_path)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        return {"config": self.cfg.to_dict(), "model": self.model.state_dict(),
+                "opt": self.opt.state_dict(), "opt_codes": self.opt_codes.state_dict(),
+                "sched": self.sched.state_dict(), "sched_codes": self.sched_codes.state_dict(),
+                "epoch": self.epoch, "global_step": self.global_step, "step_in_epoch": self.step_in_epoch,
+                "dataset_epoch": self.dataset.epoch, "rng": rng_state(),
+                # what fitting / deformation needs besides the network
+                "expression_keys": [list(k) for k in self.expression_keys],
+                "identity_names": dict(self.identity_names), "z_id": self.z_id.cpu(),
+                "identity_config": self.identity_cfg.to_dict(), "identity_checkpoint": self.identity_checkpoint}
+
+    def load_state_dict(self, s: dict) -> None:
+        keys = [tuple(k) for k in s["expression_keys"]]
+        if keys != self.expression_keys:
+            raise ValueError("the checkpoint's expression codes belong to other posed records than this data's")
+        if not torch.equal(s["z_id"].to(self.z_id.device), self.z_id):
+            raise ValueError("the checkpoint was trained with other identity codes than the given identity "
+                             "checkpoint's")
+        self.model.load_state_dict(s["model"])
+        for name in ("opt", "opt_codes", "sched", "sched_codes"):
+            getattr(self, name).load_state_dict(s[name])
+        self.epoch, self.global_step, self.step_in_epoch = s["epoch"], s["global_step"], s["step_in_epoch"]
+        self.dataset.set_epoch(s["dataset_epoch"])
+        set_rng_state(s["rng"])
+
+    def save(self, path: Optional[str] = None) -> str:
+        path = path or self.ckpt_path
+        save_atomic(self.state_dict(), path)
+        return path
+
+    def load(self, path: str) -> None:
+        self.load_state_dict(load_checkpoint(path, self.device))
+
+    # ------------------------------------------------------------------ step
+    def losses(self, batch: dict) -> Dict[str, torch.Tensor]:
+        """The weighted terms of eq. 4.21 (differentiable) on a collated batch."""
+        batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        z_id = self.z_id[batch["identity_index"].long()]
+        z_ex = self.model.expression_latent(batch["code_index"].long())
+        neutral = batch["neutral"]
+        pts = neutral
+        outside = batch.get("outside") if self.cfg.weights.dp != 0 else None
+        if outside is not None:
+            pts = torch.cat([neutral, outside], 1)       # one MLP pass for both point sets
+        delta = self.model(pts, z_id, z_ex)
+        n = neutral.shape[1]
+        return expression_losses(self.cfg.weights, neutral=neutral, delta=delta[:, :n], posed=batch["posed"],
+                                 delta_outside=delta[:, n:] if outside is not None else None, z_ex=z_ex)
+
+    def step(self, batch: dict) -> Dict[str, float]:
+        """One optimisation step on a collated batch; returns the logged values."""
+        t0 = time.perf_counter()
+        self.model.train()
+        terms = self.losses(batch)
+        self.opt.zero_grad(set_to_none=True)
+        self.opt_codes.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        _clip(self.net_params, self.cfg.grad_clip)
+        _clip(self.code_params, self.cfg.grad_clip_codes)
+        self.opt.step()
+        self.opt_codes.step()
+        self.global_step += 1
+        self.step_in_epoch += 1
+        row = {k: float(v.detach()) for k, v in terms.items()}
+        row.update(epoch=self.epoch, step=self.global_step, lr=self.opt.param_groups[0]["lr"],
+                   lr_codes=self.opt_codes.param_groups[0]["lr"], time=time.perf_counter() - t0)
+        return row
+
+    # ------------------------------------------------------------------ loop
+    def _batches(self, epoch: int) -> List[List[int]]:
+        g = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
+        order = torch.randperm(len(self.dataset), generator=g).tolist()
+        bs = self.cfg.batch_size
+        return [order[i:i + bs] for i in range(0, len(order), bs)]
+
+    def _end_epoch(self) -> None:
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.sched.step()
+        self.sched_codes.step()
+
+    def train(self, epochs: Optional[int] = None, max_steps: Optional[int] = None) -> None:
+        """Train until ``epochs`` epochs are done in all (default ``config.epochs``) or
+        ``max_steps`` more steps were taken; a checkpoint is written at the end."""
+        from torch.utils.data import DataLoader
+
+        cfg = self.cfg
+        end = cfg.epochs if epochs is None else int(epochs)
+        taken = 0
+        bar = None
+        if cfg.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=max_steps, desc="train expression", dynamic_ncols=True)
+        try:
+            while self.epoch < end and (max_steps is None or taken < max_steps):
+                self.dataset.set_epoch(self.epoch)
+                batches = self._batches(self.epoch)[self.step_in_epoch:]
+                loader = DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate,
+                                    num_workers=cfg.workers, generator=torch.Generator().manual_seed(self.epoch))
+                for batch in loader:
+                    row = self.step(batch)
+                    taken += 1
+                    self._log(row)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(epoch=self.epoch, loss=f"{row['total']:.4g}")
+                    if cfg.ckpt_every and self.global_step % cfg.ckpt_every == 0:
+                        self.save()
+                    if max_steps is not None and taken >= max_steps:
+                        break
+                if self.step_in_epoch >= len(self._batches(self.epoch)):
+                    self._end_epoch()
+        finally:
+            if bar is not None:
+                bar.close()
+        self.save()
+
+    def _log(self, row: dict) -> None:
+        if not self.cfg.log_every or self.global_step % self.cfg.log_every:
+            return
+        new = not os.path.exists(self.log_path)
+        with open(self.log_path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=EXPRESSION_LOG_COLUMNS, extrasaction="ignore")
+            if new:
+                w.writeheader()
+            w.writerow({k: row.get(k, "") for k in EXPRESSION_LOG_COLUMNS})
+        tb = self._tensorboard()
+        if tb is not None:
+            for k in EXPRESSION_LOG_TERMS:
+                if k in row:
+                    tb.add_scalar(f"expression/{k}", row[k], self.global_step)
+
+    def _tensorboard(self):
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(os.path.join(self.out_dir, "tb"))
+            except Exception:   # tensorboard is optional
+                self._tb = False
+        return self._tb or None
+
+
+# ---------------------------------------------------------------------- CLI
+def add_expression_parser(subparsers) -> argparse.ArgumentParser:
+    """``npht train expression --preset P --data DIR --identity CKPT --out DIR [--resume] ...``."""
+    p = subparsers.add_parser("expression", help="train the expression (deformation) model")
+    p.add_argument("--preset", choices=sorted(EXPRESSION_PRESETS), default="cpu-demo")
+    p.add_argument("--data", required=True, help="prepared dataset folder (posed records with correspondences)")
+    p.add_argument("--identity", required=True, help="checkpoint.pt of an `npht train identity` run")
+    p.add_argument("--identity-data", default=None,
+                   help="the identity run's data folder, if not --data (its identity codes are matched by name)")
+    p.add_argument("--out", required=True, help="output folder (log, checkpoint)")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--pairs", type=int)
+    p.add_argument("--device")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--ckpt-every", type=int)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=train_expression_main)
+    return p
+
+
+def train_expression_main(args) -> int:
+    over = {}
+    for a in ("epochs", "batch_size", "pairs", "device", "seed", "ckpt_every"):
+        if getattr(args, a, None) is not None:
+            over[a] = getattr(args, a)
+    if args.no_progress:
+        over["progress"] = False
+    cfg = ExpressionConfig.preset(args.preset, **over)
+    trainer = ExpressionTrainer(cfg, args.data, args.identity, args.out, resume=args.resume,
+                                identity_data_root=args.identity_data)
+    trainer.train(max_steps=args.max_steps)
+    return 0

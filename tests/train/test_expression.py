@@ -1,0 +1,195 @@
+"""Expression trainer on a tiny prepared dataset, on top of a briefly trained identity model."""
+
+import csv
+import math
+import os
+
+import pytest
+import torch
+
+from npht.cli import main
+from npht.data.prepare import PrepareConfig, prepare
+from npht.train.checkpoint import load_checkpoint
+from npht.train.config import TrainConfig
+from npht.train.expression import (EXPRESSION_LOG_COLUMNS, EXPRESSION_PRESETS, ExpressionConfig, ExpressionData,
+                                   ExpressionTrainer, load_identity_checkpoint)
+from npht.train.identity import IdentityTrainer, collate
+from npht.train.losses import LossWeights
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The networks here are tiny: intra-op threads only add synchronisation (10x slower
+    on a loaded 2-core machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _prepare(root, identities):
+    prepare(PrepareConfig(identities=identities, expressions=3, mesh_resolution=32, cameras=0,
+                          surface_face=300, surface_nonface=100, ball=100, correspondences=2000,
+                          test_identities=0), str(root), progress=False)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return _prepare(tmp_path_factory.mktemp("heads"), 2)
+
+
+def _identity_run(data_root, out):
+    cfg = TrainConfig.preset("cpu-demo", progress=False, stage_epochs=(0, 0, 5), views=0, ckpt_every=0,
+                             image_every=0, weights=LossWeights.thesis().without(("nmr", "g", "d")))
+    IdentityTrainer(cfg, data_root, out).train(max_steps=2)
+    return os.path.join(out, "checkpoint.pt")
+
+
+@pytest.fixture(scope="module")
+def identity_ckpt(data_root, tmp_path_factory):
+    return _identity_run(data_root, str(tmp_path_factory.mktemp("identity")))
+
+
+def _cfg(**kw):
+    base = dict(progress=False, ckpt_every=0)
+    base.update(kw)
+    return ExpressionConfig.preset("cpu-demo", **base)
+
+
+def _batch(tr):
+    return collate([tr.dataset[i] for i in range(len(tr.dataset))])
+
+
+def test_presets():
+    assert set(EXPRESSION_PRESETS) == {"thesis", "nphm", "cpu-demo"}
+    t = ExpressionConfig.preset("thesis")
+    assert (t.z_ex_dim, t.hidden, t.layers, t.skip, t.beta, t.code_init_std) == (200, 1024, 8, 4, 100.0, 1.0)
+    assert (t.weights.c, t.weights.dp, t.weights.r) == (100.0, 1e-5, 5e-5)
+    assert (t.lr, t.lr_codes, t.weight_decay, t.lr_decay, t.decay_interval) == (5e-4, 1e-3, 5e-4, 0.5, 600)
+    assert (t.grad_clip, t.batch_size, t.pairs, t.epochs) == (0.025, 32, 1000, 2000)
+    n = ExpressionConfig.preset("nphm")
+    assert (n.hidden, n.layers, n.z_ex_dim) == (512, 6, 200)
+    assert ExpressionConfig.from_dict(t.to_dict()) == t
+    with pytest.raises(ValueError, match="unknown expression preset"):
+        ExpressionConfig.preset("nope")
+
+
+def test_codes_indexing_and_frozen_identity(data_root, identity_ckpt, tmp_path):
+    tr = ExpressionTrainer(_cfg(), data_root, identity_ckpt, tmp_path)
+    recs = tr.dataset.corr.records
+    # one code per posed record; every (identity, expression) pair distinct
+    assert len(tr.expression_keys) == len(recs) == tr.model.num_expressions == 4
+    assert len(set(tr.expression_keys)) == len(recs)
+    _, state = load_identity_checkpoint(identity_ckpt)
+    assert torch.equal(tr.z_id, state["codes.weight"])
+    for i in range(len(tr.dataset)):
+        item = tr.dataset[i]
+        assert item["code_index"] == i and tr.expression_keys[i] == (item["identity"], item["expression"])
+        assert item["identity_index"] == tr.identity_names[item["identity"]]
+        assert item["outside"].shape == (tr.cfg.outside_points, 3)
+    # the identity model is not trained
+    assert not any(p.requires_grad for p in tr.identity_model.parameters())
+    opt_params = {id(p) for g in tr.opt.param_groups + tr.opt_codes.param_groups for p in g["params"]}
+    assert not opt_params & {id(p) for p in tr.identity_model.parameters()}
+
+
+def test_step_every_term_finite_and_zero_initial_deformation(data_root, identity_ckpt, tmp_path):
+    tr = ExpressionTrainer(_cfg(), data_root, identity_ckpt, tmp_path)
+    b = _batch(tr)
+    with torch.no_grad():
+        terms = tr.losses(b)
+    # zero-initialised output layer: F_ex = 0, so L_c = |posed - neutral|^2, L_dp = 0
+    expect = tr.cfg.weights.c * (b["posed"] - b["neutral"]).square().sum(-1).mean()
+    assert torch.allclose(terms["c"], expect, rtol=1e-6) and float(terms["dp"]) == 0.0
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    row = tr.step(b)
+    for k in ("c", "dp", "r", "total"):
+        assert k in row and math.isfinite(row[k]), k
+    assert row["c"] > 0 and row["r"] > 0
+    after = tr.model.state_dict()
+    assert not torch.equal(before["codes.weight"], after["codes.weight"])
+    assert any(not torch.equal(before[k], after[k]) for k in before if not k.startswith("codes."))
+
+
+def test_correspondence_loss_falls(data_root, identity_ckpt, tmp_path):
+    tr = ExpressionTrainer(_cfg(batch_size=4), data_root, identity_ckpt, tmp_path)
+    tr.train(max_steps=100)
+    with open(tmp_path / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert tuple(rows[0].keys()) == EXPRESSION_LOG_COLUMNS and len(rows) == 100
+    c = [float(r["c"]) for r in rows]
+    assert all(math.isfinite(v) for v in c)
+    # fresh pairs every epoch: the learned deformation, not memorised points, lowers L_c
+    assert sum(c[-5:]) / 5 < 0.2 * sum(c[:5]) / 5, c
+    assert (tmp_path / "checkpoint.pt").exists()
+
+
+def test_resume_bit_identical(data_root, identity_ckpt, tmp_path):
+    cfg = _cfg(batch_size=3, decay_interval=1, decay_interval_codes=1)   # 2 steps/epoch, lr decays each
+    n, m = 3, 3
+    a = ExpressionTrainer(cfg, data_root, identity_ckpt, tmp_path / "a")
+    a.train(max_steps=n + m)
+    b = ExpressionTrainer(cfg, data_root, identity_ckpt, tmp_path / "b")
+    b.train(max_steps=n)
+    c = ExpressionTrainer(cfg, data_root, identity_ckpt, tmp_path / "b", resume=True)
+    assert c.global_step == n and c.epoch == 1 and c.step_in_epoch == 1
+    c.train(max_steps=m)
+    sa, sc = a.model.state_dict(), c.model.state_dict()
+    assert sa.keys() == sc.keys() and all(torch.equal(sa[k], sc[k]) for k in sa)
+    assert a.epoch == c.epoch and a.opt.param_groups[0]["lr"] == c.opt.param_groups[0]["lr"]
+    for name in ("opt", "opt_codes"):
+        pa, pc = getattr(a, name).state_dict()["state"], getattr(c, name).state_dict()["state"]
+        assert pa.keys() == pc.keys()
+        for k in pa:
+            assert all(torch.equal(pa[k][s], pc[k][s]) for s in pa[k] if isinstance(pa[k][s], torch.Tensor))
+    with open(tmp_path / "a" / "log.csv") as fa, open(tmp_path / "b" / "log.csv") as fb:
+        la = [(r["step"], r["total"]) for r in csv.DictReader(fa)]
+        lb = [(r["step"], r["total"]) for r in csv.DictReader(fb)]
+    assert la == lb
+    s = load_checkpoint(str(tmp_path / "b" / "checkpoint.pt"))
+    assert [tuple(k) for k in s["expression_keys"]] == c.expression_keys and torch.equal(s["z_id"], c.z_id)
+
+
+def test_cli_trains_and_resumes(data_root, identity_ckpt, tmp_path):
+    out = str(tmp_path / "run")
+    args = ["train", "expression", "--preset", "cpu-demo", "--data", data_root, "--identity", identity_ckpt,
+            "--out", out, "--max-steps", "3", "--batch-size", "2", "--no-progress"]
+    assert main(args) == 0
+    assert load_checkpoint(os.path.join(out, "checkpoint.pt"))["global_step"] == 3
+    assert main(args[:-5] + ["--max-steps", "2", "--batch-size", "2", "--no-progress", "--resume"]) == 0
+    s = load_checkpoint(os.path.join(out, "checkpoint.pt"))
+    assert s["global_step"] == 5 and s["config"]["batch_size"] == 2
+    with open(os.path.join(out, "log.csv")) as f:
+        assert [r["step"] for r in csv.DictReader(f)] == ["1", "2", "3", "4", "5"]
+
+
+def test_wrong_identity_checkpoints(data_root, identity_ckpt, tmp_path, capsys):
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read identity checkpoint"):
+        ExpressionTrainer(_cfg(), data_root, str(junk), tmp_path / "x")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        ExpressionTrainer(_cfg(), data_root, str(tmp_path / "missing.pt"), tmp_path / "x")
+    expr = ExpressionTrainer(_cfg(), data_root, identity_ckpt, tmp_path / "e").save()
+    with pytest.raises(ValueError, match="not an identity-model checkpoint"):
+        ExpressionTrainer(_cfg(), data_root, expr, tmp_path / "x")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an identity-model checkpoint"):
+        ExpressionTrainer(_cfg(), data_root, str(tmp_path / "other.pt"), tmp_path / "x")
+    # CLI: a clear message and exit status 2
+    assert main(["train", "expression", "--data", data_root, "--identity", str(junk), "--out",
+                 str(tmp_path / "y"), "--no-progress"]) == 2
+    assert "cannot read identity checkpoint" in capsys.readouterr().err
+
+
+def test_identity_without_trained_code(data_root, identity_ckpt, tmp_path):
+    # the expression data has a third identity: the 2-code identity run cannot serve it
+    bigger = _prepare(tmp_path / "three", 3)
+    with pytest.raises(ValueError, match="has 2 identity codes but .* 3 neutral training identities"):
+        ExpressionTrainer(_cfg(), bigger, identity_ckpt, tmp_path / "x")
+    # given the identity run's own data, the name lookup finds synth002 without a code
+    with pytest.raises(ValueError, match=r"identities \['synth002'\] .* no trained code"):
+        ExpressionTrainer(_cfg(), bigger, identity_ckpt, tmp_path / "x", identity_data_root=data_root)
+    with pytest.raises(ValueError, match="no trained code"):
+        ExpressionData(data_root, {"synth000": 0}, pairs=4, outside_points=0)
