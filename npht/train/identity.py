@@ -18,6 +18,9 @@ ranks is a step on the combined batch (tested on gloo): the model and density ru
 :class:`torch.nn.parallel.DistributedDataParallel` (:class:`_IdentityStep`, the whole
 generator-side forward), the discriminator under its own DDP; the one piece reduced by
 hand is the sparse gradient of the auto-decoder codes (see :func:`_reduce_sparse_grad`).
+Not batch-independent: the sampler's jitter (a stream per rank and step; switch it off
+with ``render_jitter=False``) and the error-bound sampler's number of rounds (it stops
+when all rays of the render batch have converged).
 """
 
 from __future__ import annotations
