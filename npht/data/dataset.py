@@ -67,8 +67,8 @@ class _PreparedBase(torch.utils.data.Dataset):
                 self._cache.popitem(last=False)
         return value
 
-    def _header(self, r: dict) -> dict:
-        return dict(identity=r["identity"], expression=r["expression"],
+    def _header(self, r: dict, index: int) -> dict:
+        return dict(index=index, identity=r["identity"], expression=r["expression"],
                     identity_index=self.identity_index[r["identity"]], expression_index=r["expression_index"])
 
     def mesh(self, index: int):
@@ -82,7 +82,8 @@ class HeadDataset(_PreparedBase):
     ``split``: ``"train"``, ``"test"`` or ``"all"``; ``expressions``: ``"neutral"`` (identity
     training, default), ``"all"`` or ``"posed"``; ``counts``: per-step sizes (default
     :data:`npht.data.sampling.DEFAULT_STEP_COUNTS`); ``views``: normal maps per item (0: none).
-    Item: ``identity_index`` (dense within the split: the latent-code index), the sample
+    Item: ``index`` (the item's own, e.g. to key per-item randomness), ``identity_index``
+    (dense within the split: the latent-code index), the sample
     tensors (``surface_face_points``, ``..._normals``, ``near1_face_points``, ``..._sdf``, ...,
     ``ball_points``/``ball_sdf``), and with views ``normal_maps [views, H, W, 3]`` (unit,
     OpenGL camera frame, 0 in the background), ``masks [views, H, W]`` and
@@ -114,7 +115,7 @@ class HeadDataset(_PreparedBase):
         index %= len(self)
         r = self.records[index]
         rng = self._rng(index)
-        item = self._header(r)
+        item = self._header(r, index)
         item.update(subsample(self._load(r["files"]["samples"]), self.counts, rng))
         if self.views:
             rel = r["files"]["normal_maps"]
@@ -147,7 +148,7 @@ class CorrespondenceDataset(_PreparedBase):
         bulk = self._load(r["files"]["correspondences"])
         n = len(bulk["neutral"])
         pick = self._rng(index).choice(n, size=self.pairs, replace=self.pairs > n)
-        item = self._header(r)
+        item = self._header(r, index)
         item["neutral"] = torch.from_numpy(bulk["neutral"][pick].astype(np.float32))
         item["posed"] = torch.from_numpy(bulk["posed"][pick].astype(np.float32))
         return item

@@ -66,6 +66,7 @@ class TrainConfig:
     beta_min: float = 1e-4
     weight_threshold: Optional[float] = None
     fused_gradient: bool = False         # fused decoder value+gradient (3D terms and shading)
+    render_jitter: bool = True           # VolSDF's random sampling while training (False: deterministic)
     # optimisation (Sec. 5.2.2)
     lr: float = 5e-5
     lr_codes: float = 1e-3

@@ -8,6 +8,19 @@ item's cameras (L1 against the masked GT), the generator loss from D, and a
 discriminator update with R1 on the real maps. ``train(epochs)`` loops over the data with
 a CSV log, image grids and atomic checkpoints; a resumed run repeats the uninterrupted
 one bit for bit.
+
+Data parallel (``torchrun --nproc_per_node N -m npht train identity ...``):
+:func:`setup_distributed` starts the process group from torchrun's environment (nccl on
+GPUs, one per ``LOCAL_RANK``; gloo on CPUs). Each rank takes ``batch_size`` items of the
+epoch's permutation (``rank::world``, padded to a multiple of ``world`` like
+``DistributedSampler``), so the global batch is ``batch_size x world``, and a step on N
+ranks is a step on the combined batch (tested on gloo): the model and density run under
+:class:`torch.nn.parallel.DistributedDataParallel` (:class:`_IdentityStep`, the whole
+generator-side forward), the discriminator under its own DDP; the one piece reduced by
+hand is the sparse gradient of the auto-decoder codes (see :func:`_reduce_sparse_grad`).
+Not batch-independent: the sampler's jitter (a stream per rank and step; switch it off
+with ``render_jitter=False``) and the error-bound sampler's number of rounds (it stops
+when all rays of the render batch have converged).
 """
 
 from __future__ import annotations
@@ -29,7 +42,8 @@ from .config import PRESETS, TrainConfig
 from .losses import (discriminator_loss, edr_perturbation, identity_losses,
                      multi_stage_schedule, r1_penalty)
 
-__all__ = ["IdentityTrainer", "build_identity_model", "collate", "add_train_parser", "train_identity_main", "LOG_COLUMNS"]
+__all__ = ["IdentityTrainer", "build_identity_model", "collate", "add_train_parser", "train_identity_main",
+           "setup_distributed", "LOG_COLUMNS"]
 
 SPACE_KEYS = ("ball_points",)
 LOG_TERMS = ("ss", "sn", "eik", "nsp", "edr", "nmr", "g", "tv", "tp", "lat_id", "total", "d", "r1")
@@ -55,6 +69,80 @@ def _dist():
     if d.is_available() and d.is_initialized():
         return d.get_rank(), d.get_world_size()
     return 0, 1
+
+
+def setup_distributed(device: str = "cpu") -> tuple:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment): start the default
+    process group if nobody did (backend nccl for a cuda ``device``, gloo otherwise) and,
+    for cuda, make ``cuda:LOCAL_RANK`` the current device. Returns ``(device, started)``:
+    the device this rank trains on and whether the group was started here (then
+    :func:`torch.distributed.destroy_process_group` is the caller's). A plain run returns
+    ``(device, False)`` and touches nothing."""
+    d = torch.distributed
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not d.is_available():
+        return device, False
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if d.is_initialized():
+        return device, False
+    d.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return device, True
+
+
+def _seed_of(*keys: int) -> int:
+    """A 63-bit seed from integer keys (independent streams for distinct keys)."""
+    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0]) >> 1
+
+
+def _reduce_sparse_grad(p: torch.nn.Parameter, world: int) -> None:
+    """Make ``p.grad`` (sparse COO: the codes' embedding) the mean over the ranks, the
+    gradient of the combined batch's loss (each rank's loss is the mean over its items, the
+    combined loss the mean over all): all rows of all ranks, summed where they meet, / world.
+
+    Written by hand because DDP does not reduce sparse gradients under nccl (and gloo's
+    sparse all-reduce is no help on GPUs), so the embedding is excluded from DDP. The
+    ranks' (indices, values) are padded to the largest count and all-gathered."""
+    d = torch.distributed
+    g = p.grad
+    if g is None:
+        g = torch.sparse_coo_tensor(torch.zeros(1, 0, dtype=torch.long, device=p.device),
+                                    p.new_zeros((0,) + p.shape[1:]), p.shape, check_invariants=False)
+    g = g.coalesce()
+    idx, val = g._indices(), g._values()
+    n = torch.tensor([idx.shape[1]], device=p.device)
+    counts = [torch.zeros_like(n) for _ in range(world)]
+    d.all_gather(counts, n)
+    counts = [int(c) for c in counts]
+    m = max(counts)
+    pad_i = idx.new_zeros(idx.shape[0], m)
+    pad_i[:, :idx.shape[1]] = idx
+    pad_v = val.new_zeros((m,) + val.shape[1:])
+    pad_v[:val.shape[0]] = val
+    all_i = [torch.empty_like(pad_i) for _ in range(world)]
+    all_v = [torch.empty_like(pad_v) for _ in range(world)]
+    d.all_gather(all_i, pad_i)
+    d.all_gather(all_v, pad_v)
+    idx = torch.cat([i[:, :c] for i, c in zip(all_i, counts)], 1)
+    val = torch.cat([v[:c] for v, c in zip(all_v, counts)], 0) / world
+    p.grad = torch.sparse_coo_tensor(idx, val, p.shape, check_invariants=False).coalesce()
+
+
+class _IdentityStep(torch.nn.Module):
+    """The generator side of one step as a module: holds the model and the density (the
+    parameters DistributedDataParallel reduces) and returns ``(terms, maps)`` of
+    :meth:`IdentityTrainer._losses`. The discriminator is *not* a submodule: the generator
+    loss runs it unwrapped with ``requires_grad`` off; it is trained by its own step."""
+
+    def __init__(self, trainer: "IdentityTrainer"):
+        super().__init__()
+        self.model, self.density = trainer.model, trainer.density
+        self.trainer = trainer   # a plain object, not registered
+
+    def forward(self, batch: dict, weights):
+        return self.trainer._losses(batch, weights)
 
 
 def _clip(params, max_norm: Optional[float]) -> None:
@@ -107,6 +195,8 @@ class IdentityTrainer:
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.rank, self.world = _dist()
+        if self.world > 1 and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
         views = cfg.views if cfg.uses_2d else 0
         self.dataset = dataset if dataset is not None else HeadDataset(
             data_root, "train", counts=cfg.counts, views=views, seed=cfg.seed)
@@ -137,7 +227,22 @@ class IdentityTrainer:
             else:
                 raise ValueError(f"disc_optimizer must be 'sgd' or 'adam', got {cfg.disc_optimizer!r}")
             self.sched_d = torch.optim.lr_scheduler.StepLR(self.opt_d, cfg.decay_interval, cfg.lr_decay)
-        self.gen = torch.Generator().manual_seed(cfg.seed + 1)   # sampler jitter, EDR noise
+        # data parallel: DDP over the generator-side step (codes excluded: their sparse
+        # gradient is reduced by _reduce_sparse_grad) and over D for its own update
+        self.step_module = _IdentityStep(self)
+        self.disc_module = self.disc
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            DDP._set_params_and_buffers_to_ignore_for_model(self.step_module, ["model.codes.weight"])
+            # stages switch terms (and with them the density, D's input) off: unused parameters
+            self.step_module = DDP(self.step_module, find_unused_parameters=True)
+            if self.disc is not None:
+                self.disc_module = DDP(self.disc)
+        # sampler jitter: re-seeded every step from (seed, step, rank), so a resume (all
+        # ranks load rank 0's checkpoint) draws what the uninterrupted run drew; EDR noise is
+        # per item (_edr_points). The state stays in the checkpoint for older readers.
+        self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.epoch, self.global_step, self.step_in_epoch = 0, 0, 0
         self.ckpt_path = os.path.join(self.out_dir, "checkpoint.pt")
         self.log_path = os.path.join(self.out_dir, "log.csv")
@@ -210,7 +315,7 @@ class IdentityTrainer:
         sampler = ErrorBoundSampler(n, ne, nx, cfg.sampler_eps, cfg.beta_iters, cfg.max_total_iters)
         grad_fn = (lambda p: dec.sdf_and_gradient(rep, p, fused=True, **kw)) if cfg.fused_gradient and not cfg.bf16 else None
         out = render(lambda p: dec.sdf(rep, p, **kw), cams, cfg.render_resolution, density=self.density,
-                     training=True, generator=self.gen, convention="opengl", sampler=sampler,
+                     training=cfg.render_jitter, generator=self.gen, convention="opengl", sampler=sampler,
                      weight_threshold=cfg.weight_threshold, gradient_fn=grad_fn)
         R = cfg.render_resolution
         return out.normals.reshape(B, V, R, R, 3)
@@ -221,17 +326,25 @@ class IdentityTrainer:
             x = F.interpolate(x, size=self.cfg.d_resolution, mode="bilinear", align_corners=False)
         return x.contiguous()
 
-    def step(self, batch: dict) -> Dict[str, float]:
-        """One training step on a collated batch; returns the logged values."""
-        cfg, t0 = self.cfg, time.perf_counter()
-        batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-        if "normal_maps" in batch and batch["normal_maps"].shape[-2] != cfg.render_resolution:
-            batch["normal_maps"], batch["masks"] = resample_maps(batch["normal_maps"], batch["masks"],
-                                                                 cfg.render_resolution)
-        weights = self.schedule.active_weights(self.epoch)
-        stage = self.stage
+    def _edr_points(self, space: torch.Tensor, batch: dict) -> torch.Tensor:
+        """EDR's perturbed free-space points; the noise of an item is drawn from a
+        generator keyed by (seed, step, the item's dataset index), so it does not depend on
+        the batch the item is in (N ranks repeat the combined batch) nor on a resume."""
+        B = space.shape[0]
+        index = batch.get("index")
+        index = index.tolist() if index is not None else list(range(B))
+        out = []
+        for b in range(B):
+            g = torch.Generator(device=space.device).manual_seed(
+                _seed_of(self.cfg.seed, 0xED5, self.global_step, index[b]))
+            out.append(edr_perturbation(space[b], generator=g))
+        return torch.stack(out)
+
+    def _losses(self, batch: dict, weights):
+        """The generator-side forward of a step (run through :attr:`step_module`): the
+        weighted terms and the rendered maps (None in 3D-only stages)."""
+        cfg = self.cfg
         idx = batch["identity_index"].long()
-        self.model.train()
         with self._autocast():
             planes = self.model.planes(idx) if cfg.model == "triplane" else None
             surf = torch.cat([batch["surface_face_points"], batch["surface_nonface_points"]], 1)
@@ -241,32 +354,60 @@ class IdentityTrainer:
             ns = surf.shape[1]
             perturbed = None
             if weights.edr != 0:
-                pts = edr_perturbation(space, generator=self.gen)
+                pts = self._edr_points(space, batch)
                 perturbed = (self.model.decoder.sdf(planes, pts, **self.model.sample_kwargs) if planes is not None
                              else self.model(pts, idx)).float()
             render_2d = self.disc is not None and (weights.nmr != 0 or weights.g != 0 or weights.d != 0)
-            maps = d_fake = None
+            maps = d_fake = nmr_denominator = None
             if render_2d:
                 maps = self.render_maps(planes, batch).float()
                 if weights.g != 0:
                     self.disc.requires_grad_(False)
                     d_fake = self.disc(self._to_disc(maps)).float()
                     self.disc.requires_grad_(True)
+                if self.world > 1 and weights.nmr != 0:
+                    # the masked mean runs over the pixels of all ranks: each rank divides
+                    # by (all ranks' count / world), so the ranks' mean is the combined one
+                    count = batch["masks"].float().sum()
+                    torch.distributed.all_reduce(count)
+                    nmr_denominator = count.clamp_min(1.0) / self.world
             terms = identity_losses(batch, weights, surface_sdf=sdf[:, :ns], surface_grad=grad[:, :ns],
                                     space_sdf=sdf[:, ns:], space_grad=grad[:, ns:], space_sdf_perturbed=perturbed,
                                     normal_maps=maps, d_fake=d_fake, planes=None if planes is None else planes.float(),
-                                    z_id=self.model.latent(idx), use_masks=True, eikonal_mode=cfg.eikonal_mode)
+                                    z_id=self.model.latent(idx), use_masks=True, eikonal_mode=cfg.eikonal_mode,
+                                    nmr_denominator=nmr_denominator)
+        return terms, maps
+
+    def step(self, batch: dict) -> Dict[str, float]:
+        """One training step on a collated batch; returns the logged values (under DDP the
+        mean over the ranks, i.e. the combined batch's)."""
+        cfg, t0 = self.cfg, time.perf_counter()
+        batch = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        if "normal_maps" in batch and batch["normal_maps"].shape[-2] != cfg.render_resolution:
+            batch["normal_maps"], batch["masks"] = resample_maps(batch["normal_maps"], batch["masks"],
+                                                                 cfg.render_resolution)
+        weights = self.schedule.active_weights(self.epoch)
+        stage = self.stage
+        # the renderer's jitter: one stream per rank and step (documented: N ranks do not
+        # draw the combined batch's jitter; cfg.render_jitter=False renders deterministically)
+        self.gen.manual_seed(_seed_of(cfg.seed, 0x7E4, self.global_step, self.rank))
+        self.model.train()
+        terms, maps = self.step_module(batch, weights)
         self.opt.zero_grad(set_to_none=True)
         self.opt_codes.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        self._all_reduce(self.net_params)
-        _clip(self.net_params, cfg.grad_clip)
+        terms["total"].backward()          # DDP averages the dense gradients over the ranks
+        if self.world > 1:
+            for p in self.code_params:
+                _reduce_sparse_grad(p, self.world)
+        _clip(self.net_params, cfg.grad_clip)   # after the reduction, as in one process
         _clip(self.code_params, cfg.grad_clip_codes)
         self.opt.step()
         self.opt_codes.step()
-        row = {k: float(v.detach()) for k, v in terms.items()}
+        row = {k: v.detach().float() for k, v in terms.items()}
+        render_2d = maps is not None
         if render_2d and weights.d != 0:
             row.update(self._disc_step(maps.detach(), batch, weights.d))
+        row = self._mean_over_ranks(row)
         self.global_step += 1
         self.step_in_epoch += 1
         row.update(epoch=self.epoch, step=self.global_step, stage=stage.index, lr=self.opt.param_groups[0]["lr"],
@@ -274,32 +415,36 @@ class IdentityTrainer:
         self._last_maps = (maps.detach() if maps is not None else None, batch.get("normal_maps"))
         return row
 
-    def _disc_step(self, fake, batch, w_d) -> Dict[str, float]:
+    def _mean_over_ranks(self, row: Dict[str, torch.Tensor]) -> Dict[str, float]:
+        keys = sorted(row)
+        if self.world > 1 and keys:
+            v = torch.stack([row[k].reshape(()) for k in keys])
+            torch.distributed.all_reduce(v)
+            row = dict(zip(keys, v / self.world))
+        return {k: float(row[k]) for k in keys}
+
+    def _disc_step(self, fake, batch, w_d) -> Dict[str, torch.Tensor]:
+        fake = self._to_disc(fake)
         real = self._to_disc(batch["normal_maps"].float()).requires_grad_(True)
         with self._autocast():
-            d_fake = self.disc(self._to_disc(fake)).float()
-            d_real = self.disc(real).float()
+            # one forward of fake and real together (one DDP forward per backward)
+            d = self.disc_module(torch.cat([fake, real])).float()
+            d_fake, d_real = d[:fake.shape[0]], d[fake.shape[0]:]
             loss_d = w_d * discriminator_loss(d_fake, d_real)
             r1 = r1_penalty(d_real, real, weight=self.cfg.r1_weight)
         self.opt_d.zero_grad(set_to_none=True)
-        (loss_d + r1).backward()
-        self._all_reduce(list(self.disc.parameters()))
+        (loss_d + r1).backward()           # under DDP: averaged over the ranks
         self.opt_d.step()
-        return {"d": float(loss_d.detach()), "r1": float(r1.detach())}
-
-    def _all_reduce(self, params) -> None:
-        if self.world == 1:
-            return
-        for p in params:
-            if p.grad is not None and not p.grad.is_sparse:
-                torch.distributed.all_reduce(p.grad)
-                p.grad.div_(self.world)
+        return {"d": loss_d.detach(), "r1": r1.detach()}
 
     # ------------------------------------------------------------------ loop
     def _batches(self, epoch: int) -> List[List[int]]:
         g = torch.Generator().manual_seed(self.cfg.seed * 100003 + epoch)
         order = torch.randperm(len(self.dataset), generator=g).tolist()
-        order = order[self.rank::self.world]                  # DistributedSampler-style split
+        if self.world > 1:   # DistributedSampler-style: padded so every rank takes as many steps
+            total = -(-len(order) // self.world) * self.world
+            order = (order * -(-total // len(order)))[:total]
+            order = order[self.rank::self.world]
         bs = self.cfg.batch_size
         return [order[i:i + bs] for i in range(0, len(order), bs)]
 
@@ -440,6 +585,11 @@ def train_identity_main(args) -> int:
     if args.no_progress:
         over["progress"] = False
     cfg = TrainConfig.preset(args.preset, **over)
-    trainer = IdentityTrainer(cfg, args.data, args.out, resume=args.resume)
-    trainer.train(max_steps=args.max_steps)
+    device, started = setup_distributed(cfg.device)   # torchrun: process group, LOCAL_RANK's GPU
+    try:
+        trainer = IdentityTrainer(cfg.replace(device=device), args.data, args.out, resume=args.resume)
+        trainer.train(max_steps=args.max_steps)
+    finally:
+        if started:
+            torch.distributed.destroy_process_group()
     return 0

@@ -405,8 +405,8 @@ def identity_losses(batch: Mapping[str, Tensor], weights: LossWeights = LossWeig
                     space_sdf_perturbed: Optional[Tensor] = None,
                     normal_maps: Optional[Tensor] = None, d_fake: Optional[Tensor] = None,
                     planes: Optional[Tensor] = None, z_id: Optional[Tensor] = None,
-                    use_masks: bool = False, eikonal_mode: str = "abs"
-                    ) -> Dict[str, Tensor]:
+                    use_masks: bool = False, eikonal_mode: str = "abs",
+                    nmr_denominator: Optional[Tensor] = None) -> Dict[str, Tensor]:
     """Weighted identity terms (eq. 4.15 for one batch) and their ``"total"``.
 
     Inputs are values the caller computed (no model is called):
@@ -417,7 +417,11 @@ def identity_losses(batch: Mapping[str, Tensor], weights: LossWeights = LossWeig
       ``ball_points`` and the near sets); ``space_sdf_perturbed`` at X + omega;
     * ``normal_maps [..., V, H, W, 3]`` rendered in the frame of ``batch["normal_maps"]``
       (masked by ``batch["masks"]`` if ``use_masks``); ``d_fake`` = D(rendered maps);
-    * ``planes [B, 3, C, H, W]``; ``z_id [B, D]``.
+    * ``planes [B, 3, C, H, W]``; ``z_id [B, D]``;
+    * ``nmr_denominator``: with masks, what the summed masked normal-map error is divided
+      by (default: this batch's masked pixel count, at least 1). Data-parallel training
+      passes (all ranks' count) / world so that the mean over the ranks is the combined
+      batch's masked mean.
 
     A term is computed when its inputs are given and its weight is non-zero. Each entry is
     weight * term; "total" is their sum (the discriminator loss is trained separately).
@@ -453,7 +457,10 @@ def identity_losses(batch: Mapping[str, Tensor], weights: LossWeights = LossWeig
     if normal_maps is not None:
         target = batch["normal_maps"].to(normal_maps.dtype)
         mask = batch["masks"] if use_masks else None
-        add("nmr", weights.nmr, lambda: normal_map_loss(normal_maps, target, mask))
+        if nmr_denominator is not None and mask is not None:
+            add("nmr", weights.nmr, lambda: normal_map_loss(normal_maps, target, mask, "sum") / nmr_denominator)
+        else:
+            add("nmr", weights.nmr, lambda: normal_map_loss(normal_maps, target, mask))
     if d_fake is not None:
         add("g", weights.g, lambda: generator_loss(d_fake))
     if planes is not None:

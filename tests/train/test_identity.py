@@ -7,19 +7,9 @@ import os
 import pytest
 import torch
 
-from npht.data.prepare import PrepareConfig, prepare
 from npht.train import checkpoint as ckpt_mod
 from npht.train.config import PRESETS, TrainConfig
 from npht.train.identity import LOG_COLUMNS, IdentityTrainer, collate
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("heads")
-    prepare(PrepareConfig(identities=2, expressions=1, mesh_resolution=48, cameras=4, resolution=16,
-                          surface_face=300, surface_nonface=100, ball=100, test_identities=0), str(root),
-            progress=False)
-    return str(root)
 
 
 def _cfg(stages=(5, 5, 5), **kw):

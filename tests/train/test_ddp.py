@@ -1,0 +1,123 @@
+"""Data-parallel training: 2 processes under DistributedDataParallel (gloo, CPU) with
+batch_size 1 each take the same steps as one process with the combined batch of 2.
+
+Tolerance: both runs compute the same float32 terms on the same items; they differ only
+in reduction order (a batch of 2 vs two batches of 1 averaged by the all-reduce; the
+codes' sparse rows summed after a gather) and in how the CPU kernels block a batch of 1
+vs 2. Those are a few ulp per gradient; two AdamW/SparseAdam steps (updates of about lr
+per parameter, lr 1e-3 / 1e-2) keep them at ~1e-7 absolute. rtol 1e-5 / atol 1e-6 is
+thus loose enough for rounding and ~1000x tighter than one step's update, so a missing
+1/world, an unreduced code gradient, a rank that skipped a term or a different item's
+noise fails it.
+"""
+
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from npht.train.config import TrainConfig
+from npht.train.losses import LossWeights
+from npht.train.identity import IdentityTrainer
+
+RTOL, ATOL = 1e-5, 1e-6
+STEPS = 2
+
+
+def _cfg(stages, batch_size):
+    # render_jitter off: the sampler's jitter is one stream per process (documented);
+    # EDR weighted up from 1e-5 so that its per-item noise visibly moves the parameters
+    return TrainConfig.preset("cpu-demo", progress=False, stage_epochs=stages, ckpt_every=0, image_every=0,
+                              batch_size=batch_size, render_jitter=False,
+                              weights=LossWeights.thesis().replace(edr=10.0))
+
+
+def _worker(rank, world, init, data_root, out, cfg_dict):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        tr = IdentityTrainer(TrainConfig.from_dict(cfg_dict), data_root, out)
+        assert isinstance(tr.step_module, torch.nn.parallel.DistributedDataParallel)
+        assert tr.disc is None or isinstance(tr.disc_module, torch.nn.parallel.DistributedDataParallel)
+        tr.train(max_steps=STEPS)
+        torch.save(tr.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _flat(state, prefix=""):
+    """All tensors (and numbers) of a nested state dict, by path."""
+    out = {}
+    if isinstance(state, dict):
+        for k, v in state.items():
+            out.update(_flat(v, f"{prefix}/{k}"))
+    elif isinstance(state, (list, tuple)):
+        for i, v in enumerate(state):
+            out.update(_flat(v, f"{prefix}/{i}"))
+    elif isinstance(state, torch.Tensor):
+        out[prefix] = state.to_dense() if state.is_sparse else state
+    elif isinstance(state, (int, float)):
+        out[prefix] = torch.tensor(float(state), dtype=torch.float64)
+    return out
+
+
+def _trained(state):
+    keys = ["model", "density", "opt", "opt_codes", "disc", "opt_d", "global_step", "epoch"]
+    return _flat({k: state[k] for k in keys if k in state})
+
+
+@pytest.mark.parametrize("stages", [(5, 5, 5), (0, 5, 5)], ids=["stage1-2d-and-disc", "stage2-3d"])
+def test_two_process_ddp_equals_combined_batch(data_root, tmp_path, stages):
+    out = str(tmp_path / "ddp")
+    os.makedirs(out)
+    init = "file://" + str(tmp_path / "rendezvous")
+    mp.spawn(_worker, args=(2, init, data_root, out, _cfg(stages, 1).to_dict()), nprocs=2, join=True)
+    r0 = torch.load(os.path.join(out, "rank0.pt"), weights_only=False)
+    r1 = torch.load(os.path.join(out, "rank1.pt"), weights_only=False)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = IdentityTrainer(_cfg(stages, 2), data_root, tmp_path / "one")
+        one.train(max_steps=STEPS)
+    finally:
+        torch.set_num_threads(threads)
+    ref = one.state_dict()
+    assert ref["global_step"] == r0["global_step"] == STEPS and ref["stage"] == r0["stage"] == stages.index(5) + 1
+
+    a, b, c = _trained(ref), _trained(r0), _trained(r1)
+    assert a.keys() == b.keys() == c.keys()
+    if stages[0]:
+        assert any(k.startswith("/disc/") for k in a) and any(k.startswith("/opt_d/state") for k in a)
+    assert any(k.startswith("/opt_codes/state") for k in a)
+    for k in a:   # the ranks hold the same model (same reduced gradients)
+        torch.testing.assert_close(b[k], c[k], rtol=0, atol=0, msg=f"rank 0 vs rank 1: {k}")
+    moved = 0
+    init_state = IdentityTrainer(_cfg(stages, 2), data_root, tmp_path / "init").state_dict()
+    start = _trained(init_state)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=RTOL, atol=ATOL, msg=f"2 ranks vs combined batch: {k}")
+        if k in start and k.startswith("/model/") and not torch.equal(start[k], a[k]):
+            moved += 1
+    assert moved > 0   # the steps did change the model
+
+    # rank 0 alone wrote the log and the checkpoint (the mean over ranks of each term)
+    assert os.path.exists(os.path.join(out, "checkpoint.pt")) and os.path.exists(os.path.join(out, "log.csv"))
+
+
+def test_rank_split_pads_to_equal_steps(data_root, tmp_path):
+    """Every rank takes as many steps as the others (else DDP would hang): the epoch's
+    permutation is padded to a multiple of the world size, like DistributedSampler."""
+    tr = IdentityTrainer(_cfg((0, 0, 5), 2), data_root, tmp_path)   # 2 items
+    full = [i for b in tr._batches(0) for i in b]
+    for world in (2, 3, 5):
+        tr.world = world
+        splits = []
+        for rank in range(world):
+            tr.rank = rank
+            splits.append(tr._batches(0))
+        assert len({len(s) for s in splits}) == 1 and len({tuple(map(len, s)) for s in splits}) == 1
+        items = [i for s in splits for b in s for i in b]
+        assert set(items) == set(full) and len(items) == world * (-(-len(full) // world))
