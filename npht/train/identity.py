@@ -256,6 +256,7 @@ class IdentityTrainer:
              "opt": self.opt.state_dict(), "opt_codes": self.opt_codes.state_dict(),
              "sched": self.sched.state_dict(), "sched_codes": self.sched_codes.state_dict(),
              "epoch": self.epoch, "global_step": self.global_step, "step_in_epoch": self.step_in_epoch,
+             "identity_names": dict(self.dataset.identity_index),
              "stage": self.stage.index, "dataset_epoch": self.dataset.epoch,
              "rng": rng_state(), "gen": self.gen.get_state()}
         if self.disc is not None:

@@ -1,0 +1,216 @@
+"""``npht eval``: the thesis' Table 6.1 protocol on a prepared dataset.
+
+For every held-out identity (the ``test`` split's neutral records) a single-view partial
+point cloud is taken from its ground-truth mesh (:func:`npht.data.partial_point_cloud`, a
+near-frontal camera drawn from the seed), each trained model's identity code is fitted to it
+(eq. 4.23, :func:`npht.fit.fit_identity`, NPHM C.5 schedule), the fitted SDF is meshed
+(marching cubes on a grid in (-1, 1)^3, Sec. 5.2.2) and compared with the ground truth
+(Chamfer-L1, normal consistency, F-score, face region and whole head; Sec. 5.3). The table
+(mean over identities) is written as JSON and markdown in Table 6.1's layout.
+
+>>> table = evaluate_models({"TP": "runs/tp/checkpoint.pt", "NPM": "runs/npm/checkpoint.pt"},
+...                         "data/synthetic", out_dir="runs/eval")          # doctest: +SKIP
+>>> print(markdown_table(table))                                             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Dict, Mapping, Optional, Union
+
+import numpy as np
+import torch
+
+__all__ = ["evaluate_models", "markdown_table", "METRIC_KEYS", "add_eval_parser"]
+
+#: (metric key, column title, higher is better)
+METRIC_KEYS = (("chamfer_l1", "L1-Chamfer", False), ("normal_consistency", "N.C.", True),
+               ("f_score", "F-Score", True))
+
+
+def _load(model, device):
+    from ..train.loading import TrainedIdentity, load_identity
+
+    if isinstance(model, TrainedIdentity):
+        return model
+    return load_identity(model, device)
+
+
+def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *, split: str = "test",
+                    scan_points: int = 5000, scan_resolution: int = 256, noise_std: float = 0.0,
+                    mesh_resolution: int = 256, metric_points: int = 2_500_000,
+                    threshold: Optional[float] = None, schedule=None, identities: Optional[int] = None,
+                    seed: int = 0, device="cpu", out_dir: Optional[str] = None,
+                    progress: bool = True) -> dict:
+    """Fit, mesh and score each model on each held-out identity.
+
+    Args:
+        models: method name -> identity checkpoint path (or a loaded
+            :class:`~npht.train.loading.TrainedIdentity`).
+        data_root: a prepared folder (``npht data prepare``); its ``split`` neutral records
+            are the identities to fit.
+        scan_points / scan_resolution / noise_std: the partial scan (NPHM: 5000 points).
+        mesh_resolution: marching-cubes grid (thesis 256). metric_points: samples per mesh
+            and region (thesis 2.5M). threshold: F-score threshold (default 1 mm).
+        schedule: a :class:`npht.fit.FitSchedule` (default NPHM C.5).
+        identities: at most this many identities (the first ones).
+        out_dir: if given, fitted meshes (PLY), ``eval.json`` and ``eval.md`` go there.
+
+    Returns ``{"methods": {name: {"face": {metric: mean}, "head": {...}}}, "per_identity":
+    [...], "settings": {...}, "seconds": ...}``.
+    """
+    from ..data.dataset import HeadDataset
+    from ..data.partial import partial_point_cloud
+    from ..fit import FitSchedule, fit_identity
+    from .mesh import extract_mesh, model_sdf_fn
+    from .metrics import DEFAULT_THRESHOLD, evaluate_meshes
+
+    if not models:
+        raise ValueError("models is empty: give at least one name -> checkpoint")
+    t0 = time.perf_counter()
+    threshold = DEFAULT_THRESHOLD if threshold is None else threshold
+    schedule = schedule or FitSchedule()
+    ds = HeadDataset(data_root, split, views=0)
+    if len(ds) == 0:
+        raise ValueError(f"{data_root!r} has no neutral records in split {split!r} to evaluate on")
+    loaded = {name: _load(m, device) for name, m in models.items()}
+    records = list(range(len(ds)))[:identities]
+    per_identity = []
+    meshes_dir = os.path.join(out_dir, "meshes") if out_dir else None
+    if meshes_dir:
+        os.makedirs(meshes_dir, exist_ok=True)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=len(records) * len(loaded), desc="eval", dynamic_ncols=True)
+    try:
+        for i in records:
+            gt = ds.mesh(i)
+            name = ds.records[i]["identity"]
+            scan = partial_point_cloud(gt, scan_points, resolution=scan_resolution, noise_std=noise_std,
+                                       generator=seed * 1000003 + i)
+            row = {"identity": name, "methods": {}}
+            for method, trained in loaded.items():
+                fit = fit_identity(trained.model, scan.points.to(device), schedule=schedule, seed=seed,
+                                   progress=False)
+                mesh = extract_mesh(model_sdf_fn(trained.model, fit.code), resolution=mesh_resolution,
+                                    device=device)
+                scores = evaluate_meshes(mesh, gt, n_points=metric_points, threshold=threshold, seed=seed,
+                                         device=device)
+                scores["fit_seconds"] = fit.seconds
+                scores["final_fit_loss"] = fit.losses[-1] if fit.losses else float("nan")
+                row["methods"][method] = scores
+                if meshes_dir:
+                    mesh.export(os.path.join(meshes_dir, f"{name}_{method}.ply"))
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(identity=name, method=method,
+                                    chamfer=f"{scores['head']['chamfer_l1']:.4f}")
+            if meshes_dir:
+                gt.to_trimesh().export(os.path.join(meshes_dir, f"{name}_gt.ply"))
+            per_identity.append(row)
+    finally:
+        if bar is not None:
+            bar.close()
+    methods = {}
+    for method in loaded:
+        methods[method] = {}
+        for region in ("face", "head"):
+            vals = [r["methods"][method][region] for r in per_identity if region in r["methods"][method]]
+            if vals:
+                methods[method][region] = {k: float(np.mean([v[k] for v in vals])) for k, _, _ in METRIC_KEYS}
+    result = {"methods": methods, "per_identity": per_identity,
+              "settings": dict(data_root=os.fspath(data_root), split=split, identities=len(records),
+                               scan_points=scan_points, scan_resolution=scan_resolution, noise_std=noise_std,
+                               mesh_resolution=mesh_resolution, metric_points=metric_points,
+                               threshold=threshold, seed=seed, device=str(device),
+                               schedule=dict(iterations=schedule.iterations, lr=schedule.lr,
+                                             lambda_id=schedule.lambda_id),
+                               checkpoints={k: v.path for k, v in loaded.items()}),
+              "seconds": time.perf_counter() - t0}
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "eval.json"), "w") as f:
+            json.dump(result, f, indent=1)
+        with open(os.path.join(out_dir, "eval.md"), "w") as f:
+            f.write(markdown_table(result) + "\n")
+    return result
+
+
+def markdown_table(result: dict) -> str:
+    """Table 6.1's layout: per metric a face and a head column, best value in bold."""
+    methods = result["methods"]
+    head = "| Method | " + " | ".join(f"{t} face {'↑' if up else '↓'} | {t} head {'↑' if up else '↓'}"
+                                      for _, t, up in METRIC_KEYS) + " |"
+    lines = [head, "|---" + "|---:" * (2 * len(METRIC_KEYS)) + "|"]
+    best = {}
+    for key, _, up in METRIC_KEYS:
+        for region in ("face", "head"):
+            vals = [m[region][key] for m in methods.values() if region in m]
+            if vals:
+                best[key, region] = max(vals) if up else min(vals)
+    for name, m in methods.items():
+        cells = []
+        for key, _, _ in METRIC_KEYS:
+            for region in ("face", "head"):
+                if region not in m:
+                    cells.append("–")
+                    continue
+                v = m[region][key]
+                s = f"{v:.3e}" if key == "chamfer_l1" else f"{v:.3f}"
+                cells.append(f"**{s}**" if best.get((key, region)) == v and len(methods) > 1 else s)
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def add_eval_parser(subparsers):
+    """``npht eval --data DIR --model NAME=CKPT ... --out DIR``."""
+    p = subparsers.add_parser("eval", help="fit held-out identities from partial scans and score the models "
+                                           "(thesis Table 6.1)")
+    p.add_argument("--data", required=True, help="prepared dataset folder (its test split is evaluated)")
+    p.add_argument("--model", action="append", required=True, metavar="NAME=CKPT",
+                   help="a method name and its identity checkpoint; repeat for each model")
+    p.add_argument("--out", required=True, help="output folder (eval.json, eval.md, meshes/)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--identities", type=int, default=None, help="at most this many identities")
+    p.add_argument("--scan-points", type=int, default=5000)
+    p.add_argument("--noise", type=float, default=0.0, help="scan noise std (model units)")
+    p.add_argument("--mesh-resolution", type=int, default=256)
+    p.add_argument("--metric-points", type=int, default=2_500_000)
+    p.add_argument("--iterations", type=int, default=None, help="fitting iterations (default 700)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_eval_main)
+    return p
+
+
+def _eval_main(args) -> int:
+    from ..fit import FitSchedule
+
+    models = {}
+    for spec in args.model:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--model must be NAME=CHECKPOINT, got {spec!r}")
+        models[name] = path
+    schedule = FitSchedule() if args.iterations is None else _scaled_schedule(args.iterations)
+    result = evaluate_models(models, args.data, split=args.split, scan_points=args.scan_points,
+                             noise_std=args.noise, mesh_resolution=args.mesh_resolution,
+                             metric_points=args.metric_points, schedule=schedule, identities=args.identities,
+                             seed=args.seed, device=args.device, out_dir=args.out, progress=not args.no_progress)
+    print(markdown_table(result))
+    print(f"-> {os.path.join(args.out, 'eval.json')} ({result['seconds']:.0f} s)")
+    return 0
+
+
+def _scaled_schedule(iterations: int):
+    """NPHM's schedule with its milestones scaled to ``iterations`` (700 -> itself)."""
+    from ..fit import FitSchedule
+
+    base = FitSchedule()
+    f = iterations / base.iterations
+    return base.replace(iterations=iterations, milestones=tuple(int(round(m * f)) for m in base.milestones),
+                        reg_milestones=tuple(int(round(m * f)) for m in base.reg_milestones))

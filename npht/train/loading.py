@@ -1,0 +1,118 @@
+"""Trained models back from their checkpoints (``npht train identity|expression``), ready
+for fitting, rendering, mesh extraction and evaluation.
+
+>>> ident = load_identity("runs/tp/checkpoint.pt")              # doctest: +SKIP
+>>> sdf = ident.model(points, torch.tensor([0]))                 # doctest: +SKIP
+>>> expr = load_expression("runs/expr/checkpoint.pt")           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from .config import TrainConfig
+
+__all__ = ["TrainedIdentity", "TrainedExpression", "load_identity", "load_expression"]
+
+
+@dataclass
+class TrainedIdentity:
+    """``model`` (:class:`~npht.models.IdentityModel` or :class:`~npht.models.NPMBaseline`,
+    eval mode, no grad), ``density`` (the trained :class:`~npht.render.LaplaceDensity`),
+    ``config`` (the run's :class:`TrainConfig`), ``identity_names`` (name -> code index;
+    ``None`` for checkpoints that did not store them), ``path``."""
+
+    model: torch.nn.Module
+    density: torch.nn.Module
+    config: TrainConfig
+    identity_names: Optional[Dict[str, int]]
+    path: str
+
+    @property
+    def name(self) -> str:
+        """``TP`` (tri-planes, all losses), ``TP_3D`` (tri-planes, 3D losses only) or ``NPM``."""
+        if self.config.model == "npm":
+            return "NPM"
+        return "TP" if self.config.uses_2d else "TP_3D"
+
+    @property
+    def codes(self) -> torch.Tensor:
+        """The trained identity codes ``[num_identities, z_dim]``."""
+        return self.model.codes.weight.detach()
+
+
+@dataclass
+class TrainedExpression:
+    """``model`` (:class:`~npht.models.ExpressionModel`, eval, no grad), ``z_id`` (the frozen
+    identity codes it was trained with), ``expression_keys`` (code k -> ``(identity,
+    expression)``), ``identity_names``, ``path``."""
+
+    model: torch.nn.Module
+    z_id: torch.Tensor
+    expression_keys: List[Tuple[str, str]]
+    identity_names: Dict[str, int]
+    path: str
+
+    @property
+    def codes(self) -> torch.Tensor:
+        return self.model.codes.weight.detach()
+
+
+def _read(path: str, map_location) -> dict:
+    from .checkpoint import load_checkpoint
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    try:
+        s = load_checkpoint(path, map_location)
+    except Exception as e:
+        raise ValueError(f"cannot read checkpoint {path!r}: {type(e).__name__}: {e}") from None
+    if not isinstance(s, dict) or "model" not in s or not isinstance(s.get("config"), dict):
+        raise ValueError(f"{path!r} is not an npht training checkpoint (a dict with 'config' and 'model')")
+    return s
+
+
+def load_identity(path: str, device="cpu") -> TrainedIdentity:
+    """The identity model (and density) of an ``npht train identity`` checkpoint."""
+    from ..render import LaplaceDensity
+    from .identity import build_identity_model
+
+    s = _read(path, "cpu")
+    if "expression_keys" in s:
+        raise ValueError(f"{path!r} is an expression-model checkpoint; expected an identity one")
+    try:
+        cfg = TrainConfig.from_dict(s["config"])
+    except TypeError as e:
+        raise ValueError(f"{path!r}: its 'config' is not an identity TrainConfig ({e})") from None
+    n_id = s["model"]["codes.weight"].shape[0]
+    model = build_identity_model(cfg, n_id)
+    model.load_state_dict(s["model"])
+    density = LaplaceDensity(cfg.beta_init, cfg.beta_min)
+    if "density" in s:
+        density.load_state_dict(s["density"])
+    for m in (model, density):
+        m.requires_grad_(False).eval().to(device)
+    return TrainedIdentity(model, density, cfg, s.get("identity_names"), os.fspath(path))
+
+
+def load_expression(path: str, device="cpu") -> TrainedExpression:
+    """The expression model of an ``npht train expression`` checkpoint."""
+    from ..models import ExpressionModel
+    from .expression import ExpressionConfig
+
+    s = _read(path, "cpu")
+    if "expression_keys" not in s:
+        raise ValueError(f"{path!r} is not an expression-model checkpoint (written by `npht train expression`)")
+    cfg = ExpressionConfig.from_dict(s["config"])
+    z_id = s["z_id"]
+    keys = [tuple(k) for k in s["expression_keys"]]
+    model = ExpressionModel(z_id.shape[1], cfg.z_ex_dim, cfg.hidden, cfg.layers, cfg.skip,
+                            num_expressions=len(keys), beta=cfg.beta)
+    model.load_state_dict(s["model"])
+    model.requires_grad_(False).eval().to(device)
+    return TrainedExpression(model, z_id.to(device), keys, dict(s["identity_names"]), os.fspath(path))
