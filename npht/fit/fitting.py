@@ -46,6 +46,12 @@ class FitSchedule:
     points per step (``None``: all, as NPHM). ``root_iters``, ``root_tol``,
     ``root_method``: the root finding of eq. 4.22 (fits with an expression model).
 
+    The lambdas were tuned for NPHM's codes, which its training keeps small. The thesis'
+    identity codes start ~ N(0, 1) in 512-D with no latent term in training (Table 4.1),
+    so ``||z_id||^2`` is ~512 and ``lambda_id = 0.05`` outweighs the SDF term by orders of
+    magnitude, pulling the code towards 0; scale ``lambda_id`` by about
+    ``1 / mean ||z||^2`` of the training codes for such models.
+
     >>> s = FitSchedule()
     >>> [round(s.lambda_id_at(i), 6) for i in (0, 200, 600)], [round(s.lr_at(i), 6) for i in (0, 350, 699)]
     ([0.05, 0.01, 0.002], [0.01, 0.0001, 1e-05])
