@@ -343,7 +343,8 @@ def fit_expression(model: nn.Module, expression_model: nn.Module, points: torch.
 def fit_normal_maps(model: nn.Module, cameras, target_normals: torch.Tensor, masks: Optional[torch.Tensor] = None,
                     resolution: Optional[int] = None, *, density=None, schedule: Optional[FitSchedule] = None,
                     init: Optional[torch.Tensor] = None, seed: int = 0, progress: bool = True,
-                    views_per_chunk: Optional[int] = None, convention: str = "opengl", jitter: bool = False,
+                    views_per_chunk: Optional[int] = None, tile: Optional[int] = None, convention: str = "opengl",
+                    jitter: bool = False,
                     renderer_options: Optional[dict] = None) -> FitResult:
     """Fit one identity code to ground-truth normal maps through npht's VolSDF renderer
     with the L1 normal-map loss (eq. 4.6, :func:`npht.train.losses.normal_map_loss`) plus
@@ -362,6 +363,10 @@ def fit_normal_maps(model: nn.Module, cameras, target_normals: torch.Tensor, mas
         views_per_chunk: render and backpropagate this many views at a time (memory is
             bounded by one chunk's rendering; the gradients are summed, the loss is the
             same mean over all counted pixels). ``None``: all views at once.
+        tile: further split each image into ``tile x tile`` pixel tiles rendered one at a
+            time (cropped intrinsics: the same rays), for high resolutions. The
+            error-bound sampler stops its rounds per render call (batch-wide), so tiled
+            renders agree with whole ones to the sampler's accuracy, not bitwise.
         jitter: randomise the renderer's sampling (VolSDF's training mode) with a
             generator seeded by ``seed``; off: deterministic samples.
         renderer_options: further :class:`npht.render.VolSDFRenderer` fields.
@@ -396,6 +401,8 @@ def fit_normal_maps(model: nn.Module, cameras, target_normals: torch.Tensor, mas
         raise ValueError(f"convention must be 'world', 'opencv' or 'opengl', got {convention!r}")
     if views_per_chunk is not None and (not isinstance(views_per_chunk, int) or views_per_chunk < 1):
         raise ValueError(f"views_per_chunk must be a positive int or None, got {views_per_chunk!r}")
+    if tile is not None and (not isinstance(tile, int) or tile < 1):
+        raise ValueError(f"tile must be a positive int or None, got {tile!r}")
     device = cameras.device
     target = target_normals.detach().to(device=device, dtype=torch.float32)
     mask = None if masks is None else masks.detach().to(device)
@@ -417,6 +424,15 @@ def fit_normal_maps(model: nn.Module, cameras, target_normals: torch.Tensor, mas
     renderer = VolSDFRenderer(density=density, **(renderer_options or {}))
     gen = torch.Generator(device=device).manual_seed(seed)
     chunk = views_per_chunk or V
+    cams_r = cameras.resized(R, R)
+    t = tile or R
+    tiles = [(y, x, min(t, R - y), min(t, R - x)) for y in range(0, R, t) for x in range(0, R, t)]
+
+    def crop(cams, y, x, h, w):
+        K = cams.K.clone()
+        K[:, 0, 2] -= x
+        K[:, 1, 2] -= y
+        return Cameras(K, cams.cam2world, h, w)
     triplane = hasattr(model, "planes") and hasattr(model, "decoder")
 
     def step(i):
@@ -435,11 +451,14 @@ def fit_normal_maps(model: nn.Module, cameras, target_normals: torch.Tensor, mas
                     return dec.sdf(rep, p, **kw)
             else:
                 sdf_fn = model.sdf_fn(z.expand(v, -1))
-            out = renderer(sdf_fn, cameras[idx], R, training=jitter, generator=gen, convention=convention)
-            err = normal_map_loss(out.normals, target[idx], None if mask is None else mask[idx], reduction="sum")
-            part = err / count
-            part.backward()
-            data_total += float(part.detach())
+            for (y, x, h, w) in tiles:
+                cams = crop(cams_r[idx], y, x, h, w) if (h, w) != (R, R) else cams_r[idx]
+                out = renderer(sdf_fn, cams, None, training=jitter, generator=gen, convention=convention)
+                tgt = target[idx][:, y:y + h, x:x + w]
+                m = None if mask is None else mask[idx][:, y:y + h, x:x + w]
+                part = normal_map_loss(out.normals, tgt, m, reduction="sum") / count
+                part.backward()
+                data_total += float(part.detach())
         if triplane:
             planes.backward(planes_d.grad)
         reg = schedule.lambda_id_at(i) * _sq(z)

@@ -146,6 +146,12 @@ def test_fit_normal_maps_moves_towards_known_code(tiny_id):
     two = fit_normal_maps(model, cams, target.normals, masks, views_per_chunk=1, **kw)
     torch.testing.assert_close(one.code, two.code, atol=1e-6, rtol=0)
     assert abs(one.history["data"][0] - two.history["data"][0]) < 1e-6
+    # tiles render the same rays; the error-bound sampler decides its rounds per call (a
+    # batch-wide stop), so a tile's few rays may get fewer rounds: equal to the sampler's
+    # accuracy (opacities within ~1e-6, the loss within 1e-3 relative), not bitwise
+    tiled = fit_normal_maps(model, cams, target.normals, masks, tile=5, **kw)  # ragged 5 x 5 tiles
+    torch.testing.assert_close(one.code, tiled.code, atol=1e-5, rtol=0)
+    assert abs(one.history["data"][0] - tiled.history["data"][0]) < 1e-3 * one.history["data"][0]
     # other render resolutions resample the targets
     half = fit_normal_maps(model, cams, target.normals, masks, 8, **{**kw, "schedule": sched.replace(iterations=1)})
     assert len(half.history["data"]) == 1 and half.history["data"][0] > 0
@@ -159,5 +165,7 @@ def test_fit_normal_maps_errors(tiny_id):
         fit_normal_maps(model, cams, torch.zeros(3, 8, 8, 3), progress=False)
     with pytest.raises(ValueError, match=r"masks must have shape \[V=2, H=8, W=8\]"):
         fit_normal_maps(model, cams, torch.zeros(2, 8, 8, 3), torch.ones(2, 4, 4), progress=False)
+    with pytest.raises(ValueError, match="tile must be a positive int"):
+        fit_normal_maps(model, cams, torch.zeros(2, 8, 8, 3), tile=0, progress=False)
     with pytest.raises(TypeError, match="cameras must be npht.render.Cameras"):
         fit_normal_maps(model, None, torch.zeros(2, 8, 8, 3), progress=False)
