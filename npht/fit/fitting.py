@@ -331,7 +331,8 @@ def fit_expression(model: nn.Module, expression_model: nn.Module, points: torch.
         data = model(x_c.to(pts.dtype), zid).abs().mean()
         reg = schedule.lambda_ex * _sq(z_ex)
         loss = data + reg
-        return loss, dict(loss=float(loss.detach()), data=float(data.detach()), reg=float(reg.detach()), converged=float(ok.float().mean()))
+        return loss, dict(loss=float(loss.detach()), data=float(data.detach()), reg=float(reg.detach()),
+                          converged=float(ok.float().mean()))
 
     with _frozen(model, expression_model):
         history, secs = _run([z_ex], schedule, step, progress, "fit expression")

@@ -164,7 +164,8 @@ def invert_deformation(deform_fn: DeformFn, x_posed: torch.Tensor, init: Optiona
                 dxJ = (dx[..., None, :] @ Jinv)[..., 0, :]
                 denom = (dx * Jdg).sum(-1, keepdim=True)
                 good = active[..., None] & (denom.abs() > 1e-30) & torch.isfinite(denom)
-                upd = (dx - Jdg)[..., :, None] * dxJ[..., None, :] / torch.where(good, denom, torch.ones_like(denom))[..., None]
+                safe = torch.where(good, denom, torch.ones_like(denom))
+                upd = (dx - Jdg)[..., :, None] * dxJ[..., None, :] / safe[..., None]
                 Jinv = Jinv + torch.where(good[..., None], upd, torch.zeros_like(upd))
             x, g = x_new, g_new
             err = g.norm(dim=-1)

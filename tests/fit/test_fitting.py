@@ -169,3 +169,8 @@ def test_fit_normal_maps_errors(tiny_id):
         fit_normal_maps(model, cams, torch.zeros(2, 8, 8, 3), tile=0, progress=False)
     with pytest.raises(TypeError, match="cameras must be npht.render.Cameras"):
         fit_normal_maps(model, None, torch.zeros(2, 8, 8, 3), progress=False)
+
+
+def test_progress_bar_runs(tiny_id, capsys):
+    res = fit_identity(tiny_id(), torch.rand(20, 3) - 0.5, schedule=FitSchedule(iterations=2), progress=True)
+    assert len(res.losses) == 2 and res.seconds > 0

@@ -119,3 +119,17 @@ def test_bad_inputs():
         invert_deformation(D, torch.zeros(1, 4, 3), init=torch.zeros(1, 5, 3))
     with pytest.raises(ValueError, match="deform_fn must map"):
         invert_deformation(lambda x: x[..., :2], torch.zeros(1, 4, 3))
+
+
+def test_implicit_gradient_through_expression_network(tiny_expr):
+    expr = tiny_expr(scale=0.2).double()
+    x_p = torch.rand(1, 6, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4)) - 0.5
+
+    def f(z_id, z_ex):
+        x_c, ok = invert_deformation(lambda x: expr.deform(x, z_id, z_ex), x_p, iters=50, tol=1e-13)
+        assert ok.all()
+        return x_c
+
+    z_id = torch.tensor([[0.8, -0.5, 0.3]], dtype=torch.float64, requires_grad=True)
+    z_ex = torch.tensor([[0.7, -0.6]], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (z_id, z_ex), eps=1e-6, atol=1e-7)
