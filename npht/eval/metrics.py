@@ -253,7 +253,8 @@ def evaluate_meshes(pred, gt, n_points: int = 2_500_000, threshold: float = DEFA
         gp, gn = sample_points(gt, n_points, rng, face_mask=face_region)
         near = nearest_neighbors(pv, gp, device)[0] <= face_radius
         if not near.any():
-            raise ValueError(f"no vertex of pred lies within face_radius={face_radius} of the ground truth's face region")
+            raise ValueError(f"no vertex of pred lies within face_radius={face_radius} "
+                             "of the ground truth's face region")
         try:
             pp, pn = sample_points((pv, pf), n_points, rng, face_mask=near)
         except ValueError as e:
