@@ -69,9 +69,24 @@ def render_table(name: str, res: dict) -> str:
     return "\n".join(lines)
 
 
+def mesh_table(name: str, res: dict) -> str:
+    """The evaluation benchmark: seconds per mesh extraction / metrics run."""
+    cfg = res["config"]
+    lines = [f"**{res['device']}** — torch {res['torch']}, commit `{res['commit']}`, {res['date'][:10]} "
+             f"(`{name}`): mesh extraction (marching cubes) and evaluate_meshes ({cfg['points']} points)", "",
+             "| task | model / method | grid | seconds | grid points/s | faces |", "|---|---|---:|---:|---:|---:|"]
+    for r in res["results"]:
+        grid = f"{r['res']}³" if r.get("res") else ""
+        pps = f"{r['points_per_s'] / 1e6:.2f} M" if "points_per_s" in r else ""
+        lines.append(f"| {r['task']} | {r['method']} | {grid} | {r['seconds']:.2f} | {pps} | {r.get('faces', '')} |")
+    return "\n".join(lines)
+
+
 def table(name: str, res: dict) -> str:
     if res.get("benchmark") == "render":
         return render_table(name, res)
+    if res.get("benchmark") == "mesh_extraction":
+        return mesh_table(name, res)
     cfg = res["config"]
     lines = [
         f"**{res['device']}** — torch {res['torch']}, commit `{res['commit']}`, {res['date'][:10]} "

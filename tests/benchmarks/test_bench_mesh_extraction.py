@@ -1,0 +1,19 @@
+"""The evaluation benchmark runs end to end with tiny models and the report renders it."""
+
+import json
+
+from test_bench_triplane import load
+
+
+def test_mesh_extraction_benchmark_smoke(tmp_path):
+    path = load("mesh_extraction").main(["--quick", "--device", "cpu", "--out", str(tmp_path)])
+    with open(path) as f:
+        res = json.load(f)
+    assert res["benchmark"] == "mesh_extraction" and res["commit"] and res["torch"]
+    rows = {(r["task"], r["method"]): r for r in res["results"]}
+    assert set(rows) == {("extract_mesh", "triplane"), ("extract_mesh", "npm"), ("evaluate_meshes", "kdtree")}
+    assert all(r["seconds"] > 0 for r in rows.values())
+    assert rows[("extract_mesh", "npm")]["faces"] > 100
+    assert rows[("evaluate_meshes", "kdtree")]["regions"] == ["face", "head"]
+    text = load("report").render(str(tmp_path))
+    assert "evaluate_meshes" in text and "extract_mesh" in text
