@@ -4,6 +4,9 @@
     npht data prepare --source /path/to/NPHM --out data/nphm --resolution 256
     npht train identity --preset cpu-demo --data data/synthetic --out runs/demo
     npht train expression --preset cpu-demo --data data/synthetic --identity runs/demo/checkpoint.pt --out runs/expr
+    npht eval --data data/synthetic --model TP=runs/demo/checkpoint.pt --out runs/eval
+    npht demo --out outputs/demo
+    npht train expression --preset cpu-demo --data data/synthetic --identity runs/demo/checkpoint.pt --out runs/expr
 """
 
 from __future__ import annotations
@@ -50,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     train = top.add_parser("train", help="training").add_subparsers(dest="train_command", required=True)
     add_train_parser(train)
     add_expression_parser(train)
+    from .demo.pipeline import add_demo_parser
+    from .eval.fitting_eval import add_eval_parser
+
+    add_eval_parser(top)
+    add_demo_parser(top)
     return parser
 
 
@@ -69,7 +77,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "data" and args.data_command == "prepare":
             return _run_prepare(args)
-        if args.command == "train":
+        if args.command in ("train", "eval", "demo"):
             return args.func(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"npht: error: {e}", file=sys.stderr)

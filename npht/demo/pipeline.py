@@ -106,31 +106,24 @@ def _to_rgb(normals: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
     return (rgb * 255).round().astype(np.uint8)
 
 
-def _grid(rows: List[List[np.ndarray]], labels: Optional[List[str]] = None, path: str = "") -> str:
-    """Tile images (rows of equal-size HxWx3 uint8 arrays) into one PNG with row labels."""
+def _grid(rows: List[List[np.ndarray]], captions: Optional[List[str]] = None, path: str = "") -> str:
+    """Tile images (rows of equal-size HxWx3 uint8 arrays) into one PNG, a caption line
+    above each row."""
     from PIL import Image, ImageDraw
 
     h, w = rows[0][0].shape[:2]
-    pad, label_w = 4, (110 if labels else 0)
+    pad, cap = 4, (14 if captions else 0)
     cols = max(len(r) for r in rows)
-    canvas = Image.new("RGB", (label_w + cols * (w + pad) + pad, len(rows) * (h + pad) + pad), "white")
+    canvas = Image.new("RGB", (cols * (w + pad) + pad, len(rows) * (h + pad + cap) + pad), "white")
     draw = ImageDraw.Draw(canvas)
     for i, row in enumerate(rows):
-        y = pad + i * (h + pad)
-        if labels:
-            draw.text((4, y + h // 2 - 6), labels[i], fill="black")
+        y = pad + i * (h + pad + cap)
+        if captions:
+            draw.text((pad, y), captions[i], fill="black")
         for j, img in enumerate(row):
-            canvas.paste(Image.fromarray(img), (label_w + pad + j * (w + pad), y))
+            canvas.paste(Image.fromarray(img), (pad + j * (w + pad), y + cap))
     canvas.save(path)
     return path
-
-
-def _render_sdf(sdf_fn, cameras, density, chunk_views: int = 1):
-    """npht renderer, opengl normals; one camera batch entry per shape of ``sdf_fn``."""
-    from ..render import render
-
-    out = render(sdf_fn, cameras, density=density, convention="opengl")
-    return out.normals.detach(), (out.opacity.detach() > 0.5)
 
 
 def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: bool = False,
@@ -141,7 +134,7 @@ def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: 
     from ..data.prepare import PrepareConfig, prepare
     from ..eval import evaluate_meshes, extract_mesh, model_sdf_fn
     from ..eval.fitting_eval import _scaled_schedule, markdown_table
-    from ..fit import ExpressionTransfer, fit_gaussian, fit_identity, interpolate_codes, sample_codes
+    from ..fit import fit_identity
     from ..train.config import TrainConfig
     from ..train.expression import ExpressionConfig, ExpressionTrainer
     from ..train.identity import IdentityTrainer
@@ -200,100 +193,57 @@ def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: 
             etr.train(max_steps=left)
         expr_ckpt = etr.ckpt_path
         del etr
+    import trimesh
+
     models = {name: load_identity(path, device) for name, path in ckpts.items()}
     tp = models["TP"]
 
-    # 3. normal maps at 256^2 -----------------------------------------------------------
+    # 3.-5. pictures, fitting, meshes, metrics -------------------------------------------
     from ..data.dataset import HeadDataset
 
     train_ds = HeadDataset(data, "train", views=0)
     test_ds = HeadDataset(data, "test", views=0)
-    cams1 = _view_cameras([20.0], cfg.view_resolution)
+    fit_dir = os.path.join(out, "fit")
+    os.makedirs(fit_dir, exist_ok=True)
     images = {}
-    with _stage(f"render {cfg.view_resolution}x{cfg.view_resolution} normal maps", timings), \
-            NormalMapRenderer() as gt_renderer:
-        rows_pred, rows_gt = [], []
-        shown = list(range(min(cfg.views, len(train_ds))))
-        for i in shown:
-            code = tp.identity_names[train_ds.records[i]["identity"]] if tp.identity_names else \
-                train_ds.identity_index[train_ds.records[i]["identity"]]
-            with torch.no_grad():
-                sdf_fn = tp.model.sdf_fn(torch.tensor([code], device=device))
-            n, m = _render_sdf(sdf_fn, cams1.to(device), tp.density)
-            rows_pred.append(_to_rgb(n[0], m[0]))
-            g = gt_renderer.render(train_ds.mesh(i), cams1, convention="opengl")
-            rows_gt.append(_to_rgb(g.normals[0], g.mask[0]))
-        images["normal_maps"] = _grid([rows_gt, rows_pred], ["ground truth", "TP (npht render)"],
-                                      os.path.join(out, "normal_maps.png"))
-
-        # 4. fit a held-out identity, extract meshes, metrics ---------------------------
-        schedule = _scaled_schedule(cfg.fit_iterations)
+    shown = list(range(min(cfg.views, len(train_ds))))
+    gt_renderer = NormalMapRenderer()
+    try:
+        with _stage(f"render {cfg.view_resolution}x{cfg.view_resolution} normal maps", timings):
+            images["normal_maps"] = _normal_map_grid(tp, train_ds, shown, gt_renderer, cfg.view_resolution,
+                                                     device, os.path.join(out, "normal_maps.png"))
         gt = test_ds.mesh(0)
-        scan = partial_point_cloud(gt, cfg.scan_points, resolution=min(256, 4 * cfg.view_resolution),
-                                   generator=seed)
-        fit_dir = os.path.join(out, "fit")
-        os.makedirs(fit_dir, exist_ok=True)
-        import trimesh
-
+        scan = partial_point_cloud(gt, cfg.scan_points, resolution=256, generator=seed)
         trimesh.PointCloud(scan.points.numpy()).export(os.path.join(fit_dir, "partial_scan.ply"))
         gt.to_trimesh().export(os.path.join(fit_dir, "ground_truth.ply"))
-        fits, metrics, fit_row = {}, {}, [_to_rgb(*_gt_maps(gt_renderer, gt, cams1))]
+        cams = _view_cameras([20.0], cfg.view_resolution)
+        metrics, fit_row = {}, [_to_rgb(*_mesh_maps(gt_renderer, gt, cams))]
         for name, trained in models.items():
             with _stage(f"fit + mesh + metrics {name}", timings):
-                res = fit_identity(trained.model, scan.points.to(device), schedule=schedule, seed=seed,
-                                   progress=progress)
+                res = fit_identity(trained.model, scan.points.to(device), schedule=_scaled_schedule(cfg.fit_iterations),
+                                   seed=seed, progress=progress)
                 mesh = extract_mesh(model_sdf_fn(trained.model, res.code), resolution=cfg.grid_resolution,
                                     device=device, progress=progress)
                 mesh.export(os.path.join(fit_dir, f"{name}.ply"))
                 metrics[name] = evaluate_meshes(mesh, gt, n_points=cfg.metric_points, seed=seed, device=device)
                 metrics[name]["fit_seconds"] = res.seconds
-                fits[name] = res.code
-                fit_row.append(_to_rgb(*_gt_maps(gt_renderer, mesh, cams1)))
-        images["fit"] = _grid([fit_row], None, os.path.join(out, "fit.png"))
-        table = {"methods": {k: {r: {m: v[r][m] for m in ("chamfer_l1", "normal_consistency", "f_score")}
-                                 for r in ("face", "head") if r in v} for k, v in metrics.items()}}
-        with open(os.path.join(out, "metrics.json"), "w") as f:
-            json.dump({"identity": test_ds.records[0]["identity"], "scan_points": cfg.scan_points,
-                       "grid_resolution": cfg.grid_resolution, "metric_points": cfg.metric_points,
-                       "fit_iterations": cfg.fit_iterations, "metrics": metrics}, f, indent=1)
-        with open(os.path.join(out, "metrics.md"), "w") as f:
-            f.write(markdown_table(table) + "\n")
-
-        # 5. latent space: interpolation, sampling, expression transfer ------------------
+                fit_row.append(_to_rgb(*_mesh_maps(gt_renderer, mesh, cams)))
+        images["fit"] = _grid([fit_row], ["ground truth | fitted: " + " | ".join(models)], os.path.join(out, "fit.png"))
         with _stage("latent interpolation / sampling / expression transfer", timings):
-            lat_cam = _view_cameras([20.0], cfg.latent_resolution)
-            codes = tp.codes
-            z = interpolate_codes(codes[0], codes[min(1, len(codes) - 1)], cfg.latent_steps)
-            mean, cov = fit_gaussian(codes)
-            zs = sample_codes(mean, cov, cfg.samples, generator=torch.Generator().manual_seed(seed))
-            rows = []
-            for batch in (z, zs):
-                row = []
-                for zi in batch:
-                    with torch.no_grad():
-                        fn = tp.model.sdf_fn(zi[None].to(device))
-                    n, m = _render_sdf(fn, lat_cam.to(device), tp.density)
-                    row.append(_to_rgb(n[0], m[0]))
-                rows.append(row)
-            images["latent"] = _grid(rows, ["interpolation", "samples"], os.path.join(out, "latent.png"))
-            expr = load_expression(expr_ckpt, device)
-            # expression of the first posed scan, transferred to every shown training identity:
-            # the identity's mesh (marching cubes of F_id) deformed forward by F_ex
-            k = 0
-            src_id, src_expr = expr.expression_keys[k]
-            row = []
-            for i in shown:
-                name_i = train_ds.records[i]["identity"]
-                zi = expr.z_id[expr.identity_names[name_i]]
-                neutral = extract_mesh(model_sdf_fn(tp.model, zi), resolution=min(cfg.grid_resolution, 128),
-                                       device=device)
-                tr = ExpressionTransfer(expr.model, expr.codes[k], zi)
-                verts = tr.vertices(torch.as_tensor(neutral.vertices, dtype=torch.float32, device=device))
-                posed = trimesh.Trimesh(verts.detach().cpu().numpy(), neutral.faces, process=False)
-                row += [_to_rgb(*_gt_maps(gt_renderer, neutral, lat_cam)), _to_rgb(*_gt_maps(gt_renderer, posed, lat_cam))]
-                if i == shown[0]:
-                    posed.export(os.path.join(fit_dir, f"transfer_{name_i}_{src_expr}.ply"))
-            images["expression_transfer"] = _grid([row], None, os.path.join(out, "expression_transfer.png"))
+            images["latent"] = _latent_grid(tp, cfg, device, seed, os.path.join(out, "latent.png"))
+            images["expression_transfer"] = _transfer_grid(tp, load_expression(expr_ckpt, device), train_ds, shown,
+                                                           gt_renderer, cfg, device, fit_dir,
+                                                           os.path.join(out, "expression_transfer.png"))
+    finally:
+        gt_renderer.close()
+    table = {"methods": {k: {r: {m: v[r][m] for m in ("chamfer_l1", "normal_consistency", "f_score")}
+                             for r in ("face", "head") if r in v} for k, v in metrics.items()}}
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump({"identity": test_ds.records[0]["identity"], "scan_points": cfg.scan_points,
+                   "grid_resolution": cfg.grid_resolution, "metric_points": cfg.metric_points,
+                   "fit_iterations": cfg.fit_iterations, "metrics": metrics}, f, indent=1)
+    with open(os.path.join(out, "metrics.md"), "w") as f:
+        f.write(markdown_table(table) + "\n")
 
     # 6. timings ---------------------------------------------------------------------
     with _stage("time npht vs reference ops", timings):
@@ -313,16 +263,90 @@ def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: 
     return summary
 
 
-def _gt_maps(renderer, mesh, cameras):
+def _code_of(trained, dataset, i: int) -> int:
+    """The trained code index of record ``i``'s identity (by name)."""
+    name = dataset.records[i]["identity"]
+    names = trained.identity_names or dataset.identity_index
+    return names[name]
+
+
+def _model_maps(trained, codes: torch.Tensor, cameras, device):
+    """npht renders (opengl normals, opacity mask) of ``codes [B, z]`` or indices ``[B]``,
+    shape b seen by camera b."""
+    from ..render import render
+
+    with torch.no_grad():
+        sdf_fn = trained.model.sdf_fn(codes.to(device))
+    out = render(sdf_fn, cameras.to(device), density=trained.density, convention="opengl")
+    return out.normals.detach(), out.opacity.detach() > 0.5
+
+
+def _mesh_maps(renderer, mesh, cameras):
     g = renderer.render(mesh, cameras, convention="opengl")
     return g.normals[0], g.mask[0]
+
+
+def _normal_map_grid(tp, dataset, shown, gt_renderer, res, device, path):
+    cams = _view_cameras([20.0], res)
+    row_gt, row_pred = [], []
+    for i in shown:
+        n, m = _model_maps(tp, torch.tensor([_code_of(tp, dataset, i)]), cams, device)
+        row_pred.append(_to_rgb(n[0], m[0]))
+        row_gt.append(_to_rgb(*_mesh_maps(gt_renderer, dataset.mesh(i), cams)))
+    return _grid([row_gt, row_pred], ["ground truth", "TP, npht render"], path)
+
+
+def _latent_grid(tp, cfg, device, seed, path):
+    """Interpolation between the first two training codes; samples of a Gaussian fitted to
+    the training codes."""
+    from ..fit import fit_gaussian, interpolate_codes, sample_codes
+
+    cams = _view_cameras([20.0], cfg.latent_resolution)
+    codes = tp.codes
+    rows = [interpolate_codes(codes[0], codes[min(1, len(codes) - 1)], cfg.latent_steps)]
+    mean, cov = fit_gaussian(codes)
+    rows.append(sample_codes(mean, cov, cfg.samples, generator=torch.Generator().manual_seed(seed)))
+    pictures = []
+    for zs in rows:
+        pictures.append([_to_rgb(*(t[0] for t in _model_maps(tp, z[None], cams, device))) for z in zs])
+    return _grid(pictures, ["interpolation", "samples"], path)
+
+
+def _transfer_grid(tp, expr, dataset, shown, gt_renderer, cfg, device, fit_dir, path):
+    """The first posed training scan's expression code applied to each shown identity:
+    its neutral mesh (marching cubes of F_id) and that mesh deformed forward by F_ex."""
+    import trimesh
+
+    from ..eval import extract_mesh, model_sdf_fn
+    from ..fit import transfer_expression
+
+    cams = _view_cameras([20.0], cfg.latent_resolution)
+    src_identity, src_expression = expr.expression_keys[0]
+    row = []
+    for i in shown:
+        name = dataset.records[i]["identity"]
+        z_id = expr.z_id[expr.identity_names[name]]
+        neutral = extract_mesh(model_sdf_fn(tp.model, z_id), resolution=min(cfg.grid_resolution, 128), device=device)
+        verts = transfer_expression(expr.model, expr.codes[0], z_id).vertices(
+            torch.as_tensor(neutral.vertices, dtype=torch.float32, device=device))
+        posed = trimesh.Trimesh(verts.detach().cpu().numpy().reshape(-1, 3), neutral.faces, process=False)
+        posed.export(os.path.join(fit_dir, f"transfer_{src_identity}-{src_expression}_to_{name}.ply"))
+        row += [_to_rgb(*_mesh_maps(gt_renderer, neutral, cams)), _to_rgb(*_mesh_maps(gt_renderer, posed, cams))]
+    label = f"{src_expression} of {src_identity} -> neutral | posed"
+    return _grid([row], [label], path)
 
 
 def _device_name(device: str) -> str:
     d = torch.device(device)
     if d.type == "cuda":
         return torch.cuda.get_device_name(d)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name} ({torch.get_num_threads()} threads)"
 
 
 def _print_summary(summary: dict, out: str, metrics_md: str, timing_md: str) -> None:
