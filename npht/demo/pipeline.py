@@ -223,7 +223,7 @@ def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: 
                 res = fit_identity(trained.model, scan.points.to(device), schedule=_scaled_schedule(cfg.fit_iterations),
                                    seed=seed, progress=progress)
                 mesh = extract_mesh(model_sdf_fn(trained.model, res.code), resolution=cfg.grid_resolution,
-                                    device=device, progress=progress)
+                                    device=device, progress=progress, clip_radius=1.0)
                 mesh.export(os.path.join(fit_dir, f"{name}.ply"))
                 metrics[name] = evaluate_meshes(mesh, gt, n_points=cfg.metric_points, seed=seed, device=device)
                 metrics[name]["fit_seconds"] = res.seconds
@@ -272,12 +272,16 @@ def _code_of(trained, dataset, i: int) -> int:
 
 def _model_maps(trained, codes: torch.Tensor, cameras, device):
     """npht renders (opengl normals, opacity mask) of ``codes [B, z]`` or indices ``[B]``,
-    shape b seen by camera b."""
-    from ..render import render
+    shape b seen by camera b, with the error-bound sampler the model was trained with,
+    npht's sample-efficient shading and converged-ray skipping."""
+    from ..render import ErrorBoundSampler, render
 
+    c = trained.config
+    sampler = ErrorBoundSampler(*c.samples, c.sampler_eps, c.beta_iters, c.max_total_iters, skip_converged=True)
     with torch.no_grad():
         sdf_fn = trained.model.sdf_fn(codes.to(device))
-    out = render(sdf_fn, cameras.to(device), density=trained.density, convention="opengl")
+    out = render(sdf_fn, cameras.to(device), density=trained.density, convention="opengl", sampler=sampler,
+                 weight_threshold=1e-6)
     return out.normals.detach(), out.opacity.detach() > 0.5
 
 
@@ -326,7 +330,8 @@ def _transfer_grid(tp, expr, dataset, shown, gt_renderer, cfg, device, fit_dir, 
     for i in shown:
         name = dataset.records[i]["identity"]
         z_id = expr.z_id[expr.identity_names[name]]
-        neutral = extract_mesh(model_sdf_fn(tp.model, z_id), resolution=min(cfg.grid_resolution, 128), device=device)
+        neutral = extract_mesh(model_sdf_fn(tp.model, z_id), resolution=min(cfg.grid_resolution, 128), device=device,
+                               clip_radius=1.0)
         verts = transfer_expression(expr.model, expr.codes[0], z_id).vertices(
             torch.as_tensor(neutral.vertices, dtype=torch.float32, device=device))
         posed = trimesh.Trimesh(verts.detach().cpu().numpy().reshape(-1, 3), neutral.faces, process=False)

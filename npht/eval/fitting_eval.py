@@ -40,7 +40,8 @@ def _load(model, device):
 
 def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *, split: str = "test",
                     scan_points: int = 5000, scan_resolution: int = 256, noise_std: float = 0.0,
-                    mesh_resolution: int = 256, metric_points: int = 2_500_000,
+                    mesh_resolution: int = 256, clip_radius: Optional[float] = 1.0,
+                    metric_points: int = 2_500_000,
                     threshold: Optional[float] = None, schedule=None, identities: Optional[int] = None,
                     seed: int = 0, device="cpu", out_dir: Optional[str] = None,
                     progress: bool = True) -> dict:
@@ -52,7 +53,9 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
         data_root: a prepared folder (``npht data prepare``); its ``split`` neutral records
             are the identities to fit.
         scan_points / scan_resolution / noise_std: the partial scan (NPHM: 5000 points).
-        mesh_resolution: marching-cubes grid (thesis 256). metric_points: samples per mesh
+        mesh_resolution: marching-cubes grid (thesis 256); clip_radius: the meshes are
+            cut to the unit ball the models are trained in (``None``: the raw level set,
+            :func:`npht.eval.extract_mesh`). metric_points: samples per mesh
             and region (thesis 2.5M). threshold: F-score threshold (default 1 mm).
         schedule: a :class:`npht.fit.FitSchedule` (default NPHM C.5).
         identities: at most this many identities (the first ones).
@@ -96,7 +99,7 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
                 fit = fit_identity(trained.model, scan.points.to(device), schedule=schedule, seed=seed,
                                    progress=False)
                 mesh = extract_mesh(model_sdf_fn(trained.model, fit.code), resolution=mesh_resolution,
-                                    device=device)
+                                    device=device, clip_radius=clip_radius)
                 scores = evaluate_meshes(mesh, gt, n_points=metric_points, threshold=threshold, seed=seed,
                                          device=device)
                 scores["fit_seconds"] = fit.seconds
@@ -124,8 +127,8 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
     result = {"methods": methods, "per_identity": per_identity,
               "settings": dict(data_root=os.fspath(data_root), split=split, identities=len(records),
                                scan_points=scan_points, scan_resolution=scan_resolution, noise_std=noise_std,
-                               mesh_resolution=mesh_resolution, metric_points=metric_points,
-                               threshold=threshold, seed=seed, device=str(device),
+                               mesh_resolution=mesh_resolution, clip_radius=clip_radius,
+                               metric_points=metric_points, threshold=threshold, seed=seed, device=str(device),
                                schedule=dict(iterations=schedule.iterations, lr=schedule.lr,
                                              lambda_id=schedule.lambda_id),
                                checkpoints={k: v.path for k, v in loaded.items()}),

@@ -67,7 +67,7 @@ def grid_sdf(sdf_fn: SdfFn, resolution: int = 256, bound: float = 1.0, chunk: in
 
 def extract_mesh(sdf_fn: SdfFn, resolution: int = 256, bound: float = 1.0, chunk: int = 2**18,
                  device: Optional[Union[str, torch.device]] = None, level: float = 0.0,
-                 progress: bool = False):
+                 progress: bool = False, clip_radius: Optional[float] = None):
     """Marching cubes of the ``level`` set of ``sdf_fn`` (points ``[n, 3]`` float32 on
     ``device`` -> sdf ``[n]``, negative inside) over ``[-bound, bound]^3`` sampled at
     ``resolution`` nodes per axis (spacing ``2 bound / (resolution - 1)``); evaluation as in
@@ -75,6 +75,11 @@ def extract_mesh(sdf_fn: SdfFn, resolution: int = 256, bound: float = 1.0, chunk
     ``progress``). Returns a ``trimesh.Trimesh`` (not processed) with float64 vertices in
     world coordinates and faces counter-clockwise seen from outside, so that the face
     normals point towards increasing SDF.
+
+    ``clip_radius``: intersect the shape with the ball of that radius (``max(sdf, |x| - r)``):
+    npht's models are trained and rendered inside the unit sphere (the renderer's rays
+    stop at it), so what an SDF does in the grid's corners beyond it is unconstrained;
+    ``clip_radius=1.0`` keeps such shells out of the mesh. ``None``: the raw level set.
 
     Raises ValueError on bad arguments and when the level set does not cross the grid (the
     SDF is above or below ``level`` at every node).
@@ -87,6 +92,14 @@ def extract_mesh(sdf_fn: SdfFn, resolution: int = 256, bound: float = 1.0, chunk
     from skimage.measure import marching_cubes
 
     _check_args(resolution, bound, chunk, level)
+    if clip_radius is not None:
+        if not (isinstance(clip_radius, (int, float)) and clip_radius > 0):
+            raise ValueError(f"clip_radius must be a number > 0 or None, got {clip_radius!r}")
+        inner = sdf_fn
+
+        def sdf_fn(p):
+            v = inner(p)
+            return torch.maximum(v.reshape(-1), p.norm(dim=-1).to(v.dtype) - (clip_radius - level))
     vol = grid_sdf(sdf_fn, resolution, bound, chunk, device, progress)
     lo, hi = float(vol.min()), float(vol.max())
     if not lo < level < hi:

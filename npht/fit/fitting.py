@@ -16,7 +16,8 @@ Optimisation (NPHM C.5, which the thesis follows; the thesis states no fitting v
 its own): Adam, 700 iterations, lr 0.01 decayed x0.1 after 200, 350 and 500 iterations,
 ``lambda_id = 0.05`` (NPHM's lambda_glob, divided by 5 after 200 and 500 iterations),
 ``lambda_ex = 0.003``. The data term is the mean over the points (NPHM's code; the paper
-writes a sum), the regulariser ``||z||^2`` per code, averaged over the batch.
+writes a sum), the regulariser ``||z||^2`` per code, averaged over the batch, in units of
+the training codes' mean ``||z||^2`` (``FitSchedule.relative_reg``).
 """
 
 from __future__ import annotations
@@ -46,11 +47,12 @@ class FitSchedule:
     points per step (``None``: all, as NPHM). ``root_iters``, ``root_tol``,
     ``root_method``: the root finding of eq. 4.22 (fits with an expression model).
 
-    The lambdas were tuned for NPHM's codes, which its training keeps small. The thesis'
-    identity codes start ~ N(0, 1) in 512-D with no latent term in training (Table 4.1),
-    so ``||z_id||^2`` is ~512 and ``lambda_id = 0.05`` outweighs the SDF term by orders of
-    magnitude, pulling the code towards 0; scale ``lambda_id`` by about
-    ``1 / mean ||z||^2`` of the training codes for such models.
+    ``relative_reg`` (default ``True``): each ``||z||^2`` is divided by the mean ``||z||^2``
+    of the model's training codes, so a lambda means the same for every code scale. NPHM's
+    lambdas were tuned for its small codes; the thesis' identity codes start ~ N(0, 1) in
+    512-D with no latent term in training (Table 4.1), where the absolute ``||z_id||^2 ~ 512``
+    times 0.05 would outweigh the SDF term by orders of magnitude and pull the code to 0.
+    ``relative_reg=False`` is the literal ``lambda ||z||^2``.
 
     >>> s = FitSchedule()
     >>> [round(s.lambda_id_at(i), 6) for i in (0, 200, 600)], [round(s.lr_at(i), 6) for i in (0, 350, 699)]
@@ -68,6 +70,7 @@ class FitSchedule:
     points_per_step: Optional[int] = None
     root_iters: int = 10
     root_tol: float = 1e-5
+    relative_reg: bool = True
     root_method: str = "broyden"
 
     def __post_init__(self):
@@ -182,6 +185,16 @@ def _sq(z: torch.Tensor) -> torch.Tensor:
     return z.square().sum(-1).mean()
 
 
+def _code_scale(module: Optional[nn.Module], schedule: "FitSchedule") -> float:
+    """The mean ``||z||^2`` of ``module``'s training codes (1 without codes or with
+    ``relative_reg=False``): the regulariser's unit."""
+    codes = getattr(module, "codes", None)
+    if not schedule.relative_reg or not isinstance(codes, nn.Embedding) or codes.num_embeddings == 0:
+        return 1.0
+    scale = float(codes.weight.detach().square().sum(-1).mean())
+    return scale if scale > 0 else 1.0
+
+
 def _subset(points: torch.Tensor, n: Optional[int], gen: torch.Generator) -> torch.Tensor:
     N = points.shape[1]
     if n is None or n >= N:
@@ -269,6 +282,7 @@ def fit_identity(model: nn.Module, points: torch.Tensor, *, schedule: Optional[F
         z_ex = _code(z_ex_init, _mean_code(expression_model, d_ex), d_ex, B, "z_ex_init", pts).requires_grad_(True)
         params.append(z_ex)
     gen = torch.Generator(device=pts.device).manual_seed(seed)
+    unit_id, unit_ex = _code_scale(model, schedule), _code_scale(expression_model, schedule)
 
     def step(i):
         x_p = _subset(pts, schedule.points_per_step, gen)
@@ -281,9 +295,9 @@ def fit_identity(model: nn.Module, points: torch.Tensor, *, schedule: Optional[F
                                          method=schedule.root_method)
             stats["converged"] = float(ok.float().mean())
         data = model(x_c.to(pts.dtype), z).abs().mean()
-        reg = schedule.lambda_id_at(i) * _sq(z)
+        reg = schedule.lambda_id_at(i) * _sq(z) / unit_id
         if z_ex is not None:
-            reg = reg + schedule.lambda_ex * _sq(z_ex)
+            reg = reg + schedule.lambda_ex * _sq(z_ex) / unit_ex
         loss = data + reg
         stats.update(loss=float(loss.detach()), data=float(data.detach()), reg=float(reg.detach()))
         return loss, stats
@@ -323,13 +337,14 @@ def fit_expression(model: nn.Module, expression_model: nn.Module, points: torch.
     d_ex = int(expression_model.z_ex_dim)
     z_ex = _code(init, _mean_code(expression_model, d_ex), d_ex, B, "init", pts).requires_grad_(True)
     gen = torch.Generator(device=pts.device).manual_seed(seed)
+    unit_ex = _code_scale(expression_model, schedule)
 
     def step(i):
         x_p = _subset(pts, schedule.points_per_step, gen)
         x_c, ok = invert_deformation(lambda x: expression_model.deform(x, zid, z_ex), x_p,
                                      iters=schedule.root_iters, tol=schedule.root_tol, method=schedule.root_method)
         data = model(x_c.to(pts.dtype), zid).abs().mean()
-        reg = schedule.lambda_ex * _sq(z_ex)
+        reg = schedule.lambda_ex * _sq(z_ex) / unit_ex
         loss = data + reg
         return loss, dict(loss=float(loss.detach()), data=float(data.detach()), reg=float(reg.detach()),
                           converged=float(ok.float().mean()))
@@ -405,6 +420,7 @@ def fit_normal_maps(model: nn.Module, cameras, target_normals: torch.Tensor, mas
     if tile is not None and (not isinstance(tile, int) or tile < 1):
         raise ValueError(f"tile must be a positive int or None, got {tile!r}")
     device = cameras.device
+    unit_id = _code_scale(model, schedule)
     target = target_normals.detach().to(device=device, dtype=torch.float32)
     mask = None if masks is None else masks.detach().to(device)
     R = int(resolution) if resolution is not None else H
@@ -462,7 +478,7 @@ def fit_normal_maps(model: nn.Module, cameras, target_normals: torch.Tensor, mas
                 data_total += float(part.detach())
         if triplane:
             planes.backward(planes_d.grad)
-        reg = schedule.lambda_id_at(i) * _sq(z)
+        reg = schedule.lambda_id_at(i) * _sq(z) / unit_id
         reg.backward()
         return None, dict(loss=data_total + float(reg.detach()), data=data_total, reg=float(reg.detach()))
 

@@ -66,6 +66,9 @@ class TrainConfig:
     beta_min: float = 1e-4
     weight_threshold: Optional[float] = None
     fused_gradient: bool = False         # fused decoder value+gradient (3D terms and shading)
+    # L_nmr over every pixel (GT background 0: a rendering with fog or floaters in the
+    # background is penalised, eq. 4.6's whole-map L1); True: the GT mask's pixels only
+    nmr_masked: bool = False
     render_jitter: bool = True           # VolSDF's random sampling while training (False: deterministic)
     # optimisation (Sec. 5.2.2)
     lr: float = 5e-5
@@ -132,7 +135,7 @@ def _npht_256() -> TrainConfig:
 def _cpu_demo() -> TrainConfig:
     counts = dict(surface_face=96, surface_nonface=32, near1_face=8, near1_nonface=8,
                   near2_face=8, near2_nonface=8, ball=64)
-    return TrainConfig(z_dim=16, plane_channels=4, plane_resolution=16, generator_base=8,
+    return TrainConfig(z_dim=16, plane_channels=4, plane_resolution=32, generator_base=8,
                        decoder_hidden=32, decoder_layers=3, code_init_std=0.1,
                        batch_size=2, counts=counts, render_resolution=16, disc_resolution=64,
                        disc_base=2, disc_max_channels=16, samples=(8, 8, 4), beta_iters=4,

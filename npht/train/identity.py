@@ -366,7 +366,7 @@ class IdentityTrainer:
                     self.disc.requires_grad_(False)
                     d_fake = self.disc(self._to_disc(maps)).float()
                     self.disc.requires_grad_(True)
-                if self.world > 1 and weights.nmr != 0:
+                if self.world > 1 and weights.nmr != 0 and cfg.nmr_masked:
                     # the masked mean runs over the pixels of all ranks: each rank divides
                     # by (all ranks' count / world), so the ranks' mean is the combined one
                     count = batch["masks"].float().sum()
@@ -375,7 +375,7 @@ class IdentityTrainer:
             terms = identity_losses(batch, weights, surface_sdf=sdf[:, :ns], surface_grad=grad[:, :ns],
                                     space_sdf=sdf[:, ns:], space_grad=grad[:, ns:], space_sdf_perturbed=perturbed,
                                     normal_maps=maps, d_fake=d_fake, planes=None if planes is None else planes.float(),
-                                    z_id=self.model.latent(idx), use_masks=True, eikonal_mode=cfg.eikonal_mode,
+                                    z_id=self.model.latent(idx), use_masks=cfg.nmr_masked, eikonal_mode=cfg.eikonal_mode,
                                     nmr_denominator=nmr_denominator)
         return terms, maps
 

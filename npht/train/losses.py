@@ -90,12 +90,16 @@ def surface_sdf_loss(sdf: Tensor, reduction: str = "mean") -> Tensor:
 
 
 def surface_normal_loss(grad: Tensor, normals: Tensor, reduction: str = "mean",
-                        normalize: bool = False, eps: float = 1e-12) -> Tensor:
+                        normalize: bool = True, eps: float = 1e-12) -> Tensor:
     """L_sn = sum_{x in dX} (1 - <grad F_id(x), n(x)>)   (eq. 4.2; lambda_sn = 3).
 
-    ``grad, normals [..., N, 3]``. ``normalize=False`` is the thesis' literal form (plain
-    dot product; the eikonal term keeps ||grad|| near 1); ``normalize=True`` uses the
-    cosine 1 - <grad/||grad||, n/||n||>."""
+    ``grad, normals [..., N, 3]``. ``normalize=True`` (default) takes the cosine
+    ``1 - <grad/||grad||, n/||n||>``, as NPM/NPHM implement it. ``normalize=False`` is eq.
+    4.2's literal plain dot product, which is unbounded below in ``||grad||``: with Table
+    4.1's weights (lambda_sn = 3 > lambda_eik = 2, eikonal ``| ||grad|| - 1 |``) the sum
+    ``3 (1 - ||grad||) + 2 (||grad|| - 1)`` falls without end as the gradient grows along
+    the normal, and training diverges (seen on the embedded heads: L_sn -> -4.8 within 50
+    steps)."""
     _check_last("grad", grad, 3)
     _check_same("grad", grad, "normals", normals)
     if normalize:

@@ -162,3 +162,20 @@ def test_model_sdf_fn_errors():
         model_sdf_fn(torch.nn.Linear(3, 1), 0)
     with pytest.raises(ValueError, match=r"\[n, 3\]"):
         model_sdf_fn(model, 0)(torch.zeros(1, 4, 3))
+
+
+def test_clip_radius_intersects_with_a_ball():
+    import numpy as np
+    from npht.eval import extract_mesh
+
+    slab = lambda p: p[:, 2].abs() - 0.1          # noqa: E731  an infinite slab: open at the grid's sides
+    raw = extract_mesh(slab, resolution=41)
+    assert np.abs(raw.vertices[:, :2]).max() > 0.99   # reaches the grid's boundary
+    clipped = extract_mesh(slab, resolution=41, clip_radius=0.6)
+    h = 2.0 / 40
+    assert np.linalg.norm(clipped.vertices, axis=1).max() < 0.6 + h
+    assert clipped.is_watertight and clipped.volume > 0
+    # a disk of radius ~sqrt(0.6^2 - z^2), thickness 0.2
+    assert abs(clipped.volume - 0.2 * np.pi * (0.6 ** 2 - 0.1 ** 2 / 3)) < 0.02
+    with pytest.raises(ValueError, match="clip_radius"):
+        extract_mesh(slab, resolution=21, clip_radius=-1.0)

@@ -54,11 +54,16 @@ def test_fit_identity_default_init_regularisation_and_determinism(tiny_id, proje
     assert torch.equal(a.code, b.code) and a.losses == b.losses
     c = fit_identity(model, x, schedule=sched, seed=4, progress=False)
     assert not torch.equal(a.code, c.code)
-    # regulariser: lambda_id ||z||^2 in the loss; starting from the mean training code
+    # regulariser: lambda_id ||z||^2 in the loss, in units of the training codes' mean
+    # ||z||^2 (relative_reg, default) or literal; starting from the mean training code
     zero_steps = fit_identity(model, x, schedule=sched.replace(iterations=1, lr=1e-12), progress=False)
     mean = model.codes.weight.detach().mean(0, keepdim=True)
     torch.testing.assert_close(zero_steps.code, mean)
-    assert abs(zero_steps.history["reg"][0] - 0.05 * float(mean.square().sum())) < 1e-6
+    unit = float(model.codes.weight.detach().square().sum(-1).mean())
+    assert abs(zero_steps.history["reg"][0] - 0.05 * float(mean.square().sum()) / unit) < 1e-6
+    literal = fit_identity(model, x, schedule=sched.replace(iterations=1, lr=1e-12, relative_reg=False),
+                           progress=False)
+    assert abs(literal.history["reg"][0] - 0.05 * float(mean.square().sum())) < 1e-6
     # a strong regulariser pulls the code to 0
     strong = fit_identity(model, x, schedule=FitSchedule(iterations=100, lambda_id=100.0), progress=False)
     assert strong.code.norm() < 0.05

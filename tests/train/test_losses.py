@@ -53,7 +53,8 @@ def test_scaled_sphere_known_values():
     torch.testing.assert_close(eikonal_loss(g, reduction="none"), ones)
     assert eikonal_loss(g, mode="square").item() == pytest.approx(1.0)
     # thesis' literal normal term: 1 - <2n, n> = -1; the cosine form is 0
-    assert surface_normal_loss(g, n).item() == pytest.approx(-1.0)
+    assert surface_normal_loss(g, n, normalize=False).item() == pytest.approx(-1.0)
+    assert surface_normal_loss(g, n).item() == pytest.approx(0.0, abs=1e-12)   # default: cosine
     assert surface_normal_loss(g, n, normalize=True).item() == pytest.approx(0.0, abs=1e-12)
     # opposite normals: 1 - (-1) = 2 with the cosine form
     assert surface_normal_loss(g, -n, normalize=True).item() == pytest.approx(2.0)
@@ -287,7 +288,7 @@ def test_identity_losses_sphere():
                            d_fake=torch.zeros(2), planes=planes, use_masks=True)
     assert set(out3) == {"ss", "sn", "eik", "nsp", "total"}
     assert out3["eik"].item() == pytest.approx(2.0)
-    assert out3["sn"].item() == pytest.approx(-3.0)   # 3 * (1 - <2n, n>)
+    assert out3["sn"].item() == pytest.approx(0.0, abs=1e-12)   # cosine form: 3 * (1 - cos) = 0 at ||grad|| = 2
     # masked normal-map term with a known error: +1 on every channel -> L1 3 per pixel
     out1 = identity_losses(b, surface_sdf=fs, surface_grad=gs,
                            normal_maps=b["normal_maps"] + 1, use_masks=True)

@@ -1,0 +1,120 @@
+"""The end-to-end demo at its quick sizes (every stage: data, the three identity models and
+the expression model, renders, fitting, meshes, metrics, latent pictures, timings), then
+`npht eval` and the checkpoint loaders on its outputs."""
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("trimesh")
+pytest.importorskip("pyrender")
+pytest.importorskip("skimage")
+
+from npht.cli import main as cli_main  # noqa: E402
+from npht.demo.pipeline import DemoConfig, run_demo  # noqa: E402
+from npht.demo.timing import format_table, op_timings  # noqa: E402
+from npht.train.loading import load_expression, load_identity  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    summary = run_demo(str(out), device="cpu", quick=True, progress=False)
+    return str(out), summary
+
+
+def test_demo_outputs(demo):
+    out, summary = demo
+    for name in ("normal_maps.png", "fit.png", "latent.png", "expression_transfer.png", "metrics.json",
+                 "metrics.md", "timing.md", "summary.json"):
+        assert os.path.getsize(os.path.join(out, name)) > 0, name
+    for name in ("partial_scan.ply", "ground_truth.ply", "TP.ply", "TP_3D.ply", "NPM.ply"):
+        assert os.path.getsize(os.path.join(out, "fit", name)) > 0, name
+    assert any(f.startswith("transfer_") for f in os.listdir(os.path.join(out, "fit")))
+    with open(os.path.join(out, "summary.json")) as f:
+        saved = json.load(f)
+    assert saved["metrics"] == summary["metrics"]
+    assert set(summary["metrics"]) == {"TP", "TP_3D", "NPM"}
+    for method in summary["metrics"].values():
+        for region in ("face", "head"):
+            r = method[region]
+            assert 0 < r["chamfer_l1"] < 1 and 0 < r["normal_consistency"] <= 1 and 0 <= r["f_score"] <= 1
+    assert [r["op"] for r in summary["timing"]] == ["triplane_sample", "triplane_eikonal", "volume_composite",
+                                                     "render_step"]
+    assert all(r["npht_ms"] > 0 and r["reference_ms"] > 0 for r in summary["timing"])
+    # the normal-map grid: 2 rows (GT, npht) of `views` renders at the view resolution
+    from PIL import Image
+
+    cfg = DemoConfig.for_device("cpu", quick=True)
+    img = np.asarray(Image.open(os.path.join(out, "normal_maps.png")))
+    assert img.shape[1] == cfg.views * (cfg.view_resolution + 4) + 4
+    assert img.shape[0] == 2 * (cfg.view_resolution + 4 + 14) + 4
+
+
+def test_demo_rerun_reuses_data_and_runs(demo, capsys):
+    out, summary = demo
+    mtime = os.path.getmtime(os.path.join(out, "runs", "tp", "checkpoint.pt"))
+    again = run_demo(out, device="cpu", quick=True, progress=False)
+    assert os.path.getmtime(os.path.join(out, "runs", "tp", "checkpoint.pt")) == mtime   # nothing retrained
+    assert again["stage_seconds"]["train TP"] < summary["stage_seconds"]["train TP"] + 5
+    assert again["metrics"] == summary["metrics"]                                         # deterministic
+
+
+def test_load_checkpoints(demo):
+    out, _ = demo
+    tp = load_identity(os.path.join(out, "runs", "tp", "checkpoint.pt"))
+    npm = load_identity(os.path.join(out, "runs", "npm", "checkpoint.pt"))
+    tp3 = load_identity(os.path.join(out, "runs", "tp_3d", "checkpoint.pt"))
+    assert (tp.name, tp3.name, npm.name) == ("TP", "TP_3D", "NPM")
+    assert sorted(tp.identity_names.values()) == list(range(len(tp.codes)))
+    assert not any(p.requires_grad for p in tp.model.parameters())
+    pts = torch.rand(1, 10, 3) - 0.5
+    assert torch.isfinite(tp.model(pts, torch.tensor([0]))).all()
+    expr = load_expression(os.path.join(out, "runs", "expression", "checkpoint.pt"))
+    assert torch.equal(expr.z_id, tp.codes)
+    assert len(expr.expression_keys) == len(expr.codes)
+    with pytest.raises(ValueError, match="expression-model checkpoint"):
+        load_identity(os.path.join(out, "runs", "expression", "checkpoint.pt"))
+    with pytest.raises(ValueError, match="not an expression-model checkpoint"):
+        load_expression(os.path.join(out, "runs", "tp", "checkpoint.pt"))
+    with pytest.raises(FileNotFoundError):
+        load_identity(os.path.join(out, "nope.pt"))
+    bad = os.path.join(out, "bad.pt")
+    with open(bad, "wb") as f:
+        f.write(b"not a checkpoint")
+    with pytest.raises(ValueError, match="cannot read"):
+        load_identity(bad)
+
+
+def test_eval_cli_writes_table(demo, tmp_path, capsys):
+    out, _ = demo
+    runs = os.path.join(out, "runs")
+    rc = cli_main(["eval", "--data", os.path.join(out, "data"), "--model", f"TP={runs}/tp/checkpoint.pt",
+                   "--model", f"NPM={runs}/npm/checkpoint.pt", "--out", str(tmp_path), "--mesh-resolution", "24",
+                   "--metric-points", "2000", "--scan-points", "300", "--iterations", "8", "--no-progress"])
+    assert rc == 0
+    with open(tmp_path / "eval.json") as f:
+        result = json.load(f)
+    assert set(result["methods"]) == {"TP", "NPM"}
+    assert all(math.isfinite(v) for m in result["methods"].values() for r in m.values() for v in r.values())
+    md = (tmp_path / "eval.md").read_text()
+    assert md.startswith("| Method | L1-Chamfer face") and "| TP |" in md and "| NPM |" in md
+    assert "| TP |" in capsys.readouterr().out
+    assert sorted(os.listdir(tmp_path / "meshes")) == sorted(
+        f"{r['identity']}_{m}.ply" for r in result["per_identity"] for m in ("TP", "NPM", "gt"))
+    assert result["settings"]["schedule"]["iterations"] == 8
+    assert cli_main(["eval", "--data", os.path.join(out, "data"), "--model", "TP", "--out", str(tmp_path)]) == 2
+    assert "NAME=CHECKPOINT" in capsys.readouterr().err
+
+
+def test_timing_table():
+    rows = op_timings("cpu", quick=True, reps=1)
+    assert all(r["speedup"] == pytest.approx(r["reference_ms"] / r["npht_ms"]) for r in rows)
+    table = format_table(rows)
+    assert table.count("\n") == len(rows) + 1 and "| render_step |" in table
+    with pytest.raises(ValueError, match="reps"):
+        op_timings("cpu", quick=True, reps=0)
