@@ -229,6 +229,11 @@ class IdentityTrainer:
             self.sched_d = torch.optim.lr_scheduler.StepLR(self.opt_d, cfg.decay_interval, cfg.lr_decay)
         # data parallel: DDP over the generator-side step (codes excluded: their sparse
         # gradient is reduced by _reduce_sparse_grad) and over D for its own update
+        if self.world > 1 and self.device.type == "cuda":
+            # BatchNorm (the generator's) normalises over the global batch, as one process would
+            # (SyncBatchNorm reuses the Parameters: the optimisers above still hold them). DDP
+            # refuses SyncBatchNorm on CPU: there (gloo) BatchNorm uses each rank's batch.
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.step_module = _IdentityStep(self)
         self.disc_module = self.disc
         if self.world > 1:

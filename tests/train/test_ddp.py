@@ -28,9 +28,11 @@ STEPS = 2
 
 def _cfg(stages, batch_size):
     # render_jitter off: the sampler's jitter is one stream per process (documented);
-    # EDR weighted up from 1e-5 so that its per-item noise visibly moves the parameters
+    # EDR weighted up from 1e-5 so that its per-item noise visibly moves the parameters;
+    # 16^2 planes: a generator without BatchNorm layers (on CUDA the trainer converts them to
+    # SyncBatchNorm; DDP refuses SyncBatchNorm on CPU, where BatchNorm sees each rank's batch)
     return TrainConfig.preset("cpu-demo", progress=False, stage_epochs=stages, ckpt_every=0, image_every=0,
-                              batch_size=batch_size, render_jitter=False,
+                              batch_size=batch_size, render_jitter=False, plane_resolution=16,
                               weights=LossWeights.thesis().replace(edr=10.0))
 
 
