@@ -5,7 +5,6 @@ the loss falls over a few dozen steps on a tiny prepared set."""
 import pytest
 import torch
 
-from npht.data.prepare import PrepareConfig, prepare
 from npht.train.config import TrainConfig
 from npht.train.identity import IdentityTrainer, collate
 
@@ -13,15 +12,6 @@ from npht.train.identity import IdentityTrainer, collate
 SIZE_FIELDS = ("z_dim", "plane_channels", "plane_resolution", "generator_base", "decoder_hidden",
                "decoder_layers", "counts", "disc_base", "disc_max_channels", "samples", "beta_iters",
                "max_total_iters")
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("heads")
-    prepare(PrepareConfig(identities=2, expressions=1, mesh_resolution=48, cameras=4, resolution=16,
-                          surface_face=300, surface_nonface=100, ball=100, test_identities=0), str(root),
-            progress=False)
-    return str(root)
 
 
 def tiny(name: str) -> TrainConfig:
