@@ -7,7 +7,7 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 import npht
-from conftest import require_backend
+from _backends import require_backend
 from npht.reference.render import _ref_packed_per_sample_beta, composite, composite_packed
 
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-11), torch.float32: dict(rtol=2e-4, atol=2e-5)}

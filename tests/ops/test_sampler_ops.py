@@ -26,7 +26,7 @@ from npht.ops import sampler as ops
 from npht.reference import sampler as ref
 from npht.render import ErrorBoundSampler, fibonacci_cameras, generate_rays, ray_sphere_bounds
 
-from conftest import require_backend
+from _backends import require_backend
 
 # the Triton interpreter (numpy) warns where exp overflows to inf, which the math clamps
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")

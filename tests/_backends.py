@@ -1,0 +1,34 @@
+"""Backend helpers of the op tests (importable as `_backends`: the sub-folders' conftest.py
+files shadow the name `conftest`)."""
+
+import os
+
+import pytest
+import torch
+
+import npht
+
+IN_CI = bool(os.environ.get("CI"))
+
+
+def backend_device(backend: str) -> torch.device:
+    """The device a backend is tested on: cuda for cuda, triton on a GPU machine; cpu else."""
+    if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def require_backend(backend: str) -> torch.device:
+    """Skip (or, in CI, fail for the CPU-side backends) when a backend cannot run here."""
+    info = npht.build_info()
+    if backend == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("no CUDA GPU")
+        if not info["cuda"]:
+            pytest.fail("a GPU is present but npht._C was built without CUDA")
+    elif backend in ("cpu", "triton") and not info[backend]:
+        msg = f"backend {backend!r} unavailable: {info.get('compiled_error') or info.get('triton_error')}"
+        if IN_CI:
+            pytest.fail(msg)  # CI installs everything: a missing backend is a failure
+        pytest.skip(msg)
+    return backend_device(backend)
