@@ -23,7 +23,6 @@ as :class:`~npht.data.HeadDataset` numbers them).
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import os
 import time
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from .runlog import RunLog
 from .config import TrainConfig
 from .identity import _clip, build_identity_model, collate
 from .losses import LossWeights, expression_losses
@@ -244,8 +244,8 @@ class ExpressionTrainer:
         self.sched_codes = torch.optim.lr_scheduler.StepLR(self.opt_codes, cfg.decay_interval_codes, cfg.lr_decay)
         self.epoch, self.global_step, self.step_in_epoch = 0, 0, 0
         self.ckpt_path = os.path.join(self.out_dir, "checkpoint.pt")
-        self.log_path = os.path.join(self.out_dir, "log.csv")
-        self._tb = None
+        self.log = RunLog(self.out_dir, EXPRESSION_LOG_COLUMNS, EXPRESSION_LOG_TERMS, "expression")
+        self.log_path = self.log.path
         if resume and os.path.exists(self.ckpt_path):
             self.load(self.ckpt_path)
 
@@ -370,26 +370,7 @@ class ExpressionTrainer:
     def _log(self, row: dict) -> None:
         if not self.cfg.log_every or self.global_step % self.cfg.log_every:
             return
-        new = not os.path.exists(self.log_path)
-        with open(self.log_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=EXPRESSION_LOG_COLUMNS, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow({k: row.get(k, "") for k in EXPRESSION_LOG_COLUMNS})
-        tb = self._tensorboard()
-        if tb is not None:
-            for k in EXPRESSION_LOG_TERMS:
-                if k in row:
-                    tb.add_scalar(f"expression/{k}", row[k], self.global_step)
-
-    def _tensorboard(self):
-        if self._tb is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(os.path.join(self.out_dir, "tb"))
-            except Exception:   # tensorboard is optional
-                self._tb = False
-        return self._tb or None
+        self.log.write(row, self.global_step)
 
 
 # ---------------------------------------------------------------------- CLI

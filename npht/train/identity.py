@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import os
 import time
 import warnings
@@ -38,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from .runlog import RunLog
 from .config import PRESETS, TrainConfig
 from .losses import (discriminator_loss, edr_perturbation, identity_losses,
                      multi_stage_schedule, r1_penalty)
@@ -250,8 +250,8 @@ class IdentityTrainer:
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
         self.epoch, self.global_step, self.step_in_epoch = 0, 0, 0
         self.ckpt_path = os.path.join(self.out_dir, "checkpoint.pt")
-        self.log_path = os.path.join(self.out_dir, "log.csv")
-        self._tb = None
+        self.log = RunLog(self.out_dir, LOG_COLUMNS, LOG_TERMS, "loss")
+        self.log_path = self.log.path
         if resume and os.path.exists(self.ckpt_path):
             self.load(self.ckpt_path)
 
@@ -505,26 +505,7 @@ class IdentityTrainer:
     def _log(self, row: dict) -> None:
         if self.rank != 0 or not self.cfg.log_every or self.global_step % self.cfg.log_every:
             return
-        new = not os.path.exists(self.log_path)
-        with open(self.log_path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore")
-            if new:
-                w.writeheader()
-            w.writerow({k: row.get(k, "") for k in LOG_COLUMNS})
-        tb = self._tensorboard()
-        if tb is not None:
-            for k in LOG_TERMS:
-                if k in row:
-                    tb.add_scalar(f"loss/{k}", row[k], self.global_step)
-
-    def _tensorboard(self):
-        if self._tb is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(os.path.join(self.out_dir, "tb"))
-            except Exception:   # tensorboard is optional
-                self._tb = False
-        return self._tb or None
+        self.log.write(row, self.global_step)
 
     def save_images(self) -> Optional[str]:
         """PNG grid: rendered (top) vs GT (bottom) normal maps of the last step."""
