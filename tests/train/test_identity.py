@@ -164,3 +164,20 @@ def test_cli_trains(data_root, tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(math.isfinite(float(r["nmr"])) for r in rows)
     assert os.path.exists(os.path.join(out, "checkpoint.pt"))
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_normal_map_loss_counts_the_background_unless_masked(data_root, tmp_path, masked):
+    """Default: L_nmr over every pixel (GT background is 0, so fog/floaters there cost);
+    ``nmr_masked=True``: the GT mask's pixels only."""
+    from npht.train.losses import normal_map_loss
+
+    tr = IdentityTrainer(_cfg(nmr_masked=masked), data_root, tmp_path)
+    batch = _batch(tr)
+    row = tr.step(batch)
+    pred, gt = tr._last_maps
+    mask = batch["masks"] if masked else None
+    expected = tr.cfg.weights.nmr * normal_map_loss(pred, gt.to(pred.dtype), mask)
+    assert row["nmr"] == pytest.approx(float(expected), rel=1e-5)
+    other = normal_map_loss(pred, gt.to(pred.dtype), None if masked else batch["masks"])
+    assert float(other) != pytest.approx(float(expected) / tr.cfg.weights.nmr, rel=1e-3)
