@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
-from .runlog import RunLog
+from .runlog import RunLog, train_loop
 from .config import TrainConfig
 from .identity import _clip, build_identity_model, collate
 from .losses import LossWeights, expression_losses
@@ -334,38 +334,10 @@ class ExpressionTrainer:
     def train(self, epochs: Optional[int] = None, max_steps: Optional[int] = None) -> None:
         """Train until ``epochs`` epochs are done in all (default ``config.epochs``) or
         ``max_steps`` more steps were taken; a checkpoint is written at the end."""
-        from torch.utils.data import DataLoader
-
         cfg = self.cfg
         end = cfg.epochs if epochs is None else int(epochs)
-        taken = 0
-        bar = None
-        if cfg.progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=max_steps, desc="train expression", dynamic_ncols=True)
-        try:
-            while self.epoch < end and (max_steps is None or taken < max_steps):
-                self.dataset.set_epoch(self.epoch)
-                batches = self._batches(self.epoch)[self.step_in_epoch:]
-                loader = DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate,
-                                    num_workers=cfg.workers, generator=torch.Generator().manual_seed(self.epoch))
-                for batch in loader:
-                    row = self.step(batch)
-                    taken += 1
-                    self._log(row)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(epoch=self.epoch, loss=f"{row['total']:.4g}")
-                    if cfg.ckpt_every and self.global_step % cfg.ckpt_every == 0:
-                        self.save()
-                    if max_steps is not None and taken >= max_steps:
-                        break
-                if self.step_in_epoch >= len(self._batches(self.epoch)):
-                    self._end_epoch()
-        finally:
-            if bar is not None:
-                bar.close()
-        self.save()
+        train_loop(self, end, max_steps, desc="train expression", show_bar=cfg.progress,
+                   postfix=lambda row: dict(epoch=self.epoch, loss=f"{row['total']:.4g}"))
 
     def _log(self, row: dict) -> None:
         if not self.cfg.log_every or self.global_step % self.cfg.log_every:

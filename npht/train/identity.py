@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
-from .runlog import RunLog
+from .runlog import RunLog, train_loop
 from .config import PRESETS, TrainConfig
 from .losses import (discriminator_loss, edr_perturbation, identity_losses,
                      multi_stage_schedule, r1_penalty)
@@ -467,40 +467,13 @@ class IdentityTrainer:
     def train(self, epochs: Optional[int] = None, max_steps: Optional[int] = None) -> None:
         """Train until ``epochs`` epochs are done in all (default: the three stages), or
         ``max_steps`` more steps were taken; a checkpoint is written at the end."""
-        from torch.utils.data import DataLoader
-
         cfg = self.cfg
         end = sum(cfg.stage_epochs) if epochs is None else int(epochs)
-        taken = 0
-        bar = None
-        if cfg.progress and self.rank == 0:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=max_steps, initial=0, desc="train", dynamic_ncols=True)
-        try:
-            while self.epoch < end and (max_steps is None or taken < max_steps):
-                self.dataset.set_epoch(self.epoch)
-                batches = self._batches(self.epoch)[self.step_in_epoch:]
-                loader = DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate,
-                                    num_workers=cfg.workers, generator=torch.Generator().manual_seed(self.epoch))
-                for batch in loader:
-                    row = self.step(batch)
-                    taken += 1
-                    self._log(row)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(epoch=self.epoch, stage=row["stage"], loss=f"{row['total']:.4g}")
-                    if cfg.image_every and self.global_step % cfg.image_every == 0:
-                        self.save_images()
-                    if cfg.ckpt_every and self.global_step % cfg.ckpt_every == 0:
-                        self.save()
-                    if max_steps is not None and taken >= max_steps:
-                        break
-                if self.step_in_epoch >= len(self._batches(self.epoch)):
-                    self._end_epoch()
-        finally:
-            if bar is not None:
-                bar.close()
-        self.save()
+        images = (lambda: self.save_images() if cfg.image_every and self.global_step % cfg.image_every == 0
+                  else None)
+        train_loop(self, end, max_steps, desc="train", show_bar=cfg.progress and self.rank == 0,
+                   postfix=lambda row: dict(epoch=self.epoch, stage=row["stage"], loss=f"{row['total']:.4g}"),
+                   after_step=images)
 
     def _log(self, row: dict) -> None:
         if self.rank != 0 or not self.cfg.log_every or self.global_step % self.cfg.log_every:

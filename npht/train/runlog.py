@@ -1,13 +1,13 @@
-"""The training runs' logs: ``log.csv`` (one row per logged step, fixed columns) and,
+"""The training runs' epoch loop and logs: ``log.csv`` (one row per logged step, fixed columns) and,
 when the ``tensorboard`` package is installed, TensorBoard scalars under ``tb/``."""
 
 from __future__ import annotations
 
 import csv
 import os
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
-__all__ = ["RunLog"]
+__all__ = ["RunLog", "train_loop"]
 
 
 class RunLog:
@@ -43,3 +43,48 @@ class RunLog:
             except Exception:   # tensorboard is optional
                 self._tb = False
         return self._tb or None
+
+
+def train_loop(trainer, end_epoch: int, max_steps: Optional[int], *, desc: str, show_bar: bool,
+               postfix: Callable[[dict], dict], after_step: Optional[Callable[[], None]] = None) -> None:
+    """The epoch loop both trainers share: from ``trainer.epoch`` / ``step_in_epoch`` (a
+    resume continues mid-epoch) until ``end_epoch`` or ``max_steps`` more steps, a
+    DataLoader over ``trainer._batches(epoch)`` per epoch, ``trainer.step`` + ``_log`` per
+    batch, ``after_step()`` (images), a checkpoint every ``cfg.ckpt_every`` steps and one at
+    the end; tqdm bar with ``postfix(row)``."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from .identity import collate
+
+    cfg = trainer.cfg
+    taken = 0
+    bar = None
+    if show_bar:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=max_steps, desc=desc, dynamic_ncols=True)
+    try:
+        while trainer.epoch < end_epoch and (max_steps is None or taken < max_steps):
+            trainer.dataset.set_epoch(trainer.epoch)
+            batches = trainer._batches(trainer.epoch)[trainer.step_in_epoch:]
+            loader = DataLoader(trainer.dataset, batch_sampler=batches, collate_fn=collate,
+                                num_workers=cfg.workers, generator=torch.Generator().manual_seed(trainer.epoch))
+            for batch in loader:
+                row = trainer.step(batch)
+                taken += 1
+                trainer._log(row)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(**postfix(row))
+                if after_step is not None:
+                    after_step()
+                if cfg.ckpt_every and trainer.global_step % cfg.ckpt_every == 0:
+                    trainer.save()
+                if max_steps is not None and taken >= max_steps:
+                    break
+            if trainer.step_in_epoch >= len(trainer._batches(trainer.epoch)):
+                trainer._end_epoch()
+    finally:
+        if bar is not None:
+            bar.close()
+    trainer.save()
