@@ -35,7 +35,7 @@ import torch
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .runlog import RunLog, train_loop
 from .config import TrainConfig
-from .identity import _clip, build_identity_model, collate
+from .identity import _clip, auto_decoder_optimizers, build_identity_model
 from .losses import LossWeights, expression_losses
 
 __all__ = ["ExpressionConfig", "EXPRESSION_PRESETS", "ExpressionTrainer", "ExpressionData",
@@ -121,21 +121,10 @@ EXPRESSION_PRESETS = {
 # ---------------------------------------------------------------------- identity run
 def load_identity_checkpoint(path: str, map_location="cpu") -> Tuple[TrainConfig, dict]:
     """``(TrainConfig, model state dict)`` of an ``npht train identity`` checkpoint; a clear
-    ValueError for anything else."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"identity checkpoint {path!r} does not exist")
-    try:
-        s = load_checkpoint(path, map_location)
-    except Exception as e:  # not a torch file at all
-        raise ValueError(f"cannot read identity checkpoint {path!r}: {type(e).__name__}: {e}") from None
-    if not isinstance(s, dict) or not isinstance(s.get("config"), dict) or "model" not in s \
-            or "expression_keys" in s:
-        raise ValueError(f"{path!r} is not an identity-model checkpoint (written by `npht train identity`: "
-                         "a dict with 'config' and 'model')")
-    try:
-        cfg = TrainConfig.from_dict(s["config"])
-    except TypeError as e:
-        raise ValueError(f"{path!r}: its 'config' is not an identity TrainConfig ({e})") from None
+    ValueError for anything else (:func:`npht.train.loading.read_identity_checkpoint`)."""
+    from .loading import read_identity_checkpoint
+
+    cfg, s = read_identity_checkpoint(path, map_location)
     return cfg, s["model"]
 
 
@@ -238,10 +227,8 @@ class ExpressionTrainer:
                                      init_std=cfg.code_init_std).to(self.device)
         self.code_params = [self.model.codes.weight]
         self.net_params = [p for n, p in self.model.named_parameters() if not n.startswith("codes.")]
-        self.opt = torch.optim.AdamW(self.net_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.opt_codes = torch.optim.SparseAdam(self.code_params, lr=cfg.lr_codes)
-        self.sched = torch.optim.lr_scheduler.StepLR(self.opt, cfg.decay_interval, cfg.lr_decay)
-        self.sched_codes = torch.optim.lr_scheduler.StepLR(self.opt_codes, cfg.decay_interval_codes, cfg.lr_decay)
+        self.opt, self.opt_codes, self.sched, self.sched_codes = auto_decoder_optimizers(
+            self.net_params, self.code_params, cfg)
         self.epoch, self.global_step, self.step_in_epoch = 0, 0, 0
         self.ckpt_path = os.path.join(self.out_dir, "checkpoint.pt")
         self.log = RunLog(self.out_dir, EXPRESSION_LOG_COLUMNS, EXPRESSION_LOG_TERMS, "expression")

@@ -181,6 +181,16 @@ def build_identity_model(cfg: TrainConfig, n_id: int) -> torch.nn.Module:
     raise ValueError(f"model must be 'triplane' or 'npm', got {cfg.model!r}")
 
 
+def auto_decoder_optimizers(net_params, code_params, cfg):
+    """Sec. 5.2.2's optimisers of an auto-decoder: AdamW for the networks, SparseAdam for
+    the codes, each with its step decay (``cfg``: lr, weight_decay, lr_codes, lr_decay,
+    decay_interval, decay_interval_codes). Returns ``(opt, opt_codes, sched, sched_codes)``."""
+    opt = torch.optim.AdamW(net_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt_codes = torch.optim.SparseAdam(code_params, lr=cfg.lr_codes)
+    return (opt, opt_codes, torch.optim.lr_scheduler.StepLR(opt, cfg.decay_interval, cfg.lr_decay),
+            torch.optim.lr_scheduler.StepLR(opt_codes, cfg.decay_interval_codes, cfg.lr_decay))
+
+
 class IdentityTrainer:
     def __init__(self, config: TrainConfig, data_root: str, out_dir: str, *, resume: bool = False,
                  dataset=None):
@@ -214,10 +224,7 @@ class IdentityTrainer:
         net_params = [p for n, p in self.model.named_parameters() if not n.startswith("codes.")]
         net_params += list(self.density.parameters())
         self.net_params, self.code_params = net_params, code_params
-        self.opt = torch.optim.AdamW(net_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.opt_codes = torch.optim.SparseAdam(code_params, lr=cfg.lr_codes)
-        self.sched = torch.optim.lr_scheduler.StepLR(self.opt, cfg.decay_interval, cfg.lr_decay)
-        self.sched_codes = torch.optim.lr_scheduler.StepLR(self.opt_codes, cfg.decay_interval_codes, cfg.lr_decay)
+        self.opt, self.opt_codes, self.sched, self.sched_codes = auto_decoder_optimizers(net_params, code_params, cfg)
         self.opt_d = self.sched_d = None
         if self.disc is not None:
             if cfg.disc_optimizer == "sgd":

@@ -16,7 +16,7 @@ import torch
 
 from .config import TrainConfig
 
-__all__ = ["TrainedIdentity", "TrainedExpression", "load_identity", "load_expression"]
+__all__ = ["TrainedIdentity", "TrainedExpression", "load_identity", "load_expression", "read_identity_checkpoint"]
 
 
 @dataclass
@@ -62,19 +62,34 @@ class TrainedExpression:
         return self.model.codes.weight.detach()
 
 
-def _read(path: str, map_location) -> dict:
+def _read(path: str, map_location, kind: str = "") -> dict:
     from .checkpoint import load_checkpoint
 
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+        raise FileNotFoundError(f"{kind + ' ' if kind else ''}checkpoint {path!r} does not exist")
     try:
         s = load_checkpoint(path, map_location)
-    except Exception as e:
-        raise ValueError(f"cannot read checkpoint {path!r}: {type(e).__name__}: {e}") from None
-    if not isinstance(s, dict) or "model" not in s or not isinstance(s.get("config"), dict):
-        raise ValueError(f"{path!r} is not an npht training checkpoint (a dict with 'config' and 'model')")
+    except Exception as e:  # not a torch file at all
+        raise ValueError(f"cannot read {kind + ' ' if kind else ''}checkpoint {path!r}: {type(e).__name__}: {e}") \
+            from None
     return s
+
+
+def read_identity_checkpoint(path: str, map_location="cpu") -> Tuple[TrainConfig, dict]:
+    """``(TrainConfig, checkpoint dict)`` of an ``npht train identity`` checkpoint; a
+    FileNotFoundError / ValueError naming the file for anything else."""
+    s = _read(path, map_location, "identity")
+    if isinstance(s, dict) and "expression_keys" in s:
+        raise ValueError(f"{path!r} is an expression-model checkpoint, not an identity-model checkpoint")
+    if not isinstance(s, dict) or not isinstance(s.get("config"), dict) or "model" not in s:
+        raise ValueError(f"{path!r} is not an identity-model checkpoint (written by `npht train identity`: "
+                         "a dict with 'config' and 'model')")
+    try:
+        cfg = TrainConfig.from_dict(s["config"])
+    except TypeError as e:
+        raise ValueError(f"{path!r}: its 'config' is not an identity TrainConfig ({e})") from None
+    return cfg, s
 
 
 def load_identity(path: str, device="cpu") -> TrainedIdentity:
@@ -82,15 +97,8 @@ def load_identity(path: str, device="cpu") -> TrainedIdentity:
     from ..render import LaplaceDensity
     from .identity import build_identity_model
 
-    s = _read(path, "cpu")
-    if "expression_keys" in s:
-        raise ValueError(f"{path!r} is an expression-model checkpoint; expected an identity one")
-    try:
-        cfg = TrainConfig.from_dict(s["config"])
-    except TypeError as e:
-        raise ValueError(f"{path!r}: its 'config' is not an identity TrainConfig ({e})") from None
-    n_id = s["model"]["codes.weight"].shape[0]
-    model = build_identity_model(cfg, n_id)
+    cfg, s = read_identity_checkpoint(path)
+    model = build_identity_model(cfg, s["model"]["codes.weight"].shape[0])
     model.load_state_dict(s["model"])
     density = LaplaceDensity(cfg.beta_init, cfg.beta_min)
     if "density" in s:
@@ -105,8 +113,8 @@ def load_expression(path: str, device="cpu") -> TrainedExpression:
     from ..models import ExpressionModel
     from .expression import ExpressionConfig
 
-    s = _read(path, "cpu")
-    if "expression_keys" not in s:
+    s = _read(path, "cpu", "expression")
+    if not isinstance(s, dict) or "expression_keys" not in s or "model" not in s:
         raise ValueError(f"{path!r} is not an expression-model checkpoint (written by `npht train expression`)")
     cfg = ExpressionConfig.from_dict(s["config"])
     z_id = s["z_id"]
