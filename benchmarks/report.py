@@ -82,7 +82,27 @@ def mesh_table(name: str, res: dict) -> str:
     return "\n".join(lines)
 
 
+def metrics_table(name: str, res: dict) -> str:
+    """The metrics benchmark: nearest neighbours per query, evaluate_meshes end to end."""
+    cfg = res["config"]
+    lines = [f"**{res['device']}** — torch {res['torch']}, commit `{res['commit']}`, {res['date'][:10]} "
+             f"(`{name}`): nearest neighbours of {cfg['points']} surface samples against {cfg['points']} "
+             f"(us per query on a {cfg['subset']}-query subset; brute force on {cfg['brute_subset']}), "
+             "and evaluate_meshes (head + face region)", "",
+             "| pair | mean distance | npht build s | npht all queries s | npht us/query | cKDTree us/query | "
+             "speed-up vs cKDTree | brute force us/query | evaluate_meshes s | peak RSS MiB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in res["results"]:
+        lines.append(f"| {r['pair']} | {r['mean_distance']:.4f} | {r['npht_build_s']:.2f} | {r['npht_query_all_s']:.2f} | "
+                     f"{r['npht_us_per_query']:.2f} | {r['scipy_us_per_query']:.1f} | {_x(r['speedup_vs_scipy'])} | "
+                     f"{r['brute_us_per_query']:.0f} | {r['evaluate_meshes_s']:.1f} | "
+                     f"{r['evaluate_meshes_peak_rss_bytes'] / 2**20:.0f} |")
+    return "\n".join(lines)
+
+
 def table(name: str, res: dict) -> str:
+    if res.get("benchmark") == "metrics":
+        return metrics_table(name, res)
     if res.get("benchmark") == "render":
         return render_table(name, res)
     if res.get("benchmark") == "mesh_extraction":

@@ -39,6 +39,13 @@
 //   eb_merge        z [R, n], samples [R, k], both rows sorted -> (merged [R, n + k]
 //                   sorted, order [R, n + k] int64): merged = cat([z, samples], -1)
 //                   gathered at order (torch.sort's pair; equal values: z's first)
+//
+// Nearest-neighbour contract (metrics; tree layout in csrc/include/npht/knn_math.h):
+//   knn_build  ref [M, 3] float64 CPU, leaf_size -> (points [M, 3] in tree order, perm [M]
+//              int64 (tree order -> ref index), bounds [2^(D+1) - 1, 6], leaf_start [2^D + 1])
+//   knn_query  query [N, 3], points, bounds, leaf_start (one device: cpu or cuda) ->
+//              (dist [N] float64 Euclidean, index [N] int64 into points): exact; among equally
+//              near points the smallest index into points
 #include <Python.h>
 #include <torch/library.h>
 
@@ -69,6 +76,8 @@ TORCH_LIBRARY(npht_C, m) {
       "-> Tensor");
   m.def("eb_upsample(Tensor z, Tensor sdf, Tensor beta, Tensor u, int mode, float add_tiny) -> Tensor");
   m.def("eb_merge(Tensor z, Tensor samples) -> (Tensor, Tensor)");
+  m.def("knn_build(Tensor ref, int leaf_size) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("knn_query(Tensor query, Tensor points, Tensor bounds, Tensor leaf_start) -> (Tensor, Tensor)");
 }
 
 static std::string build_info() {

@@ -135,7 +135,7 @@ def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: 
     from ..data.partial import partial_point_cloud
     from ..data.prepare import PrepareConfig, prepare
     from ..eval import evaluate_meshes, extract_mesh, model_sdf_fn
-    from ..eval.fitting_eval import _nn_device, _scaled_schedule, markdown_table
+    from ..eval.fitting_eval import _scaled_schedule, markdown_table
     from ..fit import fit_identity
     from ..train.config import TrainConfig
     from ..train.expression import ExpressionConfig, ExpressionTrainer
@@ -228,7 +228,7 @@ def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: 
                                     device=device, progress=progress, clip_radius=1.0)
                 mesh.export(os.path.join(fit_dir, f"{name}.ply"))
                 metrics[name] = evaluate_meshes(mesh, gt, n_points=cfg.metric_points, seed=seed,
-                                         device=_nn_device(device))
+                                         device=device)
                 metrics[name]["fit_seconds"] = res.seconds
                 fit_row.append(_to_rgb(*_mesh_maps(gt_renderer, mesh, cams)))
         images["fit"] = _grid([fit_row], ["ground truth | fitted: " + " | ".join(models)], os.path.join(out, "fit.png"))

@@ -30,12 +30,6 @@ METRIC_KEYS = (("chamfer_l1", "L1-Chamfer", False), ("normal_consistency", "N.C.
                ("f_score", "F-Score", True))
 
 
-def _nn_device(device):
-    """Nearest neighbours for the metrics: the brute force on a GPU, the k-d tree on CPU
-    (``None``; the brute force is quadratic there)."""
-    return device if torch.device(device).type == "cuda" else None
-
-
 def _load(model, device):
     from ..train.loading import TrainedIdentity, load_identity
 
@@ -107,7 +101,7 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
                 mesh = extract_mesh(model_sdf_fn(trained.model, fit.code), resolution=mesh_resolution,
                                     device=device, clip_radius=clip_radius)
                 scores = evaluate_meshes(mesh, gt, n_points=metric_points, threshold=threshold, seed=seed,
-                                         device=_nn_device(device))
+                                         device=device)
                 scores["fit_seconds"] = fit.seconds
                 scores["final_fit_loss"] = fit.losses[-1] if fit.losses else float("nan")
                 row["methods"][method] = scores

@@ -15,12 +15,12 @@ surface that leaves the grid is cut open at its boundary.
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
-__all__ = ["extract_mesh", "model_sdf_fn", "grid_sdf"]
+__all__ = ["extract_mesh", "model_sdf_fn", "grid_sdf", "sparse_grid_sdf"]
 
 SdfFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -47,14 +47,23 @@ def grid_sdf(sdf_fn: SdfFn, resolution: int = 256, bound: float = 1.0, chunk: in
     dev = torch.device(device) if device is not None else torch.device("cpu")
     R = resolution
     axis = torch.linspace(-bound, bound, R, dtype=torch.float32, device=dev)
-    out = np.empty(R**3, dtype=np.float32)
-    starts = range(0, R**3, chunk)
+    return _eval_nodes(sdf_fn, R**3, R, axis, chunk, progress, "sdf grid").reshape(R, R, R)
+
+
+def _eval_nodes(sdf_fn: SdfFn, flat: Union[int, torch.Tensor], R: int, axis: torch.Tensor, chunk: int,
+                progress: bool, desc: str) -> np.ndarray:
+    """``sdf_fn`` at the grid nodes of flat indices ``flat`` (``[x, y, z]`` order, on the
+    device of ``axis``; an int n: nodes 0 .. n-1, made chunk by chunk so the whole grid of
+    coordinates is never held), in chunks, as float32 numpy."""
+    n = flat if isinstance(flat, int) else len(flat)
+    out = np.empty(n, dtype=np.float32)
+    starts = range(0, n, chunk)
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc="sdf grid", unit="chunk", dynamic_ncols=True)
+        starts = tqdm(starts, desc=desc, unit="chunk", dynamic_ncols=True)
     for s in starts:
-        idx = torch.arange(s, min(s + chunk, R**3), device=dev)
+        idx = torch.arange(s, min(s + chunk, n), device=axis.device) if isinstance(flat, int) else flat[s:s + chunk]
         pts = torch.stack([axis[idx // (R * R)], axis[(idx // R) % R], axis[idx % R]], dim=-1)
         val = sdf_fn(pts)
         if val.shape != (len(idx),) and val.shape != (len(idx), 1):
@@ -62,12 +71,68 @@ def grid_sdf(sdf_fn: SdfFn, resolution: int = 256, bound: float = 1.0, chunk: in
         out[s:s + len(idx)] = val.reshape(-1).float().cpu().numpy()
     if not np.isfinite(out).all():
         raise ValueError(f"sdf_fn returned {int((~np.isfinite(out)).sum())} non-finite values on the grid")
-    return out.reshape(R, R, R)
+    return out
+
+
+@torch.no_grad()
+def sparse_grid_sdf(sdf_fn: SdfFn, resolution: int = 256, bound: float = 1.0, chunk: int = 2**18,
+                    device: Optional[Union[str, torch.device]] = None, level: float = 0.0, stride: int = 4,
+                    lipschitz: float = 2.0, progress: bool = False) -> Tuple[np.ndarray, int]:
+    """A grid for marching cubes from a fraction of the SDF evaluations of :func:`grid_sdf`:
+    ``(volume [R, R, R] float32, evaluated nodes)``.
+
+    The SDF is evaluated on every ``stride``-th node (and the last), which splits the grid
+    into coarse cells. A coarse cell is refined (all its nodes evaluated) unless its corners
+    share a side of ``level`` and are all farther from it than ``lipschitz`` times half the
+    cell's diagonal: when ``|grad sdf| <= lipschitz`` everywhere, no point of such a cell can
+    reach ``level``. Nodes of skipped cells get ``level +- that margin`` on their cell's side.
+    Every grid cell that marching cubes triangulates then has its exact values, and the cells
+    inside skipped coarse cells have one sign, so the mesh equals the dense grid's (the tests
+    check equality of vertices and faces). npht's models are trained with the eikonal term
+    (``|grad| ~ 1`` near the surface); ``lipschitz=2`` leaves a factor 2 of slack. A larger
+    ``lipschitz`` refines more cells (safer, slower).
+    """
+    _check_args(resolution, bound, chunk, level)
+    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 2:
+        raise ValueError(f"stride must be an int >= 2, got {stride!r}")
+    if not (isinstance(lipschitz, (int, float)) and np.isfinite(lipschitz) and lipschitz > 0):
+        raise ValueError(f"lipschitz must be a finite number > 0, got {lipschitz!r}")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    R = resolution
+    axis = torch.linspace(-bound, bound, R, dtype=torch.float32, device=dev)
+    coarse = np.unique(np.r_[np.arange(0, R, stride), R - 1])  # coarse node indices per axis
+    Rc = len(coarse)
+    cflat = ((coarse[:, None, None] * R + coarse[None, :, None]) * R + coarse[None, None, :]).reshape(-1)
+    vc = _eval_nodes(sdf_fn, torch.from_numpy(cflat).to(dev), R, axis, chunk, progress, "sdf coarse")
+    vc = vc.reshape(Rc, Rc, Rc) - level
+    corners = np.stack([vc[a:Rc - 1 + a, b:Rc - 1 + b, c:Rc - 1 + c]
+                        for a in (0, 1) for b in (0, 1) for c in (0, 1)])  # [8, Rc-1, Rc-1, Rc-1]
+    margin = lipschitz * 0.5 * np.sqrt(3.0) * stride * (2.0 * bound / (R - 1))
+    side = np.sign(corners[0])
+    skip = (np.abs(corners) > margin).all(0) & (np.sign(corners) == side).all(0)  # [Rc-1]^3
+    # fine node i lies in coarse cell cell_of[i]; a coarse node also borders cell_prev[i]
+    cell_of = np.minimum(np.searchsorted(coarse, np.arange(R), side="right") - 1, Rc - 2)
+    on_node = np.isin(np.arange(R), coarse) & (np.arange(R) > 0)
+    cell_prev = np.where(on_node, cell_of - on_node, cell_of)
+    cell_prev[R - 1] = Rc - 2
+    keep = np.zeros((R, R, R), dtype=bool)
+    for ax in (cell_of, cell_prev):
+        for ay in (cell_of, cell_prev):
+            for az in (cell_of, cell_prev):
+                keep |= ~skip[np.ix_(ax, ay, az)]
+    vol = (level + margin * side[np.ix_(cell_of, cell_of, cell_of)]).astype(np.float32)
+    keep.reshape(-1)[cflat] = False  # evaluated already
+    fine = np.flatnonzero(keep)
+    vol.reshape(-1)[fine] = _eval_nodes(sdf_fn, torch.from_numpy(fine).to(dev), R, axis, chunk, progress,
+                                        "sdf near the surface")
+    vol.reshape(-1)[cflat] = vc.reshape(-1) + level
+    return vol, int(len(fine) + len(cflat))
 
 
 def extract_mesh(sdf_fn: SdfFn, resolution: int = 256, bound: float = 1.0, chunk: int = 2**18,
                  device: Optional[Union[str, torch.device]] = None, level: float = 0.0,
-                 progress: bool = False, clip_radius: Optional[float] = None):
+                 progress: bool = False, clip_radius: Optional[float] = None, sparse: bool = False,
+                 stride: int = 4, lipschitz: float = 2.0):
     """Marching cubes of the ``level`` set of ``sdf_fn`` (points ``[n, 3]`` float32 on
     ``device`` -> sdf ``[n]``, negative inside) over ``[-bound, bound]^3`` sampled at
     ``resolution`` nodes per axis (spacing ``2 bound / (resolution - 1)``); evaluation as in
@@ -80,6 +145,11 @@ def extract_mesh(sdf_fn: SdfFn, resolution: int = 256, bound: float = 1.0, chunk
     npht's models are trained and rendered inside the unit sphere (the renderer's rays
     stop at it), so what an SDF does in the grid's corners beyond it is unconstrained;
     ``clip_radius=1.0`` keeps such shells out of the mesh. ``None``: the raw level set.
+
+    ``sparse=True``: evaluate the SDF only near the surface (:func:`sparse_grid_sdf` with
+    ``stride`` and ``lipschitz``; the same mesh when ``|grad sdf| <= lipschitz``): ~10x
+    fewer evaluations for a head at 256^3. The thesis protocol (and Table 6.2's timing) is the
+    dense grid, the default.
 
     Raises ValueError on bad arguments and when the level set does not cross the grid (the
     SDF is above or below ``level`` at every node).
@@ -100,7 +170,10 @@ def extract_mesh(sdf_fn: SdfFn, resolution: int = 256, bound: float = 1.0, chunk
         def sdf_fn(p):
             v = inner(p)
             return torch.maximum(v.reshape(-1), p.norm(dim=-1).to(v.dtype) - (clip_radius - level))
-    vol = grid_sdf(sdf_fn, resolution, bound, chunk, device, progress)
+    if sparse:
+        vol, _ = sparse_grid_sdf(sdf_fn, resolution, bound, chunk, device, level, stride, lipschitz, progress)
+    else:
+        vol = grid_sdf(sdf_fn, resolution, bound, chunk, device, progress)
     lo, hi = float(vol.min()), float(vol.max())
     if not lo < level < hi:
         where = "outside (above)" if lo >= level else "inside (below)"

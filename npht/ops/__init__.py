@@ -2,6 +2,7 @@
 
 from ._backend import BACKENDS, build_info
 from .composite import CompositeResult, volume_composite
+from .knn import PointTree
 from .mlp import softplus_mlp_with_grad
 from .sampler import eb_bisect_beta, eb_merge, eb_upsample
 from .triplane import PROJECTIONS, projection_from_plane_axes, resolve_projection, triplane_sample
@@ -10,6 +11,7 @@ __all__ = [
     "BACKENDS",
     "CompositeResult",
     "PROJECTIONS",
+    "PointTree",
     "build_info",
     "eb_bisect_beta",
     "eb_merge",

@@ -11,9 +11,9 @@ def test_mesh_extraction_benchmark_smoke(tmp_path):
         res = json.load(f)
     assert res["benchmark"] == "mesh_extraction" and res["commit"] and res["torch"]
     rows = {(r["task"], r["method"]): r for r in res["results"]}
-    assert set(rows) == {("extract_mesh", "triplane"), ("extract_mesh", "npm"), ("evaluate_meshes", "kdtree")}
+    assert set(rows) == {("extract_mesh", "triplane"), ("extract_mesh", "npm"), ("evaluate_meshes", "npht-tree")}
     assert all(r["seconds"] > 0 for r in rows.values())
     assert rows[("extract_mesh", "npm")]["faces"] > 100
-    assert rows[("evaluate_meshes", "kdtree")]["regions"] == ["face", "head"]
+    assert rows[("evaluate_meshes", "npht-tree")]["regions"] == ["face", "head"]
     text = load("report").render(str(tmp_path))
     assert "evaluate_meshes" in text and "extract_mesh" in text

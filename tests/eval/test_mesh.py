@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from npht.eval import extract_mesh, grid_sdf, model_sdf_fn
+from npht.eval import extract_mesh, grid_sdf, model_sdf_fn, sparse_grid_sdf
 from npht.models import IdentityModel, NPMBaseline, TriplaneDecoder, TriplaneGenerator
 
 RES = 64
@@ -179,3 +179,49 @@ def test_clip_radius_intersects_with_a_ball():
     assert abs(clipped.volume - 0.2 * np.pi * (0.6 ** 2 - 0.1 ** 2 / 3)) < 0.02
     with pytest.raises(ValueError, match="clip_radius"):
         extract_mesh(slab, resolution=21, clip_radius=-1.0)
+
+
+def torus(p):
+    return torch.stack([p[:, [0, 2]].norm(dim=-1) - 0.5, p[:, 1]], -1).norm(dim=-1) - 0.2
+
+
+def rounded_union(p):  # two offset spheres and a box, 1-Lipschitz (min of distances)
+    box = (p - torch.tensor([0.0, -0.3, 0.1])).abs() - torch.tensor([0.3, 0.1, 0.25])
+    box = box.clamp(min=0).norm(dim=-1) + box.amax(-1).clamp(max=0)
+    return torch.minimum(torch.minimum((p - 0.2).norm(dim=-1) - 0.35, (p + 0.25).norm(dim=-1) - 0.3), box)
+
+
+@pytest.mark.parametrize("sdf", [sphere(0.6), torus, rounded_union])
+@pytest.mark.parametrize("resolution, stride", [(48, 4), (61, 4), (67, 3), (40, 8)])
+def test_sparse_extraction_equals_dense(sdf, resolution, stride):
+    dense = extract_mesh(sdf, resolution)
+    sparse = extract_mesh(sdf, resolution, sparse=True, stride=stride, lipschitz=1.0)
+    np.testing.assert_array_equal(sparse.vertices, dense.vertices)
+    np.testing.assert_array_equal(sparse.faces, dense.faces)
+    vol, evaluated = sparse_grid_sdf(sdf, resolution, stride=stride, lipschitz=1.0)
+    full = grid_sdf(sdf, resolution)
+    assert evaluated < resolution**3
+    assert np.array_equal(np.sign(vol), np.sign(full))  # every node on its true side
+    exact = vol == full
+    assert exact.sum() >= evaluated  # the evaluated nodes hold the SDF itself
+
+
+def test_sparse_extraction_saves_evaluations_and_matches_a_model():
+    gen = TriplaneGenerator(8, 4, 16, base=4)
+    dec = TriplaneDecoder(4, hidden=16).geometric_init_(generator=torch.Generator().manual_seed(0))
+    fn = model_sdf_fn(IdentityModel(gen, dec, 1, 8).eval(), 0)
+    dense = extract_mesh(fn, 96, chunk=20000)
+    seen = []
+    sparse = extract_mesh(lambda p: seen.append(len(p)) or fn(p), 96, chunk=20000, sparse=True)
+    np.testing.assert_array_equal(sparse.faces, dense.faces)
+    np.testing.assert_allclose(sparse.vertices, dense.vertices, rtol=0, atol=0)
+    assert sum(seen) < 0.4 * 96**3  # the surface's neighbourhood and the coarse grid only
+
+
+@pytest.mark.parametrize("kwargs, match", [(dict(stride=1), "stride"), (dict(stride=2.0), "stride"),
+                                           (dict(lipschitz=0.0), "lipschitz"), (dict(lipschitz=float("inf")), "lipschitz")])
+def test_sparse_bad_args(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        extract_mesh(sphere(), 16, sparse=True, **kwargs)
+    with pytest.raises(ValueError, match="no surface"):
+        extract_mesh(lambda p: p.norm(dim=-1) + 1.0, 16, sparse=True)

@@ -133,7 +133,7 @@ def test_bruteforce_equals_kdtree(n, m, block):
     rng = np.random.default_rng(n + m)
     q, r = rng.uniform(-1, 1, (n, 3)), rng.uniform(-1, 1, (m, 3))
     d0, i0 = nearest_neighbors(q, r)
-    d1, i1 = nearest_neighbors(q, r, device="cpu", block=block)
+    d1, i1 = nearest_neighbors(q, r, method="brute", block=block)
     np.testing.assert_array_equal(i0, i1)
     np.testing.assert_allclose(d0, d1, rtol=0, atol=1e-12)
     assert d1.dtype == np.float64 and i1.dtype == np.int64
@@ -145,7 +145,7 @@ def test_bruteforce_precision_near_one():
     r = 0.9 + rng.uniform(0, 1e-3, (2000, 3))
     q = 0.9 + rng.uniform(0, 1e-3, (500, 3))
     d0, i0 = nearest_neighbors(q, r)
-    d1, i1 = nearest_neighbors(q, r, device="cpu", block=10_000)
+    d1, i1 = nearest_neighbors(q, r, method="brute", block=10_000)
     np.testing.assert_array_equal(i0, i1)
     np.testing.assert_allclose(d0, d1, rtol=1e-9)
 
@@ -208,7 +208,9 @@ def test_errors():
     with pytest.raises(ValueError, match="empty"):
         nearest_neighbors(np.zeros((0, 3)), np.zeros((4, 3)))
     with pytest.raises(ValueError, match="block"):
-        nearest_neighbors(np.zeros((1, 3)), np.zeros((4, 3)), device="cpu", block=0)
+        nearest_neighbors(np.zeros((1, 3)), np.zeros((4, 3)), method="brute", block=0)
+    with pytest.raises(ValueError, match="method"):
+        nearest_neighbors(np.zeros((1, 3)), np.zeros((4, 3)), method="kd")
     with pytest.raises(ValueError, match="both"):
         compare_points(np.zeros((1, 3)), np.zeros((1, 3)), pred_normals=np.ones((1, 3)))
     with pytest.raises(ValueError, match="one normal per point"):
