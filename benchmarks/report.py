@@ -74,11 +74,15 @@ def mesh_table(name: str, res: dict) -> str:
     cfg = res["config"]
     lines = [f"**{res['device']}** — torch {res['torch']}, commit `{res['commit']}`, {res['date'][:10]} "
              f"(`{name}`): mesh extraction (marching cubes) and evaluate_meshes ({cfg['points']} points)", "",
-             "| task | model / method | grid | seconds | grid points/s | faces |", "|---|---|---:|---:|---:|---:|"]
+             "| task | model / method | grid | seconds | grid points/s | SDF evaluations | faces | same mesh as dense |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in res["results"]:
-        grid = f"{r['res']}³" if r.get("res") else ""
+        grid = f"{r['res']}³ {r.get('mode', 'dense')}" if r.get("res") else ""
         pps = f"{r['points_per_s'] / 1e6:.2f} M" if "points_per_s" in r else ""
-        lines.append(f"| {r['task']} | {r['method']} | {grid} | {r['seconds']:.2f} | {pps} | {r.get('faces', '')} |")
+        ev = f"{r['evaluated'] / r['res']**3:.1%}" if "evaluated" in r else ""
+        same = {True: "yes", False: "NO"}.get(r.get("same_mesh_as_dense"), "")
+        lines.append(f"| {r['task']} | {r['method']} | {grid} | {r['seconds']:.2f} | {pps} | {ev} | "
+                     f"{r.get('faces', '')} | {same} |")
     return "\n".join(lines)
 
 
@@ -90,13 +94,13 @@ def metrics_table(name: str, res: dict) -> str:
              f"(us per query on a {cfg['subset']}-query subset; brute force on {cfg['brute_subset']}), "
              "and evaluate_meshes (head + face region)", "",
              "| pair | mean distance | npht build s | npht all queries s | npht us/query | cKDTree us/query | "
-             "speed-up vs cKDTree | brute force us/query | evaluate_meshes s | peak RSS MiB |",
+             "speed-up vs cKDTree | brute force us/query | evaluate_meshes s | process peak RSS MiB |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in res["results"]:
         lines.append(f"| {r['pair']} | {r['mean_distance']:.4f} | {r['npht_build_s']:.2f} | {r['npht_query_all_s']:.2f} | "
                      f"{r['npht_us_per_query']:.2f} | {r['scipy_us_per_query']:.1f} | {_x(r['speedup_vs_scipy'])} | "
                      f"{r['brute_us_per_query']:.0f} | {r['evaluate_meshes_s']:.1f} | "
-                     f"{r['evaluate_meshes_peak_rss_bytes'] / 2**20:.0f} |")
+                     f"{r['process_peak_rss_bytes'] / 2**20:.0f} |")
     return "\n".join(lines)
 
 

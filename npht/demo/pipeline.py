@@ -55,7 +55,7 @@ class DemoConfig:
     scan_points: int = 5000
     fit_iterations: int = 700
     grid_resolution: int = 128       # mesh extraction
-    metric_points: int = 500_000
+    metric_points: int = 2_500_000  # the thesis' samples per mesh and region
     latent_steps: int = 5
     samples: int = 4
     latent_resolution: int = 128

@@ -106,7 +106,14 @@ def test_eval_cli_writes_table(demo, tmp_path, capsys):
     assert "| TP |" in capsys.readouterr().out
     assert sorted(os.listdir(tmp_path / "meshes")) == sorted(
         f"{r['identity']}_{m}.ply" for r in result["per_identity"] for m in ("TP", "NPM", "gt"))
-    assert result["settings"]["schedule"]["iterations"] == 8
+    assert result["settings"]["schedule"]["iterations"] == 8 and result["settings"]["sparse_mesh"] is False
+    rc = cli_main(["eval", "--data", os.path.join(out, "data"), "--model", f"TP={runs}/tp/checkpoint.pt",
+                   "--out", str(tmp_path / "sparse"), "--mesh-resolution", "24", "--sparse-mesh", "--metric-points",
+                   "2000", "--scan-points", "300", "--iterations", "8", "--no-progress"])
+    with open(tmp_path / "sparse" / "eval.json") as f:
+        sparse = json.load(f)
+    assert rc == 0 and sparse["settings"]["sparse_mesh"] is True
+    assert all(math.isfinite(v) for r in sparse["methods"]["TP"].values() for v in r.values())
     assert cli_main(["eval", "--data", os.path.join(out, "data"), "--model", "TP", "--out", str(tmp_path)]) == 2
     assert "NAME=CHECKPOINT" in capsys.readouterr().err
 
