@@ -27,3 +27,11 @@ echo "tests: $(( $(date +%s) - t0 )) s"
 # SKIP_TRIPLANE_BENCH=1 leaves out the tri-plane benchmark (results already committed)
 [ -n "${SKIP_TRIPLANE_BENCH:-}" ] || python3 benchmarks/triplane.py --plot --out "$OUT" 2>&1 | tee "$OUT/bench.log"
 python3 benchmarks/render.py --plot --out "$OUT" 2>&1 | tee "$OUT/bench_render.log"
+# Evaluation cost (issue 6): the metrics' kd-tree queried on the GPU, and 256^3 mesh extraction
+# dense + sparse for the tri-plane model and NPM (both need trimesh: carry its wheel in .whl/)
+if python3 -c "import trimesh, skimage" 2>/dev/null; then
+  python3 benchmarks/metrics.py --device cuda --out "$OUT" 2>&1 | tee "$OUT/bench_metrics.log"
+  python3 benchmarks/mesh_extraction.py --device cuda --out "$OUT" 2>&1 | tee "$OUT/bench_mesh.log"
+else
+  echo "metrics / mesh benchmarks left out (trimesh or scikit-image missing)"
+fi

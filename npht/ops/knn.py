@@ -13,8 +13,8 @@ caller's order. Results equal the exhaustive search
 Why not scipy's cKDTree: it prunes with the cells of its space partition, which reach into
 the empty space between two surfaces, so a query's cost grows with the squared distance to
 the other surface. Measured on 2.5M samples of a head queried by 2.5M samples of another head
-(mean distance 0.023, 2-core CPU): cKDTree 197 s; this tree 0.6 s to build and ~1.5 us per
-query (benchmarks/metrics.py).
+(mean distance 0.023, 2-core CPU): cKDTree 197 s for the 2.5M queries; this tree 0.6 s to
+build and 4-5 s for them (benchmarks/metrics.py).
 
 >>> import torch
 >>> tree = PointTree(torch.tensor([[1.0, 1, 2], [0, 0, 0.5]]))

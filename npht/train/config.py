@@ -135,7 +135,7 @@ def _npht_256() -> TrainConfig:
 def _cpu_demo() -> TrainConfig:
     counts = dict(surface_face=96, surface_nonface=32, near1_face=8, near1_nonface=8,
                   near2_face=8, near2_nonface=8, ball=64)
-    return TrainConfig(z_dim=16, plane_channels=4, plane_resolution=32, generator_base=8,
+    return TrainConfig(z_dim=16, plane_channels=4, plane_resolution=64, generator_base=8,
                        decoder_hidden=32, decoder_layers=3, code_init_std=0.1,
                        batch_size=2, counts=counts, render_resolution=16, disc_resolution=64,
                        disc_base=2, disc_max_channels=16, samples=(8, 8, 4), beta_iters=4,
