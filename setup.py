@@ -46,7 +46,8 @@ def _extension():
         p for p in rel("csrc/*/*.cpp") if not p.endswith("_cuda.cpp")
     ]
     include_dirs = [os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc")]
-    cxx = ["-O3", "-g0", "-std=c++17", "-fopenmp"]
+    # -fno-trapping-math: lets the CPU passes vectorise selects (csrc/include/npht/cpu_math.h)
+    cxx = ["-O3", "-g0", "-std=c++17", "-fopenmp", "-fno-trapping-math"]
     if _want_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         sources = cpu_sources + rel("csrc/*/*_cuda.cpp") + rel("csrc/*/*.cu")

@@ -99,8 +99,9 @@ inline const at::Tensor* usable_grad(const std::optional<at::Tensor>& g, at::Int
   return &*g;
 }
 
-// The backward's checked upstream gradients (nullptr = zero) and its zero-filled outputs
-// (empty where not needed; samples of no ray, under malformed offsets, keep a 0 gradient).
+// The backward's checked upstream gradients (nullptr = zero) and its outputs (empty where not
+// needed; zero-filled unless the kernels write every element: samples of no ray, under
+// malformed offsets, keep a 0 gradient).
 struct CompositeBwdIO {
   CompositeSizes s;
   const at::Tensor *grad_rendered, *grad_depth, *grad_opacity, *grad_weights;
@@ -123,10 +124,14 @@ inline CompositeBwdIO composite_bwd_prepare(
   io.grad_opacity = usable_grad(grad_opacity, {s.R}, sdf, "grad_opacity", cuda);
   io.grad_weights = usable_grad(grad_weights, sdf.sizes(), sdf, "grad_weights", cuda);
   io.saved_weights = usable_grad(weights, sdf.sizes(), sdf, "weights", cuda);
-  io.g_sdf = need_sdf ? at::zeros_like(sdf) : sdf.new_empty({0});
-  io.g_z = need_z ? at::zeros_like(z) : z.new_empty({0});
-  io.g_beta = need_beta ? at::zeros({s.R}, sdf.options()) : sdf.new_empty({0});
-  io.g_values = need_values && s.K > 0 ? at::zeros_like(*values) : sdf.new_empty({0});
+  // dense rays with an upstream gradient write every element; otherwise start from zeros
+  const bool written = s.S > 0 && io.any_upstream();
+  auto like = [&](const at::Tensor& t) { return written ? at::empty_like(t) : at::zeros_like(t); };
+  io.g_sdf = need_sdf ? like(sdf) : sdf.new_empty({0});
+  io.g_z = need_z ? like(z) : z.new_empty({0});
+  io.g_beta = need_beta ? (written ? at::empty({s.R}, sdf.options()) : at::zeros({s.R}, sdf.options()))
+                        : sdf.new_empty({0});
+  io.g_values = need_values && s.K > 0 ? like(*values) : sdf.new_empty({0});
   return io;
 }
 

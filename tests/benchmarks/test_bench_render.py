@@ -20,6 +20,9 @@ def test_render_benchmark_smoke(tmp_path):
     acc = rows[("gan_step", "npht", 8)]["accuracy_vs_full"]
     assert acc["mask_iou"] > 0.99 and acc["grad_cosine"] > 0.99 and acc["normal_err_deg"] < 1.0
     assert {("composite", "reference", 8), ("composite", "npht-cpu", 8)} <= set(rows)
+    for m in ("reference", "npht-cpu"):
+        assert rows[("sampler", m, 8)]["median_ms"] > 0 and rows[("sampler", m, 8)]["rounds"] >= 1
+    assert set(res["targets"]) == {"composite npht-cpu >= 2x reference", "sampler npht-cpu >= 2x reference"}
     assert (tmp_path / (path.split("/")[-1][:-5] + ".png")).exists()
     text = load("report").render(str(tmp_path))
     assert "| gan_step | npht | 8 |" in text

@@ -7,7 +7,7 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 import npht
-from _backends import require_backend
+from _backends import backend_device, require_backend
 from npht.reference.render import _ref_packed_per_sample_beta, composite, composite_packed
 
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-11), torch.float32: dict(rtol=2e-4, atol=2e-5)}
@@ -77,7 +77,7 @@ def _compare(backend, device, dtype, sdf, z, beta, v, offsets, last_delta=1e10, 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("per_ray_beta", [False, True])
-@pytest.mark.parametrize("K", [0, 3])
+@pytest.mark.parametrize("K", [0, 1, 3, 4, 6])
 def test_dense_matches_reference(backend, device, dtype, per_ray_beta, K):
     R, S = 37, 67
     sdf, z, v = _rays(R, S, max(K, 1), dtype, device)
@@ -257,3 +257,61 @@ def test_backward_with_saved_weights(backend, device, dtype, packed):
     for a, b in zip(with_w, without):
         scale = b.abs().max().clamp(min=1.0)
         torch.testing.assert_close(a / scale, b / scale, **TOL[dtype])
+
+
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_float32_alpha_accuracy(backend):
+    """Rays with a finite last delta: weight = 1 - exp(-tau) = -expm1(-tau) with
+    tau = sigma(sdf) * delta over the whole float range (1e-30 .. 50, through the density's
+    exp), against float64 math on the same float32 inputs: a few ulp, relative, also where
+    tau is tiny (no cancellation in 1 - exp(-tau)). Guards the CPU backend's own float
+    exp/expm1 (csrc/include/npht/cpu_math.h) and the CUDA path, which share the per-sample
+    math of csrc/include/npht/composite_math.h (|sdf| / beta rounded in float as modelled
+    here; the reference's 1 - exp(-tau) loses tiny tau, Triton's |sdf| * (1 / beta) rounds
+    the exponent differently)."""
+    require_backend(backend)
+    device = backend_device(backend)
+    beta = 0.01
+    # sigma = 0.5 exp(-sdf / beta) / beta for sdf >= 0: tau spans e^-69 .. 50 times delta
+    sdf = torch.linspace(0.0, 0.69, 4001, dtype=torch.float64)
+    sdf = torch.cat([sdf, -sdf[1:200]])  # and inside: sigma -> 1 / beta
+    delta = torch.logspace(-16, 1, sdf.numel(), dtype=torch.float64)[torch.randperm(sdf.numel())]
+    s32, d32 = sdf.float(), delta.float()
+    out = npht.volume_composite(s32[:, None].to(device), torch.zeros(s32.numel(), 1, device=device), beta,
+                                last_delta=1.0, backend=backend)
+    # float64 math from the float32 exponent |sdf| / beta on (that rounding alone moves
+    # exp(-x) by x * 6e-8 relative, up to 4e-6 at x = 69: conditioning, not error)
+    s64 = s32.double()
+    x32 = (s32.abs() / torch.tensor(beta, dtype=torch.float32)).double()
+    e = torch.exp(-x32)
+    sigma = torch.where(s64 >= 0, 0.5 * e, 1 - 0.5 * e) / beta
+    want = -torch.expm1(-sigma)
+    got = out.weights[:, 0].double().cpu()
+    assert (want > 0).all() and (got > 0).all()
+    rel = ((got - want).abs() / want).max().item()
+    assert rel < 1e-6, rel  # ~8 float ulp: the density's exp and arithmetic, expm1
+    # and with the deltas (tau = sigma * delta down to 1e-30)
+    z = torch.stack([torch.zeros_like(d32), d32], 1)
+    s2 = torch.stack([s32, torch.full_like(s32, 10.0)], 1)  # second sample: no density
+    out2 = npht.volume_composite(s2.to(device), z.to(device), beta, last_delta=1.0, backend=backend)
+    want2 = -torch.expm1(-sigma * d32.double())
+    got2 = out2.weights[:, 0].double().cpu()
+    keep = want2 > 1e-37  # float32 normal range
+    rel2 = ((got2[keep] - want2[keep]).abs() / want2[keep]).max().item()
+    assert rel2 < 1e-6, rel2
+
+
+def test_float32_extreme_sdf_values(backend, device):
+    """Huge |sdf| / beta (the density's exp underflows to 0 or saturates at 1 / beta), inf and
+    NaN: the outputs match the reference element for element, NaN where it has NaN."""
+    sdf = torch.tensor([[1e30, 50.0, 1e-3, -1e-3, -50.0, -1e30],
+                        [float("inf"), 0.3, 0.0, -0.3, float("-inf"), 1.0],
+                        [0.5, float("nan"), -0.5, 0.2, 0.1, 0.0]], dtype=torch.float32)
+    z = torch.linspace(0.5, 3.0, 6, dtype=torch.float32).expand(3, 6).contiguous()
+    got = npht.volume_composite(sdf.to(device), z.to(device), 0.01, backend=backend)
+    want = composite(sdf.double(), z.double(), 0.01)
+    for a, b in zip(got[1:], want[1:]):
+        a = a.double().cpu()
+        assert torch.equal(torch.isnan(a), torch.isnan(b)), (a, b)
+        ok = ~torch.isnan(b)
+        torch.testing.assert_close(a[ok], b[ok], rtol=1e-5, atol=1e-6)
