@@ -1,15 +1,17 @@
-"""Atomic checkpoints and RNG state capture."""
+"""Atomic checkpoints, RNG state capture, and the checkpointed-run part both auto-decoder
+trainers share (counters, checkpoint path, run log, optimiser and RNG state, resume)."""
 
 from __future__ import annotations
 
 import os
 import random
 import tempfile
+from typing import Optional
 
 import numpy as np
 import torch
 
-__all__ = ["save_atomic", "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["save_atomic", "load_checkpoint", "rng_state", "set_rng_state", "CheckpointedRun"]
 
 
 def save_atomic(obj, path: str) -> None:
@@ -43,3 +45,51 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointedRun:
+    """Mixin of a trainer with ``cfg`` (``to_dict()``), ``model``, ``dataset`` (``epoch``,
+    ``set_epoch``), ``device``, ``out_dir`` and the optimisers/schedulers named in
+    ``OPTIMIZERS``: epoch/step counters, ``checkpoint.pt`` in ``out_dir``, the run log, and
+    the part of the state every trainer saves and restores (``_run_state`` /
+    ``_load_run_state``, which the trainer's ``state_dict`` / ``load_state_dict`` extend).
+    Only rank 0 writes."""
+
+    OPTIMIZERS = ("opt", "opt_codes", "sched", "sched_codes")
+    rank = 0
+
+    def _start_run(self, log_columns, log_terms, log_name: str, resume: bool) -> None:
+        """Counters at 0, the run log, and the checkpoint in ``out_dir`` loaded if ``resume``."""
+        from .runlog import RunLog
+
+        self.epoch, self.global_step, self.step_in_epoch = 0, 0, 0
+        self.ckpt_path = os.path.join(self.out_dir, "checkpoint.pt")
+        self.log = RunLog(self.out_dir, log_columns, log_terms, log_name)
+        self.log_path = self.log.path
+        if resume and os.path.exists(self.ckpt_path):
+            self.load(self.ckpt_path)
+
+    def _run_state(self) -> dict:
+        s = {"config": self.cfg.to_dict(), "model": self.model.state_dict()}
+        s.update({name: getattr(self, name).state_dict() for name in self.OPTIMIZERS})
+        s.update(epoch=self.epoch, global_step=self.global_step, step_in_epoch=self.step_in_epoch,
+                 dataset_epoch=self.dataset.epoch, rng=rng_state())
+        return s
+
+    def _load_run_state(self, s: dict) -> None:
+        self.model.load_state_dict(s["model"])
+        for name in self.OPTIMIZERS:
+            getattr(self, name).load_state_dict(s[name])
+        self.epoch, self.global_step, self.step_in_epoch = s["epoch"], s["global_step"], s["step_in_epoch"]
+        self.dataset.set_epoch(s["dataset_epoch"])
+        set_rng_state(s["rng"])
+
+    def save(self, path: Optional[str] = None) -> str:
+        """The state to ``path`` (default: the run's checkpoint), atomically, on rank 0."""
+        path = path or self.ckpt_path
+        if self.rank == 0:
+            save_atomic(self.state_dict(), path)
+        return path
+
+    def load(self, path: str) -> None:
+        self.load_state_dict(load_checkpoint(path, self.device))

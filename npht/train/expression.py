@@ -32,8 +32,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
-from .runlog import RunLog, train_loop
+from .checkpoint import CheckpointedRun
+from .runlog import train_loop
 from .config import TrainConfig
 from .identity import _clip, auto_decoder_optimizers, build_identity_model
 from .losses import LossWeights, expression_losses
@@ -189,7 +189,7 @@ class ExpressionData(torch.utils.data.Dataset):
 
 
 # ---------------------------------------------------------------------- trainer
-class ExpressionTrainer:
+class ExpressionTrainer(CheckpointedRun):
     def __init__(self, config: ExpressionConfig, data_root: str, identity_checkpoint: str, out_dir: str, *,
                  resume: bool = False, identity_data_root: Optional[str] = None):
         from ..data.dataset import HeadDataset
@@ -229,24 +229,16 @@ class ExpressionTrainer:
         self.net_params = [p for n, p in self.model.named_parameters() if not n.startswith("codes.")]
         self.opt, self.opt_codes, self.sched, self.sched_codes = auto_decoder_optimizers(
             self.net_params, self.code_params, cfg)
-        self.epoch, self.global_step, self.step_in_epoch = 0, 0, 0
-        self.ckpt_path = os.path.join(self.out_dir, "checkpoint.pt")
-        self.log = RunLog(self.out_dir, EXPRESSION_LOG_COLUMNS, EXPRESSION_LOG_TERMS, "expression")
-        self.log_path = self.log.path
-        if resume and os.path.exists(self.ckpt_path):
-            self.load(self.ckpt_path)
+        self._start_run(EXPRESSION_LOG_COLUMNS, EXPRESSION_LOG_TERMS, "expression", resume)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        return {"config": self.cfg.to_dict(), "model": self.model.state_dict(),
-                "opt": self.opt.state_dict(), "opt_codes": self.opt_codes.state_dict(),
-                "sched": self.sched.state_dict(), "sched_codes": self.sched_codes.state_dict(),
-                "epoch": self.epoch, "global_step": self.global_step, "step_in_epoch": self.step_in_epoch,
-                "dataset_epoch": self.dataset.epoch, "rng": rng_state(),
-                # what fitting / deformation needs besides the network
-                "expression_keys": [list(k) for k in self.expression_keys],
-                "identity_names": dict(self.identity_names), "z_id": self.z_id.cpu(),
-                "identity_config": self.identity_cfg.to_dict(), "identity_checkpoint": self.identity_checkpoint}
+        s = self._run_state()
+        # what fitting / deformation needs besides the network
+        s.update(expression_keys=[list(k) for k in self.expression_keys],
+                 identity_names=dict(self.identity_names), z_id=self.z_id.cpu(),
+                 identity_config=self.identity_cfg.to_dict(), identity_checkpoint=self.identity_checkpoint)
+        return s
 
     def load_state_dict(self, s: dict) -> None:
         keys = [tuple(k) for k in s["expression_keys"]]
@@ -255,20 +247,7 @@ class ExpressionTrainer:
         if not torch.equal(s["z_id"].to(self.z_id.device), self.z_id):
             raise ValueError("the checkpoint was trained with other identity codes than the given identity "
                              "checkpoint's")
-        self.model.load_state_dict(s["model"])
-        for name in ("opt", "opt_codes", "sched", "sched_codes"):
-            getattr(self, name).load_state_dict(s[name])
-        self.epoch, self.global_step, self.step_in_epoch = s["epoch"], s["global_step"], s["step_in_epoch"]
-        self.dataset.set_epoch(s["dataset_epoch"])
-        set_rng_state(s["rng"])
-
-    def save(self, path: Optional[str] = None) -> str:
-        path = path or self.ckpt_path
-        save_atomic(self.state_dict(), path)
-        return path
-
-    def load(self, path: str) -> None:
-        self.load_state_dict(load_checkpoint(path, self.device))
+        self._load_run_state(s)
 
     # ------------------------------------------------------------------ step
     def losses(self, batch: dict) -> Dict[str, torch.Tensor]:

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
-from .runlog import RunLog, train_loop
+from .checkpoint import CheckpointedRun
+from .runlog import train_loop
 from .config import PRESETS, TrainConfig
 from .losses import (discriminator_loss, edr_perturbation, identity_losses,
                      multi_stage_schedule, r1_penalty)
@@ -191,7 +191,7 @@ def auto_decoder_optimizers(net_params, code_params, cfg):
             torch.optim.lr_scheduler.StepLR(opt_codes, cfg.decay_interval_codes, cfg.lr_decay))
 
 
-class IdentityTrainer:
+class IdentityTrainer(CheckpointedRun):
     def __init__(self, config: TrainConfig, data_root: str, out_dir: str, *, resume: bool = False,
                  dataset=None):
         from ..data.dataset import HeadDataset
@@ -255,48 +255,25 @@ class IdentityTrainer:
         # ranks load rank 0's checkpoint) draws what the uninterrupted run drew; EDR noise is
         # per item (_edr_points). The state stays in the checkpoint for older readers.
         self.gen = torch.Generator().manual_seed(cfg.seed + 1)
-        self.epoch, self.global_step, self.step_in_epoch = 0, 0, 0
-        self.ckpt_path = os.path.join(self.out_dir, "checkpoint.pt")
-        self.log = RunLog(self.out_dir, LOG_COLUMNS, LOG_TERMS, "loss")
-        self.log_path = self.log.path
-        if resume and os.path.exists(self.ckpt_path):
-            self.load(self.ckpt_path)
+        self._start_run(LOG_COLUMNS, LOG_TERMS, "loss", resume)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        s = {"config": self.cfg.to_dict(), "model": self.model.state_dict(), "density": self.density.state_dict(),
-             "opt": self.opt.state_dict(), "opt_codes": self.opt_codes.state_dict(),
-             "sched": self.sched.state_dict(), "sched_codes": self.sched_codes.state_dict(),
-             "epoch": self.epoch, "global_step": self.global_step, "step_in_epoch": self.step_in_epoch,
-             "identity_names": dict(self.dataset.identity_index),
-             "stage": self.stage.index, "dataset_epoch": self.dataset.epoch,
-             "rng": rng_state(), "gen": self.gen.get_state()}
+        s = self._run_state()
+        s.update(density=self.density.state_dict(), identity_names=dict(self.dataset.identity_index),
+                 stage=self.stage.index, gen=self.gen.get_state())
         if self.disc is not None:
             s.update(disc=self.disc.state_dict(), opt_d=self.opt_d.state_dict(), sched_d=self.sched_d.state_dict())
         return s
 
     def load_state_dict(self, s: dict) -> None:
-        self.model.load_state_dict(s["model"])
+        self._load_run_state(s)
         self.density.load_state_dict(s["density"])
-        for name in ("opt", "opt_codes", "sched", "sched_codes"):
-            getattr(self, name).load_state_dict(s[name])
         if self.disc is not None:
             self.disc.load_state_dict(s["disc"])
             self.opt_d.load_state_dict(s["opt_d"])
             self.sched_d.load_state_dict(s["sched_d"])
-        self.epoch, self.global_step, self.step_in_epoch = s["epoch"], s["global_step"], s["step_in_epoch"]
-        self.dataset.set_epoch(s["dataset_epoch"])
-        set_rng_state(s["rng"])
         self.gen.set_state(s["gen"])
-
-    def save(self, path: Optional[str] = None) -> str:
-        path = path or self.ckpt_path
-        if self.rank == 0:
-            save_atomic(self.state_dict(), path)
-        return path
-
-    def load(self, path: str) -> None:
-        self.load_state_dict(load_checkpoint(path, self.device))
 
     @property
     def stage(self):
