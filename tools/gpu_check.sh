@@ -2,7 +2,12 @@
 # One call on a GPU machine: build the CUDA extension, run the whole test suite (CUDA and
 # Triton-on-GPU tests included), then the benchmarks. Logs and result JSON/PNG go to
 # ${OUT:-gpu_out}. Usage (repo root): NPHT_COMMIT=$(git rev-parse --short HEAD) bash tools/gpu_check.sh [pytest args]
+# STAGES picks what runs (default all; the build always runs, and is quick when the machine
+# is still warm from a previous call): tests triplane render eval. Two calls that fit the
+# device's 10-minute limit: STAGES="tests triplane", then STAGES="render eval".
 set -uo pipefail
+STAGES=" ${STAGES:-tests triplane render eval} "
+want() { [[ "$STAGES" == *" $1 "* ]]; }
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-16}
@@ -12,10 +17,13 @@ if ls .whl/*.whl >/dev/null 2>&1; then  # packages the machine lacks, carried as
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 t0=$(date +%s)
-NPHT_CUDA=1 python3 -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 \
-  || { tail -50 "$OUT/build.log"; exit 1; }
+# (the device returns at most 8 files from $OUT: the build log stays out unless it failed;
+# the benchmarks share one log)
+NPHT_CUDA=1 python3 -m pip install -q --no-build-isolation --no-deps -e . >/tmp/npht_build.log 2>&1 \
+  || { cp /tmp/npht_build.log "$OUT/build.log"; tail -50 /tmp/npht_build.log; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"
 python3 -c "import npht; print(npht.build_info())" | tee -a "$OUT/gpu.txt"
+if want tests; then
 t0=$(date +%s)
 # The data tests need trimesh/pyrender/libigl/scikit-image; the GPU image lacks them unless
 # carried as wheels in .whl/: they are CPU tests (CI runs them), so leave them out there.
@@ -24,14 +32,19 @@ python3 -c "import trimesh, pyrender, igl, skimage" 2>/dev/null || { data_ignore
   echo "data tests left out (trimesh/pyrender/libigl/scikit-image missing)"; }
 python3 -m pytest -q -p no:cacheprovider $data_ignore "${@:-tests}" 2>&1 | tee "$OUT/pytest.log" | tail -25
 echo "tests: $(( $(date +%s) - t0 )) s"
-# SKIP_TRIPLANE_BENCH=1 leaves out the tri-plane benchmark (results already committed)
-[ -n "${SKIP_TRIPLANE_BENCH:-}" ] || python3 benchmarks/triplane.py --plot --out "$OUT" 2>&1 | tee "$OUT/bench.log"
-python3 benchmarks/render.py --plot --out "$OUT" 2>&1 | tee "$OUT/bench_render.log"
+fi
+# SKIP_TRIPLANE_BENCH=1 (or STAGES without triplane) leaves out the tri-plane benchmark
+if want triplane && [ -z "${SKIP_TRIPLANE_BENCH:-}" ]; then
+  python3 benchmarks/triplane.py --plot --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
+fi
+want render && python3 benchmarks/render.py --plot --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
 # Evaluation cost (issue 6): the metrics' kd-tree queried on the GPU, and 256^3 mesh extraction
 # dense + sparse for the tri-plane model and NPM (both need trimesh: carry its wheel in .whl/)
-if python3 -c "import trimesh, skimage" 2>/dev/null; then
-  python3 benchmarks/metrics.py --device cuda --out "$OUT" 2>&1 | tee "$OUT/bench_metrics.log"
-  python3 benchmarks/mesh_extraction.py --device cuda --out "$OUT" 2>&1 | tee "$OUT/bench_mesh.log"
+if ! want eval; then
+  :
+elif python3 -c "import trimesh, skimage" 2>/dev/null; then
+  python3 benchmarks/metrics.py --device cuda --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
+  python3 benchmarks/mesh_extraction.py --device cuda --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
 else
   echo "metrics / mesh benchmarks left out (trimesh or scikit-image missing)"
 fi
