@@ -131,7 +131,8 @@ inline CompositeBwdIO composite_bwd_prepare(
   io.g_z = need_z ? like(z) : z.new_empty({0});
   io.g_beta = need_beta ? (written ? at::empty({s.R}, sdf.options()) : at::zeros({s.R}, sdf.options()))
                         : sdf.new_empty({0});
-  io.g_values = need_values && s.K > 0 ? like(*values) : sdf.new_empty({0});
+  // shaped like values also with K = 0 channels (autograd checks the shape)
+  io.g_values = need_values && values.has_value() && values->defined() ? like(*values) : sdf.new_empty({0});
   return io;
 }
 

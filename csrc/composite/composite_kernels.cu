@@ -13,7 +13,7 @@ namespace {
 constexpr int kThreads = 128;
 
 template <typename T>
-__global__ void composite_fwd_kernel(const T* __restrict__ sdf, const T* __restrict__ z,
+__global__ void __launch_bounds__(kThreads) composite_fwd_kernel(const T* __restrict__ sdf, const T* __restrict__ z,
                                      const T* __restrict__ beta, const T* __restrict__ values,
                                      const int64_t* __restrict__ offsets, T* rendered, T* depth,
                                      T* opacity, T* weights, CompositeLaunch p) {
@@ -27,7 +27,7 @@ __global__ void composite_fwd_kernel(const T* __restrict__ sdf, const T* __restr
 }
 
 template <typename T>
-__global__ void composite_bwd_kernel(const T* __restrict__ grad_rendered,
+__global__ void __launch_bounds__(kThreads) composite_bwd_kernel(const T* __restrict__ grad_rendered,
                                      const T* __restrict__ grad_depth,
                                      const T* __restrict__ grad_opacity,
                                      const T* __restrict__ grad_weights,

@@ -8,7 +8,11 @@ in convolutional form) -> ``k`` ConvTranspose(4, stride 2, pad 1) doublings to `
 every layer but the last is followed by BatchNorm + ReLU, widths ``base * 2^(k-1)``
 halving down to ``base``, the last producing ``dcgan_channels`` (default 3 * C). Then
 Upsample(x4) + Conv2d(3x3, pad 1, 3 * C). The thesis configuration (R = 256, base 64)
-is the classic DCGAN 4 -> 64 stack (512, 256, 128, 64 wide) and its x4 head.
+is the classic DCGAN 4 -> 64 stack (512, 256, 128, 64 wide) and its x4 head. The thesis
+does not name the upsampling mode: ``upsample_mode="nearest"`` (nn.Upsample's default)
+leaves 4x4-texel steps in the planes, which the 3x3 head only softens and which show as
+bands in rendered normals where the DCGAN output is coarse (16^2 in the cpu-demo preset);
+``"bilinear"`` keeps the planes continuous.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ class TriplaneGenerator(nn.Module):
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         if not _is_pow2(resolution) or resolution < 16:
             raise ValueError(f"resolution must be a power of two >= 16, got {resolution!r}")
+        if upsample_mode not in ("nearest", "bilinear", "bicubic"):
+            raise ValueError(f"upsample_mode must be 'nearest', 'bilinear' or 'bicubic', got {upsample_mode!r}")
         dcgan_channels = 3 * channels if dcgan_channels is None else dcgan_channels
         if not isinstance(dcgan_channels, int) or dcgan_channels < 1:
             raise ValueError(f"dcgan_channels must be a positive int, got {dcgan_channels!r}")

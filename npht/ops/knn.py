@@ -121,6 +121,7 @@ class PointTree:
         points, perm, bounds, leaf_start = _ops().knn_build(r, leaf_size)
         self.points, self.perm, self.bounds, self.leaf_start = (
             t.to(self.device) for t in (points, perm, bounds, leaf_start))
+        self.device = self.points.device  # "cuda" -> the GPU it landed on (queries go there)
         self.leaf_size = leaf_size
 
     def __len__(self) -> int:

@@ -13,7 +13,9 @@ Presets (``TrainConfig.preset(name, **overrides)``):
   renderer options (``weight_threshold`` 1e-6, the fused decoder value+gradient for the
   shading pass), discriminator at 256 with Adam (pi-GAN's betas (0, 0.9)).
 * ``cpu-demo``: tiny widths, few points, 16x16 maps (the discriminator sees them
-  upsampled to 64x64, its smallest resolution), a small sampler; minutes on 2 cores.
+  upsampled to 64x64, its smallest resolution), a small sampler, bilinear x4 upsampling in
+  the generator (its DCGAN part ends at 16^2: nearest would leave visible 4-texel steps);
+  minutes on 2 cores.
 * ``npm``: the NPM baseline (8 x 1024 DeepSDF), 3D losses only (NPM weights of 5.2.2),
   batch 32.
 """
@@ -37,6 +39,7 @@ class TrainConfig:
     plane_channels: int = 32
     plane_resolution: int = 256
     generator_base: int = 64
+    plane_upsample: str = "nearest"      # TP_gen's x4 upsample: nn.Upsample's default (thesis: unstated)
     decoder_hidden: int = 256
     decoder_layers: int = 5
     code_init_std: float = 1.0           # Sec. 4.2.1: z_id ~ N(0, I)
@@ -135,7 +138,10 @@ def _npht_256() -> TrainConfig:
 def _cpu_demo() -> TrainConfig:
     counts = dict(surface_face=96, surface_nonface=32, near1_face=8, near1_nonface=8,
                   near2_face=8, near2_nonface=8, ball=64)
+    # plane_upsample bilinear: the DCGAN part ends at 16^2 here, and nearest x4 upsampling
+    # (the thesis generator's) leaves steps every 4 texels that show as bands in the normals
     return TrainConfig(z_dim=16, plane_channels=4, plane_resolution=64, generator_base=8,
+                       plane_upsample="bilinear",
                        decoder_hidden=32, decoder_layers=3, code_init_std=0.1,
                        batch_size=2, counts=counts, render_resolution=16, disc_resolution=64,
                        disc_base=2, disc_max_channels=16, samples=(8, 8, 4), beta_iters=4,

@@ -170,7 +170,8 @@ def build_identity_model(cfg: TrainConfig, n_id: int) -> torch.nn.Module:
     from ..models import IdentityModel, NPMBaseline, TriplaneDecoder, TriplaneGenerator
 
     if cfg.model == "triplane":
-        gen = TriplaneGenerator(cfg.z_dim, cfg.plane_channels, cfg.plane_resolution, base=cfg.generator_base)
+        gen = TriplaneGenerator(cfg.z_dim, cfg.plane_channels, cfg.plane_resolution, base=cfg.generator_base,
+                                upsample_mode=cfg.plane_upsample)
         dec = TriplaneDecoder(cfg.plane_channels, cfg.decoder_hidden, cfg.decoder_layers)
         if cfg.geometric_init:
             dec.geometric_init_()

@@ -43,10 +43,40 @@ def test_generator_thesis_layout():
     (dict(resolution=48), "resolution must be a power of two >= 16, got 48"),
     (dict(channels=0), "channels must be a positive int"),
     (dict(z_dim=-1), "z_dim must be a positive int"),
+    (dict(upsample_mode="area"), "upsample_mode must be 'nearest', 'bilinear' or 'bicubic', got 'area'"),
 ])
 def test_generator_bad_args(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TriplaneGenerator(**kwargs)
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_generator_upsample_mode(mode):
+    """nearest: the DCGAN output's 4x4 blocks survive as steps between texel blocks (the
+    3x3 head sees constant 4x4 interiors, so the planes' second differences along a row
+    vanish inside blocks and jump at their edges); bilinear: no such step pattern."""
+    torch.manual_seed(0)
+    gen = TriplaneGenerator(8, 2, 32, base=4, upsample_mode=mode)
+    assert gen.upsample.mode == mode
+    up = gen.upsample(torch.randn(1, 3, 8, 8))
+    d = up[..., 1:] - up[..., :-1]  # differences along a row of the upsampled map
+    inside = d[..., [i for i in range(d.shape[-1]) if i % 4 != 3]]
+    if mode == "nearest":
+        assert not inside.any() and d[..., 3::4].abs().max() > 0
+    else:
+        assert inside.abs().max() > 0
+
+
+def test_build_identity_model_plane_upsample():
+    from npht.train.config import TrainConfig
+    from npht.train.identity import build_identity_model
+
+    cfg = TrainConfig.preset("cpu-demo")
+    assert cfg.plane_upsample == "bilinear" and TrainConfig.preset("thesis-64").plane_upsample == "nearest"
+    assert build_identity_model(cfg, 2).generator.upsample.mode == "bilinear"
+    old = cfg.to_dict()
+    del old["plane_upsample"]  # a checkpoint written before the field existed
+    assert TrainConfig.from_dict(old).plane_upsample == "nearest"
 
 
 def test_generator_bad_z():

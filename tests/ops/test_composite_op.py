@@ -315,3 +315,18 @@ def test_float32_extreme_sdf_values(backend, device):
         assert torch.equal(torch.isnan(a), torch.isnan(b)), (a, b)
         ok = ~torch.isnan(b)
         torch.testing.assert_close(a[ok], b[ok], rtol=1e-5, atol=1e-6)
+
+
+def test_zero_channel_values(backend, device):
+    """values with K = 0 channels that require grad: rendered is [R, 0], the backward
+    gives values a gradient of their own shape (empty), sdf its usual one."""
+    sdf, z, _ = _rays(4, 5, 1, torch.float64, device)
+    s = sdf.clone().requires_grad_()
+    v = torch.zeros(4, 5, 0, dtype=torch.float64, device=device, requires_grad=True)
+    out = npht.volume_composite(s, z, 0.1, v, backend=backend)
+    assert out.rendered.shape == (4, 0)
+    out.depth.sum().backward()
+    assert v.grad is not None and v.grad.shape == (4, 5, 0)
+    s2 = sdf.clone().requires_grad_()
+    composite(s2, z, 0.1)[1].sum().backward()
+    torch.testing.assert_close(s.grad, s2.grad)
