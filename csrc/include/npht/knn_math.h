@@ -22,13 +22,25 @@ namespace knn {
 
 constexpr int kMaxDepth = 40;  // 2^40 leaves: more than any point set in memory
 
+// dx^2 + dy^2 + dz^2 rounded after every operation on both sides: nvcc would otherwise fuse
+// multiply-adds (setup.py builds the host code for baseline x86-64: no FMA to contract to),
+// and the CPU and CUDA searches could then break near-ties differently. With this, both
+// return the same neighbour and distance bit for bit.
+NPHT_HD double sum_sq(double dx, double dy, double dz) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(__dadd_rn(__dmul_rn(dx, dx), __dmul_rn(dy, dy)), __dmul_rn(dz, dz));
+#else
+  return dx * dx + dy * dy + dz * dz;
+#endif
+}
+
 // Squared distance from (x, y, z) to the box b = (min xyz, max xyz); an empty box (min > max
 // everywhere, from +inf/-inf) is infinitely far.
 NPHT_HD double box_dist2(const double* b, double x, double y, double z) {
   const double dx = fmax(fmax(b[0] - x, x - b[3]), 0.0);
   const double dy = fmax(fmax(b[1] - y, y - b[4]), 0.0);
   const double dz = fmax(fmax(b[2] - z, z - b[5]), 0.0);
-  return dx * dx + dy * dy + dz * dz;
+  return sum_sq(dx, dy, dz);
 }
 
 // Nearest point of pts [M, 3] (the tree's permuted points) to q: depth-first search, the
@@ -49,7 +61,7 @@ NPHT_HD void nearest(const double* q, const double* pts, const double* bounds,
   int64_t arg = -1;
   if (hint >= 0) {
     const double dx = pts[3 * hint] - x, dy = pts[3 * hint + 1] - y, dz = pts[3 * hint + 2] - z;
-    best = dx * dx + dy * dy + dz * dz;
+    best = sum_sq(dx, dy, dz);
     arg = hint;
   }
   int64_t node = 0;
@@ -59,7 +71,7 @@ NPHT_HD void nearest(const double* q, const double* pts, const double* bounds,
       const int64_t j = node - first_leaf;
       for (int64_t p = leaf_start[j]; p < leaf_start[j + 1]; ++p) {
         const double dx = pts[3 * p] - x, dy = pts[3 * p + 1] - y, dz = pts[3 * p + 2] - z;
-        const double d2 = dx * dx + dy * dy + dz * dz;
+        const double d2 = sum_sq(dx, dy, dz);
         if (d2 < best || (d2 == best && p < arg)) {
           best = d2;
           arg = p;
