@@ -18,9 +18,9 @@ discriminator's cost does not depend on the renderer), backward through the norm
 - ``npht``: + sample-efficient shading (the default weight threshold 1e-6);
 - ``npht-fused``: + the decoder's value and gradient from npht.softplus_mlp_with_grad
   (``npht-fused-ckpt``: keeping nothing for the backward, recomputed in chunks);
-- ``npht-coarse``: ``npht`` + near bounds and ray culling from a 4x coarser pass;
+- ``npht-coarse``: ``npht`` + ray culling from a 4x coarser pass;
 - ``npht-skip``: ``npht`` + the sampler skips converged rays (``skip_converged``);
-- ``npht-fast``: all of them: coarse bounds, skip converged rays, fused decoder.
+- ``npht-fast``: all of them: coarse culling, skip converged rays, fused decoder.
 
 Accuracy (not timed): each npht method against the full renderer at the same resolution
 (every sample shaded; its decoder gradient from the fused, checkpointed op, which equals

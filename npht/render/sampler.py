@@ -112,11 +112,16 @@ class ErrorBoundSampler:
 
     def __call__(self, sdf_fn: Callable, origins: torch.Tensor, dirs: torch.Tensor, near: torch.Tensor,
                  far: torch.Tensor, beta0, *, training: bool = False,
-                 generator: Optional[torch.Generator] = None, chunk: int = 1 << 18) -> torch.Tensor:
+                 generator: Optional[torch.Generator] = None, chunk: int = 1 << 18,
+                 return_sdf: bool = False):
         """Depths ``[B, R, samples_per_ray]`` (sorted) for rays ``origins, dirs [B, R, 3]``
         in ``[near, far]`` (``[B, R]``); ray b, r samples shape b of ``sdf_fn``.
         ``training`` draws stratified initial samples, random final quantiles and random
-        extra samples (VolSDF); otherwise all is deterministic."""
+        extra samples (VolSDF); otherwise all is deterministic.
+
+        ``return_sdf`` also returns ``sdf [B, R, samples_per_ray]``: the SDF values the
+        sampler already evaluated at its output depths (the extra samples, and near/far
+        when not ``training``), NaN where it did not (the final ``N_samples``)."""
         if origins.dim() != 3 or origins.shape[-1] != 3 or dirs.shape != origins.shape:
             raise ValueError(
                 f"origins and dirs must both be [B, R, 3], got {tuple(origins.shape)} and {tuple(dirs.shape)}"
@@ -187,7 +192,14 @@ class ErrorBoundSampler:
                 perm = torch.randperm(n, generator=generator, device=gen_dev)[: self.N_samples_extra].to(dev)
             else:
                 perm = torch.linspace(0, n - 1, self.N_samples_extra, device=dev).long()
-            extra = torch.cat([near, far, z[:, perm]], -1)
+            extra, extra_sdf = torch.cat([near, far, z[:, perm]], -1), sdf[:, perm]
         else:
-            extra = torch.cat([near, far], -1)
-        return torch.sort(torch.cat([samples, extra], -1), -1).values.reshape(B, Rb, -1)
+            extra, extra_sdf = torch.cat([near, far], -1), sdf[:, :0]
+        depths, idx = torch.sort(torch.cat([samples, extra], -1), dim=-1, stable=True)
+        depths = depths.reshape(B, Rb, -1)
+        if not return_sdf:
+            return depths
+        # near/far are z's ends unless the initial samples were jittered (training)
+        ends = torch.full_like(extra[:, :2], float("nan")) if training else sdf[:, [0, -1]].to(dt)
+        known = torch.cat([torch.full_like(samples, float("nan")), ends, extra_sdf.to(dt)], -1)
+        return depths, torch.gather(known, 1, idx).reshape(B, Rb, -1)

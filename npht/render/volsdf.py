@@ -5,11 +5,11 @@ Pipeline for cameras ``[B]`` at ``H x W``:
 
 1. rays through pixel centres, bounded by the unit sphere; rays that miss it cost nothing;
 2. (optional, ``coarse_factor``) a coarse pass at ``H/f x W/f`` finds, per coarse pixel,
-   whether the surface is there and the depth range of the samples that matter; fine rays
-   whose dilated coarse neighbourhood is empty are skipped, the others are sampled only
-   within the coarse depth range plus a margin;
+   whether the surface is there; fine rays whose dilated coarse neighbourhood is empty are
+   skipped (the others are sampled exactly as without the coarse pass);
 3. the error-bound sampler picks the depths, evaluating the SDF without grad;
-4. a no-grad pass evaluates the SDF at the final samples and composites the weights (fused);
+4. a no-grad pass evaluates the SDF at the final samples where the sampler has not already
+   (its ``N_samples`` new ones) and composites the weights (fused);
 5. shading with grad: only the samples of each ray from the first to the last whose weight
    exceeds ``weight_threshold`` are evaluated with grad (the next sample only bounds the
    last one's interval and counts as empty space): SDF, normals
@@ -72,10 +72,10 @@ class VolSDFRenderer:
             1e-6 keeps even beta's gradient within a few percent (1e-4 shades ~20 % fewer
             samples but misses a large share of beta's gradient, which the low-weight tails
             carry).
-        coarse_factor: near bounds and ray culling from a coarse pass at ``1/coarse_factor``
-            of the resolution (``None``: off; skipped when the coarse image would be under
-            16 pixels a side); ``coarse_dilate`` coarse pixels of dilation, ``coarse_margin``
-            world units in front of the coarse depth range.
+        coarse_factor: ray culling from a coarse pass at ``1/coarse_factor`` of the
+            resolution (``None``: off; skipped when the coarse image would be under 16 pixels
+            a side): a ray is rendered only when a coarse ray within ``coarse_dilate``
+            coarse pixels has a sample of weight above the threshold.
         gradient_fn: optional ``(points) -> (sdf, grad)`` replacing autograd for the
             shading pass (e.g. ``lambda p: decoder.sdf_and_gradient(planes, p)``); it must
             build the graph itself when grad is on.
@@ -90,7 +90,6 @@ class VolSDFRenderer:
     weight_threshold: Optional[float] = 1e-6
     coarse_factor: Optional[int] = None
     coarse_dilate: int = 1
-    coarse_margin: float = 0.05
     gradient_fn: Optional[Callable] = None
     backend: str = "auto"
     chunk: int = 1 << 18
@@ -103,8 +102,8 @@ class VolSDFRenderer:
             raise ValueError(f"weight_threshold must be in [0, 1) or None, got {self.weight_threshold!r}")
         if self.coarse_factor is not None and (int(self.coarse_factor) != self.coarse_factor or self.coarse_factor < 2):
             raise ValueError(f"coarse_factor must be an integer >= 2 or None, got {self.coarse_factor!r}")
-        if self.coarse_dilate < 0 or self.coarse_margin < 0:
-            raise ValueError("coarse_dilate and coarse_margin must be >= 0")
+        if self.coarse_dilate < 0:
+            raise ValueError(f"coarse_dilate must be >= 0, got {self.coarse_dilate!r}")
         if not self.bound_radius > 0:
             raise ValueError(f"bound_radius must be > 0, got {self.bound_radius!r}")
 
@@ -140,7 +139,7 @@ class VolSDFRenderer:
         stats = {"rays": B * H * W, "rays_in_sphere": int(hit.sum())}
         stats["coarse"] = self.coarse_factor is not None and min(H, W) // self.coarse_factor >= 16
         if stats["coarse"]:
-            near, far, hit = self._coarse_bounds(sdf_fn, cameras, near, far, hit, generator, stats)
+            hit = self._coarse_cull(sdf_fn, cameras, hit, generator, stats)
         stats["rays_rendered"] = int(hit.sum())
         grad_on = torch.is_grad_enabled()
         R = H * W
@@ -162,7 +161,8 @@ class VolSDFRenderer:
 
     def _sample(self, sdf_fn, origins, dirs, near, far, active, training, generator):
         """Error-bound sampling of the active rays only (padded per batch element with
-        zero-length dummy rays). Returns depths [B, Ra, S] and the active rays' indices."""
+        zero-length dummy rays). Returns depths [B, Ra, S], the SDF values the sampler
+        already knows at them (NaN elsewhere) and the active rays' indices."""
         B, R = active.shape
         counts = active.sum(1)
         Ra = max(int(counts.max()) if B else 0, 1)
@@ -175,8 +175,9 @@ class VolSDFRenderer:
         o, d, n, f = take(origins), take(dirs), take(near), take(far)
         f = torch.where(valid, f, n)  # dummy rays: zero length
         beta = self.density.get_beta().detach()
-        z = self.sampler(sdf_fn, o, d, n, f, beta, training=training, generator=generator, chunk=self.chunk)
-        return o, d, z, order, valid
+        z, known = self.sampler(sdf_fn, o, d, n, f, beta, training=training, generator=generator,
+                                chunk=self.chunk, return_sdf=True)
+        return o, d, z, known, order, valid
 
     def _sampler_stats(self, stats):
         for key, value in getattr(self.sampler, "last_stats", {}).items():
@@ -186,11 +187,21 @@ class VolSDFRenderer:
         """Sampling and the no-grad weights of every sample of the active rays: depths
         ``z [B, Ra, S]``, points ``[B, Ra, S, 3]``, weights ``[B * Ra, S]`` (0 on padding
         rays), the active rays' indices ``order [B, Ra]`` and ``valid [B, Ra]``."""
-        o, d, z, order, valid = self._sample(sdf_fn, origins, dirs, near, far, active, training, generator)
+        o, d, z, known, order, valid = self._sample(sdf_fn, origins, dirs, near, far, active, training, generator)
         self._sampler_stats(stats)
         B, Ra, S = z.shape
         points = o[:, :, None] + z[..., None] * d[:, :, None]
-        sdf0 = evaluate_sdf(sdf_fn, points.reshape(B, Ra * S, 3), self.chunk).reshape(B * Ra, S)
+        # the SDF where the sampler has not evaluated it already (its final samples)
+        unknown = torch.isnan(known)
+        per_batch = unknown.reshape(B, -1).sum(1)
+        if bool((per_batch == per_batch[0]).all()):
+            fresh = evaluate_sdf(sdf_fn, points[unknown].reshape(B, -1, 3), self.chunk)
+            sdf0 = known.masked_scatter(unknown, fresh.to(known.dtype)).reshape(B * Ra, S)
+            evaluated = int(per_batch.sum())
+        else:  # not expected (every ray has the same number of final samples): evaluate all
+            sdf0 = evaluate_sdf(sdf_fn, points.reshape(B, Ra * S, 3), self.chunk).reshape(B * Ra, S)
+            evaluated = B * Ra * S
+        stats["final_sdf_evaluations"] = stats.get("final_sdf_evaluations", 0) + evaluated
         with torch.no_grad():
             w0 = volume_composite(sdf0.to(z.dtype), z.reshape(B * Ra, S), self.density.get_beta().detach().to(z.dtype),
                                   backend=self.backend).weights
@@ -265,8 +276,9 @@ class VolSDFRenderer:
         color = full[..., 3:] if color_fn is not None else None
         return full[..., :3], dfull, ofull, color
 
-    def _coarse_bounds(self, sdf_fn, cameras, near, far, hit, generator, stats):
-        """Depth range and surface presence from a coarse render, dilated and upsampled."""
+    def _coarse_cull(self, sdf_fn, cameras, hit, generator, stats):
+        """``hit`` without the rays whose dilated neighbourhood in a coarse render has no
+        sample of weight above the threshold (no surface there)."""
         f = int(self.coarse_factor)
         B, H, W = len(cameras), cameras.height, cameras.width
         hc, wc = max(H // f, 1), max(W // f, 1)
@@ -277,34 +289,21 @@ class VolSDFRenderer:
         with torch.no_grad():
             # its sampler work counts in the renderer's statistics
             z, _, w, order, valid = self._weights(sdf_fn, co, cd, cn, cf, chit, False, generator, stats)
-            w = w.reshape(z.shape)
             thr = self.weight_threshold if self.weight_threshold is not None else 1e-4
-            big = (w > thr) & valid[..., None]
-            inf = torch.full_like(z, float("inf"))
-            lo = torch.where(big, z, inf).min(-1).values
-            hi = torch.where(big, z, -inf).max(-1).values
-            has = big.any(-1)
-            # back to the coarse image
-            lo_img = torch.full((B, hc * wc), float("inf"), device=z.device, dtype=z.dtype).scatter(
-                1, order, torch.where(valid & has, lo, inf[..., 0]))
-            hi_img = torch.full((B, hc * wc), -float("inf"), device=z.device, dtype=z.dtype).scatter(
-                1, order, torch.where(valid & has, hi, -inf[..., 0]))
+            has = ((w.reshape(z.shape) > thr).any(-1) & valid).to(z.dtype)
+            img = torch.zeros(B, hc * wc, device=z.device, dtype=z.dtype).scatter(1, order, has)
             k = 2 * self.coarse_dilate + 1
-            lo_img = -F.max_pool2d(-lo_img.reshape(B, 1, hc, wc), k, 1, self.coarse_dilate)
-            hi_img = F.max_pool2d(hi_img.reshape(B, 1, hc, wc), k, 1, self.coarse_dilate)
+            img = F.max_pool2d(img.reshape(B, 1, hc, wc), k, 1, self.coarse_dilate)[:, 0]
             # fine pixel centre -> its coarse pixel (nearest)
             ys = torch.clamp(((torch.arange(H, device=z.device) + 0.5) * hc / H).long(), max=hc - 1)
             xs = torch.clamp(((torch.arange(W, device=z.device) + 0.5) * wc / W).long(), max=wc - 1)
-            lo_f = lo_img[:, 0][:, ys][:, :, xs].reshape(B, H * W)
-            hi_f = hi_img[:, 0][:, ys][:, :, xs].reshape(B, H * W)
-        # The coarse depth is along coarse rays; fine rays in the same neighbourhood differ
-        # by a small angle, covered by the margin. Only the near bound moves: the far one
-        # stays on the bounding sphere, where VolSDF's last sample (delta 1e10) is empty
-        # space; a far bound near the surface would make that sample absorb the rest.
-        some = torch.isfinite(lo_f) & (hi_f + self.coarse_margin > near)
-        n2 = torch.clamp(torch.maximum(near, lo_f - self.coarse_margin), max=far)
-        hit2 = hit & some
-        return torch.where(hit2, n2, near), far, hit2
+            some = img[:, ys][:, :, xs].reshape(B, H * W) > 0
+        # Only culling: the rays kept are sampled exactly as without the coarse pass. (Moving
+        # their near bound to the coarse depth range changed where the sampler's initial
+        # samples lie, and with them its result on rays that do not meet eps within
+        # max_total_iters: 3 degrees of mean normal error on the benchmark's SDF at 64^2,
+        # for no fewer SDF evaluations.)
+        return hit & some
 
 
 def render(sdf_fn: SdfFn, cameras: Cameras, resolution: Union[None, int, Tuple[int, int]] = None, *,

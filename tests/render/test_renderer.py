@@ -76,6 +76,28 @@ def test_sampler_training_mode_is_seeded():
     assert not torch.equal(z1, z3)
 
 
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("extra", [0, 8])
+def test_sampler_returns_the_sdf_it_knows(training, extra):
+    """``return_sdf``: the same depths, and at each the SDF value the sampler evaluated (the
+    extra samples; near/far when not training), NaN at exactly its N_samples new ones."""
+    sampler = ErrorBoundSampler(12, 16, extra, 0.1, 5, 3)
+    o = torch.tensor([[[0.0, 0.0, 2.6]]], dtype=torch.float64).expand(2, 5, 3).contiguous()
+    d = torch.randn(2, 5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 0.1
+    d[..., 2] = -1.0
+    d = d / d.norm(dim=-1, keepdim=True)
+    near, far, _ = ray_sphere_bounds(o, d)
+    kw = dict(training=training)
+    z1 = sampler(torus, o, d, near, far, 1e-3, generator=torch.Generator().manual_seed(4), **kw)
+    z2, known = sampler(torus, o, d, near, far, 1e-3, generator=torch.Generator().manual_seed(4), return_sdf=True,
+                        **kw)
+    torch.testing.assert_close(z1, z2, rtol=0, atol=0)
+    unknown = torch.isnan(known)
+    assert (unknown.sum(-1) == sampler.N_samples + (2 if training else 0)).all()
+    exact = torus(o[:, :, None] + z2[..., None] * d[:, :, None])
+    torch.testing.assert_close(known[~unknown], exact[~unknown], rtol=1e-12, atol=1e-12)
+
+
 def test_sampler_errors():
     with pytest.raises(ValueError, match="N_samples must be >= 1"):
         ErrorBoundSampler(0)

@@ -96,6 +96,49 @@ def test_approximations_within_bounds(shape, options):
         assert fast.stats["sampler_sdf_evaluations"] < 0.8 * full.stats["sampler_sdf_evaluations"]
 
 
+def bumpy(p):
+    """A sphere with ripples of 0.005: at beta 0.001 the sampler does not meet eps within
+    its rounds, so its result depends on where its samples lie."""
+    return sphere(p) + 0.005 * torch.sin(40 * p[..., 0]) * torch.sin(40 * p[..., 1]) * torch.sin(40 * p[..., 2])
+
+
+def test_coarse_pass_only_culls_rays():
+    """The rays the coarse pass keeps are rendered exactly as without it (the same samples),
+    on an SDF whose sampling does not converge; the rays it culls are empty."""
+    dens = LaplaceDensity(beta=0.001)
+    cams = near_frontal_cameras(2, resolution=64, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        base = render(bumpy, cams, density=dens)
+        fast = render(bumpy, cams, density=dens, coarse_factor=4)
+    assert base.stats["sampler_rounds"] == ErrorBoundSampler.thesis().max_total_iters  # not converged
+    assert fast.stats["coarse"] and fast.stats["rays_rendered"] < 0.8 * base.stats["rays_rendered"]
+    kept = fast.hit
+    for a, b in ((fast.normals, base.normals), (fast.depth, base.depth), (fast.opacity, base.opacity)):
+        torch.testing.assert_close(a[kept], b[kept], rtol=1e-5, atol=1e-6)
+    assert base.opacity[~kept].max() < 1e-3
+    assert (fast.opacity[~kept] == 0).all()
+
+
+def test_final_pass_evaluates_only_new_samples():
+    """The no-grad weights pass reuses the SDF the sampler evaluated: N_samples new values
+    per rendered ray (test_full_renderer_equals_reference checks the image)."""
+    dens = LaplaceDensity(beta=0.005)
+    points = []
+
+    def counting(p):
+        points.append(p.shape[1])
+        return torus(p)
+
+    out = render(counting, fibonacci_cameras(2, resolution=16), density=dens)
+    n = ErrorBoundSampler.thesis().N_samples
+    assert out.stats["final_sdf_evaluations"] == out.stats["rays_rendered"] * n
+    # every SDF call sees both shapes: the shape probe (2 points), the sampler, the final
+    # pass and the shading pass (padded per shape) -- and nothing else
+    total = 2 * sum(points)
+    shading = total - 2 * 2 - out.stats["sampler_sdf_evaluations"] - out.stats["final_sdf_evaluations"]
+    assert out.stats["samples_shaded"] <= shading <= 2 * out.stats["samples_shaded"]
+
+
 @pytest.mark.parametrize("options", APPROXIMATIONS)
 def test_parameter_gradients_match_full_renderer(options):
     """A loss on the normal map (through the normals' double backward) and the opacity:
