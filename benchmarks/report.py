@@ -104,7 +104,23 @@ def metrics_table(name: str, res: dict) -> str:
     return "\n".join(lines)
 
 
+def sensitivity_table(name: str, res: dict) -> str:
+    cfg, conv = res["config"], res["convergence"]
+    lines = [f"**{res['device']}** — torch {res['torch']}, commit `{res['commit']}`, {res['date'][:10]} "
+             f"(`{name}`): render sensitivity at {cfg['res']}², B={cfg['B']}, beta {cfg['beta']}, thesis "
+             f"sampler; {conv['foreground_unconverged']} of {conv['foreground']} foreground rays unconverged after "
+             f"its last round. Against the full renderer (float32):", "",
+             "| variant | mean normal error deg | median | 90th percentile | mask IoU |",
+             "|---|---:|---:|---:|---:|"]
+    for variant, r in res["results"].items():
+        lines.append(f"| {variant} | {r['normal_err_deg']:.3f} | {r['normal_err_q50']:.3f} | "
+                     f"{r['normal_err_q90']:.3f} | {r['mask_iou']:.4f} |")
+    return "\n".join(lines)
+
+
 def table(name: str, res: dict) -> str:
+    if res.get("benchmark") == "render_sensitivity":
+        return sensitivity_table(name, res)
     if res.get("benchmark") == "metrics":
         return metrics_table(name, res)
     if res.get("benchmark") == "render":

@@ -37,7 +37,8 @@ fi
 if want triplane && [ -z "${SKIP_TRIPLANE_BENCH:-}" ]; then
   python3 benchmarks/triplane.py --plot --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
 fi
-want render && python3 benchmarks/render.py --plot --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
+# RENDER_ARGS: extra arguments, e.g. RENDER_ARGS="--methods reference npht npht-fast npht-fast-ckpt"
+want render && python3 benchmarks/render.py --plot --out "$OUT" ${RENDER_ARGS:-} 2>&1 | tee -a "$OUT/bench.log"
 # Evaluation cost (issue 6): the metrics' kd-tree queried on the GPU, and 256^3 mesh extraction
 # dense + sparse for the tri-plane model and NPM (both need trimesh: carry its wheel in .whl/)
 if ! want eval; then
