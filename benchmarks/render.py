@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from contextlib import contextmanager
 import sys
 from dataclasses import replace
 
@@ -72,6 +71,7 @@ from _common import (  # noqa: E402
     device_name,
     git_commit,
     base_parser,
+    matmul_precision,
     time_step,
     triton_version,
     write_result,
@@ -88,15 +88,6 @@ def gan_methods(device: str) -> list:
     return [m for m in GAN_METHODS if device == "cuda" or not m.endswith("-tf32")]
 
 
-@contextmanager
-def matmul_precision(precision: str):
-    """``torch.set_float32_matmul_precision`` for a block (``"high"``: TF32 on the GPU)."""
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(precision)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(old)
 
 
 def default_config(device: str, quick: bool) -> dict:

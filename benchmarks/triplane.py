@@ -12,7 +12,9 @@ norm, full double backward to planes and decoder). In the eikonal task two more 
 methods run: ``npht-<backend>-fused`` takes the decoder's value and gradient from
 npht.softplus_mlp_with_grad (hand-written double backward) instead of autograd, and
 ``npht-<backend>-fused-ckpt`` does so keeping nothing for the backward (recompute in
-chunks).
+chunks). On the GPU ``npht-cuda-fused-tf32`` runs the fused step with TF32 matmuls
+(``torch.set_float32_matmul_precision("high")``; the reference stays float32) and reports
+the cosine similarity of its gradients to the float32 step's (``grad_cosine_vs_float32``).
 
 Timing: triton.testing.do_bench on GPU, a repeated wall-clock timer on CPU; median and
 20/80 % quantiles. Peak memory: CUDA allocator peak above the inputs on GPU; on CPU the
@@ -46,6 +48,7 @@ from _common import (  # noqa: E402
     cuda_peak_during,
     device_name,
     git_commit,
+    matmul_precision,
     rss_peak_during,
     time_step,
     triton_version,
@@ -84,6 +87,8 @@ def methods_for(device: str) -> list:
         backends.append("cpu")
     for b in backends:
         names += [f"npht-{b}", f"npht-{b}-cl", f"npht-{b}-fused", f"npht-{b}-fused-ckpt"]
+    if "cuda" in backends:  # TF32 exists on the GPU only
+        names.append("npht-cuda-fused-tf32")
     return names
 
 
@@ -92,8 +97,15 @@ def applies(method: str, task: str) -> bool:
     return "-fused" not in method or task == "eikonal"
 
 
+def is_tf32(method: str) -> bool:
+    """``-tf32`` methods: the eikonal step with TF32 matmuls (torch's "high" precision)."""
+    return method.endswith("-tf32")
+
+
 def parse_method(method: str):
-    """'npht-cpu-cl' -> ('cpu', channels_last, fused decoder, checkpoint)."""
+    """'npht-cpu-cl' -> ('cpu', channels_last, fused decoder, checkpoint); a ``-tf32``
+    suffix (matmul precision) is not part of it."""
+    method = method[:-len("-tf32")] if is_tf32(method) else method
     m = re.fullmatch(r"npht-(\w+?)(-cl)?(-fused)?(-ckpt)?", method)
     if m is None or (m.group(4) and not m.group(3)):
         raise ValueError(f"unknown method {method!r}")
@@ -173,11 +185,22 @@ def make_step(method: str, task: str, cfg: dict, device: str):
             (normals,) = torch.autograd.grad(sdf.sum(), points, create_graph=True)
             return sdf, normals
 
+        precision = "high" if is_tf32(method) else "highest"
+
         def step():
-            sdf, normals = sdf_and_normals()
-            loss = ((normals.norm(dim=-1) - 1) ** 2).mean() + sdf.abs().mean()
-            return torch.autograd.grad(loss, params)
+            with matmul_precision(precision):
+                sdf, normals = sdf_and_normals()
+                loss = ((normals.norm(dim=-1) - 1) ** 2).mean() + sdf.abs().mean()
+                return torch.autograd.grad(loss, params)
     return step, (planes, points)
+
+
+def grad_cosine(step, step_ref) -> float:
+    """Cosine similarity of two steps' gradients (all parameters flattened)."""
+    def flat(grads):
+        return torch.cat([g.reshape(-1).double() for g in grads])
+
+    return float(torch.nn.functional.cosine_similarity(flat(step()), flat(step_ref()), dim=0))
 
 
 def peak_memory(method: str, task: str, cfg: dict, device: str) -> int:
@@ -213,6 +236,8 @@ def run(args) -> dict:
             try:
                 step, _ = make_step(method, task, cfg, device)
                 row.update(time_step(step, device, args.reps))
+                if is_tf32(method):  # what the precision costs: gradients against float32's
+                    row["grad_cosine_vs_float32"] = grad_cosine(step, make_step(method[:-5], task, cfg, device)[0])
                 del step
                 if not args.no_memory:
                     row["peak_mem_bytes"] = peak_memory(method, task, cfg, device)

@@ -22,14 +22,17 @@ def test_triplane_benchmark_smoke(tmp_path):
     path = bench.main(["--device", "cpu", "--quick", "--B", "1", "--N", "64", "--eik-N", "16",
                        "--C", "4", "--res", "8", "--reps", "2", "--out", str(tmp_path), "--no-memory",
                        "--methods", "reference", "eg3d", "npht-cpu", "npht-cpu-cl", "npht-cpu-fused",
-                       "npht-cpu-fused-ckpt"])
+                       "npht-cpu-fused-ckpt", "npht-cpu-fused-tf32"])
     with open(path) as f:
         res = json.load(f)
     assert res["device_type"] == "cpu" and res["commit"] and res["torch"]
     rows = {(r["task"], r["method"]): r for r in res["results"]}
     assert set(rows) == {(t, m) for t in ("fwd", "fwd_bwd", "eikonal_op", "eikonal")
                          for m in ("reference", "eg3d", "npht-cpu", "npht-cpu-cl")} | {
-        ("eikonal", "npht-cpu-fused"), ("eikonal", "npht-cpu-fused-ckpt")}
+        ("eikonal", "npht-cpu-fused"), ("eikonal", "npht-cpu-fused-ckpt"), ("eikonal", "npht-cpu-fused-tf32")}
+    # the precision variant reports its gradients against float32's (no TF32 on a CPU: equal)
+    assert rows[("eikonal", "npht-cpu-fused-tf32")]["grad_cosine_vs_float32"] > 0.9999
+    assert "npht-cuda-fused-tf32" not in bench.methods_for("cpu")
     no_gg = not grid_sample_has_double_backward("cpu")
     for (task, method), r in rows.items():
         if no_gg and method == "eg3d" and task.startswith("eikonal"):
