@@ -68,7 +68,10 @@ class TrainConfig:
     beta_init: float = 1e-3
     beta_min: float = 1e-4
     weight_threshold: Optional[float] = None
+    render_coarse_factor: Optional[int] = None   # renderer's coarse_factor: cull rays with no surface nearby
+    skip_converged: bool = False         # the sampler stops refining rays that meet eps
     fused_gradient: bool = False         # fused decoder value+gradient (3D terms and shading)
+    fused_checkpoint: bool = False       # ... keeping nothing for the backward in the shading pass (memory)
     # L_nmr over every pixel (GT background 0: a rendering with fog or floaters in the
     # background is penalised, eq. 4.6's whole-map L1); True: the GT mask's pixels only
     nmr_masked: bool = False
@@ -131,8 +134,11 @@ def _thesis_64() -> TrainConfig:
 
 
 def _npht_256() -> TrainConfig:
-    return TrainConfig(render_resolution=256, weight_threshold=1e-6, fused_gradient=True,
-                       disc_optimizer="adam")
+    # the renderer's sample-efficient options, each within the renderer issue's accuracy
+    # bounds on the render benchmark (README, "Cost at high resolution"); the checkpointed
+    # shading pass keeps a 256^2 batch of 4 far below 24 GiB
+    return TrainConfig(render_resolution=256, weight_threshold=1e-6, render_coarse_factor=4, skip_converged=True,
+                       fused_gradient=True, fused_checkpoint=True, disc_optimizer="adam")
 
 
 def _cpu_demo() -> TrainConfig:

@@ -303,11 +303,16 @@ class IdentityTrainer(CheckpointedRun):
         rep = planes.repeat_interleave(V, 0)                  # camera b*V+v sees identity b
         cams = self.rig[cam_idx.reshape(-1).tolist()]
         n, ne, nx = cfg.samples
-        sampler = ErrorBoundSampler(n, ne, nx, cfg.sampler_eps, cfg.beta_iters, cfg.max_total_iters)
-        grad_fn = (lambda p: dec.sdf_and_gradient(rep, p, fused=True, **kw)) if cfg.fused_gradient and not cfg.bf16 else None
+        sampler = ErrorBoundSampler(n, ne, nx, cfg.sampler_eps, cfg.beta_iters, cfg.max_total_iters,
+                                    skip_converged=cfg.skip_converged)
+        grad_fn = None
+        if cfg.fused_gradient and not cfg.bf16:
+            def grad_fn(p):
+                return dec.sdf_and_gradient(rep, p, fused=True, checkpoint=cfg.fused_checkpoint, **kw)
         out = render(lambda p: dec.sdf(rep, p, **kw), cams, cfg.render_resolution, density=self.density,
                      training=cfg.render_jitter, generator=self.gen, convention="opengl", sampler=sampler,
-                     weight_threshold=cfg.weight_threshold, gradient_fn=grad_fn)
+                     weight_threshold=cfg.weight_threshold, gradient_fn=grad_fn,
+                     coarse_factor=cfg.render_coarse_factor)
         R = cfg.render_resolution
         return out.normals.reshape(B, V, R, R, 3)
 

@@ -43,3 +43,31 @@ def test_preset_loss_falls(name, data_root, tmp_path):
     assert last < 0.95 * first, totals
     # the 3D surface term falls as well (not only the regularisers)
     assert sum(r["ss"] for r in rows[-5:]) < sum(r["ss"] for r in rows[:5])
+
+
+def test_npht_256_renders_with_the_sample_efficient_options(data_root, tmp_path, monkeypatch):
+    """npht-256 renders with coarse culling, skip_converged and the checkpointed fused
+    gradient (each measured within the renderer's accuracy bounds); thesis-64 with none."""
+    import npht.render
+
+    for name, expect in (("npht-256", True), ("thesis-64", False)):
+        cfg = tiny(name)
+        tr = IdentityTrainer(cfg, data_root, tmp_path / name)
+        seen, ckpt = {}, []
+        render, sdf_and_gradient = npht.render.render, tr.model.decoder.sdf_and_gradient
+
+        def spy(*args, **kwargs):
+            seen.update(kwargs)
+            return render(*args, **kwargs)
+
+        def spy_grad(*args, **kwargs):
+            ckpt.append(kwargs.get("checkpoint", False))
+            return sdf_and_gradient(*args, **kwargs)
+
+        monkeypatch.setattr(npht.render, "render", spy)
+        monkeypatch.setattr(tr.model.decoder, "sdf_and_gradient", spy_grad)
+        tr.step(collate([tr.dataset[i] for i in range(len(tr.dataset))]))
+        assert (seen["coarse_factor"] == 4) == expect and seen["sampler"].skip_converged == expect
+        assert (seen["gradient_fn"] is not None) == expect
+        assert (True in ckpt) == expect  # the shading pass's fused gradient is checkpointed
+        monkeypatch.undo()
