@@ -102,14 +102,15 @@ def bumpy(p):
     return sphere(p) + 0.005 * torch.sin(40 * p[..., 0]) * torch.sin(40 * p[..., 1]) * torch.sin(40 * p[..., 2])
 
 
-def test_coarse_pass_only_culls_rays():
+@pytest.mark.parametrize("resolution", [64, (64, 96)])
+def test_coarse_pass_only_culls_rays(resolution):
     """The rays the coarse pass keeps are rendered exactly as without it (the same samples),
     on an SDF whose sampling does not converge; the rays it culls are empty."""
     dens = LaplaceDensity(beta=0.001)
     cams = near_frontal_cameras(2, resolution=64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        base = render(bumpy, cams, density=dens)
-        fast = render(bumpy, cams, density=dens, coarse_factor=4)
+        base = render(bumpy, cams, resolution, density=dens)
+        fast = render(bumpy, cams, resolution, density=dens, coarse_factor=4)
     assert base.stats["sampler_rounds"] == ErrorBoundSampler.thesis().max_total_iters  # not converged
     assert fast.stats["coarse"] and fast.stats["rays_rendered"] < 0.8 * base.stats["rays_rendered"]
     kept = fast.hit
