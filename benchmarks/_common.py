@@ -86,9 +86,11 @@ def rss_peak_during(fn) -> int:
     return max(0, max(peak[0], rss_bytes()) - base)
 
 
-def cuda_peak_during(fn) -> int:
-    """CUDA allocator peak above what was allocated before ``fn()`` (warmed up once)."""
-    fn()
+def cuda_peak_during(fn, warmed: bool = False) -> int:
+    """CUDA allocator peak above what was allocated before ``fn()`` (warmed up once unless
+    ``warmed``: it has just run, e.g. timed)."""
+    if not warmed:
+        fn()
     sync("cuda")
     torch.cuda.empty_cache()
     base = torch.cuda.memory_allocated()

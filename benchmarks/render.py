@@ -202,7 +202,7 @@ def accuracy(scene: Scene, method: str, res: int, full) -> dict:
 def measure(step, device: str, reps: int, memory: bool) -> dict:
     row = time_step(step, device, reps)
     if memory and device == "cuda":  # on CPU the allocator's caching hides a step's peak
-        row["peak_mem_bytes"] = cuda_peak_during(step)
+        row["peak_mem_bytes"] = cuda_peak_during(step, warmed=True)  # time_step warmed it up
     return row
 
 

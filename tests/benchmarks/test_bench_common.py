@@ -30,3 +30,17 @@ def test_time_step_dispatch(monkeypatch):
     calls.clear()
     row = common.time_step(step, "cpu", reps=2)  # CPU: warm-up + reps, never do_bench
     assert len(calls) == 3 and row["median_ms"] >= 3.0
+
+
+def test_cuda_peak_during_runs_once_when_warmed(monkeypatch):
+    import torch
+
+    common = load("_common")
+    monkeypatch.setattr(common, "sync", lambda device: None)
+    for name, value in (("empty_cache", None), ("reset_peak_memory_stats", None), ("memory_allocated", 100),
+                        ("max_memory_allocated", 164)):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, v=value: v)
+    calls = []
+    assert common.cuda_peak_during(lambda: calls.append(1)) == 64 and len(calls) == 2
+    calls.clear()
+    assert common.cuda_peak_during(lambda: calls.append(1), warmed=True) == 64 and len(calls) == 1
