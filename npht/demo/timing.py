@@ -34,22 +34,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time(step: Callable[[], object], device: torch.device, reps: int) -> Dict[str, float]:
-    """Median wall time (ms) of ``reps`` runs after one warm-up; peak CUDA memory."""
-    step()
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
+def _time_pair(steps: Dict[str, Callable[[], object]], device: torch.device, reps: int) -> Dict[str, dict]:
+    """Median wall time (ms) of ``reps`` runs of each step, after one warm-up each; peak CUDA
+    memory of one more run each.
+
+    The steps run interleaved (a, b, a, b, ...), so a slow spell of a shared machine lands
+    on both sides of a ratio instead of on one of them."""
+    for step in steps.values():
         step()
-        _sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    out = {"ms": statistics.median(times)}
+    _sync(device)
+    times = {name: [] for name in steps}
+    for _ in range(reps):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            _sync(device)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    out = {name: {"ms": statistics.median(t)} for name, t in times.items()}
     if device.type == "cuda":
-        out["peak_mem_mb"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
+        for name, step in steps.items():
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            step()
+            _sync(device)
+            out[name]["peak_mem_mb"] = (torch.cuda.max_memory_allocated(device) - base) / 2**20
     return out
 
 
@@ -140,8 +148,8 @@ def op_timings(device="cpu", *, quick: bool = False, reps: int = 5, seed: int = 
     rows = []
     for op, size, make in cases:
         row = {"op": op, "size": size}
-        for which in ("npht", "reference"):
-            t = _time(make(which), device, reps)
+        measured = _time_pair({which: make(which) for which in ("npht", "reference")}, device, reps)
+        for which, t in measured.items():
             row[f"{which}_ms"] = t["ms"]
             if "peak_mem_mb" in t:
                 row[f"{which}_peak_mem_mb"] = t["peak_mem_mb"]

@@ -125,3 +125,11 @@ def test_timing_table():
     assert table.count("\n") == len(rows) + 1 and "| render_step |" in table
     with pytest.raises(ValueError, match="reps"):
         op_timings("cpu", quick=True, reps=0)
+
+
+def test_timing_interleaves_the_two_sides():
+    from npht.demo.timing import _time_pair
+    calls = []
+    out = _time_pair({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"), 3)
+    assert calls == ["a", "b"] * 4  # one warm-up each, then a, b alternating
+    assert set(out) == {"a", "b"} and all(out[k]["ms"] >= 0 and "peak_mem_mb" not in out[k] for k in out)
