@@ -49,7 +49,6 @@ class TrainConfig:
     # losses and schedule
     weights: LossWeights = field(default_factory=LossWeights.thesis)
     stage_epochs: Tuple[int, int, int] = (5000, 3000, 7000)
-    r1_weight: float = 5.0               # eq. 4.10, lambda = 5
     eikonal_mode: str = "abs"
     # data
     batch_size: int = 4
@@ -117,6 +116,9 @@ class TrainConfig:
         d = dict(d)
         if isinstance(d.get("weights"), dict):
             d["weights"] = LossWeights(**d["weights"])
+        if "r1_weight" in d:  # configs written before the R1 weight moved into LossWeights.r1
+            r1 = d.pop("r1_weight")
+            d["weights"] = dataclasses.replace(d.get("weights", LossWeights.thesis()), r1=r1)
         for k in ("stage_epochs", "samples", "disc_betas"):
             if k in d and d[k] is not None:
                 d[k] = tuple(d[k])

@@ -4,7 +4,7 @@ optimisers and hyper-parameters of Sec. 5.2.2).
 ``IdentityTrainer(config, data_root, out_dir, resume=False)``; ``step(batch)`` is one
 thesis step: 3D terms on the batch points (SDF values and gradients kept differentiable
 so the eikonal and normal terms train), then, in stage 1, normal maps rendered from the
-item's cameras (L1 against the masked GT), the generator loss from D, and a
+item's cameras (L1 against the GT maps; masked with ``nmr_masked``), the generator loss from D, and a
 discriminator update with R1 on the real maps. ``train(epochs)`` loops over the data with
 a CSV log, image grids and atomic checkpoints; a resumed run repeats the uninterrupted
 one bit for bit.
@@ -45,6 +45,10 @@ from .losses import (discriminator_loss, edr_perturbation, identity_losses,
 __all__ = ["IdentityTrainer", "build_identity_model", "collate", "add_train_parser", "train_identity_main",
            "setup_distributed", "LOG_COLUMNS"]
 
+# X of eqs. 4.3/4.4 ("random 3D co-ordinates of free space within unit sphere"). The near-surface
+# sets the thesis sub-samples (5.1.2) are not in X: 0.0025 from the surface, the non-surface
+# penalty would push the SDF off zero there. The dataset still yields them (``counts``) for
+# models that use ground-truth SDF off the surface.
 SPACE_KEYS = ("ball_points",)
 LOG_TERMS = ("ss", "sn", "eik", "nsp", "edr", "nmr", "g", "tv", "tp", "lat_id", "total", "d", "r1")
 LOG_COLUMNS = ("epoch", "step", "stage") + LOG_TERMS + ("lr", "time")
@@ -426,8 +430,9 @@ class IdentityTrainer(CheckpointedRun):
             # one forward of fake and real together (one DDP forward per backward)
             d = self.disc_module(torch.cat([fake, real])).float()
             d_fake, d_real = d[:fake.shape[0]], d[fake.shape[0]:]
+            # lambda_d * L_d, with L_d of eq. 4.8 including its lambda * L_gp
             loss_d = w_d * discriminator_loss(d_fake, d_real)
-            r1 = r1_penalty(d_real, real, weight=self.cfg.r1_weight)
+            r1 = w_d * r1_penalty(d_real, real, weight=self.cfg.weights.r1)
         self.opt_d.zero_grad(set_to_none=True)
         (loss_d + r1).backward()           # under DDP: averaged over the ranks
         self.opt_d.step()

@@ -417,8 +417,10 @@ def identity_losses(batch: Mapping[str, Tensor], weights: LossWeights = LossWeig
 
     * ``surface_sdf [..., Ns]``, ``surface_grad [..., Ns, 3]`` at the surface samples,
       ordered as :func:`surface_normals_from_batch` (face then non-face);
-    * ``space_sdf [..., Nx]``, ``space_grad [..., Nx, 3]`` at free-space samples X (e.g.
-      ``ball_points`` and the near sets); ``space_sdf_perturbed`` at X + omega;
+    * ``space_sdf [..., Nx]``, ``space_grad [..., Nx, 3]`` at free-space samples X (the
+      trainer's: ``ball_points``, "random 3D co-ordinates of free space within unit sphere",
+      eq. 4.3/4.4); ``space_sdf_perturbed`` at X + omega. Without ``space_grad`` the
+      eikonal term runs over the surface samples alone;
     * ``normal_maps [..., V, H, W, 3]`` rendered in the frame of ``batch["normal_maps"]``
       (masked by ``batch["masks"]`` if ``use_masks``); ``d_fake`` = D(rendered maps);
     * ``planes [B, 3, C, H, W]``; ``z_id [B, D]``;
@@ -449,7 +451,9 @@ def identity_losses(batch: Mapping[str, Tensor], weights: LossWeights = LossWeig
             raise ValueError(f"space_grad {tuple(space_grad.shape)} and surface_grad "
                              f"{tuple(surface_grad.shape)} must share leading dimensions")
         both = torch.cat([space_grad, surface_grad], dim=-2)
-        add("eik", weights.eik, lambda: eikonal_loss(both, mode=eikonal_mode))
+    else:
+        both = surface_grad
+    add("eik", weights.eik, lambda: eikonal_loss(both, mode=eikonal_mode))
     if space_sdf is not None:
         if space_grad is not None:
             _sdf_grad(space_sdf, space_grad)

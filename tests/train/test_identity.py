@@ -55,6 +55,25 @@ def test_full_step_every_term_finite(data_root, tmp_path):
     assert tr.save_images() is not None
 
 
+def test_r1_weight_is_lambda_of_eq_4_8_inside_lambda_d(data_root, tmp_path):
+    import dataclasses
+    base = _cfg()
+    rows = {}
+    for name, (r1, d) in {"thesis": (5.0, 1.0), "half_d": (5.0, 0.5), "no_r1": (0.0, 1.0)}.items():
+        cfg = base.replace(weights=dataclasses.replace(base.weights, r1=r1, d=d))
+        torch.manual_seed(0)
+        tr = IdentityTrainer(cfg, data_root, tmp_path / name)
+        rows[name] = tr.step(_batch(tr))
+    assert rows["thesis"]["r1"] > 0 and rows["no_r1"]["r1"] == 0.0
+    # lambda_d scales all of L_d, the R1 term included (same first step: same inputs to D)
+    assert rows["half_d"]["r1"] == pytest.approx(0.5 * rows["thesis"]["r1"], rel=1e-5)
+    assert rows["half_d"]["d"] == pytest.approx(0.5 * rows["thesis"]["d"], rel=1e-5)
+    # a config written when the weight was TrainConfig.r1_weight loads into LossWeights.r1
+    old = base.to_dict()
+    old["r1_weight"] = 2.0
+    assert TrainConfig.from_dict(old).weights.r1 == 2.0
+
+
 def test_stage_switch_removes_2d_terms(data_root, tmp_path):
     tr = IdentityTrainer(_cfg(stages=(0, 5, 5)), data_root, tmp_path)
     assert tr.stage.index == 2

@@ -293,7 +293,10 @@ def test_identity_losses_sphere():
     out1 = identity_losses(b, surface_sdf=fs, surface_grad=gs,
                            normal_maps=b["normal_maps"] + 1, use_masks=True)
     assert out1["nmr"].item() == pytest.approx(2.0 * 3.0)
-    assert "eik" not in out1
+    # eq. 4.3 sums over X u dX: without space samples the eikonal term runs over dX alone
+    assert out1["eik"].item() == pytest.approx(0.0, abs=1e-12)
+    surface_only = identity_losses(b, w3, surface_sdf=fs2, surface_grad=gs2)
+    assert surface_only["eik"].item() == pytest.approx(2.0)
 
 
 def test_shape_errors():
