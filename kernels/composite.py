@@ -371,10 +371,10 @@ def composite_bwd(grad_rendered, grad_depth, grad_opacity, grad_weights, sdf, z,
     has_gd, has_go, has_gw = _given(grad_depth), _given(grad_opacity), _given(grad_weights)
     run_dtau = (need_sdf or need_z or need_beta) and (has_gr or has_gd or has_go or has_gw)
     run_values = need_values and has_gr
-    empty = sdf.new_empty(0)
+    # a fresh empty tensor per output not needed: outputs of a custom op must not alias
     alloc = torch.empty if R > 0 and M > 0 and run_dtau else torch.zeros
-    gsdf = alloc(sdf.shape, dtype=sdf.dtype, device=sdf.device) if need_sdf else empty
-    gz = alloc(z.shape, dtype=z.dtype, device=z.device) if need_z else empty
+    gsdf = alloc(sdf.shape, dtype=sdf.dtype, device=sdf.device) if need_sdf else sdf.new_empty(0)
+    gz = alloc(z.shape, dtype=z.dtype, device=z.device) if need_z else sdf.new_empty(0)
     gbeta = alloc((R,), dtype=sdf.dtype, device=sdf.device) if need_beta else sdf.new_empty(0)
     alloc_v = torch.empty if R > 0 and M > 0 and run_values else torch.zeros
     gvalues = alloc_v(values.shape, dtype=values.dtype, device=values.device) \

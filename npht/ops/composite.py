@@ -202,6 +202,13 @@ def _check(sdf, z, beta, values, ray_offsets):
             )
         if sdf.dim() != 1:
             raise ValueError(f"packed sdf must be [M] (with ray_offsets), got shape {tuple(sdf.shape)}")
+        if not torch.compiler.is_compiling():  # a data-dependent check (one sync on a GPU)
+            first, last = int(ray_offsets[0]), int(ray_offsets[-1])
+            falls = bool((ray_offsets[1:] < ray_offsets[:-1]).any())
+            if first != 0 or last != sdf.shape[0] or falls:
+                raise ValueError(
+                    f"ray_offsets must rise from 0 to the sample count M = {sdf.shape[0]} (ray r's samples are "
+                    f"[ray_offsets[r], ray_offsets[r+1])), got {first} ... {last}" + (" falling" if falls else ""))
     elif sdf.dim() != 2:
         raise ValueError(f"dense sdf must be [R, S] (or pass ray_offsets for [M]), got shape {tuple(sdf.shape)}")
     if z.shape != sdf.shape:

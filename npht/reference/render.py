@@ -70,9 +70,9 @@ def composite_packed(sdf: torch.Tensor, z: torch.Tensor, beta, ray_offsets: torc
     # padding: empty samples (masked out of the free energy) after the ray's last one
     sdf_d = sdf.new_zeros((R, S)).index_put((ray, col), sdf)
     # padding sits last_delta apart behind the ray's last sample, which so keeps its
-    # own delta of last_delta
+    # own delta of last_delta: ray r's column counts[r] + j lies (j + 1) last_delta behind
     last = (ray_offsets[1:] - 1).clamp(min=0)
-    steps = torch.arange(1, S + 1, device=z.device, dtype=z.dtype)
+    steps = torch.arange(1, S + 1, device=z.device, dtype=z.dtype)[None] - counts[:, None].to(z.dtype)
     z_d = (z[last][:, None] + last_delta * steps).index_put((ray, col), z)
     w_d = composite_weights(sdf_d, z_d, beta, last_delta, valid) * valid
     w = w_d[ray, col]

@@ -117,6 +117,41 @@ def test_finite_last_delta_and_scalar_beta(backend, device):
     torch.testing.assert_close(out.depth, ref[1])
 
 
+def test_packed_finite_last_delta_is_per_ray(backend, device):
+    """Rays of different lengths, a finite last_delta and a shared beta: each ray composites
+    as it would alone (its last sample's delta is last_delta, whatever the longest ray)."""
+    sdf, z, v, off = _packed([1, 3, 0, 5], 2, torch.float64, device)
+    beta = torch.tensor(0.5, dtype=torch.float64, device=device)
+    out = npht.volume_composite(sdf, z, beta, v, ray_offsets=off, last_delta=0.5, backend=backend)
+    for r in range(4):
+        a, e = int(off[r]), int(off[r + 1])
+        if a == e:
+            assert out.opacity[r] == 0 and out.depth[r] == 0
+            continue
+        alone = npht.volume_composite(sdf[a:e][None], z[a:e][None], beta, v[a:e][None], last_delta=0.5,
+                                      backend="reference")
+        torch.testing.assert_close(out.weights[a:e], alone.weights[0], **TOL[torch.float64])
+        torch.testing.assert_close(out.rendered[r], alone.rendered[0], **TOL[torch.float64])
+        torch.testing.assert_close(out.depth[r], alone.depth[0], **TOL[torch.float64])
+    _compare(backend, device, torch.float64, sdf, z, beta.reshape(1), v, off, last_delta=0.5)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("only", ["values", "beta"])
+def test_backward_when_sdf_and_z_need_no_grad(backend, device, packed, only):
+    if packed:
+        sdf, z, v, off = _packed([2, 3, 1], 3, torch.float64, device)
+    else:
+        (sdf, z, v), off = _rays(3, 4, 3, torch.float64, device), None
+    beta = torch.tensor(0.05, dtype=torch.float64, device=device)
+    leaf = (v if only == "values" else beta).requires_grad_()
+    out = npht.volume_composite(sdf, z, beta, v, ray_offsets=off, backend=backend)
+    (got,) = torch.autograd.grad(out.rendered.sum() + out.depth.sum(), leaf)
+    ref = npht.volume_composite(sdf, z, beta, v, ray_offsets=off, backend="reference")
+    (want,) = torch.autograd.grad(ref.rendered.sum() + ref.depth.sum(), leaf)
+    torch.testing.assert_close(got, want, **TOL[torch.float64])
+
+
 @pytest.mark.parametrize("R,S", [(1, 1), (1, 2), (3, 1), (0, 4)])
 def test_odd_sizes(backend, device, R, S):
     sdf, z, v = _rays(R, S, 3, torch.float64, device)
@@ -225,6 +260,11 @@ def test_errors():
         npht.volume_composite(sdf.reshape(-1), z.reshape(-1), 0.1, ray_offsets=torch.tensor([0, 12]).int())
     with pytest.raises(ValueError, match="packed sdf must be"):
         npht.volume_composite(sdf, z, 0.1, ray_offsets=torch.tensor([0, 12]))
+    flat_s, flat_z = sdf.reshape(-1), z.reshape(-1)
+    M = flat_s.shape[0]
+    for bad in ([1, 3, M], [0, 3, M - 1], [0, 5, 3, M]):  # not from 0, not to M, falling
+        with pytest.raises(ValueError, match="ray_offsets must rise from 0 to the sample count"):
+            npht.volume_composite(flat_s, flat_z, 0.1, ray_offsets=torch.tensor(bad))
     with pytest.raises(ValueError, match="backend must be one of"):
         npht.volume_composite(sdf, z, 0.1, backend="metal")
 
