@@ -169,28 +169,39 @@ def test_face_region():
     assert set(out) == {"head", "face"}
     face = out["face"]
     assert face["n_pred"] == face["n_gt"] == N
-    # the ground truth's face samples are on its cap, every one 0.01 from pred (plus the
-    # lateral offset of the nearest sample, bounded as for the concentric spheres)
+    # both sides' face samples: their points within 0.04 of gt's cap, each 0.01 from the
+    # other surface (plus the lateral offset of the nearest sample, bounded as for the
+    # concentric spheres): the region rule adds no error of its own
     spacing = math.sqrt(pred.area / N)
-    assert 0.01 - 1e-4 < face["completeness"] < math.sqrt(0.01**2 + spacing**2 / math.pi)
-    # pred's face region is the cap widened by ~face_radius: its rim is farther from the cap
-    assert 0.01 < face["accuracy"] < 0.04
+    for k in ("accuracy", "completeness"):
+        assert 0.01 - 1e-4 < face[k] < math.sqrt(0.01**2 + spacing**2 / math.pi), k
     # the same region from an explicit mask (and a plain trimesh as gt)
     out2 = evaluate_meshes(pred, ico(0.5), n_points=N, seed=0, face_radius=0.04, face_region=gt.face_region)
     assert out2["face"] == out["face"]
 
 
+def test_face_region_of_identical_meshes_is_as_good_as_the_head():
+    gt = cap_head()
+    out = evaluate_meshes(gt, gt, n_points=N, seed=0, face_radius=0.04, threshold=0.02)
+    head, face = out["head"], out["face"]
+    spacing = math.sqrt(ico(0.5).area / N)
+    assert face["chamfer_l1"] < spacing and face["chamfer_l1"] < 1.5 * head["chamfer_l1"]
+    assert face["precision"] == face["recall"] == face["f_score"] == 1.0
+    assert abs(face["accuracy"] - face["completeness"]) < 0.2 * face["chamfer_l1"]  # one rule for both sides
+
+
 def test_face_region_extent():
     gt = cap_head()
-    pred = ico(0.5)
     rng = np.random.default_rng(0)
-    # pred's face samples: within face_radius of gt's cap (z > 0.2) up to one triangle
-    gp, _ = sample_points(gt, N, rng, face_mask=gt.face_region)
-    near = nearest_neighbors(pred.vertices, gp)[0] <= 0.04
-    pp, _ = sample_points(pred, N, 1, face_mask=near)
-    edge = pred.edges_unique_length.max()
-    assert nearest_neighbors(pp, gp)[0].max() < 0.04 + 2 * edge
-    assert pp[:, 2].min() < 0.2 - 0.02  # and it did widen the cap
+    from npht.eval.metrics import _sample_near, _tree
+    cap, _ = sample_points(gt, N, rng, face_mask=gt.face_region)
+    for mesh in (gt, ico(0.5), ico(0.52)):
+        pp, pn = _sample_near(mesh, N, rng, _tree(cap, None), 0.04)
+        assert pp.shape == pn.shape == (N, 3)
+        d = nearest_neighbors(pp, cap)[0]
+        assert d.max() <= 0.04 and pp[:, 2].min() < 0.2 - 0.02  # within the radius, and it widened the cap
+    with pytest.raises(ValueError, match="no triangle lies within face_radius"):
+        _sample_near(ico(0.5), 10, rng, _tree(cap + 5.0, None), 0.04)
 
 
 def test_errors():
