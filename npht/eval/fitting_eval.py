@@ -8,6 +8,11 @@ near-frontal camera drawn from the seed), each trained model's identity code is 
 (Chamfer-L1, normal consistency, F-score, face region and whole head; Sec. 5.3). The table
 (mean over identities) is written as JSON and markdown in Table 6.1's layout.
 
+With an expression model for a method (``expressions=`` / ``--expression NAME=CKPT``),
+that method is also scored on the posed scans of the same identities (row ``"NAME
+posed"``): identity and expression codes fitted jointly through the root-found inverse of
+the forward deformation (eq. 4.22), the neutral mesh deformed forward to the fit.
+
 >>> table = evaluate_models({"TP": "runs/tp/checkpoint.pt", "NPM": "runs/npm/checkpoint.pt"},
 ...                         "data/synthetic", out_dir="runs/eval")          # doctest: +SKIP
 >>> print(markdown_table(table))                                             # doctest: +SKIP
@@ -38,18 +43,32 @@ def _load(model, device):
     return load_identity(model, device)
 
 
+def _load_expression(expression, device):
+    from ..train.loading import TrainedExpression, load_expression
+
+    if isinstance(expression, TrainedExpression):
+        return expression
+    return load_expression(expression, device)
+
+
 def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *, split: str = "test",
                     scan_points: int = 5000, scan_resolution: int = 256, noise_std: float = 0.0,
                     mesh_resolution: int = 256, clip_radius: Optional[float] = 1.0,
                     metric_points: int = 2_500_000, sparse_mesh: bool = False,
                     threshold: Optional[float] = None, schedule=None, identities: Optional[int] = None,
                     seed: int = 0, device="cpu", out_dir: Optional[str] = None,
-                    progress: bool = True) -> dict:
+                    progress: bool = True, expressions: Optional[Mapping[str, Union[str, object]]] = None) -> dict:
     """Fit, mesh and score each model on each held-out identity.
 
     Args:
         models: method name -> identity checkpoint path (or a loaded
             :class:`~npht.train.loading.TrainedIdentity`).
+        expressions: method name (of ``models``) -> the expression checkpoint trained on
+            that identity model (or a loaded :class:`~npht.train.loading.TrainedExpression`).
+            Each such method is also scored on the posed scans of the same identities, as
+            method ``"<name> posed"``: ``z_id`` and ``z_ex`` fitted jointly with root finding
+            (eq. 4.22, thesis 4.4.1), the fitted neutral mesh moved to the expression by the
+            forward deformation, scored against the posed ground truth.
         data_root: a prepared folder (``npht data prepare``); its ``split`` neutral records
             are the identities to fit.
         scan_points / scan_resolution / noise_std: the partial scan (NPHM: 5000 points).
@@ -68,7 +87,9 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
     """
     from ..data.dataset import HeadDataset
     from ..data.partial import partial_point_cloud
-    from ..fit import FitSchedule, fit_identity
+    import trimesh
+
+    from ..fit import FitSchedule, fit_identity, posed_vertices
     from .mesh import extract_mesh, model_sdf_fn
     from .metrics import DEFAULT_THRESHOLD, evaluate_meshes
 
@@ -81,7 +102,21 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
     if len(ds) == 0:
         raise ValueError(f"{data_root!r} has no neutral records in split {split!r} to evaluate on")
     loaded = {name: _load(m, device) for name, m in models.items()}
+    expressions = dict(expressions or {})
+    unknown = sorted(set(expressions) - set(loaded))
+    if unknown:
+        raise ValueError(f"expressions names methods that are not among the models: {unknown}")
+    posers = {name: _load_expression(e, device) for name, e in expressions.items()}
+    for name, expr in posers.items():
+        if expr.model.z_id_dim != loaded[name].model.z_dim:
+            raise ValueError(f"the expression model given for {name!r} takes z_id of {expr.model.z_id_dim} dims, "
+                             f"the identity model's codes have {loaded[name].model.z_dim}")
     records = list(range(len(ds)))[:identities]
+    posed_records = []
+    if posers:
+        pds = HeadDataset(data_root, split, expressions="posed", views=0)
+        chosen = {ds.records[i]["identity"] for i in records}
+        posed_records = [j for j in range(len(pds)) if pds.records[j]["identity"] in chosen]
     per_identity = []
     meshes_dir = os.path.join(out_dir, "meshes") if out_dir else None
     if meshes_dir:
@@ -89,41 +124,55 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=len(records) * len(loaded), desc="eval", dynamic_ncols=True)
+        bar = tqdm(total=len(records) * len(loaded) + len(posed_records) * len(posers), desc="eval",
+                   dynamic_ncols=True)
+
+    def score(dataset, i, runs):
+        """One scan of record i, fitted and scored by each (method, trained, expression or None)."""
+        gt = dataset.mesh(i)
+        rec = dataset.records[i]
+        name = rec["identity"] if rec["expression"] == "neutral" else f"{rec['identity']}_{rec['expression']}"
+        scan = partial_point_cloud(gt, scan_points, resolution=scan_resolution, noise_std=noise_std,
+                                   generator=seed * 1000003 + i)
+        row = {"identity": rec["identity"], "expression": rec["expression"], "methods": {}}
+        for method, trained, expr in runs:
+            fit = fit_identity(trained.model, scan.points.to(device), schedule=schedule, seed=seed, progress=False,
+                               expression_model=None if expr is None else expr.model)
+            mesh = extract_mesh(model_sdf_fn(trained.model, fit.code), resolution=mesh_resolution,
+                                device=device, clip_radius=clip_radius, sparse=sparse_mesh)
+            if expr is not None:  # the neutral mesh, forward-deformed to the fitted expression
+                with torch.no_grad():
+                    v = posed_vertices(expr.model, torch.as_tensor(mesh.vertices, dtype=torch.float32, device=device),
+                                       fit.code[0], fit.z_ex[0])
+                mesh = trimesh.Trimesh(v.cpu().double().numpy(), mesh.faces, process=False)
+            scores = evaluate_meshes(mesh, gt, n_points=metric_points, threshold=threshold, seed=seed,
+                                     device=device)
+            scores["fit_seconds"] = fit.seconds
+            scores["final_fit_loss"] = fit.losses[-1] if fit.losses else float("nan")
+            row["methods"][method] = scores
+            if meshes_dir:
+                mesh.export(os.path.join(meshes_dir, f"{name}_{method.replace(' ', '_')}.ply"))
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(scan=name, method=method, chamfer=f"{scores['head']['chamfer_l1']:.4f}")
+        if meshes_dir:
+            gt.to_trimesh().export(os.path.join(meshes_dir, f"{name}_gt.ply"))
+        per_identity.append(row)
+
     try:
         for i in records:
-            gt = ds.mesh(i)
-            name = ds.records[i]["identity"]
-            scan = partial_point_cloud(gt, scan_points, resolution=scan_resolution, noise_std=noise_std,
-                                       generator=seed * 1000003 + i)
-            row = {"identity": name, "methods": {}}
-            for method, trained in loaded.items():
-                fit = fit_identity(trained.model, scan.points.to(device), schedule=schedule, seed=seed,
-                                   progress=False)
-                mesh = extract_mesh(model_sdf_fn(trained.model, fit.code), resolution=mesh_resolution,
-                                    device=device, clip_radius=clip_radius, sparse=sparse_mesh)
-                scores = evaluate_meshes(mesh, gt, n_points=metric_points, threshold=threshold, seed=seed,
-                                         device=device)
-                scores["fit_seconds"] = fit.seconds
-                scores["final_fit_loss"] = fit.losses[-1] if fit.losses else float("nan")
-                row["methods"][method] = scores
-                if meshes_dir:
-                    mesh.export(os.path.join(meshes_dir, f"{name}_{method}.ply"))
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(identity=name, method=method,
-                                    chamfer=f"{scores['head']['chamfer_l1']:.4f}")
-            if meshes_dir:
-                gt.to_trimesh().export(os.path.join(meshes_dir, f"{name}_gt.ply"))
-            per_identity.append(row)
+            score(ds, i, [(method, trained, None) for method, trained in loaded.items()])
+        for j in posed_records:
+            score(pds, j, [(f"{method} posed", loaded[method], expr) for method, expr in posers.items()])
     finally:
         if bar is not None:
             bar.close()
     methods = {}
-    for method in loaded:
+    for method in list(loaded) + [f"{m} posed" for m in posers]:
         methods[method] = {}
         for region in ("face", "head"):
-            vals = [r["methods"][method][region] for r in per_identity if region in r["methods"][method]]
+            vals = [r["methods"][method][region] for r in per_identity
+                    if method in r["methods"] and region in r["methods"][method]]
             if vals:
                 methods[method][region] = {k: float(np.mean([v[k] for v in vals])) for k, _, _ in METRIC_KEYS}
     result = {"methods": methods, "per_identity": per_identity,
@@ -133,7 +182,9 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
                                metric_points=metric_points, threshold=threshold, seed=seed, device=str(device),
                                schedule=dict(iterations=schedule.iterations, lr=schedule.lr,
                                              lambda_id=schedule.lambda_id),
-                               checkpoints={k: v.path for k, v in loaded.items()}),
+                               checkpoints={k: v.path for k, v in loaded.items()},
+                               expression_checkpoints={k: v.path for k, v in posers.items()},
+                               posed_scans=len(posed_records)),
               "seconds": time.perf_counter() - t0}
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
@@ -177,6 +228,9 @@ def add_eval_parser(subparsers):
     p.add_argument("--data", required=True, help="prepared dataset folder (its test split is evaluated)")
     p.add_argument("--model", action="append", required=True, metavar="NAME=CKPT",
                    help="a method name and its identity checkpoint; repeat for each model")
+    p.add_argument("--expression", action="append", default=[], metavar="NAME=CKPT",
+                   help="an expression checkpoint trained on model NAME: NAME is also scored on the posed scans "
+                        "(joint identity + expression fit), as row 'NAME posed'; repeatable")
     p.add_argument("--out", required=True, help="output folder (eval.json, eval.md, meshes/)")
     p.add_argument("--split", default="test")
     p.add_argument("--identities", type=int, default=None, help="at most this many identities")
@@ -198,18 +252,23 @@ def add_eval_parser(subparsers):
 def _eval_main(args) -> int:
     from ..fit import FitSchedule
 
-    models = {}
-    for spec in args.model:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--model must be NAME=CHECKPOINT, got {spec!r}")
-        models[name] = path
+    def pairs(specs, flag):
+        out = {}
+        for spec in specs:
+            name, sep, path = spec.partition("=")
+            if not sep or not name or not path:
+                raise ValueError(f"{flag} must be NAME=CHECKPOINT, got {spec!r}")
+            out[name] = path
+        return out
+
+    models, expressions = pairs(args.model, "--model"), pairs(args.expression, "--expression")
     schedule = FitSchedule() if args.iterations is None else _scaled_schedule(args.iterations)
     result = evaluate_models(models, args.data, split=args.split, scan_points=args.scan_points,
                              noise_std=args.noise, mesh_resolution=args.mesh_resolution,
                              sparse_mesh=args.sparse_mesh,
                              metric_points=args.metric_points, schedule=schedule, identities=args.identities,
-                             seed=args.seed, device=args.device, out_dir=args.out, progress=not args.no_progress)
+                             seed=args.seed, device=args.device, out_dir=args.out, progress=not args.no_progress,
+                             expressions=expressions)
     print(markdown_table(result))
     print(f"-> {os.path.join(args.out, 'eval.json')} ({result['seconds']:.0f} s)")
     return 0

@@ -118,6 +118,33 @@ def test_eval_cli_writes_table(demo, tmp_path, capsys):
     assert "NAME=CHECKPOINT" in capsys.readouterr().err
 
 
+def test_eval_posed_scans_with_an_expression_model(demo, tmp_path, capsys):
+    out, _ = demo
+    runs = os.path.join(out, "runs")
+    rc = cli_main(["eval", "--data", os.path.join(out, "data"), "--model", f"TP={runs}/tp/checkpoint.pt",
+                   "--model", f"NPM={runs}/npm/checkpoint.pt", "--expression", f"TP={runs}/expression/checkpoint.pt",
+                   "--out", str(tmp_path), "--mesh-resolution", "24", "--metric-points", "2000",
+                   "--scan-points", "300", "--iterations", "8", "--no-progress"])
+    assert rc == 0
+    with open(tmp_path / "eval.json") as f:
+        result = json.load(f)
+    assert set(result["methods"]) == {"TP", "NPM", "TP posed"}
+    posed = [r for r in result["per_identity"] if r["expression"] != "neutral"]
+    assert len(posed) == result["settings"]["posed_scans"] > 0
+    assert all(set(r["methods"]) == {"TP posed"} for r in posed)
+    assert all(math.isfinite(v) for r in result["methods"]["TP posed"].values() for v in r.values())
+    assert "| TP posed |" in (tmp_path / "eval.md").read_text()
+    # the posed mesh is the fitted neutral mesh moved by the forward deformation: same faces
+    import trimesh
+    name = f"{posed[0]['identity']}_{posed[0]['expression']}"
+    assert len(trimesh.load(tmp_path / "meshes" / f"{name}_TP_posed.ply").faces) > 0
+    # an expression model for a method that is not evaluated
+    assert cli_main(["eval", "--data", os.path.join(out, "data"), "--model", f"TP={runs}/tp/checkpoint.pt",
+                     "--expression", f"NPM={runs}/expression/checkpoint.pt", "--out", str(tmp_path / "x"),
+                     "--no-progress"]) == 2
+    assert "not among the models" in capsys.readouterr().err
+
+
 def test_timing_table():
     rows = op_timings("cpu", quick=True, reps=1)
     assert all(r["speedup"] == pytest.approx(r["reference_ms"] / r["npht_ms"]) for r in rows)
