@@ -36,7 +36,7 @@ import numpy as np
 
 __all__ = [
     "SurfaceSamples", "DEFAULT_STEP_COUNTS", "NEAR_SIGMAS", "CORRESPONDENCE_SIGMAS", "SET_KEYS",
-    "as_generator", "vertex_normals", "triangle_region", "sample_surface", "is_watertight", "signed_volume",
+    "as_generator", "vertex_normals", "triangle_region", "sample_surface", "is_watertight", "is_consistently_wound", "signed_volume",
     "signed_distance", "above_plane", "near_surface", "sample_ball", "prepare_identity_samples", "subsample",
     "sample_correspondences", "prepare_expression_samples",
 ]
@@ -163,10 +163,10 @@ def _sample_triangles(v, f, n: int, rng: np.random.Generator, tri_mask=None, nor
     area = 0.5 * np.linalg.norm(_face_cross(v, f), axis=1)
     if tri_mask is not None:
         area = np.where(tri_mask, area, 0.0)
-    total = area.sum()
+    cdf = np.cumsum(area)
+    total = cdf[-1]  # not area.sum(): a draw past cdf[-1] would land on a masked-out last triangle
     if n and not total > 0:
         raise ValueError("cannot sample a surface of zero area")
-    cdf = np.cumsum(area)
     face_index = np.searchsorted(cdf, rng.random(n) * total, side="right")
     face_index = np.minimum(face_index, len(f) - 1)
     bary = _barycentric(n, rng)
@@ -224,6 +224,18 @@ def is_watertight(faces) -> bool:
     return bool((counts == 2).all())
 
 
+def is_consistently_wound(faces) -> bool:
+    """True when every directed edge occurs at most once: neighbouring faces traverse
+    their shared edge in opposite directions (one consistent orientation; with
+    :func:`is_watertight`, each edge once each way)."""
+    f = np.asarray(faces, dtype=np.int64)
+    if f.ndim != 2 or f.shape[1] != 3 or len(f) == 0:
+        return False
+    edges = f[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
+    keys = edges[:, 0] * (int(f.max()) + 1) + edges[:, 1]  # one int64 per directed edge
+    return len(np.unique(keys)) == len(keys)
+
+
 def signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
     """Volume enclosed by a closed mesh (positive when its faces are CCW seen from outside)."""
     a, b, c = vertices[faces[:, 0]], vertices[faces[:, 1]], vertices[faces[:, 2]]
@@ -234,6 +246,10 @@ def _check_closed(v: np.ndarray, f: np.ndarray) -> None:
     if not is_watertight(f):
         raise ValueError(f"signed distances need a watertight mesh (every edge shared by exactly two faces); "
                          f"this one ({len(v)} vertices, {len(f)} faces) is not: fill its holes first")
+    if not is_consistently_wound(f):
+        raise ValueError("the mesh's faces are not consistently wound (some neighbours traverse their shared edge "
+                         "in the same direction), so the inside/outside test flips near them: fix the winding "
+                         "first (e.g. trimesh.repair.fix_winding)")
     volume = signed_volume(v, f)
     if volume < 0:
         raise ValueError(f"the mesh's faces are oriented inwards (signed volume {volume:.3g} < 0): "
@@ -247,8 +263,9 @@ def signed_distance(mesh, points, chunk: int = 1 << 20, check: bool = True) -> n
     libigl builds its AABB tree inside each call (~0.1-1 s for 100k-300k faces) and its
     Python binding takes no prebuilt tree, so pass all points of a mesh in one call;
     ``chunk`` only bounds the memory of one call (each chunk rebuilds the tree).
-    ``check``: first verify that the mesh is watertight and outward oriented (ValueError
-    otherwise: the sign is meaningless on an open mesh)."""
+    ``check``: first verify that the mesh is watertight, consistently wound and outward
+    oriented (ValueError otherwise: the sign is meaningless on an open mesh and flips next
+    to a face wound against its neighbours)."""
     import igl
 
     v, f, _ = _mesh_arrays(mesh)

@@ -110,6 +110,13 @@ def test_watertightness_and_orientation_are_checked(sphere):
         S.signed_distance((sphere.vertices, sphere.faces[1:]), np.zeros((1, 3)))
     with pytest.raises(ValueError, match="oriented inwards"):
         S.signed_distance((sphere.vertices, sphere.faces[:, ::-1]), np.zeros((1, 3)))
+    # a few faces wound against their neighbours: still watertight, positive volume
+    mixed = sphere.faces.copy()
+    mixed[:40] = mixed[:40, ::-1]
+    assert S.is_watertight(mixed) and S.signed_volume(sphere.vertices, mixed) > 0
+    assert S.is_consistently_wound(sphere.faces) and not S.is_consistently_wound(mixed)
+    with pytest.raises(ValueError, match="not consistently wound"):
+        S.signed_distance((sphere.vertices, mixed), np.zeros((1, 3)))
     with pytest.raises(ValueError, match=r"points must be \[n, 3\]"):
         S.signed_distance(sphere, np.zeros((4, 2)))
 
