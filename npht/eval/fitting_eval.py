@@ -181,7 +181,8 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
                                mesh_resolution=mesh_resolution, clip_radius=clip_radius, sparse_mesh=sparse_mesh,
                                metric_points=metric_points, threshold=threshold, seed=seed, device=str(device),
                                schedule=dict(iterations=schedule.iterations, lr=schedule.lr,
-                                             lambda_id=schedule.lambda_id),
+                                             lambda_id=schedule.lambda_id, lambda_ex=schedule.lambda_ex,
+                                             relative_reg=schedule.relative_reg),
                                checkpoints={k: v.path for k, v in loaded.items()},
                                expression_checkpoints={k: v.path for k, v in posers.items()},
                                posed_scans=len(posed_records)),
@@ -242,6 +243,10 @@ def add_eval_parser(subparsers):
                         "256^3; the same mesh for SDFs with |grad| <= 2); default: the dense grid")
     p.add_argument("--metric-points", type=int, default=2_500_000)
     p.add_argument("--iterations", type=int, default=None, help="fitting iterations (default 700)")
+    p.add_argument("--relative-reg", choices=("auto", "true", "false"), default="auto",
+                   help="the latent regulariser's unit (npht.fit.FitSchedule.relative_reg): 'auto' (default) NPHM's "
+                        "literal lambda unless the training codes' mean ||z||^2 exceeds 1, 'true' always relative to "
+                        "it, 'false' always literal")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -263,6 +268,7 @@ def _eval_main(args) -> int:
 
     models, expressions = pairs(args.model, "--model"), pairs(args.expression, "--expression")
     schedule = FitSchedule() if args.iterations is None else _scaled_schedule(args.iterations)
+    schedule = schedule.replace(relative_reg={"auto": "auto", "true": True, "false": False}[args.relative_reg])
     result = evaluate_models(models, args.data, split=args.split, scan_points=args.scan_points,
                              noise_std=args.noise, mesh_resolution=args.mesh_resolution,
                              sparse_mesh=args.sparse_mesh,

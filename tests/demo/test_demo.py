@@ -107,12 +107,13 @@ def test_eval_cli_writes_table(demo, tmp_path, capsys):
     assert sorted(os.listdir(tmp_path / "meshes")) == sorted(
         f"{r['identity']}_{m}.ply" for r in result["per_identity"] for m in ("TP", "NPM", "gt"))
     assert result["settings"]["schedule"]["iterations"] == 8 and result["settings"]["sparse_mesh"] is False
+    assert result["settings"]["schedule"]["relative_reg"] == "auto"
     rc = cli_main(["eval", "--data", os.path.join(out, "data"), "--model", f"TP={runs}/tp/checkpoint.pt",
                    "--out", str(tmp_path / "sparse"), "--mesh-resolution", "24", "--sparse-mesh", "--metric-points",
-                   "2000", "--scan-points", "300", "--iterations", "8", "--no-progress"])
+                   "2000", "--scan-points", "300", "--iterations", "8", "--relative-reg", "true", "--no-progress"])
     with open(tmp_path / "sparse" / "eval.json") as f:
         sparse = json.load(f)
-    assert rc == 0 and sparse["settings"]["sparse_mesh"] is True
+    assert rc == 0 and sparse["settings"]["sparse_mesh"] is True and sparse["settings"]["schedule"]["relative_reg"] is True
     assert all(math.isfinite(v) for r in sparse["methods"]["TP"].values() for v in r.values())
     assert cli_main(["eval", "--data", os.path.join(out, "data"), "--model", "TP", "--out", str(tmp_path)]) == 2
     assert "NAME=CHECKPOINT" in capsys.readouterr().err

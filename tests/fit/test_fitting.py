@@ -25,6 +25,9 @@ def test_schedule_defaults_and_validation():
         FitSchedule(milestones=(300, 200))
     with pytest.raises(ValueError, match="lr must be > 0"):
         FitSchedule(lr=0)
+    assert s.relative_reg == "auto"
+    with pytest.raises(ValueError, match="relative_reg must be True, False or 'auto'"):
+        FitSchedule(relative_reg="relative")
 
 
 def test_fit_identity_recovers_known_code(tiny_id, project):
@@ -54,16 +57,29 @@ def test_fit_identity_default_init_regularisation_and_determinism(tiny_id, proje
     assert torch.equal(a.code, b.code) and a.losses == b.losses
     c = fit_identity(model, x, schedule=sched, seed=4, progress=False)
     assert not torch.equal(a.code, c.code)
-    # regulariser: lambda_id ||z||^2 in the loss, in units of the training codes' mean
-    # ||z||^2 (relative_reg, default) or literal; starting from the mean training code
-    zero_steps = fit_identity(model, x, schedule=sched.replace(iterations=1, lr=1e-12), progress=False)
-    mean = model.codes.weight.detach().mean(0, keepdim=True)
-    torch.testing.assert_close(zero_steps.code, mean)
+    # regulariser: lambda_id ||z||^2 in the loss, starting from the mean training code; its
+    # unit is the training codes' mean ||z||^2 (relative_reg=True, and "auto" -- the default --
+    # when that mean is above 1) or 1 (False, and "auto" for small codes)
+    def first_reg(**kw):
+        res = fit_identity(model, x, schedule=sched.replace(iterations=1, lr=1e-12, **kw), progress=False)
+        torch.testing.assert_close(res.code, model.codes.weight.detach().mean(0, keepdim=True))
+        return res.history["reg"][0]
+
+    def expected(unit):
+        return 0.05 * float(model.codes.weight.detach().mean(0).square().sum()) / unit
+
     unit = float(model.codes.weight.detach().square().sum(-1).mean())
-    assert abs(zero_steps.history["reg"][0] - 0.05 * float(mean.square().sum()) / unit) < 1e-6
-    literal = fit_identity(model, x, schedule=sched.replace(iterations=1, lr=1e-12, relative_reg=False),
-                           progress=False)
-    assert abs(literal.history["reg"][0] - 0.05 * float(mean.square().sum())) < 1e-6
+    assert unit > 1.2  # N(0, 1) codes in 3-D (4 of them)
+    assert abs(first_reg() - expected(unit)) < 1e-6
+    assert abs(first_reg(relative_reg=True) - expected(unit)) < 1e-6
+    assert abs(first_reg(relative_reg=False) - expected(1.0)) < 1e-6
+    with torch.no_grad():
+        model.codes.weight.mul_(0.1)  # small codes (NPHM / NPM scale): "auto" is literal
+    unit = float(model.codes.weight.detach().square().sum(-1).mean())
+    assert unit < 0.1
+    assert abs(first_reg() - expected(1.0)) < 1e-8
+    assert abs(first_reg(relative_reg=True) - expected(unit)) < 1e-7
+    assert abs(first_reg(relative_reg=0) - expected(1.0)) < 1e-8  # 0 / 1 mean False / True
     # a strong regulariser pulls the code to 0
     strong = fit_identity(model, x, schedule=FitSchedule(iterations=100, lambda_id=100.0), progress=False)
     assert strong.code.norm() < 0.05
