@@ -225,3 +225,16 @@ def test_sparse_bad_args(kwargs, match):
         extract_mesh(sphere(), 16, sparse=True, **kwargs)
     with pytest.raises(ValueError, match="no surface"):
         extract_mesh(lambda p: p.norm(dim=-1) + 1.0, 16, sparse=True)
+
+
+def test_layout_import_paths():
+    # shared/DESIGN.md's layout names npht/mesh.py and npht/metrics.py: the same objects
+    import npht.eval.mesh
+    import npht.eval.metrics
+    import npht.mesh
+    import npht.metrics
+
+    for short, full in ((npht.mesh, npht.eval.mesh), (npht.metrics, npht.eval.metrics)):
+        assert short.__all__ == full.__all__ and len(full.__all__) >= 4
+        for name in full.__all__:
+            assert getattr(short, name) is getattr(full, name)
