@@ -12,6 +12,8 @@ from torch import nn
 
 from npht.ops import softplus_mlp_with_grad, triplane_sample
 
+from .deepsdf import center_zero_level_
+
 
 class TriplaneDecoder(nn.Module):
     """``TP_dec(x, F) -> sdf``: ``num_layers`` linear layers (``num_layers - 1`` hidden
@@ -29,7 +31,7 @@ class TriplaneDecoder(nn.Module):
             if i < num_layers - 1:
                 layers.append(nn.Softplus(beta=beta))
         self.net = nn.Sequential(*layers)
-        self.feature_dim = feature_dim
+        self.feature_dim, self.point_dim = feature_dim, point_dim
         self.beta = float(beta)
 
     def forward(self, features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -38,6 +40,9 @@ class TriplaneDecoder(nn.Module):
             raise ValueError(
                 f"features must have {self.feature_dim} channels in the last dim, got {tuple(features.shape)}"
             )
+        if points.shape[-1] != self.point_dim or points.shape[:-1] != features.shape[:-1]:
+            raise ValueError(f"points must have shape {tuple(features.shape[:-1]) + (self.point_dim,)} (the features' "
+                             f"leading dims, then {self.point_dim}), got {tuple(points.shape)}")
         return self.net(torch.cat([features, points.to(features.dtype)], dim=-1)).squeeze(-1)
 
     def sdf(self, planes: torch.Tensor, points: torch.Tensor, **sample_kwargs) -> torch.Tensor:
@@ -52,7 +57,9 @@ class TriplaneDecoder(nn.Module):
         close to a sphere of ``radius``. Hidden layers ~ N(0, 2/fan_out), the last layer
         ~ N(sqrt(pi/fan_in), 1e-4) with bias ``-radius``; the first layer's weights of the
         tri-plane features ~ N(0, feature_std) (small: the planes start as a perturbation).
-        Exact for ReLU; softplus with a large beta is close. Returns self."""
+        The output bias is then shifted so that the SDF is 0 on average on that sphere (with
+        zero features; :func:`npht.models.deepsdf.center_zero_level_`: geometric init is
+        exact for ReLU, softplus adds up to log(2)/beta per unit). Returns self."""
         linears = [m for m in self.net if isinstance(m, nn.Linear)]
 
         def normal(t, std, mean=0.0):
@@ -68,6 +75,7 @@ class TriplaneDecoder(nn.Module):
             lin.bias.zero_()
             if i == 0:
                 normal(lin.weight[:, : self.feature_dim], feature_std)
+        center_zero_level_(self.net, linears[-1].bias, linears[0].in_features, radius)
         return self
 
     def layers(self):

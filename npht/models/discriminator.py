@@ -7,7 +7,8 @@ base * 256 / r)`` at spatial size r (pi-GAN: base 32, max 400, so 32 @256 ... 40
 * from-image adapter: 1x1 conv ``in_channels -> w(R)`` + LeakyReLU(0.2);
 * ``log2(R) - 1`` residual blocks r -> r/2 (down to 2x2): two 3x3 CoordConvs (the input
   with x/y coordinate channels in [-1, 1] appended), the second with stride 2, each
-  followed by LeakyReLU(0.2); a 1x1 stride-2 conv shortcut; sum / sqrt(2);
+  followed by LeakyReLU(0.2) (weights: Kaiming normal for leaky ReLU 0.2, fan-in, as
+  pi-GAN's kaiming_leaky_init); a 1x1 stride-2 conv shortcut; sum / sqrt(2);
 * a 2x2 conv to one logit ``[B, 1]``.
 
 Inputs are ``[B, C, R, R]`` (normal maps ``[B, R, R, 3]`` from the renderer: permute them;
@@ -50,6 +51,11 @@ class _ResidualCoordBlock(nn.Module):
             CoordConv2d(cout, cout, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
         )
         self.shortcut = nn.Conv2d(cin, cout, 1, stride=2)
+        # pi-GAN's kaiming_leaky_init on the block's (coord) convs; shortcut, adapter and final
+        # layer keep PyTorch's default init, as there
+        for m in self.body.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, a=0.2, mode="fan_in", nonlinearity="leaky_relu")
 
     def forward(self, x):
         return (self.body(x) + self.shortcut(x)) / math.sqrt(2.0)

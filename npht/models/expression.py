@@ -63,8 +63,8 @@ class ExpressionModel(nn.Module):
         B, N, _ = x_neutral.shape
         z_id = self._expand(z_id, "z_id", self.z_id_dim, B, N)
         z_ex = self._expand(self.expression_latent(z_ex), "z_ex", self.z_ex_dim, B, N)
-        inp = torch.cat([x_neutral, z_id.to(x_neutral.dtype), z_ex.to(x_neutral.dtype)], dim=-1)
-        return self.mlp(inp)
+        dt = self.mlp.linears[0].weight.dtype  # inputs in the model's dtype
+        return self.mlp(torch.cat([x_neutral.to(dt), z_id.to(dt), z_ex.to(dt)], dim=-1))
 
     def deform(self, x_neutral: torch.Tensor, z_id: torch.Tensor, z_ex: torch.Tensor) -> torch.Tensor:
         """``x_posed = x_neutral + F_ex(x_neutral, z_id, z_ex)``."""

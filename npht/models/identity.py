@@ -55,9 +55,13 @@ class IdentityModel(nn.Module):
         self.sample_kwargs = dict(sample_kwargs)
 
     @classmethod
-    def thesis(cls, num_identities: int, **kwargs) -> "IdentityModel":
-        """The thesis configuration: z_id 512, planes 3 x 32 x 256^2, decoder 5 x 256."""
-        return cls(TriplaneGenerator(512, 32, 256), TriplaneDecoder(32), num_identities, 512, **kwargs)
+    def thesis(cls, num_identities: int, geometric_init: bool = True, **kwargs) -> "IdentityModel":
+        """The thesis configuration: z_id 512, planes 3 x 32 x 256^2, decoder 5 x 256 with
+        the geometric initialisation (as ``npht train``'s presets build it)."""
+        dec = TriplaneDecoder(32)
+        if geometric_init:
+            dec.geometric_init_()
+        return cls(TriplaneGenerator(512, 32, 256), dec, num_identities, 512, **kwargs)
 
     def latent(self, identity: torch.Tensor) -> torch.Tensor:
         """Identity indices ``[B]`` (integer) -> codes ``[B, z_dim]``; a float tensor

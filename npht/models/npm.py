@@ -48,8 +48,9 @@ class NPMBaseline(nn.Module):
         z = self.latent(identity)
         if points.dim() != 3 or points.shape[-1] != 3 or points.shape[0] != z.shape[0]:
             raise ValueError(f"points must have shape [B={z.shape[0]}, N, 3], got {tuple(points.shape)}")
-        zx = z[:, None, :].expand(-1, points.shape[1], -1).to(points.dtype)
-        return self.mlp(torch.cat([zx, points], dim=-1)).squeeze(-1)
+        dt = self.mlp.linears[0].weight.dtype  # inputs in the model's dtype (as IdentityModel)
+        zx = z[:, None, :].expand(-1, points.shape[1], -1).to(dt)
+        return self.mlp(torch.cat([zx, points.to(dt)], dim=-1)).squeeze(-1)
 
     def sdf_fn(self, identity: torch.Tensor):
         """``points [B, n, 3] -> sdf [B, n]`` for :func:`npht.render.render`."""

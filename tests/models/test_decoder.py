@@ -87,10 +87,26 @@ def test_geometric_init_is_close_to_a_sphere():
     with torch.no_grad():
         centre = dec.sdf(planes, torch.zeros(1, 1, 3))
         far = dec.sdf(planes, dirs * 0.95)
-    # inside at the centre (finite width: about -0.25, not -0.5), outside near the unit sphere
+    # inside at the centre (finite width: about -0.28, not -0.5), outside near the unit sphere
     assert centre.item() < -0.15 and (far > 0).float().mean() > 0.99
     pts = dirs * torch.rand(1, 2000, 1)
     with torch.no_grad():
         err = dec.sdf(planes, pts) - (pts.norm(dim=-1) - 0.5)
+        on = dec(torch.zeros(2000, 32), dirs[0] * 0.5)  # zero features: the sphere itself
     assert err.abs().mean() < 0.15
-    assert dec.net[-1].bias.item() == -0.5
+    assert on.mean().abs() < 0.01 and on.std() < 0.1  # the softplus offset is re-centred
+    # the thesis model built directly has the same initialisation as npht train's
+    from npht.models import IdentityModel
+
+    with torch.no_grad():
+        thesis = IdentityModel.thesis(1).decoder(torch.zeros(2000, 32), dirs[0] * 0.5)
+    assert thesis.mean().abs() < 0.01
+    assert IdentityModel.thesis(1, geometric_init=False).decoder.net[-1].bias.abs().item() < 0.1
+
+
+def test_decoder_point_shape_error():
+    dec = TriplaneDecoder(4, hidden=8)
+    with pytest.raises(ValueError, match=r"points must have shape \(5, 3\)"):
+        dec(torch.zeros(5, 4), torch.zeros(5, 2))
+    with pytest.raises(ValueError, match=r"points must have shape \(5, 3\)"):
+        dec(torch.zeros(5, 4), torch.zeros(4, 3))

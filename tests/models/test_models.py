@@ -184,10 +184,26 @@ def test_npm_geometric_init_sphere():
     # the gradient points roughly radially outwards
     cos = (torch.nn.functional.normalize(g[:, 21:], dim=-1) * dirs).sum(-1)
     assert cos.min() > 0.5 and cos.mean() > 0.85
+    # points in float64 go through the float32 model (as IdentityModel's)
+    torch.testing.assert_close(npm(pts.double(), torch.arange(3)), sdf)
     with pytest.raises(ValueError, match="skip must be None or an int"):
         NPMBaseline(1, z_dim=8, hidden=16, layers=4, skip=4)
     with pytest.raises(ValueError, match="z_dim must be a positive int"):
         NPMBaseline(1, z_dim=0)
+
+
+def test_npm_thesis_size_geometric_init_has_its_sphere():
+    """8 x 1024 with softplus(100): each unit adds up to log(2)/100 over ReLU, which summed
+    to +0.6 and left no zero level in the unit ball before the zero level was re-centred."""
+    torch.manual_seed(0)
+    npm = NPMBaseline(2)
+    dirs = torch.nn.functional.normalize(torch.randn(2, 200, 3), dim=-1)
+    with torch.no_grad():
+        centre = npm(torch.zeros(2, 1, 3), torch.arange(2))
+        on = npm(dirs * 0.5, torch.zeros(2, 512))  # zero codes: the sphere itself
+        out = npm(dirs * 0.95, torch.arange(2))
+    assert (centre < -0.05).all() and (out > 0.1).all()
+    assert on.mean().abs() < 0.02 and on.std() < 0.05  # the sphere of radius 0.5
 
 
 # --- expression model ------------------------------------------------------------------
@@ -227,6 +243,9 @@ def test_expression_layout_and_errors():
         small(torch.rand(1, 5, 3), torch.randn(1, 4), torch.tensor([0]))
     with pytest.raises(ValueError, match=r"z_id must have shape \[B=1, 4\]"):
         small(torch.rand(1, 5, 3), torch.randn(1, 3), torch.randn(1, 2))
+    # float64 inputs go through the float32 model
+    x, zi, ze = torch.rand(1, 5, 3), torch.randn(1, 4), torch.randn(1, 5, 2)
+    torch.testing.assert_close(small(x.double(), zi.double(), ze.double()), small(x, zi, ze))
 
 
 # --- discriminator ---------------------------------------------------------------------
@@ -249,6 +268,21 @@ def test_discriminator_pigan_widths():
     assert widths == [64, 128, 256, 400, 400, 400, 400]
     d64 = Discriminator(64)
     assert d64.from_image[0].out_channels == 128 and len(d64.blocks) == 5
+
+
+def test_discriminator_pigan_init():
+    """pi-GAN's kaiming_leaky_init on the residual blocks' convs: N(0, gain^2 / fan_in)
+    with gain sqrt(2 / (1 + 0.2^2)); the 1x1 shortcuts keep PyTorch's default."""
+    torch.manual_seed(0)
+    d = Discriminator(64)
+    gain = math.sqrt(2.0 / (1.0 + 0.2 ** 2))
+    for block in d.blocks:
+        for conv in (block.body[0].conv, block.body[2].conv):
+            fan_in = conv.weight[0].numel()
+            std = conv.weight.std().item()
+            assert abs(std * math.sqrt(fan_in) / gain - 1) < 0.05, (std, fan_in)
+        bound = 1 / math.sqrt(block.shortcut.weight[0].numel())  # default: U(-b, b), std b / sqrt(3)
+        assert block.shortcut.weight.abs().max() <= bound
 
 
 def test_discriminator_errors():

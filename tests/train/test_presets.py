@@ -38,9 +38,14 @@ def test_preset_loss_falls(name, data_root, tmp_path):
     if ref.uses_2d:
         assert {"nmr", "g", "d", "r1"} <= set(rows[0])
         assert rows[0]["nmr"] > 0
-    totals = [r["total"] for r in rows]
+    # the generator's objective without its adversarial term (weighted terms: total = their
+    # sum): G's adversarial loss is a minimax game's, it rises as D learns (pi-GAN's init
+    # makes D learn within these 40 steps)
+    totals = [r["total"] - r.get("g", 0.0) for r in rows]
     first, last = sum(totals[:5]) / 5, sum(totals[-5:]) / 5
     assert last < 0.95 * first, totals
+    if ref.uses_2d:  # and the discriminator's own loss falls
+        assert sum(r["d"] for r in rows[-5:]) < sum(r["d"] for r in rows[:5])
     # the 3D surface term falls as well (not only the regularisers)
     assert sum(r["ss"] for r in rows[-5:]) < sum(r["ss"] for r in rows[:5])
 
