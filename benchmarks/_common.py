@@ -32,12 +32,23 @@ def sync(device):
 
 
 LONG_STEP_S = 0.5  # on the GPU, steps longer than this are timed with a plain loop
+MIN_SAMPLES = 10  # do_bench's timed runs at least (it fits rep / estimate of them)
+
+
+def summarize_times(times, timer: str) -> dict:
+    """Median and 20/80 % quantiles (inclusive: within the data) in ms, with the timer and
+    the number of timed runs."""
+    times = [float(t) for t in times]
+    qs = statistics.quantiles(times, n=10, method="inclusive") if len(times) > 1 else [times[0]] * 9
+    return {"median_ms": statistics.median(times), "q20_ms": qs[1], "q80_ms": qs[7], "timer": timer,
+            "samples": len(times)}
 
 
 def time_step(step, device: str, reps: int) -> dict:
-    """Median and 20/80 % quantiles in ms: triton's do_bench on GPU, a wall-clock loop on CPU
-    and for GPU steps over ``LONG_STEP_S`` (do_bench would run such a step at least seven
-    times: a 512^2 render step would eat the device's time)."""
+    """Median and 20/80 % quantiles in ms (:func:`summarize_times`): triton's do_bench on GPU
+    (CUDA events, L2 flushed, at least ``MIN_SAMPLES`` timed runs), a wall-clock loop of
+    ``reps`` runs on CPU and for GPU steps over ``LONG_STEP_S`` (do_bench would run such a
+    step at least seventeen times: a 512^2 render step would eat the device's time)."""
     def timed():
         sync(device)
         t0 = time.perf_counter()
@@ -52,13 +63,13 @@ def time_step(step, device: str, reps: int) -> dict:
         if first <= LONG_STEP_S * 1e3:
             import triton.testing
 
-            q20, med, q80 = triton.testing.do_bench(step, quantiles=[0.2, 0.5, 0.8], warmup=25, rep=200)
-            return {"median_ms": med, "q20_ms": q20, "q80_ms": q80}
+            # do_bench times int(rep / estimate) runs: a rep of 200 ms timed a 100 ms step once
+            rep = max(200.0, MIN_SAMPLES * first * 1.2)
+            return summarize_times(triton.testing.do_bench(step, warmup=25, rep=rep, return_mode="all"), "do_bench")
         times.append(first)
     while len(times) < max(reps, 1):
         times.append(timed())
-    qs = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
-    return {"median_ms": statistics.median(times), "q20_ms": qs[1], "q80_ms": qs[7]}
+    return summarize_times(times, "loop")
 
 
 def rss_bytes() -> int:
@@ -101,11 +112,14 @@ def cuda_peak_during(fn, warmed: bool = False) -> int:
 
 
 def git_commit() -> str:
-    if os.environ.get("NPHT_COMMIT"):  # set where the tree travels without its .git
+    """The commit that ran, ``-dirty`` when the working tree differs from it (``git describe``);
+    ``NPHT_COMMIT`` where the tree travels without its .git (a GPU machine: pass the value
+    this function gives on the machine the tree comes from)."""
+    if os.environ.get("NPHT_COMMIT"):
         return os.environ["NPHT_COMMIT"]
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
-                              text=True, check=True).stdout.strip()
+        return subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=HERE,
+                              capture_output=True, text=True, check=True).stdout.strip()
     except Exception:
         return "unknown"
 
@@ -134,21 +148,46 @@ def triton_version():
         return None
 
 
+def _atomic_json(obj, path: str) -> None:
+    import json
+
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+class PartialRows:
+    """Rows so far, rewritten atomically to ``<out_dir>/<benchmark>_partial.json`` after each
+    row (``add``), so that a run cut off by a time limit still leaves what it measured;
+    ``done()`` removes the file once the full result is written."""
+
+    def __init__(self, out_dir: str, benchmark: str, **meta):
+        os.makedirs(out_dir, exist_ok=True)
+        self.path = os.path.join(out_dir, f"{benchmark}_partial.json")
+        self.meta = dict(benchmark=benchmark, partial=True, commit=git_commit(), **meta)
+        self.rows = []
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        _atomic_json({**self.meta, "results": self.rows}, self.path)
+
+    def done(self) -> None:
+        if os.path.exists(self.path):
+            os.remove(self.path)
+
+
 def write_result(result: dict, out_dir: str, plot=None) -> str:
     """Write ``result`` as ``<benchmark>_<device>_<date>.json`` in ``out_dir`` atomically
     (never a half-written file), and the plot next to it when ``plot(result, png_path)`` is
     given. Returns the JSON path."""
     import datetime as dt
-    import json
     import re
 
     os.makedirs(out_dir, exist_ok=True)
     slug = re.sub(r"[^a-z0-9]+", "-", result["device_type"] + "-" + result["device"].lower()).strip("-")[:48]
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     path = os.path.join(out_dir, f"{result['benchmark']}_{slug}_{stamp}.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(path + ".tmp", path)
+    _atomic_json(result, path)
     print(f"wrote {path}")
     if plot is not None:
         plot(result, path[:-5] + ".png")

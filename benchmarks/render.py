@@ -75,6 +75,7 @@ from _common import (  # noqa: E402
     time_step,
     triton_version,
     write_result,
+    PartialRows,
 )
 
 TASKS = ("gan_step", "composite", "sampler")
@@ -212,7 +213,7 @@ def _error_row(exc) -> str:
     return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
 
 
-def run_gan(cfg, device, methods, reps, memory) -> list:
+def run_gan(cfg, device, methods, reps, memory, on_row=None) -> list:
     rows = []
     scene = Scene(cfg, device)
     for res in cfg["resolutions"]:
@@ -237,6 +238,8 @@ def run_gan(cfg, device, methods, reps, memory) -> list:
                 torch.cuda.empty_cache()
             rows.append(row)
             print(_fmt(row), flush=True)
+            if on_row is not None:
+                on_row(row)
         del full
     return rows
 
@@ -251,7 +254,7 @@ def composite_inputs(cfg, device, seed=0):
     return [t.to(device) for t in (sdf, z, v)], [u.to(device) for u in ups]
 
 
-def run_composite(cfg, device, reps, memory) -> list:
+def run_composite(cfg, device, reps, memory, on_row=None) -> list:
     rows = []
     (sdf, z, v), ups = composite_inputs(cfg, device)
     beta = torch.tensor(0.01, device=device)
@@ -272,6 +275,8 @@ def run_composite(cfg, device, reps, memory) -> list:
             row["error"] = _error_row(exc)
         rows.append(row)
         print(_fmt(row), flush=True)
+        if on_row is not None:
+            on_row(row)
     return rows
 
 
@@ -279,7 +284,7 @@ def sampler_methods(device: str) -> list:
     return ["reference"] + [m for m in composite_methods(device) if m != "reference"]
 
 
-def run_sampler(cfg, device, reps, memory) -> list:
+def run_sampler(cfg, device, reps, memory, on_row=None) -> list:
     rows = []
     g = torch.Generator().manual_seed(0)
     B, R = cfg["B"], cfg["comp_res"] ** 2
@@ -306,6 +311,8 @@ def run_sampler(cfg, device, reps, memory) -> list:
             row["error"] = _error_row(exc)
         rows.append(row)
         print(_fmt(row), flush=True)
+        if on_row is not None:
+            on_row(row)
     return rows
 
 
@@ -358,7 +365,8 @@ def targets(rows: list, device: str) -> dict:
     return out
 
 
-def run(args) -> dict:
+def run(args, on_row=None) -> dict:
+    """The result dict; ``on_row(row)`` after each measured row (:class:`_common.PartialRows`)."""
     device = args.device
     cfg = default_config(device, args.quick)
     if args.B:
@@ -367,11 +375,11 @@ def run(args) -> dict:
         cfg["resolutions"] = args.resolutions
     rows = []
     if "gan_step" in args.tasks:
-        rows += run_gan(cfg, device, args.methods or gan_methods(device), args.reps, not args.no_memory)
+        rows += run_gan(cfg, device, args.methods or gan_methods(device), args.reps, not args.no_memory, on_row)
     if "composite" in args.tasks:
-        rows += run_composite(cfg, device, args.reps, not args.no_memory)
+        rows += run_composite(cfg, device, args.reps, not args.no_memory, on_row)
     if "sampler" in args.tasks:
-        rows += run_sampler(cfg, device, args.reps, not args.no_memory)
+        rows += run_sampler(cfg, device, args.reps, not args.no_memory, on_row)
     add_ratios(rows)
     return {
         "benchmark": "render",
@@ -387,6 +395,7 @@ def run(args) -> dict:
                    "memory": "CUDA allocator peak above the inputs" if device == "cuda"
                    else "not measured on CPU"},
         "build_info": {k: v for k, v in npht.build_info().items() if not k.endswith("error")},
+        "reference_impl": "grid_sample" if grid_sample_has_double_backward(device) else "gather",
         "targets": targets(rows, device),
         "results": rows,
     }
@@ -446,7 +455,11 @@ def main(argv=None):
     unknown = set(args.methods or ()) - set(GAN_METHODS)
     if unknown:
         p.error(f"unknown methods {sorted(unknown)}; choose from {GAN_METHODS}")
-    return write_result(run(args), args.out, plot if args.plot else None)
+    partial = PartialRows(args.out, "render", device=device_name(args.device), device_type=args.device,
+                          torch=torch.__version__)
+    path = write_result(run(args, partial.add), args.out, plot if args.plot else None)
+    partial.done()
+    return path
 
 
 if __name__ == "__main__":

@@ -23,6 +23,8 @@ def latest_results(results_dir: str) -> list:
     for path in sorted(glob.glob(os.path.join(results_dir, "*.json"))):
         with open(path) as f:
             res = json.load(f)
+        if res.get("partial"):  # rows of a run that was cut off (_common.PartialRows)
+            continue
         key = (res.get("benchmark"), res.get("device"), res.get("config", {}).get("quick"))
         if key not in latest or res["date"] > latest[key][1]["date"]:
             latest[key] = (os.path.basename(path), res)
@@ -43,7 +45,8 @@ def render_table(name: str, res: dict) -> str:
     lines = [
         f"**{res['device']}** — torch {res['torch']}, commit `{res['commit']}`, {res['date'][:10]} "
         f"(`{name}`): renderer, B={cfg['B']}, tri-plane {cfg['plane_res']}² x {cfg['C']}, decoder width "
-        f"{cfg['hidden']}, float32; accuracy = against the full renderer (every sample shaded) at the same resolution",
+        f"{cfg['hidden']}, float32; accuracy = against the full renderer (every sample shaded) at the same resolution"
+        + (f"; the reference samples the tri-plane with {res['reference_impl']}" if res.get("reference_impl") else ""),
         "",
         "| task | method | res | median ms | speed-up vs reference | peak memory MiB | normal err deg | mask IoU | grad cosine |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -134,6 +137,13 @@ def table(name: str, res: dict) -> str:
         f"eikonal N={cfg['eik_N']} (eikonal_op: N), float32",
         "",
     ]
+    if not res.get("reference_baseline"):  # runs before the literal baseline existed
+        lines += [
+            "Reference (this run) = npht's reference backend: 3 x F.grid_sample + sum plus NaN / range guards, "
+            "slower than the three calls alone (on a CPU about 2x in the forward); the EG3D column is a plain "
+            "batched grid_sample. Later runs time the literal three calls as the reference.",
+            "",
+        ]
     impl = res.get("reference_impl") or {}
     if any(v != "grid_sample" for v in impl.values()):
         lines += [

@@ -1,7 +1,11 @@
 """Benchmark of npht.triplane_sample against the PyTorch references, side by side in one run.
 
-Methods: ``reference`` (3 x F.grid_sample + sum, the thesis-style baseline, the ratio
-denominator), ``eg3d`` (EG3D's path: batched grid_sample, permute, mean), and npht with
+Methods: ``reference`` (literally 3 x F.grid_sample + sum, the thesis-style baseline, the
+ratio denominator; where this torch has no double backward of grid_sample, the eikonal
+tasks use npht's gather-based reference instead), ``npht-reference`` (the op with
+``backend="reference"``: npht's pure-PyTorch raw kernels, written with gathers, i.e. what
+the fallback costs),
+``eg3d`` (EG3D's path: batched grid_sample, permute, mean), and npht with
 each backend available here, fed the generator layout [B, 3, C, H, W] (``npht-<backend>``,
 a drop-in call that includes the layout copy) and channels-last planes
 (``npht-<backend>-cl``). Tasks: ``fwd`` (no grad), ``fwd_bwd`` (gradients to planes and
@@ -53,6 +57,7 @@ from _common import (  # noqa: E402
     time_step,
     triton_version,
     write_result,
+    PartialRows,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -76,7 +81,7 @@ def default_config(device: str, quick: bool) -> dict:
 
 def methods_for(device: str) -> list:
     info = npht.build_info()
-    names = ["reference", "eg3d"]
+    names = ["reference", "npht-reference", "eg3d"]
     backends = []
     if device == "cuda":
         if info["cuda"]:
@@ -120,16 +125,35 @@ def reference_impl(task: str, device: str) -> str:
     return "grid_sample"
 
 
+NPHT_AXES = ((0, 1), (1, 2), (0, 2))  # npht's projections xy, yz, xz (grid_sample's x, y)
+
+
+def literal_grid_sample_sum(planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """The baseline as users write it: three F.grid_sample calls (bilinear, zeros,
+    align_corners=False) on planes ``[B, 3, C, H, W]`` at ``points [B, N, 3]`` and their sum
+    ``[B, N, C]``; no guards (npht.reference adds NaN and range handling)."""
+    out = None
+    for k, (u, v) in enumerate(NPHT_AXES):
+        grid = points[:, None, :, [u, v]]  # [B, 1, N, 2]
+        f = torch.nn.functional.grid_sample(planes[:, k], grid, mode="bilinear", padding_mode="zeros",
+                                            align_corners=False)  # [B, C, 1, N]
+        out = f if out is None else out + f
+    return out[:, :, 0].transpose(1, 2)
+
+
 def sampler(method: str, task: str = "fwd", device: str = "cpu"):
     """method -> (function(planes, points) -> features, channels_last input?)."""
     if method == "reference":
-        impl = reference_impl(task, device)
-        return (lambda P, X: reference_sample(P, X, impl=impl)), False
+        if reference_impl(task, device) == "gather":
+            return (lambda P, X: reference_sample(P, X, impl="gather")), False
+        return literal_grid_sample_sum, False
+    if method == "npht-reference":
+        return (lambda P, X: npht.triplane_sample(P, X, backend="reference")), False
     if method == "eg3d":
         def eg3d(P, X):
             return eg3d_sample_from_planes(EG3D_PLANE_AXES.to(P.device), P, X, box_warp=2.0).mean(1)
         return eg3d, False
-    backend, cl, _, _ = parse_method(method)
+    backend, cl, _, _ = parse_method(method)  # npht-<backend>[-cl]
     # EG3D comparisons use EG3D's projection and mean: same cost as npht's default sum
     return (lambda P, X: npht.triplane_sample(P, X, backend=backend, channels_last=cl)), cl
 
@@ -220,7 +244,8 @@ def child_memory(method: str, task: str, cfg: dict) -> None:
     print(rss_peak_during(step))
 
 
-def run(args) -> dict:
+def run(args, on_row=None) -> dict:
+    """The result dict; ``on_row(row)`` after each measured row (:class:`_common.PartialRows`)."""
     device = args.device
     cfg = default_config(device, args.quick)
     for key in ("B", "N", "C", "res", "eik_N"):
@@ -254,6 +279,8 @@ def run(args) -> dict:
                 row["points_per_s"] = cfg["B"] * n / (row["median_ms"] * 1e-3)
             rows.append(row)
             print(_fmt_row(row), flush=True)
+            if on_row is not None:
+                on_row(row)
     for row in rows:
         for base in ("reference", "eg3d"):
             ref = next((r for r in rows if r["task"] == row["task"] and r["method"] == base), None)
@@ -271,6 +298,8 @@ def run(args) -> dict:
         "commit": git_commit(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "reference_impl": {t: reference_impl(t, device) for t in args.tasks},
+        "reference_baseline": "literal 3 x F.grid_sample + sum (no guards); npht-reference: the op's "
+                              "pure-PyTorch backend",
         "config": {**cfg, "dtype": "float32", "reps": args.reps, "quick": args.quick,
                    "decoder": "5 layers, 256 wide, softplus beta=100"},
         "build_info": {k: v for k, v in npht.build_info().items() if not k.endswith("error")},
@@ -328,7 +357,11 @@ def main(argv=None):
     if args.child_memory:
         child_memory(*args.child_memory, json.loads(args.config))
         return None
-    return write_result(run(args), args.out, plot if args.plot else None)
+    partial = PartialRows(args.out, "triplane", device=device_name(args.device), device_type=args.device,
+                          torch=torch.__version__)
+    path = write_result(run(args, partial.add), args.out, plot if args.plot else None)
+    partial.done()
+    return path
 
 
 if __name__ == "__main__":

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # One call on a GPU machine: build the CUDA extension, run the whole test suite (CUDA and
 # Triton-on-GPU tests included), then the benchmarks. Logs and result JSON/PNG go to
-# ${OUT:-gpu_out}. Usage (repo root): NPHT_COMMIT=$(git rev-parse --short HEAD) bash tools/gpu_check.sh [pytest args]
+# ${OUT:-gpu_out}. Usage (repo root): NPHT_COMMIT=<commit> bash tools/gpu_check.sh [pytest args], with
+# <commit> written out: what `git describe --always --dirty --abbrev=7` prints on the machine the tree
+# comes from (the GPU machine gets the tree without .git). First run tools/gpu_wheels.sh there and
+# carry .whl: trimesh for the eval stage, expecttest for opcheck. Each benchmark rewrites
+# <name>_partial.json after every row, so a call cut off by its time limit still returns its rows.
 # STAGES picks what runs (default all; the build always runs, and is quick when the machine
 # is still warm from a previous call): tests triplane render eval. Two calls that fit the
 # device's 10-minute limit: STAGES="tests triplane", then STAGES="render eval".
@@ -47,5 +51,6 @@ elif python3 -c "import trimesh, skimage" 2>/dev/null; then
   python3 benchmarks/metrics.py --device cuda --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
   python3 benchmarks/mesh_extraction.py --device cuda --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
 else
-  echo "metrics / mesh benchmarks left out (trimesh or scikit-image missing)"
+  echo "!! metrics / mesh benchmarks LEFT OUT: trimesh or scikit-image missing (run tools/gpu_wheels.sh and carry .whl)" \
+    | tee -a "$OUT/bench.log"
 fi

@@ -11,7 +11,14 @@ from test_bench_triplane import load
 def test_time_step_dispatch(monkeypatch):
     common = load("_common")
     monkeypatch.setattr(common, "sync", lambda device: None)
-    fake_testing = types.SimpleNamespace(do_bench=lambda step, quantiles, warmup, rep: (1.0, 2.0, 3.0))
+    seen = {}
+
+    def do_bench(step, warmup, rep, return_mode):
+        # triton's rule: int(rep / estimate) timed runs (estimate = this step's ~3 ms)
+        seen.update(rep=rep, return_mode=return_mode)
+        return [1.0, 2.0, 3.0, 4.0, 5.0] * max(1, int(rep / 3.0) // 5)
+
+    fake_testing = types.SimpleNamespace(do_bench=do_bench)
     monkeypatch.setitem(sys.modules, "triton.testing", fake_testing)
     monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(testing=fake_testing))
     calls = []
@@ -21,15 +28,31 @@ def test_time_step_dispatch(monkeypatch):
         time.sleep(0.003)
 
     monkeypatch.setattr(common, "LONG_STEP_S", 10.0)  # short: do_bench
-    assert common.time_step(step, "cuda", reps=3) == {"median_ms": 2.0, "q20_ms": 1.0, "q80_ms": 3.0}
+    row = common.time_step(step, "cuda", reps=3)
+    assert (row["median_ms"], row["q20_ms"], row["q80_ms"], row["timer"]) == (3.0, 1.8, 4.2, "do_bench")
+    assert row["samples"] >= common.MIN_SAMPLES and seen["return_mode"] == "all"
     assert len(calls) == 2  # warm-up + the timed probe
+    # a step of 150 ms: rep covers MIN_SAMPLES runs of it (a fixed 200 ms timed it once)
+    clock = iter([i * 0.15 for i in range(100)])  # each timed run: 150 ms
+    monkeypatch.setattr(common, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    common.time_step(lambda: None, "cuda", reps=3)
+    assert seen["rep"] >= common.MIN_SAMPLES * 150
+    monkeypatch.setattr(common, "time", time)
     calls.clear()
     monkeypatch.setattr(common, "LONG_STEP_S", 0.001)  # long: the probe + reps - 1 more runs
     row = common.time_step(step, "cuda", reps=3)
     assert len(calls) == 1 + 3 and row["median_ms"] >= 3.0 and row["q20_ms"] <= row["median_ms"] <= row["q80_ms"]
+    assert row["timer"] == "loop" and row["samples"] == 3
     calls.clear()
     row = common.time_step(step, "cpu", reps=2)  # CPU: warm-up + reps, never do_bench
     assert len(calls) == 3 and row["median_ms"] >= 3.0
+
+
+def test_summarize_times_quantiles_stay_within_the_data():
+    common = load("_common")
+    row = common.summarize_times([10.0, 20.0, 30.0], "loop")
+    assert row["median_ms"] == 20.0 and 10.0 <= row["q20_ms"] <= 20.0 <= row["q80_ms"] <= 30.0
+    assert row["samples"] == 3 and common.summarize_times([7.0], "loop")["q80_ms"] == 7.0
 
 
 def test_cuda_peak_during_runs_once_when_warmed(monkeypatch):
@@ -44,3 +67,20 @@ def test_cuda_peak_during_runs_once_when_warmed(monkeypatch):
     assert common.cuda_peak_during(lambda: calls.append(1)) == 64 and len(calls) == 2
     calls.clear()
     assert common.cuda_peak_during(lambda: calls.append(1), warmed=True) == 64 and len(calls) == 1
+
+
+def test_partial_rows_survive_a_cut_off_run(tmp_path):
+    """Each row is on disk as soon as it is measured; the file goes once the run is written;
+    the README report ignores partial files."""
+    import json
+
+    common = load("_common")
+    partial = common.PartialRows(str(tmp_path), "triplane", device="x", device_type="cpu")
+    partial.add({"task": "fwd", "method": "reference", "median_ms": 1.0})
+    partial.add({"task": "fwd", "method": "npht-cpu", "median_ms": 0.5})
+    with open(tmp_path / "triplane_partial.json") as f:
+        saved = json.load(f)
+    assert saved["partial"] is True and [r["method"] for r in saved["results"]] == ["reference", "npht-cpu"]
+    assert load("report").latest_results(str(tmp_path)) == []
+    partial.done()
+    assert not (tmp_path / "triplane_partial.json").exists()

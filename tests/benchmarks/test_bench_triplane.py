@@ -21,14 +21,14 @@ def test_triplane_benchmark_smoke(tmp_path):
     bench = load("triplane")
     path = bench.main(["--device", "cpu", "--quick", "--B", "1", "--N", "64", "--eik-N", "16",
                        "--C", "4", "--res", "8", "--reps", "2", "--out", str(tmp_path), "--no-memory",
-                       "--methods", "reference", "eg3d", "npht-cpu", "npht-cpu-cl", "npht-cpu-fused",
+                       "--methods", "reference", "npht-reference", "eg3d", "npht-cpu", "npht-cpu-cl", "npht-cpu-fused",
                        "npht-cpu-fused-ckpt", "npht-cpu-fused-tf32"])
     with open(path) as f:
         res = json.load(f)
     assert res["device_type"] == "cpu" and res["commit"] and res["torch"]
     rows = {(r["task"], r["method"]): r for r in res["results"]}
     assert set(rows) == {(t, m) for t in ("fwd", "fwd_bwd", "eikonal_op", "eikonal")
-                         for m in ("reference", "eg3d", "npht-cpu", "npht-cpu-cl")} | {
+                         for m in ("reference", "npht-reference", "eg3d", "npht-cpu", "npht-cpu-cl")} | {
         ("eikonal", "npht-cpu-fused"), ("eikonal", "npht-cpu-fused-ckpt"), ("eikonal", "npht-cpu-fused-tf32")}
     # the precision variant reports its gradients against float32's (no TF32 on a CPU: equal)
     assert rows[("eikonal", "npht-cpu-fused-tf32")]["grad_cosine_vs_float32"] > 0.9999
@@ -41,9 +41,30 @@ def test_triplane_benchmark_smoke(tmp_path):
             continue
         assert r["median_ms"] > 0 and r["points_per_s"] > 0
     assert rows[("fwd", "reference")]["speedup_vs_reference"] == 1.0
+    assert res["commit"] != "unknown" and not os.path.exists(tmp_path / "triplane_partial.json")
     report = load("report")
     text = report.render(str(tmp_path))
     assert "| fwd | npht-cpu |" in text and "speed-up vs reference" in text
+
+
+def test_literal_baseline_is_npht_sampling():
+    """The ratio denominator (3 x F.grid_sample + sum, no guards) computes npht's op: same
+    values and gradients for points inside and outside the planes."""
+    import torch
+
+    import npht
+
+    bench = load("triplane")
+    g = torch.Generator().manual_seed(0)
+    planes = torch.randn(2, 3, 5, 7, 9, generator=g, dtype=torch.float64, requires_grad=True)
+    points = (torch.rand(2, 101, 3, generator=g, dtype=torch.float64) * 2.4 - 1.2).requires_grad_()
+    a = bench.literal_grid_sample_sum(planes, points)
+    b = npht.triplane_sample(planes, points, backend="reference")
+    torch.testing.assert_close(a, b)
+    go = torch.randn(a.shape, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(torch.autograd.grad(a, (planes, points), go),
+                               torch.autograd.grad(b, (planes, points), go))
+    assert "npht-reference" in bench.methods_for("cpu")
 
 
 def test_cpu_peak_memory_child_sees_the_allocation():
