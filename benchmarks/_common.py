@@ -72,6 +72,27 @@ def time_step(step, device: str, reps: int) -> dict:
     return summarize_times(times, "loop")
 
 
+def time_interleaved(steps: dict, reps: int) -> dict:
+    """CPU: ``{name: step}`` timed round by round (each step once per round, ``reps`` rounds,
+    after one warm-up run each) so that a shared machine's load changes hit every step
+    alike -> ``{name: summarize_times(...)}``. A step whose warm-up raises is left out (the
+    caller runs it alone and records the error)."""
+    ok = {}
+    for name, step in steps.items():
+        try:
+            step()
+            ok[name] = step
+        except Exception:
+            pass
+    times = {name: [] for name in ok}
+    for _ in range(max(reps, 1)):
+        for name, step in ok.items():
+            t0 = time.perf_counter()
+            step()
+            times[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: summarize_times(t, "loop-interleaved") for name, t in times.items()}
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")

@@ -140,7 +140,7 @@ def table(name: str, res: dict) -> str:
     if not res.get("reference_baseline"):  # runs before the literal baseline existed
         lines += [
             "Reference (this run) = npht's reference backend: 3 x F.grid_sample + sum plus NaN / range guards, "
-            "slower than the three calls alone (on a CPU about 2x in the forward); the EG3D column is a plain "
+            "slower than the three calls alone (2.8x in the forward at B=4, N=2^15, C=32, 128² on a 2-core AMD EPYC); the EG3D column is a plain "
             "batched grid_sample. Later runs time the literal three calls as the reference.",
             "",
         ]

@@ -54,6 +54,7 @@ from _common import (  # noqa: E402
     git_commit,
     matmul_precision,
     rss_peak_during,
+    time_interleaved,
     time_step,
     triton_version,
     write_result,
@@ -254,13 +255,22 @@ def run(args, on_row=None) -> dict:
     methods = args.methods or methods_for(device)
     rows = []
     for task in args.tasks:
-        for method in methods:
-            if not applies(method, task):
-                continue
+        todo = [m for m in methods if applies(m, task)]
+        # CPU: the methods' runs interleaved round by round (load on a shared machine lands on
+        # every side of a ratio); GPU: each method on its own (do_bench)
+        steps, timed = {}, {}
+        if device == "cpu":
+            for method in todo:
+                try:
+                    steps[method] = make_step(method, task, cfg, device)[0]
+                except RuntimeError:
+                    pass  # measured (and its error recorded) below
+            timed = time_interleaved(steps, args.reps)
+        for method in todo:
             row = {"task": task, "method": method}
             try:
-                step, _ = make_step(method, task, cfg, device)
-                row.update(time_step(step, device, args.reps))
+                step = steps.pop(method, None) or make_step(method, task, cfg, device)[0]
+                row.update(timed.get(method) or time_step(step, device, args.reps))
                 if is_tf32(method):  # what the precision costs: gradients against float32's
                     row["grad_cosine_vs_float32"] = grad_cosine(step, make_step(method[:-5], task, cfg, device)[0])
                 del step

@@ -84,3 +84,18 @@ def test_partial_rows_survive_a_cut_off_run(tmp_path):
     assert load("report").latest_results(str(tmp_path)) == []
     partial.done()
     assert not (tmp_path / "triplane_partial.json").exists()
+
+
+def test_time_interleaved_round_robin_and_failing_steps():
+    common = load("_common")
+    order = []
+
+    def make(name):
+        return lambda: order.append(name)
+
+    def broken():
+        raise RuntimeError("no double backward")
+
+    out = common.time_interleaved({"a": make("a"), "b": make("b"), "bad": broken}, reps=3)
+    assert set(out) == {"a", "b"} and out["a"]["samples"] == 3 and out["a"]["timer"] == "loop-interleaved"
+    assert order == ["a", "b"] + ["a", "b"] * 3  # warm-ups, then rounds alternating
