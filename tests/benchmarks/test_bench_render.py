@@ -48,3 +48,22 @@ def test_out_of_memory_is_a_row(monkeypatch):
     monkeypatch.setattr(bench.Scene, "render", boom)
     rows = bench.run_gan(cfg, "cpu", ["reference", "npht"], reps=1, memory=False)
     assert rows[0]["error"] == "out of memory" and rows[1]["median_ms"] > 0
+
+
+def test_gpu_targets_require_the_accuracy_bounds():
+    """A method that is fast enough but outside the accuracy bounds does not meet the time
+    target; one without an accuracy measurement says so in the target's name."""
+    bench = load("render")
+    good = {"normal_err_deg": 0.1, "mask_iou": 0.999, "grad_cosine": 0.999}
+    bad = dict(good, normal_err_deg=2.0)
+    rows = [{"task": "gan_step", "method": "reference", "res": 64, "median_ms": 100.0},
+            {"task": "gan_step", "method": "npht-fast", "res": 256, "median_ms": 90.0,
+             "peak_mem_bytes": 2 ** 30, "accuracy_vs_full": bad},
+            {"task": "gan_step", "method": "npht", "res": 256, "median_ms": 90.0, "accuracy_vs_full": good},
+            {"task": "gan_step", "method": "npht-skip", "res": 256, "median_ms": 90.0}]
+    t = bench.targets(rows, "cuda")
+    assert t["npht-fast 256: accuracy within bounds"] is False
+    assert t["npht-fast: 256 time <= reference 64 time"] is False
+    assert t["npht-fast: 256 peak <= 24 GiB"] is False
+    assert t["npht: 256 time <= reference 64 time"] is True
+    assert t["npht-skip: 256 time <= reference 64 time (accuracy not measured)"] is True
