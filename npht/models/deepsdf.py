@@ -1,7 +1,10 @@
 """DeepSDF-style MLP (Park et al.) shared by the NPM baseline and the expression network:
 ``layers`` hidden linear layers of width ``hidden`` with softplus(beta), the network input
 concatenated again to the input of hidden layer ``skip`` (0-based index into the linear
-layers, i.e. layer ``skip + 1`` counted from one), then a linear output layer."""
+layers, i.e. layer ``skip + 1`` counted from one), then a linear output layer. As in
+DeepSDF, IGR and NPHM's code, the layer before the skip outputs ``hidden - in_dim``
+features so that the concatenation is ``hidden`` wide (``skip_shrink``; off: it outputs
+``hidden`` and the skip layer takes ``hidden + in_dim``, npht's layout before 2026-11-23)."""
 
 from __future__ import annotations
 
@@ -37,7 +40,8 @@ class SkipMLP(nn.Module):
     initialisation's variance)."""
 
     def __init__(self, in_dim: int, out_dim: int, hidden: int = 1024, layers: int = 8,
-                 skip: Optional[int] = 4, beta: float = 100.0, skip_scale: bool = True):
+                 skip: Optional[int] = 4, beta: float = 100.0, skip_scale: bool = True,
+                 skip_shrink: bool = True):
         super().__init__()
         for name, value in (("in_dim", in_dim), ("out_dim", out_dim), ("hidden", hidden), ("layers", layers)):
             if not isinstance(value, int) or value < 1:
@@ -46,12 +50,17 @@ class SkipMLP(nn.Module):
             raise ValueError(f"skip must be None or an int in [1, layers={layers}), got {skip!r}")
         self.in_dim, self.out_dim, self.hidden, self.skip = in_dim, out_dim, hidden, skip
         self.skip_scale = bool(skip_scale)
+        dims_out = [hidden] * layers + [out_dim]
         dims_in = [in_dim] + [hidden] * layers
-        if skip is not None:
+        self.skip_shrink = bool(skip_shrink) and skip is not None
+        if self.skip_shrink:
+            if hidden <= in_dim:
+                raise ValueError(f"skip_shrink needs hidden > in_dim (the layer before the skip outputs hidden - "
+                                 f"in_dim features), got hidden={hidden}, in_dim={in_dim}")
+            dims_out[skip - 1] = hidden - in_dim
+        elif skip is not None:
             dims_in[skip] = hidden + in_dim
-        self.linears = nn.ModuleList(
-            [nn.Linear(dims_in[i], hidden) for i in range(layers)] + [nn.Linear(dims_in[layers], out_dim)]
-        )
+        self.linears = nn.ModuleList([nn.Linear(dims_in[i], dims_out[i]) for i in range(layers + 1)])
         self.act = nn.Softplus(beta=beta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

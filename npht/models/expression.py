@@ -29,13 +29,14 @@ class ExpressionModel(nn.Module):
 
     def __init__(self, z_id_dim: int = 512, z_ex_dim: int = 200, hidden: int = 1024, layers: int = 8,
                  skip: Optional[int] = 4, num_expressions: int = 0, beta: float = 100.0,
-                 init_std: float = 1.0):
+                 init_std: float = 1.0, skip_shrink: bool = True):
         super().__init__()
         for name, value in (("z_id_dim", z_id_dim), ("z_ex_dim", z_ex_dim), ("num_expressions", num_expressions)):
             if not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
         self.z_id_dim, self.z_ex_dim, self.num_expressions = z_id_dim, z_ex_dim, num_expressions
-        self.mlp = SkipMLP(3 + z_id_dim + z_ex_dim, 3, hidden, layers, skip, beta).zero_last_()
+        self.mlp = SkipMLP(3 + z_id_dim + z_ex_dim, 3, hidden, layers, skip, beta,
+                           skip_shrink=skip_shrink).zero_last_()
         self.codes = nn.Embedding(num_expressions, z_ex_dim, sparse=True) if num_expressions else None
         if self.codes is not None:
             with torch.no_grad():

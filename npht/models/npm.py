@@ -21,18 +21,18 @@ class NPMBaseline(nn.Module):
     ``forward(points [B, N, 3], identity) -> sdf [B, N]`` with ``identity`` indices ``[B]``
     or codes ``[B, z_dim]``. Codes: sparse embedding ~ N(0, init_std^2) (0.01, the DeepSDF
     habit of small codes). ``geometric_init=True`` starts the SDF near a sphere of
-    ``radius``."""
+    ``radius``. ``skip_shrink``: :class:`npht.models.SkipMLP`'s (NPHM's layout)."""
 
     def __init__(self, num_identities: int, z_dim: int = 512, hidden: int = 1024, layers: int = 8,
                  skip: Optional[int] = 4, beta: float = 100.0, init_std: float = 0.01,
-                 geometric_init: bool = True, radius: float = 0.5):
+                 geometric_init: bool = True, radius: float = 0.5, skip_shrink: bool = True):
         super().__init__()
         if not isinstance(num_identities, int) or num_identities < 1:
             raise ValueError(f"num_identities must be a positive int, got {num_identities!r}")
         if not isinstance(z_dim, int) or z_dim < 1:
             raise ValueError(f"z_dim must be a positive int, got {z_dim!r}")
         self.z_dim, self.num_identities = z_dim, num_identities
-        self.mlp = SkipMLP(z_dim + 3, 1, hidden, layers, skip, beta)
+        self.mlp = SkipMLP(z_dim + 3, 1, hidden, layers, skip, beta, skip_shrink=skip_shrink)
         self.codes = nn.Embedding(num_identities, z_dim, sparse=True)
         with torch.no_grad():
             self.codes.weight.normal_(0.0, init_std)

@@ -46,6 +46,7 @@ class TrainConfig:
     geometric_init: bool = True
     npm_hidden: int = 1024
     npm_layers: int = 8
+    npm_skip_shrink: bool = True         # NPHM's DeepSDF: the layer before the skip outputs hidden - in
     # losses and schedule
     weights: LossWeights = field(default_factory=LossWeights.thesis)
     stage_epochs: Tuple[int, int, int] = (5000, 3000, 7000)

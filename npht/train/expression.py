@@ -66,6 +66,7 @@ class ExpressionConfig:
     hidden: int = 1024
     layers: int = 8
     skip: Optional[int] = 4
+    skip_shrink: bool = True  # NPHM's DeepSDF: the layer before the skip outputs hidden - in
     beta: float = 100.0
     code_init_std: float = 1.0
     weights: LossWeights = field(default_factory=LossWeights.thesis)
@@ -223,6 +224,7 @@ class ExpressionTrainer(CheckpointedRun):
                                       seed=cfg.seed)
         self.expression_keys = list(self.dataset.keys)
         self.model = ExpressionModel(self.z_id.shape[1], cfg.z_ex_dim, cfg.hidden, cfg.layers, cfg.skip,
+                                     skip_shrink=cfg.skip_shrink,
                                      num_expressions=len(self.dataset), beta=cfg.beta,
                                      init_std=cfg.code_init_std).to(self.device)
         self.code_params = [self.model.codes.weight]

@@ -182,7 +182,8 @@ def build_identity_model(cfg: TrainConfig, n_id: int) -> torch.nn.Module:
         return IdentityModel(gen, dec, n_id, cfg.z_dim, init_std=cfg.code_init_std)
     if cfg.model == "npm":
         return NPMBaseline(n_id, cfg.z_dim, cfg.npm_hidden, cfg.npm_layers,
-                           init_std=cfg.code_init_std, geometric_init=cfg.geometric_init)
+                           init_std=cfg.code_init_std, geometric_init=cfg.geometric_init,
+                           skip_shrink=cfg.npm_skip_shrink)
     raise ValueError(f"model must be 'triplane' or 'npm', got {cfg.model!r}")
 
 

@@ -161,12 +161,21 @@ def test_npm_skip_connection_and_thesis_layout():
     lins = npm.mlp.linears
     assert len(lins) == 9
     assert lins[0].in_features == 11
-    assert lins[4].in_features == 32 + 11  # layer 5 sees [hidden, z, x]
+    # NPHM's DeepSDF: layer 4 outputs hidden - in, layer 5 sees [h, z, x], hidden wide
+    assert lins[3].out_features == 32 - 11 and lins[4].in_features == 32
     assert all(lins[i].in_features == 32 for i in (1, 2, 3, 5, 6, 7, 8))
     assert lins[8].out_features == 1 and npm.mlp.act.beta == 100
     assert npm.codes.sparse and npm.codes.weight.shape == (2, 8)
     big = NPMBaseline(1)
-    assert [m.in_features for m in big.mlp.linears] == [515] + [1024] * 3 + [1024 + 515] + [1024] * 4
+    assert [m.in_features for m in big.mlp.linears] == [515] + [1024] * 8
+    assert [m.out_features for m in big.mlp.linears] == [1024] * 3 + [1024 - 515] + [1024] * 4 + [1]
+    # the layout before skip_shrink: the skip layer takes hidden + in
+    old = NPMBaseline(1, z_dim=8, hidden=32, layers=8, skip=4, skip_shrink=False)
+    assert old.mlp.linears[3].out_features == 32 and old.mlp.linears[4].in_features == 32 + 11
+    x = torch.rand(1, 5, 3)
+    assert npm(x, torch.tensor([0])).shape == old(x, torch.tensor([0])).shape == (1, 5)
+    with pytest.raises(ValueError, match="skip_shrink needs hidden > in_dim"):
+        NPMBaseline(1, z_dim=8, hidden=11, layers=8, skip=4)
 
 
 def test_npm_geometric_init_sphere():
@@ -235,8 +244,9 @@ def test_expression_identity_at_init_and_gradients_flow():
 def test_expression_layout_and_errors():
     ex = ExpressionModel()  # thesis: DeepSDF, 3 + 512 + 200 in, 8 x 1024, 3 out
     assert ex.mlp.linears[0].in_features == 715 and ex.mlp.linears[-1].out_features == 3
+    assert ex.mlp.linears[3].out_features == 1024 - 715 and ex.mlp.linears[4].in_features == 1024
     assert len(ex.mlp.linears) == 9 and ex.codes is None
-    small = ExpressionModel(4, 2, hidden=8, layers=3, skip=2)
+    small = ExpressionModel(4, 2, hidden=12, layers=3, skip=2)
     out = small(torch.rand(1, 5, 3), torch.randn(1, 4), torch.randn(1, 5, 2))
     assert out.shape == (1, 5, 3)
     with pytest.raises(ValueError, match="has no codes"):
