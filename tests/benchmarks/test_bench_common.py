@@ -38,6 +38,14 @@ def test_time_step_dispatch(monkeypatch):
     common.time_step(lambda: None, "cuda", reps=3)
     assert seen["rep"] >= common.MIN_SAMPLES * 150
     monkeypatch.setattr(common, "time", time)
+
+    def old_do_bench(step, warmup, rep, return_mode="mean", quantiles=None):
+        assert return_mode in ("min", "max", "mean", "median"), "an older triton"
+        return [1.0, 2.0, 3.0]
+
+    fake_testing.do_bench = old_do_bench  # a triton without return_mode="all": its quantiles
+    row = common.time_step(step, "cuda", reps=3)
+    assert (row["q20_ms"], row["median_ms"], row["q80_ms"], row["timer"]) == (1.0, 2.0, 3.0, "do_bench")
     calls.clear()
     monkeypatch.setattr(common, "LONG_STEP_S", 0.001)  # long: the probe + reps - 1 more runs
     row = common.time_step(step, "cuda", reps=3)
