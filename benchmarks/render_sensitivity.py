@@ -107,15 +107,17 @@ def run(args) -> dict:
         rows["denser-sampler"] = compare(VolSDFRenderer(density=scene.density, weight_threshold=None,
                                                         sampler=dense)(scene.sdf_npht, cams), full)
         rows["threshold"] = compare(VolSDFRenderer(density=scene.density)(scene.sdf_npht, cams), full)
+        # the TF32 rows shade every sample (no weight threshold): they measure TF32 alone
         with emulated_tf32():
-            rows["tf32-everywhere"] = compare(VolSDFRenderer(density=scene.density)(scene.sdf_npht, cams), full)
+            rows["tf32-everywhere"] = compare(VolSDFRenderer(density=scene.density, weight_threshold=None)(
+                scene.sdf_npht, cams), full)
 
         def shade_tf32(p):
             with emulated_tf32():
                 return sdf_and_gradient_autograd(scene.sdf_npht, p, torch.is_grad_enabled())
 
-        rows["tf32-shading"] = compare(VolSDFRenderer(density=scene.density, gradient_fn=shade_tf32)(
-            scene.sdf_npht, cams), full)
+        rows["tf32-shading"] = compare(VolSDFRenderer(density=scene.density, weight_threshold=None,
+                                                      gradient_fn=shade_tf32)(scene.sdf_npht, cams), full)
     for name, row in rows.items():
         print(f"{name:16s} mean {row['normal_err_deg']:7.3f} deg  q50 {row['normal_err_q50']:7.3f}  "
               f"q90 {row['normal_err_q90']:7.3f}  IoU {row['mask_iou']:.4f}", flush=True)
