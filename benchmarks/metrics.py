@@ -89,13 +89,16 @@ def run(args) -> dict:
                "brute_us_per_query": us(t_bf, len(bsub)), "subset": len(sub), "brute_subset": len(bsub)}
         row["speedup_vs_scipy"] = row["scipy_us_per_query"] / row["npht_us_per_query"]
         row["speedup_vs_brute"] = row["brute_us_per_query"] / row["npht_us_per_query"]
-        if dev == "cuda":
+        base = 0
+        if dev == "cuda":  # the peak above what this loop already holds (tree, gt_dev)
             torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
         scores, t_eval = timed(lambda: evaluate_meshes(pred, gt, n_points=args.points, device=dev), dev)
         # the process's high-water mark (no sampling thread: it would steal the GIL from the timing)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         row.update(evaluate_meshes_s=t_eval, process_peak_rss_bytes=peak,
-                   cuda_peak_bytes=torch.cuda.max_memory_allocated() if dev == "cuda" else None, chamfer_l1_head=scores["head"]["chamfer_l1"],
+                   cuda_peak_bytes=torch.cuda.max_memory_allocated() - base if dev == "cuda" else None,
+                   chamfer_l1_head=scores["head"]["chamfer_l1"],
                    chamfer_l1_face=scores["face"]["chamfer_l1"])
         rows.append(row)
         print(f"{name}: mean d {row['mean_distance']:.4f} | npht build {t_build:.2f} s, {args.points} queries "
