@@ -4,6 +4,8 @@
 // Parallel plan: point-wise outputs (features, point gradients, grad of grad_out) are
 // computed in parallel over points; plane gradients (a scatter) are computed in
 // parallel over the B * 3 planes, each plane written by one task only, so no atomics.
+// When the first backward needs both gradients, one pass per plane does both
+// (bwd_fused_impl): it reads each point's upstream gradient and footprint once.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -208,6 +210,80 @@ void scatter_planes(const scalar_t* grad_out, const acc_t* points, acc_t* grad_p
   });
 }
 
+
+// Both gradients of the first backward in one pass over the points, one task per plane
+// (b, k): the task scatters go * w_j into its plane's gradient (which it zeroes first, so
+// the pages are touched by the thread that uses them) and writes the point's pixel-space
+// gradient from this plane, (dix * dv/dix . go, diy * dv/diy . go), into `part`. A second
+// pass sums the three planes' parts into grad_points. Points go in blocks so that `part`
+// stays small ([B, 3, block, 2]).
+constexpr int64_t kFusedBlock = int64_t(1) << 15;
+
+template <typename scalar_t, typename acc_t>
+void bwd_fused_impl(const scalar_t* grad_out, const scalar_t* planes, const acc_t* points,
+                    acc_t* grad_planes, acc_t* grad_points, Geometry g, TriplaneParams p) {
+  const acc_t aw = aggregate_weight<acc_t>(p.aggregate);
+  const bool concat = p.aggregate == kAggConcat;
+  const std::vector<scalar_t> zero_row(g.C, scalar_t(0));
+  const int64_t block = std::min(g.N, kFusedBlock);
+  std::vector<acc_t> part(static_cast<size_t>(g.B * 3 * block * 2));
+  for (int64_t n0 = 0; n0 < g.N; n0 += block) {
+    const int64_t nb = std::min(block, g.N - n0);
+    at::parallel_for(0, g.B * 3, 1, [&](int64_t begin, int64_t end) {
+      const scalar_t* rows[4];
+      acc_t f[4];
+      for (int64_t bk = begin; bk < end; ++bk) {
+        const int64_t b = bk / 3;
+        const int k = static_cast<int>(bk % 3);
+        acc_t* gplane = grad_planes + bk * g.plane_numel();
+        if (n0 == 0) std::fill(gplane, gplane + g.plane_numel(), acc_t(0));
+        const scalar_t* plane = planes + bk * g.plane_numel();
+        acc_t* pk = part.data() + bk * block * 2;
+        for (int64_t n = 0; n < nb; ++n) {
+          const int64_t i = b * g.N + n0 + n;
+          const acc_t* pt = points + i * 3;
+          const PlaneSample<acc_t> s =
+              plane_setup<acc_t>(pt[p.axis_u[k]], pt[p.axis_v[k]], g.H, g.W,
+                                 static_cast<acc_t>(p.scale), p.align_corners, p.padding);
+          const scalar_t* go = grad_out + i * g.out_c + (concat ? k * g.C : 0);
+          corner_rows(plane, s, g.C, zero_row.data(), rows);
+          acc_t* grows[4];
+          for (int j = 0; j < 4; ++j) grows[j] = s.valid[j] ? gplane + s.idx[j] * g.C : nullptr;
+          const acc_t w[4] = {aw * s.w[0], aw * s.w[1], aw * s.w[2], aw * s.w[3]};
+          acc_t g_ix = acc_t(0), g_iy = acc_t(0);
+          for (int c = 0; c < g.C; ++c) {
+            const acc_t goc = static_cast<acc_t>(go[c]);
+            load4(rows, c, f);
+            bilerp_vjp(s, f, goc, &g_ix, &g_iy);
+          }
+          for (int j = 0; j < 4; ++j) {
+            if (!grows[j]) continue;
+            acc_t* row = grows[j];
+            const acc_t wj = w[j];
+            for (int c = 0; c < g.C; ++c) row[c] += wj * static_cast<acc_t>(go[c]);
+          }
+          pk[2 * n] = aw * s.dix * g_ix;
+          pk[2 * n + 1] = aw * s.diy * g_iy;
+        }
+      }
+    });
+    at::parallel_for(0, g.B * nb, kPointGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t b = t / nb;
+        const int64_t n = t % nb;
+        acc_t acc[3] = {acc_t(0), acc_t(0), acc_t(0)};
+        for (int k = 0; k < 3; ++k) {
+          const acc_t* pk = part.data() + ((b * 3 + k) * block + n) * 2;
+          acc[p.axis_u[k]] += pk[0];
+          acc[p.axis_v[k]] += pk[1];
+        }
+        acc_t* gp = grad_points + (b * g.N + n0 + n) * 3;
+        for (int a = 0; a < 3; ++a) gp[a] = acc[a];
+      }
+    });
+  }
+}
+
 template <typename scalar_t, typename acc_t>
 void bwd2_points_impl(const scalar_t* gg_planes, const acc_t* gg_points,
                       const scalar_t* grad_out, const scalar_t* planes, const acc_t* points,
@@ -289,6 +365,15 @@ std::tuple<at::Tensor, at::Tensor> triplane_bwd_cpu(
   at::Tensor grad_points = points.new_empty({0});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, planes.scalar_type(), "triplane_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
+    if (need_points && need_planes && g.N > 0) {
+      grad_points = at::empty_like(points);                                         // [B, N, 3]
+      at::Tensor acc = at::empty(planes.sizes(), planes.options().dtype(acc_type));  // [B, 3, H, W, C]
+      bwd_fused_impl<scalar_t, acc_t>(grad_out.data_ptr<scalar_t>(), planes.data_ptr<scalar_t>(),
+                                      points.data_ptr<acc_t>(), acc.data_ptr<acc_t>(),
+                                      grad_points.data_ptr<acc_t>(), g, p);
+      grad_planes = planes_grad_like(planes, acc);
+      return;
+    }
     if (need_points) {
       grad_points = at::zeros_like(points);  // [B, N, 3]
       if (g.N > 0)

@@ -104,6 +104,28 @@ def test_odd_shapes(backend, device, B, N, C, H, W, aggregate):
                                align_corners=align_corners, padding_mode=padding)
 
 
+@pytest.mark.parametrize("wrt", ["both", "planes", "points"])
+@pytest.mark.parametrize("aggregate", ["mean", "concat"])
+def test_first_backward_each_input(backend, device, wrt, aggregate):
+    """Gradients to one input or both (the CPU backend fuses the two into one pass over
+    the points when both are needed, in blocks of 2^15 points: N spans three blocks)."""
+    N = 2 ** 16 + 37 if backend in ("cpu", "cuda") else 301
+    planes, points = make_inputs(device, torch.float32, B=2, N=N, C=3, H=5, W=7)
+    gen = torch.Generator().manual_seed(3)
+    needs = ("planes", "points") if wrt == "both" else (wrt,)
+    grads = {}
+    for name, fn in [("npht", lambda P, X: npht.triplane_sample(P, X, backend=backend, aggregate=aggregate)),
+                     ("ref", lambda P, X: reference(P, X, aggregate=aggregate))]:
+        P = planes.detach().requires_grad_("planes" in needs)
+        X = points.detach().requires_grad_("points" in needs)
+        out = fn(P, X)
+        if name == "npht":
+            go = torch.randn(out.shape, generator=gen).to(out)
+        grads[name] = torch.autograd.grad(out, [{"planes": P, "points": X}[n] for n in needs], go)
+    for n, a, e in zip(needs, grads["npht"], grads["ref"]):
+        assert_match(a, e, torch.float32, f"grad_{n}")
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("aggregate", AGGREGATES)
 def test_dtypes(backend, device, dtype, aggregate):
