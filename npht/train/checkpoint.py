@@ -11,7 +11,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["save_atomic", "load_checkpoint", "rng_state", "set_rng_state", "CheckpointedRun"]
+__all__ = ["save_atomic", "load_checkpoint", "rng_state", "set_rng_state", "split_legacy_param_groups",
+           "CheckpointedRun"]
 
 
 def save_atomic(obj, path: str) -> None:
@@ -47,6 +48,30 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def split_legacy_param_groups(state: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """An optimiser state saved with one parameter group, loaded into ``optimizer`` that
+    splits the same parameters, in the same order, into several groups (checkpoints written
+    before the density's beta got its own group without weight decay). The saved group's
+    hyper-parameters (lr after decay, betas) carry over to every group, except the keys
+    the new groups set differently at construction (weight_decay of the no-decay group).
+    Any other state is returned unchanged, for load_state_dict to check."""
+    groups = state.get("param_groups", [])
+    sizes = [len(g["params"]) for g in optimizer.param_groups]
+    if len(groups) != 1 or len(sizes) < 2 or len(groups[0]["params"]) != sum(sizes):
+        return state
+    saved = groups[0]
+    default_decay = optimizer.param_groups[0].get("weight_decay")
+    new_groups, start = [], 0
+    for g, n in zip(optimizer.param_groups, sizes):
+        group = {k: v for k, v in saved.items() if k != "params"}
+        if "weight_decay" in g and g["weight_decay"] != default_decay:
+            group["weight_decay"] = g["weight_decay"]
+        group["params"] = saved["params"][start:start + n]
+        new_groups.append(group)
+        start += n
+    return {**state, "param_groups": new_groups}
+
+
 class CheckpointedRun:
     """Mixin of a trainer with ``cfg`` (``to_dict()``), ``model``, ``dataset`` (``epoch``,
     ``set_epoch``), ``device``, ``out_dir`` and the optimisers/schedulers named in
@@ -79,7 +104,11 @@ class CheckpointedRun:
     def _load_run_state(self, s: dict) -> None:
         self.model.load_state_dict(s["model"])
         for name in self.OPTIMIZERS:
-            getattr(self, name).load_state_dict(s[name])
+            target = getattr(self, name)
+            state = s[name]
+            if isinstance(target, torch.optim.Optimizer):
+                state = split_legacy_param_groups(state, target)
+            target.load_state_dict(state)
         self.epoch, self.global_step, self.step_in_epoch = s["epoch"], s["global_step"], s["step_in_epoch"]
         self.dataset.set_epoch(s["dataset_epoch"])
         set_rng_state(s["rng"])

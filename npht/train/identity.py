@@ -187,11 +187,17 @@ def build_identity_model(cfg: TrainConfig, n_id: int) -> torch.nn.Module:
     raise ValueError(f"model must be 'triplane' or 'npm', got {cfg.model!r}")
 
 
-def auto_decoder_optimizers(net_params, code_params, cfg):
+def auto_decoder_optimizers(net_params, code_params, cfg, no_decay_params=()):
     """Sec. 5.2.2's optimisers of an auto-decoder: AdamW for the networks, SparseAdam for
     the codes, each with its step decay (``cfg``: lr, weight_decay, lr_codes, lr_decay,
-    decay_interval, decay_interval_codes). Returns ``(opt, opt_codes, sched, sched_codes)``."""
-    opt = torch.optim.AdamW(net_params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    decay_interval, decay_interval_codes). ``no_decay_params`` (the Laplace density's beta)
+    join AdamW in a second group without weight decay: decay would pull beta_param to 0,
+    i.e. the density towards its sharpest (beta_min). Returns ``(opt, opt_codes, sched,
+    sched_codes)``."""
+    groups = [{"params": list(net_params)}]
+    if len(no_decay_params):
+        groups.append({"params": list(no_decay_params), "weight_decay": 0.0})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     opt_codes = torch.optim.SparseAdam(code_params, lr=cfg.lr_codes)
     return (opt, opt_codes, torch.optim.lr_scheduler.StepLR(opt, cfg.decay_interval, cfg.lr_decay),
             torch.optim.lr_scheduler.StepLR(opt_codes, cfg.decay_interval_codes, cfg.lr_decay))
@@ -228,9 +234,10 @@ class IdentityTrainer(CheckpointedRun):
         # optimisers (Sec. 5.2.2): AdamW networks, SparseAdam codes, SGD/Adam discriminator
         code_params = [self.model.codes.weight]
         net_params = [p for n, p in self.model.named_parameters() if not n.startswith("codes.")]
-        net_params += list(self.density.parameters())
-        self.net_params, self.code_params = net_params, code_params
-        self.opt, self.opt_codes, self.sched, self.sched_codes = auto_decoder_optimizers(net_params, code_params, cfg)
+        density_params = list(self.density.parameters())
+        self.net_params, self.code_params = net_params + density_params, code_params
+        self.opt, self.opt_codes, self.sched, self.sched_codes = auto_decoder_optimizers(
+            net_params, code_params, cfg, no_decay_params=density_params)
         self.opt_d = self.sched_d = None
         if self.disc is not None:
             if cfg.disc_optimizer == "sgd":

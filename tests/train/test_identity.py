@@ -200,3 +200,41 @@ def test_normal_map_loss_counts_the_background_unless_masked(data_root, tmp_path
     assert row["nmr"] == pytest.approx(float(expected), rel=1e-5)
     other = normal_map_loss(pred, gt.to(pred.dtype), None if masked else batch["masks"])
     assert float(other) != pytest.approx(float(expected) / tr.cfg.weights.nmr, rel=1e-3)
+
+
+def test_density_beta_is_not_weight_decayed(data_root, tmp_path):
+    """AdamW's decoupled decay would pull beta_param to 0 (the density to its sharpest):
+    beta sits in a group without decay, the networks keep the thesis' 0.02."""
+    tr = IdentityTrainer(_cfg(), data_root, tmp_path)
+    density = set(map(id, tr.density.parameters()))
+    decays = {id(p): g["weight_decay"] for g in tr.opt.param_groups for p in g["params"]}
+    assert density and all(decays[i] == 0.0 for i in density)
+    assert {d for i, d in decays.items() if i not in density} == {tr.cfg.weight_decay}
+    before = [p.detach().clone() for p in tr.net_params]
+    for p in tr.net_params:
+        p.grad = torch.zeros_like(p)
+    tr.opt.step()
+    for p, b in zip(tr.net_params, before):
+        if id(p) in density:
+            assert torch.equal(p, b)          # zero gradient, no decay: unchanged
+        elif b.abs().max() > 0:
+            assert p.abs().max() < b.abs().max()  # decayed
+
+
+def test_resume_from_a_single_group_optimizer_state(data_root, tmp_path):
+    """Checkpoints written before the no-decay group held all network parameters and the
+    density in one AdamW group: they load, each parameter keeps its moments."""
+    a = IdentityTrainer(_cfg((0, 10, 10)), data_root, tmp_path / "a")
+    a.train(max_steps=2)
+    state = a.state_dict()
+    groups = state["opt"]["param_groups"]
+    assert len(groups) == 2
+    legacy = dict(groups[0], params=groups[0]["params"] + groups[1]["params"])
+    state["opt"] = dict(state["opt"], param_groups=[legacy])
+    b = IdentityTrainer(_cfg((0, 10, 10)), data_root, tmp_path / "b")
+    b.load_state_dict(state)
+    assert [g["weight_decay"] for g in b.opt.param_groups] == [b.cfg.weight_decay, 0.0]
+    assert [g["lr"] for g in b.opt.param_groups] == [g["lr"] for g in a.opt.param_groups]
+    for p, q in zip(a.net_params, b.net_params):
+        sa, sb = a.opt.state[p], b.opt.state[q]
+        assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
