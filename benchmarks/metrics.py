@@ -8,7 +8,10 @@ and ``near``, the ground truth against itself scaled by 1.01 (~0.005 apart, a go
 cKDTree's cost grows with the distance between the clouds, so it is timed on a random subset
 of the queries (``--subset``) and npht's tree on the same subset and on all of them; the
 ratio is per query, on the same subset, in the same run. The exhaustive search is timed on a
-smaller subset (``--brute-subset``) on the benchmark's device.
+smaller subset (``--brute-subset``) on the benchmark's device. Memory: the process's peak RSS
+(a lifetime high-water mark, so it includes the benchmark's own arrays) and evaluate_meshes'
+own peak: on CPU the RSS increase of one call in a fresh process (``--no-memory`` skips it),
+on GPU the allocator peak above what the loop holds.
 
     python benchmarks/metrics.py                 # 2.5M points; --device cuda for the GPU query
     python benchmarks/metrics.py --quick --out DIR
@@ -22,6 +25,7 @@ import argparse
 import datetime as dt
 import os
 import resource
+import subprocess
 import sys
 import time
 
@@ -29,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import HERE, device_name, git_commit, sync, write_result  # noqa: E402
+from _common import HERE, device_name, git_commit, rss_peak_during, sync, write_result  # noqa: E402
 
 
 def timed(fn, dev):
@@ -96,6 +100,8 @@ def run(args) -> dict:
         scores, t_eval = timed(lambda: evaluate_meshes(pred, gt, n_points=args.points, device=dev), dev)
         # the process's high-water mark (no sampling thread: it would steal the GIL from the timing)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        if dev == "cpu" and not args.no_memory:  # evaluate_meshes' own peak, in a fresh process
+            row["evaluate_meshes_rss_increase_bytes"] = child_peak(name, args)
         row.update(evaluate_meshes_s=t_eval, process_peak_rss_bytes=peak,
                    cuda_peak_bytes=torch.cuda.max_memory_allocated() - base if dev == "cuda" else None,
                    chamfer_l1_head=scores["head"]["chamfer_l1"],
@@ -104,7 +110,9 @@ def run(args) -> dict:
         print(f"{name}: mean d {row['mean_distance']:.4f} | npht build {t_build:.2f} s, {args.points} queries "
               f"{t_all:.2f} s ({row['npht_us_per_query']:.2f} us/q) | scipy {row['scipy_us_per_query']:.1f} us/q "
               f"(x{row['speedup_vs_scipy']:.1f}) | brute {row['brute_us_per_query']:.0f} us/q | "
-              f"evaluate_meshes (head + face) {t_eval:.1f} s, process peak RSS {peak / 2**20:.0f} MiB")
+              f"evaluate_meshes (head + face) {t_eval:.1f} s, process peak RSS {peak / 2**20:.0f} MiB"
+              + (f", its own peak RSS increase {row['evaluate_meshes_rss_increase_bytes'] / 2**20:.0f} MiB"
+                 if "evaluate_meshes_rss_increase_bytes" in row else ""))
     return {
         "benchmark": "metrics", "device": device_name(dev), "device_type": dev, "torch": torch.__version__,
         "npht": __import__("npht").__version__, "commit": git_commit(),
@@ -117,6 +125,23 @@ def run(args) -> dict:
     }
 
 
+def child_peak(pair: str, args) -> int:
+    """Peak RSS increase of one ``evaluate_meshes`` call on ``pair``, measured in a fresh
+    process (the meshes are built before the measurement starts)."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--child-memory", pair, "--points", str(args.points),
+           "--mesh-resolution", str(args.mesh_resolution), "--device", "cpu"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=os.environ.copy())
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def child_memory(args) -> None:
+    from npht.eval import evaluate_meshes
+
+    gt, preds = pairs(args.mesh_resolution)
+    pred = preds[args.child_memory]
+    print(rss_peak_during(lambda: evaluate_meshes(pred, gt, n_points=args.points, device="cpu")))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
@@ -125,8 +150,13 @@ def main(argv=None):
     p.add_argument("--brute-subset", type=int, default=2_000, help="queries timed with the exhaustive search")
     p.add_argument("--mesh-resolution", type=int, default=128)
     p.add_argument("--quick", action="store_true", help="20k points, 64^3 meshes")
+    p.add_argument("--no-memory", action="store_true", help="skip the child processes measuring "
+                   "evaluate_meshes' own peak RSS (CPU)")
     p.add_argument("--out", default=os.path.join(HERE, "results"))
+    p.add_argument("--child-memory", choices=["far", "near"], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.child_memory:
+        return child_memory(args)
     if args.quick:
         args.points, args.subset, args.brute_subset, args.mesh_resolution = 20_000, 2_000, 200, 64
     return write_result(run(args), args.out)
