@@ -6,6 +6,7 @@
 // parallel over the B * 3 planes, each plane written by one task only, so no atomics.
 // When the first backward needs both gradients, one pass per plane does both
 // (bwd_fused_impl): it reads each point's upstream gradient and footprint once.
+// It is used when there are at least as many planes as threads.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -365,7 +366,10 @@ std::tuple<at::Tensor, at::Tensor> triplane_bwd_cpu(
   at::Tensor grad_points = points.new_empty({0});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, planes.scalar_type(), "triplane_bwd_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    if (need_points && need_planes && g.N > 0) {
+    // The fused pass runs B * 3 tasks; with fewer planes than threads (B = 1 on a many-core
+    // machine) the separate passes keep every thread busy on the point gradients. Both
+    // ways give bitwise the same gradients (same operations in the same order).
+    if (need_points && need_planes && g.N > 0 && g.B * 3 >= at::get_num_threads()) {
       grad_points = at::empty_like(points);                                         // [B, N, 3]
       at::Tensor acc = at::empty(planes.sizes(), planes.options().dtype(acc_type));  // [B, 3, H, W, C]
       bwd_fused_impl<scalar_t, acc_t>(grad_out.data_ptr<scalar_t>(), planes.data_ptr<scalar_t>(),

@@ -287,3 +287,22 @@ def test_build_info():
         assert key in info
     assert info["reference"] is True
     assert info["cpu"] is True, info.get("compiled_error")
+
+
+def test_cpu_gradients_do_not_depend_on_the_thread_count():
+    """The CPU backward fuses both gradients into one pass per plane when there are at
+    least as many planes (B * 3) as threads, and runs two passes otherwise: same
+    operations in the same order, so bitwise the same gradients."""
+    gen = torch.Generator().manual_seed(0)
+    P = torch.randn(1, 3, 8, 17, 13, generator=gen).requires_grad_()
+    X = ((torch.rand(1, 5000, 3, generator=gen) * 2.2 - 1.1)).requires_grad_()
+    go = torch.randn(1, 5000, 8, generator=gen)
+    threads = torch.get_num_threads()
+    got = []
+    try:
+        for n in (1, 4):  # 3 planes >= 1 thread: fused; 3 < 4: two passes
+            torch.set_num_threads(n)
+            got.append(torch.autograd.grad(npht.triplane_sample(P, X, backend="cpu"), (P, X), go))
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(*got))
