@@ -54,7 +54,8 @@ at::Tensor eb_upsample_op(const at::Tensor& z,     // [R, n]
 
   at::Tensor out = at::empty({R, k}, z.options());  // [R, k], fully written
   if (R == 0 || k == 0) return out;
-  at::Tensor cdf = at::empty({R, n}, z.options().dtype(at::kDouble));  // [R, n] scratch
+  // [rows, n] scratch, one row per thread of the kernel's capped grid
+  at::Tensor cdf = at::empty({npht::eb_upsample_scratch_rows(R), n}, z.options().dtype(at::kDouble));
 
   const at::cuda::OptionalCUDAGuard guard(device_of(z));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream().stream();

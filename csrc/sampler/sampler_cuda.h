@@ -14,7 +14,12 @@ cudaError_t eb_bisect_beta_cuda(const void* z, const void* sdf, double beta0, co
                                 void* beta, double eps, int64_t iters, int64_t R, int64_t n,
                                 bool is_double, cudaStream_t stream);
 
-// z, sdf [R, n]; beta [R]; u, out [R, k]; cdf scratch [R, n] double (any content).
+// Rows of eb_upsample's CDF scratch for R rays: one per thread of its (capped) grid, which
+// walks the rays in a grid-stride loop, so the scratch does not grow with R beyond that.
+int64_t eb_upsample_scratch_rows(int64_t R);
+
+// z, sdf [R, n]; beta [R]; u, out [R, k]; cdf scratch [eb_upsample_scratch_rows(R), n]
+// double (any content).
 cudaError_t eb_upsample_cuda(const void* z, const void* sdf, const void* beta, const void* u,
                              void* out, void* cdf, int64_t R, int64_t n, int64_t k, int mode,
                              double add_tiny, bool is_double, cudaStream_t stream);

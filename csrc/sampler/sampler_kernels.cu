@@ -32,10 +32,12 @@ __global__ void __launch_bounds__(kBlock)
                        const S* __restrict__ beta, const S* __restrict__ u, S* __restrict__ out,
                        double* __restrict__ cdf, int64_t R, int64_t n, int64_t k, int mode,
                        double add_tiny) {
-  for (int64_t r = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; r < R;
-       r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    eb::upsample_ray<S>(z + r * n, sdf + r * n, beta[r], u + r * k, out + r * k, cdf + r * n, n,
-                        k, mode, add_tiny);
+  // the CDF scratch is per thread (rows = the grid's threads), not per ray
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  double* scratch = cdf + t * n;
+  for (int64_t r = t; r < R; r += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    eb::upsample_ray<S>(z + r * n, sdf + r * n, beta[r], u + r * k, out + r * k, scratch, n, k,
+                        mode, add_tiny);
   }
 }
 
@@ -50,10 +52,16 @@ __global__ void __launch_bounds__(kBlock)
 }
 
 // Blocks for R rays (capped: the kernels loop over the rest).
-unsigned blocks_for(int64_t R) {
+unsigned blocks_for(int64_t R, int64_t cap = 65535) {
   const int64_t nb = (R + kBlock - 1) / kBlock;
-  return static_cast<unsigned>(nb < 65535 ? nb : 65535);
+  return static_cast<unsigned>(nb < cap ? nb : cap);
 }
+
+// eb_upsample's grid is capped lower, since each of its threads holds a CDF row of n
+// doubles in global memory: 1024 blocks of 128 threads already exceed what an H100 keeps
+// resident at its ~72 registers per thread, and at n = 320 (the thesis preset after ten
+// rounds) the scratch stays at 0.34 GB whatever R (4 x 512^2 rays would need 2.7 GB).
+constexpr int64_t kUpsampleMaxBlocks = 1024;
 
 template <typename S>
 cudaError_t launch_bisect(const void* z, const void* sdf, double beta0, const void* beta_hi,
@@ -69,7 +77,7 @@ template <typename S>
 cudaError_t launch_upsample(const void* z, const void* sdf, const void* beta, const void* u,
                             void* out, void* cdf, int64_t R, int64_t n, int64_t k, int mode,
                             double add_tiny, cudaStream_t stream) {
-  eb_upsample_kernel<S><<<blocks_for(R), kBlock, 0, stream>>>(
+  eb_upsample_kernel<S><<<blocks_for(R, kUpsampleMaxBlocks), kBlock, 0, stream>>>(
       static_cast<const S*>(z), static_cast<const S*>(sdf), static_cast<const S*>(beta),
       static_cast<const S*>(u), static_cast<S*>(out), static_cast<double*>(cdf), R, n, k, mode,
       add_tiny);
@@ -95,6 +103,10 @@ cudaError_t eb_bisect_beta_cuda(const void* z, const void* sdf, double beta0, co
   if (R <= 0) return cudaSuccess;
   return is_double ? launch_bisect<double>(z, sdf, beta0, beta_hi, beta, eps, iters, R, n, stream)
                    : launch_bisect<float>(z, sdf, beta0, beta_hi, beta, eps, iters, R, n, stream);
+}
+
+int64_t eb_upsample_scratch_rows(int64_t R) {
+  return R <= 0 ? 0 : static_cast<int64_t>(blocks_for(R, kUpsampleMaxBlocks)) * kBlock;
 }
 
 cudaError_t eb_upsample_cuda(const void* z, const void* sdf, const void* beta, const void* u,
