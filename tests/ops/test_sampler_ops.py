@@ -285,3 +285,19 @@ def test_sampler_backends_match_reference(backend, device, training):
 def test_sampler_default_backend_is_auto():
     assert ErrorBoundSampler().backend == "auto"
     assert "eb_bisect_beta" in npht.ops.__all__
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["bound", "weights"])
+def test_cuda_upsample_more_rays_than_threads(mode):
+    """The CUDA upsample caps its grid at 1024 blocks of 128 threads and gives each thread
+    one CDF scratch row, reused across the rays of its grid-stride loop: 2.5 x that many
+    rays, each against the float64 reference."""
+    require_backend("cuda")
+    R, n, k = 1024 * 128 * 5 // 2 + 77, 9, 5
+    z, sdf = make_rays(R, n, torch.float64, "smooth", "cuda", seed=3)
+    beta = ref.eb_bisect_beta(z, sdf, BETA0, ref.initial_beta(z, EPS), EPS, 10)
+    u = torch.rand(R, k, dtype=torch.float64, generator=torch.Generator().manual_seed(4)).cuda()
+    tiny = 1e-6 if mode == "bound" else 1e-5
+    s = ops.eb_upsample(z, sdf, beta, u, mode, tiny, backend="cuda")
+    assert_upsample_close(s, z, sdf, beta, u, ops.PDF_MODES[mode], tiny, "cuda")
