@@ -7,7 +7,7 @@ NVCC ?= nvcc
 CUDA_ARCHS ?= 80 90
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: torch install install-test install-bench test demo bench cuda-check clean
+.PHONY: torch install install-test install-bench test demo bench cuda-check triton-check clean
 
 torch:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
@@ -22,7 +22,7 @@ install-test: install
 install-bench: install
 	$(PIP) install -q matplotlib "triton>=3.0"
 
-test: install-test cuda-check
+test: install-test cuda-check triton-check
 	$(PYTHON) -m pytest -q tests
 
 # The main job: data, training (TP, TP_3D, NPM, expression), 256^2 renders, fitting, meshes,
@@ -53,6 +53,12 @@ cuda-check:
 		$(NVCC) -x c++ -std=c++17 -c -Xcompiler -fsyntax-only,-Wall,-Werror,-Wno-c++20-extensions \
 			-I$$stub $$tinc -Icsrc/include -Icsrc -DNPHT_WITH_CUDA $$cpp -o /dev/null; \
 	done
+
+# Compile every Triton kernel for sm_80 and sm_90 without a GPU: the Triton tests run under
+# the interpreter with the GPU's block sizes, recording each launch, then triton.compile
+# builds the launches that cover every argument type and constexpr value down to a cubin.
+triton-check: install-test
+	$(PYTHON) tools/triton_check.py --archs $(CUDA_ARCHS)
 
 clean:
 	rm -rf build dist *.egg-info npht/_C*.so

@@ -282,6 +282,13 @@ def _interpreting():
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _interpreter_blocks():
+    """Block sizes for the interpreter (large: its cost is per program and per op), unless
+    NPHT_TRITON_GPU_BLOCKS=1 asks for the GPU's even there (tools/triton_check.py records
+    the launches a GPU would compile)."""
+    return _interpreting() and os.environ.get("NPHT_TRITON_GPU_BLOCKS", "0") in ("", "0")
+
+
 def _np2(x):
     return triton.next_power_of_2(max(int(x), 1))
 
@@ -291,7 +298,7 @@ def _blocks(R, n_hint, K):
     if _BLOCKS is not None:
         br, bs, bk = _BLOCKS
         return br, bs, bk, 4
-    if _interpreting():
+    if _interpreter_blocks():
         # the interpreter's cost is per program and per op, hardly per element
         bs = min(128, max(16, _np2(n_hint)))
         br = min(64, _np2(R))

@@ -411,6 +411,13 @@ def _interpreting():
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def _interpreter_blocks():
+    """Block sizes for the interpreter (large: its cost is per program and per op), unless
+    NPHT_TRITON_GPU_BLOCKS=1 asks for the GPU's even there (tools/triton_check.py records
+    the launches a GPU would compile)."""
+    return _interpreting() and os.environ.get("NPHT_TRITON_GPU_BLOCKS", "0") in ("", "0")
+
+
 def _store_dtype(dtype):
     """Dtype a kernel writes an output of `dtype` in. The interpreter converts float32 to
     bfloat16 by truncation (GPUs round to nearest even), so there bfloat16 outputs are
@@ -430,7 +437,7 @@ def _acc_dtype(dtype):
 
 def _blocks(BN, C):
     block_c = min(triton.next_power_of_2(max(int(C), 1)), _MAX_BLOCK_C)
-    if _interpreting():
+    if _interpreter_blocks():
         # the interpreter's cost is per program and per op, hardly per element
         block_n = min(512, max(16, triton.next_power_of_2(max(int(BN), 1))))
     else:
