@@ -37,11 +37,11 @@ Only long-stable Triton APIs are used (load/store with masks, where, sum, max, c
 exp, log, arange, program_id, constexpr, loops with carried values); no autotuning.
 """
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from ._env import interpreter_blocks as _interpreter_blocks
 
 __all__ = ["composite_fwd", "composite_bwd"]
 
@@ -276,17 +276,6 @@ def _composite_bwd_kernel(grad_rendered, grad_depth, grad_opacity, grad_weights,
 # ---------------------------------------------------------------------------------------
 # host side
 # ---------------------------------------------------------------------------------------
-
-
-def _interpreting():
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _interpreter_blocks():
-    """Block sizes for the interpreter (large: its cost is per program and per op), unless
-    NPHT_TRITON_GPU_BLOCKS=1 asks for the GPU's even there (tools/triton_check.py records
-    the launches a GPU would compile)."""
-    return _interpreting() and os.environ.get("NPHT_TRITON_GPU_BLOCKS", "0") in ("", "0")
 
 
 def _np2(x):

@@ -18,11 +18,12 @@ Only long-stable Triton APIs are used (load/store/atomic_add with masks, where, 
 floor, arange, program_id, constexpr); no autotuning.
 """
 
-import os
-
 import torch
 import triton
 import triton.language as tl
+
+from ._env import interpreter_blocks as _interpreter_blocks
+from ._env import interpreting as _interpreting
 
 __all__ = ["triplane_fwd", "triplane_bwd", "triplane_bwd2"]
 
@@ -405,17 +406,6 @@ def _triplane_bwd2_kernel(gg_planes, gg_points, grad_out, planes, points, ggo, g
 # ---------------------------------------------------------------------------------------
 # host side
 # ---------------------------------------------------------------------------------------
-
-
-def _interpreting():
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-def _interpreter_blocks():
-    """Block sizes for the interpreter (large: its cost is per program and per op), unless
-    NPHT_TRITON_GPU_BLOCKS=1 asks for the GPU's even there (tools/triton_check.py records
-    the launches a GPU would compile)."""
-    return _interpreting() and os.environ.get("NPHT_TRITON_GPU_BLOCKS", "0") in ("", "0")
 
 
 def _store_dtype(dtype):
