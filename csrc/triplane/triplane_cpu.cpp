@@ -211,7 +211,6 @@ void scatter_planes(const scalar_t* grad_out, const acc_t* points, acc_t* grad_p
   });
 }
 
-
 // Both gradients of the first backward in one pass over the points, one task per plane
 // (b, k): the task scatters go * w_j into its plane's gradient (which it zeroes first, so
 // the pages are touched by the thread that uses them) and writes the point's pixel-space
