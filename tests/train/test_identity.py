@@ -238,3 +238,6 @@ def test_resume_from_a_single_group_optimizer_state(data_root, tmp_path):
     for p, q in zip(a.net_params, b.net_params):
         sa, sb = a.opt.state[p], b.opt.state[q]
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    b.train(max_steps=1)  # optimiser and scheduler step with the split groups
+    assert b.global_step == a.global_step + 1
+    assert [g["lr"] for g in b.opt.param_groups] == [g["lr"] for g in a.opt.param_groups]
