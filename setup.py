@@ -8,7 +8,6 @@ TORCH_CUDA_ARCH_LIST picks the architectures (default: 8.0;9.0). Install with
 
 import glob
 import os
-import shutil
 
 from setuptools import setup
 
@@ -26,7 +25,10 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 
 def _want_cuda() -> bool:
     flag = os.environ.get("NPHT_CUDA", "auto").strip().lower()
-    has_nvcc = CUDA_HOME is not None or shutil.which("nvcc") is not None
+    # torch compiles .cu files with CUDA_HOME/bin/nvcc; CUDA_HOME alone is no proof (torch
+    # falls back to /usr/local/cuda, which runtime-only images have without a compiler)
+    has_nvcc = CUDA_HOME is not None and any(
+        os.path.isfile(os.path.join(CUDA_HOME, "bin", exe)) for exe in ("nvcc", "nvcc.exe"))
     possible = torch.version.cuda is not None and has_nvcc
     if flag in ("0", "false", "no", "off"):
         return False

@@ -6,7 +6,6 @@
     npht train expression --preset cpu-demo --data data/synthetic --identity runs/demo/checkpoint.pt --out runs/expr
     npht eval --data data/synthetic --model TP=runs/demo/checkpoint.pt --out runs/eval
     npht demo --out outputs/demo
-    npht train expression --preset cpu-demo --data data/synthetic --identity runs/demo/checkpoint.pt --out runs/expr
 """
 
 from __future__ import annotations

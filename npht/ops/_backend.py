@@ -16,6 +16,12 @@ import torch
 BACKENDS = ("auto", "cuda", "triton", "cpu", "reference")
 
 
+class BackendUnavailableError(ValueError, RuntimeError):
+    """A backend was asked for by name but was not built (or cannot be imported) here. A
+    ValueError (the ``backend`` argument names something this install cannot do) that is
+    also a RuntimeError, as it was before it had its own class."""
+
+
 def _load_compiled():
     """The compiled extension (or the ImportError explaining why it is missing), probed
     once at import so that backend choice is plain Python that torch.compile can trace."""
@@ -119,7 +125,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         if device.type != "cpu":
             raise ValueError(f"backend='cpu' needs CPU tensors, got tensors on {device}")
         if not _compiled_info()["cpu"]:
-            raise RuntimeError(
+            raise BackendUnavailableError(
                 "backend='cpu' is not available: the npht._C extension is not built "
                 f"({_compiled()[1]}); install with `pip install --no-build-isolation .`"
             )
@@ -127,13 +133,13 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         if not is_cuda:
             raise ValueError(f"backend='cuda' needs CUDA tensors, got tensors on {device}")
         if not _compiled_info()["cuda"]:
-            raise RuntimeError(
+            raise BackendUnavailableError(
                 "backend='cuda' is not available: npht._C was built without CUDA "
                 "(rebuild where torch has CUDA and nvcc is found, or set NPHT_CUDA=1 to force)"
             )
     elif backend == "triton":
         if not _triton_available():
-            raise RuntimeError(f"backend='triton' is not available: {_triton()[1]}")
+            raise BackendUnavailableError(f"backend='triton' is not available: {_triton()[1]}")
         if not is_cuda and not triton_interpreted():
             raise ValueError(
                 f"backend='triton' needs CUDA tensors (got {device}); on CPU it runs only "
@@ -149,6 +155,6 @@ def kernels(backend: str, op: str = "triplane"):
     if backend == "triton":
         mod, err = _triton(op)
         if mod is None:
-            raise RuntimeError(f"backend='triton' is not available for {op}: {err}")
+            raise BackendUnavailableError(f"backend='triton' is not available for {op}: {err}")
         return mod
     return importlib.import_module(_MODULES[op][1])

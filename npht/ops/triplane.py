@@ -9,6 +9,8 @@ name and calls the raw kernels of that backend (see csrc/bindings.cpp for the co
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Optional, Sequence, Union
 
 import torch
@@ -303,8 +305,11 @@ def triplane_sample(
         raise ValueError(f"aggregate must be one of {tuple(_AGGREGATES)}, got {aggregate!r}")
     if padding_mode not in _PADDINGS:
         raise ValueError(f"padding_mode must be one of {tuple(_PADDINGS)}, got {padding_mode!r}")
-    if not isinstance(box_warp, (int, float)) or not box_warp > 0:
-        raise ValueError(f"box_warp must be a positive number, got {box_warp!r}")
+    if (isinstance(box_warp, bool) or not isinstance(box_warp, numbers.Real)
+            or not (0 < float(box_warp) < math.inf)):
+        raise ValueError(f"box_warp must be a positive finite number, got {box_warp!r}")
+    if not isinstance(align_corners, bool):
+        raise TypeError(f"align_corners must be a bool, got {type(align_corners).__name__}")
     axes = [a for pair in resolve_projection(projection) for a in pair]
     backend = _backend.resolve_backend(backend, planes.device)
     planes_cl = planes if channels_last else planes.permute(0, 1, 3, 4, 2)

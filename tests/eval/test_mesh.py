@@ -238,3 +238,12 @@ def test_layout_import_paths():
         assert short.__all__ == full.__all__ and len(full.__all__) >= 4
         for name in full.__all__:
             assert getattr(short, name) is getattr(full, name)
+
+
+@pytest.mark.parametrize("module", ["npht.eval.mesh", "npht.eval.metrics"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

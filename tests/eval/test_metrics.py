@@ -150,11 +150,12 @@ def test_bruteforce_precision_near_one():
     np.testing.assert_allclose(d0, d1, rtol=1e-9)
 
 
-def test_device_path_in_evaluate():
+@pytest.mark.cuda
+def test_evaluate_on_cuda_matches_cpu():
     gt, pred = ico(0.5), ico(0.52)
-    a = evaluate_meshes(pred, gt, n_points=3000, seed=2)["head"]
-    b = evaluate_meshes(pred, gt, n_points=3000, seed=2, device="cpu")["head"]
-    assert a == pytest.approx(b, rel=1e-12)
+    a = evaluate_meshes(pred, gt, n_points=3000, seed=2, device="cpu")["head"]
+    b = evaluate_meshes(pred, gt, n_points=3000, seed=2, device="cuda")["head"]
+    assert a == pytest.approx(b, rel=1e-9)
 
 
 def cap_head(radius=0.5, z=0.2):

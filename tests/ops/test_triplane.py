@@ -136,6 +136,40 @@ def test_dtypes(backend, device, dtype, aggregate):
     assert got["grad_points"].dtype == points.dtype
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_half_planes_accumulate_in_float32(backend, device, dtype, channels_last):
+    """float16/bfloat16 planes: the op computes in float32 and rounds once. Many points per
+    texel (N=6000 on 4x5 planes) make a plane gradient accumulated in the half type many
+    ulps off; the point gradient (float32) must match float32 math to float32 tolerance."""
+    gen = torch.Generator().manual_seed(3)
+    planes16 = torch.randn(2, 3, 3, 4, 5, generator=gen).to(device=device, dtype=dtype)
+    points = ((torch.rand(2, 6000, 3, generator=gen) * 2 - 1) * 1.1).to(device)
+    if channels_last:
+        planes16 = planes16.permute(0, 1, 3, 4, 2).contiguous()
+    planes32 = planes16.float()
+    outs, grads = {}, {}
+    for name, p in (("half", planes16), ("float", planes32)):
+        P, X = p.clone().requires_grad_(True), points.clone().requires_grad_(True)
+        out = npht.triplane_sample(P, X, aggregate="mean", backend=backend)
+        # the same upstream gradient, representable in the half type
+        go = torch.randn(out.shape, generator=torch.Generator().manual_seed(4)).to(device=device, dtype=dtype)
+        outs[name] = out
+        grads[name] = torch.autograd.grad(out, (P, X), go.to(out.dtype))
+    assert outs["half"].dtype == dtype and grads["half"][0].dtype == dtype
+    # rounded once from float32 math: within one ulp of the half type (the float32 results of
+    # different backends may differ in their last bits, which can move a rounding boundary)
+    for what, a, e in (("out", outs["half"], outs["float"]), ("grad_planes", grads["half"][0], grads["float"][0])):
+        e16 = e.to(dtype)
+        ulp = (torch.nextafter(e16.abs(), torch.tensor(float("inf"), dtype=dtype, device=device)) - e16.abs()).float()
+        err = (a.float() - e16.float()).abs()
+        assert (err <= ulp).all(), f"{what}: {int((err > ulp).sum())} elements more than one ulp off"
+        if backend in ("cpu", "reference"):
+            assert torch.equal(a, e16), what  # same float32 math, one rounding: bitwise
+    assert grads["half"][1].dtype == torch.float32
+    torch.testing.assert_close(grads["half"][1], grads["float"][1], rtol=1e-5, atol=1e-5)
+
+
 def test_reference_is_grid_sample():
     """The oracle itself: three F.grid_sample calls at the documented projections."""
     planes, points = make_inputs("cpu", torch.float64)

@@ -48,7 +48,9 @@ def test_channels_last_layout_is_named():
         (dict(projection="xyz"), r"projection must be one of \('npht', 'eg3d'\)"),
         (dict(projection=((0, 1), (1, 3), (0, 2))), r"three \(u, v\) pairs of axes"),
         (dict(projection=((0, 1), (1, 2))), r"three \(u, v\) pairs"),
-        (dict(box_warp=0), r"box_warp must be a positive number, got 0"),
+        (dict(box_warp=0), r"box_warp must be a positive finite number, got 0"),
+        (dict(box_warp=float("inf")), r"box_warp must be a positive finite number, got inf"),
+        (dict(box_warp=True), r"box_warp must be a positive finite number, got True"),
         (dict(backend="cuda"), r"backend='cuda' needs CUDA tensors, got tensors on cpu"),
     ],
 )
@@ -61,7 +63,7 @@ def test_bad_options(kwargs, match):
 def test_backend_not_built(monkeypatch):
     planes, points = good()
     monkeypatch.setattr(_backend, "_compiled_info", lambda: {"cpu": False, "cuda": False})
-    with pytest.raises(RuntimeError, match=r"backend='cpu' is not available: the npht._C extension is not built"):
+    with pytest.raises(ValueError, match=r"backend='cpu' is not available: the npht._C extension is not built"):
         npht.triplane_sample(planes, points, backend="cpu")
     # auto falls back to the reference and still computes the right thing
     monkeypatch.undo()
@@ -71,8 +73,9 @@ def test_backend_not_built(monkeypatch):
 
 
 def test_cuda_backend_not_built(monkeypatch):
+    assert issubclass(_backend.BackendUnavailableError, RuntimeError)  # what it was before
     monkeypatch.setattr(_backend, "_compiled_info", lambda: {"cpu": True, "cuda": False})
-    with pytest.raises(RuntimeError, match=r"backend='cuda' is not available: npht._C was built without CUDA"):
+    with pytest.raises(ValueError, match=r"backend='cuda' is not available: npht._C was built without CUDA"):
         _backend.resolve_backend("cuda", torch.device("cuda", 0))
 
 
@@ -83,7 +86,7 @@ def test_triton_on_cpu_needs_interpreter(monkeypatch):
         _backend.resolve_backend("triton", torch.device("cpu"))
     monkeypatch.setattr(_backend, "_triton_available", lambda: False)
     monkeypatch.setattr(_backend, "_triton", lambda: (None, ImportError("No module named 'triton'")))
-    with pytest.raises(RuntimeError, match=r"backend='triton' is not available: No module named 'triton'"):
+    with pytest.raises(ValueError, match=r"backend='triton' is not available: No module named 'triton'"):
         _backend.resolve_backend("triton", torch.device("cpu"))
 
 
@@ -108,3 +111,14 @@ def test_raw_kernel_checks():
     with pytest.raises(RuntimeError, match="grad_out must have shape"):
         torch.ops.npht_C.triplane_bwd(torch.randn(2, 7, 5), planes, points, [0, 1, 1, 2, 0, 2],
                                       1.0, 0, 0, False, True, True)
+
+
+def test_option_types():
+    import numpy as np
+
+    planes, points = good()
+    with pytest.raises(TypeError, match="align_corners must be a bool, got str"):
+        npht.triplane_sample(planes, points, align_corners="yes")
+    # any real number type for box_warp (numpy scalars included)
+    torch.testing.assert_close(npht.triplane_sample(planes, points, box_warp=np.float32(1.5)),
+                               npht.triplane_sample(planes, points, box_warp=1.5))
