@@ -70,12 +70,30 @@ class DemoConfig:
                        scan_points=500, fit_iterations=12, grid_resolution=32, metric_points=4000,
                        latent_steps=3, samples=2, latent_resolution=16, timing_quick=True, timing_reps=1)
         if torch.device(device).type == "cuda":
-            # the same small models, more data and steps, the thesis' 256^3 grid and 2.5M points
-            # (the full presets train for days: `npht train identity --preset npht-256`)
-            return cls(identities=16, expressions=4, mesh_resolution=128, cameras=64, train_steps=3000,
-                       expression_steps=2000, grid_resolution=256, metric_points=2_500_000,
+            # the gpu-demo presets (larger models, 64^2 maps), more data and steps, the thesis'
+            # 256^3 grid (the full presets train for days: `npht train identity --preset npht-256`)
+            return cls(identities=16, expressions=4, mesh_resolution=128, cameras=64, preset="gpu-demo",
+                       train_steps=3000, expression_steps=2000, grid_resolution=256, metric_points=2_500_000,
                        latent_resolution=256)
         return cls()
+
+
+# the demo's NPM baseline next to a demo preset: (hidden, layers); the tri-plane run's code
+# size, point counts, batch, learning rates and stages, so that the two compare like for like
+_NPM_DEMO_SIZES = {"cpu-demo": (64, 6), "gpu-demo": (256, 8)}
+
+
+def _npm_config(preset: str, base, **overrides):
+    """The NPM baseline trained beside the tri-plane preset ``preset`` (config ``base``):
+    the ``npm`` preset, shrunk to the demo's sizes for a demo preset."""
+    from ..train.config import TrainConfig
+
+    if preset in _NPM_DEMO_SIZES:
+        hidden, layers = _NPM_DEMO_SIZES[preset]
+        overrides.update(z_dim=base.z_dim, npm_hidden=hidden, npm_layers=layers, lr=base.lr, lr_codes=base.lr_codes,
+                         stage_epochs=base.stage_epochs, decay_interval=base.decay_interval,
+                         decay_interval_codes=base.decay_interval_codes)
+    return TrainConfig.preset("npm", counts=base.counts, batch_size=base.batch_size, **overrides)
 
 
 def _stage(name: str, timings: Dict[str, float]):
@@ -138,7 +156,7 @@ def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: 
     from ..eval.fitting_eval import _scaled_schedule, markdown_table
     from ..fit import fit_identity
     from ..train.config import TrainConfig
-    from ..train.expression import ExpressionConfig, ExpressionTrainer
+    from ..train.expression import EXPRESSION_PRESETS, ExpressionConfig, ExpressionTrainer
     from ..train.identity import IdentityTrainer
     from ..train.loading import load_expression, load_identity
     from .timing import format_table, op_timings
@@ -167,14 +185,8 @@ def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: 
     runs = {
         "TP": base,
         "TP_3D": base.replace(weights=dataclasses.replace(base.weights, nmr=0.0, g=0.0, d=0.0)),
-        "NPM": TrainConfig.preset("npm", device=device, seed=seed, progress=progress, image_every=0,
-                                  ckpt_every=max(50, cfg.train_steps // 4), counts=base.counts,
-                                  batch_size=base.batch_size,
-                                  **(dict(z_dim=base.z_dim, npm_hidden=64, npm_layers=6, lr=base.lr,
-                                          lr_codes=base.lr_codes, stage_epochs=base.stage_epochs,
-                                          decay_interval=base.decay_interval,
-                                          decay_interval_codes=base.decay_interval_codes)
-                                     if cfg.preset == "cpu-demo" else {})),
+        "NPM": _npm_config(cfg.preset, base, device=device, seed=seed, progress=progress, image_every=0,
+                           ckpt_every=max(50, cfg.train_steps // 4)),
     }
     ckpts = {}
     for name, tcfg in runs.items():
@@ -187,7 +199,7 @@ def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: 
             ckpts[name] = tr.ckpt_path
             del tr
     with _stage("train expression", timings):
-        ecfg = ExpressionConfig.preset("cpu-demo" if cfg.preset == "cpu-demo" else "thesis", device=device,
+        ecfg = ExpressionConfig.preset(cfg.preset if cfg.preset in EXPRESSION_PRESETS else "thesis", device=device,
                                        seed=seed, progress=progress)
         etr = ExpressionTrainer(ecfg, data, ckpts["TP"], os.path.join(out, "runs", "expression"), resume=True)
         left = cfg.expression_steps - etr.global_step

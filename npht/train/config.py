@@ -16,6 +16,10 @@ Presets (``TrainConfig.preset(name, **overrides)``):
   upsampled to 64x64, its smallest resolution), a small sampler, bilinear x4 upsampling in
   the generator (its DCGAN part ends at 16^2: nearest would leave visible 4-texel steps);
   minutes on 2 cores.
+* ``gpu-demo``: what ``npht demo`` trains on a GPU: between the two (z 64, planes 3 x 16 x
+  128^2, decoder 4 x 128, the thesis' point counts, 64x64 maps with npht-256's renderer
+  options, Adam for the discriminator, the cpu-demo's learning rates), stages sized for
+  about 3000 steps on the demo's 14 training identities.
 * ``npm``: the NPM baseline (8 x 1024 DeepSDF), 3D losses only (NPM weights of 5.2.2),
   batch 32.
 """
@@ -160,9 +164,21 @@ def _cpu_demo() -> TrainConfig:
                        ckpt_every=100, image_every=50)
 
 
+def _gpu_demo() -> TrainConfig:
+    # sizes between cpu-demo and the thesis; the sample-efficient renderer options of npht-256
+    return TrainConfig(z_dim=64, plane_channels=16, plane_resolution=128, generator_base=16,
+                       plane_upsample="bilinear", decoder_hidden=128, decoder_layers=4, code_init_std=0.1,
+                       batch_size=4, render_resolution=64, disc_base=16, disc_max_channels=128,
+                       samples=(32, 32, 16), beta_init=0.01, weight_threshold=1e-6, render_coarse_factor=4,
+                       skip_converged=True, fused_gradient=True, fused_checkpoint=True, lr=1e-3, lr_codes=1e-2,
+                       disc_optimizer="adam", stage_epochs=(400, 150, 200), decay_interval=250,
+                       decay_interval_codes=500, ckpt_every=500, image_every=250)
+
+
 def _npm() -> TrainConfig:
     return TrainConfig(model="npm", weights=LossWeights.npm(), batch_size=32, views=0,
                        code_init_std=0.01)
 
 
-PRESETS = {"thesis-64": _thesis_64, "npht-256": _npht_256, "cpu-demo": _cpu_demo, "npm": _npm}
+PRESETS = {"thesis-64": _thesis_64, "npht-256": _npht_256, "cpu-demo": _cpu_demo, "gpu-demo": _gpu_demo,
+           "npm": _npm}

@@ -116,6 +116,11 @@ EXPRESSION_PRESETS = {
                                          pairs=64, outside_points=16, batch_size=2, epochs=200, lr=2e-3,
                                          lr_codes=1e-2, decay_interval=100, decay_interval_codes=100,
                                          grad_clip=1.0, grad_clip_codes=1.0, ckpt_every=100),
+    # what `npht demo` trains on a GPU (with the gpu-demo identity preset)
+    "gpu-demo": lambda: ExpressionConfig(z_ex_dim=32, hidden=256, layers=6, skip=3, code_init_std=0.1,
+                                         batch_size=8, epochs=600, lr=1e-3, lr_codes=1e-2, decay_interval=200,
+                                         decay_interval_codes=200, grad_clip=1.0, grad_clip_codes=1.0,
+                                         ckpt_every=500),
 }
 
 

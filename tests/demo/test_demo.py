@@ -161,3 +161,25 @@ def test_timing_interleaves_the_two_sides():
     out = _time_pair({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, torch.device("cpu"), 3)
     assert calls == ["a", "b"] * 4  # one warm-up each, then a, b alternating
     assert set(out) == {"a", "b"} and all(out[k]["ms"] >= 0 and "peak_mem_mb" not in out[k] for k in out)
+
+
+def test_device_configs():
+    """CPU: the cpu-demo presets; CUDA: the gpu-demo ones, each with its NPM beside it at the
+    tri-plane run's code size, batch, learning rates and stages."""
+    from npht.demo.pipeline import _npm_config
+    from npht.train import TrainConfig
+    from npht.train.expression import EXPRESSION_PRESETS
+
+    assert DemoConfig.for_device("cpu").preset == "cpu-demo"
+    gpu = DemoConfig.for_device("cuda")
+    assert gpu.preset == "gpu-demo" and gpu.grid_resolution == 256 and gpu.metric_points == 2_500_000
+    for preset, size in (("cpu-demo", (64, 6)), ("gpu-demo", (256, 8))):
+        assert preset in EXPRESSION_PRESETS
+        base = TrainConfig.preset(preset)
+        npm = _npm_config(preset, base, seed=3)
+        assert npm.model == "npm" and (npm.npm_hidden, npm.npm_layers) == size and npm.seed == 3
+        assert (npm.z_dim, npm.batch_size, npm.counts, npm.lr, npm.stage_epochs) == \
+            (base.z_dim, base.batch_size, base.counts, base.lr, base.stage_epochs)
+        assert npm.weights == TrainConfig.preset("npm").weights
+    full = _npm_config("npht-256", TrainConfig.preset("npht-256"))
+    assert (full.npm_hidden, full.npm_layers, full.lr) == (1024, 8, TrainConfig.preset("npm").lr)

@@ -62,7 +62,7 @@ def _batch(tr):
 
 
 def test_presets():
-    assert set(EXPRESSION_PRESETS) == {"thesis", "nphm", "cpu-demo"}
+    assert set(EXPRESSION_PRESETS) == {"thesis", "nphm", "cpu-demo", "gpu-demo"}
     t = ExpressionConfig.preset("thesis")
     assert (t.z_ex_dim, t.hidden, t.layers, t.skip, t.beta, t.code_init_std) == (200, 1024, 8, 4, 100.0, 1.0)
     assert (t.weights.c, t.weights.dp, t.weights.r) == (100.0, 1e-5, 5e-5)
@@ -123,6 +123,16 @@ def test_correspondence_loss_falls(data_root, identity_ckpt, tmp_path):
     # fresh pairs every epoch: the learned deformation, not memorised points, lowers L_c
     assert sum(c[-5:]) / 5 < 0.2 * sum(c[:5]) / 5, c
     assert (tmp_path / "checkpoint.pt").exists()
+
+
+def test_gpu_demo_preset_trains(data_root, identity_ckpt, tmp_path):
+    """The GPU demo's expression preset at its own widths (fewer pairs): L_c falls."""
+    cfg = ExpressionConfig.preset("gpu-demo", progress=False, ckpt_every=0, pairs=200, batch_size=4)
+    tr = ExpressionTrainer(cfg, data_root, identity_ckpt, tmp_path)
+    tr.train(max_steps=30)
+    with open(tmp_path / "log.csv") as f:
+        c = [float(r["c"]) for r in csv.DictReader(f)]
+    assert len(c) == 30 and sum(c[-5:]) < 0.5 * sum(c[:5]), c
 
 
 def test_resume_bit_identical(data_root, identity_ckpt, tmp_path):

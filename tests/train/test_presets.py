@@ -24,7 +24,7 @@ def tiny(name: str) -> TrainConfig:
                               disc_resolution=64, progress=False, ckpt_every=0, image_every=0)
 
 
-@pytest.mark.parametrize("name", ["thesis-64", "npht-256", "npm", "cpu-demo"])
+@pytest.mark.parametrize("name", ["thesis-64", "npht-256", "npm", "cpu-demo", "gpu-demo"])
 def test_preset_loss_falls(name, data_root, tmp_path):
     cfg = tiny(name)
     ref = TrainConfig.preset(name)
@@ -55,7 +55,7 @@ def test_npht_256_renders_with_the_sample_efficient_options(data_root, tmp_path,
     gradient (each measured within the renderer's accuracy bounds); thesis-64 with none."""
     import npht.render
 
-    for name, expect in (("npht-256", True), ("thesis-64", False)):
+    for name, expect in (("npht-256", True), ("gpu-demo", True), ("thesis-64", False)):
         cfg = tiny(name)
         tr = IdentityTrainer(cfg, data_root, tmp_path / name)
         seen, ckpt = {}, []
