@@ -32,7 +32,7 @@ def test_demo_outputs(demo):
     for name in ("normal_maps.png", "fit.png", "latent.png", "expression_transfer.png", "metrics.json",
                  "metrics.md", "timing.md", "summary.json"):
         assert os.path.getsize(os.path.join(out, name)) > 0, name
-    for name in ("partial_scan.ply", "ground_truth.ply", "TP.ply", "TP_3D.ply", "NPM.ply"):
+    for name in ("partial_scan.ply", "ground_truth.ply", "TP.ply", "TP_3D.ply", "NPM.ply", "TP_normal_maps.ply"):
         assert os.path.getsize(os.path.join(out, "fit", name)) > 0, name
     assert any(f.startswith("transfer_") for f in os.listdir(os.path.join(out, "fit")))
     with open(os.path.join(out, "summary.json")) as f:
@@ -43,6 +43,14 @@ def test_demo_outputs(demo):
         for region in ("face", "head"):
             r = method[region]
             assert 0 < r["chamfer_l1"] < 1 and 0 < r["normal_consistency"] <= 1 and 0 <= r["f_score"] <= 1
+    # the 2D fit on maps of the held-out head at the view resolution (its convergence is
+    # tested in tests/fit; the quick demo's 6-step model and 3 iterations only run it)
+    with open(os.path.join(out, "metrics.json")) as f:
+        nf = json.load(f)["normal_map_fit"]
+    cfg = DemoConfig.for_device("cpu", quick=True)
+    assert (nf["views"], nf["resolution"], nf["iterations"]) == (2, cfg.view_resolution, cfg.normal_fit_iterations)
+    assert 0 < nf["loss_last"] < 3 and 0 < nf["loss_first"] < 3 and 0 <= nf["angle_deg_after"] <= 180
+    assert 0 < nf["head"]["chamfer_l1"] < 1 and summary["normal_map_fit"]["seconds"] == nf["seconds"]
     assert [r["op"] for r in summary["timing"]] == ["triplane_sample", "triplane_eikonal", "volume_composite",
                                                      "render_step"]
     assert all(r["npht_ms"] > 0 and r["reference_ms"] > 0 for r in summary["timing"])

@@ -205,3 +205,26 @@ def test_progress_bar_shown_only_when_asked(tiny_id, capsys):
     assert "fit identity" in err and "loss=" in err
     fit_identity(tiny_id(), pts, schedule=FitSchedule(iterations=2), progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_fit_normal_maps_at_256(tiny_id):
+    """The 2D objective at the resolution it is meant for: one 256x256 view, rendered in
+    128 x 128 tiles with coarse culling; the loss falls and the code moves towards the one
+    that rendered the target."""
+    from npht.render import ErrorBoundSampler, LaplaceDensity, fibonacci_cameras, render
+
+    model = tiny_id()
+    cams = fibonacci_cameras(1, resolution=256)
+    density = LaplaceDensity(beta=0.01)
+    opts = dict(sampler=ErrorBoundSampler(16, 16, 8, 0.1, 5, 3, skip_converged=True), coarse_factor=4)
+    with torch.no_grad():
+        target = render(model.sdf_fn(Z_STAR), cams, density=density, convention="opengl", **opts)
+    masks = target.opacity > 0.5
+    assert masks.sum() > 5000
+    z0 = torch.zeros(3)
+    sched = FitSchedule(iterations=4, lr=0.1, lambda_id=0.0, milestones=())
+    res = fit_normal_maps(model, cams, target.normals, masks, density=density, schedule=sched, init=z0,
+                          progress=False, tile=128, renderer_options=opts)
+    data = res.history["data"]
+    assert data[-1] < 0.8 * data[0], data
+    assert (res.code - Z_STAR).norm() < (z0 - Z_STAR).norm()
