@@ -17,7 +17,7 @@ install: torch
 	$(PIP) install -q --no-build-isolation -e .
 
 install-test: install
-	$(PIP) install -q pytest expecttest hypothesis "triton>=3.0"
+	$(PIP) install -q pytest expecttest hypothesis matplotlib "triton>=3.0"   # matplotlib: the benchmark smoke tests plot
 
 install-bench: install
 	$(PIP) install -q matplotlib "triton>=3.0"

@@ -258,10 +258,10 @@ def volume_composite(
         values: per-sample channels ``[R, S, K]`` / ``[M, K]`` (normals, colour, ...), or None.
         ray_offsets: ``[R + 1]`` int64 CSR offsets: ray r owns samples
             ``ray_offsets[r] .. ray_offsets[r+1] - 1`` (empty rays allowed). They must be
-            non-decreasing (not checked: that would cost a device sync); the kernels clamp
-            them to ``[0, M]`` so that no read goes out of bounds, but rays that overlap
-            under decreasing offsets write the same samples' weights and gradients, in
-            an undefined order.
+            non-decreasing, from 0 to M: checked in eager mode (one device sync), not
+            inside torch.compile; there the kernels clamp them to ``[0, M]`` so that no
+            read goes out of bounds, but rays that overlap under decreasing offsets write
+            the same samples' weights and gradients, in an undefined order.
         backend: ``"auto"``, ``"cuda"``, ``"triton"``, ``"cpu"`` or ``"reference"``.
 
     Gradients flow to ``sdf``, ``z``, ``beta`` and ``values`` (second derivatives too,

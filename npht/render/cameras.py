@@ -53,6 +53,14 @@ class Cameras:
                 f"K and cam2world must hold the same number of cameras, got {self.K.shape[0]} "
                 f"and {self.cam2world.shape[0]}"
             )
+        if self.K.shape[0] == 0:
+            raise ValueError("Cameras needs at least one camera, got K and cam2world with 0")
+        for name in ("K", "cam2world"):
+            if not getattr(self, name).is_floating_point():
+                raise TypeError(f"{name} must be a floating-point tensor, got {getattr(self, name).dtype}")
+        if self.K.dtype != self.cam2world.dtype or self.K.device != self.cam2world.device:
+            raise ValueError(f"K and cam2world must share dtype and device, got K {self.K.dtype} on {self.K.device} "
+                             f"and cam2world {self.cam2world.dtype} on {self.cam2world.device}")
         for name in ("height", "width"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -226,6 +234,12 @@ def world_normals_to_camera(normals: torch.Tensor, cameras: Cameras, convention:
     truth uses; a surface facing the camera has z > 0)."""
     if convention not in ("opencv", "opengl"):
         raise ValueError(f"convention must be 'opencv' or 'opengl', got {convention!r}")
+    if not isinstance(cameras, Cameras):
+        raise TypeError(f"cameras must be npht.render.Cameras, got {type(cameras).__name__}")
+    if not isinstance(normals, torch.Tensor) or normals.dim() != 4 or normals.shape[-1] != 3 \
+            or normals.shape[0] != len(cameras):
+        raise ValueError(f"normals must be [B, H, W, 3] with B = {len(cameras)} (one map per camera), got "
+                         f"{_shape(normals)}")
     R = cameras.cam2world[:, :3, :3]  # columns: camera axes in world
     n_cam = normals @ R[:, None]  # [B, H, W, 3] @ [B, 1, 3, 3]: n . axis_k
     if convention == "opengl":

@@ -48,6 +48,28 @@ def _check(cameras, sdf_batch: Optional[int]):
         raise ValueError(f"batch_size ({sdf_batch}) must equal the number of cameras ({len(cameras)})")
 
 
+def check_density(density) -> None:
+    if not callable(getattr(density, "get_beta", None)):
+        raise TypeError(f"density must be an npht.render.LaplaceDensity (anything with get_beta()), got "
+                        f"{type(density).__name__}")
+
+
+def probe_sdf_batch(sdf_fn: Callable, like: torch.Tensor, B: int) -> None:
+    """A clear error for an SDF callable of the wrong batch size (one shape per camera):
+    ``sdf_fn`` is called once, without grad, on ``[B, 2, 3]`` zeros."""
+    if not callable(sdf_fn):
+        raise TypeError(f"sdf_fn must be callable, got {type(sdf_fn).__name__}")
+    with torch.no_grad():
+        probe = sdf_fn(like.new_zeros(B, 2, 3))
+    if not isinstance(probe, torch.Tensor) or tuple(probe.shape) != (B, 2):
+        raise ValueError(f"sdf_fn must map points [B, N, 3] to [B, N] with B = {B} (one shape per "
+                         f"camera); for points [{B}, 2, 3] it returned {_shape_of(probe)}")
+
+
+def _shape_of(t) -> str:
+    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+
+
 def render_reference(sdf_fn: Callable, cameras: Cameras, density: LaplaceDensity,
                      sampler: Optional[ErrorBoundSampler] = None, *, bound_radius: float = 1.0,
                      training: bool = False, generator: Optional[torch.Generator] = None,
@@ -59,11 +81,13 @@ def render_reference(sdf_fn: Callable, cameras: Cameras, density: LaplaceDensity
     backward) and the density's beta when grad mode is on. ``convention``: ``"world"``,
     ``"opencv"`` or ``"opengl"`` (pyrender's camera frame)."""
     _check(cameras, batch_size)
+    check_density(density)
     # the thesis' renderer: the sampler's per-ray math in plain PyTorch too
     sampler = sampler or replace(ErrorBoundSampler.thesis(), backend="reference")
     B, H, W = len(cameras), cameras.height, cameras.width
     origins, dirs = generate_rays(cameras)
     origins, dirs = origins.reshape(B, H * W, 3), dirs.reshape(B, H * W, 3)
+    probe_sdf_batch(sdf_fn, origins, B)
     near, far, hit = ray_sphere_bounds(origins, dirs, bound_radius)
     # rays missing the sphere: a zero-length segment at the closest approach; they are
     # masked out of the result (the reference still evaluates them, as the thesis did)

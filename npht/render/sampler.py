@@ -97,7 +97,9 @@ class ErrorBoundSampler:
 
     @classmethod
     def volsdf(cls) -> "ErrorBoundSampler":
-        """VolSDF/MonoSDF defaults: 64 / 128 / 32, eps 0.1, 10 beta iterations, 5 rounds."""
+        """VolSDF/MonoSDF defaults: 64 / 128 / 32, eps 0.1, 10 beta iterations, 5 rounds.
+        ``add_tiny`` 1e-6 is MonoSDF's (VolSDF's code has 0.0, which gives NaN on rays whose
+        error bound is zero everywhere: an all-zero CDF)."""
         return cls(64, 128, 32, 0.1, 10, 5)
 
     @classmethod

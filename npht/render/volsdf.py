@@ -25,6 +25,7 @@ approximations are switchable and measured against it (tests, benchmarks/render.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Tuple, Union
 
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 from npht.ops.composite import volume_composite
 from npht.render.cameras import Cameras, generate_rays, ray_sphere_bounds, world_normals_to_camera
 from npht.render.density import LaplaceDensity
-from npht.render.renderer import sdf_and_gradient_autograd
+from npht.render.renderer import check_density, probe_sdf_batch, sdf_and_gradient_autograd
 from npht.render.sampler import ErrorBoundSampler, evaluate_sdf, pad_by_batch
 
 __all__ = ["VolSDFRenderer", "Render", "render"]
@@ -55,6 +56,17 @@ class Render:
     hit: torch.Tensor
     color: Optional[torch.Tensor] = None
     stats: dict = field(default_factory=dict)
+
+
+def _resolution(resolution) -> Tuple[int, int]:
+    """``H`` or ``(H, W)``, positive ints, as ``(H, W)``."""
+    def ok(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1
+    if ok(resolution):
+        return int(resolution), int(resolution)
+    if isinstance(resolution, (tuple, list)) and len(resolution) == 2 and all(ok(v) for v in resolution):
+        return int(resolution[0]), int(resolution[1])
+    raise ValueError(f"resolution must be a positive int H or a pair (H, W) of them, got {resolution!r}")
 
 
 @dataclass
@@ -98,6 +110,9 @@ class VolSDFRenderer:
     def __post_init__(self):
         self.density = self.density if self.density is not None else LaplaceDensity()
         self.sampler = self.sampler if self.sampler is not None else ErrorBoundSampler.thesis()
+        check_density(self.density)
+        if not isinstance(self.sampler, ErrorBoundSampler):
+            raise TypeError(f"sampler must be an npht.render.ErrorBoundSampler, got {type(self.sampler).__name__}")
         if self.weight_threshold is not None and not 0 <= self.weight_threshold < 1:
             raise ValueError(f"weight_threshold must be in [0, 1) or None, got {self.weight_threshold!r}")
         if self.coarse_factor is not None and (int(self.coarse_factor) != self.coarse_factor or self.coarse_factor < 2):
@@ -123,18 +138,11 @@ class VolSDFRenderer:
         if convention not in ("world", "opencv", "opengl"):
             raise ValueError(f"convention must be 'world', 'opencv' or 'opengl', got {convention!r}")
         if resolution is not None:
-            h, w = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
-            if int(h) < 1 or int(w) < 1:
-                raise ValueError(f"resolution must be positive, got {resolution!r}")
-            cameras = cameras.resized(int(h), int(w))
+            cameras = cameras.resized(*_resolution(resolution))
         B, H, W = len(cameras), cameras.height, cameras.width
         origins, dirs = generate_rays(cameras)
         origins, dirs = origins.reshape(B, H * W, 3), dirs.reshape(B, H * W, 3)
-        with torch.no_grad():  # a clear error for an SDF of the wrong batch size
-            probe = sdf_fn(origins.new_zeros(B, 2, 3))
-        if tuple(probe.shape) != (B, 2):
-            raise ValueError(f"sdf_fn must map points [B, N, 3] to [B, N] with B = {B} (one shape per "
-                             f"camera); for points [{B}, 2, 3] it returned {tuple(probe.shape)}")
+        probe_sdf_batch(sdf_fn, origins, B)
         near, far, hit = ray_sphere_bounds(origins, dirs, self.bound_radius)
         stats = {"rays": B * H * W, "rays_in_sphere": int(hit.sum())}
         stats["coarse"] = self.coarse_factor is not None and min(H, W) // self.coarse_factor >= 16

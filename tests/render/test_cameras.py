@@ -89,6 +89,20 @@ def test_camera_errors():
         Cameras(K.expand(2, 3, 3), look_at(torch.tensor([[0.0, 0.0, 2.0]])), 8, 8)
     with pytest.raises(ValueError, match="height must be a positive int"):
         Cameras(K, look_at(torch.tensor([[0.0, 0.0, 2.0]])), 0, 8)
+    c2w = look_at(torch.tensor([[0.0, 0.0, 2.0]]))
+    with pytest.raises(ValueError, match="K and cam2world must share dtype and device"):
+        Cameras(K, c2w.double(), 8, 8)
+    with pytest.raises(TypeError, match="K must be a floating-point tensor"):
+        Cameras(K.long(), c2w, 8, 8)
+    with pytest.raises(ValueError, match="at least one camera"):
+        Cameras(K[:0], c2w[:0], 8, 8)
+    cams = Cameras(K.expand(2, 3, 3), c2w.expand(2, 4, 4), 8, 8)
+    with pytest.raises(ValueError, match=r"normals must be \[B, H, W, 3\] with B = 2 \(one map per camera\)"):
+        world_normals_to_camera(torch.zeros(1, 8, 8, 3), cams)
+    with pytest.raises(ValueError, match=r"normals must be \[B, H, W, 3\] with B = 2"):
+        world_normals_to_camera(torch.zeros(2, 64, 3), cams)
+    with pytest.raises(TypeError, match="cameras must be npht.render.Cameras"):
+        world_normals_to_camera(torch.zeros(2, 8, 8, 3), None)
     with pytest.raises(ValueError, match="fov_degrees"):
         intrinsics_from_fov(180, 8)
     with pytest.raises(ValueError, match="eye and target coincide"):

@@ -165,3 +165,7 @@ def test_renderer_errors():
         render_reference(sphere, "cams", LaplaceDensity())
     with pytest.raises(ValueError, match=r"batch_size \(3\) must equal the number of cameras \(2\)"):
         render_reference(sphere, cams, LaplaceDensity(), batch_size=3)
+    with pytest.raises(ValueError, match=r"sdf_fn must map points \[B, N, 3\] to \[B, N\] with B = 2"):
+        render_reference(lambda p: sphere(p[:1]), cams, LaplaceDensity())
+    with pytest.raises(TypeError, match="density must be an npht.render.LaplaceDensity"):
+        render_reference(sphere, cams, 0.01)

@@ -226,8 +226,14 @@ def test_errors():
         render(sphere, "cams")
     with pytest.raises(TypeError, match="sdf_fn must be callable"):
         render(3.0, cams)
-    with pytest.raises(ValueError, match="resolution must be positive"):
-        render(sphere, cams, 0)
+    for bad in (0, 2.5, (8,), "a", True, (8, 0)):
+        with pytest.raises(ValueError, match=r"resolution must be a positive int H or a pair \(H, W\)"):
+            render(sphere, cams, bad)
+    assert render(sphere, cams, (6, 5)).normals.shape == (2, 6, 5, 3)
+    with pytest.raises(TypeError, match="density must be an npht.render.LaplaceDensity"):
+        render(sphere, cams, density=3)
+    with pytest.raises(TypeError, match="sampler must be an npht.render.ErrorBoundSampler"):
+        VolSDFRenderer(sampler=(32, 32, 32))
     with pytest.raises(ValueError, match="convention must be"):
         render(sphere, cams, convention="directx")
     with pytest.raises(ValueError, match=r"sdf_fn must map points \[B, N, 3\] to \[B, N\] with B = 2"):
@@ -253,3 +259,17 @@ def test_training_mode_is_seeded_and_close_to_eval():
     fg = ev.opacity > 0.5
     assert angular_error_deg(a.normals, ev.normals, fg) < 1.0
     assert iou(a.opacity > 0.5, fg) > 0.99
+
+
+def test_presets_and_density_defaults():
+    """The presets carry VolSDF's / the thesis' numbers, the density the thesis' beta."""
+    from npht.render import ErrorBoundSampler, LaplaceDensity
+
+    v, t = ErrorBoundSampler.volsdf(), ErrorBoundSampler.thesis()
+    fields = ("N_samples", "N_samples_eval", "N_samples_extra", "eps", "beta_iters", "max_total_iters")
+    assert tuple(getattr(v, f) for f in fields) == (64, 128, 32, 0.1, 10, 5)
+    assert tuple(getattr(t, f) for f in fields) == (32, 32, 32, 0.1, 10, 10)
+    assert v.add_tiny == t.add_tiny == 1e-6 and not v.skip_converged and not t.skip_converged
+    assert v.samples_per_ray == 64 + 32 + 2
+    d = LaplaceDensity()
+    assert d.beta_min == 1e-4 and abs(float(d.get_beta()) - (1e-3 + 1e-4)) < 1e-9
