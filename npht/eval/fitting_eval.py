@@ -13,6 +13,13 @@ that method is also scored on the posed scans of the same identities (row ``"NAM
 posed"``): identity and expression codes fitted jointly through the root-found inverse of
 the forward deformation (eq. 4.22), the neutral mesh deformed forward to the fit.
 
+What the rows are: the neutral rows fit ``z_id`` alone with ``x_c = x_p`` (no expression
+model: the scans are neutral), as in the thesis' identity ablations (Sec. 6.3); the posed
+rows are NPHM C.4's joint single-scan fit of ``z_id`` and ``z_ex``, not C.3's two-step
+protocol (``z_id`` from a neutral scan, then :func:`npht.fit.fit_expression` on the posed
+one, which the library has but this table does not use). Units: Chamfer in model units
+(FLAME metres x 4: 1 mm = 0.004), F-score at ``threshold`` (default 1 mm).
+
 >>> table = evaluate_models({"TP": "runs/tp/checkpoint.pt", "NPM": "runs/npm/checkpoint.pt"},
 ...                         "data/synthetic", out_dir="runs/eval")          # doctest: +SKIP
 >>> print(markdown_table(table))                                             # doctest: +SKIP
@@ -20,6 +27,7 @@ the forward deformation (eq. 4.22), the neutral mesh deformed forward to the fit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -180,9 +188,7 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
                                scan_points=scan_points, scan_resolution=scan_resolution, noise_std=noise_std,
                                mesh_resolution=mesh_resolution, clip_radius=clip_radius, sparse_mesh=sparse_mesh,
                                metric_points=metric_points, threshold=threshold, seed=seed, device=str(device),
-                               schedule=dict(iterations=schedule.iterations, lr=schedule.lr,
-                                             lambda_id=schedule.lambda_id, lambda_ex=schedule.lambda_ex,
-                                             relative_reg=schedule.relative_reg),
+                               schedule=dataclasses.asdict(schedule),
                                checkpoints={k: v.path for k, v in loaded.items()},
                                expression_checkpoints={k: v.path for k, v in posers.items()},
                                posed_scans=len(posed_records)),

@@ -116,6 +116,7 @@ def test_eval_cli_writes_table(demo, tmp_path, capsys):
         f"{r['identity']}_{m}.ply" for r in result["per_identity"] for m in ("TP", "NPM", "gt"))
     assert result["settings"]["schedule"]["iterations"] == 8 and result["settings"]["sparse_mesh"] is False
     assert result["settings"]["schedule"]["relative_reg"] == "auto"
+    assert len(result["settings"]["schedule"]["milestones"]) == 3   # the whole (rescaled) schedule
     rc = cli_main(["eval", "--data", os.path.join(out, "data"), "--model", f"TP={runs}/tp/checkpoint.pt",
                    "--out", str(tmp_path / "sparse"), "--mesh-resolution", "24", "--sparse-mesh", "--metric-points",
                    "2000", "--scan-points", "300", "--iterations", "8", "--relative-reg", "true", "--no-progress"])
