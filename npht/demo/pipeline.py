@@ -310,14 +310,12 @@ def _normal_map_fit(tp, gt, gt_renderer, cfg, device, seed: int, progress: bool)
     from ..eval import extract_mesh, model_sdf_fn
     from ..fit import fit_normal_maps
     from ..eval.fitting_eval import _scaled_schedule
-    from ..render import ErrorBoundSampler
 
     R = cfg.view_resolution
     cams = _view_cameras(list(cfg.normal_fit_yaws), R)
     g = gt_renderer.render(gt, cams, convention="opengl")
     target, mask = g.normals.to(device), g.mask.to(device)
-    c = tp.config
-    sampler = ErrorBoundSampler(*c.samples, c.sampler_eps, c.beta_iters, c.max_total_iters, skip_converged=True)
+    sampler = _trained_sampler(tp)
     init = tp.codes.mean(0)
 
     def angle(code):
@@ -337,14 +335,21 @@ def _normal_map_fit(tp, gt, gt_renderer, cfg, device, seed: int, progress: bool)
     return rec, mesh
 
 
+def _trained_sampler(trained):
+    """The error-bound sampler ``trained`` was trained with, skipping converged rays."""
+    from ..render import ErrorBoundSampler
+
+    c = trained.config
+    return ErrorBoundSampler(*c.samples, c.sampler_eps, c.beta_iters, c.max_total_iters, skip_converged=True)
+
+
 def _model_maps(trained, codes: torch.Tensor, cameras, device):
     """npht renders (opengl normals, opacity mask) of ``codes [B, z]`` or indices ``[B]``,
     shape b seen by camera b, with the error-bound sampler the model was trained with,
     npht's sample-efficient shading and converged-ray skipping."""
-    from ..render import ErrorBoundSampler, render
+    from ..render import render
 
-    c = trained.config
-    sampler = ErrorBoundSampler(*c.samples, c.sampler_eps, c.beta_iters, c.max_total_iters, skip_converged=True)
+    sampler = _trained_sampler(trained)
     with torch.no_grad():
         sdf_fn = trained.model.sdf_fn(codes.to(device))
     out = render(sdf_fn, cameras.to(device), density=trained.density, convention="opengl", sampler=sampler,

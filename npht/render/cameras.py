@@ -53,8 +53,6 @@ class Cameras:
                 f"K and cam2world must hold the same number of cameras, got {self.K.shape[0]} "
                 f"and {self.cam2world.shape[0]}"
             )
-        if self.K.shape[0] == 0:
-            raise ValueError("Cameras needs at least one camera, got K and cam2world with 0")
         for name in ("K", "cam2world"):
             if not getattr(self, name).is_floating_point():
                 raise TypeError(f"{name} must be a floating-point tensor, got {getattr(self, name).dtype}")

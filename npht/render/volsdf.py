@@ -140,6 +140,8 @@ class VolSDFRenderer:
         if resolution is not None:
             cameras = cameras.resized(*_resolution(resolution))
         B, H, W = len(cameras), cameras.height, cameras.width
+        if B == 0:
+            raise ValueError("cameras is empty: render needs at least one camera")
         origins, dirs = generate_rays(cameras)
         origins, dirs = origins.reshape(B, H * W, 3), dirs.reshape(B, H * W, 3)
         probe_sdf_batch(sdf_fn, origins, B)

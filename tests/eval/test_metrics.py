@@ -9,6 +9,7 @@ import pytest
 import torch
 import trimesh
 from scipy.integrate import quad
+from _backends import require_backend
 
 from npht.data import HeadMesh
 from npht.eval import (DEFAULT_THRESHOLD, FACE_RADIUS, MM, chamfer_l1, compare_points, evaluate_meshes, f_score,
@@ -152,6 +153,7 @@ def test_bruteforce_precision_near_one():
 
 @pytest.mark.cuda
 def test_evaluate_on_cuda_matches_cpu():
+    require_backend("cuda")
     gt, pred = ico(0.5), ico(0.52)
     a = evaluate_meshes(pred, gt, n_points=3000, seed=2, device="cpu")["head"]
     b = evaluate_meshes(pred, gt, n_points=3000, seed=2, device="cuda")["head"]

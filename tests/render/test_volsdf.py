@@ -232,6 +232,8 @@ def test_errors():
     assert render(sphere, cams, (6, 5)).normals.shape == (2, 6, 5, 3)
     with pytest.raises(TypeError, match="density must be an npht.render.LaplaceDensity"):
         render(sphere, cams, density=3)
+    with pytest.raises(ValueError, match="cameras is empty"):
+        render(sphere, cams[[]])
     with pytest.raises(TypeError, match="sampler must be an npht.render.ErrorBoundSampler"):
         VolSDFRenderer(sampler=(32, 32, 32))
     with pytest.raises(ValueError, match="convention must be"):

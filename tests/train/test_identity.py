@@ -31,7 +31,7 @@ def _params(tr):
 
 
 def test_presets():
-    assert set(PRESETS) == {"thesis-64", "npht-256", "cpu-demo", "npm"}
+    assert set(PRESETS) == {"thesis-64", "npht-256", "cpu-demo", "gpu-demo", "npm"}
     t = TrainConfig.preset("thesis-64")
     assert (t.lr, t.lr_codes, t.lr_disc, t.weight_decay, t.lr_decay) == (5e-5, 1e-3, 2e-4, 0.02, 0.75)
     assert (t.decay_interval, t.decay_interval_codes, t.grad_clip, t.batch_size) == (1000, 2000, 0.1, 4)
