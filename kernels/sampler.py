@@ -146,7 +146,9 @@ def _upsample_kernel(z, sdf, beta, u, out, cdf, scalars, R, n, k, steps, MODE: t
     tl.store(cdf + base, run, mask=m)
     for i in range(1, n):
         run += tl.load(cdf + base + i, mask=m, other=0.0) / total
-        tl.store(cdf + base + i, run, mask=m)
+        # capped at 1, the last entry exactly 1 (as the reference: u = 1 lands on the same
+        # interval whatever the summation order)
+        tl.store(cdf + base + i, tl.where(i == n - 1, 1.0, tl.minimum(run, 1.0)), mask=m)
     tl.debug_barrier()
     # inverse CDF: per quantile, lo = the number of CDF entries <= u (binary search)
     SDT = out.dtype.element_ty

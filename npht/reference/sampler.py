@@ -81,6 +81,10 @@ def sample_pdf(bins: torch.Tensor, pdf: torch.Tensor, u: torch.Tensor) -> torch.
     (normalised here), quantiles ``u [R, k]`` in [0, 1] -> depths ``[R, k]``."""
     pdf = pdf / pdf.sum(-1, keepdim=True)
     cdf = torch.cat([torch.zeros_like(pdf[:, :1]), torch.cumsum(pdf, -1)], -1)
+    # capped at 1 and ending at exactly 1: a sum that rounds to 1 +- 1 ulp would otherwise
+    # send u = 1 to the last interval or past it depending on summation order, and (with the
+    # 1e-5 denominator rule below) move that sample by a whole interval between backends
+    cdf = torch.cat([cdf[:, :-1].clamp(max=1.0), torch.ones_like(cdf[:, -1:])], -1)
     idx = torch.searchsorted(cdf, u.contiguous(), right=True)
     below = torch.clamp(idx - 1, min=0)
     above = torch.clamp(idx, max=cdf.shape[-1] - 1)

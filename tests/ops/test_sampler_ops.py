@@ -120,6 +120,21 @@ def test_upsample_matches_reference(backend, device, dtype, mode, kind):
         assert_upsample_close(s, z, sdf, beta, u, m, tiny, backend)
 
 
+@pytest.mark.parametrize("mode", ["bound", "weights"])
+def test_upsample_u_one_is_the_far_end(backend, device, mode):
+    """u = 1 (the sampler's last quantile) gives exactly the last depth on every backend: the
+    CDF is capped at 1 and ends at exactly 1, so a normalised sum that rounds to 1 + 1 ulp in
+    one summation order cannot move that sample back by an interval (VolSDF's 1e-5
+    denominator rule would snap it to the previous depth)."""
+    R, n, k, iters = sizes(backend)
+    R *= 4  # enough rays for sums that round up (about a third of them at n = 65)
+    z, sdf = make_rays(R, n, torch.float64, "smooth", device, seed=11)
+    beta = ref.eb_bisect_beta(z, sdf, BETA0, ref.initial_beta(z, EPS), EPS, iters)
+    u = torch.linspace(0.0, 1.0, k, dtype=torch.float64, device=device).expand(R, -1)
+    s = ops.eb_upsample(z, sdf, beta, u, mode, 1e-6, backend=backend)
+    assert torch.equal(s[:, -1], z[:, -1])
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_merge_matches_torch_sort(backend, device, dtype):
     R, n, k, _ = sizes(backend)
@@ -258,14 +273,25 @@ def sphere(p, r=0.5):
     return p.norm(dim=-1) - r
 
 
+def torus(p, R=0.45, r=0.15):
+    q = torch.stack([torch.sqrt(p[..., 0] ** 2 + p[..., 2] ** 2) - R, p[..., 1]], -1)
+    return q.norm(dim=-1) - r
+
+
 @pytest.mark.parametrize("training", [False, True])
-def test_sampler_backends_match_reference(backend, device, training):
-    """Same depths as backend="reference" on a sphere SDF, float64 (every round: bisection,
-    upsampling from the error bound, merging, final samples from the weights)."""
+@pytest.mark.parametrize("case", ["thesis-sphere", "volsdf-torus"])
+def test_sampler_backends_match_reference(backend, device, training, case):
+    """Same depths as backend="reference", float64 (every round: bisection, upsampling from
+    the error bound, merging, final samples from the weights): the thesis' preset on a
+    sphere, VolSDF's on a torus (where normalised CDFs end at 1 +- 1 ulp on many rays)."""
+    sdf_fn = sphere if case == "thesis-sphere" else torus
+    beta0 = BETA0 if case == "thesis-sphere" else 1.1e-3  # LaplaceDensity()'s beta
     if backend == "triton" and not torch.cuda.is_available():
         sampler_args, res = (8, 8, 4, EPS, 4, 3), 4  # small for the interpreter
-    else:
+    elif case == "thesis-sphere":
         sampler_args, res = (32, 32, 32, EPS, 10, 10), 12
+    else:
+        sampler_args, res = (64, 128, 32, EPS, 10, 5), 16
     cams = fibonacci_cameras(2, resolution=res, dtype=torch.float64)
     o, d = generate_rays(cams)
     o, d = o.reshape(2, -1, 3).to(device), d.reshape(2, -1, 3).to(device)
@@ -274,7 +300,7 @@ def test_sampler_backends_match_reference(backend, device, training):
 
     def run(b):
         gen = torch.Generator().manual_seed(3) if training else None
-        return ErrorBoundSampler(*sampler_args, backend=b)(sphere, o, d, near, far, BETA0,
+        return ErrorBoundSampler(*sampler_args, backend=b)(sdf_fn, o, d, near, far, beta0,
                                                              training=training, generator=gen)
 
     z_ref, z = run("reference"), run(backend)

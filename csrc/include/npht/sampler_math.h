@@ -164,8 +164,9 @@ NPHT_HD void upsample_ray(const S* z, const S* sdf, S beta, const S* u, S* out, 
   cdf[0] = 0.0;
   for (int64_t i = 1; i < n; ++i) {
     run += cdf[i] / total;
-    cdf[i] = run;
-  }
+    cdf[i] = run < 1.0 ? run : 1.0;  // capped at 1, the last entry exactly 1: u = 1 lands
+  }                                  // on the same interval whatever the summation order
+  if (n > 1) cdf[n - 1] = 1.0;
   // inverse CDF per quantile
   for (int64_t j = 0; j < k; ++j) {
     const double uj = static_cast<double>(u[j]);
