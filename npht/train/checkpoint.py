@@ -12,7 +12,19 @@ import numpy as np
 import torch
 
 __all__ = ["save_atomic", "load_checkpoint", "rng_state", "set_rng_state", "split_legacy_param_groups",
-           "CheckpointedRun"]
+           "config_differences", "RESUME_MAY_CHANGE", "CheckpointedRun"]
+
+#: config fields a resumed run may set differently: how it runs, not what it trains
+RESUME_MAY_CHANGE = frozenset({"device", "progress", "ckpt_every", "image_every", "log_every", "workers", "bf16",
+                               "stage_epochs", "epochs"})
+
+
+def config_differences(saved, current, may_change=RESUME_MAY_CHANGE) -> list:
+    """``"field=saved (this run: current)"`` for every config field that differs between a
+    checkpoint's config and a run's, except those in ``may_change``."""
+    a, b = saved.to_dict(), current.to_dict()
+    return [f"{k}={a.get(k)!r} (this run: {b.get(k)!r})" for k in sorted(set(a) | set(b))
+            if k not in may_change and a.get(k) != b.get(k)]
 
 
 def save_atomic(obj, path: str) -> None:
@@ -72,6 +84,17 @@ def split_legacy_param_groups(state: dict, optimizer: torch.optim.Optimizer) -> 
     return {**state, "param_groups": new_groups}
 
 
+def resume_or_preset_config(config_cls, args, overrides: dict, default_preset: str):
+    """The config of an ``npht train ...`` command: ``--preset`` (or ``default_preset``) with
+    the command's overrides; with ``--resume``, no ``--preset`` and a checkpoint in ``--out``,
+    the checkpoint's own config with the overrides (the trainer refuses overrides that change
+    what is trained)."""
+    path = os.path.join(args.out, "checkpoint.pt")
+    if args.resume and args.preset is None and os.path.exists(path):
+        return config_cls.from_saved(load_checkpoint(path)["config"]).replace(**overrides)
+    return config_cls.preset(args.preset or default_preset, **overrides)
+
+
 class CheckpointedRun:
     """Mixin of a trainer with ``cfg`` (``to_dict()``), ``model``, ``dataset`` (``epoch``,
     ``set_epoch``), ``device``, ``out_dir`` and the optimisers/schedulers named in
@@ -92,7 +115,13 @@ class CheckpointedRun:
         self.log = RunLog(self.out_dir, log_columns, log_terms, log_name)
         self.log_path = self.log.path
         if resume and os.path.exists(self.ckpt_path):
-            self.load(self.ckpt_path)
+            s = load_checkpoint(self.ckpt_path, self.device)
+            diff = config_differences(type(self.cfg).from_saved(s["config"]), self.cfg)
+            if diff:
+                raise ValueError(f"cannot resume {self.ckpt_path}: it was trained with other settings: "
+                                 f"{', '.join(diff)}. Resume with the run's own settings (`npht train ... "
+                                 f"--resume` without --preset takes them from the checkpoint) or use a new out_dir")
+            self.load_state_dict(s)
 
     def _run_state(self) -> dict:
         s = {"config": self.cfg.to_dict(), "model": self.model.state_dict()}

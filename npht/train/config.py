@@ -116,6 +116,14 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    #: values of fields that checkpoints written before the field existed were trained with
+    LEGACY = {"npm_skip_shrink": False}   # before NPHM's skip layout (2a75f46)
+
+    @classmethod
+    def from_saved(cls, d: dict) -> "TrainConfig":
+        """The config a checkpoint's ``config`` dict was trained with (older ones included)."""
+        return cls.from_dict({**cls.LEGACY, **d})
+
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         d = dict(d)

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointedRun
+from .checkpoint import CheckpointedRun, resume_or_preset_config
 from .runlog import train_loop
 from .config import TrainConfig
 from .identity import _clip, auto_decoder_optimizers, build_identity_model
@@ -94,6 +94,14 @@ class ExpressionConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    #: values of fields that checkpoints written before the field existed were trained with
+    LEGACY = {"skip_shrink": False}   # before NPHM's skip layout (2a75f46)
+
+    @classmethod
+    def from_saved(cls, d: dict) -> "ExpressionConfig":
+        """The config a checkpoint's ``config`` dict was trained with (older ones included)."""
+        return cls.from_dict({**cls.LEGACY, **d})
 
     @classmethod
     def from_dict(cls, d: dict) -> "ExpressionConfig":
@@ -322,7 +330,8 @@ class ExpressionTrainer(CheckpointedRun):
 def add_expression_parser(subparsers) -> argparse.ArgumentParser:
     """``npht train expression --preset P --data DIR --identity CKPT --out DIR [--resume] ...``."""
     p = subparsers.add_parser("expression", help="train the expression (deformation) model")
-    p.add_argument("--preset", choices=sorted(EXPRESSION_PRESETS), default="cpu-demo")
+    p.add_argument("--preset", choices=sorted(EXPRESSION_PRESETS), default=None,
+                   help="default cpu-demo; with --resume and a checkpoint in --out: the run's own settings")
     p.add_argument("--data", required=True, help="prepared dataset folder (posed records with correspondences)")
     p.add_argument("--identity", required=True, help="checkpoint.pt of an `npht train identity` run")
     p.add_argument("--identity-data", default=None,
@@ -348,7 +357,7 @@ def train_expression_main(args) -> int:
             over[a] = getattr(args, a)
     if args.no_progress:
         over["progress"] = False
-    cfg = ExpressionConfig.preset(args.preset, **over)
+    cfg = resume_or_preset_config(ExpressionConfig, args, over, "cpu-demo")
     trainer = ExpressionTrainer(cfg, args.data, args.identity, args.out, resume=args.resume,
                                 identity_data_root=args.identity_data)
     trainer.train(max_steps=args.max_steps)

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointedRun
+from .checkpoint import CheckpointedRun, resume_or_preset_config
 from .runlog import train_loop
 from .config import PRESETS, TrainConfig
 from .losses import (discriminator_loss, edr_perturbation, identity_losses,
@@ -518,7 +518,8 @@ def resample_maps(maps: torch.Tensor, masks: torch.Tensor, resolution: int):
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """``npht train identity --preset P --data DIR --out DIR [--resume] [--epochs ...]``."""
     p = subparsers.add_parser("identity", help="train the identity model")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu-demo")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="default cpu-demo; with --resume and a checkpoint in --out: the run's own settings")
     p.add_argument("--data", required=True, help="prepared dataset folder")
     p.add_argument("--out", required=True, help="output folder (log, images, checkpoint)")
     p.add_argument("--resume", action="store_true")
@@ -547,7 +548,7 @@ def train_identity_main(args) -> int:
         over["bf16"] = True
     if args.no_progress:
         over["progress"] = False
-    cfg = TrainConfig.preset(args.preset, **over)
+    cfg = resume_or_preset_config(TrainConfig, args, over, "cpu-demo")
     device, started = setup_distributed(cfg.device)   # torchrun: process group, LOCAL_RANK's GPU
     try:
         trainer = IdentityTrainer(cfg.replace(device=device), args.data, args.out, resume=args.resume)

@@ -86,8 +86,7 @@ def read_identity_checkpoint(path: str, map_location="cpu") -> Tuple[TrainConfig
         raise ValueError(f"{path!r} is not an identity-model checkpoint (written by `npht train identity`: "
                          "a dict with 'config' and 'model')")
     try:
-        # checkpoints written before the NPHM skip layout existed have the old one
-        cfg = TrainConfig.from_dict({"npm_skip_shrink": False, **s["config"]})
+        cfg = TrainConfig.from_saved(s["config"])
     except TypeError as e:
         raise ValueError(f"{path!r}: its 'config' is not an identity TrainConfig ({e})") from None
     return cfg, s
@@ -117,7 +116,7 @@ def load_expression(path: str, device="cpu") -> TrainedExpression:
     s = _read(path, "cpu", "expression")
     if not isinstance(s, dict) or "expression_keys" not in s or "model" not in s:
         raise ValueError(f"{path!r} is not an expression-model checkpoint (written by `npht train expression`)")
-    cfg = ExpressionConfig.from_dict({"skip_shrink": False, **s["config"]})  # older checkpoints: old layout
+    cfg = ExpressionConfig.from_saved(s["config"])  # older checkpoints: their layout
     z_id = s["z_id"]
     keys = [tuple(k) for k in s["expression_keys"]]
     model = ExpressionModel(z_id.shape[1], cfg.z_ex_dim, cfg.hidden, cfg.layers, cfg.skip,

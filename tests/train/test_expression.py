@@ -172,6 +172,11 @@ def test_cli_trains_and_resumes(data_root, identity_ckpt, tmp_path):
     assert s["global_step"] == 5 and s["config"]["batch_size"] == 2
     with open(os.path.join(out, "log.csv")) as f:
         assert [r["step"] for r in csv.DictReader(f)] == ["1", "2", "3", "4", "5"]
+    # without --preset a resume takes the run's own settings (batch size 2 here)
+    no_preset = [a for a in args[:-5] if a not in ("--preset", "cpu-demo")]
+    assert main(no_preset + ["--max-steps", "1", "--no-progress", "--resume"]) == 0
+    s = load_checkpoint(os.path.join(out, "checkpoint.pt"))
+    assert s["global_step"] == 6 and s["config"]["batch_size"] == 2
 
 
 def test_wrong_identity_checkpoints(data_root, identity_ckpt, tmp_path, capsys):

@@ -241,3 +241,38 @@ def test_resume_from_a_single_group_optimizer_state(data_root, tmp_path):
     b.train(max_steps=1)  # optimiser and scheduler step with the split groups
     assert b.global_step == a.global_step + 1
     assert [g["lr"] for g in b.opt.param_groups] == [g["lr"] for g in a.opt.param_groups]
+
+
+def test_resume_refuses_other_settings_and_the_cli_takes_the_runs_own(data_root, tmp_path, capsys):
+    """A resumed run must train what the checkpoint trained: other model or loss settings are
+    a clear error (how it runs may change: stages, device, checkpoint cadence); `npht train
+    identity --resume` without --preset continues with the checkpoint's own settings, also
+    for a checkpoint written before npm_skip_shrink existed (the old NPM layout)."""
+    from npht.cli import main
+    from npht.train.checkpoint import load_checkpoint, save_atomic
+
+    out = tmp_path / "run"
+    IdentityTrainer(_cfg(decoder_hidden=24), data_root, out).train(max_steps=2)
+    with pytest.raises(ValueError, match=r"cannot resume .*decoder_hidden=24 \(this run: 32\)"):
+        IdentityTrainer(_cfg(), data_root, out, resume=True)
+    more = IdentityTrainer(_cfg((9, 9, 9), decoder_hidden=24, ckpt_every=5), data_root, out, resume=True)
+    assert more.global_step == 2
+    # the CLI: no --preset -> the run's settings (a cpu-demo preset would differ in decoder_hidden)
+    args = ["train", "identity", "--data", data_root, "--out", str(out), "--max-steps", "1", "--no-progress"]
+    assert main(args + ["--resume"]) == 0
+    s = load_checkpoint(str(out / "checkpoint.pt"))
+    assert s["global_step"] == 3 and s["config"]["decoder_hidden"] == 24
+    capsys.readouterr()
+    assert main(args + ["--resume", "--preset", "cpu-demo"]) == 2
+    assert "decoder_hidden=24 (this run: 32)" in capsys.readouterr().err
+    # an NPM run from before the NPHM skip layout resumes with its layout
+    npm = tmp_path / "npm"
+    IdentityTrainer(TrainConfig.preset("npm", z_dim=8, npm_hidden=32, npm_layers=6, npm_skip_shrink=False,
+                                       progress=False, ckpt_every=0, image_every=0, stage_epochs=(5, 5, 5)),
+                    data_root, npm).train(max_steps=1)
+    s = load_checkpoint(str(npm / "checkpoint.pt"))
+    del s["config"]["npm_skip_shrink"]
+    save_atomic(s, str(npm / "checkpoint.pt"))
+    assert main(["train", "identity", "--data", data_root, "--out", str(npm), "--max-steps", "1", "--no-progress",
+                 "--resume"]) == 0
+    assert load_checkpoint(str(npm / "checkpoint.pt"))["global_step"] == 2
