@@ -17,6 +17,7 @@ import torch
 __all__ = [
     "Cameras",
     "intrinsics_from_fov",
+    "intrinsics_from_focal",
     "look_at",
     "fibonacci_sphere",
     "fibonacci_cameras",
@@ -127,6 +128,22 @@ def intrinsics_from_fov(fov_degrees: float, height: int, width: Optional[int] = 
         raise ValueError(f"fov_degrees must be in (0, 180), got {fov_degrees!r}")
     f = 0.5 * height / math.tan(math.radians(fov_degrees) / 2)
     K = torch.tensor([[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]], dtype=dtype, device=device)
+    return K.expand(batch, 3, 3).clone()
+
+
+def intrinsics_from_focal(fx: float, height: int, width: Optional[int] = None, *, fy: Optional[float] = None,
+                          cx: Optional[float] = None, cy: Optional[float] = None, batch: int = 1,
+                          dtype=torch.float32, device=None) -> torch.Tensor:
+    """``K [batch, 3, 3]`` from focal lengths in pixels (``fy`` default ``fx``) and the
+    principal point (default the image centre, ``(width / 2, height / 2)`` in the pixel-centre
+    convention of :func:`generate_rays`)."""
+    width = height if width is None else width
+    fy = fx if fy is None else fy
+    if not (fx > 0 and fy > 0 and math.isfinite(fx) and math.isfinite(fy)):
+        raise ValueError(f"focal lengths must be positive and finite, got fx={fx!r}, fy={fy!r}")
+    cx = width / 2 if cx is None else cx
+    cy = height / 2 if cy is None else cy
+    K = torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=dtype, device=device)
     return K.expand(batch, 3, 3).clone()
 
 

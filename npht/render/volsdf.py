@@ -93,7 +93,9 @@ class VolSDFRenderer:
             build the graph itself when grad is on.
         backend: backend of the fused compositing op.
         chunk: points per SDF call in the no-grad passes; ``ray_chunk``: without grad, rays
-            are rendered in chunks of this many per batch element (inference memory).
+            are rendered in chunks of this many per batch element (inference memory; the
+            sampler stops its rounds when all rays of a chunk converge, VolSDF's batch-wide
+            rule, so chunked renders match whole ones to the sampler's accuracy, not bitwise).
     """
 
     density: Optional[LaplaceDensity] = None

@@ -3,8 +3,9 @@ import math
 import pytest
 import torch
 
-from npht.render import (Cameras, fibonacci_cameras, fibonacci_sphere, generate_rays, intrinsics_from_fov,
-                         look_at, near_frontal_cameras, ray_sphere_bounds, world_normals_to_camera)
+from npht.render import (Cameras, fibonacci_cameras, fibonacci_sphere, generate_rays, intrinsics_from_focal,
+                         intrinsics_from_fov, look_at, near_frontal_cameras, ray_sphere_bounds,
+                         world_normals_to_camera)
 
 
 def test_project_unproject_roundtrip():
@@ -113,3 +114,20 @@ def test_image_orientation():
     pix = cams.project(torch.tensor([[[0.0, 0.3, 0.0], [0.3, 0.0, 0.0]]]))
     assert pix[0, 0, 1] < 32 and abs(pix[0, 0, 0] - 32) < 1e-4
     assert pix[0, 1, 0] > 32 and abs(pix[0, 1, 1] - 32) < 1e-4
+
+
+def test_intrinsics_from_focal():
+    K = intrinsics_from_focal(120.0, 64, 48)
+    torch.testing.assert_close(K[0], torch.tensor([[120.0, 0.0, 24.0], [0.0, 120.0, 32.0], [0.0, 0.0, 1.0]]))
+    # the same K as a field of view: f = (H / 2) / tan(fov / 2)
+    fov = 2 * math.degrees(math.atan(32 / 120.0))
+    torch.testing.assert_close(K, intrinsics_from_fov(fov, 64, 48))
+    K2 = intrinsics_from_focal(100.0, 8, fy=90.0, cx=3.0, cy=5.0, batch=2, dtype=torch.float64)
+    assert K2.shape == (2, 3, 3) and K2.dtype == torch.float64
+    assert K2[1, 0, 0] == 100.0 and K2[1, 1, 1] == 90.0 and K2[1, 0, 2] == 3.0 and K2[1, 1, 2] == 5.0
+    # a point on the optical axis projects to the principal point
+    cams = Cameras(K2, look_at(torch.tensor([[0.0, 0.0, 2.0]]).double()).expand(2, 4, 4), 8, 8)
+    torch.testing.assert_close(cams.project(torch.zeros(2, 1, 3, dtype=torch.float64))[0, 0, :2],
+                               torch.tensor([3.0, 5.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="focal lengths must be positive and finite"):
+        intrinsics_from_focal(0.0, 8)
