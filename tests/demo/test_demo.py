@@ -148,6 +148,18 @@ def test_eval_posed_scans_with_an_expression_model(demo, tmp_path, capsys):
     import trimesh
     name = f"{posed[0]['identity']}_{posed[0]['expression']}"
     assert len(trimesh.load(tmp_path / "meshes" / f"{name}_TP_posed.ply").faces) > 0
+    # the thesis' two steps by default (joint fit, then z_ex alone); the joint fit only on request:
+    # the same neutral rows, other posed ones
+    assert result["settings"]["refine_expression"] is True
+    rc = cli_main(["eval", "--data", os.path.join(out, "data"), "--model", f"TP={runs}/tp/checkpoint.pt",
+                   "--model", f"NPM={runs}/npm/checkpoint.pt", "--expression", f"TP={runs}/expression/checkpoint.pt",
+                   "--out", str(tmp_path / "joint"), "--mesh-resolution", "24", "--metric-points", "2000",
+                   "--scan-points", "300", "--iterations", "8", "--no-progress", "--no-expression-refine"])
+    with open(tmp_path / "joint" / "eval.json") as f:
+        joint = json.load(f)
+    assert rc == 0 and joint["settings"]["refine_expression"] is False
+    assert joint["methods"]["TP"] == result["methods"]["TP"]
+    assert joint["methods"]["TP posed"] != result["methods"]["TP posed"]
     # an expression model for a method that is not evaluated
     assert cli_main(["eval", "--data", os.path.join(out, "data"), "--model", f"TP={runs}/tp/checkpoint.pt",
                      "--expression", f"NPM={runs}/expression/checkpoint.pt", "--out", str(tmp_path / "x"),
