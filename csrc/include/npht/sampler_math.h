@@ -162,10 +162,12 @@ NPHT_HD void upsample_ray(const S* z, const S* sdf, S beta, const S* u, S* out, 
   // pass 2: the CDF of the normalised pdf, in place
   double run = 0.0;
   cdf[0] = 0.0;
+  // capped at 1 and ending at exactly 1 (as the reference): u = 1 lands on the same
+  // interval whatever the summation order
   for (int64_t i = 1; i < n; ++i) {
     run += cdf[i] / total;
-    cdf[i] = run < 1.0 ? run : 1.0;  // capped at 1, the last entry exactly 1: u = 1 lands
-  }                                  // on the same interval whatever the summation order
+    cdf[i] = run < 1.0 ? run : 1.0;
+  }
   if (n > 1) cdf[n - 1] = 1.0;
   // inverse CDF per quantile
   for (int64_t j = 0; j < k; ++j) {
