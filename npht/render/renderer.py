@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 
 from npht.reference.render import composite
-from npht.render.cameras import Cameras, generate_rays, ray_sphere_bounds, world_normals_to_camera
+from npht.render.cameras import Cameras, _shape, generate_rays, ray_sphere_bounds, world_normals_to_camera
 from npht.render.density import LaplaceDensity
 from npht.render.sampler import ErrorBoundSampler
 
@@ -63,11 +63,7 @@ def probe_sdf_batch(sdf_fn: Callable, like: torch.Tensor, B: int) -> None:
         probe = sdf_fn(like.new_zeros(B, 2, 3))
     if not isinstance(probe, torch.Tensor) or tuple(probe.shape) != (B, 2):
         raise ValueError(f"sdf_fn must map points [B, N, 3] to [B, N] with B = {B} (one shape per "
-                         f"camera); for points [{B}, 2, 3] it returned {_shape_of(probe)}")
-
-
-def _shape_of(t) -> str:
-    return str(tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t).__name__
+                         f"camera); for points [{B}, 2, 3] it returned {_shape(probe)}")
 
 
 def render_reference(sdf_fn: Callable, cameras: Cameras, density: LaplaceDensity,
