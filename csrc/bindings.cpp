@@ -46,6 +46,13 @@
 //   knn_query  query [N, 3], points, bounds, leaf_start (one device: cpu or cuda) ->
 //              (dist [N] float64 Euclidean, index [N] int64 into points): exact; among equally
 //              near points the smallest index into points
+//
+// Fused MLP backward, elementwise steps (npht/ops/mlp.py; math in
+// csrc/include/npht/softplus_math.h), in place; all tensors one dtype (float32 or float64),
+// contiguous, [M, W] except w [W]; s', s'' the softplus(beta, threshold) derivatives of h:
+//   softplus_adjoint_      ebar <- ebar s'(h);  d <- ebar d s''(h), or ebar w s''(h) with w
+//                          (broadcast over rows; d's contents are then ignored)
+//   softplus_backward_add_ acc <- acc + grad s'(h)
 #include <Python.h>
 #include <torch/library.h>
 
@@ -78,6 +85,10 @@ TORCH_LIBRARY(npht_C, m) {
   m.def("eb_merge(Tensor z, Tensor samples) -> (Tensor, Tensor)");
   m.def("knn_build(Tensor ref, int leaf_size) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("knn_query(Tensor query, Tensor points, Tensor bounds, Tensor leaf_start) -> (Tensor, Tensor)");
+  m.def(
+      "softplus_adjoint_(Tensor(a!) ebar, Tensor(b!) d, Tensor h, Tensor? w, float beta, float threshold) "
+      "-> ()");
+  m.def("softplus_backward_add_(Tensor(a!) acc, Tensor grad, Tensor h, float beta, float threshold) -> ()");
 }
 
 static std::string build_info() {

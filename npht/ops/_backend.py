@@ -53,6 +53,7 @@ _MODULES = {
     "triplane": ("npht.kernels.triplane", "npht.reference.triplane"),
     "composite": ("npht.kernels.composite", "npht.reference.render"),
     "sampler": ("npht.kernels.sampler", "npht.reference.sampler"),
+    "mlp": ("npht.kernels.mlp", "npht.reference.mlp"),
 }
 
 

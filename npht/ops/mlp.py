@@ -17,14 +17,18 @@ per node. Here the three passes are explicit:
 
 Only the pre-activations ``h_l`` are kept (one ``[M, width]`` tensor per hidden layer),
 or nothing at all with ``checkpoint=True``. The backward runs in chunks of ``chunk_size``
-rows: it recomputes the chunk's reverse-pass vectors ``d_l`` (and with ``checkpoint``
-its pre-activations), so its working memory is a few chunk-sized temporaries whatever
-the number of points.
+rows: it recomputes the chunk's reverse-pass vectors ``d_l`` and ``e_l`` (and with
+``checkpoint`` its pre-activations), so its working memory is a few chunk-sized
+temporaries whatever the number of points.
 
 Per hidden layer the math needs six GEMMs (forward, reverse, and four in the backward);
 the chunked backward adds one (the reverse pass again), ``checkpoint`` one more. In
 float32 the time is bounded by these GEMMs; the win over autograd is the memory and the
-elementwise work. ``softplus`` follows
+elementwise work. The backward's elementwise steps run as two fused kernels per layer
+(``backend``: cpu, cuda, triton; csrc/include/npht/softplus_math.h): the sweep up's
+``(hbar_l, dbar_l) = (ebar_l d_l s''(h_l), ebar_l s'(h_l))`` from one exponential, in place
+(three arrays read, two written, where the PyTorch sequence made about eighteen passes), and
+the sweep down's ``hbar_l += abar_l s'(h_l)``. ``softplus`` follows
 ``F.softplus(h, beta, threshold)`` exactly, including its linear branch above
 ``threshold`` (first derivative 1, second derivative 0 there).
 
@@ -34,10 +38,13 @@ Registered with torch.library: ``npht::softplus_mlp_grad`` (forward, its autogra
 
 from __future__ import annotations
 
+import numbers
 from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from ._backend import kernels, resolve_backend
 
 __all__ = ["softplus_mlp_with_grad"]
 
@@ -50,29 +57,33 @@ def _sp1(g: torch.Tensor, h: torch.Tensor, beta: float, threshold: float) -> tor
     return torch.ops.aten.softplus_backward(g, h, beta, threshold)
 
 
-def _sp2_(g: torch.Tensor, h: torch.Tensor, beta: float, threshold: float) -> torch.Tensor:
-    """``g * softplus''(h)``, written into ``g`` (a temporary of ours): ``beta s (1 - s)``
-    with ``s = sigmoid(beta h)``, 0 where ``beta * h >= threshold`` (torch's rule)."""
-    sig = h * beta
-    linear = sig >= threshold
-    torch.sigmoid_(sig)
-    torch.ops.aten.sigmoid_backward.grad_input(g, sig, grad_input=g)
-    return g.mul_(beta).masked_fill_(linear, 0.0)
-
-
-def _reverse(hs, weights, beta, threshold, keep: bool):
-    """Reverse pass over the rows of hs: ``g = d_{-1}`` and, with ``keep``, the
-    intermediate ``d_l`` (l = 0 .. L-3; ``d_{L-2}`` is the output row)."""
+def _reverse(hs, weights, beta, threshold):
+    """Reverse pass over the rows of hs: ``g = d_{-1}``."""
     d = weights[-1][0]  # d_{L-2}: the output row, broadcast over the rows
-    ds = []
+    for l in range(len(weights) - 2, -1, -1):
+        d = _sp1(d, hs[l], beta, threshold) @ weights[l]
+    return d
+
+
+def _reverse_kept(hs, weights, beta, threshold, keep_e: bool):
+    """The reverse pass again, for the backward: ``(ds, es)`` with ``ds[l] = d_l``
+    (l = 0 .. L-3; ``d_{L-2}`` is the output row) and, with ``keep_e``, ``es[l] = e_l =
+    d_l s'(h_l)`` (l = 0 .. L-2: the weight gradients' left factors), else an empty list.
+    ``g`` itself is not needed and not computed."""
+    d = weights[-1][0]
+    ds, es = [], []
     for l in range(len(weights) - 2, -1, -1):
         e = _sp1(d, hs[l], beta, threshold)
+        if keep_e:
+            es.append(e)
+        if l == 0:
+            break
         d = e @ weights[l]
         del e
-        if keep and l > 0:
-            ds.append(d)
+        ds.append(d)
     ds.reverse()
-    return d, ds
+    es.reverse()
+    return ds, es
 
 
 def _forward_rows(x, weights, biases, beta, threshold, h_out=None):
@@ -89,34 +100,36 @@ def _forward_rows(x, weights, biases, beta, threshold, h_out=None):
         a = F.softplus(h, beta, threshold)
     y = torch.addmm(biases[-1], a, weights[-1].t()).squeeze(-1)
     del a
-    g, _ = _reverse(hs, weights, beta, threshold, keep=False)
+    g = _reverse(hs, weights, beta, threshold)
     return y, g, hs
 
 
-def _backward_rows(gy, gg, x, weights, hs, beta, threshold, gW, gb, need_x):
+def _backward_rows(gy, gg, x, weights, hs, beta, threshold, gW, gb, need_x, k):
     """Accumulate the rows' weight/bias gradients into gW, gb; return grad_x (or None).
-    Working memory: the rows' reverse-pass vectors (recomputed, then overwritten by the
-    adjoint contributions) and a few temporaries of the rows' size."""
+    ``k``: the module of the elementwise kernels (npht_C, npht.kernels.mlp or the
+    reference). Working memory: the rows' reverse-pass vectors (recomputed, then overwritten
+    in place by the adjoint contributions) and a few temporaries of the rows' size."""
     L = len(weights)
     w_out = weights[-1][0]
     h_adj: List[Optional[torch.Tensor]] = [None] * (L - 1)
     if gg is not None:  # sweep up: adjoint of the reverse pass
-        _, ds = _reverse(hs, weights, beta, threshold, keep=True)
+        ds, es = _reverse_kept(hs, weights, beta, threshold, keep_e=gW is not None)
         dbar = gg
         for l in range(L - 1):
-            d_l = ds[l] if l < L - 2 else w_out.expand_as(hs[l])
+            last = l == L - 2  # d_{L-2} is the output row w_out, broadcast
             if gW is not None:
-                gW[l].addmm_(_sp1(d_l, hs[l], beta, threshold).t(), dbar)
+                gW[l].addmm_(es[l].t(), dbar)
+                es[l] = None
             ebar = dbar @ weights[l].t()
             del dbar
-            # hbar contribution ebar * d_l * s''(h_l), in d_l's buffer when it is ours
-            h_adj[l] = _sp2_(ds[l].mul_(ebar) if l < L - 2 else ebar * w_out, hs[l], beta, threshold)
-            del d_l
-            dbar = _sp1(ebar, hs[l], beta, threshold)
-            del ebar
+            # in place: h_adj = ebar * d_l * s''(h_l) (into d_l's buffer), ebar <- ebar * s'(h_l)
+            d_l = torch.empty_like(ebar) if last else ds[l]
+            k.softplus_adjoint_(ebar, d_l, hs[l], w_out if last else None, beta, threshold)
+            h_adj[l], dbar = d_l, ebar
+            del d_l, ebar
         if gW is not None:
             gW[-1][0].add_(dbar.sum(0))
-        del dbar, ds
+        del dbar, ds, es
     abar = None
     if gy is not None:  # output layer
         if gW is not None:
@@ -126,11 +139,12 @@ def _backward_rows(gy, gg, x, weights, hs, beta, threshold, gW, gb, need_x):
     for l in range(L - 2, -1, -1):  # sweep down: adjoint of the forward pass
         if abar is None:
             hbar = h_adj[l]
-        else:
+        elif h_adj[l] is None:
             hbar = _sp1(abar, hs[l], beta, threshold)
-            del abar
-            if h_adj[l] is not None:
-                hbar.add_(h_adj[l])
+        else:  # hbar = h_adj + abar * s'(h_l), in h_adj's buffer
+            hbar = h_adj[l]
+            k.softplus_backward_add_(hbar, abar, hs[l], beta, threshold)
+        del abar
         h_adj[l] = None
         if gW is not None:
             a_prev = x if l == 0 else F.softplus(hs[l - 1], beta, threshold)
@@ -154,6 +168,7 @@ def _mlp_grad_op(
     threshold: float,
     save: bool,
     chunk: int,
+    backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:
     M = x.shape[0]
     hs = [x.new_empty(M, w.shape[0]) for w in weights[:-1]] if save else []
@@ -170,7 +185,7 @@ def _mlp_grad_op(
 
 
 @_mlp_grad_op.register_fake
-def _(x, weights, biases, beta, threshold, save, chunk):
+def _(x, weights, biases, beta, threshold, save, chunk, backend):
     M = x.shape[0]
     hs = [x.new_empty(M, w.shape[0]) for w in weights[:-1]] if save else []
     return x.new_empty(M), x.new_empty(x.shape), hs
@@ -189,8 +204,10 @@ def _mlp_grad_backward_op(
     chunk: int,
     need_x: bool,
     need_params: bool,
+    backend: str,
 ) -> tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
     M = x.shape[0]
+    k = kernels(backend, "mlp")
     gW = [torch.zeros_like(w) for w in weights] if need_params else None
     gb = [torch.zeros_like(b) for b in biases] if need_params else None
     gx = torch.zeros_like(x) if need_x else x.new_empty(0)
@@ -204,7 +221,7 @@ def _mlp_grad_backward_op(
                 _, _, hr = _forward_rows(xr, weights, biases, beta, threshold)
             gyr = None if grad_y is None else grad_y[r0:r1]
             ggr = None if grad_g is None else grad_g[r0:r1]
-            gxr = _backward_rows(gyr, ggr, xr, weights, hr, beta, threshold, gW, gb, need_x)
+            gxr = _backward_rows(gyr, ggr, xr, weights, hr, beta, threshold, gW, gb, need_x, k)
             if need_x:
                 gx[r0:r1] = gxr
             del hr, gxr
@@ -214,7 +231,7 @@ def _mlp_grad_backward_op(
 
 
 @_mlp_grad_backward_op.register_fake
-def _(grad_y, grad_g, x, weights, biases, hs, beta, threshold, chunk, need_x, need_params):
+def _(grad_y, grad_g, x, weights, biases, hs, beta, threshold, chunk, need_x, need_params, backend):
     gx = x.new_empty(x.shape) if need_x else x.new_empty(0)
     if need_params:
         return gx, [w.new_empty(w.shape) for w in weights], [b.new_empty(b.shape) for b in biases]
@@ -222,13 +239,14 @@ def _(grad_y, grad_g, x, weights, biases, hs, beta, threshold, chunk, need_x, ne
 
 
 def _setup_context(ctx, inputs, output):
-    x, weights, biases, beta, threshold, save, chunk = inputs
+    x, weights, biases, beta, threshold, save, chunk, backend = inputs
     _, _, hs = output
     ctx.save_for_backward(x, *weights, *biases, *hs)
     ctx.n_layers = len(weights)
     ctx.args = (float(beta), float(threshold), int(chunk))
     ctx.need_x = x.requires_grad
     ctx.need_params = any(t.requires_grad for t in (*weights, *biases))
+    ctx.backend = backend
 
 
 def _usable(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -241,18 +259,38 @@ def _backward(ctx, grad_y, grad_g, _grad_hs):
     weights, biases, hs = list(rest[:L]), list(rest[L:2 * L]), list(rest[2 * L:])
     gx, gW, gb = torch.ops.npht.softplus_mlp_grad_backward(
         _usable(grad_y), _usable(grad_g), x, weights, biases, hs, *ctx.args,
-        ctx.need_x, ctx.need_params,
+        ctx.need_x, ctx.need_params, ctx.backend,
     )
     gx = gx if ctx.need_x else None
     if not ctx.need_params:  # list inputs take a list of Nones
         gW, gb = [None] * L, [None] * L
-    return gx, gW, gb, None, None, None, None
+    return gx, gW, gb, None, None, None, None, None
 
 
 _mlp_grad_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 # ---- public function --------------------------------------------------------------------
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+def _resolve(backend: str, x: torch.Tensor) -> str:
+    """The backend of the backward's elementwise kernels: ``auto`` picks as the other ops do
+    (cuda > triton > reference on a GPU, cpu on the CPU) and falls back to the reference for
+    dtypes the kernels do not take; a backend named explicitly must take x's dtype."""
+    resolved = resolve_backend(backend, x.device)
+    if resolved != "reference" and x.dtype not in KERNEL_DTYPES:
+        if backend != "auto":
+            raise TypeError(f"backend={backend!r} runs float32 and float64 MLPs, got {x.dtype}; "
+                            "use backend='reference' (or 'auto', which falls back to it)")
+        resolved = "reference"
+    return resolved
 
 
 def _check(x, weights, biases, beta, threshold, chunk_size):
@@ -286,8 +324,10 @@ def _check(x, weights, biases, beta, threshold, chunk_size):
         fan_in = w.shape[0]
     if fan_in != 1:
         raise ValueError(f"the last layer must have one output (a scalar field), got {fan_in}")
-    if not beta > 0:
-        raise ValueError(f"beta must be positive, got {beta!r}")
+    if not (_is_real(beta) and 0 < beta < float("inf")):
+        raise ValueError(f"beta must be a finite positive number, got {beta!r}")
+    if not (_is_real(threshold) and threshold == threshold):
+        raise ValueError(f"threshold must be a real number (not NaN), got {threshold!r}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     return weights, biases
@@ -302,6 +342,7 @@ def softplus_mlp_with_grad(
     threshold: float = 20.0,
     checkpoint: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
+    backend: str = "auto",
 ):
     """Value and input gradient of a softplus MLP with one output.
 
@@ -313,6 +354,11 @@ def softplus_mlp_with_grad(
         checkpoint: keep nothing for the backward and recompute it in chunks of
             ``chunk_size`` rows (memory independent of the number of points). Also used
             whenever grad mode is off.
+        backend: the elementwise kernels of the backward (the softplus derivatives fused
+            into one pass per layer and sweep): ``"auto"`` (cuda, else triton on a GPU;
+            cpu on the CPU; float16/bfloat16 take the reference), ``"cuda"``,
+            ``"triton"``, ``"cpu"`` (float32/float64) or ``"reference"`` (PyTorch ops).
+            The matrix products are torch's in every case.
 
     Returns:
         ``(y [...], dy_dx [..., D0])``, both differentiable (once) w.r.t. ``x``, the
@@ -320,6 +366,7 @@ def softplus_mlp_with_grad(
         into all of them. Matches :func:`npht.reference.softplus_mlp_with_grad`.
     """
     weights, biases = _check(x, weights, biases, beta, threshold, chunk_size)
+    backend = _resolve(backend, x)
     lead, D0 = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, D0).contiguous()
     needs_grad = torch.is_grad_enabled() and (
@@ -327,6 +374,6 @@ def softplus_mlp_with_grad(
     )
     y, g, _ = torch.ops.npht.softplus_mlp_grad(
         x2, weights, biases, float(beta), float(threshold), needs_grad and not checkpoint,
-        int(chunk_size),
+        int(chunk_size), backend,
     )
     return y.reshape(lead), g.reshape(*lead, D0)

@@ -32,3 +32,36 @@ def softplus_mlp_with_grad(x: torch.Tensor, weights: Sequence[torch.Tensor],
         y = softplus_mlp(xr, weights, biases, beta, threshold)
         (g,) = torch.autograd.grad(y.sum(), xr, create_graph=create)
     return (y, g) if create else (y.detach(), g.detach())
+
+
+# ---- the fused MLP backward's elementwise steps, in PyTorch ops ----------------------------
+# The raw-kernel contract of csrc/bindings.cpp (npht_C::softplus_adjoint_ and
+# softplus_backward_add_), implemented by the unfused sequence the cpu/cuda/triton kernels
+# replace: the reference backend of npht.softplus_mlp_with_grad, and what runs for dtypes the
+# kernels do not take (float16, bfloat16).
+
+
+def softplus_second_(g: torch.Tensor, h: torch.Tensor, beta: float, threshold: float) -> torch.Tensor:
+    """``g * softplus''(h)``, written into ``g``: ``beta s (1 - s)`` with ``s = sigmoid(beta h)``,
+    0 where ``beta * h >= threshold`` (torch's double backward of softplus)."""
+    sig = h * beta
+    linear = sig >= threshold
+    torch.sigmoid_(sig)
+    torch.ops.aten.sigmoid_backward.grad_input(g, sig, grad_input=g)
+    return g.mul_(beta).masked_fill_(linear, 0.0)
+
+
+def softplus_adjoint_(ebar: torch.Tensor, d: torch.Tensor, h: torch.Tensor, w, beta: float,
+                      threshold: float) -> None:
+    """In place: ``d <- ebar * d * s''(h)`` (``ebar * w * s''(h)`` when the row ``w`` is given;
+    d's contents are then ignored), then ``ebar <- ebar * s'(h)``."""
+    if w is not None:
+        d.copy_(w.expand_as(d))
+    softplus_second_(d.mul_(ebar), h, beta, threshold)
+    torch.ops.aten.softplus_backward.grad_input(ebar, h, beta, threshold, grad_input=ebar)
+
+
+def softplus_backward_add_(acc: torch.Tensor, grad: torch.Tensor, h: torch.Tensor, beta: float,
+                           threshold: float) -> None:
+    """In place: ``acc <- acc + grad * s'(h)``."""
+    acc.add_(torch.ops.aten.softplus_backward(grad, h, beta, threshold))

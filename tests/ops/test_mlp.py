@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import npht
+from _backends import backend_device, require_backend  # noqa: F401
 from npht.reference import softplus_mlp_with_grad as reference
 
 
@@ -134,15 +135,18 @@ def test_third_derivative_is_an_error():
         torch.autograd.grad(gx.sum(), x)
 
 
-def test_opcheck():
+def test_opcheck(backend, device):
     weights, biases = make_mlp((4, 6, 6, 1), dtype=torch.float32)
-    x = torch.randn(9, 4, requires_grad=True)
+    weights = [w.detach().to(device).requires_grad_() for w in weights]
+    biases = [b.detach().to(device).requires_grad_() for b in biases]
+    x = torch.randn(9, 4, device=device, requires_grad=True)
     for save in (True, False):
         torch.library.opcheck(torch.ops.npht.softplus_mlp_grad.default,
-                              (x, weights, biases, 100.0, 20.0, save, 4))
-    y, g, hs = torch.ops.npht.softplus_mlp_grad(x, weights, biases, 100.0, 20.0, True, 4)
-    args = (torch.randn(9), torch.randn(9, 4), x.detach(), [w.detach() for w in weights],
-            [b.detach() for b in biases], [h.detach() for h in hs], 100.0, 20.0, 4, True, True)
+                              (x, weights, biases, 100.0, 20.0, save, 4, backend))
+    y, g, hs = torch.ops.npht.softplus_mlp_grad(x, weights, biases, 100.0, 20.0, True, 4, backend)
+    args = (torch.randn(9, device=device), torch.randn(9, 4, device=device), x.detach(),
+            [w.detach() for w in weights], [b.detach() for b in biases], [h.detach() for h in hs],
+            100.0, 20.0, 4, True, True, backend)
     torch.library.opcheck(torch.ops.npht.softplus_mlp_grad_backward.default, args)
     args_ckpt = args[:5] + ([],) + args[6:]
     torch.library.opcheck(torch.ops.npht.softplus_mlp_grad_backward.default, args_ckpt)
@@ -184,7 +188,183 @@ def test_errors():
         f(x.long(), weights, biases)
     with pytest.raises(ValueError, match="one output"):
         f(x, [weights[0], torch.randn(2, 6)], [biases[0], torch.zeros(2)])
-    with pytest.raises(ValueError, match="beta must be positive"):
-        f(x, weights, biases, beta=0.0)
+    for bad in (0.0, -1.0, float("inf"), float("nan"), True, "100"):
+        with pytest.raises(ValueError, match="beta must be a finite positive number"):
+            f(x, weights, biases, beta=bad)
+    with pytest.raises(ValueError, match="threshold must be a real number"):
+        f(x, weights, biases, threshold=float("nan"))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        f(x, weights, biases, backend="gpu")
+    with pytest.raises(ValueError, match="backend='cuda' needs CUDA tensors"):
+        f(x, weights, biases, backend="cuda")
+    half = [w.to(torch.bfloat16) for w in weights], [b.to(torch.bfloat16) for b in biases]
+    with pytest.raises(TypeError, match="backend='cpu' runs float32 and float64 MLPs"):
+        f(x.to(torch.bfloat16), *half, backend="cpu")
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         f(x, weights, biases, chunk_size=0)
+
+
+# ---- the backward's elementwise kernels, per backend -----------------------------------------
+
+
+@pytest.mark.parametrize("mode", MODES[:3], ids=["saved", "saved-chunked", "checkpoint"])
+@pytest.mark.parametrize("upstream", ["both", "g"])
+def test_backends_match_autograd_reference(backend, device, mode, upstream):
+    """Each backend of the fused elementwise kernels, float64, against autograd's double
+    backward; an odd width (33) and a row count that is not a multiple of any block."""
+    dims = (35, 33, 17, 1)
+    gen = torch.Generator().manual_seed(2)
+    weights, biases = make_mlp(dims, scale=3.0)
+    weights = [w.detach().to(device).requires_grad_() for w in weights]
+    biases = [b.detach().to(device).requires_grad_() for b in biases]
+    x = torch.randn(1151, dims[0], generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    gy = torch.randn(1151, generator=gen, dtype=torch.float64).to(device) if upstream == "both" else None
+    gg = torch.randn(1151, dims[0], generator=gen, dtype=torch.float64).to(device)
+    for beta in (100.0, 2.0):
+        y0, g0, r0 = loss_grads(lambda: reference(x, weights, biases, beta), x, weights, biases, gy, gg)
+        y1, g1, r1 = loss_grads(
+            lambda: npht.softplus_mlp_with_grad(x, weights, biases, beta=beta, backend=backend, **mode),
+            x, weights, biases, gy, gg)
+        torch.testing.assert_close(y1, y0, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g1, g0, rtol=1e-12, atol=1e-12)
+        for a, b in zip(r1, r0):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_backends_agree_in_float32(backend, device):
+    """float32: the backend's gradients within float32 rounding of the reference backend's
+    (the kernels compute s' and s'' from one exponential, the reference from two)."""
+    weights, biases = make_mlp((35, 64, 64, 64, 1), dtype=torch.float32, scale=2.0)
+    weights = [w.detach().to(device).requires_grad_() for w in weights]
+    biases = [b.detach().to(device).requires_grad_() for b in biases]
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(777, 35, generator=gen).to(device).requires_grad_()
+    gy, gg = torch.randn(777, generator=gen).to(device), torch.randn(777, 35, generator=gen).to(device)
+    _, _, r0 = loss_grads(lambda: npht.softplus_mlp_with_grad(x, weights, biases, backend="reference",
+                                                              chunk_size=300), x, weights, biases, gy, gg)
+    _, _, r1 = loss_grads(lambda: npht.softplus_mlp_with_grad(x, weights, biases, backend=backend,
+                                                              chunk_size=300), x, weights, biases, gy, gg)
+    for a, b in zip(r1, r0):
+        torch.testing.assert_close(a, b, rtol=2e-5, atol=2e-5 * b.abs().max().item())
+
+
+def test_half_precision_uses_reference_kernels():
+    """bfloat16 MLPs: ``auto`` takes the reference's elementwise ops (the kernels run
+    float32/float64) and the result matches autograd's in bfloat16."""
+    weights, biases = make_mlp((5, 16, 16, 1), dtype=torch.float32)
+    wb = [w.detach().bfloat16().requires_grad_() for w in weights]
+    bb = [b.detach().bfloat16().requires_grad_() for b in biases]
+    x = torch.randn(40, 5).bfloat16().requires_grad_()
+    gg = torch.randn(40, 5).bfloat16()
+    _, _, r0 = loss_grads(lambda: reference(x, wb, bb, 10.0), x, wb, bb, None, gg)
+    _, _, r1 = loss_grads(lambda: npht.softplus_mlp_with_grad(x, wb, bb, beta=10.0), x, wb, bb, None, gg)
+    for a, b in zip(r1, r0):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.float(), b.float(), rtol=0.1, atol=0.1 * b.float().abs().max().item())
+
+
+def _raw(backend):
+    return npht.ops._backend.kernels(backend, "mlp")
+
+
+def _pre_activations(M, W, beta, threshold, dtype, device):
+    """Pre-activations covering both branches and their edges: beta h exactly at the
+    threshold, just below and above it, 0, -0, deep in both tails (exp(-|x|) underflows)."""
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(M, W, generator=g, dtype=torch.float64) * 3 * threshold / beta
+    special = torch.tensor([threshold, threshold * (1 - 1e-6), threshold * (1 + 1e-6), 0.0, -0.0,
+                            -200.0, 200.0, -1e4, 1e4], dtype=torch.float64) / beta
+    h.view(-1)[: special.numel()] = special[: h.numel()]
+    return h.to(dtype=dtype, device=device)
+
+
+def _derivs_exact(h, beta, threshold):
+    """s'(h), s''(h) in float64 from x = beta h rounded to h's dtype (as every backend and
+    torch compute it), written without cancellation: the oracle of the raw kernels. (The
+    reference's ``sigmoid (1 - sigmoid)`` loses digits to cancellation near the threshold:
+    at beta h = 20 its s'' is off by ~5e-8 relative, in float64 too.)"""
+    x = (h * beta).double()
+    t = torch.exp(-x.abs())
+    r = 1 / (1 + t)
+    d1 = torch.where(x > threshold, torch.ones_like(x), torch.where(x >= 0, r, t * r))
+    d2 = torch.where(x >= threshold, torch.zeros_like(x), beta * t * r * r)
+    return d1, d2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", [(1, 1), (1151, 33), (3, 256)], ids=str)
+@pytest.mark.parametrize("broadcast", [False, True], ids=["d", "w-row"])
+def test_raw_kernels_match_exact_math(backend, device, dtype, shape, broadcast):
+    M, W = shape
+    beta, threshold = 100.0, 20.0
+    h = _pre_activations(M, W, beta, threshold, dtype, device)
+    g = torch.Generator().manual_seed(5)
+    ebar = torch.randn(M, W, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+    d = torch.randn(M, W, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+    w = torch.randn(W, generator=g, dtype=torch.float64).to(dtype=dtype, device=device) if broadcast else None
+    d1, d2 = _derivs_exact(h, beta, threshold)
+    dv = (w.expand_as(d) if broadcast else d).double()
+    want_d, want_e = ebar.double() * dv * d2, ebar.double() * d1
+    got_e, got_d = ebar.clone(), d.clone()
+    _raw(backend).softplus_adjoint_(got_e, got_d, h, w, beta, threshold)
+    if backend == "reference":
+        # sigmoid (1 - sigmoid) cancels: an absolute error up to ~beta eps |ebar d| in s'' (in
+        # float32, sigmoid rounds to 1 from beta h ~ 16.6 on and s'' to 0), per element
+        eps = torch.finfo(dtype).eps
+        err = (got_d.double() - want_d).abs()
+        assert (err <= 1e-6 * want_d.abs() + 2 * beta * eps * (ebar.double() * dv).abs()).all()
+        tol = dict(rtol=4 * eps, atol=1e-33)
+    elif dtype == torch.float64:
+        tol = dict(rtol=1e-14, atol=1e-300)
+    else:
+        # a few float32 ulp; atol: where exp(-|x|) falls below float32's smallest normal
+        # (|x| > 87) the CPU's vectorised exp flushes it to 0 where libm gives a subnormal,
+        # so terms of order beta * 2^-126 times the operands may differ
+        tol = dict(rtol=1e-6, atol=1e-33)
+    torch.testing.assert_close(got_e.double(), want_e, **tol)
+    if backend != "reference":
+        torch.testing.assert_close(got_d.double(), want_d, **tol)
+    # exactly torch's rules at the threshold: s' = sigmoid up to it and 1 above; s'' = 0
+    # from it up
+    x = h * beta
+    assert torch.equal(got_e[x > threshold], ebar[x > threshold])
+    assert (got_d[x >= threshold] == 0).all()
+    acc = torch.randn(M, W, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+    got_a = acc.clone()
+    _raw(backend).softplus_backward_add_(got_a, ebar, h, beta, threshold)
+    torch.testing.assert_close(got_a.double(), acc.double() + ebar.double() * d1,
+                               rtol=tol["rtol"], atol=max(tol["atol"], 4 * torch.finfo(dtype).eps))
+
+
+def test_raw_kernels_propagate_nan(backend, device):
+    h = torch.tensor([[float("nan"), 0.1, float("inf"), float("-inf")]], device=device)
+    ebar, d = torch.ones(1, 4, device=device), torch.ones(1, 4, device=device)
+    _raw(backend).softplus_adjoint_(ebar, d, h, None, 100.0, 20.0)
+    assert ebar[0, 0].isnan() and d[0, 0].isnan()
+    assert ebar[0, 1].isfinite() and d[0, 1].isfinite()
+    # +inf: the linear branch (s' = 1, s'' = 0); -inf: s' = s'' = 0
+    assert ebar[0, 2] == 1 and d[0, 2] == 0 and ebar[0, 3] == 0 and d[0, 3] == 0
+    acc = torch.zeros(1, 4, device=device)
+    _raw(backend).softplus_backward_add_(acc, torch.ones(1, 4, device=device), h, 100.0, 20.0)
+    assert acc[0, 0].isnan() and acc[0, 2] == 1 and acc[0, 3] == 0
+
+
+def test_raw_kernel_errors(backend, device):
+    if backend == "reference":
+        pytest.skip("the reference is PyTorch ops without checks of its own")
+    k = _raw(backend)
+    a = torch.zeros(4, 3, device=device)
+    with pytest.raises((RuntimeError, ValueError), match=r"must be \[M, W\]"):
+        k.softplus_adjoint_(a.view(-1), a.view(-1), a.view(-1), None, 1.0, 20.0)
+    with pytest.raises((RuntimeError, TypeError), match="float32 or float64"):
+        k.softplus_adjoint_(a.half(), a.half(), a.half(), None, 1.0, 20.0)
+    with pytest.raises((RuntimeError, TypeError), match="dtype"):
+        k.softplus_adjoint_(a, a.clone(), a.double(), None, 1.0, 20.0)
+    with pytest.raises((RuntimeError, ValueError), match="shape"):
+        k.softplus_adjoint_(a, a.clone(), a[:2], None, 1.0, 20.0)
+    with pytest.raises((RuntimeError, ValueError), match="shape"):
+        k.softplus_adjoint_(a, a.clone(), a, torch.zeros(4, device=device), 1.0, 20.0)
+    with pytest.raises((RuntimeError, ValueError), match="contiguous"):
+        k.softplus_backward_add_(a, torch.zeros(3, 4, device=device).t(), a, 1.0, 20.0)
+    with pytest.raises((RuntimeError, ValueError), match="beta must be finite and > 0"):
+        k.softplus_backward_add_(a, a.clone(), a, 0.0, 20.0)
