@@ -16,7 +16,8 @@ norm, full double backward to planes and decoder). In the eikonal task two more 
 methods run: ``npht-<backend>-fused`` takes the decoder's value and gradient from
 npht.softplus_mlp_with_grad (hand-written double backward) instead of autograd, and
 ``npht-<backend>-fused-ckpt`` does so keeping nothing for the backward (recompute in
-chunks). On the GPU ``npht-cuda-fused-tf32`` runs the fused step with TF32 matmuls
+chunks); ``npht-<backend>-fused-torch-ew`` is ``-fused`` with the decoder backward's
+elementwise steps as plain PyTorch ops instead of npht's fused kernels (what they gain). On the GPU ``npht-cuda-fused-tf32`` runs the fused step with TF32 matmuls
 (``torch.set_float32_matmul_precision("high")``; the reference stays float32) and reports
 the cosine similarity of its gradients to the float32 step's (``grad_cosine_vs_float32``).
 
@@ -92,7 +93,8 @@ def methods_for(device: str) -> list:
     elif info["cpu"]:
         backends.append("cpu")
     for b in backends:
-        names += [f"npht-{b}", f"npht-{b}-cl", f"npht-{b}-fused", f"npht-{b}-fused-ckpt"]
+        names += [f"npht-{b}", f"npht-{b}-cl", f"npht-{b}-fused", f"npht-{b}-fused-ckpt",
+                  f"npht-{b}-fused-torch-ew"]
     if "cuda" in backends:  # TF32 exists on the GPU only
         names.append("npht-cuda-fused-tf32")
     return names
@@ -108,10 +110,21 @@ def is_tf32(method: str) -> bool:
     return method.endswith("-tf32")
 
 
+def is_torch_ew(method: str) -> bool:
+    """``-torch-ew`` methods: the fused decoder gradient with its backward's elementwise
+    steps as the PyTorch op sequence (``backend="reference"`` of softplus_mlp_with_grad)
+    instead of npht's fused kernels: what those kernels gain, in the same run."""
+    return method.endswith("-torch-ew")
+
+
 def parse_method(method: str):
     """'npht-cpu-cl' -> ('cpu', channels_last, fused decoder, checkpoint); a ``-tf32``
-    suffix (matmul precision) is not part of it."""
-    method = method[:-len("-tf32")] if is_tf32(method) else method
+    (matmul precision) or ``-torch-ew`` (the decoder's elementwise kernels) suffix is not
+    part of it."""
+    for suffix in ("-tf32", "-torch-ew"):
+        if method.endswith(suffix):
+            method = method[:-len(suffix)]
+            break
     m = re.fullmatch(r"npht-(\w+?)(-cl)?(-fused)?(-ckpt)?", method)
     if m is None or (m.group(4) and not m.group(3)):
         raise ValueError(f"unknown method {method!r}")
@@ -205,7 +218,8 @@ def make_step(method: str, task: str, cfg: dict, device: str):
             if fused:
                 backend, cl, _, ckpt = parse_method(method)
                 return decoder.sdf_and_gradient(planes, points, backend=backend, channels_last=cl,
-                                                checkpoint=ckpt)
+                                                checkpoint=ckpt,
+                                                mlp_backend="reference" if is_torch_ew(method) else "auto")
             sdf = decoder(fn(planes, points), points)
             (normals,) = torch.autograd.grad(sdf.sum(), points, create_graph=True)
             return sdf, normals

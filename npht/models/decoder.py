@@ -84,7 +84,7 @@ class TriplaneDecoder(nn.Module):
         return [m.weight for m in linears], [m.bias for m in linears]
 
     def sdf_and_gradient(self, planes: torch.Tensor, points: torch.Tensor, *, fused: bool = True,
-                         checkpoint: bool = False, **sample_kwargs):
+                         checkpoint: bool = False, mlp_backend: str = "auto", **sample_kwargs):
         """SDF ``[B, N]`` and its gradient w.r.t. the points ``[B, N, 3]`` (normals before
         normalisation), through the tri-plane features and the direct point input.
 
@@ -93,7 +93,8 @@ class TriplaneDecoder(nn.Module):
         backpropagates into all of them (double backward). ``fused=True`` takes the MLP's
         value and gradient from :func:`npht.softplus_mlp_with_grad` (hand-written
         backward, about a third of autograd's memory; ``checkpoint=True`` keeps nothing
-        and recomputes in chunks); ``fused=False`` is plain autograd (the reference).
+        and recomputes in chunks; ``mlp_backend``: its ``backend``, the kernels of its
+        backward's elementwise steps); ``fused=False`` is plain autograd (the reference).
         With grad mode off, the results are plain tensors and no graph is kept.
         """
         create = torch.is_grad_enabled()
@@ -111,7 +112,8 @@ class TriplaneDecoder(nn.Module):
                 if not create:
                     x = x.detach()
                 sdf, grad_x = softplus_mlp_with_grad(x, weights, biases, beta=self.beta,
-                                                     checkpoint=checkpoint or not create)
+                                                     checkpoint=checkpoint or not create,
+                                                     backend=mlp_backend)
                 grad_feat, grad_pts = grad_x.split([self.feature_dim, grad_x.shape[-1] - self.feature_dim], -1)
                 # chain the feature gradient through the tri-plane op's backward
                 (grad_via_planes,) = torch.autograd.grad(feats, pts, grad_feat, create_graph=create)

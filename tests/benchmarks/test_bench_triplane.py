@@ -80,6 +80,9 @@ def test_method_names():
     bench = load("triplane")
     assert bench.parse_method("npht-cuda-cl") == ("cuda", True, False, False)
     assert bench.parse_method("npht-cpu-fused-ckpt") == ("cpu", False, True, True)
+    assert bench.parse_method("npht-cuda-fused-tf32") == ("cuda", False, True, False)
+    assert bench.parse_method("npht-cpu-fused-torch-ew") == ("cpu", False, True, False)
+    assert bench.is_torch_ew("npht-cpu-fused-torch-ew") and not bench.is_torch_ew("npht-cpu-fused")
     assert not bench.applies("npht-cpu-fused", "fwd") and bench.applies("npht-cpu-fused", "eikonal")
     import pytest
 

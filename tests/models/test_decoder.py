@@ -33,7 +33,8 @@ def test_bad_feature_width():
 
 @pytest.mark.parametrize("checkpoint", [False, True])
 @pytest.mark.parametrize("sample_backend", ["reference", "cpu"])
-def test_fused_sdf_and_gradient_matches_autograd(checkpoint, sample_backend):
+@pytest.mark.parametrize("mlp_backend", ["reference", "auto"])
+def test_fused_sdf_and_gradient_matches_autograd(checkpoint, sample_backend, mlp_backend):
     """The eikonal training step: SDF gradient through features and the direct point
     input, loss on its norm, gradients to planes, decoder and points."""
     torch.manual_seed(0)
@@ -44,7 +45,7 @@ def test_fused_sdf_and_gradient_matches_autograd(checkpoint, sample_backend):
     results = []
     for fused in (False, True):
         sdf, grad = dec.sdf_and_gradient(planes, points, fused=fused, checkpoint=checkpoint,
-                                         backend=sample_backend)
+                                         backend=sample_backend, mlp_backend=mlp_backend)
         loss = ((grad.norm(dim=-1) - 1) ** 2).mean() + sdf.abs().mean()
         results.append((sdf, grad, torch.autograd.grad(loss, params, allow_unused=True,
                                                         materialize_grads=True)))
