@@ -49,9 +49,10 @@
 //
 // Fused MLP backward, elementwise steps (npht/ops/mlp.py; math in
 // csrc/include/npht/softplus_math.h), in place; all tensors one dtype (float32 or float64),
-// contiguous, [M, W] except w [W]; s', s'' the softplus(beta, threshold) derivatives of h:
-//   softplus_adjoint_      ebar <- ebar s'(h);  d <- ebar d s''(h), or ebar w s''(h) with w
-//                          (broadcast over rows; d's contents are then ignored)
+// contiguous, [M, W]; s', s'' the softplus(beta, threshold) derivatives of h:
+//   softplus_adjoint_      e = d s'(h) (the MLP gradient pass' product), ebar its upstream
+//                          gradient: e <- ebar d s''(h) = ebar e beta (1 - sigmoid(beta h))
+//                          (0 where beta h >= threshold), then ebar <- ebar s'(h)
 //   softplus_backward_add_ acc <- acc + grad s'(h)
 #include <Python.h>
 #include <torch/library.h>
@@ -86,8 +87,7 @@ TORCH_LIBRARY(npht_C, m) {
   m.def("knn_build(Tensor ref, int leaf_size) -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("knn_query(Tensor query, Tensor points, Tensor bounds, Tensor leaf_start) -> (Tensor, Tensor)");
   m.def(
-      "softplus_adjoint_(Tensor(a!) ebar, Tensor(b!) d, Tensor h, Tensor? w, float beta, float threshold) "
-      "-> ()");
+      "softplus_adjoint_(Tensor(a!) ebar, Tensor(b!) e, Tensor h, float beta, float threshold) -> ()");
   m.def("softplus_backward_add_(Tensor(a!) acc, Tensor grad, Tensor h, float beta, float threshold) -> ()");
 }
 

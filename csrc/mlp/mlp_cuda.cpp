@@ -7,22 +7,19 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <optional>
-
 #include "mlp/mlp_cuda.h"
 #include "mlp/mlp_glue.h"
 #include "npht/check.h"
 
 namespace {
 
-void softplus_adjoint_op(at::Tensor& ebar, at::Tensor& d, const at::Tensor& h, const std::optional<at::Tensor>& w,
-                         double beta, double threshold) {
-  const npht::mlp::Sizes s = npht::mlp::check("softplus_adjoint_", ebar, "ebar", d, "d", h, w, beta, true);
+void softplus_adjoint_op(at::Tensor& ebar, at::Tensor& e, const at::Tensor& h, double beta, double threshold) {
+  const npht::mlp::Sizes s = npht::mlp::check("softplus_adjoint_", ebar, "ebar", e, "e", h, beta, true);
   if (s.M * s.W == 0) return;
   const at::cuda::OptionalCUDAGuard guard(device_of(ebar));
   const cudaError_t err = npht::softplus_adjoint_cuda(
-      ebar.data_ptr(), d.data_ptr(), h.data_ptr(), w.has_value() ? w->data_ptr() : nullptr, s.M, s.W, beta,
-      threshold, ebar.scalar_type() == at::kDouble, at::cuda::getCurrentCUDAStream().stream());
+      ebar.data_ptr(), e.data_ptr(), h.data_ptr(), s.M, s.W, beta, threshold, ebar.scalar_type() == at::kDouble,
+      at::cuda::getCurrentCUDAStream().stream());
   NPHT_TORCH_CHECK(err == cudaSuccess, "npht_C (cuda): softplus_adjoint_ kernel launch failed: ",
                    cudaGetErrorString(err));
 }
@@ -30,7 +27,7 @@ void softplus_adjoint_op(at::Tensor& ebar, at::Tensor& d, const at::Tensor& h, c
 void softplus_backward_add_op(at::Tensor& acc, const at::Tensor& grad, const at::Tensor& h, double beta,
                               double threshold) {
   const npht::mlp::Sizes s =
-      npht::mlp::check("softplus_backward_add_", acc, "acc", grad, "grad", h, std::nullopt, beta, true);
+      npht::mlp::check("softplus_backward_add_", acc, "acc", grad, "grad", h, beta, true);
   if (s.M * s.W == 0) return;
   const at::cuda::OptionalCUDAGuard guard(device_of(acc));
   const cudaError_t err = npht::softplus_backward_add_cuda(

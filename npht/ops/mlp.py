@@ -17,7 +17,7 @@ per node. Here the three passes are explicit:
 
 Only the pre-activations ``h_l`` are kept (one ``[M, width]`` tensor per hidden layer),
 or nothing at all with ``checkpoint=True``. The backward runs in chunks of ``chunk_size``
-rows: it recomputes the chunk's reverse-pass vectors ``d_l`` and ``e_l`` (and with
+rows: it recomputes the chunk's reverse-pass products ``e_l = d_l s'(h_l)`` (and with
 ``checkpoint`` its pre-activations), so its working memory is a few chunk-sized
 temporaries whatever the number of points.
 
@@ -26,9 +26,11 @@ the chunked backward adds one (the reverse pass again), ``checkpoint`` one more.
 float32 the time is bounded by these GEMMs; the win over autograd is the memory and the
 elementwise work. The backward's elementwise steps run as two fused kernels per layer
 (``backend``: cpu, cuda, triton; csrc/include/npht/softplus_math.h): the sweep up's
-``(hbar_l, dbar_l) = (ebar_l d_l s''(h_l), ebar_l s'(h_l))`` from one exponential, in place
-(three arrays read, two written, where the PyTorch sequence made about eighteen passes), and
-the sweep down's ``hbar_l += abar_l s'(h_l)``. ``softplus`` follows
+``(hbar_l, dbar_l) = (ebar_l d_l s''(h_l), ebar_l s'(h_l))``, written as
+``(ebar_l e_l q(h_l), ebar_l s'(h_l))`` with ``q = s''/s' = beta (1 - sigmoid(beta h))``
+so that it needs ``e_l`` only (kept from the recompute for the weight gradient anyway),
+from one exponential, in place (three arrays read, two written, where the PyTorch sequence
+makes about twenty passes), and the sweep down's ``hbar_l += abar_l s'(h_l)``. ``softplus`` follows
 ``F.softplus(h, beta, threshold)`` exactly, including its linear branch above
 ``threshold`` (first derivative 1, second derivative 0 there).
 
@@ -65,25 +67,19 @@ def _reverse(hs, weights, beta, threshold):
     return d
 
 
-def _reverse_kept(hs, weights, beta, threshold, keep_e: bool):
-    """The reverse pass again, for the backward: ``(ds, es)`` with ``ds[l] = d_l``
-    (l = 0 .. L-3; ``d_{L-2}`` is the output row) and, with ``keep_e``, ``es[l] = e_l =
-    d_l s'(h_l)`` (l = 0 .. L-2: the weight gradients' left factors), else an empty list.
-    ``g`` itself is not needed and not computed."""
-    d = weights[-1][0]
-    ds, es = [], []
+def _reverse_kept(hs, weights, beta, threshold):
+    """The reverse pass again, for the backward: ``es[l] = e_l = d_l s'(h_l)`` for
+    l = 0 .. L-2 (the weight gradients' left factors, then the adjoint kernel's input);
+    the ``d_l`` are dropped as it goes, and ``g`` itself is not computed."""
+    d = weights[-1][0]  # d_{L-2}: the output row, broadcast over the rows
+    es = []
     for l in range(len(weights) - 2, -1, -1):
         e = _sp1(d, hs[l], beta, threshold)
-        if keep_e:
-            es.append(e)
-        if l == 0:
-            break
-        d = e @ weights[l]
-        del e
-        ds.append(d)
-    ds.reverse()
+        es.append(e)
+        if l > 0:
+            d = e @ weights[l]
     es.reverse()
-    return ds, es
+    return es
 
 
 def _forward_rows(x, weights, biases, beta, threshold, h_out=None):
@@ -113,23 +109,22 @@ def _backward_rows(gy, gg, x, weights, hs, beta, threshold, gW, gb, need_x, k):
     w_out = weights[-1][0]
     h_adj: List[Optional[torch.Tensor]] = [None] * (L - 1)
     if gg is not None:  # sweep up: adjoint of the reverse pass
-        ds, es = _reverse_kept(hs, weights, beta, threshold, keep_e=gW is not None)
+        es = _reverse_kept(hs, weights, beta, threshold)
         dbar = gg
         for l in range(L - 1):
-            last = l == L - 2  # d_{L-2} is the output row w_out, broadcast
             if gW is not None:
                 gW[l].addmm_(es[l].t(), dbar)
-                es[l] = None
             ebar = dbar @ weights[l].t()
             del dbar
-            # in place: h_adj = ebar * d_l * s''(h_l) (into d_l's buffer), ebar <- ebar * s'(h_l)
-            d_l = torch.empty_like(ebar) if last else ds[l]
-            k.softplus_adjoint_(ebar, d_l, hs[l], w_out if last else None, beta, threshold)
-            h_adj[l], dbar = d_l, ebar
-            del d_l, ebar
+            # in place: h_adj = ebar * d_l * s''(h_l) = ebar * e_l * s''/s' (into e_l's
+            # buffer), ebar <- ebar * s'(h_l)
+            e_l, es[l] = es[l], None
+            k.softplus_adjoint_(ebar, e_l, hs[l], beta, threshold)
+            h_adj[l], dbar = e_l, ebar
+            del e_l, ebar
         if gW is not None:
             gW[-1][0].add_(dbar.sum(0))
-        del dbar, ds, es
+        del dbar, es
     abar = None
     if gy is not None:  # output layer
         if gW is not None:

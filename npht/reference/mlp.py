@@ -41,23 +41,16 @@ def softplus_mlp_with_grad(x: torch.Tensor, weights: Sequence[torch.Tensor],
 # kernels do not take (float16, bfloat16).
 
 
-def softplus_second_(g: torch.Tensor, h: torch.Tensor, beta: float, threshold: float) -> torch.Tensor:
-    """``g * softplus''(h)``, written into ``g``: ``beta s (1 - s)`` with ``s = sigmoid(beta h)``,
-    0 where ``beta * h >= threshold`` (torch's double backward of softplus)."""
-    sig = h * beta
-    linear = sig >= threshold
-    torch.sigmoid_(sig)
-    torch.ops.aten.sigmoid_backward.grad_input(g, sig, grad_input=g)
-    return g.mul_(beta).masked_fill_(linear, 0.0)
-
-
-def softplus_adjoint_(ebar: torch.Tensor, d: torch.Tensor, h: torch.Tensor, w, beta: float,
+def softplus_adjoint_(ebar: torch.Tensor, e: torch.Tensor, h: torch.Tensor, beta: float,
                       threshold: float) -> None:
-    """In place: ``d <- ebar * d * s''(h)`` (``ebar * w * s''(h)`` when the row ``w`` is given;
-    d's contents are then ignored), then ``ebar <- ebar * s'(h)``."""
-    if w is not None:
-        d.copy_(w.expand_as(d))
-    softplus_second_(d.mul_(ebar), h, beta, threshold)
+    """In place, for ``e = d * s'(h)`` (the gradient pass' product) and its upstream gradient
+    ``ebar``: ``e <- ebar * d * s''(h) = ebar * e * beta * (1 - sigmoid(beta h))`` (0 where
+    ``beta * h >= threshold``, torch's double backward of softplus), then
+    ``ebar <- ebar * s'(h)``."""
+    x = h * beta
+    linear = x >= threshold
+    q = torch.sigmoid_(x.neg_()).mul_(beta).masked_fill_(linear, 0.0)  # beta (1 - sigmoid(beta h))
+    e.mul_(ebar).mul_(q)
     torch.ops.aten.softplus_backward.grad_input(ebar, h, beta, threshold, grad_input=ebar)
 
 

@@ -279,71 +279,72 @@ def _pre_activations(M, W, beta, threshold, dtype, device):
 
 
 def _derivs_exact(h, beta, threshold):
-    """s'(h), s''(h) in float64 from x = beta h rounded to h's dtype (as every backend and
-    torch compute it), written without cancellation: the oracle of the raw kernels. (The
-    reference's ``sigmoid (1 - sigmoid)`` loses digits to cancellation near the threshold:
-    at beta h = 20 its s'' is off by ~5e-8 relative, in float64 too.)"""
+    """s'(h) and q(h) = s''(h) / s'(h) = beta (1 - sigmoid(beta h)) in float64, from
+    x = beta h rounded to h's dtype (as every backend and torch compute it): the oracle of
+    the raw kernels."""
     x = (h * beta).double()
-    t = torch.exp(-x.abs())
-    r = 1 / (1 + t)
-    d1 = torch.where(x > threshold, torch.ones_like(x), torch.where(x >= 0, r, t * r))
-    d2 = torch.where(x >= threshold, torch.zeros_like(x), beta * t * r * r)
-    return d1, d2
+    d1 = torch.where(x > threshold, torch.ones_like(x), torch.sigmoid(x))
+    q = torch.where(x >= threshold, torch.zeros_like(x), beta * torch.sigmoid(-x))
+    return d1, q
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("shape", [(1, 1), (1151, 33), (3, 256)], ids=str)
-@pytest.mark.parametrize("broadcast", [False, True], ids=["d", "w-row"])
-def test_raw_kernels_match_exact_math(backend, device, dtype, shape, broadcast):
+def test_raw_kernels_match_exact_math(backend, device, dtype, shape):
     M, W = shape
     beta, threshold = 100.0, 20.0
     h = _pre_activations(M, W, beta, threshold, dtype, device)
     g = torch.Generator().manual_seed(5)
-    ebar = torch.randn(M, W, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
-    d = torch.randn(M, W, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
-    w = torch.randn(W, generator=g, dtype=torch.float64).to(dtype=dtype, device=device) if broadcast else None
-    d1, d2 = _derivs_exact(h, beta, threshold)
-    dv = (w.expand_as(d) if broadcast else d).double()
-    want_d, want_e = ebar.double() * dv * d2, ebar.double() * d1
-    got_e, got_d = ebar.clone(), d.clone()
-    _raw(backend).softplus_adjoint_(got_e, got_d, h, w, beta, threshold)
-    if backend == "reference":
-        # sigmoid (1 - sigmoid) cancels: an absolute error up to ~beta eps |ebar d| in s'' (in
-        # float32, sigmoid rounds to 1 from beta h ~ 16.6 on and s'' to 0), per element
-        eps = torch.finfo(dtype).eps
-        err = (got_d.double() - want_d).abs()
-        assert (err <= 1e-6 * want_d.abs() + 2 * beta * eps * (ebar.double() * dv).abs()).all()
-        tol = dict(rtol=4 * eps, atol=1e-33)
-    elif dtype == torch.float64:
+    ebar, e, acc = (torch.randn(M, W, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+                    for _ in range(3))
+    d1, q = _derivs_exact(h, beta, threshold)
+    got_ebar, got_e = ebar.clone(), e.clone()
+    _raw(backend).softplus_adjoint_(got_ebar, got_e, h, beta, threshold)
+    if dtype == torch.float64:
         tol = dict(rtol=1e-14, atol=1e-300)
     else:
         # a few float32 ulp; atol: where exp(-|x|) falls below float32's smallest normal
         # (|x| > 87) the CPU's vectorised exp flushes it to 0 where libm gives a subnormal,
         # so terms of order beta * 2^-126 times the operands may differ
         tol = dict(rtol=1e-6, atol=1e-33)
-    torch.testing.assert_close(got_e.double(), want_e, **tol)
-    if backend != "reference":
-        torch.testing.assert_close(got_d.double(), want_d, **tol)
+    torch.testing.assert_close(got_ebar.double(), ebar.double() * d1, **tol)
+    torch.testing.assert_close(got_e.double(), ebar.double() * e.double() * q, **tol)
     # exactly torch's rules at the threshold: s' = sigmoid up to it and 1 above; s'' = 0
     # from it up
     x = h * beta
-    assert torch.equal(got_e[x > threshold], ebar[x > threshold])
-    assert (got_d[x >= threshold] == 0).all()
-    acc = torch.randn(M, W, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
-    got_a = acc.clone()
-    _raw(backend).softplus_backward_add_(got_a, ebar, h, beta, threshold)
-    torch.testing.assert_close(got_a.double(), acc.double() + ebar.double() * d1,
+    assert torch.equal(got_ebar[x > threshold], ebar[x > threshold])
+    assert (got_e[x >= threshold] == 0).all()
+    got_acc = acc.clone()
+    _raw(backend).softplus_backward_add_(got_acc, ebar, h, beta, threshold)
+    torch.testing.assert_close(got_acc.double(), acc.double() + ebar.double() * d1,
                                rtol=tol["rtol"], atol=max(tol["atol"], 4 * torch.finfo(dtype).eps))
+
+
+def test_adjoint_is_the_second_derivative(backend, device):
+    """``ebar e q`` is ``ebar d s''(h)`` for ``e = d s'(h)``: checked against autograd's
+    second derivative of F.softplus in float64, away from the threshold."""
+    beta, threshold = 7.0, 20.0
+    g = torch.Generator().manual_seed(6)
+    h = (torch.randn(37, 19, generator=g, dtype=torch.float64) * 2).to(device)
+    d, ebar = (torch.randn(37, 19, generator=g, dtype=torch.float64).to(device) for _ in range(2))
+    hr = h.clone().requires_grad_()
+    (s1,) = torch.autograd.grad(torch.nn.functional.softplus(hr, beta, threshold).sum(), hr, create_graph=True)
+    (s2,) = torch.autograd.grad(s1.sum(), hr)
+    e = torch.ops.aten.softplus_backward(d, h, beta, threshold)
+    got_ebar = ebar.clone()
+    _raw(backend).softplus_adjoint_(got_ebar, e, h, beta, threshold)
+    torch.testing.assert_close(e, ebar * d * s2, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(got_ebar, ebar * s1.detach(), rtol=1e-13, atol=1e-15)
 
 
 def test_raw_kernels_propagate_nan(backend, device):
     h = torch.tensor([[float("nan"), 0.1, float("inf"), float("-inf")]], device=device)
-    ebar, d = torch.ones(1, 4, device=device), torch.ones(1, 4, device=device)
-    _raw(backend).softplus_adjoint_(ebar, d, h, None, 100.0, 20.0)
-    assert ebar[0, 0].isnan() and d[0, 0].isnan()
-    assert ebar[0, 1].isfinite() and d[0, 1].isfinite()
-    # +inf: the linear branch (s' = 1, s'' = 0); -inf: s' = s'' = 0
-    assert ebar[0, 2] == 1 and d[0, 2] == 0 and ebar[0, 3] == 0 and d[0, 3] == 0
+    ebar, e = torch.ones(1, 4, device=device), torch.ones(1, 4, device=device)
+    _raw(backend).softplus_adjoint_(ebar, e, h, 100.0, 20.0)
+    assert ebar[0, 0].isnan() and e[0, 0].isnan()
+    assert ebar[0, 1].isfinite() and e[0, 1].isfinite()
+    # +inf: the linear branch (s' = 1, s'' = 0); -inf: s' = 0, q = beta
+    assert ebar[0, 2] == 1 and e[0, 2] == 0 and ebar[0, 3] == 0 and e[0, 3] == 100
     acc = torch.zeros(1, 4, device=device)
     _raw(backend).softplus_backward_add_(acc, torch.ones(1, 4, device=device), h, 100.0, 20.0)
     assert acc[0, 0].isnan() and acc[0, 2] == 1 and acc[0, 3] == 0
@@ -355,15 +356,13 @@ def test_raw_kernel_errors(backend, device):
     k = _raw(backend)
     a = torch.zeros(4, 3, device=device)
     with pytest.raises((RuntimeError, ValueError), match=r"must be \[M, W\]"):
-        k.softplus_adjoint_(a.view(-1), a.view(-1), a.view(-1), None, 1.0, 20.0)
+        k.softplus_adjoint_(a.view(-1), a.view(-1), a.view(-1), 1.0, 20.0)
     with pytest.raises((RuntimeError, TypeError), match="float32 or float64"):
-        k.softplus_adjoint_(a.half(), a.half(), a.half(), None, 1.0, 20.0)
+        k.softplus_adjoint_(a.half(), a.half(), a.half(), 1.0, 20.0)
     with pytest.raises((RuntimeError, TypeError), match="dtype"):
-        k.softplus_adjoint_(a, a.clone(), a.double(), None, 1.0, 20.0)
+        k.softplus_adjoint_(a, a.clone(), a.double(), 1.0, 20.0)
     with pytest.raises((RuntimeError, ValueError), match="shape"):
-        k.softplus_adjoint_(a, a.clone(), a[:2], None, 1.0, 20.0)
-    with pytest.raises((RuntimeError, ValueError), match="shape"):
-        k.softplus_adjoint_(a, a.clone(), a, torch.zeros(4, device=device), 1.0, 20.0)
+        k.softplus_adjoint_(a, a.clone(), a[:2], 1.0, 20.0)
     with pytest.raises((RuntimeError, ValueError), match="contiguous"):
         k.softplus_backward_add_(a, torch.zeros(3, 4, device=device).t(), a, 1.0, 20.0)
     with pytest.raises((RuntimeError, ValueError), match="beta must be finite and > 0"):
