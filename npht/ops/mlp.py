@@ -30,9 +30,9 @@ elementwise work. The backward's elementwise steps run as two fused kernels per 
 ``(ebar_l e_l q(h_l), ebar_l s'(h_l))`` with ``q = s''/s' = beta (1 - sigmoid(beta h))``
 so that it needs ``e_l`` only (kept from the recompute for the weight gradient anyway),
 from one exponential, in place (three arrays read, two written, where the PyTorch sequence
-makes about twenty passes), and the sweep down's ``hbar_l += abar_l s'(h_l)``. ``softplus`` follows
-``F.softplus(h, beta, threshold)`` exactly, including its linear branch above
-``threshold`` (first derivative 1, second derivative 0 there).
+makes about twenty passes), and the sweep down's ``hbar_l += abar_l s'(h_l)``.
+``softplus`` follows ``F.softplus(h, beta, threshold)`` exactly, including its linear
+branch above ``threshold`` (first derivative 1, second derivative 0 there).
 
 Registered with torch.library: ``npht::softplus_mlp_grad`` (forward, its autograd is
 ``npht::softplus_mlp_grad_backward``). A third derivative is not supported.
