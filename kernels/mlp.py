@@ -33,30 +33,21 @@ def _derivs(h, beta, threshold):
 
 
 @triton.jit
-def _adjoint_kernel(ebar, e, h, n, scalars, BLOCK: tl.constexpr):
+def _kernel(a, b, h, n, scalars, ADJOINT: tl.constexpr, BLOCK: tl.constexpr):
+    """ADJOINT: (a, b) = (ebar, e) <- (ebar s', ebar e q); else a = acc <- acc + b s'."""
     beta = tl.load(scalars)
     threshold = tl.load(scalars + 1)
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     hv = tl.load(h + offs, mask=mask, other=0.0)
-    eb = tl.load(ebar + offs, mask=mask, other=0.0)
-    ev = tl.load(e + offs, mask=mask, other=0.0)
+    av = tl.load(a + offs, mask=mask, other=0.0)
+    bv = tl.load(b + offs, mask=mask, other=0.0)
     d1, q = _derivs(hv, beta, threshold)
-    tl.store(e + offs, (eb * ev * q).to(e.dtype.element_ty), mask=mask)
-    tl.store(ebar + offs, (eb * d1).to(ebar.dtype.element_ty), mask=mask)
-
-
-@triton.jit
-def _backward_add_kernel(acc, grad, h, n, scalars, BLOCK: tl.constexpr):
-    beta = tl.load(scalars)
-    threshold = tl.load(scalars + 1)
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    hv = tl.load(h + offs, mask=mask, other=0.0)
-    g = tl.load(grad + offs, mask=mask, other=0.0)
-    a = tl.load(acc + offs, mask=mask, other=0.0)
-    d1, _ = _derivs(hv, beta, threshold)
-    tl.store(acc + offs, (a + g * d1).to(acc.dtype.element_ty), mask=mask)
+    if ADJOINT:
+        tl.store(b + offs, (av * bv * q).to(b.dtype.element_ty), mask=mask)
+        tl.store(a + offs, (av * d1).to(a.dtype.element_ty), mask=mask)
+    else:
+        tl.store(a + offs, (av + bv * d1).to(a.dtype.element_ty), mask=mask)
 
 
 def _scalars(like, beta, threshold):
@@ -86,21 +77,19 @@ def _check(op, a, a_name, b, b_name, h, beta):
         raise ValueError(f"npht.kernels.mlp {op}: beta must be finite and > 0, got {beta}")
 
 
-def softplus_adjoint_(ebar, e, h, beta, threshold):
-    _check("softplus_adjoint_", ebar, "ebar", e, "e", h, beta)
-    n = ebar.numel()
+def _launch(op, a, a_name, b, b_name, h, beta, threshold, adjoint):
+    _check(op, a, a_name, b, b_name, h, beta)
+    n = a.numel()
     if n == 0:
         return
     BLOCK = _block(n)
-    _adjoint_kernel[(triton.cdiv(n, BLOCK),)](ebar, e, h, n, _scalars(ebar, beta, threshold), BLOCK=BLOCK,
-                                             num_warps=4)
+    _kernel[(triton.cdiv(n, BLOCK),)](a, b, h, n, _scalars(a, beta, threshold), ADJOINT=adjoint, BLOCK=BLOCK,
+                                      num_warps=4)
+
+
+def softplus_adjoint_(ebar, e, h, beta, threshold):
+    _launch("softplus_adjoint_", ebar, "ebar", e, "e", h, beta, threshold, adjoint=True)
 
 
 def softplus_backward_add_(acc, grad, h, beta, threshold):
-    _check("softplus_backward_add_", acc, "acc", grad, "grad", h, beta)
-    n = acc.numel()
-    if n == 0:
-        return
-    BLOCK = _block(n)
-    _backward_add_kernel[(triton.cdiv(n, BLOCK),)](acc, grad, h, n, _scalars(acc, beta, threshold), BLOCK=BLOCK,
-                                                  num_warps=4)
+    _launch("softplus_backward_add_", acc, "acc", grad, "grad", h, beta, threshold, adjoint=False)
