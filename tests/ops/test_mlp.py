@@ -77,13 +77,15 @@ def test_float32_close_to_float64():
 
 
 @pytest.mark.parametrize("checkpoint", [False, True])
-def test_gradcheck(checkpoint):
+def test_gradcheck(backend, device, checkpoint):
     weights, biases = make_mlp((3, 6, 5, 1), scale=2.0)
-    x = torch.randn(7, 3, dtype=torch.float64, requires_grad=True)
+    weights = [w.detach().to(device).requires_grad_() for w in weights]
+    biases = [b.detach().to(device).requires_grad_() for b in biases]
+    x = torch.randn(7, 3, dtype=torch.float64).to(device).requires_grad_()
 
     def fn(x, *params):
         return npht.softplus_mlp_with_grad(x, params[:3], params[3:], beta=3.0, checkpoint=checkpoint,
-                                           chunk_size=3)
+                                           chunk_size=3, backend=backend)
 
     assert torch.autograd.gradcheck(fn, (x, *weights, *biases))
 
