@@ -25,7 +25,7 @@ def latest_results(results_dir: str) -> list:
             res = json.load(f)
         if res.get("partial"):  # rows of a run that was cut off (_common.PartialRows)
             continue
-        key = (res.get("benchmark"), res.get("device"), res.get("config", {}).get("quick"))
+        key = (res.get("benchmark"), res.get("device"), res.get("config", {}).get("quick"), res.get("label"))
         if key not in latest or res["date"] > latest[key][1]["date"]:
             latest[key] = (os.path.basename(path), res)
     return sorted(latest.values(), key=lambda kv: (kv[1]["device_type"] != "cuda", kv[0]))
@@ -144,7 +144,9 @@ def table(name: str, res: dict) -> str:
     lines = [
         f"**{res['device']}** — torch {res['torch']}, commit `{res['commit']}`, {res['date'][:10]} "
         f"(`{name}`): B={cfg['B']}, N={cfg['N']}, C={cfg['C']}, planes {cfg['res']}², "
-        f"eikonal N={cfg['eik_N']} (eikonal_op: N), float32",
+        f"eikonal N={cfg['eik_N']} (eikonal_op: N), float32"
+        + (f"; fused decoder backward in chunks of {cfg['mlp_chunk']} rows" if cfg.get("mlp_chunk") else "")
+        + (f" — *{res['label']}*" if res.get("label") else ""),
         "",
     ]
     if not res.get("reference_baseline"):  # runs before the literal baseline existed

@@ -218,7 +218,7 @@ def make_step(method: str, task: str, cfg: dict, device: str):
             if fused:
                 backend, cl, _, ckpt = parse_method(method)
                 return decoder.sdf_and_gradient(planes, points, backend=backend, channels_last=cl,
-                                                checkpoint=ckpt,
+                                                checkpoint=ckpt, mlp_chunk_size=cfg.get("mlp_chunk"),
                                                 mlp_backend="reference" if is_torch_ew(method) else "auto")
             sdf = decoder(fn(planes, points), points)
             (normals,) = torch.autograd.grad(sdf.sum(), points, create_graph=True)
@@ -263,7 +263,7 @@ def run(args, on_row=None) -> dict:
     """The result dict; ``on_row(row)`` after each measured row (:class:`_common.PartialRows`)."""
     device = args.device
     cfg = default_config(device, args.quick)
-    for key in ("B", "N", "C", "res", "eik_N"):
+    for key in ("B", "N", "C", "res", "eik_N", "mlp_chunk"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
     methods = args.methods or methods_for(device)
@@ -327,6 +327,7 @@ def run(args, on_row=None) -> dict:
         "config": {**cfg, "dtype": "float32", "reps": args.reps, "quick": args.quick,
                    "decoder": "5 layers, 256 wide, softplus beta=100"},
         "build_info": {k: v for k, v in npht.build_info().items() if not k.endswith("error")},
+        **({"label": args.label} if args.label else {}),
         "results": rows,
     }
 
@@ -375,6 +376,10 @@ def main(argv=None):
     p.add_argument("--C", type=int)
     p.add_argument("--res", type=int, help="plane resolution")
     p.add_argument("--eik-N", dest="eik_N", type=int, help="points per batch element (eikonal)")
+    p.add_argument("--label", help="names a run with other sizes: report.py keeps the newest run "
+                   "per label (e.g. 'eikonal at scale') beside the default one")
+    p.add_argument("--mlp-chunk", dest="mlp_chunk", type=int,
+                   help="rows per chunk of the fused decoder's backward (default: the op's)")
     p.add_argument("--child-memory", nargs=2, metavar=("METHOD", "TASK"), help=argparse.SUPPRESS)
     p.add_argument("--config", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from npht.ops import softplus_mlp_with_grad, triplane_sample
+from npht.ops import softplus_mlp_with_grad, triplane_sample, triplane_sample_points_vjp
 
 from .deepsdf import center_zero_level_
 
@@ -84,7 +84,8 @@ class TriplaneDecoder(nn.Module):
         return [m.weight for m in linears], [m.bias for m in linears]
 
     def sdf_and_gradient(self, planes: torch.Tensor, points: torch.Tensor, *, fused: bool = True,
-                         checkpoint: bool = False, mlp_backend: str = "auto", **sample_kwargs):
+                         checkpoint: bool = False, mlp_backend: str = "auto",
+                         mlp_chunk_size: Optional[int] = None, **sample_kwargs):
         """SDF ``[B, N]`` and its gradient w.r.t. the points ``[B, N, 3]`` (normals before
         normalisation), through the tri-plane features and the direct point input.
 
@@ -94,7 +95,9 @@ class TriplaneDecoder(nn.Module):
         value and gradient from :func:`npht.softplus_mlp_with_grad` (hand-written
         backward, about a third of autograd's memory; ``checkpoint=True`` keeps nothing
         and recomputes in chunks; ``mlp_backend``: its ``backend``, the kernels of its
-        backward's elementwise steps); ``fused=False`` is plain autograd (the reference).
+        backward's elementwise steps; ``mlp_chunk_size``: its ``chunk_size``, rows per
+        chunk of its backward, which bounds the backward's working memory, default
+        ``npht.ops.mlp.DEFAULT_CHUNK``); ``fused=False`` is plain autograd (the reference).
         With grad mode off, the results are plain tensors and no graph is kept.
         """
         create = torch.is_grad_enabled()
@@ -111,12 +114,17 @@ class TriplaneDecoder(nn.Module):
                 x = torch.cat([feats, pts.to(feats.dtype)], dim=-1)
                 if not create:
                     x = x.detach()
+                chunk = {} if mlp_chunk_size is None else {"chunk_size": mlp_chunk_size}
                 sdf, grad_x = softplus_mlp_with_grad(x, weights, biases, beta=self.beta,
                                                      checkpoint=checkpoint or not create,
-                                                     backend=mlp_backend)
+                                                     backend=mlp_backend, **chunk)
                 grad_feat, grad_pts = grad_x.split([self.feature_dim, grad_x.shape[-1] - self.feature_dim], -1)
-                # chain the feature gradient through the tri-plane op's backward
-                (grad_via_planes,) = torch.autograd.grad(feats, pts, grad_feat, create_graph=create)
+                # chain the feature gradient through the tri-plane op's backward (points
+                # only: autograd.grad would scatter a discarded planes gradient too)
+                grad_via_planes = triplane_sample_points_vjp(planes, pts, grad_feat.to(feats.dtype),
+                                                             **sample_kwargs)
+                if not create:
+                    grad_via_planes = grad_via_planes.detach()
                 grad = grad_pts + grad_via_planes
             else:
                 sdf = self(feats, pts)

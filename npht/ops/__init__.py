@@ -5,7 +5,8 @@ from .composite import CompositeResult, volume_composite
 from .knn import PointTree
 from .mlp import softplus_mlp_with_grad
 from .sampler import eb_bisect_beta, eb_merge, eb_upsample
-from .triplane import PROJECTIONS, projection_from_plane_axes, resolve_projection, triplane_sample
+from .triplane import (PROJECTIONS, projection_from_plane_axes, resolve_projection, triplane_sample,
+                       triplane_sample_points_vjp)
 
 __all__ = [
     "BACKENDS",
@@ -20,5 +21,6 @@ __all__ = [
     "resolve_projection",
     "softplus_mlp_with_grad",
     "triplane_sample",
+    "triplane_sample_points_vjp",
     "volume_composite",
 ]

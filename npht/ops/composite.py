@@ -106,6 +106,9 @@ def _setup_context(ctx, inputs, output):
     # the weights spare the fused backward most of its transcendentals
     ctx.save_for_backward(sdf, z, beta, values, offsets, output[3])
     ctx.last_delta, ctx.backend = last_delta, backend
+    # results no loss reads (often the per-sample weights) get None, not zero-filled
+    # tensors the fused backward would read and multiply
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, g_rendered, g_depth, g_opacity, g_weights):
@@ -138,6 +141,7 @@ def _bwd_setup_context(ctx, inputs, output):
     ctx.save_for_backward(g_r, g_d, g_o, g_w, sdf, z, beta, values, offsets)
     ctx.last_delta = last_delta
     ctx.needs = (need_sdf, need_z, need_beta, need_values)
+    ctx.set_materialize_grads(False)
 
 
 def _bwd_backward(ctx, gg_sdf, gg_z, gg_beta, gg_values):

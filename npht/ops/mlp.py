@@ -237,6 +237,11 @@ def _setup_context(ctx, inputs, output):
     x, weights, biases, beta, threshold, save, chunk, backend = inputs
     _, _, hs = output
     ctx.save_for_backward(x, *weights, *biases, *hs)
+    # hs are saved state, not results: no gradient flows into them, and none must be
+    # materialised (zero-filled [M, width] tensors, one per hidden layer, would double
+    # the op's memory); an unused y or g then arrives as None too.
+    ctx.mark_non_differentiable(*hs)
+    ctx.set_materialize_grads(False)
     ctx.n_layers = len(weights)
     ctx.args = (float(beta), float(threshold), int(chunk))
     ctx.need_x = x.requires_grad

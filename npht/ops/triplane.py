@@ -17,7 +17,7 @@ import torch
 
 from . import _backend
 
-__all__ = ["triplane_sample", "resolve_projection", "projection_from_plane_axes", "PROJECTIONS"]
+__all__ = ["triplane_sample", "triplane_sample_points_vjp", "resolve_projection", "projection_from_plane_axes", "PROJECTIONS"]
 
 _AGGREGATES = {"sum": 0, "mean": 1, "concat": 2}
 _PADDINGS = {"zeros": 0, "border": 1}
@@ -177,9 +177,27 @@ def _fwd_setup_context(ctx, inputs, output):
     ctx.args = tuple(args)  # axes, scale, aggregate, padding, align_corners, backend
 
 
+def _wanted(ctx, i: int) -> bool:
+    """Whether the running backward uses input ``i``'s gradient. ``needs_input_grad`` says
+    only whether it may (the input requires grad): ``torch.autograd.grad(sdf, points,
+    create_graph=True)`` for normals would still make the planes' gradient, a scatter over
+    every sample, then discard it. The engine knows which nodes this call executes; where
+    it cannot be asked (tracing, compiled autograd, a leaf that ``autograd.grad`` captures,
+    which it refuses to answer for) the answer is yes."""
+    if not ctx.needs_input_grad[i]:
+        return False
+    try:
+        if torch.compiler.is_compiling():
+            return True
+        node = ctx.next_functions[i][0]
+        return node is None or bool(torch._C._will_engine_execute_node(node))
+    except Exception:  # noqa: BLE001 -- any doubt: compute the gradient
+        return True
+
+
 def _fwd_backward(ctx, grad):
     planes, points = ctx.saved_tensors
-    need_planes, need_points = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    need_planes, need_points = _wanted(ctx, 0), _wanted(ctx, 1)
     if not (need_planes or need_points):
         return (None,) * 8
     gp, gx = torch.ops.npht.triplane_sample_backward(
@@ -194,6 +212,9 @@ _triplane_sample_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_co
 def _bwd_setup_context(ctx, inputs, output):
     grad_out, planes, points, *args = inputs
     ctx.save_for_backward(grad_out, planes, points)
+    # an output nobody reads (the planes' gradient, when only the points' one feeds a
+    # loss) gets None, not a zero-filled planes-sized tensor the double backward would read
+    ctx.set_materialize_grads(False)
     ctx.args = tuple(args[:6])  # axes, scale, aggregate, padding, align_corners, backend
 
 
@@ -205,7 +226,7 @@ def _usable(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 def _bwd_backward(ctx, gg_planes, gg_points):
     grad_out, planes, points = ctx.saved_tensors
     gg_planes, gg_points = _usable(gg_planes), _usable(gg_points)
-    need_go, need_planes, need_points = ctx.needs_input_grad[:3]
+    need_go, need_planes, need_points = _wanted(ctx, 0), _wanted(ctx, 1), _wanted(ctx, 2)
     # grad_planes does not depend on planes, so only gg_points reaches the planes.
     need_planes = need_planes and gg_points is not None
     if gg_planes is None and gg_points is None or not (need_go or need_planes or need_points):
@@ -300,6 +321,15 @@ def triplane_sample(
     losses): the point-gradient is itself differentiable w.r.t. planes, points and the
     upstream gradient.
     """
+    planes_cl, points, args = _prepare(planes, points, aggregate, align_corners, padding_mode,
+                                       projection, box_warp, channels_last, backend)
+    return torch.ops.npht.triplane_sample(planes_cl, points, *args)
+
+
+def _prepare(planes, points, aggregate, align_corners, padding_mode, projection, box_warp,
+             channels_last, backend):
+    """Check the arguments of :func:`triplane_sample` -> (channels-last contiguous planes,
+    contiguous points, the registered ops' trailing arguments)."""
     _check_inputs(planes, points, channels_last)
     if aggregate not in _AGGREGATES:
         raise ValueError(f"aggregate must be one of {tuple(_AGGREGATES)}, got {aggregate!r}")
@@ -313,13 +343,51 @@ def triplane_sample(
     axes = [a for pair in resolve_projection(projection) for a in pair]
     backend = _backend.resolve_backend(backend, planes.device)
     planes_cl = planes if channels_last else planes.permute(0, 1, 3, 4, 2)
-    return torch.ops.npht.triplane_sample(
-        planes_cl.contiguous(),
-        points.contiguous(),
-        axes,
-        2.0 / float(box_warp),
-        _AGGREGATES[aggregate],
-        _PADDINGS[padding_mode],
-        bool(align_corners),
-        backend,
-    )
+    args = (axes, 2.0 / float(box_warp), _AGGREGATES[aggregate], _PADDINGS[padding_mode],
+            bool(align_corners), backend)
+    return planes_cl.contiguous(), points.contiguous(), args
+
+
+def triplane_sample_points_vjp(
+    planes: torch.Tensor,
+    points: torch.Tensor,
+    grad_features: torch.Tensor,
+    *,
+    aggregate: str = "sum",
+    align_corners: bool = False,
+    padding_mode: str = "zeros",
+    projection: Projection = "npht",
+    box_warp: float = 2.0,
+    channels_last: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """``[B, N, 3]``: the gradient w.r.t. the points of ``<triplane_sample(planes, points),
+    grad_features>``, i.e. ``torch.autograd.grad(features, points, grad_features,
+    create_graph=torch.is_grad_enabled())`` without the planes' gradient.
+
+    This is the tri-plane half of an SDF normal ``d sdf / d points`` when the decoder's
+    gradient w.r.t. the features is known (``grad_features``). ``torch.autograd.grad``
+    gives the same values and skips the planes' gradient where the autograd engine can
+    tell that the call does not ask for it; this function never computes it, whatever the
+    engine can tell (e.g. when the same call also asks for the planes). Differentiable (with grad mode on) w.r.t. ``planes``,
+    ``points`` and ``grad_features``, so an eikonal or normal loss on the result
+    backpropagates into all three. Keyword arguments as in :func:`triplane_sample`;
+    ``grad_features`` has the shape of its result.
+    """
+    planes_cl, points_c, args = _prepare(planes, points, aggregate, align_corners, padding_mode,
+                                         projection, box_warp, channels_last, backend)
+    if not isinstance(grad_features, torch.Tensor):
+        raise TypeError(f"grad_features must be a torch.Tensor, got {type(grad_features).__name__}")
+    C = planes_cl.shape[-1] * (3 if aggregate == "concat" else 1)
+    want = (points.shape[0], points.shape[1], C)
+    if tuple(grad_features.shape) != want:
+        raise ValueError(f"grad_features must have the features' shape {want}, got "
+                         f"{tuple(grad_features.shape)}")
+    if grad_features.device != planes.device:
+        raise ValueError(f"grad_features must be on {planes.device}, got {grad_features.device}")
+    if grad_features.dtype != planes.dtype:
+        raise TypeError(f"grad_features must be {planes.dtype} (the features' dtype), got "
+                        f"{grad_features.dtype}")
+    _, gx = torch.ops.npht.triplane_sample_backward(grad_features.contiguous(), planes_cl, points_c,
+                                                    *args, False, True)
+    return gx

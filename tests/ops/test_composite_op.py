@@ -370,3 +370,40 @@ def test_zero_channel_values(backend, device):
     s2 = sdf.clone().requires_grad_()
     composite(s2, z, 0.1)[1].sum().backward()
     torch.testing.assert_close(s.grad, s2.grad)
+
+
+class _OpCalls(torch.utils._python_dispatch.TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append((str(func), args))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_unread_results_reach_the_backward_as_none(backend, device, packed):
+    """A loss on the rendered values alone hands the fused backward None for the depth,
+    opacity and per-sample weights (no zero-filled tensors to read), with the same
+    gradients; so does the double backward for unread gradients."""
+    if packed:
+        sdf, z, v, off = _packed([2, 3, 1], 3, torch.float64, device)
+    else:
+        (sdf, z, v), off = _rays(3, 4, 3, torch.float64, device), None
+    beta = torch.tensor([0.05], dtype=torch.float64, device=device).requires_grad_()
+    sdf.requires_grad_()
+    out = npht.volume_composite(sdf, z, beta, v, ray_offsets=off, backend=backend)
+    with _OpCalls() as rec:
+        g_sdf, g_beta = torch.autograd.grad(out.rendered.square().sum(), (sdf, beta), create_graph=True)
+        (gg,) = torch.autograd.grad(g_sdf.square().sum(), sdf, retain_graph=True)
+    # the first backward, then again through the rendered values inside the double backward
+    bwds = [a for f, a in rec.calls if f == "npht.volume_composite_backward.default"]
+    assert len(bwds) == 2
+    for bwd in bwds:
+        assert bwd[0] is not None and bwd[1] is None and bwd[2] is None and bwd[3] is None
+    ref = npht.volume_composite(sdf, z, beta, v, ray_offsets=off, backend="reference")
+    want = torch.autograd.grad(ref.rendered.square().sum(), (sdf, beta), create_graph=True)
+    torch.testing.assert_close(g_sdf, want[0], **TOL[torch.float64])
+    torch.testing.assert_close(g_beta, want[1], **TOL[torch.float64])
+    torch.testing.assert_close(gg, torch.autograd.grad(want[0].square().sum(), sdf)[0], **TOL[torch.float64])

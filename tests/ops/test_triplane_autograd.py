@@ -126,3 +126,142 @@ def test_torch_compile_parity(backend, device):
     torch.testing.assert_close(got, eager)
     for a, b in zip(g_got, g_eager):
         torch.testing.assert_close(a, b)
+
+
+# ---- triplane_sample_points_vjp: the point gradient alone ----------------------------
+
+
+@pytest.mark.parametrize("aggregate,padding,align_corners", CASES[::3] + [("concat", "border", True)])
+def test_points_vjp_matches_autograd(backend, device, aggregate, padding, align_corners):
+    """Value and second derivatives (w.r.t. planes, points and the upstream gradient)
+    equal those of torch.autograd.grad(features, points, g, create_graph=True)."""
+    planes, points = tiny_inputs(device, B=2, N=7, C=3, H=4, W=5, seed=3)
+    kw = dict(aggregate=aggregate, padding_mode=padding, align_corners=align_corners, backend=backend)
+    gen = torch.Generator().manual_seed(4)
+    C = 9 if aggregate == "concat" else 3
+    g = torch.randn(2, 7, C, dtype=torch.float64, generator=gen).to(device).requires_grad_(True)
+    w = torch.randn(2, 7, 3, dtype=torch.float64, generator=gen).to(device)
+
+    (want,) = torch.autograd.grad(npht.triplane_sample(planes, points, **kw), points, g, create_graph=True)
+    got = npht.ops.triplane_sample_points_vjp(planes, points, g, **kw)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    gw = torch.autograd.grad((want * w).sum(), (planes, points, g))
+    gg = torch.autograd.grad((got * w).sum(), (planes, points, g))
+    for a, b in zip(gg, gw):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_points_vjp_gradgradcheck(backend, device):
+    planes, points = tiny_inputs(device, B=1, N=4, C=2, H=3, W=3, seed=5)
+    g = torch.randn(1, 4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    g = g.to(device).requires_grad_(True)
+
+    def fn(p, x, gf):
+        return npht.ops.triplane_sample_points_vjp(p, x, gf, aggregate="mean", projection="eg3d",
+                                                   box_warp=1.6, backend=backend)
+
+    assert torch.autograd.gradcheck(fn, (planes, points, g), eps=1e-6, atol=1e-7, fast_mode=fast(backend))
+
+
+def test_points_vjp_without_grad_mode_is_plain(backend, device):
+    planes, points = tiny_inputs(device, N=6, C=2)
+    g = torch.ones(1, 6, 2, dtype=torch.float64, device=device)
+    with torch.no_grad():
+        out = npht.ops.triplane_sample_points_vjp(planes, points, g, backend=backend)
+    assert out.shape == (1, 6, 3) and out.grad_fn is None
+    (want,) = torch.autograd.grad(npht.triplane_sample(planes, points, backend=backend), points, g)
+    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
+
+
+def test_points_vjp_errors():
+    planes, points = tiny_inputs("cpu", N=6, C=2)
+    with pytest.raises(ValueError, match=r"grad_features must have the features' shape \(1, 6, 6\)"):
+        npht.ops.triplane_sample_points_vjp(planes, points, torch.zeros(1, 6, 2, dtype=torch.float64),
+                                            aggregate="concat")
+    with pytest.raises(TypeError, match="grad_features must be torch.float64"):
+        npht.ops.triplane_sample_points_vjp(planes, points, torch.zeros(1, 6, 2))
+    with pytest.raises(TypeError, match="grad_features must be a torch.Tensor"):
+        npht.ops.triplane_sample_points_vjp(planes, points, [0.0])
+    with pytest.raises(ValueError, match="aggregate must be one of"):
+        npht.ops.triplane_sample_points_vjp(planes, points, torch.zeros(1, 6, 2, dtype=torch.float64),
+                                            aggregate="max")
+
+
+class _OpCalls(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the arguments of npht's registered ops (and the shapes aten allocates)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append((str(func), args))
+        return func(*args, **(kwargs or {}))
+
+
+def test_decoder_gradient_asks_the_op_for_what_it_uses():
+    """The eikonal path of TriplaneDecoder.sdf_and_gradient: the first backward computes
+    the points' gradient only (no planes-sized scatter), the double backward gets None for
+    the unused planes-gradient output (no zero-filled planes) and skips the points (a leaf
+    nobody asks about), the loss's backward skips them too, and the fused MLP's saved
+    pre-activations get no zero-filled gradients."""
+    from npht.models.decoder import TriplaneDecoder
+
+    torch.manual_seed(0)
+    planes = torch.randn(1, 3, 8, 16, 16, requires_grad=True)
+    points = (torch.rand(1, 50, 3) * 2 - 1).requires_grad_()
+    dec = TriplaneDecoder(feature_dim=8, hidden=32)
+    with _OpCalls() as rec:
+        sdf, n = dec.sdf_and_gradient(planes, points)
+        loss = ((n.norm(dim=-1) - 1) ** 2).mean() + sdf.abs().mean()
+        grads = torch.autograd.grad(loss, [planes, *dec.parameters()])
+    bwd = [a for f, a in rec.calls if f == "npht.triplane_sample_backward.default"]
+    assert [a[-2:] for a in bwd] == [(False, True), (True, False)]  # sdf_and_gradient, then the loss
+    (bwd2,) = [a for f, a in rec.calls if f == "npht.triplane_sample_double_backward.default"]
+    assert bwd2[0] is None and bwd2[1].shape == (1, 50, 3) and bwd2[-3:] == (True, True, False)
+    zeros = [a for f, a in rec.calls if f.startswith("aten.zeros") and 32 in tuple(a[0])]
+    assert zeros == []
+    # and the gradients are autograd's
+    sdf_r, n_r = dec.sdf_and_gradient(planes, points, fused=False)
+    loss_r = ((n_r.norm(dim=-1) - 1) ** 2).mean() + sdf_r.abs().mean()
+    for a, b in zip(grads, torch.autograd.grad(loss_r, [planes, *dec.parameters()])):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_double_backward_gets_none_for_an_unused_planes_gradient(backend, device):
+    """autograd.grad(features, points, create_graph=True) makes the backward op compute the
+    planes' gradient as well (a custom op cannot know what a call asks for); the loss on the
+    points' gradient must not hand the double backward a zero-filled planes-sized tensor."""
+    planes, points = tiny_inputs(device, N=6, C=2)
+    feats = npht.triplane_sample(planes, points, backend=backend)
+    (gx,) = torch.autograd.grad(feats.square().sum(), points, create_graph=True)
+    with _OpCalls() as rec:
+        torch.autograd.grad(gx.square().sum(), planes)
+    (bwd2,) = [a for f, a in rec.calls if f == "npht.triplane_sample_double_backward.default"]
+    assert bwd2[0] is None and bwd2[1].shape == points.shape
+
+
+@pytest.mark.parametrize("planes_kind", ["leaf", "non-leaf"])
+def test_backward_computes_only_the_gradients_the_call_asks_for(backend, device, planes_kind):
+    """torch.autograd.grad(features, points) does not make the planes' gradient (the
+    engine says the planes' node will not run), whether the planes are a leaf or come from
+    a generator; .backward() and a request for both get both; values as the reference's."""
+    planes0, points = tiny_inputs(device, N=6, C=2)
+
+    def run(ask, backend_):
+        planes = planes0 if planes_kind == "leaf" else planes0 * 1.5
+        feats = npht.triplane_sample(planes, points, backend=backend_)
+        loss = (feats * torch.arange(2, dtype=feats.dtype, device=device)).sum()
+        if ask == "backward":
+            planes0.grad = points.grad = None
+            loss.backward()
+            return planes0.grad, points.grad
+        return torch.autograd.grad(loss, {"points": [points], "both": [planes0, points]}[ask])
+
+    for ask, want_flags in (("points", (False, True)), ("both", (True, True)), ("backward", (True, True))):
+        with _OpCalls() as rec:
+            got = run(ask, backend)
+        (bwd,) = [a for f, a in rec.calls if f == "npht.triplane_sample_backward.default"]
+        assert bwd[-2:] == want_flags, ask
+        for a, b in zip(got, run(ask, "reference")):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
