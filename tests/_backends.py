@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import npht
 
@@ -32,3 +33,16 @@ def require_backend(backend: str) -> torch.device:
             pytest.fail(msg)  # CI installs everything: a missing backend is a failure
         pytest.skip(msg)
     return backend_device(backend)
+
+
+class OpCalls(TorchDispatchMode):
+    """Records every op call ``(str(op), args)`` run under it: which gradients a registered
+    op was asked for, and which tensors aten allocated."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append((str(func), args))
+        return func(*args, **(kwargs or {}))

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from npht.ops import softplus_mlp_with_grad, triplane_sample, triplane_sample_points_vjp
+from npht.ops import softplus_mlp_with_grad, triplane_sample
 
 from .deepsdf import center_zero_level_
 
@@ -119,12 +119,9 @@ class TriplaneDecoder(nn.Module):
                                                      checkpoint=checkpoint or not create,
                                                      backend=mlp_backend, **chunk)
                 grad_feat, grad_pts = grad_x.split([self.feature_dim, grad_x.shape[-1] - self.feature_dim], -1)
-                # chain the feature gradient through the tri-plane op's backward (points
-                # only: autograd.grad would scatter a discarded planes gradient too)
-                grad_via_planes = triplane_sample_points_vjp(planes, pts, grad_feat.to(feats.dtype),
-                                                             **sample_kwargs)
-                if not create:
-                    grad_via_planes = grad_via_planes.detach()
+                # chain the feature gradient through the tri-plane op's backward (which
+                # skips the planes' gradient: the engine tells it this call does not use it)
+                (grad_via_planes,) = torch.autograd.grad(feats, pts, grad_feat, create_graph=create)
                 grad = grad_pts + grad_via_planes
             else:
                 sdf = self(feats, pts)

@@ -5,8 +5,7 @@ from .composite import CompositeResult, volume_composite
 from .knn import PointTree
 from .mlp import softplus_mlp_with_grad
 from .sampler import eb_bisect_beta, eb_merge, eb_upsample
-from .triplane import (PROJECTIONS, projection_from_plane_axes, resolve_projection, triplane_sample,
-                       triplane_sample_points_vjp)
+from .triplane import PROJECTIONS, projection_from_plane_axes, resolve_projection, triplane_sample
 
 __all__ = [
     "BACKENDS",
@@ -21,6 +20,5 @@ __all__ = [
     "resolve_projection",
     "softplus_mlp_with_grad",
     "triplane_sample",
-    "triplane_sample_points_vjp",
     "volume_composite",
 ]

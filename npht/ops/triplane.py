@@ -17,7 +17,7 @@ import torch
 
 from . import _backend
 
-__all__ = ["triplane_sample", "triplane_sample_points_vjp", "resolve_projection", "projection_from_plane_axes", "PROJECTIONS"]
+__all__ = ["triplane_sample", "resolve_projection", "projection_from_plane_axes", "PROJECTIONS"]
 
 _AGGREGATES = {"sum": 0, "mean": 1, "concat": 2}
 _PADDINGS = {"zeros": 0, "border": 1}
@@ -321,15 +321,6 @@ def triplane_sample(
     losses): the point-gradient is itself differentiable w.r.t. planes, points and the
     upstream gradient.
     """
-    planes_cl, points, args = _prepare(planes, points, aggregate, align_corners, padding_mode,
-                                       projection, box_warp, channels_last, backend)
-    return torch.ops.npht.triplane_sample(planes_cl, points, *args)
-
-
-def _prepare(planes, points, aggregate, align_corners, padding_mode, projection, box_warp,
-             channels_last, backend):
-    """Check the arguments of :func:`triplane_sample` -> (channels-last contiguous planes,
-    contiguous points, the registered ops' trailing arguments)."""
     _check_inputs(planes, points, channels_last)
     if aggregate not in _AGGREGATES:
         raise ValueError(f"aggregate must be one of {tuple(_AGGREGATES)}, got {aggregate!r}")
@@ -343,51 +334,13 @@ def _prepare(planes, points, aggregate, align_corners, padding_mode, projection,
     axes = [a for pair in resolve_projection(projection) for a in pair]
     backend = _backend.resolve_backend(backend, planes.device)
     planes_cl = planes if channels_last else planes.permute(0, 1, 3, 4, 2)
-    args = (axes, 2.0 / float(box_warp), _AGGREGATES[aggregate], _PADDINGS[padding_mode],
-            bool(align_corners), backend)
-    return planes_cl.contiguous(), points.contiguous(), args
-
-
-def triplane_sample_points_vjp(
-    planes: torch.Tensor,
-    points: torch.Tensor,
-    grad_features: torch.Tensor,
-    *,
-    aggregate: str = "sum",
-    align_corners: bool = False,
-    padding_mode: str = "zeros",
-    projection: Projection = "npht",
-    box_warp: float = 2.0,
-    channels_last: bool = False,
-    backend: str = "auto",
-) -> torch.Tensor:
-    """``[B, N, 3]``: the gradient w.r.t. the points of ``<triplane_sample(planes, points),
-    grad_features>``, i.e. ``torch.autograd.grad(features, points, grad_features,
-    create_graph=torch.is_grad_enabled())`` without the planes' gradient.
-
-    This is the tri-plane half of an SDF normal ``d sdf / d points`` when the decoder's
-    gradient w.r.t. the features is known (``grad_features``). ``torch.autograd.grad``
-    gives the same values and skips the planes' gradient where the autograd engine can
-    tell that the call does not ask for it; this function never computes it, whatever the
-    engine can tell (e.g. when the same call also asks for the planes). Differentiable (with grad mode on) w.r.t. ``planes``,
-    ``points`` and ``grad_features``, so an eikonal or normal loss on the result
-    backpropagates into all three. Keyword arguments as in :func:`triplane_sample`;
-    ``grad_features`` has the shape of its result.
-    """
-    planes_cl, points_c, args = _prepare(planes, points, aggregate, align_corners, padding_mode,
-                                         projection, box_warp, channels_last, backend)
-    if not isinstance(grad_features, torch.Tensor):
-        raise TypeError(f"grad_features must be a torch.Tensor, got {type(grad_features).__name__}")
-    C = planes_cl.shape[-1] * (3 if aggregate == "concat" else 1)
-    want = (points.shape[0], points.shape[1], C)
-    if tuple(grad_features.shape) != want:
-        raise ValueError(f"grad_features must have the features' shape {want}, got "
-                         f"{tuple(grad_features.shape)}")
-    if grad_features.device != planes.device:
-        raise ValueError(f"grad_features must be on {planes.device}, got {grad_features.device}")
-    if grad_features.dtype != planes.dtype:
-        raise TypeError(f"grad_features must be {planes.dtype} (the features' dtype), got "
-                        f"{grad_features.dtype}")
-    _, gx = torch.ops.npht.triplane_sample_backward(grad_features.contiguous(), planes_cl, points_c,
-                                                    *args, False, True)
-    return gx
+    return torch.ops.npht.triplane_sample(
+        planes_cl.contiguous(),
+        points.contiguous(),
+        axes,
+        2.0 / float(box_warp),
+        _AGGREGATES[aggregate],
+        _PADDINGS[padding_mode],
+        bool(align_corners),
+        backend,
+    )

@@ -7,7 +7,7 @@ import torch
 from torch.autograd import gradcheck, gradgradcheck
 
 import npht
-from _backends import backend_device, require_backend
+from _backends import OpCalls, backend_device, require_backend
 from npht.reference.render import _ref_packed_per_sample_beta, composite, composite_packed
 
 TOL = {torch.float64: dict(rtol=1e-9, atol=1e-11), torch.float32: dict(rtol=2e-4, atol=2e-5)}
@@ -372,16 +372,6 @@ def test_zero_channel_values(backend, device):
     torch.testing.assert_close(s.grad, s2.grad)
 
 
-class _OpCalls(torch.utils._python_dispatch.TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls.append((str(func), args))
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("packed", [False, True])
 def test_unread_results_reach_the_backward_as_none(backend, device, packed):
     """A loss on the rendered values alone hands the fused backward None for the depth,
@@ -394,7 +384,7 @@ def test_unread_results_reach_the_backward_as_none(backend, device, packed):
     beta = torch.tensor([0.05], dtype=torch.float64, device=device).requires_grad_()
     sdf.requires_grad_()
     out = npht.volume_composite(sdf, z, beta, v, ray_offsets=off, backend=backend)
-    with _OpCalls() as rec:
+    with OpCalls() as rec:
         g_sdf, g_beta = torch.autograd.grad(out.rendered.square().sum(), (sdf, beta), create_graph=True)
         (gg,) = torch.autograd.grad(g_sdf.square().sum(), sdf, retain_graph=True)
     # the first backward, then again through the rendered values inside the double backward

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import npht
+from _backends import OpCalls
 from npht.reference import triplane_sample as reference
 
 
@@ -128,75 +129,7 @@ def test_torch_compile_parity(backend, device):
         torch.testing.assert_close(a, b)
 
 
-# ---- triplane_sample_points_vjp: the point gradient alone ----------------------------
-
-
-@pytest.mark.parametrize("aggregate,padding,align_corners", CASES[::3] + [("concat", "border", True)])
-def test_points_vjp_matches_autograd(backend, device, aggregate, padding, align_corners):
-    """Value and second derivatives (w.r.t. planes, points and the upstream gradient)
-    equal those of torch.autograd.grad(features, points, g, create_graph=True)."""
-    planes, points = tiny_inputs(device, B=2, N=7, C=3, H=4, W=5, seed=3)
-    kw = dict(aggregate=aggregate, padding_mode=padding, align_corners=align_corners, backend=backend)
-    gen = torch.Generator().manual_seed(4)
-    C = 9 if aggregate == "concat" else 3
-    g = torch.randn(2, 7, C, dtype=torch.float64, generator=gen).to(device).requires_grad_(True)
-    w = torch.randn(2, 7, 3, dtype=torch.float64, generator=gen).to(device)
-
-    (want,) = torch.autograd.grad(npht.triplane_sample(planes, points, **kw), points, g, create_graph=True)
-    got = npht.ops.triplane_sample_points_vjp(planes, points, g, **kw)
-    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    gw = torch.autograd.grad((want * w).sum(), (planes, points, g))
-    gg = torch.autograd.grad((got * w).sum(), (planes, points, g))
-    for a, b in zip(gg, gw):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-
-
-def test_points_vjp_gradgradcheck(backend, device):
-    planes, points = tiny_inputs(device, B=1, N=4, C=2, H=3, W=3, seed=5)
-    g = torch.randn(1, 4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
-    g = g.to(device).requires_grad_(True)
-
-    def fn(p, x, gf):
-        return npht.ops.triplane_sample_points_vjp(p, x, gf, aggregate="mean", projection="eg3d",
-                                                   box_warp=1.6, backend=backend)
-
-    assert torch.autograd.gradcheck(fn, (planes, points, g), eps=1e-6, atol=1e-7, fast_mode=fast(backend))
-
-
-def test_points_vjp_without_grad_mode_is_plain(backend, device):
-    planes, points = tiny_inputs(device, N=6, C=2)
-    g = torch.ones(1, 6, 2, dtype=torch.float64, device=device)
-    with torch.no_grad():
-        out = npht.ops.triplane_sample_points_vjp(planes, points, g, backend=backend)
-    assert out.shape == (1, 6, 3) and out.grad_fn is None
-    (want,) = torch.autograd.grad(npht.triplane_sample(planes, points, backend=backend), points, g)
-    torch.testing.assert_close(out, want, rtol=1e-12, atol=1e-12)
-
-
-def test_points_vjp_errors():
-    planes, points = tiny_inputs("cpu", N=6, C=2)
-    with pytest.raises(ValueError, match=r"grad_features must have the features' shape \(1, 6, 6\)"):
-        npht.ops.triplane_sample_points_vjp(planes, points, torch.zeros(1, 6, 2, dtype=torch.float64),
-                                            aggregate="concat")
-    with pytest.raises(TypeError, match="grad_features must be torch.float64"):
-        npht.ops.triplane_sample_points_vjp(planes, points, torch.zeros(1, 6, 2))
-    with pytest.raises(TypeError, match="grad_features must be a torch.Tensor"):
-        npht.ops.triplane_sample_points_vjp(planes, points, [0.0])
-    with pytest.raises(ValueError, match="aggregate must be one of"):
-        npht.ops.triplane_sample_points_vjp(planes, points, torch.zeros(1, 6, 2, dtype=torch.float64),
-                                            aggregate="max")
-
-
-class _OpCalls(torch.utils._python_dispatch.TorchDispatchMode):
-    """Records the arguments of npht's registered ops (and the shapes aten allocates)."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls.append((str(func), args))
-        return func(*args, **(kwargs or {}))
+# ---- the backward computes what the call uses -------------------------------------
 
 
 def test_decoder_gradient_asks_the_op_for_what_it_uses():
@@ -211,7 +144,7 @@ def test_decoder_gradient_asks_the_op_for_what_it_uses():
     planes = torch.randn(1, 3, 8, 16, 16, requires_grad=True)
     points = (torch.rand(1, 50, 3) * 2 - 1).requires_grad_()
     dec = TriplaneDecoder(feature_dim=8, hidden=32)
-    with _OpCalls() as rec:
+    with OpCalls() as rec:
         sdf, n = dec.sdf_and_gradient(planes, points)
         loss = ((n.norm(dim=-1) - 1) ** 2).mean() + sdf.abs().mean()
         grads = torch.autograd.grad(loss, [planes, *dec.parameters()])
@@ -235,7 +168,7 @@ def test_double_backward_gets_none_for_an_unused_planes_gradient(backend, device
     planes, points = tiny_inputs(device, N=6, C=2)
     feats = npht.triplane_sample(planes, points, backend=backend)
     (gx,) = torch.autograd.grad(feats.square().sum(), points, create_graph=True)
-    with _OpCalls() as rec:
+    with OpCalls() as rec:
         torch.autograd.grad(gx.square().sum(), planes)
     (bwd2,) = [a for f, a in rec.calls if f == "npht.triplane_sample_double_backward.default"]
     assert bwd2[0] is None and bwd2[1].shape == points.shape
@@ -259,7 +192,7 @@ def test_backward_computes_only_the_gradients_the_call_asks_for(backend, device,
         return torch.autograd.grad(loss, {"points": [points], "both": [planes0, points]}[ask])
 
     for ask, want_flags in (("points", (False, True)), ("both", (True, True)), ("backward", (True, True))):
-        with _OpCalls() as rec:
+        with OpCalls() as rec:
             got = run(ask, backend)
         (bwd,) = [a for f, a in rec.calls if f == "npht.triplane_sample_backward.default"]
         assert bwd[-2:] == want_flags, ask
