@@ -162,12 +162,13 @@ def test_decoder_gradient_asks_the_op_for_what_it_uses():
 
 
 def test_double_backward_gets_none_for_an_unused_planes_gradient(backend, device):
-    """autograd.grad(features, points, create_graph=True) makes the backward op compute the
-    planes' gradient as well (a custom op cannot know what a call asks for); the loss on the
-    points' gradient must not hand the double backward a zero-filled planes-sized tensor."""
+    """A call that asks for both first gradients, then a loss on the points' one only: the
+    double backward gets None for the planes' gradient, not a zero-filled planes-sized
+    tensor to read."""
     planes, points = tiny_inputs(device, N=6, C=2)
     feats = npht.triplane_sample(planes, points, backend=backend)
-    (gx,) = torch.autograd.grad(feats.square().sum(), points, create_graph=True)
+    gp, gx = torch.autograd.grad(feats.square().sum(), (planes, points), create_graph=True)
+    assert gp.shape == planes.shape
     with OpCalls() as rec:
         torch.autograd.grad(gx.square().sum(), planes)
     (bwd2,) = [a for f, a in rec.calls if f == "npht.triplane_sample_double_backward.default"]
