@@ -17,9 +17,13 @@ methods run: ``npht-<backend>-fused`` takes the decoder's value and gradient fro
 npht.softplus_mlp_with_grad (hand-written double backward) instead of autograd, and
 ``npht-<backend>-fused-ckpt`` does so keeping nothing for the backward (recompute in
 chunks); ``npht-<backend>-fused-torch-ew`` is ``-fused`` with the decoder backward's
-elementwise steps as plain PyTorch ops instead of npht's fused kernels (what they gain). On the GPU ``npht-cuda-fused-tf32`` runs the fused step with TF32 matmuls
-(``torch.set_float32_matmul_precision("high")``; the reference stays float32) and reports
-the cosine similarity of its gradients to the float32 step's (``grad_cosine_vs_float32``).
+elementwise steps as plain PyTorch ops instead of npht's fused kernels (what they gain). On
+the GPU ``npht-cuda-fused-tf32`` runs the fused step with TF32 matmuls
+(``torch.set_float32_matmul_precision("high")``; the reference stays float32, and
+``reference-tf32`` shows what TF32 alone gives the reference), ``npht-cuda-fused-tmm-tf32``
+takes the decoder's products from Triton kernels with the elementwise steps fused into
+them (``matmul="triton"``), and each ``-tf32`` row reports the cosine similarity of its
+gradients to the float32 step's (``grad_cosine_vs_float32``).
 
 Timing: triton.testing.do_bench on GPU, a repeated wall-clock timer on CPU; median and
 20/80 % quantiles. Peak memory: CUDA allocator peak above the inputs on GPU; on CPU the
@@ -95,19 +99,28 @@ def methods_for(device: str) -> list:
     for b in backends:
         names += [f"npht-{b}", f"npht-{b}-cl", f"npht-{b}-fused", f"npht-{b}-fused-ckpt",
                   f"npht-{b}-fused-torch-ew"]
-    if "cuda" in backends:  # TF32 exists on the GPU only
-        names.append("npht-cuda-fused-tf32")
+    if backends and device == "cuda":  # TF32 exists on the GPU only
+        names += ["reference-tf32", f"npht-{backends[0]}-fused-tf32"]
+        if info["triton"]:  # the decoder's products as Triton kernels with fused elementwise steps
+            names.append(f"npht-{backends[0]}-fused-tmm-tf32")
     return names
 
 
 def applies(method: str, task: str) -> bool:
-    """The fused-decoder variants exist for the eikonal step only."""
-    return "-fused" not in method or task == "eikonal"
+    """The fused-decoder variants and the TF32 reference exist for the eikonal step only."""
+    return ("-fused" not in method and method != "reference-tf32") or task == "eikonal"
 
 
 def is_tf32(method: str) -> bool:
     """``-tf32`` methods: the eikonal step with TF32 matmuls (torch's "high" precision)."""
     return method.endswith("-tf32")
+
+
+def is_tmm(method: str) -> bool:
+    """``-tmm`` methods: the fused decoder gradient with its products as Triton kernels
+    with the elementwise steps in their prologues/epilogues (``matmul="triton"`` of
+    softplus_mlp_with_grad) instead of torch matmuls."""
+    return method.endswith("-tmm") or "-tmm-" in method
 
 
 def is_torch_ew(method: str) -> bool:
@@ -119,9 +132,11 @@ def is_torch_ew(method: str) -> bool:
 
 def parse_method(method: str):
     """'npht-cpu-cl' -> ('cpu', channels_last, fused decoder, checkpoint); a ``-tf32``
-    (matmul precision) or ``-torch-ew`` (the decoder's elementwise kernels) suffix is not
-    part of it."""
-    for suffix in ("-tf32", "-torch-ew"):
+    (matmul precision) suffix, and before it a ``-torch-ew`` (the decoder's elementwise
+    kernels) or ``-tmm`` (its products) suffix, is not part of it."""
+    if method.endswith("-tf32"):
+        method = method[:-len("-tf32")]
+    for suffix in ("-torch-ew", "-tmm"):
         if method.endswith(suffix):
             method = method[:-len(suffix)]
             break
@@ -157,7 +172,7 @@ def literal_grid_sample_sum(planes: torch.Tensor, points: torch.Tensor) -> torch
 
 def sampler(method: str, task: str = "fwd", device: str = "cpu"):
     """method -> (function(planes, points) -> features, channels_last input?)."""
-    if method == "reference":
+    if method in ("reference", "reference-tf32"):
         if reference_impl(task, device) == "gather":
             return (lambda P, X: reference_sample(P, X, impl="gather")), False
         return literal_grid_sample_sum, False
@@ -219,7 +234,8 @@ def make_step(method: str, task: str, cfg: dict, device: str):
                 backend, cl, _, ckpt = parse_method(method)
                 return decoder.sdf_and_gradient(planes, points, backend=backend, channels_last=cl,
                                                 checkpoint=ckpt, mlp_chunk_size=cfg.get("mlp_chunk"),
-                                                mlp_backend="reference" if is_torch_ew(method) else "auto")
+                                                mlp_backend="reference" if is_torch_ew(method) else "auto",
+                                                mlp_matmul="triton" if is_tmm(method) else "torch")
             sdf = decoder(fn(planes, points), points)
             (normals,) = torch.autograd.grad(sdf.sum(), points, create_graph=True)
             return sdf, normals

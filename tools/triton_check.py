@@ -32,7 +32,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = ["tests/ops/test_triplane.py", "tests/ops/test_triplane_autograd.py", "tests/ops/test_composite_op.py",
-         "tests/ops/test_composite_triton.py", "tests/ops/test_sampler_ops.py", "tests/ops/test_mlp.py"]
+         "tests/ops/test_composite_triton.py", "tests/ops/test_sampler_ops.py", "tests/ops/test_mlp.py",
+         "tests/ops/test_mlp_mm.py"]
 
 
 def record(path: str) -> None:

@@ -54,6 +54,9 @@ _MODULES = {
     "composite": ("npht.kernels.composite", "npht.reference.render"),
     "sampler": ("npht.kernels.sampler", "npht.reference.sampler"),
     "mlp": ("npht.kernels.mlp", "npht.reference.mlp"),
+    # the MLP's matrix products with fused prologues/epilogues (no reference module: the
+    # op's torch route is the reference)
+    "mlp_mm": ("npht.kernels.mlp_mm", None),
 }
 
 

@@ -40,6 +40,7 @@ Registered with torch.library: ``npht::softplus_mlp_grad`` (forward, its autogra
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import List, Optional, Sequence
 
@@ -151,6 +152,85 @@ def _backward_rows(gy, gg, x, weights, hs, beta, threshold, gW, gb, need_x, k):
     return abar
 
 
+# ---- the same passes with Triton products (matmul="triton") ----------------------------
+# kernels/mlp_mm.py fuses the elementwise steps into the products' prologues and epilogues:
+# per hidden layer about 24 passes over [rows, width] arrays instead of 34 (forward 5,
+# sweep up 11, sweep down 8); the weight gradients stay torch's (cuBLAS) products.
+
+
+def _forward_rows_tmm(x, weights, biases, beta, threshold, h_out=None, *, mm):
+    """:func:`_forward_rows` with Triton products: ``h_l = s(h_{l-1}) W_l^T + b_l`` (the
+    softplus in the product's prologue), ``d_{l-1} = (d_l s'(h_l)) W_l`` likewise."""
+    hs = []
+    a, softplus_input = x, False
+    for l in range(len(weights) - 1):
+        h = mm.linear(a, weights[l], biases[l], softplus_input=softplus_input, beta=beta, threshold=threshold,
+                      out=None if h_out is None else h_out[l])
+        hs.append(h)
+        a, softplus_input = h, True
+    y = mm.linear(a, weights[-1], biases[-1], softplus_input=True, beta=beta, threshold=threshold).squeeze(-1)
+    d = weights[-1][0]  # d_{L-2}: the output row, broadcast over the rows
+    for l in range(len(weights) - 2, -1, -1):
+        d = mm.reverse_step(d, hs[l], weights[l], beta=beta, threshold=threshold)
+    return y, d, hs
+
+
+def _backward_rows_tmm(gy, gg, x, weights, hs, beta, threshold, gW, gb, need_x, *, k, mm):
+    """:func:`_backward_rows` with Triton products. Sweep up: the reverse pass again, keeping
+    ``e_l`` (written by the product's prologue), then per layer ``gW_l += e_l^T dbar`` and
+    one product ``ebar = dbar W_l^T`` whose epilogue turns ``e_l`` into ``hbar``'s adjoint
+    contribution and returns ``dbar_l = ebar s'(h_l)``. Sweep down: one product
+    ``abar = hbar_l W_l`` whose epilogue adds ``abar s'(h_{l-1})`` into the contribution (the
+    layer below's ``hbar``) and writes ``a_{l-1} = s(h_{l-1})`` for the weight gradient."""
+    L = len(weights)
+    w_out = weights[-1][0]
+    sc = {"beta": beta, "threshold": threshold}
+    h_adj: List[Optional[torch.Tensor]] = [None] * (L - 1)
+    if gg is not None:  # sweep up: adjoint of the reverse pass
+        es: List[Optional[torch.Tensor]] = [None] * (L - 1)
+        d = w_out
+        for l in range(L - 2, 0, -1):
+            es[l] = torch.empty_like(hs[l])
+            d = mm.reverse_step(d, hs[l], weights[l], e_out=es[l], **sc)
+        es[0] = _sp1(d, hs[0], beta, threshold)
+        del d
+        dbar = gg
+        for l in range(L - 1):
+            if gW is not None:
+                gW[l].addmm_(es[l].t(), dbar)
+            dbar = mm.adjoint_step(dbar, weights[l], es[l], hs[l], **sc)  # es[l] <- hbar_l's contribution
+            h_adj[l], es[l] = es[l], None
+        if gW is not None:
+            gW[-1][0].add_(dbar.sum(0))
+        del dbar, es
+    hbar = h_adj[-1]
+    if gy is not None:  # output layer
+        if gW is not None:
+            gW[-1].addmm_(gy[None, :], F.softplus(hs[-1], beta, threshold))
+            gb[-1].add_(gy.sum())
+        abar = torch.outer(gy, w_out)
+        if hbar is None:
+            hbar = _sp1(abar, hs[-1], beta, threshold)
+        else:
+            k.softplus_backward_add_(hbar, abar, hs[-1], beta, threshold)
+        del abar
+    h_adj[-1] = None
+    for l in range(L - 2, -1, -1):  # sweep down: hbar = hbar_l
+        if l > 0:
+            a_prev = torch.empty_like(hs[l - 1]) if gW is not None else None
+            hbar_prev = mm.down_step(hbar, weights[l], hs[l - 1], h_adj[l - 1], a_out=a_prev, **sc)
+            h_adj[l - 1] = None
+        else:
+            a_prev = x
+            hbar_prev = hbar @ weights[0] if need_x else None
+        if gW is not None:
+            gW[l].addmm_(hbar.t(), a_prev)
+            gb[l].add_(hbar.sum(0))
+        del a_prev
+        hbar = hbar_prev
+    return hbar
+
+
 # ---- registered ops ---------------------------------------------------------------------
 
 
@@ -164,23 +244,25 @@ def _mlp_grad_op(
     save: bool,
     chunk: int,
     backend: str,
+    matmul: str,
 ) -> tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:
     M = x.shape[0]
     hs = [x.new_empty(M, w.shape[0]) for w in weights[:-1]] if save else []
+    rows = _forward_rows if matmul == "torch" else functools.partial(_forward_rows_tmm, mm=kernels("triton", "mlp_mm"))
     if M <= chunk:
-        y, g, _ = _forward_rows(x, weights, biases, beta, threshold, hs or None)
+        y, g, _ = rows(x, weights, biases, beta, threshold, hs or None)
         return y, g, hs
     y = x.new_empty(M)
     g = torch.empty_like(x)
     for r0 in range(0, M, chunk):
         r1 = min(M, r0 + chunk)
         h_out = [h[r0:r1] for h in hs] if save else None
-        y[r0:r1], g[r0:r1], _ = _forward_rows(x[r0:r1], weights, biases, beta, threshold, h_out)
+        y[r0:r1], g[r0:r1], _ = rows(x[r0:r1], weights, biases, beta, threshold, h_out)
     return y, g, hs
 
 
 @_mlp_grad_op.register_fake
-def _(x, weights, biases, beta, threshold, save, chunk, backend):
+def _(x, weights, biases, beta, threshold, save, chunk, backend, matmul):
     M = x.shape[0]
     hs = [x.new_empty(M, w.shape[0]) for w in weights[:-1]] if save else []
     return x.new_empty(M), x.new_empty(x.shape), hs
@@ -200,9 +282,16 @@ def _mlp_grad_backward_op(
     need_x: bool,
     need_params: bool,
     backend: str,
+    matmul: str,
 ) -> tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
     M = x.shape[0]
     k = kernels(backend, "mlp")
+    if matmul == "torch":
+        rows_fwd, rows_bwd = _forward_rows, functools.partial(_backward_rows, k=k)
+    else:
+        mm = kernels("triton", "mlp_mm")
+        rows_fwd = functools.partial(_forward_rows_tmm, mm=mm)
+        rows_bwd = functools.partial(_backward_rows_tmm, k=k, mm=mm)
     gW = [torch.zeros_like(w) for w in weights] if need_params else None
     gb = [torch.zeros_like(b) for b in biases] if need_params else None
     gx = torch.zeros_like(x) if need_x else x.new_empty(0)
@@ -213,10 +302,10 @@ def _mlp_grad_backward_op(
             if hs:
                 hr = [h[r0:r1] for h in hs]
             else:  # checkpoint: recompute the rows' pre-activations
-                _, _, hr = _forward_rows(xr, weights, biases, beta, threshold)
+                _, _, hr = rows_fwd(xr, weights, biases, beta, threshold)
             gyr = None if grad_y is None else grad_y[r0:r1]
             ggr = None if grad_g is None else grad_g[r0:r1]
-            gxr = _backward_rows(gyr, ggr, xr, weights, hr, beta, threshold, gW, gb, need_x, k)
+            gxr = rows_bwd(gyr, ggr, xr, weights, hr, beta, threshold, gW, gb, need_x)
             if need_x:
                 gx[r0:r1] = gxr
             del hr, gxr
@@ -226,7 +315,7 @@ def _mlp_grad_backward_op(
 
 
 @_mlp_grad_backward_op.register_fake
-def _(grad_y, grad_g, x, weights, biases, hs, beta, threshold, chunk, need_x, need_params, backend):
+def _(grad_y, grad_g, x, weights, biases, hs, beta, threshold, chunk, need_x, need_params, backend, matmul):
     gx = x.new_empty(x.shape) if need_x else x.new_empty(0)
     if need_params:
         return gx, [w.new_empty(w.shape) for w in weights], [b.new_empty(b.shape) for b in biases]
@@ -234,7 +323,7 @@ def _(grad_y, grad_g, x, weights, biases, hs, beta, threshold, chunk, need_x, ne
 
 
 def _setup_context(ctx, inputs, output):
-    x, weights, biases, beta, threshold, save, chunk, backend = inputs
+    x, weights, biases, beta, threshold, save, chunk, backend, matmul = inputs
     _, _, hs = output
     ctx.save_for_backward(x, *weights, *biases, *hs)
     # hs are saved state, not results: no gradient flows into them, and none must be
@@ -247,6 +336,7 @@ def _setup_context(ctx, inputs, output):
     ctx.need_x = x.requires_grad
     ctx.need_params = any(t.requires_grad for t in (*weights, *biases))
     ctx.backend = backend
+    ctx.matmul = matmul
 
 
 def _usable(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -259,12 +349,12 @@ def _backward(ctx, grad_y, grad_g, _grad_hs):
     weights, biases, hs = list(rest[:L]), list(rest[L:2 * L]), list(rest[2 * L:])
     gx, gW, gb = torch.ops.npht.softplus_mlp_grad_backward(
         _usable(grad_y), _usable(grad_g), x, weights, biases, hs, *ctx.args,
-        ctx.need_x, ctx.need_params, ctx.backend,
+        ctx.need_x, ctx.need_params, ctx.backend, ctx.matmul,
     )
     gx = gx if ctx.need_x else None
     if not ctx.need_params:  # list inputs take a list of Nones
         gW, gb = [None] * L, [None] * L
-    return gx, gW, gb, None, None, None, None, None
+    return gx, gW, gb, None, None, None, None, None, None
 
 
 _mlp_grad_op.register_autograd(_backward, setup_context=_setup_context)
@@ -291,6 +381,22 @@ def _resolve(backend: str, x: torch.Tensor) -> str:
                             "use backend='reference' (or 'auto', which falls back to it)")
         resolved = "reference"
     return resolved
+
+
+MATMULS = ("torch", "triton")
+
+
+def _resolve_matmul(matmul: str, x: torch.Tensor) -> str:
+    """``matmul="triton"`` needs triton, float32/float64, and CUDA tensors (or the
+    interpreter on the CPU)."""
+    if not isinstance(matmul, str) or matmul not in MATMULS:
+        raise ValueError(f"matmul must be one of {MATMULS}, got {matmul!r}")
+    if matmul == "triton":
+        resolve_backend("triton", x.device)  # raises if triton cannot run on x's device
+        if x.dtype not in KERNEL_DTYPES:
+            raise TypeError(f"matmul='triton' runs float32 and float64 MLPs, got {x.dtype}; use matmul='torch'")
+        kernels("triton", "mlp_mm")  # raises BackendUnavailableError if it does not import
+    return matmul
 
 
 def _check(x, weights, biases, beta, threshold, chunk_size):
@@ -343,6 +449,7 @@ def softplus_mlp_with_grad(
     checkpoint: bool = False,
     chunk_size: int = DEFAULT_CHUNK,
     backend: str = "auto",
+    matmul: str = "torch",
 ):
     """Value and input gradient of a softplus MLP with one output.
 
@@ -358,7 +465,11 @@ def softplus_mlp_with_grad(
             into one pass per layer and sweep): ``"auto"`` (cuda, else triton on a GPU;
             cpu on the CPU; float16/bfloat16 take the reference), ``"cuda"``,
             ``"triton"``, ``"cpu"`` (float32/float64) or ``"reference"`` (PyTorch ops).
-            The matrix products are torch's in every case.
+        matmul: the matrix products: ``"torch"`` (torch.matmul, cuBLAS on a GPU) or
+            ``"triton"`` (kernels/mlp_mm.py: the elementwise steps fused into the products'
+            prologues and epilogues, about 24 passes over ``[rows, width]`` arrays per
+            hidden layer instead of 34; GPU, or the interpreter on the CPU; float32/float64).
+            Both follow torch's float32 matmul precision (TF32 unless it is ``"highest"``).
 
     Returns:
         ``(y [...], dy_dx [..., D0])``, both differentiable (once) w.r.t. ``x``, the
@@ -367,6 +478,7 @@ def softplus_mlp_with_grad(
     """
     weights, biases = _check(x, weights, biases, beta, threshold, chunk_size)
     backend = _resolve(backend, x)
+    matmul = _resolve_matmul(matmul, x)
     lead, D0 = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, D0).contiguous()
     needs_grad = torch.is_grad_enabled() and (
@@ -374,6 +486,6 @@ def softplus_mlp_with_grad(
     )
     y, g, _ = torch.ops.npht.softplus_mlp_grad(
         x2, weights, biases, float(beta), float(threshold), needs_grad and not checkpoint,
-        int(chunk_size), backend,
+        int(chunk_size), backend, matmul,
     )
     return y.reshape(lead), g.reshape(*lead, D0)

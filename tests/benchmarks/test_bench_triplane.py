@@ -22,14 +22,15 @@ def test_triplane_benchmark_smoke(tmp_path):
     path = bench.main(["--device", "cpu", "--quick", "--B", "1", "--N", "64", "--eik-N", "16",
                        "--C", "4", "--res", "8", "--reps", "2", "--out", str(tmp_path), "--no-memory",
                        "--methods", "reference", "npht-reference", "eg3d", "npht-cpu", "npht-cpu-cl", "npht-cpu-fused",
-                       "npht-cpu-fused-ckpt", "npht-cpu-fused-tf32"])
+                       "npht-cpu-fused-ckpt", "npht-cpu-fused-tf32", "npht-cpu-fused-tmm"])
     with open(path) as f:
         res = json.load(f)
     assert res["device_type"] == "cpu" and res["commit"] and res["torch"]
     rows = {(r["task"], r["method"]): r for r in res["results"]}
     assert set(rows) == {(t, m) for t in ("fwd", "fwd_bwd", "eikonal_op", "eikonal")
                          for m in ("reference", "npht-reference", "eg3d", "npht-cpu", "npht-cpu-cl")} | {
-        ("eikonal", "npht-cpu-fused"), ("eikonal", "npht-cpu-fused-ckpt"), ("eikonal", "npht-cpu-fused-tf32")}
+        ("eikonal", "npht-cpu-fused"), ("eikonal", "npht-cpu-fused-ckpt"), ("eikonal", "npht-cpu-fused-tf32"),
+        ("eikonal", "npht-cpu-fused-tmm")}
     # the precision variant reports its gradients against float32's (no TF32 on a CPU: equal)
     assert rows[("eikonal", "npht-cpu-fused-tf32")]["grad_cosine_vs_float32"] > 0.9999
     assert "npht-cuda-fused-tf32" not in bench.methods_for("cpu")
@@ -83,6 +84,11 @@ def test_method_names():
     assert bench.parse_method("npht-cuda-fused-tf32") == ("cuda", False, True, False)
     assert bench.parse_method("npht-cpu-fused-torch-ew") == ("cpu", False, True, False)
     assert bench.is_torch_ew("npht-cpu-fused-torch-ew") and not bench.is_torch_ew("npht-cpu-fused")
+    assert bench.parse_method("npht-cuda-fused-tmm-tf32") == ("cuda", False, True, False)
+    assert bench.is_tmm("npht-cuda-fused-tmm-tf32") and bench.is_tmm("npht-cpu-fused-tmm")
+    assert not bench.is_tmm("npht-cuda-fused-tf32")
+    assert bench.applies("reference-tf32", "eikonal") and not bench.applies("reference-tf32", "fwd")
+    assert not any("tmm" in m or "tf32" in m for m in bench.methods_for("cpu"))
     assert not bench.applies("npht-cpu-fused", "fwd") and bench.applies("npht-cpu-fused", "eikonal")
     import pytest
 

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import npht
+from _backends import require_backend
 from npht.models import TriplaneDecoder
 
 
@@ -33,10 +34,12 @@ def test_bad_feature_width():
 
 @pytest.mark.parametrize("checkpoint", [False, True])
 @pytest.mark.parametrize("sample_backend", ["reference", "cpu"])
-@pytest.mark.parametrize("mlp_backend", ["reference", "auto"])
-def test_fused_sdf_and_gradient_matches_autograd(checkpoint, sample_backend, mlp_backend):
+@pytest.mark.parametrize("mlp_backend,mlp_matmul", [("reference", "torch"), ("auto", "torch"), ("auto", "triton")])
+def test_fused_sdf_and_gradient_matches_autograd(checkpoint, sample_backend, mlp_backend, mlp_matmul):
     """The eikonal training step: SDF gradient through features and the direct point
     input, loss on its norm, gradients to planes, decoder and points."""
+    if mlp_matmul == "triton":
+        require_backend("triton")
     torch.manual_seed(0)
     dec = TriplaneDecoder(feature_dim=5, hidden=24).double()
     planes = (torch.randn(2, 3, 5, 9, 7, dtype=torch.float64) * 0.3).requires_grad_()
@@ -45,7 +48,8 @@ def test_fused_sdf_and_gradient_matches_autograd(checkpoint, sample_backend, mlp
     results = []
     for fused in (False, True):
         sdf, grad = dec.sdf_and_gradient(planes, points, fused=fused, checkpoint=checkpoint,
-                                         backend=sample_backend, mlp_backend=mlp_backend)
+                                         backend=sample_backend, mlp_backend=mlp_backend,
+                                         mlp_matmul=mlp_matmul)
         loss = ((grad.norm(dim=-1) - 1) ** 2).mean() + sdf.abs().mean()
         results.append((sdf, grad, torch.autograd.grad(loss, params, allow_unused=True,
                                                         materialize_grads=True)))

@@ -144,11 +144,11 @@ def test_opcheck(backend, device):
     x = torch.randn(9, 4, device=device, requires_grad=True)
     for save in (True, False):
         torch.library.opcheck(torch.ops.npht.softplus_mlp_grad.default,
-                              (x, weights, biases, 100.0, 20.0, save, 4, backend))
-    y, g, hs = torch.ops.npht.softplus_mlp_grad(x, weights, biases, 100.0, 20.0, True, 4, backend)
+                              (x, weights, biases, 100.0, 20.0, save, 4, backend, "torch"))
+    y, g, hs = torch.ops.npht.softplus_mlp_grad(x, weights, biases, 100.0, 20.0, True, 4, backend, "torch")
     args = (torch.randn(9, device=device), torch.randn(9, 4, device=device), x.detach(),
             [w.detach() for w in weights], [b.detach() for b in biases], [h.detach() for h in hs],
-            100.0, 20.0, 4, True, True, backend)
+            100.0, 20.0, 4, True, True, backend, "torch")
     torch.library.opcheck(torch.ops.npht.softplus_mlp_grad_backward.default, args)
     args_ckpt = args[:5] + ([],) + args[6:]
     torch.library.opcheck(torch.ops.npht.softplus_mlp_grad_backward.default, args_ckpt)
@@ -204,6 +204,8 @@ def test_errors():
         f(x.to(torch.bfloat16), *half, backend="cpu")
     with pytest.raises(ValueError, match="chunk_size must be a positive int"):
         f(x, weights, biases, chunk_size=0)
+    with pytest.raises(ValueError, match="matmul must be one of"):
+        f(x, weights, biases, matmul="cublas")
 
 
 # ---- the backward's elementwise kernels, per backend -----------------------------------------

@@ -1,0 +1,243 @@
+"""Triton matrix products of the fused softplus-MLP gradient (npht.softplus_mlp_with_grad with
+``matmul="triton"``), with the elementwise steps around them done in the product's prologue
+(on the left operand's tiles as they are loaded) or epilogue (on the result's tiles before
+they are stored). Each step of the MLP's three passes then reads and writes its ``[M, W]``
+arrays once, where a torch matmul plus separate elementwise kernels passes over them two or
+three times; at the widths of SDF decoders (256) these products are memory-bound with TF32,
+so the passes are the time.
+
+With ``s = softplus(beta, threshold)``, ``s'``, and ``q = s''/s'`` (kernels/mlp.py), row
+arrays ``[M, *]`` contiguous in their last dim, ``w`` a layer's weight ``[out, in]``:
+
+- ``linear(a, w, bias, softplus_input)``: ``P(a) w^T + bias``, ``P = s`` or identity
+  (the forward pass: ``h_l = s(h_{l-1}) W_l^T + b_l``);
+- ``reverse_step(d, h, w, e_out)``: ``(d * s'(h)) w`` (the input-gradient pass:
+  ``d_{l-1} = e_l W_l`` with ``e_l = d_l s'(h_l)``); ``d`` may be one row ``[out]``,
+  broadcast over the rows; ``e_out`` (optional) receives ``e_l``;
+- ``adjoint_step(dbar, w, e, h)``: ``ebar = dbar w^T``, then in the epilogue
+  ``e <- ebar e q(h)`` (in place) and the result ``ebar s'(h)``;
+- ``down_step(hbar, w, h, hadj, a_out)``: ``abar = hbar w``, then ``hadj + abar s'(h)`` (into
+  ``hadj``'s buffer when given, else a new array) and ``a_out <- s(h)`` (optional).
+
+float32 products run as TF32 (``input_precision="tf32"``) unless torch's float32 matmul
+precision is ``"highest"`` (then IEEE float32), as torch's own matmuls do; float64 in IEEE.
+Accumulation is in float32 (float64 for float64 inputs).
+"""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from ._env import interpreter_blocks as _interpreter_blocks
+from .mlp import _derivs
+
+__all__ = ["linear", "reverse_step", "adjoint_step", "down_step", "input_precision"]
+
+_PRO_NONE, _PRO_SOFTPLUS, _PRO_SP1 = 0, 1, 2
+_EPI_NONE, _EPI_ADJOINT, _EPI_DOWN = 0, 1, 2
+
+
+@triton.jit
+def _softplus(h, beta, threshold):
+    """torch's softplus: h where beta h > threshold, else log1p(exp(beta h)) / beta, written
+    as (max(x, 0) + log1p(exp(-|x|))) / beta with an accurate log1p (u = 1 + t:
+    log(u) t / (u - 1), exact where u rounds to 1)."""
+    x = h * beta
+    t = tl.exp(tl.where(x < 0, x, -x))
+    u = 1.0 + t
+    exact = u == 1.0
+    l1p = tl.where(exact, t, tl.log(u) * (t / tl.where(exact, 1.0, u - 1.0)))
+    return tl.where(x > threshold, h, (tl.maximum(x, 0.0) + l1p) / beta)
+
+
+@triton.jit
+def _mm_kernel(
+    a_ptr, a2_ptr, b_ptr, bias_ptr, out_ptr, e1_ptr, e2_ptr, out2_ptr, scalars,
+    M, N, K,
+    s_am, s_ak, s_a2m, s_bk, s_bn, s_om, s_e1m, s_e2m, s_o2m,
+    PRO: tl.constexpr, EPI: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_E1: tl.constexpr,
+    STORE2: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """out[M, N] = P(a)[M, K] @ b[K, N] (+ bias), then the epilogue EPI.
+
+    PRO: 0 a; 1 softplus(a); 2 a * s'(a2). STORE2 with PRO: out2 <- P(a) (the first column
+    block of programs stores it). EPI: 0 out <- acc; 1 (e1, e2) = (e, h): e1 <- acc e q(h),
+    out <- acc s'(h); 2 e2 = h: out <- [e1 +] acc s'(h) (out may be e1), STORE2: out2 <- s(h).
+    Grid: (column blocks, row blocks), column blocks fastest, so that the programs sharing a
+    row block's left operand run together (its second read comes from L2).
+    """
+    beta = tl.load(scalars)
+    threshold = tl.load(scalars + 1)
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rm < M
+    col_ok = rn < N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=b_ptr.dtype.element_ty)
+    for k0 in range(0, K, BLOCK_K):
+        rk = k0 + tl.arange(0, BLOCK_K)
+        k_ok = rk < K
+        amask = row_ok[:, None] & k_ok[None, :]
+        a = tl.load(a_ptr + rm[:, None] * s_am + rk[None, :] * s_ak, mask=amask, other=0.0)
+        # (masked-out entries of P(a) need not be 0: their columns meet b's zero rows,
+        # their rows are not stored)
+        if PRO == 1:
+            a = _softplus(a, beta, threshold)
+        elif PRO == 2:
+            h2 = tl.load(a2_ptr + rm[:, None] * s_a2m + rk[None, :], mask=amask, other=0.0)
+            d1, _q = _derivs(h2, beta, threshold)
+            a = a * d1
+        if STORE2:
+            if PRO != 0:
+                tl.store(out2_ptr + rm[:, None] * s_o2m + rk[None, :], a.to(out2_ptr.dtype.element_ty),
+                         mask=amask & ((rk * 0 + pid_n) == 0)[None, :])
+        b = tl.load(b_ptr + rk[:, None] * s_bk + rn[None, :] * s_bn, mask=k_ok[:, None] & col_ok[None, :],
+                    other=0.0)
+        acc = tl.dot(a, b, acc, input_precision=PREC)
+    omask = row_ok[:, None] & col_ok[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rn, mask=col_ok, other=0.0)[None, :]
+    o_off = rm[:, None] * s_om + rn[None, :]
+    if EPI == 0:
+        tl.store(out_ptr + o_off, acc.to(out_ptr.dtype.element_ty), mask=omask)
+    else:
+        h = tl.load(e2_ptr + rm[:, None] * s_e2m + rn[None, :], mask=omask, other=0.0)
+        d1, q = _derivs(h, beta, threshold)
+        e1_off = rm[:, None] * s_e1m + rn[None, :]
+        if EPI == 1:
+            e = tl.load(e1_ptr + e1_off, mask=omask, other=0.0)
+            tl.store(e1_ptr + e1_off, (acc * e * q).to(e1_ptr.dtype.element_ty), mask=omask)
+            tl.store(out_ptr + o_off, (acc * d1).to(out_ptr.dtype.element_ty), mask=omask)
+        else:
+            v = acc * d1
+            if HAS_E1:
+                v += tl.load(e1_ptr + e1_off, mask=omask, other=0.0)
+            tl.store(out_ptr + o_off, v.to(out_ptr.dtype.element_ty), mask=omask)
+            if STORE2:
+                tl.store(out2_ptr + rm[:, None] * s_o2m + rn[None, :],
+                         _softplus(h, beta, threshold).to(out2_ptr.dtype.element_ty), mask=omask)
+
+
+def input_precision(dtype: torch.dtype) -> str:
+    """``tf32`` for float32 unless torch's float32 matmul precision is ``highest``."""
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return "ieee"
+
+
+def _blocks(N: int, dtype: torch.dtype):
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps). Column blocks of up to 128 (a 256-wide layer
+    is two programs per row block); tl.dot needs every block >= 16. Not tuned on a GPU
+    yet: ``NPHT_MLP_MM_BLOCKS="BM,BN,BK,WARPS"`` overrides the float32 choice (BN is capped
+    at the layer's width rounded up to a power of two) to try others without editing this."""
+    bn_max = max(16, triton.next_power_of_2(N))
+    bn = min(128, bn_max)
+    if _interpreter_blocks():
+        return 256, bn, 64, 4
+    if dtype == torch.float64:
+        return 32, min(bn, 64), 16, 4
+    override = os.environ.get("NPHT_MLP_MM_BLOCKS")
+    if override:
+        try:
+            bm, bn_o, bk, warps = (int(v) for v in override.split(","))
+        except ValueError:
+            raise ValueError(f"NPHT_MLP_MM_BLOCKS must be 'BM,BN,BK,WARPS' (ints), got {override!r}") from None
+        if min(bm, bn_o, bk) < 16 or any(v & (v - 1) for v in (bm, bn_o, bk, warps)):
+            raise ValueError(f"NPHT_MLP_MM_BLOCKS: blocks must be powers of two >= 16 and warps a power of "
+                             f"two, got {override!r}")
+        return bm, min(bn_o, bn_max), bk, warps
+    return 64, bn, 32, 4
+
+
+def _rows(name, t, M, cols, dtype, device):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"npht.kernels.mlp_mm: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype != dtype or t.device != device:
+        raise TypeError(f"npht.kernels.mlp_mm: {name} must be {dtype} on {device}, got {t.dtype} on {t.device}")
+    if t.shape != (M, cols):
+        raise ValueError(f"npht.kernels.mlp_mm: {name} must be [{M}, {cols}], got {tuple(t.shape)}")
+    if cols > 1 and t.stride(1) != 1:
+        raise ValueError(f"npht.kernels.mlp_mm: {name} must be contiguous in its last dim")
+
+
+def _launch(a, a_bcast, w, w_transposed, *, beta, threshold, pro=_PRO_NONE, a2=None, bias=None,
+            epi=_EPI_NONE, e1=None, e2=None, out=None, out2=None):
+    """out = P(a) @ B, B = w^T (w_transposed) or w; a is [M, K] or one row [K] (a_bcast)."""
+    dtype, device = w.dtype, w.device
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"npht.kernels.mlp_mm: float32 or float64 only, got {dtype}")
+    if w.dim() != 2:
+        raise ValueError(f"npht.kernels.mlp_mm: w must be [out, in], got {tuple(w.shape)}")
+    K, N = (w.shape[1], w.shape[0]) if w_transposed else (w.shape[0], w.shape[1])
+    M = (a2 if a_bcast else a).shape[0]
+    if a_bcast:
+        if a.shape != (K,):
+            raise ValueError(f"npht.kernels.mlp_mm: the broadcast row must be [{K}], got {tuple(a.shape)}")
+        s_am, s_ak = 0, a.stride(0)
+    else:
+        _rows("a", a, M, K, dtype, device)
+        s_am, s_ak = a.stride(0), a.stride(1)
+    if a2 is not None:
+        _rows("h", a2, M, K, dtype, device)
+    for name, t, cols in (("e", e1, N), ("h", e2, N), ("out", out, N)):
+        if t is not None:
+            _rows(name, t, M, cols, dtype, device)
+    if out2 is not None:
+        _rows("out2", out2, M, K if pro != _PRO_NONE else N, dtype, device)
+    if bias is not None and bias.shape != (N,):
+        raise ValueError(f"npht.kernels.mlp_mm: bias must be [{N}], got {tuple(bias.shape)}")
+    if not (0 < beta < float("inf")):
+        raise ValueError(f"npht.kernels.mlp_mm: beta must be finite and > 0, got {beta}")
+    if out is None:
+        out = torch.empty(M, N, dtype=dtype, device=device)
+    if M == 0:
+        return out
+    s_bk, s_bn = (w.stride(1), w.stride(0)) if w_transposed else (w.stride(0), w.stride(1))
+    BM, BN, BK, warps = _blocks(N, dtype)
+    scalars = torch.tensor([beta, threshold], dtype=dtype, device=device)
+    dummy = out
+    grid = (triton.cdiv(N, BN), triton.cdiv(M, BM))
+    _mm_kernel[grid](
+        a, a2 if a2 is not None else dummy, w, bias if bias is not None else dummy, out,
+        e1 if e1 is not None else dummy, e2 if e2 is not None else dummy,
+        out2 if out2 is not None else dummy, scalars,
+        M, N, K,
+        s_am, s_ak, a2.stride(0) if a2 is not None else 0, s_bk, s_bn, out.stride(0),
+        e1.stride(0) if e1 is not None else 0, e2.stride(0) if e2 is not None else 0,
+        out2.stride(0) if out2 is not None else 0,
+        PRO=pro, EPI=epi, HAS_BIAS=bias is not None, HAS_E1=e1 is not None, STORE2=out2 is not None,
+        PREC=input_precision(dtype), BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=warps,
+    )
+    return out
+
+
+def linear(a, w, bias=None, *, softplus_input=False, beta=100.0, threshold=20.0, out=None):
+    """``P(a) w^T + bias``; ``P = softplus(beta, threshold)`` with ``softplus_input``."""
+    return _launch(a, False, w, True, beta=beta, threshold=threshold,
+                   pro=_PRO_SOFTPLUS if softplus_input else _PRO_NONE, bias=bias, out=out)
+
+
+def reverse_step(d, h, w, *, beta=100.0, threshold=20.0, e_out=None):
+    """``(d * s'(h)) w`` for ``d`` ``[M, out]`` or one row ``[out]``; ``e_out`` <- ``d s'(h)``."""
+    return _launch(d, d.dim() == 1, w, False, beta=beta, threshold=threshold, pro=_PRO_SP1, a2=h,
+                   out2=e_out)
+
+
+def adjoint_step(dbar, w, e, h, *, beta=100.0, threshold=20.0):
+    """``ebar = dbar w^T``; in place ``e <- ebar e q(h)``; returns ``ebar s'(h)``."""
+    if e is None or h is None:
+        raise ValueError("npht.kernels.mlp_mm.adjoint_step: e and h are required")
+    return _launch(dbar, False, w, True, beta=beta, threshold=threshold, epi=_EPI_ADJOINT, e1=e, e2=h)
+
+
+def down_step(hbar, w, h, hadj=None, *, beta=100.0, threshold=20.0, a_out=None):
+    """``abar = hbar w``; returns ``hadj + abar s'(h)`` (in ``hadj``'s buffer when given);
+    ``a_out`` <- ``softplus(h)``."""
+    if h is None:
+        raise ValueError("npht.kernels.mlp_mm.down_step: h is required")
+    return _launch(hbar, False, w, False, beta=beta, threshold=threshold, epi=_EPI_DOWN, e1=hadj, e2=h,
+                   out=hadj, out2=a_out)

@@ -1,0 +1,230 @@
+"""npht.softplus_mlp_with_grad(matmul="triton"): the MLP's products as Triton kernels with the
+elementwise steps in their prologues/epilogues (kernels/mlp_mm.py), against the autograd
+reference and against the plain math of each kernel. Interpreted on the CPU, compiled on a
+GPU; every test name holds "triton" (tools/triton_check.py compiles what they launch)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import npht
+from _backends import require_backend
+from npht.reference import mlp as ref_mlp
+from npht.reference import softplus_mlp_with_grad as reference
+from test_mlp import MODES, loss_grads, make_mlp
+
+
+@pytest.fixture
+def tdev():
+    return require_backend("triton")
+
+
+@pytest.fixture
+def mm(tdev):
+    from npht.kernels import mlp_mm
+
+    return mlp_mm
+
+
+def _to(ts, device):
+    return [t.detach().to(device).requires_grad_() for t in ts]
+
+
+@pytest.mark.parametrize("mode", MODES, ids=["saved", "saved-chunked", "checkpoint", "checkpoint-chunked"])
+@pytest.mark.parametrize("dims", [(35, 33, 17, 1), (3, 5, 1), (7, 16, 16, 16, 1)], ids=str)
+@pytest.mark.parametrize("upstream", ["both", "y", "g"])
+def test_triton_matmul_matches_autograd_reference(tdev, mode, dims, upstream):
+    """float64: values, input gradient and the backward of a loss on both, in every mode;
+    one hidden layer (3, 5, 1), odd widths, rows not a multiple of any block, two betas."""
+    gen = torch.Generator().manual_seed(1)
+    weights, biases = make_mlp(dims, scale=3.0)
+    weights, biases = _to(weights, tdev), _to(biases, tdev)
+    x = torch.randn(301, dims[0], generator=gen, dtype=torch.float64).to(tdev).requires_grad_()
+    gy = torch.randn(301, generator=gen, dtype=torch.float64).to(tdev) if upstream != "g" else None
+    gg = torch.randn(301, dims[0], generator=gen, dtype=torch.float64).to(tdev) if upstream != "y" else None
+    for beta in (100.0, 2.0):
+        y0, g0, r0 = loss_grads(lambda: reference(x, weights, biases, beta), x, weights, biases, gy, gg)
+        y1, g1, r1 = loss_grads(
+            lambda: npht.softplus_mlp_with_grad(x, weights, biases, beta=beta, matmul="triton", **mode),
+            x, weights, biases, gy, gg)
+        torch.testing.assert_close(y1, y0, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g1, g0, rtol=1e-12, atol=1e-12)
+        for a, b in zip(r1, r0):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("precision", ["highest", "high"])
+def test_triton_matmul_float32(tdev, precision):
+    """float32 with IEEE products ("highest") or TF32 ("high", on a GPU; the interpreter's
+    products are IEEE), both routes, against float64 (max error / max entry)."""
+    weights, biases = make_mlp((35, 64, 64, 64, 1), scale=2.0)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(777, 35, generator=gen, dtype=torch.float64)
+    gy, gg = torch.randn(777, generator=gen, dtype=torch.float64), torch.randn(777, 35, generator=gen,
+                                                                               dtype=torch.float64)
+    w64, b64, x64 = _to(weights, tdev), _to(biases, tdev), x.to(tdev).requires_grad_()
+    w32, b32 = [t.detach().float().requires_grad_() for t in w64], [t.detach().float().requires_grad_() for t in b64]
+    x32 = x64.detach().float().requires_grad_()
+    y0, g0, r0 = loss_grads(lambda: reference(x64, w64, b64), x64, w64, b64, gy.to(tdev), gg.to(tdev))
+    prev = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        errs = {}
+        for matmul in ("torch", "triton"):
+            y1, g1, r1 = loss_grads(
+                lambda: npht.softplus_mlp_with_grad(x32, w32, b32, matmul=matmul, chunk_size=300),
+                x32, w32, b32, gy.float().to(tdev), gg.float().to(tdev))
+            errs[matmul] = [((a.double() - b).abs().max() / b.abs().max()).item()
+                            for a, b in zip((y1, g1, *r1), (y0, g0, *r0))]
+    finally:
+        torch.set_float32_matmul_precision(prev)
+    # float32 rounding, amplified through the layers, is ~1e-5 of the largest entry in both
+    # routes (measured on the CPU); TF32 rounds each product's inputs to 10-bit mantissas
+    # (relative 2^-11 each), hence the GPU's wider tolerance under "high"
+    tol = 1e-2 if (precision == "high" and tdev.type == "cuda") else 1e-4
+    names = ["y", "g", "x", *[f"w{i}" for i in range(4)], *[f"b{i}" for i in range(4)]]
+    for matmul, e in errs.items():
+        for name, err in zip(names, e):
+            assert err <= tol, (matmul, name, err)
+
+
+def test_triton_matmul_gradcheck(tdev):
+    weights, biases = make_mlp((3, 6, 5, 1), scale=2.0)
+    weights, biases = _to(weights, tdev), _to(biases, tdev)
+    x = torch.randn(7, 3, dtype=torch.float64).to(tdev).requires_grad_()
+
+    def fn(x, *params):
+        return npht.softplus_mlp_with_grad(x, params[:3], params[3:], beta=3.0, chunk_size=3, matmul="triton")
+
+    assert torch.autograd.gradcheck(fn, (x, *weights, *biases))
+
+
+def test_triton_matmul_opcheck(tdev):
+    weights, biases = make_mlp((4, 6, 6, 1), dtype=torch.float32)
+    weights, biases = _to(weights, tdev), _to(biases, tdev)
+    x = torch.randn(9, 4, device=tdev, requires_grad=True)
+    for save in (True, False):
+        torch.library.opcheck(torch.ops.npht.softplus_mlp_grad.default,
+                              (x, weights, biases, 100.0, 20.0, save, 4, "auto", "triton"))
+    y, g, hs = torch.ops.npht.softplus_mlp_grad(x, weights, biases, 100.0, 20.0, True, 4, "auto", "triton")
+    args = (torch.randn(9, device=tdev), torch.randn(9, 4, device=tdev), x.detach(),
+            [w.detach() for w in weights], [b.detach() for b in biases], [h.detach() for h in hs],
+            100.0, 20.0, 4, True, True, "reference", "triton")
+    torch.library.opcheck(torch.ops.npht.softplus_mlp_grad_backward.default, args)
+
+
+def test_triton_matmul_errors(tdev):
+    weights, biases = make_mlp((4, 6, 1), dtype=torch.float32)
+    weights, biases = [w.detach().to(tdev) for w in weights], [b.detach().to(tdev) for b in biases]
+    x = torch.randn(5, 4, device=tdev)
+    half = [w.bfloat16() for w in weights], [b.bfloat16() for b in biases]
+    with pytest.raises(TypeError, match="matmul='triton' runs float32 and float64 MLPs"):
+        npht.softplus_mlp_with_grad(x.bfloat16(), *half, matmul="triton")
+    if tdev.type == "cpu":  # the interpreter runs CPU tensors; a GPU's compiled kernels do not
+        return
+    with pytest.raises(ValueError, match="backend='triton' needs CUDA tensors"):
+        npht.softplus_mlp_with_grad(x.cpu(), [w.cpu() for w in weights], [b.cpu() for b in biases],
+                                    matmul="triton")
+
+
+# ---- the kernels, one by one ---------------------------------------------------------------
+
+BETA, THR = 100.0, 20.0
+
+
+def _sp1(g, h):
+    return torch.ops.aten.softplus_backward(g, h, BETA, THR)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (1151, 35, 256), (300, 256, 33), (17, 256, 1)], ids=str)
+def test_triton_mm_kernels_match_math(mm, tdev, dtype, M, K, N):
+    """Each kernel against its torch expression; pre-activations straddle softplus's linear
+    branch (beta h > threshold) and its far negative tail."""
+    gen = torch.Generator().manual_seed(5)
+
+    def r(*shape, s=1.0):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * s).to(dtype).to(tdev)
+
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
+    w, b = r(N, K, s=K ** -0.5), r(N)
+    hk, hn = r(M, K, s=0.3), r(M, N, s=0.3)
+    torch.testing.assert_close(mm.linear(hk, w, b), F.linear(hk, w, b), **tol)
+    sp = F.softplus(hk, BETA, THR)
+    torch.testing.assert_close(mm.linear(hk, w, b, softplus_input=True, beta=BETA, threshold=THR),
+                               F.linear(sp, w, b), **tol)
+    # reverse: (d s'(h)) w for w [out=K, in=N]
+    w_r = r(K, N, s=K ** -0.5)
+    d, e_out = r(M, K), torch.full((M, K), float("nan"), dtype=dtype, device=tdev)
+    torch.testing.assert_close(mm.reverse_step(d, hk, w_r, beta=BETA, threshold=THR, e_out=e_out),
+                               _sp1(d, hk) @ w_r, **tol)
+    torch.testing.assert_close(e_out, _sp1(d, hk), **tol)
+    row = r(K)
+    torch.testing.assert_close(mm.reverse_step(row, hk, w_r, beta=BETA, threshold=THR),
+                               _sp1(row.expand(M, K), hk) @ w_r, **tol)
+    # adjoint: ebar = dbar w^T, e <- ebar e q(h), returns ebar s'(h)
+    dbar, e = r(M, K), _sp1(r(M, N), hn)
+    ebar = dbar @ w.t()
+    e_ref, ebar_ref = e.clone(), ebar.clone()
+    ref_mlp.softplus_adjoint_(ebar_ref, e_ref, hn, BETA, THR)
+    out = mm.adjoint_step(dbar, w, e, hn, beta=BETA, threshold=THR)
+    torch.testing.assert_close(out, ebar_ref, **tol)
+    torch.testing.assert_close(e, e_ref, rtol=tol["rtol"], atol=tol["atol"] * BETA)
+    # down: abar = hbar w (w [out=K, in=N]); hadj + abar s'(h) in hadj's buffer; a_out = s(h)
+    hbar, hadj, a_out = r(M, K), r(M, N), torch.empty(M, N, dtype=dtype, device=tdev)
+    expect = hadj + _sp1(hbar @ w_r, hn)
+    got = mm.down_step(hbar, w_r, hn, hadj, beta=BETA, threshold=THR, a_out=a_out)
+    assert got.data_ptr() == hadj.data_ptr()
+    torch.testing.assert_close(got, expect, **tol)
+    torch.testing.assert_close(a_out, F.softplus(hn, BETA, THR), **tol)
+    torch.testing.assert_close(mm.down_step(hbar, w_r, hn, beta=BETA, threshold=THR), _sp1(hbar @ w_r, hn), **tol)
+
+
+def test_triton_mm_softplus_extremes(mm, tdev):
+    """The prologue's softplus at the linear branch's edge, far below zero (where
+    log(1 + t) would round to 0) and at 0; NaN propagates."""
+    h = torch.tensor([[0.2, 0.2001, -0.5, -3.0, 0.0, 1e-9, float("nan"), 0.19999]], dtype=torch.float64,
+                     device=tdev).t()  # one value per row: [8, 1] times [[1]]
+    one = torch.ones(1, 1, dtype=torch.float64, device=tdev)
+    got = mm.linear(h, one, softplus_input=True, beta=BETA, threshold=THR)
+    torch.testing.assert_close(got, F.softplus(h, BETA, THR), rtol=1e-14, atol=0, equal_nan=True)
+
+
+def test_triton_mm_kernel_errors(mm, tdev):
+    w = torch.randn(8, 5, device=tdev)
+    a = torch.randn(4, 5, device=tdev)
+    with pytest.raises(ValueError, match=r"a must be \[4, 5\]"):
+        mm.linear(a[:, :4], w)
+    with pytest.raises(TypeError, match="float32 or float64 only"):
+        mm.linear(a.half(), w.half())
+    with pytest.raises(TypeError, match="a must be torch.float32"):
+        mm.linear(a.double(), w)
+    with pytest.raises(ValueError, match="contiguous in its last dim"):
+        mm.linear(torch.randn(5, 4, device=tdev).t(), w)
+    with pytest.raises(ValueError, match=r"bias must be \[8\]"):
+        mm.linear(a, w, torch.zeros(5, device=tdev))
+    with pytest.raises(ValueError, match=r"the broadcast row must be \[8\]"):
+        mm.reverse_step(torch.randn(5, device=tdev), torch.randn(4, 8, device=tdev), w)
+    with pytest.raises(ValueError, match=r"h must be \[4, 8\]"):
+        mm.reverse_step(torch.randn(4, 8, device=tdev), torch.randn(4, 5, device=tdev), w)
+    with pytest.raises(ValueError, match="e and h are required"):
+        mm.adjoint_step(a, w, None, None)
+    with pytest.raises(ValueError, match="beta must be finite"):
+        mm.linear(a, w, beta=0.0)
+    # rows = 0: nothing launched, an empty result
+    assert mm.linear(a[:0], w).shape == (0, 8)
+
+
+def test_triton_mm_block_override(mm, tdev, monkeypatch):
+    """NPHT_MLP_MM_BLOCKS (for tuning on a GPU) picks the float32 blocks; results unchanged;
+    a malformed value is a clear error."""
+    monkeypatch.setenv("NPHT_TRITON_GPU_BLOCKS", "1")  # the GPU's choice, even when interpreting
+    monkeypatch.setenv("NPHT_MLP_MM_BLOCKS", "32,256,16,8")
+    assert mm._blocks(256, torch.float32) == (32, 256, 16, 8)
+    assert mm._blocks(35, torch.float32) == (32, 64, 16, 8)
+    a, w = torch.randn(70, 40, device=tdev), torch.randn(35, 40, device=tdev)
+    torch.testing.assert_close(mm.linear(a, w), a @ w.t(), rtol=2e-5, atol=2e-5)
+    for bad in ("64,128,32", "64,100,32,4", "8,128,32,4"):
+        monkeypatch.setenv("NPHT_MLP_MM_BLOCKS", bad)
+        with pytest.raises(ValueError, match="NPHT_MLP_MM_BLOCKS"):
+            mm._blocks(256, torch.float32)
