@@ -17,7 +17,12 @@ arrays ``[M, *]`` contiguous in their last dim, ``w`` a layer's weight ``[out, i
 - ``adjoint_step(dbar, w, e, h)``: ``ebar = dbar w^T``, then in the epilogue
   ``e <- ebar e q(h)`` (in place) and the result ``ebar s'(h)``;
 - ``down_step(hbar, w, h, hadj, a_out)``: ``abar = hbar w``, then ``hadj + abar s'(h)`` (into
-  ``hadj``'s buffer when given, else a new array) and ``a_out <- s(h)`` (optional).
+  ``hadj``'s buffer when given, else a new array) and ``a_out <- s(h)`` (optional);
+- ``output_step(h, gy, w_out, hadj)``: the output layer's backward (no product):
+  ``hbar = hadj + gy w_out s'(h)`` and the column sums its bias and weight gradients need.
+
+``adjoint_step`` and ``down_step`` take ``colsum=True`` to also return their result's column
+sums (the next bias gradient), summed in the epilogue per row block.
 
 float32 products run as TF32 (``input_precision="tf32"``) unless torch's float32 matmul
 precision is ``"highest"`` (then IEEE float32), as torch's own matmuls do; float64 in IEEE.
@@ -33,7 +38,7 @@ import triton.language as tl
 from ._env import interpreter_blocks as _interpreter_blocks
 from .mlp import _derivs
 
-__all__ = ["linear", "reverse_step", "adjoint_step", "down_step", "input_precision"]
+__all__ = ["linear", "reverse_step", "adjoint_step", "down_step", "output_step", "input_precision"]
 
 _PRO_NONE, _PRO_SOFTPLUS, _PRO_SP1 = 0, 1, 2
 _EPI_NONE, _EPI_ADJOINT, _EPI_DOWN = 0, 1, 2
@@ -54,11 +59,11 @@ def _softplus(h, beta, threshold):
 
 @triton.jit
 def _mm_kernel(
-    a_ptr, a2_ptr, b_ptr, bias_ptr, out_ptr, e1_ptr, e2_ptr, out2_ptr, scalars,
+    a_ptr, a2_ptr, b_ptr, bias_ptr, out_ptr, e1_ptr, e2_ptr, out2_ptr, colsum_ptr, scalars,
     M, N, K,
     s_am, s_ak, s_a2m, s_bk, s_bn, s_om, s_e1m, s_e2m, s_o2m,
     PRO: tl.constexpr, EPI: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_E1: tl.constexpr,
-    STORE2: tl.constexpr, PREC: tl.constexpr,
+    STORE2: tl.constexpr, COLSUM: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """out[M, N] = P(a)[M, K] @ b[K, N] (+ bias), then the epilogue EPI.
@@ -66,6 +71,8 @@ def _mm_kernel(
     PRO: 0 a; 1 softplus(a); 2 a * s'(a2). STORE2 with PRO: out2 <- P(a) (the first column
     block of programs stores it). EPI: 0 out <- acc; 1 (e1, e2) = (e, h): e1 <- acc e q(h),
     out <- acc s'(h); 2 e2 = h: out <- [e1 +] acc s'(h) (out may be e1), STORE2: out2 <- s(h).
+    COLSUM (EPI 1, 2): colsum[pid_m, :] <- the row block's column sums of out (a bias
+    gradient without another pass over out).
     Grid: (column blocks, row blocks), column blocks fastest, so that the programs sharing a
     row block's left operand run together (its second read comes from L2).
     """
@@ -111,7 +118,8 @@ def _mm_kernel(
         if EPI == 1:
             e = tl.load(e1_ptr + e1_off, mask=omask, other=0.0)
             tl.store(e1_ptr + e1_off, (acc * e * q).to(e1_ptr.dtype.element_ty), mask=omask)
-            tl.store(out_ptr + o_off, (acc * d1).to(out_ptr.dtype.element_ty), mask=omask)
+            v = acc * d1
+            tl.store(out_ptr + o_off, v.to(out_ptr.dtype.element_ty), mask=omask)
         else:
             v = acc * d1
             if HAS_E1:
@@ -120,6 +128,8 @@ def _mm_kernel(
             if STORE2:
                 tl.store(out2_ptr + rm[:, None] * s_o2m + rn[None, :],
                          _softplus(h, beta, threshold).to(out2_ptr.dtype.element_ty), mask=omask)
+        if COLSUM:
+            tl.store(colsum_ptr + pid_m * N + rn, tl.sum(tl.where(omask, v, 0.0), axis=0), mask=col_ok)
 
 
 def input_precision(dtype: torch.dtype) -> str:
@@ -165,8 +175,10 @@ def _rows(name, t, M, cols, dtype, device):
 
 
 def _launch(a, a_bcast, w, w_transposed, *, beta, threshold, pro=_PRO_NONE, a2=None, bias=None,
-            epi=_EPI_NONE, e1=None, e2=None, out=None, out2=None):
-    """out = P(a) @ B, B = w^T (w_transposed) or w; a is [M, K] or one row [K] (a_bcast)."""
+            epi=_EPI_NONE, e1=None, e2=None, out=None, out2=None, colsum=False):
+    """out = P(a) @ B, B = w^T (w_transposed) or w; a is [M, K] or one row [K] (a_bcast).
+    With ``colsum`` (an epilogue): ``(out, out.sum(0))``, the sum from per-row-block partial
+    sums written by the epilogue."""
     dtype, device = w.dtype, w.device
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"npht.kernels.mlp_mm: float32 or float64 only, got {dtype}")
@@ -195,24 +207,25 @@ def _launch(a, a_bcast, w, w_transposed, *, beta, threshold, pro=_PRO_NONE, a2=N
     if out is None:
         out = torch.empty(M, N, dtype=dtype, device=device)
     if M == 0:
-        return out
+        return (out, out.new_zeros(N)) if colsum else out
     s_bk, s_bn = (w.stride(1), w.stride(0)) if w_transposed else (w.stride(0), w.stride(1))
     BM, BN, BK, warps = _blocks(N, dtype)
     scalars = torch.tensor([beta, threshold], dtype=dtype, device=device)
     dummy = out
     grid = (triton.cdiv(N, BN), triton.cdiv(M, BM))
+    partial = torch.empty(grid[1], N, dtype=dtype, device=device) if colsum else dummy
     _mm_kernel[grid](
         a, a2 if a2 is not None else dummy, w, bias if bias is not None else dummy, out,
         e1 if e1 is not None else dummy, e2 if e2 is not None else dummy,
-        out2 if out2 is not None else dummy, scalars,
+        out2 if out2 is not None else dummy, partial, scalars,
         M, N, K,
         s_am, s_ak, a2.stride(0) if a2 is not None else 0, s_bk, s_bn, out.stride(0),
         e1.stride(0) if e1 is not None else 0, e2.stride(0) if e2 is not None else 0,
         out2.stride(0) if out2 is not None else 0,
         PRO=pro, EPI=epi, HAS_BIAS=bias is not None, HAS_E1=e1 is not None, STORE2=out2 is not None,
-        PREC=input_precision(dtype), BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=warps,
+        COLSUM=colsum, PREC=input_precision(dtype), BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=warps,
     )
-    return out
+    return (out, partial.sum(0)) if colsum else out
 
 
 def linear(a, w, bias=None, *, softplus_input=False, beta=100.0, threshold=20.0, out=None):
@@ -227,17 +240,82 @@ def reverse_step(d, h, w, *, beta=100.0, threshold=20.0, e_out=None):
                    out2=e_out)
 
 
-def adjoint_step(dbar, w, e, h, *, beta=100.0, threshold=20.0):
-    """``ebar = dbar w^T``; in place ``e <- ebar e q(h)``; returns ``ebar s'(h)``."""
+def adjoint_step(dbar, w, e, h, *, beta=100.0, threshold=20.0, colsum=False):
+    """``ebar = dbar w^T``; in place ``e <- ebar e q(h)``; returns ``ebar s'(h)`` (and its
+    column sums with ``colsum``)."""
     if e is None or h is None:
         raise ValueError("npht.kernels.mlp_mm.adjoint_step: e and h are required")
-    return _launch(dbar, False, w, True, beta=beta, threshold=threshold, epi=_EPI_ADJOINT, e1=e, e2=h)
+    return _launch(dbar, False, w, True, beta=beta, threshold=threshold, epi=_EPI_ADJOINT, e1=e, e2=h,
+                   colsum=colsum)
 
 
-def down_step(hbar, w, h, hadj=None, *, beta=100.0, threshold=20.0, a_out=None):
-    """``abar = hbar w``; returns ``hadj + abar s'(h)`` (in ``hadj``'s buffer when given);
-    ``a_out`` <- ``softplus(h)``."""
+def down_step(hbar, w, h, hadj=None, *, beta=100.0, threshold=20.0, a_out=None, colsum=False):
+    """``abar = hbar w``; returns ``hadj + abar s'(h)`` (in ``hadj``'s buffer when given; and
+    its column sums with ``colsum``); ``a_out`` <- ``softplus(h)``."""
     if h is None:
         raise ValueError("npht.kernels.mlp_mm.down_step: h is required")
     return _launch(hbar, False, w, False, beta=beta, threshold=threshold, epi=_EPI_DOWN, e1=hadj, e2=h,
-                   out=hadj, out2=a_out)
+                   out=hadj, out2=a_out, colsum=colsum)
+
+
+@triton.jit
+def _output_kernel(h_ptr, gy_ptr, w_ptr, hbar_ptr, hsum_ptr, gwsum_ptr, scalars, M, N, s_hm, s_bm,
+                   HAS_ADJ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The output layer's backward for the rows: hbar <- [hbar +] gy w s'(h); per row block
+    the column sums of hbar and of gy s(h) (the bias and weight gradients)."""
+    beta = tl.load(scalars)
+    threshold = tl.load(scalars + 1)
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rm < M
+    col_ok = rn < N
+    mask = row_ok[:, None] & col_ok[None, :]
+    h = tl.load(h_ptr + rm[:, None] * s_hm + rn[None, :], mask=mask, other=0.0)
+    gy = tl.load(gy_ptr + rm, mask=row_ok, other=0.0)
+    w = tl.load(w_ptr + rn, mask=col_ok, other=0.0)
+    d1, _q = _derivs(h, beta, threshold)
+    v = gy[:, None] * w[None, :] * d1
+    b_off = rm[:, None] * s_bm + rn[None, :]
+    if HAS_ADJ:
+        v += tl.load(hbar_ptr + b_off, mask=mask, other=0.0)
+    tl.store(hbar_ptr + b_off, v.to(hbar_ptr.dtype.element_ty), mask=mask)
+    tl.store(hsum_ptr + pid_m * N + rn, tl.sum(tl.where(mask, v, 0.0), axis=0), mask=col_ok)
+    sp = tl.where(mask, gy[:, None] * _softplus(h, beta, threshold), 0.0)
+    tl.store(gwsum_ptr + pid_m * N + rn, tl.sum(sp, axis=0), mask=col_ok)
+
+
+def output_step(h, gy, w_out, hadj=None, *, beta=100.0, threshold=20.0):
+    """The output layer ``y = s(h) w_out + b`` backward for upstream ``gy [M]``:
+    ``(hbar, hbar.sum(0), gy s(h) summed over rows)`` with ``hbar = [hadj +] gy w_out s'(h)``
+    (in ``hadj``'s buffer when given): one pass over ``h`` (and ``hadj``) where torch's ops
+    make about eight."""
+    dtype, device = h.dtype, h.device
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"npht.kernels.mlp_mm: float32 or float64 only, got {dtype}")
+    if h.dim() != 2:
+        raise ValueError(f"npht.kernels.mlp_mm: h must be [M, W], got {tuple(h.shape)}")
+    M, N = h.shape
+    _rows("h", h, M, N, dtype, device)
+    if hadj is not None:
+        _rows("hadj", hadj, M, N, dtype, device)
+    for name, t, shape in (("gy", gy, (M,)), ("w_out", w_out, (N,))):
+        if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.device != device:
+            raise TypeError(f"npht.kernels.mlp_mm: {name} must be a {dtype} tensor on {device}")
+        if t.shape != shape or (t.numel() > 1 and t.stride(0) != 1):
+            raise ValueError(f"npht.kernels.mlp_mm: {name} must be contiguous {list(shape)}, got "
+                             f"{tuple(t.shape)}")
+    if not (0 < beta < float("inf")):
+        raise ValueError(f"npht.kernels.mlp_mm: beta must be finite and > 0, got {beta}")
+    hbar = hadj if hadj is not None else torch.empty(M, N, dtype=dtype, device=device)
+    if M == 0:
+        return hbar, h.new_zeros(N), h.new_zeros(N)
+    BM, BN, _, warps = _blocks(N, dtype)
+    grid = (triton.cdiv(N, BN), triton.cdiv(M, BM))
+    hsum = torch.empty(grid[1], N, dtype=dtype, device=device)
+    gwsum = torch.empty(grid[1], N, dtype=dtype, device=device)
+    _output_kernel[grid](h, gy, w_out, hbar, hsum, gwsum, torch.tensor([beta, threshold], dtype=dtype, device=device),
+                         M, N, h.stride(0), hbar.stride(0), HAS_ADJ=hadj is not None, BLOCK_M=BM, BLOCK_N=BN,
+                         num_warps=warps)
+    return hbar, hsum.sum(0), gwsum.sum(0)

@@ -154,8 +154,9 @@ def _backward_rows(gy, gg, x, weights, hs, beta, threshold, gW, gb, need_x, k):
 
 # ---- the same passes with Triton products (matmul="triton") ----------------------------
 # kernels/mlp_mm.py fuses the elementwise steps into the products' prologues and epilogues:
-# per hidden layer about 24 passes over [rows, width] arrays instead of 34 (forward 5,
-# sweep up 11, sweep down 8); the weight gradients stay torch's (cuBLAS) products.
+# per hidden layer 23 passes over [rows, width] arrays instead of 34 (forward 5, sweep up
+# 11, sweep down 7, the bias gradients summed in the epilogues), and 3 instead of about 9
+# for the output layer's backward; the weight gradients stay torch's (cuBLAS) products.
 
 
 def _forward_rows_tmm(x, weights, biases, beta, threshold, h_out=None, *, mm):
@@ -179,12 +180,15 @@ def _backward_rows_tmm(gy, gg, x, weights, hs, beta, threshold, gW, gb, need_x, 
     """:func:`_backward_rows` with Triton products. Sweep up: the reverse pass again, keeping
     ``e_l`` (written by the product's prologue), then per layer ``gW_l += e_l^T dbar`` and
     one product ``ebar = dbar W_l^T`` whose epilogue turns ``e_l`` into ``hbar``'s adjoint
-    contribution and returns ``dbar_l = ebar s'(h_l)``. Sweep down: one product
-    ``abar = hbar_l W_l`` whose epilogue adds ``abar s'(h_{l-1})`` into the contribution (the
-    layer below's ``hbar``) and writes ``a_{l-1} = s(h_{l-1})`` for the weight gradient."""
+    contribution and returns ``dbar_l = ebar s'(h_l)``. Output layer: one elementwise kernel
+    (``hbar += gy w_out s'(h)``, with the column sums for its weight and bias gradients).
+    Sweep down: one product ``abar = hbar_l W_l`` whose epilogue adds ``abar s'(h_{l-1})``
+    into the contribution (the layer below's ``hbar``, with its column sums: the bias
+    gradient) and writes ``a_{l-1} = s(h_{l-1})`` for the weight gradient."""
     L = len(weights)
     w_out = weights[-1][0]
     sc = {"beta": beta, "threshold": threshold}
+    need_params = gW is not None
     h_adj: List[Optional[torch.Tensor]] = [None] * (L - 1)
     if gg is not None:  # sweep up: adjoint of the reverse pass
         es: List[Optional[torch.Tensor]] = [None] * (L - 1)
@@ -196,38 +200,40 @@ def _backward_rows_tmm(gy, gg, x, weights, hs, beta, threshold, gW, gb, need_x, 
         del d
         dbar = gg
         for l in range(L - 1):
-            if gW is not None:
+            if need_params:
                 gW[l].addmm_(es[l].t(), dbar)
-            dbar = mm.adjoint_step(dbar, weights[l], es[l], hs[l], **sc)  # es[l] <- hbar_l's contribution
+            last = l == L - 2
+            # es[l] <- hbar_l's contribution; the last dbar's column sums: W_L's gradient
+            res = mm.adjoint_step(dbar, weights[l], es[l], hs[l], colsum=last and need_params, **sc)
+            if last and need_params:
+                dbar, dsum = res
+                gW[-1][0].add_(dsum)
+            else:
+                dbar = res
             h_adj[l], es[l] = es[l], None
-        if gW is not None:
-            gW[-1][0].add_(dbar.sum(0))
         del dbar, es
-    hbar = h_adj[-1]
+    hbar, hbar_sum = h_adj[-1], None
     if gy is not None:  # output layer
-        if gW is not None:
-            gW[-1].addmm_(gy[None, :], F.softplus(hs[-1], beta, threshold))
+        hbar, hbar_sum, gw_out = mm.output_step(hs[-1], gy, w_out, hbar, **sc)
+        if need_params:
+            gW[-1][0].add_(gw_out)
             gb[-1].add_(gy.sum())
-        abar = torch.outer(gy, w_out)
-        if hbar is None:
-            hbar = _sp1(abar, hs[-1], beta, threshold)
-        else:
-            k.softplus_backward_add_(hbar, abar, hs[-1], beta, threshold)
-        del abar
     h_adj[-1] = None
     for l in range(L - 2, -1, -1):  # sweep down: hbar = hbar_l
+        prev_sum = None
         if l > 0:
-            a_prev = torch.empty_like(hs[l - 1]) if gW is not None else None
-            hbar_prev = mm.down_step(hbar, weights[l], hs[l - 1], h_adj[l - 1], a_out=a_prev, **sc)
+            a_prev = torch.empty_like(hs[l - 1]) if need_params else None
+            res = mm.down_step(hbar, weights[l], hs[l - 1], h_adj[l - 1], a_out=a_prev, colsum=need_params, **sc)
+            hbar_prev, prev_sum = res if need_params else (res, None)
             h_adj[l - 1] = None
         else:
             a_prev = x
             hbar_prev = hbar @ weights[0] if need_x else None
-        if gW is not None:
+        if need_params:
             gW[l].addmm_(hbar.t(), a_prev)
-            gb[l].add_(hbar.sum(0))
+            gb[l].add_(hbar.sum(0) if hbar_sum is None else hbar_sum)
         del a_prev
-        hbar = hbar_prev
+        hbar, hbar_sum = hbar_prev, prev_sum
     return hbar
 
 
@@ -467,7 +473,7 @@ def softplus_mlp_with_grad(
             ``"triton"``, ``"cpu"`` (float32/float64) or ``"reference"`` (PyTorch ops).
         matmul: the matrix products: ``"torch"`` (torch.matmul, cuBLAS on a GPU) or
             ``"triton"`` (kernels/mlp_mm.py: the elementwise steps fused into the products'
-            prologues and epilogues, about 24 passes over ``[rows, width]`` arrays per
+            prologues and epilogues, 23 passes over ``[rows, width]`` arrays per
             hidden layer instead of 34; GPU, or the interpreter on the CPU; float32/float64).
             Both follow torch's float32 matmul precision (TF32 unless it is ``"highest"``).
 

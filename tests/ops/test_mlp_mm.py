@@ -178,6 +178,23 @@ def test_triton_mm_kernels_match_math(mm, tdev, dtype, M, K, N):
     torch.testing.assert_close(got, expect, **tol)
     torch.testing.assert_close(a_out, F.softplus(hn, BETA, THR), **tol)
     torch.testing.assert_close(mm.down_step(hbar, w_r, hn, beta=BETA, threshold=THR), _sp1(hbar @ w_r, hn), **tol)
+    # the epilogues' column sums
+    sum_tol = dict(rtol=tol["rtol"], atol=tol["atol"] * max(M, 1) ** 0.5)
+    out, csum = mm.down_step(hbar, w_r, hn, hadj.clone(), beta=BETA, threshold=THR, colsum=True)
+    torch.testing.assert_close(csum, out.sum(0), **sum_tol)
+    e2 = _sp1(r(M, N), hn)
+    out, csum = mm.adjoint_step(dbar, w, e2, hn, beta=BETA, threshold=THR, colsum=True)
+    torch.testing.assert_close(csum, out.sum(0), **sum_tol)
+    # the output layer: hbar = [hadj +] gy w_out s'(h), its column sums, gy s(h) summed
+    gy, w_out, hadj = r(M), r(N), r(M, N)
+    expect = hadj + _sp1(gy[:, None] * w_out[None, :], hn)
+    hb, hsum, gw = mm.output_step(hn, gy, w_out, hadj, beta=BETA, threshold=THR)
+    assert hb.data_ptr() == hadj.data_ptr()
+    torch.testing.assert_close(hb, expect, **tol)
+    torch.testing.assert_close(hsum, expect.sum(0), **sum_tol)
+    torch.testing.assert_close(gw, (gy[:, None] * F.softplus(hn, BETA, THR)).sum(0), **sum_tol)
+    hb, _, _ = mm.output_step(hn, gy, w_out, beta=BETA, threshold=THR)
+    torch.testing.assert_close(hb, _sp1(gy[:, None] * w_out[None, :], hn), **tol)
 
 
 def test_triton_mm_softplus_extremes(mm, tdev):
@@ -211,8 +228,17 @@ def test_triton_mm_kernel_errors(mm, tdev):
         mm.adjoint_step(a, w, None, None)
     with pytest.raises(ValueError, match="beta must be finite"):
         mm.linear(a, w, beta=0.0)
-    # rows = 0: nothing launched, an empty result
+    with pytest.raises(ValueError, match=r"gy must be contiguous \[4\]"):
+        mm.output_step(torch.randn(4, 8, device=tdev), torch.randn(5, device=tdev), torch.randn(8, device=tdev))
+    with pytest.raises(TypeError, match="w_out must be a torch.float32 tensor"):
+        mm.output_step(torch.randn(4, 8, device=tdev), torch.randn(4, device=tdev), torch.randn(8, device=tdev).double())
+    # rows = 0: nothing launched, an empty result (zero column sums)
     assert mm.linear(a[:0], w).shape == (0, 8)
+    out, csum = mm.down_step(torch.randn(0, 8, device=tdev), w, torch.randn(0, 5, device=tdev), colsum=True)
+    assert out.shape == (0, 5) and torch.equal(csum, torch.zeros(5, device=tdev))
+    hb, hsum, gw = mm.output_step(torch.randn(0, 8, device=tdev), torch.randn(0, device=tdev),
+                                  torch.randn(8, device=tdev))
+    assert hb.shape == (0, 8) and not hsum.any() and not gw.any()
 
 
 def test_triton_mm_block_override(mm, tdev, monkeypatch):
