@@ -25,7 +25,9 @@ discriminator's cost does not depend on the renderer), backward through the norm
 - ``npht-fast-tf32`` (GPU only): ``npht-fast`` with TF32 tensor-core matmuls in the shading
   pass and the backward; the sampler and the no-grad weights stay in float32 (TF32 there
   moves the samples of rays the sampler leaves unconverged: about 2 deg of normal error
-  on this SDF, emulated on CPU, against 0.2 deg for TF32 in shading only).
+  on this SDF, emulated on CPU, against 0.2 deg for TF32 in shading only);
+  ``npht-fast-tmm-tf32`` (GPU only): the same with the decoder's products as Triton kernels
+  with the elementwise steps fused in (``mlp_matmul="triton"``).
 
 Accuracy (not timed): each npht method against the full renderer at the same resolution
 (every sample shaded; its decoder gradient from the fused, checkpointed op, which equals
@@ -80,7 +82,7 @@ from _common import (  # noqa: E402
 
 TASKS = ("gan_step", "composite", "sampler")
 GAN_METHODS = ("reference", "npht-full", "npht", "npht-fused", "npht-fused-ckpt", "npht-coarse", "npht-skip",
-               "npht-fast", "npht-fast-ckpt", "npht-fast-tf32")
+               "npht-fast", "npht-fast-ckpt", "npht-fast-tf32", "npht-fast-tmm-tf32")
 ACCURACY_BOUNDS = {"normal_err_deg": 1.0, "mask_iou": 0.99, "grad_cosine": 0.99}  # the renderer issue's
 
 
@@ -156,10 +158,12 @@ class Scene:
         if method.startswith("npht-fused") or fast:
             ckpt = method.endswith("-ckpt")
             precision = "high" if method.endswith("-tf32") else "highest"
+            matmul = "triton" if "-tmm" in method else "torch"
 
             def gradient_fn(p):
                 with matmul_precision(precision):
-                    return self.decoder.sdf_and_gradient(self.planes, p, fused=True, checkpoint=ckpt)
+                    return self.decoder.sdf_and_gradient(self.planes, p, fused=True, checkpoint=ckpt,
+                                                         mlp_matmul=matmul)
 
             opts["gradient_fn"] = gradient_fn
         return VolSDFRenderer(**opts)(self.sdf_npht, cams)

@@ -15,6 +15,7 @@ def test_render_benchmark_smoke(tmp_path):
     assert res["benchmark"] == "render" and res["device_type"] == "cpu" and res["commit"]
     rows = {(r["task"], r["method"], r["res"]): r for r in res["results"]}
     assert "npht-fast-tf32" not in bench.gan_methods("cpu")  # TF32 is a GPU method
+    assert "npht-fast-tmm-tf32" in bench.gan_methods("cuda") and "npht-fast-tmm-tf32" not in bench.gan_methods("cpu")
     for m in bench.gan_methods("cpu"):
         assert rows[("gan_step", m, 8)]["median_ms"] > 0
     assert rows[("gan_step", "reference", 8)]["speedup_vs_reference"] == 1.0
@@ -29,6 +30,22 @@ def test_render_benchmark_smoke(tmp_path):
     assert (tmp_path / (path.split("/")[-1][:-5] + ".png")).exists()
     text = load("report").render(str(tmp_path))
     assert "| gan_step | npht | 8 |" in text
+
+
+def test_render_benchmark_triton_products(tmp_path):
+    """``npht-fast-tmm-tf32`` (a GPU method by default) runs where Triton runs (here the
+    interpreter, whose products are IEEE float32) and stays within the accuracy bounds."""
+    from _backends import require_backend
+
+    require_backend("triton")
+    bench = load("render")
+    path = bench.main(["--device", "cpu", "--quick", "--resolutions", "8", "--reps", "1", "--out", str(tmp_path),
+                       "--tasks", "gan_step", "--methods", "reference", "npht-fast-tmm-tf32", "--no-memory"])
+    with open(path) as f:
+        rows = {r["method"]: r for r in json.load(f)["results"]}
+    acc = rows["npht-fast-tmm-tf32"]["accuracy_vs_full"]
+    assert rows["npht-fast-tmm-tf32"]["median_ms"] > 0
+    assert acc["mask_iou"] > 0.99 and acc["grad_cosine"] > 0.99 and acc["normal_err_deg"] < 1.0
 
 
 def test_out_of_memory_is_a_row(monkeypatch):
