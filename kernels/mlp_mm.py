@@ -160,7 +160,9 @@ def _blocks(N: int, dtype: torch.dtype):
             raise ValueError(f"NPHT_MLP_MM_BLOCKS: blocks must be powers of two >= 16 and warps a power of "
                              f"two, got {override!r}")
         return bm, min(bn_o, bn_max), bk, warps
-    return 64, bn, 32, 4
+    # 8 warps for a 64 x 128 tile: 32 of its elements per thread, so that the epilogues'
+    # extra tiles (h, e or hadj, and s', q) fit in registers beside the accumulator
+    return 64, bn, 32, 8 if bn >= 128 else 4
 
 
 def _rows(name, t, M, cols, dtype, device):

@@ -8,8 +8,8 @@
 # <name>_partial.json after every row, so a call cut off by its time limit still returns its rows.
 # STAGES picks what runs (default all; the build always runs, and is quick when the machine
 # is still warm from a previous call): tests triplane tune render eval (tune: block sizes of
-# the decoder's Triton products, tools/tune_mlp_mm.py). Two calls that fit the device's
-# 10-minute limit: STAGES="tests triplane tune", then STAGES="render eval".
+# the decoder's Triton products, tools/tune_mlp_mm.py). Calls that fit the device's 10-minute
+# limit: STAGES="tests triplane", then STAGES="tune render", then STAGES="eval".
 set -uo pipefail
 STAGES=" ${STAGES:-tests triplane tune render eval} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
