@@ -3,8 +3,9 @@
 (on the left operand's tiles as they are loaded) or epilogue (on the result's tiles before
 they are stored). Each step of the MLP's three passes then reads and writes its ``[M, W]``
 arrays once, where a torch matmul plus separate elementwise kernels passes over them two or
-three times; at the widths of SDF decoders (256) these products are memory-bound with TF32,
-so the passes are the time.
+three times; at the widths of SDF decoders (256) these products should be memory-bound with
+TF32 (an estimate from an H100's bandwidth and tensor-core rate; no GPU timing of these
+kernels exists yet: tools/tune_mlp_mm.py), so the passes would be the time.
 
 With ``s = softplus(beta, threshold)``, ``s'``, and ``q = s''/s'`` (kernels/mlp.py), row
 arrays ``[M, *]`` contiguous in their last dim, ``w`` a layer's weight ``[out, in]``:
