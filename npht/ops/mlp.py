@@ -475,7 +475,9 @@ def softplus_mlp_with_grad(
             ``"triton"`` (kernels/mlp_mm.py: the elementwise steps fused into the products'
             prologues and epilogues, 23 passes over ``[rows, width]`` arrays per
             hidden layer instead of 34; GPU, or the interpreter on the CPU; float32/float64).
-            Both follow torch's float32 matmul precision (TF32 unless it is ``"highest"``).
+            Both follow torch's float32 matmul precision (TF32 unless it is ``"highest"``);
+            ``"triton"`` is meant for TF32, where the products are memory-bound (in IEEE
+            float32 they are compute-bound, and torch's are the better choice).
 
     Returns:
         ``(y [...], dy_dx [..., D0])``, both differentiable (once) w.r.t. ``x``, the
