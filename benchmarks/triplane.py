@@ -22,8 +22,9 @@ the GPU ``npht-cuda-fused-tf32`` runs the fused step with TF32 matmuls
 (``torch.set_float32_matmul_precision("high")``; the reference stays float32, and
 ``reference-tf32`` shows what TF32 alone gives the reference), ``npht-cuda-fused-tmm-tf32``
 takes the decoder's products from Triton kernels with the elementwise steps fused into
-them (``matmul="triton"``), and each ``-tf32`` row reports the cosine similarity of its
-gradients to the float32 step's (``grad_cosine_vs_float32``).
+them (``matmul="triton"``), ``-keep`` keeps the decoder's gradient pass for the backward
+(``keep_gradient_pass=True``, backward chunks of 2^17 rows), and each ``-tf32`` row reports
+the cosine similarity of its gradients to the float32 step's (``grad_cosine_vs_float32``).
 
 Timing: triton.testing.do_bench on GPU, a repeated wall-clock timer on CPU; median and
 20/80 % quantiles. Peak memory: CUDA allocator peak above the inputs on GPU; on CPU the
@@ -102,7 +103,7 @@ def methods_for(device: str) -> list:
     if backends and device == "cuda":  # TF32 exists on the GPU only
         names += ["reference-tf32", f"npht-{backends[0]}-fused-tf32"]
         if info["triton"]:  # the decoder's products as Triton kernels with fused elementwise steps
-            names.append(f"npht-{backends[0]}-fused-tmm-tf32")
+            names += [f"npht-{backends[0]}-fused-tmm-tf32", f"npht-{backends[0]}-fused-tmm-keep-tf32"]
     return names
 
 
@@ -116,32 +117,52 @@ def is_tf32(method: str) -> bool:
     return method.endswith("-tf32")
 
 
+FLAGS = ("-torch-ew", "-tmm", "-keep")  # suffixes of the fused methods, before -tf32
+KEEP_CHUNK = 1 << 17  # rows per backward chunk of the -keep methods (unless --mlp-chunk)
+
+
+def _flags(method: str):
+    """(method without its flag suffixes and -tf32, the set of flags)."""
+    if method.endswith("-tf32"):
+        method = method[:-len("-tf32")]
+    flags = set()
+    while any(method.endswith(f) for f in FLAGS):
+        f = next(f for f in FLAGS if method.endswith(f))
+        flags.add(f)
+        method = method[:-len(f)]
+    return method, flags
+
+
 def is_tmm(method: str) -> bool:
     """``-tmm`` methods: the fused decoder gradient with its products as Triton kernels
     with the elementwise steps in their prologues/epilogues (``matmul="triton"`` of
     softplus_mlp_with_grad) instead of torch matmuls."""
-    return method.endswith("-tmm") or "-tmm-" in method
+    return "-tmm" in _flags(method)[1]
+
+
+def is_keep(method: str) -> bool:
+    """``-keep`` methods: the fused decoder keeps its gradient pass for the backward
+    (``keep_gradient_pass=True``: no recompute, more memory; backward chunks of
+    ``KEEP_CHUNK`` rows to offset part of it)."""
+    return "-keep" in _flags(method)[1]
 
 
 def is_torch_ew(method: str) -> bool:
     """``-torch-ew`` methods: the fused decoder gradient with its backward's elementwise
     steps as the PyTorch op sequence (``backend="reference"`` of softplus_mlp_with_grad)
     instead of npht's fused kernels: what those kernels gain, in the same run."""
-    return method.endswith("-torch-ew")
+    return "-torch-ew" in _flags(method)[1]
 
 
 def parse_method(method: str):
     """'npht-cpu-cl' -> ('cpu', channels_last, fused decoder, checkpoint); a ``-tf32``
-    (matmul precision) suffix, and before it a ``-torch-ew`` (the decoder's elementwise
-    kernels) or ``-tmm`` (its products) suffix, is not part of it."""
-    if method.endswith("-tf32"):
-        method = method[:-len("-tf32")]
-    for suffix in ("-torch-ew", "-tmm"):
-        if method.endswith(suffix):
-            method = method[:-len(suffix)]
-            break
-    m = re.fullmatch(r"npht-(\w+?)(-cl)?(-fused)?(-ckpt)?", method)
-    if m is None or (m.group(4) and not m.group(3)):
+    (matmul precision) suffix, and before it the fused decoder's flags ``-torch-ew`` (its
+    elementwise kernels), ``-tmm`` (its products), ``-keep`` (its saved state), are not
+    part of it."""
+    base, flags = _flags(method)
+    m = re.fullmatch(r"npht-(\w+?)(-cl)?(-fused)?(-ckpt)?", base)
+    if m is None or (m.group(4) and not m.group(3)) or (flags and not m.group(3)) or \
+            ("-keep" in flags and m.group(4)):
         raise ValueError(f"unknown method {method!r}")
     return m.group(1), bool(m.group(2)), bool(m.group(3)), bool(m.group(4))
 
@@ -232,10 +253,12 @@ def make_step(method: str, task: str, cfg: dict, device: str):
         def sdf_and_normals():
             if fused:
                 backend, cl, _, ckpt = parse_method(method)
+                chunk = cfg.get("mlp_chunk") or (KEEP_CHUNK if is_keep(method) else None)
                 return decoder.sdf_and_gradient(planes, points, backend=backend, channels_last=cl,
-                                                checkpoint=ckpt, mlp_chunk_size=cfg.get("mlp_chunk"),
+                                                checkpoint=ckpt, mlp_chunk_size=chunk,
                                                 mlp_backend="reference" if is_torch_ew(method) else "auto",
-                                                mlp_matmul="triton" if is_tmm(method) else "torch")
+                                                mlp_matmul="triton" if is_tmm(method) else "torch",
+                                                mlp_keep_gradient_pass=is_keep(method))
             sdf = decoder(fn(planes, points), points)
             (normals,) = torch.autograd.grad(sdf.sum(), points, create_graph=True)
             return sdf, normals

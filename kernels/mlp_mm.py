@@ -12,15 +12,19 @@ arrays ``[M, *]`` contiguous in their last dim, ``w`` a layer's weight ``[out, i
 
 - ``linear(a, w, bias, softplus_input)``: ``P(a) w^T + bias``, ``P = s`` or identity
   (the forward pass: ``h_l = s(h_{l-1}) W_l^T + b_l``);
-- ``reverse_step(d, h, w, e_out)``: ``(d * s'(h)) w`` (the input-gradient pass:
+- ``reverse_step(d, h, w)``: ``(d * s'(h)) w`` (the input-gradient pass:
   ``d_{l-1} = e_l W_l`` with ``e_l = d_l s'(h_l)``); ``d`` may be one row ``[out]``,
-  broadcast over the rows; ``e_out`` (optional) receives ``e_l``;
-- ``adjoint_step(dbar, w, e, h)``: ``ebar = dbar w^T``, then in the epilogue
-  ``e <- ebar e q(h)`` (in place) and the result ``ebar s'(h)``;
-- ``down_step(hbar, w, h, hadj, a_out)``: ``abar = hbar w``, then ``hadj + abar s'(h)`` (into
-  ``hadj``'s buffer when given, else a new array) and ``a_out <- s(h)`` (optional);
+  broadcast over the rows;
+- ``adjoint_step(dbar, w, d, h)``: ``ebar = dbar w^T``, then in the epilogue
+  ``(ebar s'(h), ebar d s''(h))``: the next ``dbar`` and the adjoint's contribution to
+  ``hbar`` (``d`` may be one row);
+- ``down_step(hbar, w, h, hadj)``: ``abar = hbar w``, then ``hadj + abar s'(h)`` (into
+  ``hadj``'s buffer when given, else a new array);
 - ``output_step(h, gy, w_out, hadj)``: the output layer's backward (no product):
-  ``hbar = hadj + gy w_out s'(h)`` and the column sums its bias and weight gradients need.
+  ``hbar = hadj + gy w_out s'(h)`` and the column sums its bias and weight gradients need;
+- ``weight_grad(a, b, a_h, b_softplus)``: a weight gradient ``P(a)^T Q(b)`` reduced over
+  rows with ``P(a) = a s'(a_h)`` or ``Q(b) = s(b)`` applied as the tiles are loaded (so
+  neither factor is written out first).
 
 ``adjoint_step`` and ``down_step`` take ``colsum=True`` to also return their result's column
 sums (the next bias gradient), summed in the epilogue per row block.
@@ -39,7 +43,7 @@ import triton.language as tl
 from ._env import interpreter_blocks as _interpreter_blocks
 from .mlp import _derivs
 
-__all__ = ["linear", "reverse_step", "adjoint_step", "down_step", "output_step", "input_precision"]
+__all__ = ["linear", "reverse_step", "adjoint_step", "down_step", "output_step", "weight_grad", "input_precision"]
 
 _PRO_NONE, _PRO_SOFTPLUS, _PRO_SP1 = 0, 1, 2
 _EPI_NONE, _EPI_ADJOINT, _EPI_DOWN = 0, 1, 2
@@ -64,14 +68,14 @@ def _mm_kernel(
     M, N, K,
     s_am, s_ak, s_a2m, s_bk, s_bn, s_om, s_e1m, s_e2m, s_o2m,
     PRO: tl.constexpr, EPI: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_E1: tl.constexpr,
-    STORE2: tl.constexpr, COLSUM: tl.constexpr, PREC: tl.constexpr,
+    COLSUM: tl.constexpr, PREC: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """out[M, N] = P(a)[M, K] @ b[K, N] (+ bias), then the epilogue EPI.
 
-    PRO: 0 a; 1 softplus(a); 2 a * s'(a2). STORE2 with PRO: out2 <- P(a) (the first column
-    block of programs stores it). EPI: 0 out <- acc; 1 (e1, e2) = (e, h): e1 <- acc e q(h),
-    out <- acc s'(h); 2 e2 = h: out <- [e1 +] acc s'(h) (out may be e1), STORE2: out2 <- s(h).
+    PRO: 0 a; 1 softplus(a); 2 a * s'(a2) (a may be one row: s_am = 0).
+    EPI: 0 out <- acc; 1 (e1, e2) = (d, h) (d may be one row: s_e1m = 0): out <- acc s'(h),
+    out2 <- acc d s'(h) q(h) = acc d s''(h); 2 e2 = h: out <- [e1 +] acc s'(h) (out may be e1).
     COLSUM (EPI 1, 2): colsum[pid_m, :] <- the row block's column sums of out (a bias
     gradient without another pass over out).
     Grid: (column blocks, row blocks), column blocks fastest, so that the programs sharing a
@@ -99,10 +103,6 @@ def _mm_kernel(
             h2 = tl.load(a2_ptr + rm[:, None] * s_a2m + rk[None, :], mask=amask, other=0.0)
             d1, _q = _derivs(h2, beta, threshold)
             a = a * d1
-        if STORE2:
-            if PRO != 0:
-                tl.store(out2_ptr + rm[:, None] * s_o2m + rk[None, :], a.to(out2_ptr.dtype.element_ty),
-                         mask=amask & ((rk * 0 + pid_n) == 0)[None, :])
         b = tl.load(b_ptr + rk[:, None] * s_bk + rn[None, :] * s_bn, mask=k_ok[:, None] & col_ok[None, :],
                     other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PREC)
@@ -116,19 +116,14 @@ def _mm_kernel(
         h = tl.load(e2_ptr + rm[:, None] * s_e2m + rn[None, :], mask=omask, other=0.0)
         d1, q = _derivs(h, beta, threshold)
         e1_off = rm[:, None] * s_e1m + rn[None, :]
+        v = acc * d1
         if EPI == 1:
-            e = tl.load(e1_ptr + e1_off, mask=omask, other=0.0)
-            tl.store(e1_ptr + e1_off, (acc * e * q).to(e1_ptr.dtype.element_ty), mask=omask)
-            v = acc * d1
-            tl.store(out_ptr + o_off, v.to(out_ptr.dtype.element_ty), mask=omask)
-        else:
-            v = acc * d1
-            if HAS_E1:
-                v += tl.load(e1_ptr + e1_off, mask=omask, other=0.0)
-            tl.store(out_ptr + o_off, v.to(out_ptr.dtype.element_ty), mask=omask)
-            if STORE2:
-                tl.store(out2_ptr + rm[:, None] * s_o2m + rn[None, :],
-                         _softplus(h, beta, threshold).to(out2_ptr.dtype.element_ty), mask=omask)
+            d = tl.load(e1_ptr + e1_off, mask=omask, other=0.0)
+            tl.store(out2_ptr + rm[:, None] * s_o2m + rn[None, :], (v * d * q).to(out2_ptr.dtype.element_ty),
+                     mask=omask)
+        elif HAS_E1:
+            v += tl.load(e1_ptr + e1_off, mask=omask, other=0.0)
+        tl.store(out_ptr + o_off, v.to(out_ptr.dtype.element_ty), mask=omask)
         if COLSUM:
             tl.store(colsum_ptr + pid_m * N + rn, tl.sum(tl.where(omask, v, 0.0), axis=0), mask=col_ok)
 
@@ -166,6 +161,13 @@ def _blocks(N: int, dtype: torch.dtype):
     return 64, bn, 32, 8 if bn >= 128 else 4
 
 
+def _row(name, t, cols, dtype, device):
+    if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.device != device:
+        raise TypeError(f"npht.kernels.mlp_mm: {name} must be a {dtype} tensor on {device}")
+    if t.shape != (cols,) or (cols > 1 and t.stride(0) != 1):
+        raise ValueError(f"npht.kernels.mlp_mm: {name} must be contiguous [{cols}], got {tuple(t.shape)}")
+
+
 def _rows(name, t, M, cols, dtype, device):
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"npht.kernels.mlp_mm: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -178,10 +180,10 @@ def _rows(name, t, M, cols, dtype, device):
 
 
 def _launch(a, a_bcast, w, w_transposed, *, beta, threshold, pro=_PRO_NONE, a2=None, bias=None,
-            epi=_EPI_NONE, e1=None, e2=None, out=None, out2=None, colsum=False):
-    """out = P(a) @ B, B = w^T (w_transposed) or w; a is [M, K] or one row [K] (a_bcast).
-    With ``colsum`` (an epilogue): ``(out, out.sum(0))``, the sum from per-row-block partial
-    sums written by the epilogue."""
+            epi=_EPI_NONE, e1=None, e1_bcast=False, e2=None, out=None, out2=None, colsum=False):
+    """out = P(a) @ B, B = w^T (w_transposed) or w; a is [M, K] or one row [K] (a_bcast), e1
+    [M, N] or one row [N] (e1_bcast). With ``colsum`` (an epilogue): ``(out, out.sum(0))``,
+    the sum from per-row-block partial sums written by the epilogue."""
     dtype, device = w.dtype, w.device
     if dtype not in (torch.float32, torch.float64):
         raise TypeError(f"npht.kernels.mlp_mm: float32 or float64 only, got {dtype}")
@@ -190,19 +192,21 @@ def _launch(a, a_bcast, w, w_transposed, *, beta, threshold, pro=_PRO_NONE, a2=N
     K, N = (w.shape[1], w.shape[0]) if w_transposed else (w.shape[0], w.shape[1])
     M = (a2 if a_bcast else a).shape[0]
     if a_bcast:
-        if a.shape != (K,):
-            raise ValueError(f"npht.kernels.mlp_mm: the broadcast row must be [{K}], got {tuple(a.shape)}")
+        _row("the broadcast row", a, K, dtype, device)
         s_am, s_ak = 0, a.stride(0)
     else:
         _rows("a", a, M, K, dtype, device)
         s_am, s_ak = a.stride(0), a.stride(1)
     if a2 is not None:
         _rows("h", a2, M, K, dtype, device)
-    for name, t, cols in (("e", e1, N), ("h", e2, N), ("out", out, N)):
+    if e1 is not None:
+        if e1_bcast:
+            _row("the broadcast row", e1, N, dtype, device)
+        else:
+            _rows("d" if epi == _EPI_ADJOINT else "hadj", e1, M, N, dtype, device)
+    for name, t in (("h", e2), ("out", out), ("out2", out2)):
         if t is not None:
-            _rows(name, t, M, cols, dtype, device)
-    if out2 is not None:
-        _rows("out2", out2, M, K if pro != _PRO_NONE else N, dtype, device)
+            _rows(name, t, M, N, dtype, device)
     if bias is not None and bias.shape != (N,):
         raise ValueError(f"npht.kernels.mlp_mm: bias must be [{N}], got {tuple(bias.shape)}")
     if not (0 < beta < float("inf")):
@@ -223,9 +227,9 @@ def _launch(a, a_bcast, w, w_transposed, *, beta, threshold, pro=_PRO_NONE, a2=N
         out2 if out2 is not None else dummy, partial, scalars,
         M, N, K,
         s_am, s_ak, a2.stride(0) if a2 is not None else 0, s_bk, s_bn, out.stride(0),
-        e1.stride(0) if e1 is not None else 0, e2.stride(0) if e2 is not None else 0,
+        0 if (e1 is None or e1_bcast) else e1.stride(0), e2.stride(0) if e2 is not None else 0,
         out2.stride(0) if out2 is not None else 0,
-        PRO=pro, EPI=epi, HAS_BIAS=bias is not None, HAS_E1=e1 is not None, STORE2=out2 is not None,
+        PRO=pro, EPI=epi, HAS_BIAS=bias is not None, HAS_E1=e1 is not None,
         COLSUM=colsum, PREC=input_precision(dtype), BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=warps,
     )
     return (out, partial.sum(0)) if colsum else out
@@ -237,28 +241,30 @@ def linear(a, w, bias=None, *, softplus_input=False, beta=100.0, threshold=20.0,
                    pro=_PRO_SOFTPLUS if softplus_input else _PRO_NONE, bias=bias, out=out)
 
 
-def reverse_step(d, h, w, *, beta=100.0, threshold=20.0, e_out=None):
-    """``(d * s'(h)) w`` for ``d`` ``[M, out]`` or one row ``[out]``; ``e_out`` <- ``d s'(h)``."""
-    return _launch(d, d.dim() == 1, w, False, beta=beta, threshold=threshold, pro=_PRO_SP1, a2=h,
-                   out2=e_out)
+def reverse_step(d, h, w, *, beta=100.0, threshold=20.0, out=None):
+    """``(d * s'(h)) w`` for ``d`` ``[M, out]`` or one row ``[out]`` (into ``out`` when given)."""
+    return _launch(d, d.dim() == 1, w, False, beta=beta, threshold=threshold, pro=_PRO_SP1, a2=h, out=out)
 
 
-def adjoint_step(dbar, w, e, h, *, beta=100.0, threshold=20.0, colsum=False):
-    """``ebar = dbar w^T``; in place ``e <- ebar e q(h)``; returns ``ebar s'(h)`` (and its
-    column sums with ``colsum``)."""
-    if e is None or h is None:
-        raise ValueError("npht.kernels.mlp_mm.adjoint_step: e and h are required")
-    return _launch(dbar, False, w, True, beta=beta, threshold=threshold, epi=_EPI_ADJOINT, e1=e, e2=h,
-                   colsum=colsum)
+def adjoint_step(dbar, w, d, h, *, beta=100.0, threshold=20.0, colsum=False):
+    """``ebar = dbar w^T`` -> ``(ebar s'(h), ebar d s''(h))`` (the next ``dbar`` and the
+    adjoint's contribution to ``hbar``), plus the first's column sums with ``colsum``;
+    ``d`` ``[M, out]`` or one row ``[out]``."""
+    if d is None or h is None:
+        raise ValueError("npht.kernels.mlp_mm.adjoint_step: d and h are required")
+    hadj = torch.empty_like(h, memory_format=torch.contiguous_format)
+    res = _launch(dbar, False, w, True, beta=beta, threshold=threshold, epi=_EPI_ADJOINT, e1=d,
+                  e1_bcast=d.dim() == 1, e2=h, out2=hadj, colsum=colsum)
+    return (res[0], hadj, res[1]) if colsum else (res, hadj)
 
 
-def down_step(hbar, w, h, hadj=None, *, beta=100.0, threshold=20.0, a_out=None, colsum=False):
+def down_step(hbar, w, h, hadj=None, *, beta=100.0, threshold=20.0, colsum=False):
     """``abar = hbar w``; returns ``hadj + abar s'(h)`` (in ``hadj``'s buffer when given; and
-    its column sums with ``colsum``); ``a_out`` <- ``softplus(h)``."""
+    its column sums with ``colsum``)."""
     if h is None:
         raise ValueError("npht.kernels.mlp_mm.down_step: h is required")
     return _launch(hbar, False, w, False, beta=beta, threshold=threshold, epi=_EPI_DOWN, e1=hadj, e2=h,
-                   out=hadj, out2=a_out, colsum=colsum)
+                   out=hadj, colsum=colsum)
 
 
 @triton.jit
@@ -303,12 +309,8 @@ def output_step(h, gy, w_out, hadj=None, *, beta=100.0, threshold=20.0):
     _rows("h", h, M, N, dtype, device)
     if hadj is not None:
         _rows("hadj", hadj, M, N, dtype, device)
-    for name, t, shape in (("gy", gy, (M,)), ("w_out", w_out, (N,))):
-        if not isinstance(t, torch.Tensor) or t.dtype != dtype or t.device != device:
-            raise TypeError(f"npht.kernels.mlp_mm: {name} must be a {dtype} tensor on {device}")
-        if t.shape != shape or (t.numel() > 1 and t.stride(0) != 1):
-            raise ValueError(f"npht.kernels.mlp_mm: {name} must be contiguous {list(shape)}, got "
-                             f"{tuple(t.shape)}")
+    _row("gy", gy, M, dtype, device)
+    _row("w_out", w_out, N, dtype, device)
     if not (0 < beta < float("inf")):
         raise ValueError(f"npht.kernels.mlp_mm: beta must be finite and > 0, got {beta}")
     hbar = hadj if hadj is not None else torch.empty(M, N, dtype=dtype, device=device)
@@ -322,3 +324,102 @@ def output_step(h, gy, w_out, hadj=None, *, beta=100.0, threshold=20.0):
                          M, N, h.stride(0), hbar.stride(0), HAS_ADJ=hadj is not None, BLOCK_M=BM, BLOCK_N=BN,
                          num_warps=warps)
     return hbar, hsum.sum(0), gwsum.sum(0)
+
+
+@triton.jit
+def _wgrad_kernel(a_ptr, a2_ptr, b_ptr, part_ptr, scalars, M, N, K, rows_per_split, s_am, s_a2m, s_bm,
+                  PRO_A: tl.constexpr, PRO_B: tl.constexpr, PREC: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """part[split, N, K] = sum over the split's rows of P(a)[m, n] Q(b)[m, k]: a weight
+    gradient reduced over rows. PRO_A: 0 a; 2 a * s'(a2) (a may be one row, s_am = 0).
+    PRO_B: 0 b; 1 softplus(b). Grid: (column tiles of the result, row splits), the tiles of
+    one split adjacent (their operand rows come from L2 after the first read)."""
+    beta = tl.load(scalars)
+    threshold = tl.load(scalars + 1)
+    pid_t = tl.program_id(0)
+    split = tl.program_id(1)
+    num_k = tl.cdiv(K, BLOCK_K)
+    pid_n = pid_t // num_k
+    pid_k = pid_t % num_k
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
+    n_ok = rn < N
+    k_ok = rk < K
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=b_ptr.dtype.element_ty)
+    r0 = split.to(tl.int64) * rows_per_split
+    r1 = tl.minimum(r0 + rows_per_split, M)
+    for m0 in range(r0, r1, BLOCK_M):
+        rm = m0 + tl.arange(0, BLOCK_M)
+        row_ok = rm < r1
+        amask = row_ok[:, None] & n_ok[None, :]
+        # masked rows load as 0 in a (so P(a) is 0 there), whatever Q(b) is
+        a = tl.load(a_ptr + rm[:, None] * s_am + rn[None, :], mask=amask, other=0.0)
+        if PRO_A == 2:
+            h2 = tl.load(a2_ptr + rm[:, None] * s_a2m + rn[None, :], mask=amask, other=0.0)
+            d1, _q = _derivs(h2, beta, threshold)
+            a = a * d1
+        b = tl.load(b_ptr + rm[:, None] * s_bm + rk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        if PRO_B == 1:
+            b = _softplus(b, beta, threshold)
+        acc = tl.dot(tl.trans(a), b, acc, input_precision=PREC)
+    tl.store(part_ptr + split * N * K + rn[:, None] * K + rk[None, :], acc, mask=n_ok[:, None] & k_ok[None, :])
+
+
+def _wgrad_blocks(dtype: torch.dtype):
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, row splits) of weight_grad."""
+    if _interpreter_blocks():
+        return 256, 128, 128, 4, 4
+    if dtype == torch.float64:
+        return 32, 32, 32, 4, 128
+    # 64 x (128 + 64) float32 tiles, 3 stages: 147 KiB of shared memory (an A100 has 164)
+    return 64, 128, 64, 8, 64
+
+
+def weight_grad(a, b, *, a_h=None, b_softplus=False, beta=100.0, threshold=20.0, out=None):
+    """``P(a)^T Q(b)`` summed over rows -> ``[N, K]`` (added into ``out`` when given), for
+    ``a [M, N]`` (or one row ``[N]`` broadcast, with ``a_h``), ``b [M, K]``:
+    ``P(a) = a * s'(a_h)`` with ``a_h``, ``Q(b) = softplus(b)`` with ``b_softplus``. A weight
+    gradient without the product's left or right factor written out first (e.g.
+    ``gW_l += (d_l s'(h_l))^T dbar`` or ``hbar^T s(h_{l-1})``). Deterministic: per-split
+    partial sums, then their sum."""
+    dtype, device = b.dtype, b.device
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"npht.kernels.mlp_mm: float32 or float64 only, got {dtype}")
+    if b.dim() != 2:
+        raise ValueError(f"npht.kernels.mlp_mm: b must be [M, K], got {tuple(b.shape)}")
+    M, K = b.shape
+    _rows("b", b, M, K, dtype, device)
+    if a.dim() == 1:
+        if a_h is None:
+            raise ValueError("npht.kernels.mlp_mm.weight_grad: a broadcast row needs a_h (its rows' factor)")
+        N = a.shape[0]
+        _row("the broadcast row", a, N, dtype, device)
+        s_am = 0
+    else:
+        N = a.shape[1] if a.dim() == 2 else -1
+        _rows("a", a, M, N, dtype, device)
+        s_am = a.stride(0)
+    if a_h is not None:
+        _rows("a_h", a_h, M, N, dtype, device)
+    if not (0 < beta < float("inf")):
+        raise ValueError(f"npht.kernels.mlp_mm: beta must be finite and > 0, got {beta}")
+    if out is not None and (out.shape != (N, K) or out.dtype != dtype or out.device != device):
+        raise ValueError(f"npht.kernels.mlp_mm: out must be a {dtype} [{N}, {K}] tensor on {device}")
+    if M == 0:
+        res = torch.zeros(N, K, dtype=dtype, device=device)
+        return res if out is None else out
+    BM, BN, BK, warps, splits = _wgrad_blocks(dtype)
+    BN = min(BN, max(16, triton.next_power_of_2(N)))
+    BK = min(BK, max(16, triton.next_power_of_2(K)))
+    row_blocks = triton.cdiv(M, BM)
+    per_split = triton.cdiv(row_blocks, min(splits, row_blocks)) * BM
+    n_splits = triton.cdiv(M, per_split)
+    part = torch.empty(n_splits, N, K, dtype=dtype, device=device)
+    grid = (triton.cdiv(N, BN) * triton.cdiv(K, BK), n_splits)
+    _wgrad_kernel[grid](a, a_h if a_h is not None else b, b, part, torch.tensor([beta, threshold], dtype=dtype,
+                                                                                device=device),
+                        M, N, K, per_split, s_am, a_h.stride(0) if a_h is not None else 0, b.stride(0),
+                        PRO_A=2 if a_h is not None else 0, PRO_B=1 if b_softplus else 0,
+                        PREC=input_precision(dtype), BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=warps)
+    res = part.sum(0)
+    return res if out is None else out.add_(res)

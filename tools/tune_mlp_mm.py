@@ -70,6 +70,7 @@ def main(argv=None) -> dict:
     timed(f"npht-{backend}-fused" + ("-tf32" if args.device == "cuda" else ""))
     tmm = f"npht-{backend}-fused-tmm" + ("-tf32" if args.device == "cuda" else "")
     timed(tmm)  # the default blocks
+    timed(tmm.replace("-tmm", "-tmm-keep"))  # keeping the gradient pass (no recompute)
     for blocks in args.configs:
         timed(tmm, blocks)
     result = {"config": cfg, "device": bench.device_name(args.device), "torch": bench.torch.__version__,

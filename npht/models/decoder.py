@@ -85,7 +85,8 @@ class TriplaneDecoder(nn.Module):
 
     def sdf_and_gradient(self, planes: torch.Tensor, points: torch.Tensor, *, fused: bool = True,
                          checkpoint: bool = False, mlp_backend: str = "auto",
-                         mlp_chunk_size: Optional[int] = None, mlp_matmul: str = "torch", **sample_kwargs):
+                         mlp_chunk_size: Optional[int] = None, mlp_matmul: str = "torch",
+                         mlp_keep_gradient_pass: bool = False, **sample_kwargs):
         """SDF ``[B, N]`` and its gradient w.r.t. the points ``[B, N, 3]`` (normals before
         normalisation), through the tri-plane features and the direct point input.
 
@@ -98,8 +99,9 @@ class TriplaneDecoder(nn.Module):
         backward's elementwise steps; ``mlp_chunk_size``: its ``chunk_size``, rows per
         chunk of its backward, which bounds the backward's working memory, default
         ``npht.ops.mlp.DEFAULT_CHUNK``; ``mlp_matmul``: its ``matmul``, torch's products
-        or Triton's with the elementwise steps fused in); ``fused=False`` is plain autograd
-        (the reference).
+        or Triton's with the elementwise steps fused in; ``mlp_keep_gradient_pass``: its
+        ``keep_gradient_pass``, more memory for no recompute); ``fused=False`` is plain
+        autograd (the reference).
         With grad mode off, the results are plain tensors and no graph is kept.
         """
         create = torch.is_grad_enabled()
@@ -119,7 +121,9 @@ class TriplaneDecoder(nn.Module):
                 chunk = {} if mlp_chunk_size is None else {"chunk_size": mlp_chunk_size}
                 sdf, grad_x = softplus_mlp_with_grad(x, weights, biases, beta=self.beta,
                                                      checkpoint=checkpoint or not create,
-                                                     backend=mlp_backend, matmul=mlp_matmul, **chunk)
+                                                     backend=mlp_backend, matmul=mlp_matmul,
+                                                     keep_gradient_pass=mlp_keep_gradient_pass and create
+                                                     and not checkpoint, **chunk)
                 grad_feat, grad_pts = grad_x.split([self.feature_dim, grad_x.shape[-1] - self.feature_dim], -1)
                 # chain the feature gradient through the tri-plane op's backward (which
                 # skips the planes' gradient: the engine tells it this call does not use it)

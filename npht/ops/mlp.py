@@ -16,7 +16,8 @@ per node. Here the three passes are explicit:
   forward pass. Weight gradients of both passes are accumulated with ``addmm_``.
 
 Only the pre-activations ``h_l`` are kept (one ``[M, width]`` tensor per hidden layer),
-or nothing at all with ``checkpoint=True``. The backward runs in chunks of ``chunk_size``
+or nothing at all with ``checkpoint=True``, or also the reverse pass' ``d_l`` with
+``keep_gradient_pass=True`` (no recompute in the backward). The backward runs in chunks of ``chunk_size``
 rows: it recomputes the chunk's reverse-pass products ``e_l = d_l s'(h_l)`` (and with
 ``checkpoint`` its pre-activations), so its working memory is a few chunk-sized
 temporaries whatever the number of points.
@@ -60,32 +61,34 @@ def _sp1(g: torch.Tensor, h: torch.Tensor, beta: float, threshold: float) -> tor
     return torch.ops.aten.softplus_backward(g, h, beta, threshold)
 
 
-def _reverse(hs, weights, beta, threshold):
-    """Reverse pass over the rows of hs: ``g = d_{-1}``."""
+def _reverse(hs, weights, beta, threshold, d_out=None):
+    """Reverse pass over the rows of hs: ``g = d_{-1}``; ``d_l`` (l = 0 .. L-3) written into
+    ``d_out`` when given."""
     d = weights[-1][0]  # d_{L-2}: the output row, broadcast over the rows
     for l in range(len(weights) - 2, -1, -1):
-        d = _sp1(d, hs[l], beta, threshold) @ weights[l]
+        e = _sp1(d, hs[l], beta, threshold)
+        d = e @ weights[l] if (d_out is None or l == 0) else torch.mm(e, weights[l], out=d_out[l - 1])
     return d
 
 
-def _reverse_kept(hs, weights, beta, threshold):
-    """The reverse pass again, for the backward: ``es[l] = e_l = d_l s'(h_l)`` for
-    l = 0 .. L-2 (the weight gradients' left factors, then the adjoint kernel's input);
-    the ``d_l`` are dropped as it goes, and ``g`` itself is not computed."""
-    d = weights[-1][0]  # d_{L-2}: the output row, broadcast over the rows
-    es = []
-    for l in range(len(weights) - 2, -1, -1):
-        e = _sp1(d, hs[l], beta, threshold)
-        es.append(e)
-        if l > 0:
-            d = e @ weights[l]
-    es.reverse()
-    return es
+def _gradient_pass(hs, weights, ds, beta, threshold):
+    """The reverse pass' vectors for the backward: ``[d_0, .., d_{L-3}, w_out]`` (``d_{L-2}``
+    is the output row, broadcast): the kept ones (``ds``, row slices) or recomputed."""
+    if ds:
+        return [*ds, weights[-1][0]]
+    d = weights[-1][0]
+    out = [d]
+    for l in range(len(weights) - 2, 0, -1):
+        d = _sp1(d, hs[l], beta, threshold) @ weights[l]
+        out.append(d)
+    out.reverse()
+    return out
 
 
-def _forward_rows(x, weights, biases, beta, threshold, h_out=None):
+def _forward_rows(x, weights, biases, beta, threshold, h_out=None, d_out=None):
     """Rows of x -> (y [rows], g [rows, D0], hs); the pre-activations are written into
-    ``h_out`` (row slices of the saved buffers) when given."""
+    ``h_out`` (row slices of the saved buffers) when given, the reverse pass' ``d_l`` into
+    ``d_out``."""
     hs = []
     a = x
     for l in range(len(weights) - 1):
@@ -97,20 +100,26 @@ def _forward_rows(x, weights, biases, beta, threshold, h_out=None):
         a = F.softplus(h, beta, threshold)
     y = torch.addmm(biases[-1], a, weights[-1].t()).squeeze(-1)
     del a
-    g = _reverse(hs, weights, beta, threshold)
+    g = _reverse(hs, weights, beta, threshold, d_out)
     return y, g, hs
 
 
-def _backward_rows(gy, gg, x, weights, hs, beta, threshold, gW, gb, need_x, k):
+def _backward_rows(gy, gg, x, weights, hs, ds, beta, threshold, gW, gb, need_x, k):
     """Accumulate the rows' weight/bias gradients into gW, gb; return grad_x (or None).
     ``k``: the module of the elementwise kernels (npht_C, npht.kernels.mlp or the
-    reference). Working memory: the rows' reverse-pass vectors (recomputed, then overwritten
-    in place by the adjoint contributions) and a few temporaries of the rows' size."""
+    reference). ``ds``: the rows' kept reverse-pass vectors, or empty (recomputed). Working
+    memory: the rows' ``e_l = d_l s'(h_l)`` (overwritten in place by the adjoint
+    contributions) and a few temporaries of the rows' size."""
     L = len(weights)
     w_out = weights[-1][0]
     h_adj: List[Optional[torch.Tensor]] = [None] * (L - 1)
     if gg is not None:  # sweep up: adjoint of the reverse pass
-        es = _reverse_kept(hs, weights, beta, threshold)
+        d_all = _gradient_pass(hs, weights, ds, beta, threshold)
+        es = []
+        for l in range(L - 1):
+            es.append(_sp1(d_all[l], hs[l], beta, threshold))
+            d_all[l] = None
+        del d_all
         dbar = gg
         for l in range(L - 1):
             if gW is not None:
@@ -153,13 +162,15 @@ def _backward_rows(gy, gg, x, weights, hs, beta, threshold, gW, gb, need_x, k):
 
 
 # ---- the same passes with Triton products (matmul="triton") ----------------------------
-# kernels/mlp_mm.py fuses the elementwise steps into the products' prologues and epilogues:
-# per hidden layer 23 passes over [rows, width] arrays instead of 34 (forward 5, sweep up
-# 11, sweep down 7, the bias gradients summed in the epilogues), and 3 instead of about 9
-# for the output layer's backward; the weight gradients stay torch's (cuBLAS) products.
+# kernels/mlp_mm.py fuses the elementwise steps into the products' prologues and epilogues
+# and the weight gradients' factors into their row reductions: per hidden layer 22 passes
+# over [rows, width] arrays instead of 34 (forward 5; sweep up 11: recompute 3, weight
+# gradient 3, adjoint 5; sweep down 6: product 4, weight gradient 2; the bias gradients
+# summed in the epilogues), 19 with keep_gradient_pass (no recompute), and 3 instead of
+# about 9 for the output layer's backward.
 
 
-def _forward_rows_tmm(x, weights, biases, beta, threshold, h_out=None, *, mm):
+def _forward_rows_tmm(x, weights, biases, beta, threshold, h_out=None, d_out=None, *, mm):
     """:func:`_forward_rows` with Triton products: ``h_l = s(h_{l-1}) W_l^T + b_l`` (the
     softplus in the product's prologue), ``d_{l-1} = (d_l s'(h_l)) W_l`` likewise."""
     hs = []
@@ -172,46 +183,46 @@ def _forward_rows_tmm(x, weights, biases, beta, threshold, h_out=None, *, mm):
     y = mm.linear(a, weights[-1], biases[-1], softplus_input=True, beta=beta, threshold=threshold).squeeze(-1)
     d = weights[-1][0]  # d_{L-2}: the output row, broadcast over the rows
     for l in range(len(weights) - 2, -1, -1):
-        d = mm.reverse_step(d, hs[l], weights[l], beta=beta, threshold=threshold)
+        out = None if (d_out is None or l == 0) else d_out[l - 1]
+        d = mm.reverse_step(d, hs[l], weights[l], beta=beta, threshold=threshold, out=out)
     return y, d, hs
 
 
-def _backward_rows_tmm(gy, gg, x, weights, hs, beta, threshold, gW, gb, need_x, *, k, mm):
-    """:func:`_backward_rows` with Triton products. Sweep up: the reverse pass again, keeping
-    ``e_l`` (written by the product's prologue), then per layer ``gW_l += e_l^T dbar`` and
-    one product ``ebar = dbar W_l^T`` whose epilogue turns ``e_l`` into ``hbar``'s adjoint
-    contribution and returns ``dbar_l = ebar s'(h_l)``. Output layer: one elementwise kernel
-    (``hbar += gy w_out s'(h)``, with the column sums for its weight and bias gradients).
-    Sweep down: one product ``abar = hbar_l W_l`` whose epilogue adds ``abar s'(h_{l-1})``
-    into the contribution (the layer below's ``hbar``, with its column sums: the bias
-    gradient) and writes ``a_{l-1} = s(h_{l-1})`` for the weight gradient."""
+def _backward_rows_tmm(gy, gg, x, weights, hs, ds, beta, threshold, gW, gb, need_x, *, k, mm):
+    """:func:`_backward_rows` with Triton products. Sweep up: the reverse pass' ``d_l`` (kept,
+    or recomputed by products with ``s'`` in their prologue), then per layer
+    ``gW_l += (d_l s'(h_l))^T dbar`` (a reduction with the ``s'`` in its prologue) and one
+    product ``ebar = dbar W_l^T`` whose epilogue gives ``dbar_l = ebar s'(h_l)`` and the
+    adjoint's contribution ``ebar d_l s''(h_l)`` to ``hbar_l``. Output layer: one
+    elementwise kernel (``hbar += gy w_out s'(h)``, with the column sums for its weight and
+    bias gradients). Sweep down: one product ``abar = hbar_l W_l`` whose epilogue adds
+    ``abar s'(h_{l-1})`` into the contribution (the layer below's ``hbar``, with its column
+    sums: the bias gradient), and ``gW_l += hbar_l^T s(h_{l-1})`` (a reduction with the
+    softplus in its prologue)."""
     L = len(weights)
     w_out = weights[-1][0]
     sc = {"beta": beta, "threshold": threshold}
     need_params = gW is not None
     h_adj: List[Optional[torch.Tensor]] = [None] * (L - 1)
     if gg is not None:  # sweep up: adjoint of the reverse pass
-        es: List[Optional[torch.Tensor]] = [None] * (L - 1)
-        d = w_out
-        for l in range(L - 2, 0, -1):
-            es[l] = torch.empty_like(hs[l])
-            d = mm.reverse_step(d, hs[l], weights[l], e_out=es[l], **sc)
-        es[0] = _sp1(d, hs[0], beta, threshold)
-        del d
+        if ds:
+            d_all: List[Optional[torch.Tensor]] = [*ds, w_out]
+        else:
+            d_all = [None] * (L - 2) + [w_out]
+            for l in range(L - 2, 0, -1):
+                d_all[l - 1] = mm.reverse_step(d_all[l], hs[l], weights[l], **sc)
         dbar = gg
         for l in range(L - 1):
             if need_params:
-                gW[l].addmm_(es[l].t(), dbar)
+                mm.weight_grad(d_all[l], dbar, a_h=hs[l], out=gW[l], **sc)
             last = l == L - 2
-            # es[l] <- hbar_l's contribution; the last dbar's column sums: W_L's gradient
-            res = mm.adjoint_step(dbar, weights[l], es[l], hs[l], colsum=last and need_params, **sc)
-            if last and need_params:
-                dbar, dsum = res
-                gW[-1][0].add_(dsum)
-            else:
-                dbar = res
-            h_adj[l], es[l] = es[l], None
-        del dbar, es
+            res = mm.adjoint_step(dbar, weights[l], d_all[l], hs[l], colsum=last and need_params, **sc)
+            dbar, h_adj[l] = res[0], res[1]
+            if last and need_params:  # the last dbar's column sums: W_L's gradient
+                gW[-1][0].add_(res[2])
+            d_all[l] = None
+            del res
+        del dbar, d_all
     hbar, hbar_sum = h_adj[-1], None
     if gy is not None:  # output layer
         hbar, hbar_sum, gw_out = mm.output_step(hs[-1], gy, w_out, hbar, **sc)
@@ -222,17 +233,17 @@ def _backward_rows_tmm(gy, gg, x, weights, hs, beta, threshold, gW, gb, need_x, 
     for l in range(L - 2, -1, -1):  # sweep down: hbar = hbar_l
         prev_sum = None
         if l > 0:
-            a_prev = torch.empty_like(hs[l - 1]) if need_params else None
-            res = mm.down_step(hbar, weights[l], hs[l - 1], h_adj[l - 1], a_out=a_prev, colsum=need_params, **sc)
+            res = mm.down_step(hbar, weights[l], hs[l - 1], h_adj[l - 1], colsum=need_params, **sc)
             hbar_prev, prev_sum = res if need_params else (res, None)
             h_adj[l - 1] = None
         else:
-            a_prev = x
             hbar_prev = hbar @ weights[0] if need_x else None
         if need_params:
-            gW[l].addmm_(hbar.t(), a_prev)
+            if l > 0:
+                mm.weight_grad(hbar, hs[l - 1], b_softplus=True, out=gW[l], **sc)
+            else:
+                gW[0].addmm_(hbar.t(), x)
             gb[l].add_(hbar.sum(0) if hbar_sum is None else hbar_sum)
-        del a_prev
         hbar, hbar_sum = hbar_prev, prev_sum
     return hbar
 
@@ -251,27 +262,31 @@ def _mlp_grad_op(
     chunk: int,
     backend: str,
     matmul: str,
-) -> tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:
+    keep: bool,
+) -> tuple[torch.Tensor, torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
     M = x.shape[0]
     hs = [x.new_empty(M, w.shape[0]) for w in weights[:-1]] if save else []
+    ds = [x.new_empty(M, w.shape[0]) for w in weights[:-2]] if (save and keep) else []
     rows = _forward_rows if matmul == "torch" else functools.partial(_forward_rows_tmm, mm=kernels("triton", "mlp_mm"))
     if M <= chunk:
-        y, g, _ = rows(x, weights, biases, beta, threshold, hs or None)
-        return y, g, hs
+        y, g, _ = rows(x, weights, biases, beta, threshold, hs or None, ds or None)
+        return y, g, hs, ds
     y = x.new_empty(M)
     g = torch.empty_like(x)
     for r0 in range(0, M, chunk):
         r1 = min(M, r0 + chunk)
         h_out = [h[r0:r1] for h in hs] if save else None
-        y[r0:r1], g[r0:r1], _ = rows(x[r0:r1], weights, biases, beta, threshold, h_out)
-    return y, g, hs
+        d_out = [d[r0:r1] for d in ds] if ds else None
+        y[r0:r1], g[r0:r1], _ = rows(x[r0:r1], weights, biases, beta, threshold, h_out, d_out)
+    return y, g, hs, ds
 
 
 @_mlp_grad_op.register_fake
-def _(x, weights, biases, beta, threshold, save, chunk, backend, matmul):
+def _(x, weights, biases, beta, threshold, save, chunk, backend, matmul, keep):
     M = x.shape[0]
     hs = [x.new_empty(M, w.shape[0]) for w in weights[:-1]] if save else []
-    return x.new_empty(M), x.new_empty(x.shape), hs
+    ds = [x.new_empty(M, w.shape[0]) for w in weights[:-2]] if (save and keep) else []
+    return x.new_empty(M), x.new_empty(x.shape), hs, ds
 
 
 @torch.library.custom_op("npht::softplus_mlp_grad_backward", mutates_args=())
@@ -282,6 +297,7 @@ def _mlp_grad_backward_op(
     weights: List[torch.Tensor],
     biases: List[torch.Tensor],
     hs: List[torch.Tensor],
+    ds: List[torch.Tensor],
     beta: float,
     threshold: float,
     chunk: int,
@@ -309,19 +325,20 @@ def _mlp_grad_backward_op(
                 hr = [h[r0:r1] for h in hs]
             else:  # checkpoint: recompute the rows' pre-activations
                 _, _, hr = rows_fwd(xr, weights, biases, beta, threshold)
+            dr = [d[r0:r1] for d in ds]
             gyr = None if grad_y is None else grad_y[r0:r1]
             ggr = None if grad_g is None else grad_g[r0:r1]
-            gxr = rows_bwd(gyr, ggr, xr, weights, hr, beta, threshold, gW, gb, need_x)
+            gxr = rows_bwd(gyr, ggr, xr, weights, hr, dr, beta, threshold, gW, gb, need_x)
             if need_x:
                 gx[r0:r1] = gxr
-            del hr, gxr
+            del hr, dr, gxr
     if not need_params:
         gW, gb = [w.new_empty(0) for w in weights], [b.new_empty(0) for b in biases]
     return gx, gW, gb
 
 
 @_mlp_grad_backward_op.register_fake
-def _(grad_y, grad_g, x, weights, biases, hs, beta, threshold, chunk, need_x, need_params, backend, matmul):
+def _(grad_y, grad_g, x, weights, biases, hs, ds, beta, threshold, chunk, need_x, need_params, backend, matmul):
     gx = x.new_empty(x.shape) if need_x else x.new_empty(0)
     if need_params:
         return gx, [w.new_empty(w.shape) for w in weights], [b.new_empty(b.shape) for b in biases]
@@ -329,15 +346,16 @@ def _(grad_y, grad_g, x, weights, biases, hs, beta, threshold, chunk, need_x, ne
 
 
 def _setup_context(ctx, inputs, output):
-    x, weights, biases, beta, threshold, save, chunk, backend, matmul = inputs
-    _, _, hs = output
-    ctx.save_for_backward(x, *weights, *biases, *hs)
-    # hs are saved state, not results: no gradient flows into them, and none must be
-    # materialised (zero-filled [M, width] tensors, one per hidden layer, would double
+    x, weights, biases, beta, threshold, save, chunk, backend, matmul, keep = inputs
+    _, _, hs, ds = output
+    ctx.save_for_backward(x, *weights, *biases, *hs, *ds)
+    # hs and ds are saved state, not results: no gradient flows into them, and none must
+    # be materialised (zero-filled [M, width] tensors, one per hidden layer, would double
     # the op's memory); an unused y or g then arrives as None too.
-    ctx.mark_non_differentiable(*hs)
+    ctx.mark_non_differentiable(*hs, *ds)
     ctx.set_materialize_grads(False)
     ctx.n_layers = len(weights)
+    ctx.n_saved_h = len(hs)
     ctx.args = (float(beta), float(threshold), int(chunk))
     ctx.need_x = x.requires_grad
     ctx.need_params = any(t.requires_grad for t in (*weights, *biases))
@@ -349,18 +367,19 @@ def _usable(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if t is None else t.contiguous()
 
 
-def _backward(ctx, grad_y, grad_g, _grad_hs):
-    L = ctx.n_layers
+def _backward(ctx, grad_y, grad_g, _grad_hs, _grad_ds):
+    L, nh = ctx.n_layers, ctx.n_saved_h
     x, *rest = ctx.saved_tensors
-    weights, biases, hs = list(rest[:L]), list(rest[L:2 * L]), list(rest[2 * L:])
+    weights, biases = list(rest[:L]), list(rest[L:2 * L])
+    hs, ds = list(rest[2 * L:2 * L + nh]), list(rest[2 * L + nh:])
     gx, gW, gb = torch.ops.npht.softplus_mlp_grad_backward(
-        _usable(grad_y), _usable(grad_g), x, weights, biases, hs, *ctx.args,
+        _usable(grad_y), _usable(grad_g), x, weights, biases, hs, ds, *ctx.args,
         ctx.need_x, ctx.need_params, ctx.backend, ctx.matmul,
     )
     gx = gx if ctx.need_x else None
     if not ctx.need_params:  # list inputs take a list of Nones
         gW, gb = [None] * L, [None] * L
-    return gx, gW, gb, None, None, None, None, None, None
+    return gx, gW, gb, None, None, None, None, None, None, None
 
 
 _mlp_grad_op.register_autograd(_backward, setup_context=_setup_context)
@@ -456,6 +475,7 @@ def softplus_mlp_with_grad(
     chunk_size: int = DEFAULT_CHUNK,
     backend: str = "auto",
     matmul: str = "torch",
+    keep_gradient_pass: bool = False,
 ):
     """Value and input gradient of a softplus MLP with one output.
 
@@ -473,11 +493,19 @@ def softplus_mlp_with_grad(
             ``"triton"``, ``"cpu"`` (float32/float64) or ``"reference"`` (PyTorch ops).
         matmul: the matrix products: ``"torch"`` (torch.matmul, cuBLAS on a GPU) or
             ``"triton"`` (kernels/mlp_mm.py: the elementwise steps fused into the products'
-            prologues and epilogues, 23 passes over ``[rows, width]`` arrays per
-            hidden layer instead of 34; GPU, or the interpreter on the CPU; float32/float64).
+            prologues and epilogues, the weight gradients' factors into their row
+            reductions: 22 passes over ``[rows, width]`` arrays per hidden layer instead
+            of 34; GPU, or the interpreter on the CPU; float32/float64).
             Both follow torch's float32 matmul precision (TF32 unless it is ``"highest"``);
             ``"triton"`` is meant for TF32, where the products are memory-bound (in IEEE
             float32 they are compute-bound, and torch's are the better choice).
+        keep_gradient_pass: also keep the input-gradient pass' vectors ``d_l`` (one more
+            ``[rows, width]`` tensor per hidden layer but the last) so that the backward
+            does not recompute that pass: per hidden layer one product and, with
+            ``matmul="triton"``, 3 of 22 passes over ``[rows, width]`` fewer, for L-2 saved
+            tensors beside the L-1 pre-activations (a smaller ``chunk_size``, which
+            shrinks the backward's working memory, can offset part of it). Not with
+            ``checkpoint``.
 
     Returns:
         ``(y [...], dy_dx [..., D0])``, both differentiable (once) w.r.t. ``x``, the
@@ -492,8 +520,13 @@ def softplus_mlp_with_grad(
     needs_grad = torch.is_grad_enabled() and (
         x.requires_grad or any(t.requires_grad for t in (*weights, *biases))
     )
-    y, g, _ = torch.ops.npht.softplus_mlp_grad(
+    if not isinstance(keep_gradient_pass, bool):
+        raise TypeError(f"keep_gradient_pass must be a bool, got {keep_gradient_pass!r}")
+    if keep_gradient_pass and checkpoint:
+        raise ValueError("keep_gradient_pass=True keeps more for the backward, checkpoint=True keeps nothing: "
+                         "choose one")
+    y, g, _, _ = torch.ops.npht.softplus_mlp_grad(
         x2, weights, biases, float(beta), float(threshold), needs_grad and not checkpoint,
-        int(chunk_size), backend, matmul,
+        int(chunk_size), backend, matmul, keep_gradient_pass,
     )
     return y.reshape(lead), g.reshape(*lead, D0)

@@ -34,8 +34,10 @@ def test_bad_feature_width():
 
 @pytest.mark.parametrize("checkpoint", [False, True])
 @pytest.mark.parametrize("sample_backend", ["reference", "cpu"])
-@pytest.mark.parametrize("mlp_backend,mlp_matmul", [("reference", "torch"), ("auto", "torch"), ("auto", "triton")])
-def test_fused_sdf_and_gradient_matches_autograd(checkpoint, sample_backend, mlp_backend, mlp_matmul):
+@pytest.mark.parametrize("mlp_backend,mlp_matmul,keep", [("reference", "torch", False), ("auto", "torch", False),
+                                                          ("auto", "triton", False), ("auto", "torch", True),
+                                                          ("auto", "triton", True)])
+def test_fused_sdf_and_gradient_matches_autograd(checkpoint, sample_backend, mlp_backend, mlp_matmul, keep):
     """The eikonal training step: SDF gradient through features and the direct point
     input, loss on its norm, gradients to planes, decoder and points."""
     if mlp_matmul == "triton":
@@ -49,7 +51,7 @@ def test_fused_sdf_and_gradient_matches_autograd(checkpoint, sample_backend, mlp
     for fused in (False, True):
         sdf, grad = dec.sdf_and_gradient(planes, points, fused=fused, checkpoint=checkpoint,
                                          backend=sample_backend, mlp_backend=mlp_backend,
-                                         mlp_matmul=mlp_matmul)
+                                         mlp_matmul=mlp_matmul, mlp_keep_gradient_pass=keep)
         loss = ((grad.norm(dim=-1) - 1) ** 2).mean() + sdf.abs().mean()
         results.append((sdf, grad, torch.autograd.grad(loss, params, allow_unused=True,
                                                         materialize_grads=True)))

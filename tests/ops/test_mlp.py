@@ -29,10 +29,12 @@ def loss_grads(fn, x, weights, biases, gy, gg):
     return y, g, torch.autograd.grad(sum(terms), inputs, allow_unused=True, materialize_grads=True)
 
 
-MODES = [dict(), dict(chunk_size=97), dict(checkpoint=True), dict(checkpoint=True, chunk_size=97)]
+MODES = [dict(), dict(chunk_size=97), dict(checkpoint=True), dict(checkpoint=True, chunk_size=97),
+         dict(keep_gradient_pass=True), dict(keep_gradient_pass=True, chunk_size=97)]
+MODE_IDS = ["saved", "saved-chunked", "checkpoint", "checkpoint-chunked", "kept", "kept-chunked"]
 
 
-@pytest.mark.parametrize("mode", MODES, ids=["saved", "saved-chunked", "checkpoint", "checkpoint-chunked"])
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("dims", [(7, 16, 16, 16, 1), (3, 5, 1), (35, 33, 17, 1)], ids=str)
 @pytest.mark.parametrize("lead", [(1,), (1151,), (2, 3, 50)], ids=str)
 @pytest.mark.parametrize("upstream", ["both", "y", "g"])
@@ -137,21 +139,29 @@ def test_third_derivative_is_an_error():
         torch.autograd.grad(gx.sum(), x)
 
 
-def test_opcheck(backend, device):
+def opcheck_mlp_ops(device, backend, matmul):
+    """torch.library.opcheck of both registered ops: saved / kept / checkpointed, chunked."""
     weights, biases = make_mlp((4, 6, 6, 1), dtype=torch.float32)
     weights = [w.detach().to(device).requires_grad_() for w in weights]
     biases = [b.detach().to(device).requires_grad_() for b in biases]
     x = torch.randn(9, 4, device=device, requires_grad=True)
-    for save in (True, False):
+    for save, keep in ((True, False), (True, True), (False, False)):
         torch.library.opcheck(torch.ops.npht.softplus_mlp_grad.default,
-                              (x, weights, biases, 100.0, 20.0, save, 4, backend, "torch"))
-    y, g, hs = torch.ops.npht.softplus_mlp_grad(x, weights, biases, 100.0, 20.0, True, 4, backend, "torch")
+                              (x, weights, biases, 100.0, 20.0, save, 4, backend, matmul, keep))
+    y, g, hs, ds = torch.ops.npht.softplus_mlp_grad(x, weights, biases, 100.0, 20.0, True, 4, backend, matmul, True)
+    assert len(hs) == 2 and len(ds) == 1
     args = (torch.randn(9, device=device), torch.randn(9, 4, device=device), x.detach(),
             [w.detach() for w in weights], [b.detach() for b in biases], [h.detach() for h in hs],
-            100.0, 20.0, 4, True, True, backend, "torch")
+            [d.detach() for d in ds], 100.0, 20.0, 4, True, True, backend, matmul)
     torch.library.opcheck(torch.ops.npht.softplus_mlp_grad_backward.default, args)
-    args_ckpt = args[:5] + ([],) + args[6:]
+    args_saved = args[:6] + ([],) + args[7:]
+    torch.library.opcheck(torch.ops.npht.softplus_mlp_grad_backward.default, args_saved)
+    args_ckpt = args[:5] + ([], []) + args[7:]
     torch.library.opcheck(torch.ops.npht.softplus_mlp_grad_backward.default, args_ckpt)
+
+
+def test_opcheck(backend, device):
+    opcheck_mlp_ops(device, backend, "torch")
 
 
 def test_torch_compile_parity():
@@ -211,7 +221,8 @@ def test_errors():
 # ---- the backward's elementwise kernels, per backend -----------------------------------------
 
 
-@pytest.mark.parametrize("mode", MODES[:3], ids=["saved", "saved-chunked", "checkpoint"])
+@pytest.mark.parametrize("mode", [MODES[i] for i in (0, 1, 2, 5)], ids=["saved", "saved-chunked", "checkpoint",
+                                                                         "kept-chunked"])
 @pytest.mark.parametrize("upstream", ["both", "g"])
 def test_backends_match_autograd_reference(backend, device, mode, upstream):
     """Each backend of the fused elementwise kernels, float64, against autograd's double
@@ -371,3 +382,32 @@ def test_raw_kernel_errors(backend, device):
         k.softplus_backward_add_(a, torch.zeros(3, 4, device=device).t(), a, 1.0, 20.0)
     with pytest.raises((RuntimeError, ValueError), match="beta must be finite and > 0"):
         k.softplus_backward_add_(a, a.clone(), a, 0.0, 20.0)
+
+
+@pytest.mark.parametrize("dims", [(5, 16, 16, 16, 1), (5, 16, 1)], ids=str)
+def test_keep_gradient_pass_skips_the_recompute(dims):
+    """keep_gradient_pass: the backward runs L-2 matrix products fewer (the reverse pass'
+    d_{l-1} = e_l W_l, l = L-2 .. 1, is not recomputed) and keeps L-2 more saved tensors."""
+    from torch.profiler import ProfilerActivity, profile
+
+    weights, biases = make_mlp(dims)
+    x = torch.randn(50, dims[0], dtype=torch.float64, requires_grad=True)
+    counts, grads = {}, {}
+    for keep in (False, True):
+        y, g = npht.softplus_mlp_with_grad(x, weights, biases, keep_gradient_pass=keep)
+        loss = (g ** 2).sum() + y.sum()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:  # sees the ops inside the registered op
+            grads[keep] = torch.autograd.grad(loss, [x, *weights, *biases])
+        counts[keep] = sum(1 for e in prof.events() if e.name in ("aten::mm", "aten::addmm"))
+    assert counts[False] - counts[True] == len(dims) - 3
+    for a, b in zip(grads[True], grads[False]):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
+def test_keep_gradient_pass_errors():
+    weights, biases = make_mlp((4, 6, 1), dtype=torch.float32)
+    x = torch.randn(5, 4)
+    with pytest.raises(ValueError, match="checkpoint=True keeps nothing: choose one"):
+        npht.softplus_mlp_with_grad(x, weights, biases, keep_gradient_pass=True, checkpoint=True)
+    with pytest.raises(TypeError, match="keep_gradient_pass must be a bool"):
+        npht.softplus_mlp_with_grad(x, weights, biases, keep_gradient_pass=1)

@@ -11,7 +11,7 @@ import npht
 from _backends import require_backend
 from npht.reference import mlp as ref_mlp
 from npht.reference import softplus_mlp_with_grad as reference
-from test_mlp import MODES, loss_grads, make_mlp
+from test_mlp import MODE_IDS, MODES, loss_grads, make_mlp, opcheck_mlp_ops
 
 
 @pytest.fixture
@@ -30,7 +30,7 @@ def _to(ts, device):
     return [t.detach().to(device).requires_grad_() for t in ts]
 
 
-@pytest.mark.parametrize("mode", MODES, ids=["saved", "saved-chunked", "checkpoint", "checkpoint-chunked"])
+@pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
 @pytest.mark.parametrize("dims", [(35, 33, 17, 1), (3, 5, 1), (7, 16, 16, 16, 1)], ids=str)
 @pytest.mark.parametrize("upstream", ["both", "y", "g"])
 def test_triton_matmul_matches_autograd_reference(tdev, mode, dims, upstream):
@@ -100,17 +100,7 @@ def test_triton_matmul_gradcheck(tdev):
 
 
 def test_triton_matmul_opcheck(tdev):
-    weights, biases = make_mlp((4, 6, 6, 1), dtype=torch.float32)
-    weights, biases = _to(weights, tdev), _to(biases, tdev)
-    x = torch.randn(9, 4, device=tdev, requires_grad=True)
-    for save in (True, False):
-        torch.library.opcheck(torch.ops.npht.softplus_mlp_grad.default,
-                              (x, weights, biases, 100.0, 20.0, save, 4, "auto", "triton"))
-    y, g, hs = torch.ops.npht.softplus_mlp_grad(x, weights, biases, 100.0, 20.0, True, 4, "auto", "triton")
-    args = (torch.randn(9, device=tdev), torch.randn(9, 4, device=tdev), x.detach(),
-            [w.detach() for w in weights], [b.detach() for b in biases], [h.detach() for h in hs],
-            100.0, 20.0, 4, True, True, "reference", "triton")
-    torch.library.opcheck(torch.ops.npht.softplus_mlp_grad_backward.default, args)
+    opcheck_mlp_ops(tdev, "auto", "triton")
 
 
 def test_triton_matmul_errors(tdev):
@@ -153,38 +143,50 @@ def test_triton_mm_kernels_match_math(mm, tdev, dtype, M, K, N):
     sp = F.softplus(hk, BETA, THR)
     torch.testing.assert_close(mm.linear(hk, w, b, softplus_input=True, beta=BETA, threshold=THR),
                                F.linear(sp, w, b), **tol)
-    # reverse: (d s'(h)) w for w [out=K, in=N]
+    # reverse: (d s'(h)) w for w [out=K, in=N]; d one row (broadcast); into out
     w_r = r(K, N, s=K ** -0.5)
-    d, e_out = r(M, K), torch.full((M, K), float("nan"), dtype=dtype, device=tdev)
-    torch.testing.assert_close(mm.reverse_step(d, hk, w_r, beta=BETA, threshold=THR, e_out=e_out),
-                               _sp1(d, hk) @ w_r, **tol)
-    torch.testing.assert_close(e_out, _sp1(d, hk), **tol)
+    d = r(M, K)
+    torch.testing.assert_close(mm.reverse_step(d, hk, w_r, beta=BETA, threshold=THR), _sp1(d, hk) @ w_r, **tol)
     row = r(K)
-    torch.testing.assert_close(mm.reverse_step(row, hk, w_r, beta=BETA, threshold=THR),
-                               _sp1(row.expand(M, K), hk) @ w_r, **tol)
-    # adjoint: ebar = dbar w^T, e <- ebar e q(h), returns ebar s'(h)
-    dbar, e = r(M, K), _sp1(r(M, N), hn)
+    out = torch.full((M, N), float("nan"), dtype=dtype, device=tdev)
+    got = mm.reverse_step(row, hk, w_r, beta=BETA, threshold=THR, out=out)
+    assert got.data_ptr() == out.data_ptr()
+    torch.testing.assert_close(got, _sp1(row.expand(M, K), hk) @ w_r, **tol)
+    # adjoint: ebar = dbar w^T -> (ebar s'(h), ebar d s''(h)) for d [M, N] or one row [N]
+    dbar, dn = r(M, K), r(M, N)
     ebar = dbar @ w.t()
-    e_ref, ebar_ref = e.clone(), ebar.clone()
-    ref_mlp.softplus_adjoint_(ebar_ref, e_ref, hn, BETA, THR)
-    out = mm.adjoint_step(dbar, w, e, hn, beta=BETA, threshold=THR)
-    torch.testing.assert_close(out, ebar_ref, **tol)
-    torch.testing.assert_close(e, e_ref, rtol=tol["rtol"], atol=tol["atol"] * BETA)
-    # down: abar = hbar w (w [out=K, in=N]); hadj + abar s'(h) in hadj's buffer; a_out = s(h)
-    hbar, hadj, a_out = r(M, K), r(M, N), torch.empty(M, N, dtype=dtype, device=tdev)
+    sum_tol = dict(rtol=tol["rtol"], atol=tol["atol"] * max(M, 1) ** 0.5)
+    for dd in (dn, r(N)):
+        e_ref, ebar_ref = _sp1(dd.expand(M, N), hn), ebar.clone()  # e = d s'(h)
+        ref_mlp.softplus_adjoint_(ebar_ref, e_ref, hn, BETA, THR)  # -> (ebar s', ebar d s'')
+        dnext, hadj_ = mm.adjoint_step(dbar, w, dd, hn, beta=BETA, threshold=THR)
+        torch.testing.assert_close(dnext, ebar_ref, **tol)
+        torch.testing.assert_close(hadj_, e_ref, rtol=tol["rtol"], atol=tol["atol"] * BETA)
+        dnext, hadj_, csum = mm.adjoint_step(dbar, w, dd, hn, beta=BETA, threshold=THR, colsum=True)
+        torch.testing.assert_close(dnext, ebar_ref, **tol)
+        torch.testing.assert_close(csum, dnext.sum(0), **sum_tol)
+    # down: abar = hbar w (w [out=K, in=N]); hadj + abar s'(h) in hadj's buffer
+    hbar, hadj = r(M, K), r(M, N)
     expect = hadj + _sp1(hbar @ w_r, hn)
-    got = mm.down_step(hbar, w_r, hn, hadj, beta=BETA, threshold=THR, a_out=a_out)
+    got = mm.down_step(hbar, w_r, hn, hadj, beta=BETA, threshold=THR)
     assert got.data_ptr() == hadj.data_ptr()
     torch.testing.assert_close(got, expect, **tol)
-    torch.testing.assert_close(a_out, F.softplus(hn, BETA, THR), **tol)
     torch.testing.assert_close(mm.down_step(hbar, w_r, hn, beta=BETA, threshold=THR), _sp1(hbar @ w_r, hn), **tol)
-    # the epilogues' column sums
-    sum_tol = dict(rtol=tol["rtol"], atol=tol["atol"] * max(M, 1) ** 0.5)
     out, csum = mm.down_step(hbar, w_r, hn, hadj.clone(), beta=BETA, threshold=THR, colsum=True)
     torch.testing.assert_close(csum, out.sum(0), **sum_tol)
-    e2 = _sp1(r(M, N), hn)
-    out, csum = mm.adjoint_step(dbar, w, e2, hn, beta=BETA, threshold=THR, colsum=True)
-    torch.testing.assert_close(csum, out.sum(0), **sum_tol)
+    # weight gradients reduced over rows: (a s'(a_h))^T b, a^T softplus(b), a broadcast row
+    wg_tol = dict(rtol=tol["rtol"], atol=tol["atol"] * max(M, 1) ** 0.5 * 4)
+    a_, b_ = r(M, N), r(M, K, s=0.3)
+    torch.testing.assert_close(mm.weight_grad(a_, b_), a_.t() @ b_, **wg_tol)
+    torch.testing.assert_close(mm.weight_grad(a_, b_, a_h=hn, beta=BETA, threshold=THR), _sp1(a_, hn).t() @ b_,
+                               **wg_tol)
+    torch.testing.assert_close(mm.weight_grad(a_, b_, b_softplus=True, beta=BETA, threshold=THR),
+                               a_.t() @ F.softplus(b_, BETA, THR), **wg_tol)
+    acc, row_n = r(N, K), r(N)
+    expect = acc + _sp1(row_n.expand(M, N), hn).t() @ b_
+    got = mm.weight_grad(row_n, b_, a_h=hn, beta=BETA, threshold=THR, out=acc)
+    assert got.data_ptr() == acc.data_ptr()
+    torch.testing.assert_close(got, expect, **wg_tol)
     # the output layer: hbar = [hadj +] gy w_out s'(h), its column sums, gy s(h) summed
     gy, w_out, hadj = r(M), r(N), r(M, N)
     expect = hadj + _sp1(gy[:, None] * w_out[None, :], hn)
@@ -220,12 +222,18 @@ def test_triton_mm_kernel_errors(mm, tdev):
         mm.linear(torch.randn(5, 4, device=tdev).t(), w)
     with pytest.raises(ValueError, match=r"bias must be \[8\]"):
         mm.linear(a, w, torch.zeros(5, device=tdev))
-    with pytest.raises(ValueError, match=r"the broadcast row must be \[8\]"):
+    with pytest.raises(ValueError, match=r"the broadcast row must be contiguous \[8\]"):
         mm.reverse_step(torch.randn(5, device=tdev), torch.randn(4, 8, device=tdev), w)
     with pytest.raises(ValueError, match=r"h must be \[4, 8\]"):
         mm.reverse_step(torch.randn(4, 8, device=tdev), torch.randn(4, 5, device=tdev), w)
-    with pytest.raises(ValueError, match="e and h are required"):
+    with pytest.raises(ValueError, match="d and h are required"):
         mm.adjoint_step(a, w, None, None)
+    with pytest.raises(ValueError, match="a broadcast row needs a_h"):
+        mm.weight_grad(torch.randn(8, device=tdev), a)
+    with pytest.raises(ValueError, match=r"a must be \[4, 8\]"):
+        mm.weight_grad(torch.randn(3, 8, device=tdev), a)
+    with pytest.raises(ValueError, match=r"out must be a torch.float32 \[8, 5\]"):
+        mm.weight_grad(torch.randn(4, 8, device=tdev), a, out=torch.zeros(5, 8, device=tdev))
     with pytest.raises(ValueError, match="beta must be finite"):
         mm.linear(a, w, beta=0.0)
     with pytest.raises(ValueError, match=r"gy must be contiguous \[4\]"):
@@ -236,6 +244,8 @@ def test_triton_mm_kernel_errors(mm, tdev):
     assert mm.linear(a[:0], w).shape == (0, 8)
     out, csum = mm.down_step(torch.randn(0, 8, device=tdev), w, torch.randn(0, 5, device=tdev), colsum=True)
     assert out.shape == (0, 5) and torch.equal(csum, torch.zeros(5, device=tdev))
+    acc = torch.ones(8, 5, device=tdev)
+    assert torch.equal(mm.weight_grad(torch.randn(0, 8, device=tdev), a[:0], out=acc), torch.ones(8, 5, device=tdev))
     hb, hsum, gw = mm.output_step(torch.randn(0, 8, device=tdev), torch.randn(0, device=tdev),
                                   torch.randn(8, device=tdev))
     assert hb.shape == (0, 8) and not hsum.any() and not gw.any()
