@@ -63,6 +63,18 @@ def _softplus(h, beta, threshold):
 
 
 @triton.jit
+def _tile(scalars, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """(beta, threshold, row block, its rows, its columns, row mask, column mask) of a
+    program on the grid (column blocks, row blocks)."""
+    beta = tl.load(scalars)
+    threshold = tl.load(scalars + 1)
+    pid_m = tl.program_id(1)
+    rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return beta, threshold, pid_m, rm, rn, rm < M, rn < N
+
+
+@triton.jit
 def _mm_kernel(
     a_ptr, a2_ptr, b_ptr, bias_ptr, out_ptr, e1_ptr, e2_ptr, out2_ptr, colsum_ptr, scalars,
     M, N, K,
@@ -81,14 +93,7 @@ def _mm_kernel(
     Grid: (column blocks, row blocks), column blocks fastest, so that the programs sharing a
     row block's left operand run together (its second read comes from L2).
     """
-    beta = tl.load(scalars)
-    threshold = tl.load(scalars + 1)
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rm < M
-    col_ok = rn < N
+    beta, threshold, pid_m, rm, rn, row_ok, col_ok = _tile(scalars, M, N, BLOCK_M, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=b_ptr.dtype.element_ty)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
@@ -166,6 +171,18 @@ def _row(name, t, cols, dtype, device):
         raise TypeError(f"npht.kernels.mlp_mm: {name} must be a {dtype} tensor on {device}")
     if t.shape != (cols,) or (cols > 1 and t.stride(0) != 1):
         raise ValueError(f"npht.kernels.mlp_mm: {name} must be contiguous [{cols}], got {tuple(t.shape)}")
+
+
+def _matrix(name, t):
+    """``(M, W)`` of a float32/float64 array ``[M, W]`` contiguous in its last dim."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"npht.kernels.mlp_mm: {name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"npht.kernels.mlp_mm: float32 or float64 only, got {t.dtype}")
+    if t.dim() != 2:
+        raise ValueError(f"npht.kernels.mlp_mm: {name} must be [M, W], got {tuple(t.shape)}")
+    _rows(name, t, t.shape[0], t.shape[1], t.dtype, t.device)
+    return t.shape
 
 
 def _rows(name, t, M, cols, dtype, device):
@@ -272,14 +289,7 @@ def _output_kernel(h_ptr, gy_ptr, w_ptr, hbar_ptr, hsum_ptr, gwsum_ptr, scalars,
                    HAS_ADJ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """The output layer's backward for the rows: hbar <- [hbar +] gy w s'(h); per row block
     the column sums of hbar and of gy s(h) (the bias and weight gradients)."""
-    beta = tl.load(scalars)
-    threshold = tl.load(scalars + 1)
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    rm = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_ok = rm < M
-    col_ok = rn < N
+    beta, threshold, pid_m, rm, rn, row_ok, col_ok = _tile(scalars, M, N, BLOCK_M, BLOCK_N)
     mask = row_ok[:, None] & col_ok[None, :]
     h = tl.load(h_ptr + rm[:, None] * s_hm + rn[None, :], mask=mask, other=0.0)
     gy = tl.load(gy_ptr + rm, mask=row_ok, other=0.0)
@@ -300,13 +310,8 @@ def output_step(h, gy, w_out, hadj=None, *, beta=100.0, threshold=20.0):
     ``(hbar, hbar.sum(0), gy s(h) summed over rows)`` with ``hbar = [hadj +] gy w_out s'(h)``
     (in ``hadj``'s buffer when given): one pass over ``h`` (and ``hadj``) where torch's ops
     make about eight."""
+    M, N = _matrix("h", h)
     dtype, device = h.dtype, h.device
-    if dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"npht.kernels.mlp_mm: float32 or float64 only, got {dtype}")
-    if h.dim() != 2:
-        raise ValueError(f"npht.kernels.mlp_mm: h must be [M, W], got {tuple(h.shape)}")
-    M, N = h.shape
-    _rows("h", h, M, N, dtype, device)
     if hadj is not None:
         _rows("hadj", hadj, M, N, dtype, device)
     _row("gy", gy, M, dtype, device)
@@ -382,13 +387,8 @@ def weight_grad(a, b, *, a_h=None, b_softplus=False, beta=100.0, threshold=20.0,
     gradient without the product's left or right factor written out first (e.g.
     ``gW_l += (d_l s'(h_l))^T dbar`` or ``hbar^T s(h_{l-1})``). Deterministic: per-split
     partial sums, then their sum."""
+    M, K = _matrix("b", b)
     dtype, device = b.dtype, b.device
-    if dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"npht.kernels.mlp_mm: float32 or float64 only, got {dtype}")
-    if b.dim() != 2:
-        raise ValueError(f"npht.kernels.mlp_mm: b must be [M, K], got {tuple(b.shape)}")
-    M, K = b.shape
-    _rows("b", b, M, K, dtype, device)
     if a.dim() == 1:
         if a_h is None:
             raise ValueError("npht.kernels.mlp_mm.weight_grad: a broadcast row needs a_h (its rows' factor)")
