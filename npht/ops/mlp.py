@@ -17,10 +17,10 @@ per node. Here the three passes are explicit:
 
 Only the pre-activations ``h_l`` are kept (one ``[M, width]`` tensor per hidden layer),
 or nothing at all with ``checkpoint=True``, or also the reverse pass' ``d_l`` with
-``keep_gradient_pass=True`` (no recompute in the backward). The backward runs in chunks of ``chunk_size``
-rows: it recomputes the chunk's reverse-pass products ``e_l = d_l s'(h_l)`` (and with
-``checkpoint`` its pre-activations), so its working memory is a few chunk-sized
-temporaries whatever the number of points.
+``keep_gradient_pass=True``. The backward runs in chunks of ``chunk_size`` rows: it
+recomputes the chunk's reverse pass (unless kept; and with ``checkpoint`` its
+pre-activations), so its working memory is a few chunk-sized temporaries whatever the
+number of points.
 
 Per hidden layer the math needs six GEMMs (forward, reverse, and four in the backward);
 the chunked backward adds one (the reverse pass again), ``checkpoint`` one more. In
@@ -71,18 +71,22 @@ def _reverse(hs, weights, beta, threshold, d_out=None):
     return d
 
 
-def _gradient_pass(hs, weights, ds, beta, threshold):
-    """The reverse pass' vectors for the backward: ``[d_0, .., d_{L-3}, w_out]`` (``d_{L-2}``
-    is the output row, broadcast): the kept ones (``ds``, row slices) or recomputed."""
+def _reverse_kept(hs, weights, ds, beta, threshold):
+    """The reverse pass' products for the backward: ``es[l] = e_l = d_l s'(h_l)`` for
+    l = 0 .. L-2 (the weight gradients' left factors, then the adjoint kernel's input),
+    from the kept ``d_l`` (``ds``, row slices) or from the reverse pass again (the ``d_l``
+    dropped as it goes, ``g`` itself not computed)."""
+    d_out = weights[-1][0]  # d_{L-2}: the output row, broadcast over the rows
     if ds:
-        return [*ds, weights[-1][0]]
-    d = weights[-1][0]
-    out = [d]
-    for l in range(len(weights) - 2, 0, -1):
-        d = _sp1(d, hs[l], beta, threshold) @ weights[l]
-        out.append(d)
-    out.reverse()
-    return out
+        return [_sp1(d, h, beta, threshold) for d, h in zip([*ds, d_out], hs)]
+    d, es = d_out, []
+    for l in range(len(weights) - 2, -1, -1):
+        e = _sp1(d, hs[l], beta, threshold)
+        es.append(e)
+        if l > 0:
+            d = e @ weights[l]
+    es.reverse()
+    return es
 
 
 def _forward_rows(x, weights, biases, beta, threshold, h_out=None, d_out=None):
@@ -114,12 +118,7 @@ def _backward_rows(gy, gg, x, weights, hs, ds, beta, threshold, gW, gb, need_x, 
     w_out = weights[-1][0]
     h_adj: List[Optional[torch.Tensor]] = [None] * (L - 1)
     if gg is not None:  # sweep up: adjoint of the reverse pass
-        d_all = _gradient_pass(hs, weights, ds, beta, threshold)
-        es = []
-        for l in range(L - 1):
-            es.append(_sp1(d_all[l], hs[l], beta, threshold))
-            d_all[l] = None
-        del d_all
+        es = _reverse_kept(hs, weights, ds, beta, threshold)
         dbar = gg
         for l in range(L - 1):
             if gW is not None:
