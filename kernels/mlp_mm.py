@@ -140,6 +140,24 @@ def input_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
+def _override(var: str, fields: str):
+    """The ints of environment variable ``var`` (``fields``: their names, comma-separated):
+    blocks (the first three) powers of two >= 16, the others powers of two; None if unset."""
+    value = os.environ.get(var)
+    if not value:
+        return None
+    n = len(fields.split(","))
+    try:
+        ints = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        ints = ()
+    if len(ints) != n:
+        raise ValueError(f"{var} must be '{fields}' (ints), got {value!r}")
+    if min(ints[:3]) < 16 or any(v < 1 or v & (v - 1) for v in ints):
+        raise ValueError(f"{var}: blocks must be powers of two >= 16 and the rest powers of two, got {value!r}")
+    return ints
+
+
 def _blocks(N: int, dtype: torch.dtype):
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps). Column blocks of up to 128 (a 256-wide layer
     is two programs per row block); tl.dot needs every block >= 16. Not tuned on a GPU
@@ -151,15 +169,9 @@ def _blocks(N: int, dtype: torch.dtype):
         return 256, bn, 64, 4
     if dtype == torch.float64:
         return 32, min(bn, 64), 16, 4
-    override = os.environ.get("NPHT_MLP_MM_BLOCKS")
+    override = _override("NPHT_MLP_MM_BLOCKS", "BM,BN,BK,WARPS")
     if override:
-        try:
-            bm, bn_o, bk, warps = (int(v) for v in override.split(","))
-        except ValueError:
-            raise ValueError(f"NPHT_MLP_MM_BLOCKS must be 'BM,BN,BK,WARPS' (ints), got {override!r}") from None
-        if min(bm, bn_o, bk) < 16 or any(v & (v - 1) for v in (bm, bn_o, bk, warps)):
-            raise ValueError(f"NPHT_MLP_MM_BLOCKS: blocks must be powers of two >= 16 and warps a power of "
-                             f"two, got {override!r}")
+        bm, bn_o, bk, warps = override
         return bm, min(bn_o, bn_max), bk, warps
     # 8 warps for a 64 x 128 tile: 32 of its elements per thread, so that the epilogues'
     # extra tiles (h, e or hadj, and s', q) fit in registers beside the accumulator
@@ -371,11 +383,15 @@ def _wgrad_kernel(a_ptr, a2_ptr, b_ptr, part_ptr, scalars, M, N, K, rows_per_spl
 
 
 def _wgrad_blocks(dtype: torch.dtype):
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, row splits) of weight_grad."""
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, row splits) of weight_grad; not tuned on a GPU
+    yet: ``NPHT_MLP_WGRAD_BLOCKS="BM,BN,BK,WARPS,SPLITS"`` overrides the float32 choice."""
     if _interpreter_blocks():
         return 256, 128, 128, 4, 4
     if dtype == torch.float64:
         return 32, 32, 32, 4, 128
+    override = _override("NPHT_MLP_WGRAD_BLOCKS", "BM,BN,BK,WARPS,SPLITS")
+    if override:
+        return override
     # 64 x (128 + 64) float32 tiles, 3 stages: 147 KiB of shared memory (an A100 has 164)
     return 64, 128, 64, 8, 64
 

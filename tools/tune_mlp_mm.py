@@ -1,9 +1,10 @@
 """Block sizes of kernels/mlp_mm.py on a GPU: the eikonal step of benchmarks/triplane.py with
 the decoder's products as Triton kernels (``npht-<backend>-fused-tmm-tf32``), timed for each
-``NPHT_MLP_MM_BLOCKS`` candidate, beside the same step with torch's products
+``NPHT_MLP_MM_BLOCKS`` (products) and ``NPHT_MLP_WGRAD_BLOCKS`` (weight-gradient reductions)
+candidate, beside the same step with torch's products
 (``-fused-tf32``) and the float32 reference, in one process. Prints one line per
-candidate and writes ``tune_mlp_mm.json`` to ``--out``; the best candidate is the one to
-make the default in ``kernels/mlp_mm.py:_blocks``.
+candidate and writes ``tune_mlp_mm.json`` to ``--out``; the best candidates are the ones to
+make the defaults in ``kernels/mlp_mm.py`` (``_blocks``, ``_wgrad_blocks``).
 
     python tools/tune_mlp_mm.py --out gpu_out                 # the benchmark's GPU sizes
     TRITON_INTERPRET=1 python tools/tune_mlp_mm.py --device cpu --quick --configs 64,128,32,4
@@ -20,6 +21,11 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = ["64,128,32,4", "64,128,64,8", "128,128,32,8", "64,256,32,8", "128,64,32,4", "32,256,32,4",
            "128,256,32,8"]
+# weight_grad's BM,BN,BK,WARPS,SPLITS (NPHT_MLP_WGRAD_BLOCKS)
+WGRAD_CONFIGS = ["64,128,64,8,128", "64,64,64,4,64", "128,128,64,8,32", "32,128,128,8,64", "64,128,64,8,32"]
+
+
+VARS = ("NPHT_MLP_MM_BLOCKS", "NPHT_MLP_WGRAD_BLOCKS")
 
 
 def _bench():
@@ -35,7 +41,9 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cuda")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--configs", nargs="+", default=CONFIGS, help="BM,BN,BK,WARPS candidates")
+    p.add_argument("--configs", nargs="+", default=CONFIGS, help="BM,BN,BK,WARPS candidates (products)")
+    p.add_argument("--wgrad-configs", nargs="*", default=WGRAD_CONFIGS,
+                   help="BM,BN,BK,WARPS,SPLITS candidates (weight-gradient reductions)")
     p.add_argument("--out", default=None)
     p.add_argument("--B", type=int, default=None, help="batch (default: the benchmark's)")
     p.add_argument("--eik-N", type=int, default=None, help="points per batch (default: the benchmark's)")
@@ -49,20 +57,21 @@ def main(argv=None) -> dict:
         "triton" if args.device == "cuda" else "cpu")
     rows = []
 
-    def timed(method, blocks=None):
-        if blocks is None:
-            os.environ.pop("NPHT_MLP_MM_BLOCKS", None)
-        else:
-            os.environ["NPHT_MLP_MM_BLOCKS"] = blocks
-        row = {"method": method, "blocks": blocks}
+    def timed(method, blocks=None, var="NPHT_MLP_MM_BLOCKS"):
+        for v in VARS:
+            os.environ.pop(v, None)
+        if blocks is not None:
+            os.environ[var] = blocks
+        row = {"method": method, "blocks": blocks, "variable": var if blocks is not None else None}
         try:
             step, _ = bench.make_step(method, "eikonal", cfg, args.device)
             row.update(bench.time_step(step, args.device, args.reps))
         except Exception as exc:  # a config that does not compile or run: recorded, not fatal
             row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         finally:
-            os.environ.pop("NPHT_MLP_MM_BLOCKS", None)
-        print(f"{method:32s} {blocks or '-':14s} {row.get('median_ms', float('nan')):9.3f} ms "
+            for v in VARS:
+                os.environ.pop(v, None)
+        print(f"{method:32s} {blocks or '-':18s} {row.get('median_ms', float('nan')):9.3f} ms "
               f"{row.get('error', '')}", flush=True)
         rows.append(row)
 
@@ -73,6 +82,8 @@ def main(argv=None) -> dict:
     timed(tmm.replace("-tmm", "-tmm-keep"))  # keeping the gradient pass (no recompute)
     for blocks in args.configs:
         timed(tmm, blocks)
+    for blocks in args.wgrad_configs:
+        timed(tmm, blocks, "NPHT_MLP_WGRAD_BLOCKS")
     result = {"config": cfg, "device": bench.device_name(args.device), "torch": bench.torch.__version__,
               "commit": bench.git_commit(), "rows": rows}
     if args.out:

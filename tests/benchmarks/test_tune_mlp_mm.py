@@ -18,14 +18,16 @@ def test_tune_mlp_mm_smoke(tmp_path, monkeypatch):
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     res = tool.main(["--device", "cpu", "--quick", "--B", "1", "--eik-N", "20", "--reps", "1",
-                     "--configs", "32,64,16,4", "bad", "--out", str(tmp_path)])
+                     "--configs", "32,64,16,4", "bad", "--wgrad-configs", "32,32,16,4,2",
+                     "--out", str(tmp_path)])
     rows = res["rows"]
     assert [(r["method"], r["blocks"]) for r in rows] == [
         ("reference", None), ("npht-cpu-fused", None), ("npht-cpu-fused-tmm", None), ("npht-cpu-fused-tmm-keep", None),
-        ("npht-cpu-fused-tmm", "32,64,16,4"), ("npht-cpu-fused-tmm", "bad")]
-    assert all(r["median_ms"] > 0 for r in rows[:5])
+        ("npht-cpu-fused-tmm", "32,64,16,4"), ("npht-cpu-fused-tmm", "bad"), ("npht-cpu-fused-tmm", "32,32,16,4,2")]
+    assert all(r["median_ms"] > 0 for r in rows[:5]) and rows[-1]["median_ms"] > 0
+    assert rows[-1]["variable"] == "NPHT_MLP_WGRAD_BLOCKS" and rows[4]["variable"] == "NPHT_MLP_MM_BLOCKS"
     assert res["config"]["B"] == 1 and res["config"]["eik_N"] == 20
-    assert "NPHT_MLP_MM_BLOCKS" in rows[-1]["error"]
-    assert "NPHT_MLP_MM_BLOCKS" not in os.environ
+    assert "NPHT_MLP_MM_BLOCKS" in rows[-2]["error"]
+    assert "NPHT_MLP_MM_BLOCKS" not in os.environ and "NPHT_MLP_WGRAD_BLOCKS" not in os.environ
     with open(tmp_path / "tune_mlp_mm.json") as f:
         assert json.load(f)["rows"] == json.loads(json.dumps(rows))

@@ -252,15 +252,22 @@ def test_triton_mm_kernel_errors(mm, tdev):
 
 
 def test_triton_mm_block_override(mm, tdev, monkeypatch):
-    """NPHT_MLP_MM_BLOCKS (for tuning on a GPU) picks the float32 blocks; results unchanged;
-    a malformed value is a clear error."""
+    """NPHT_MLP_MM_BLOCKS / NPHT_MLP_WGRAD_BLOCKS (for tuning on a GPU) pick the float32
+    blocks; results unchanged; a malformed value is a clear error."""
     monkeypatch.setenv("NPHT_TRITON_GPU_BLOCKS", "1")  # the GPU's choice, even when interpreting
     monkeypatch.setenv("NPHT_MLP_MM_BLOCKS", "32,256,16,8")
     assert mm._blocks(256, torch.float32) == (32, 256, 16, 8)
     assert mm._blocks(35, torch.float32) == (32, 64, 16, 8)
     a, w = torch.randn(70, 40, device=tdev), torch.randn(35, 40, device=tdev)
     torch.testing.assert_close(mm.linear(a, w), a @ w.t(), rtol=2e-5, atol=2e-5)
-    for bad in ("64,128,32", "64,100,32,4", "8,128,32,4"):
+    for bad in ("64,128,32", "64,100,32,4", "8,128,32,4", "64,128,32,x"):
         monkeypatch.setenv("NPHT_MLP_MM_BLOCKS", bad)
         with pytest.raises(ValueError, match="NPHT_MLP_MM_BLOCKS"):
             mm._blocks(256, torch.float32)
+    monkeypatch.setenv("NPHT_MLP_WGRAD_BLOCKS", "32,32,16,4,8")
+    assert mm._wgrad_blocks(torch.float32) == (32, 32, 16, 4, 8)
+    b = torch.randn(70, 40, device=tdev)
+    torch.testing.assert_close(mm.weight_grad(a[:, :35], b), a[:, :35].t() @ b, rtol=2e-5, atol=1e-4)
+    monkeypatch.setenv("NPHT_MLP_WGRAD_BLOCKS", "32,32,16,4")
+    with pytest.raises(ValueError, match="NPHT_MLP_WGRAD_BLOCKS must be 'BM,BN,BK,WARPS,SPLITS'"):
+        mm._wgrad_blocks(torch.float32)
