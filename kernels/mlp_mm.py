@@ -34,6 +34,7 @@ precision is ``"highest"`` (then IEEE float32), as torch's own matmuls do; float
 Accumulation is in float32 (float64 for float64 inputs).
 """
 
+import functools
 import os
 
 import torch
@@ -138,6 +139,14 @@ def input_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
         return "tf32"
     return "ieee"
+
+
+@functools.lru_cache(maxsize=64)
+def _scalars(beta: float, threshold: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[beta, threshold]`` in the arrays' dtype (as torch's softplus kernels round them), on
+    their device: one tensor per setting, made once (not a host-to-device copy per launch;
+    the kernels only read it)."""
+    return torch.tensor([float(beta), float(threshold)], dtype=dtype, device=device)
 
 
 def _override(var: str, fields: str):
@@ -246,7 +255,7 @@ def _launch(a, a_bcast, w, w_transposed, *, beta, threshold, pro=_PRO_NONE, a2=N
         return (out, out.new_zeros(N)) if colsum else out
     s_bk, s_bn = (w.stride(1), w.stride(0)) if w_transposed else (w.stride(0), w.stride(1))
     BM, BN, BK, warps = _blocks(N, dtype)
-    scalars = torch.tensor([beta, threshold], dtype=dtype, device=device)
+    scalars = _scalars(beta, threshold, dtype, device)
     dummy = out
     grid = (triton.cdiv(N, BN), triton.cdiv(M, BM))
     partial = torch.empty(grid[1], N, dtype=dtype, device=device) if colsum else dummy
@@ -337,7 +346,7 @@ def output_step(h, gy, w_out, hadj=None, *, beta=100.0, threshold=20.0):
     grid = (triton.cdiv(N, BN), triton.cdiv(M, BM))
     hsum = torch.empty(grid[1], N, dtype=dtype, device=device)
     gwsum = torch.empty(grid[1], N, dtype=dtype, device=device)
-    _output_kernel[grid](h, gy, w_out, hbar, hsum, gwsum, torch.tensor([beta, threshold], dtype=dtype, device=device),
+    _output_kernel[grid](h, gy, w_out, hbar, hsum, gwsum, _scalars(beta, threshold, dtype, device),
                          M, N, h.stride(0), hbar.stride(0), HAS_ADJ=hadj is not None, BLOCK_M=BM, BLOCK_N=BN,
                          num_warps=warps)
     return hbar, hsum.sum(0), gwsum.sum(0)
@@ -432,8 +441,7 @@ def weight_grad(a, b, *, a_h=None, b_softplus=False, beta=100.0, threshold=20.0,
     n_splits = triton.cdiv(M, per_split)
     part = torch.empty(n_splits, N, K, dtype=dtype, device=device)
     grid = (triton.cdiv(N, BN) * triton.cdiv(K, BK), n_splits)
-    _wgrad_kernel[grid](a, a_h if a_h is not None else b, b, part, torch.tensor([beta, threshold], dtype=dtype,
-                                                                                device=device),
+    _wgrad_kernel[grid](a, a_h if a_h is not None else b, b, part, _scalars(beta, threshold, dtype, device),
                         M, N, K, per_split, s_am, a_h.stride(0) if a_h is not None else 0, b.stride(0),
                         PRO_A=2 if a_h is not None else 0, PRO_B=1 if b_softplus else 0,
                         PREC=input_precision(dtype), BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=warps)
