@@ -13,6 +13,8 @@ The math is that of csrc/include/npht/softplus_math.h: one exponential ``t = exp
 ``beta r`` (x < 0), 0 where ``x >= threshold``.
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -50,9 +52,12 @@ def _kernel(a, b, h, n, scalars, ADJOINT: tl.constexpr, BLOCK: tl.constexpr):
         tl.store(a + offs, (av + bv * d1).to(a.dtype.element_ty), mask=mask)
 
 
-def _scalars(like, beta, threshold):
-    """beta and threshold in the tensors' dtype (as torch's softplus kernels round them)."""
-    return torch.tensor([beta, threshold], dtype=like.dtype, device=like.device)
+@functools.lru_cache(maxsize=64)
+def _scalars(beta: float, threshold: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``[beta, threshold]`` in the arrays' dtype (as torch's softplus kernels round them), on
+    their device: one tensor per setting, made once (not a host-to-device copy per launch;
+    the kernels only read it). Shared with kernels/mlp_mm.py."""
+    return torch.tensor([float(beta), float(threshold)], dtype=dtype, device=device)
 
 
 def _block(n: int) -> int:
@@ -83,7 +88,7 @@ def _launch(op, a, a_name, b, b_name, h, beta, threshold, adjoint):
     if n == 0:
         return
     BLOCK = _block(n)
-    _kernel[(triton.cdiv(n, BLOCK),)](a, b, h, n, _scalars(a, beta, threshold), ADJOINT=adjoint, BLOCK=BLOCK,
+    _kernel[(triton.cdiv(n, BLOCK),)](a, b, h, n, _scalars(beta, threshold, a.dtype, a.device), ADJOINT=adjoint, BLOCK=BLOCK,
                                       num_warps=4)
 
 

@@ -34,7 +34,6 @@ precision is ``"highest"`` (then IEEE float32), as torch's own matmuls do; float
 Accumulation is in float32 (float64 for float64 inputs).
 """
 
-import functools
 import os
 
 import torch
@@ -42,7 +41,7 @@ import triton
 import triton.language as tl
 
 from ._env import interpreter_blocks as _interpreter_blocks
-from .mlp import _derivs
+from .mlp import _derivs, _scalars
 
 __all__ = ["linear", "reverse_step", "adjoint_step", "down_step", "output_step", "weight_grad", "input_precision"]
 
@@ -141,14 +140,6 @@ def input_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-@functools.lru_cache(maxsize=64)
-def _scalars(beta: float, threshold: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """``[beta, threshold]`` in the arrays' dtype (as torch's softplus kernels round them), on
-    their device: one tensor per setting, made once (not a host-to-device copy per launch;
-    the kernels only read it)."""
-    return torch.tensor([float(beta), float(threshold)], dtype=dtype, device=device)
-
-
 def _override(var: str, fields: str):
     """The ints of environment variable ``var`` (``fields``: their names, comma-separated):
     blocks (the first three) powers of two >= 16, the others powers of two; None if unset."""
@@ -183,7 +174,9 @@ def _blocks(N: int, dtype: torch.dtype):
         bm, bn_o, bk, warps = override
         return bm, min(bn_o, bn_max), bk, warps
     # 8 warps for a 64 x 128 tile: 32 of its elements per thread, so that the epilogues'
-    # extra tiles (h, e or hadj, and s', q) fit in registers beside the accumulator
+    # extra tiles (h, e or hadj, and s', q) fit in registers beside the accumulator (with 4
+    # warps the adjoint and down epilogues spill 1-2 KiB per thread on sm_90; compiled with
+    # 8: at most 209 registers, no spills, 72-88 KiB of shared memory on sm_80 and sm_90)
     return 64, bn, 32, 8 if bn >= 128 else 4
 
 
@@ -306,24 +299,37 @@ def down_step(hbar, w, h, hadj=None, *, beta=100.0, threshold=20.0, colsum=False
 
 
 @triton.jit
-def _output_kernel(h_ptr, gy_ptr, w_ptr, hbar_ptr, hsum_ptr, gwsum_ptr, scalars, M, N, s_hm, s_bm,
+def _output_kernel(h_ptr, gy_ptr, w_ptr, hbar_ptr, hsum_ptr, gwsum_ptr, scalars, M, N, s_hm, s_bm, rows_per_prog,
                    HAS_ADJ: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The output layer's backward for the rows: hbar <- [hbar +] gy w s'(h); per row block
-    the column sums of hbar and of gy s(h) (the bias and weight gradients)."""
-    beta, threshold, pid_m, rm, rn, row_ok, col_ok = _tile(scalars, M, N, BLOCK_M, BLOCK_N)
-    mask = row_ok[:, None] & col_ok[None, :]
-    h = tl.load(h_ptr + rm[:, None] * s_hm + rn[None, :], mask=mask, other=0.0)
-    gy = tl.load(gy_ptr + rm, mask=row_ok, other=0.0)
+    """The output layer's backward for the rows: hbar <- [hbar +] gy w s'(h); per program (a
+    column block and ``rows_per_prog`` rows, BLOCK_M at a time) the column sums of hbar and
+    of gy s(h) (the bias and weight gradients)."""
+    beta = tl.load(scalars)
+    threshold = tl.load(scalars + 1)
+    pid_p = tl.program_id(1)
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_ok = rn < N
     w = tl.load(w_ptr + rn, mask=col_ok, other=0.0)
-    d1, _q = _derivs(h, beta, threshold)
-    v = gy[:, None] * w[None, :] * d1
-    b_off = rm[:, None] * s_bm + rn[None, :]
-    if HAS_ADJ:
-        v += tl.load(hbar_ptr + b_off, mask=mask, other=0.0)
-    tl.store(hbar_ptr + b_off, v.to(hbar_ptr.dtype.element_ty), mask=mask)
-    tl.store(hsum_ptr + pid_m * N + rn, tl.sum(tl.where(mask, v, 0.0), axis=0), mask=col_ok)
-    sp = tl.where(mask, gy[:, None] * _softplus(h, beta, threshold), 0.0)
-    tl.store(gwsum_ptr + pid_m * N + rn, tl.sum(sp, axis=0), mask=col_ok)
+    hsum = tl.zeros((BLOCK_N,), dtype=h_ptr.dtype.element_ty)
+    gwsum = tl.zeros((BLOCK_N,), dtype=h_ptr.dtype.element_ty)
+    r0 = pid_p.to(tl.int64) * rows_per_prog
+    r1 = tl.minimum(r0 + rows_per_prog, M)
+    for m0 in range(r0, r1, BLOCK_M):
+        rm = m0 + tl.arange(0, BLOCK_M)
+        row_ok = rm < r1
+        mask = row_ok[:, None] & col_ok[None, :]
+        h = tl.load(h_ptr + rm[:, None] * s_hm + rn[None, :], mask=mask, other=0.0)
+        gy = tl.load(gy_ptr + rm, mask=row_ok, other=0.0)
+        d1, _q = _derivs(h, beta, threshold)
+        v = gy[:, None] * w[None, :] * d1
+        b_off = rm[:, None] * s_bm + rn[None, :]
+        if HAS_ADJ:
+            v += tl.load(hbar_ptr + b_off, mask=mask, other=0.0)
+        tl.store(hbar_ptr + b_off, v.to(hbar_ptr.dtype.element_ty), mask=mask)
+        hsum += tl.sum(tl.where(mask, v, 0.0), axis=0)
+        gwsum += tl.sum(tl.where(mask, gy[:, None] * _softplus(h, beta, threshold), 0.0), axis=0)
+    tl.store(hsum_ptr + pid_p * N + rn, hsum, mask=col_ok)
+    tl.store(gwsum_ptr + pid_p * N + rn, gwsum, mask=col_ok)
 
 
 def output_step(h, gy, w_out, hadj=None, *, beta=100.0, threshold=20.0):
@@ -343,12 +349,16 @@ def output_step(h, gy, w_out, hadj=None, *, beta=100.0, threshold=20.0):
     if M == 0:
         return hbar, h.new_zeros(N), h.new_zeros(N)
     BM, BN, _, warps = _blocks(N, dtype)
-    grid = (triton.cdiv(N, BN), triton.cdiv(M, BM))
+    # half the products' rows per step (an elementwise kernel: fewer live registers; 64 rows
+    # spilled on sm_80), eight steps per program (fewer partial column sums)
+    BM = max(16, BM // 2) if not _interpreter_blocks() else BM
+    rows = 8 * BM
+    grid = (triton.cdiv(N, BN), triton.cdiv(M, rows))
     hsum = torch.empty(grid[1], N, dtype=dtype, device=device)
     gwsum = torch.empty(grid[1], N, dtype=dtype, device=device)
     _output_kernel[grid](h, gy, w_out, hbar, hsum, gwsum, _scalars(beta, threshold, dtype, device),
-                         M, N, h.stride(0), hbar.stride(0), HAS_ADJ=hadj is not None, BLOCK_M=BM, BLOCK_N=BN,
-                         num_warps=warps)
+                         M, N, h.stride(0), hbar.stride(0), rows, HAS_ADJ=hadj is not None, BLOCK_M=BM,
+                         BLOCK_N=BN, num_warps=warps)
     return hbar, hsum.sum(0), gwsum.sum(0)
 
 
@@ -401,8 +411,10 @@ def _wgrad_blocks(dtype: torch.dtype):
     override = _override("NPHT_MLP_WGRAD_BLOCKS", "BM,BN,BK,WARPS,SPLITS")
     if override:
         return override
-    # 64 x (128 + 64) float32 tiles, 3 stages: 147 KiB of shared memory (an A100 has 164)
-    return 64, 128, 64, 8, 64
+    # 64 x 64 tiles, 8 warps: with the s'(h) prologue (a third tile per stage) 115 KiB of
+    # shared memory and no spilled registers on sm_80 and sm_90 (tools/triton_check.py
+    # prints both); 64 x 128 x 64 needed 192 KiB there (over an A100's 163) and spilled
+    return 64, 64, 64, 8, 64
 
 
 def weight_grad(a, b, *, a_h=None, b_softplus=False, beta=100.0, threshold=20.0, out=None):
@@ -447,3 +459,4 @@ def weight_grad(a, b, *, a_h=None, b_softplus=False, beta=100.0, threshold=20.0,
                         PREC=input_precision(dtype), BLOCK_M=BM, BLOCK_N=BN, BLOCK_K=BK, num_warps=warps)
     res = part.sum(0)
     return res if out is None else out.add_(res)
+

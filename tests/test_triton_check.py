@@ -1,8 +1,14 @@
 """tools/triton_check.py's choice of launches to compile: every recorded (argument, type or
 constexpr value) pair, in few launches."""
 
+import ast
 import importlib.util
 import os
+import pickle
+import subprocess
+import sys
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,3 +36,42 @@ def test_cover_keeps_every_type_and_value():
     assert len(chosen) <= 5 < len(specs)
     assert tool.cover([]) == []
     assert "a(A=0, B=False; *fp64; num_warps=4)" in tool.describe(specs[-2])
+
+
+def _mm_spec(**over):
+    """A recorded launch of kernels/mlp_mm.py's product kernel (float32, small blocks)."""
+    names = ["a_ptr", "a2_ptr", "b_ptr", "bias_ptr", "out_ptr", "e1_ptr", "e2_ptr", "out2_ptr", "colsum_ptr",
+             "scalars"]
+    ints = ["M", "N", "K", "s_am", "s_ak", "s_a2m", "s_bk", "s_bn", "s_om", "s_e1m", "s_e2m", "s_o2m"]
+    cx = dict(PRO=0, EPI=0, HAS_BIAS=False, HAS_E1=False, COLSUM=False, PREC="tf32", BLOCK_M=32, BLOCK_N=32,
+              BLOCK_K=16)
+    cx.update(over)
+    args = [(n, "*fp32", None) for n in names] + [(n, "i32", None) for n in ints]
+    args += [(k, "constexpr", v) for k, v in cx.items()]
+    return ("npht.kernels.mlp_mm", "_mm_kernel", args, {"num_warps": 4})
+
+
+def _compile(spec, arch, shared_limit=None):
+    """compile_one in a child process without the interpreter (the tests may run under
+    TRITON_INTERPRET=1, which replaces kernels with interpreted functions at import)."""
+    code = (f"import pickle, sys; sys.path.insert(0, {os.path.join(ROOT, 'tools')!r}); import triton_check as t\n"
+            f"if {shared_limit!r} is not None: t.SHARED_LIMIT[{arch}] = {shared_limit!r}\n"
+            f"print(repr(t.compile_one(pickle.loads({pickle.dumps(spec)!r}), {arch})))")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+
+
+def test_compile_reports_registers_and_spills():
+    pytest.importorskip("triton")
+    res = _compile(_mm_spec(), 90)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = ast.literal_eval(res.stdout.strip().splitlines()[-1])
+    assert out["shared"] > 0 and out["cubin_bytes"] > 0
+    assert 0 < out["regs"] <= 255 and out["stack"] == 0
+
+
+def test_compile_fails_over_the_shared_memory_limit():
+    pytest.importorskip("triton")
+    res = _compile(_mm_spec(), 80, shared_limit=1024)
+    assert res.returncode != 0
+    assert "shared memory per block, sm_80 allows 1024" in res.stderr

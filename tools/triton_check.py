@@ -11,7 +11,10 @@
    ``triton.compile`` for each target architecture down to a cubin (Triton bundles ptxas),
    one process per kernel, ``--jobs`` at a time. A compile error, or a compile slower than
    ``--timeout`` seconds (a tile so large that a GPU launch would stall in the compiler),
-   fails the check.
+   fails the check, as does a kernel that needs more shared memory per block than the
+   architecture allows (``SHARED_LIMIT``: it compiles, then fails to load). Each compiled
+   kernel's registers per thread and stack bytes (spills) are printed from the cubin;
+   spills are listed at the end (a note, not a failure).
 
     python tools/triton_check.py                 # sm_80 and sm_90
     python tools/triton_check.py --archs 90 --jobs 4
@@ -25,6 +28,7 @@ import argparse
 import importlib
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tempfile
@@ -68,6 +72,12 @@ def describe(spec) -> str:
     return f"{module.rsplit('.', 1)[-1]}.{name}({cx}; {'/'.join(dtypes)}; num_warps={options.get('num_warps', 4)})"
 
 
+# the most shared memory one block may use (opt-in), bytes: A100 (sm_80) 163 KiB, H100 (sm_90)
+# 227 KiB. Triton raises OutOfResources when it loads a kernel that needs more: a launch that
+# compiles here and fails on the GPU.
+SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+
+
 def compile_one(spec, arch: int) -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
@@ -80,7 +90,28 @@ def compile_one(spec, arch: int) -> dict:
     opts = {k: v for k, v in options.items() if k in ("num_warps", "num_stages")}
     kernel = triton.compile(ASTSource(fn, signature, constexprs=constexprs),
                             target=GPUTarget("cuda", arch, 32), options=opts)
-    return {"shared": kernel.metadata.shared, "cubin_bytes": len(kernel.asm["cubin"])}
+    shared = kernel.metadata.shared
+    limit = SHARED_LIMIT.get(arch)
+    if limit is not None and shared > limit:
+        raise RuntimeError(f"needs {shared} bytes of shared memory per block, sm_{arch} allows {limit}: "
+                           "the launch would fail with OutOfResources on the GPU")
+    return {"shared": shared, "cubin_bytes": len(kernel.asm["cubin"]), **resource_usage(kernel.asm["cubin"])}
+
+
+def resource_usage(cubin: bytes) -> dict:
+    """Registers per thread and stack bytes (> 0: registers spilled to local memory) of a
+    cubin, from the cuobjdump Triton bundles; {} if it has none."""
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True).stdout
+    found = re.search(r"REG:(\d+) STACK:(\d+)", text)
+    return {"regs": int(found.group(1)), "stack": int(found.group(2))} if found else {}
 
 
 def run_all(specs: list, archs, jobs: int, timeout: float) -> int:
@@ -89,7 +120,7 @@ def run_all(specs: list, archs, jobs: int, timeout: float) -> int:
         with open(path, "wb") as f:
             pickle.dump(specs, f)
         queue = [(i, a) for a in archs for i in range(len(specs))]
-        running, failures = [], 0
+        running, failures, spills = [], 0, []
         while queue or running:
             while queue and len(running) < jobs:
                 i, a = queue.pop(0)
@@ -111,11 +142,16 @@ def run_all(specs: list, archs, jobs: int, timeout: float) -> int:
                 log.close()
                 text = open(out).read().strip()
                 if proc.returncode == 0:
-                    print(f"sm_{a} ok {elapsed:5.1f} s  {describe(specs[i])}  {text.splitlines()[-1]}", flush=True)
+                    last = text.splitlines()[-1]
+                    print(f"sm_{a} ok {elapsed:5.1f} s  {describe(specs[i])}  {last}", flush=True)
+                    if re.search(r"'stack': [1-9]", last):
+                        spills.append(f"sm_{a} {describe(specs[i])}")
                 else:
                     failures += 1
                     why = f"over the {timeout:.0f} s limit" if elapsed >= timeout else "compile error"
                     print(f"sm_{a} FAILED ({why}) {describe(specs[i])}\n{text[-3000:]}", flush=True)
+        for line in spills:  # not a failure (the kernel runs), but slow: a block size to revisit
+            print(f"note: registers spilled to local memory: {line}", flush=True)
         return failures
 
 
