@@ -11,6 +11,7 @@ from .cameras import (
     intrinsics_from_fov,
     look_at,
     near_frontal_cameras,
+    ray_box_bounds,
     ray_sphere_bounds,
     world_normals_to_camera,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "laplace_density",
     "look_at",
     "near_frontal_cameras",
+    "ray_box_bounds",
     "ray_sphere_bounds",
     "render",
     "render_reference",

@@ -9,6 +9,7 @@ right, y down, z forward), ``cam2world`` 4x4 maps camera to world coordinates; p
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -23,6 +24,7 @@ __all__ = [
     "fibonacci_cameras",
     "near_frontal_cameras",
     "generate_rays",
+    "ray_box_bounds",
     "ray_sphere_bounds",
     "world_normals_to_camera",
     "OPENCV_TO_OPENGL",
@@ -240,6 +242,44 @@ def ray_sphere_bounds(origins: torch.Tensor, dirs: torch.Tensor, radius: float =
     near = torch.clamp(-b - root, min=0.0)
     far = torch.clamp(-b + root, min=0.0)
     hit = hit & (far > 0)
+    return near, far, hit
+
+
+def _half_extent(half_extent, like: torch.Tensor) -> torch.Tensor:
+    """``half_extent`` (a positive number or three of them) as a ``[3]`` tensor like ``like``."""
+    vals = half_extent if isinstance(half_extent, (tuple, list)) else (half_extent,) * 3
+    ok = len(vals) == 3 and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and 0 < v < math.inf
+                                for v in vals)
+    if not ok:
+        raise ValueError(f"half_extent must be a finite number > 0 or three of them (x, y, z), got {half_extent!r}")
+    return torch.tensor([float(v) for v in vals], dtype=like.dtype, device=like.device)
+
+
+def ray_box_bounds(origins: torch.Tensor, dirs: torch.Tensor, half_extent=1.0):
+    """Entry and exit distances of rays ``[..., 3]`` (unit ``dirs``) through the axis-aligned
+    box ``[-e, e]`` around the origin (``half_extent`` e: a number, or three for x, y, z; 1 is
+    a tri-plane's ``[-1, 1]^3`` domain, EG3D's box of side ``box_warp`` is ``box_warp / 2``):
+    ``(near, far, hit)`` each ``[...]``, as :func:`ray_sphere_bounds`: near is clamped at 0
+    for origins inside the box; rays that miss it (or touch it at one point) get ``hit = False``
+    and ``near = far = `` the distance along the ray to the point closest to the box's
+    centre (0 if behind). Slab method; a direction component of exactly 0 keeps the
+    origin's slab (inside: the whole line, outside: none) without dividing by it."""
+    if origins.shape[-1:] != (3,) or dirs.shape != origins.shape:
+        raise ValueError(f"origins and dirs must both be [..., 3] of one shape, got {_shape(origins)} and "
+                         f"{_shape(dirs)}")
+    e = _half_extent(half_extent, origins)
+    zero = dirs == 0
+    safe = torch.where(zero, torch.ones_like(dirs), dirs)
+    t0, t1 = (-e - origins) / safe, (e - origins) / safe
+    inside = origins.abs() <= e
+    inf = torch.full_like(dirs, math.inf)
+    lo = torch.where(zero, torch.where(inside, -inf, inf), torch.minimum(t0, t1))
+    hi = torch.where(zero, torch.where(inside, inf, -inf), torch.maximum(t0, t1))
+    near, far = lo.amax(-1), hi.amin(-1)
+    hit = (far > near) & (far > 0)
+    closest = torch.clamp(-(origins * dirs).sum(-1), min=0.0)
+    near = torch.where(hit, torch.clamp(near, min=0.0), closest)
+    far = torch.where(hit, far, closest)
     return near, far, hit
 
 

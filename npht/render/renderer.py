@@ -13,7 +13,8 @@ from typing import Callable, Optional
 import torch
 
 from npht.reference.render import composite
-from npht.render.cameras import Cameras, _shape, generate_rays, ray_sphere_bounds, world_normals_to_camera
+from npht.render.cameras import (Cameras, _shape, generate_rays, ray_box_bounds, ray_sphere_bounds,
+                                 world_normals_to_camera)
 from npht.render.density import LaplaceDensity
 from npht.render.sampler import ErrorBoundSampler
 
@@ -67,14 +68,15 @@ def probe_sdf_batch(sdf_fn: Callable, like: torch.Tensor, B: int) -> None:
 
 
 def render_reference(sdf_fn: Callable, cameras: Cameras, density: LaplaceDensity,
-                     sampler: Optional[ErrorBoundSampler] = None, *, bound_radius: float = 1.0,
+                     sampler: Optional[ErrorBoundSampler] = None, *, bound_radius: float = 1.0, bound_box=None,
                      training: bool = False, generator: Optional[torch.Generator] = None,
                      convention: str = "world", batch_size: Optional[int] = None,
                      chunk: int = 1 << 18) -> RenderOutput:
     """Render normal maps of ``sdf_fn`` (``[B, N, 3] -> [B, N]``, shape b seen by camera b)
-    at ``cameras.height x cameras.width``. Rays that miss the bounding sphere are empty
-    (opacity 0). Differentiable w.r.t. the SDF's parameters (through the normals: double
-    backward) and the density's beta when grad mode is on. ``convention``: ``"world"``,
+    at ``cameras.height x cameras.width``. Rays that miss the bounding sphere (or the box
+    ``[-bound_box, bound_box]`` when given, as in VolSDFRenderer) are empty (opacity 0).
+    Differentiable w.r.t. the SDF's parameters (through the normals: double backward) and
+    the density's beta when grad mode is on. ``convention``: ``"world"``,
     ``"opencv"`` or ``"opengl"`` (pyrender's camera frame)."""
     _check(cameras, batch_size)
     check_density(density)
@@ -84,8 +86,11 @@ def render_reference(sdf_fn: Callable, cameras: Cameras, density: LaplaceDensity
     origins, dirs = generate_rays(cameras)
     origins, dirs = origins.reshape(B, H * W, 3), dirs.reshape(B, H * W, 3)
     probe_sdf_batch(sdf_fn, origins, B)
-    near, far, hit = ray_sphere_bounds(origins, dirs, bound_radius)
-    # rays missing the sphere: a zero-length segment at the closest approach; they are
+    if bound_box is not None:
+        near, far, hit = ray_box_bounds(origins, dirs, bound_box)
+    else:
+        near, far, hit = ray_sphere_bounds(origins, dirs, bound_radius)
+    # rays missing the bounds: a zero-length segment at the closest approach; they are
     # masked out of the result (the reference still evaluates them, as the thesis did)
     z = sampler(sdf_fn, origins, dirs, near, far, density.get_beta(), training=training,
                 generator=generator, chunk=chunk)  # [B, HW, S]

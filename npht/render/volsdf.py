@@ -3,7 +3,8 @@ density, normals as normalised SDF gradients, compositing) made fast and frugal.
 
 Pipeline for cameras ``[B]`` at ``H x W``:
 
-1. rays through pixel centres, bounded by the unit sphere; rays that miss it cost nothing;
+1. rays through pixel centres, bounded by the unit sphere (``bound_radius``) or a box
+   (``bound_box``); rays that miss it cost nothing;
 2. (optional, ``coarse_factor``) a coarse pass at ``H/f x W/f`` finds, per coarse pixel,
    whether the surface is there; fine rays whose dilated coarse neighbourhood is empty are
    skipped (the others are sampled exactly as without the coarse pass);
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from npht.ops.composite import volume_composite
-from npht.render.cameras import Cameras, generate_rays, ray_sphere_bounds, world_normals_to_camera
+from npht.render.cameras import Cameras, _half_extent, generate_rays, ray_box_bounds, ray_sphere_bounds, world_normals_to_camera
 from npht.render.density import LaplaceDensity
 from npht.render.renderer import check_density, probe_sdf_batch, sdf_and_gradient_autograd
 from npht.render.sampler import ErrorBoundSampler, evaluate_sdf, pad_by_batch
@@ -47,7 +48,7 @@ SdfFn = Callable[[torch.Tensor], torch.Tensor]
 class Render:
     """``normals [B, H, W, 3]`` (world space or the requested camera convention), ``depth
     [B, H, W]`` (distance along the ray), ``opacity [B, H, W]``, ``hit [B, H, W]`` (the ray
-    was rendered: meets the bounding sphere and, with a coarse pass, its neighbourhood has
+    was rendered: meets the bounding sphere or box and, with a coarse pass, its neighbourhood has
     surface), ``color [B, H, W, C]`` when a colour function is given, and ``stats``."""
 
     normals: torch.Tensor
@@ -79,6 +80,9 @@ class VolSDFRenderer:
             (thesis: beta 0.001, beta_min 1e-4).
         sampler: ``ErrorBoundSampler.thesis()`` by default.
         bound_radius: the scene lies in the sphere of this radius around the origin.
+        bound_box: instead of the sphere, the axis-aligned box ``[-b, b]`` (a number, or
+            three for x, y, z): ``1.0`` is a tri-plane's whole ``[-1, 1]^3`` domain (whose
+            corners the unit sphere leaves out), EG3D's ``box_warp`` box is ``box_warp / 2``.
         weight_threshold: samples whose weight is below it at both ends of a ray are not
             shaded with grad; ``None`` shades every sample (the full renderer). The default
             1e-6 keeps even beta's gradient within a few percent (1e-4 shades ~20 % fewer
@@ -101,6 +105,7 @@ class VolSDFRenderer:
     density: Optional[LaplaceDensity] = None
     sampler: Optional[ErrorBoundSampler] = None
     bound_radius: float = 1.0
+    bound_box: Union[None, float, Tuple[float, float, float]] = None
     weight_threshold: Optional[float] = 1e-6
     coarse_factor: Optional[int] = None
     coarse_dilate: int = 1
@@ -123,6 +128,12 @@ class VolSDFRenderer:
             raise ValueError(f"coarse_dilate must be >= 0, got {self.coarse_dilate!r}")
         if not self.bound_radius > 0:
             raise ValueError(f"bound_radius must be > 0, got {self.bound_radius!r}")
+        if self.bound_box is not None:
+            try:
+                _half_extent(self.bound_box, torch.zeros(0))
+            except ValueError:
+                raise ValueError(f"bound_box must be None, a finite number > 0 or three of them (x, y, z), got "
+                                 f"{self.bound_box!r}") from None
 
     # -- public -------------------------------------------------------------------------
 
@@ -147,8 +158,8 @@ class VolSDFRenderer:
         origins, dirs = generate_rays(cameras)
         origins, dirs = origins.reshape(B, H * W, 3), dirs.reshape(B, H * W, 3)
         probe_sdf_batch(sdf_fn, origins, B)
-        near, far, hit = ray_sphere_bounds(origins, dirs, self.bound_radius)
-        stats = {"rays": B * H * W, "rays_in_sphere": int(hit.sum())}
+        near, far, hit = self._bounds(origins, dirs)
+        stats = {"rays": B * H * W, "rays_in_bounds": int(hit.sum())}
         stats["coarse"] = self.coarse_factor is not None and min(H, W) // self.coarse_factor >= 16
         if stats["coarse"]:
             hit = self._coarse_cull(sdf_fn, cameras, hit, generator, stats)
@@ -170,6 +181,12 @@ class VolSDFRenderer:
                       None if color is None else color.reshape(B, H, W, -1), stats)
 
     # -- passes -------------------------------------------------------------------------
+
+    def _bounds(self, origins, dirs):
+        """(near, far, hit) of the rays in the bounding box, or else the bounding sphere."""
+        if self.bound_box is not None:
+            return ray_box_bounds(origins, dirs, self.bound_box)
+        return ray_sphere_bounds(origins, dirs, self.bound_radius)
 
     def _sample(self, sdf_fn, origins, dirs, near, far, active, training, generator):
         """Error-bound sampling of the active rays only (padded per batch element with
@@ -297,7 +314,7 @@ class VolSDFRenderer:
         coarse = cameras.resized(hc, wc)
         co, cd = generate_rays(coarse)
         co, cd = co.reshape(B, hc * wc, 3), cd.reshape(B, hc * wc, 3)
-        cn, cf, chit = ray_sphere_bounds(co, cd, self.bound_radius)
+        cn, cf, chit = self._bounds(co, cd)
         with torch.no_grad():
             # its sampler work counts in the renderer's statistics
             z, _, w, order, valid = self._weights(sdf_fn, co, cd, cn, cf, chit, False, generator, stats)

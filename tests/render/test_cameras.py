@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from npht.render import (Cameras, fibonacci_cameras, fibonacci_sphere, generate_rays, intrinsics_from_focal,
-                         intrinsics_from_fov, look_at, near_frontal_cameras, ray_sphere_bounds,
+                         intrinsics_from_fov, look_at, near_frontal_cameras, ray_box_bounds, ray_sphere_bounds,
                          world_normals_to_camera)
 
 
@@ -72,6 +72,66 @@ def test_ray_sphere_bounds():
     torch.testing.assert_close(near, torch.tensor([2.0, 3.0, 0.0], dtype=torch.float64))
     torch.testing.assert_close(far[[0, 2]], torch.tensor([4.0, 1.0], dtype=torch.float64))
     assert hit.tolist() == [True, False, True]
+
+
+def test_ray_box_bounds_cases():
+    f64 = dict(dtype=torch.float64)
+    o = torch.tensor([[0.0, 0.0, 3.0],    # straight in through the +z face
+                      [0.0, 2.0, 3.0],    # misses (parallel to y's slab, outside it)
+                      [0.0, 0.0, 0.0],    # from the centre, along x
+                      [1.0, 1.0, 3.0],    # along an edge of the box (closed box: a hit)
+                      [0.0, 0.0, -3.0],   # box behind the ray
+                      [3.0, 3.0, 0.0]], **f64)  # diagonally through two corners
+    d = torch.tensor([[0.0, 0.0, -1.0], [0.0, 0.0, -1.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 0.0, -1.0],
+                      [-1.0, -1.0, 0.0]], **f64)
+    d = d / d.norm(dim=-1, keepdim=True)
+    near, far, hit = ray_box_bounds(o, d, 1.0)
+    assert hit.tolist() == [True, False, True, True, False, True]
+    s2 = 2 ** 0.5
+    torch.testing.assert_close(near[hit], torch.tensor([2.0, 0.0, 2.0, 2 * s2], **f64))
+    torch.testing.assert_close(far[hit], torch.tensor([4.0, 1.0, 4.0, 4 * s2], **f64))
+    # misses: a zero-length segment at the closest approach to the centre (0 when behind)
+    torch.testing.assert_close(near[~hit], torch.tensor([3.0, 0.0], **f64))
+    torch.testing.assert_close(far[~hit], near[~hit])
+    # per-axis extents, batched shapes
+    near, far, hit = ray_box_bounds(o[:1].expand(2, 4, 3), d[:1].expand(2, 4, 3), (0.5, 0.5, 0.25))
+    assert near.shape == (2, 4) and hit.all()
+    torch.testing.assert_close(near, torch.full((2, 4), 2.75, **f64))
+    torch.testing.assert_close(far, torch.full((2, 4), 3.25, **f64))
+
+
+def test_ray_box_bounds_against_dense_samples():
+    """Random rays (some with zero direction components): the points of each ray within
+    (near, far) lie in the box, those outside it (at t >= 0) do not."""
+    g = torch.Generator().manual_seed(0)
+    n = 400
+    o = (torch.rand(n, 3, generator=g, dtype=torch.float64) * 2 - 1) * 2.5
+    d = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    d[::5, 0] = 0.0
+    d[::7, 1] = 0.0
+    d = d / d.norm(dim=-1, keepdim=True)
+    e = torch.tensor([1.0, 0.7, 1.3], dtype=torch.float64)
+    near, far, hit = ray_box_bounds(o, d, tuple(e.tolist()))
+    t = torch.linspace(0, 8, 4001, dtype=torch.float64)
+    pts = o[:, None] + t[None, :, None] * d[:, None]
+    inside = (pts.abs() <= e).all(-1)
+    margin = 1e-9
+    within = (t > near[:, None] + margin) & (t < far[:, None] - margin) & hit[:, None]
+    outside = ((t < near[:, None] - margin) | (t > far[:, None] + margin)) | ~hit[:, None]
+    assert inside[within].all() and not inside[outside].any()
+    assert hit.any() and (~hit).any()
+    assert torch.isfinite(near).all() and torch.isfinite(far).all() and (far >= near).all()
+
+
+def test_ray_box_bounds_errors():
+    o, d = torch.zeros(4, 3), torch.tensor([[0.0, 0.0, 1.0]]).expand(4, 3)
+    for bad in (0.0, -1.0, float("inf"), float("nan"), (1.0, 1.0), (1.0, 0.0, 1.0), "1", True):
+        with pytest.raises(ValueError, match="half_extent must be a finite number > 0 or three of them"):
+            ray_box_bounds(o, d, bad)
+    with pytest.raises(ValueError, match=r"origins and dirs must both be \[\.\.\., 3\] of one shape"):
+        ray_box_bounds(o[:, :2], d[:, :2])
+    with pytest.raises(ValueError, match="of one shape"):
+        ray_box_bounds(o, d[:2])
 
 
 def test_resized_keeps_field_of_view():
