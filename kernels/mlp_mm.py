@@ -86,6 +86,8 @@ def _mm_kernel(
     """out[M, N] = P(a)[M, K] @ b[K, N] (+ bias), then the epilogue EPI.
 
     PRO: 0 a; 1 softplus(a); 2 a * s'(a2) (a may be one row: s_am = 0).
+    Pre-activations (a with PRO 1, a2, e2) may be float16 with float32 weights: loaded, then
+    converted to the weights' dtype, in which everything is computed.
     EPI: 0 out <- acc; 1 (e1, e2) = (d, h) (d may be one row: s_e1m = 0): out <- acc s'(h),
     out2 <- acc d s'(h) q(h) = acc d s''(h); 2 e2 = h: out <- [e1 +] acc s'(h) (out may be e1).
     COLSUM (EPI 1, 2): colsum[pid_m, :] <- the row block's column sums of out (a bias
@@ -94,18 +96,19 @@ def _mm_kernel(
     row block's left operand run together (its second read comes from L2).
     """
     beta, threshold, pid_m, rm, rn, row_ok, col_ok = _tile(scalars, M, N, BLOCK_M, BLOCK_N)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=b_ptr.dtype.element_ty)
+    CT = b_ptr.dtype.element_ty  # compute dtype: the weights' (pre-activations may be float16)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=CT)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
         k_ok = rk < K
         amask = row_ok[:, None] & k_ok[None, :]
-        a = tl.load(a_ptr + rm[:, None] * s_am + rk[None, :] * s_ak, mask=amask, other=0.0)
+        a = tl.load(a_ptr + rm[:, None] * s_am + rk[None, :] * s_ak, mask=amask, other=0.0).to(CT)
         # (masked-out entries of P(a) need not be 0: their columns meet b's zero rows,
         # their rows are not stored)
         if PRO == 1:
             a = _softplus(a, beta, threshold)
         elif PRO == 2:
-            h2 = tl.load(a2_ptr + rm[:, None] * s_a2m + rk[None, :], mask=amask, other=0.0)
+            h2 = tl.load(a2_ptr + rm[:, None] * s_a2m + rk[None, :], mask=amask, other=0.0).to(CT)
             d1, _q = _derivs(h2, beta, threshold)
             a = a * d1
         b = tl.load(b_ptr + rk[:, None] * s_bk + rn[None, :] * s_bn, mask=k_ok[:, None] & col_ok[None, :],
@@ -118,7 +121,7 @@ def _mm_kernel(
     if EPI == 0:
         tl.store(out_ptr + o_off, acc.to(out_ptr.dtype.element_ty), mask=omask)
     else:
-        h = tl.load(e2_ptr + rm[:, None] * s_e2m + rn[None, :], mask=omask, other=0.0)
+        h = tl.load(e2_ptr + rm[:, None] * s_e2m + rn[None, :], mask=omask, other=0.0).to(CT)
         d1, q = _derivs(h, beta, threshold)
         e1_off = rm[:, None] * s_e1m + rn[None, :]
         v = acc * d1
@@ -187,23 +190,18 @@ def _row(name, t, cols, dtype, device):
         raise ValueError(f"npht.kernels.mlp_mm: {name} must be contiguous [{cols}], got {tuple(t.shape)}")
 
 
-def _matrix(name, t):
-    """``(M, W)`` of a float32/float64 array ``[M, W]`` contiguous in its last dim."""
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"npht.kernels.mlp_mm: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"npht.kernels.mlp_mm: float32 or float64 only, got {t.dtype}")
-    if t.dim() != 2:
-        raise ValueError(f"npht.kernels.mlp_mm: {name} must be [M, W], got {tuple(t.shape)}")
-    _rows(name, t, t.shape[0], t.shape[1], t.dtype, t.device)
-    return t.shape
+def _shape(t):
+    return tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
 
 
-def _rows(name, t, M, cols, dtype, device):
+def _rows(name, t, M, cols, dtype, device, pre_activation=False):
+    """Checks an array [M, cols]; ``pre_activation``: float16 is allowed beside float32."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"npht.kernels.mlp_mm: {name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dtype != dtype or t.device != device:
-        raise TypeError(f"npht.kernels.mlp_mm: {name} must be {dtype} on {device}, got {t.dtype} on {t.device}")
+    half_ok = pre_activation and dtype == torch.float32 and t.dtype == torch.float16
+    if (t.dtype != dtype and not half_ok) or t.device != device:
+        want = f"{dtype} (or float16)" if pre_activation and dtype == torch.float32 else f"{dtype}"
+        raise TypeError(f"npht.kernels.mlp_mm: {name} must be {want} on {device}, got {t.dtype} on {t.device}")
     if t.shape != (M, cols):
         raise ValueError(f"npht.kernels.mlp_mm: {name} must be [{M}, {cols}], got {tuple(t.shape)}")
     if cols > 1 and t.stride(1) != 1:
@@ -211,7 +209,7 @@ def _rows(name, t, M, cols, dtype, device):
 
 
 def _launch(a, a_bcast, w, w_transposed, *, beta, threshold, pro=_PRO_NONE, a2=None, bias=None,
-            epi=_EPI_NONE, e1=None, e1_bcast=False, e2=None, out=None, out2=None, colsum=False):
+            epi=_EPI_NONE, e1=None, e1_bcast=False, e2=None, out=None, out2=None, colsum=False, out_dtype=None):
     """out = P(a) @ B, B = w^T (w_transposed) or w; a is [M, K] or one row [K] (a_bcast), e1
     [M, N] or one row [N] (e1_bcast). With ``colsum`` (an epilogue): ``(out, out.sum(0))``,
     the sum from per-row-block partial sums written by the epilogue."""
@@ -226,10 +224,10 @@ def _launch(a, a_bcast, w, w_transposed, *, beta, threshold, pro=_PRO_NONE, a2=N
         _row("the broadcast row", a, K, dtype, device)
         s_am, s_ak = 0, a.stride(0)
     else:
-        _rows("a", a, M, K, dtype, device)
+        _rows("a", a, M, K, dtype, device, pre_activation=pro == _PRO_SOFTPLUS)
         s_am, s_ak = a.stride(0), a.stride(1)
     if a2 is not None:
-        _rows("h", a2, M, K, dtype, device)
+        _rows("h", a2, M, K, dtype, device, pre_activation=True)
     if e1 is not None:
         if e1_bcast:
             _row("the broadcast row", e1, N, dtype, device)
@@ -237,13 +235,14 @@ def _launch(a, a_bcast, w, w_transposed, *, beta, threshold, pro=_PRO_NONE, a2=N
             _rows("d" if epi == _EPI_ADJOINT else "hadj", e1, M, N, dtype, device)
     for name, t in (("h", e2), ("out", out), ("out2", out2)):
         if t is not None:
-            _rows(name, t, M, N, dtype, device)
+            # h, and a forward product's output (the next pre-activation), may be float16
+            _rows(name, t, M, N, dtype, device, pre_activation=name == "h" or epi == _EPI_NONE)
     if bias is not None and bias.shape != (N,):
         raise ValueError(f"npht.kernels.mlp_mm: bias must be [{N}], got {tuple(bias.shape)}")
     if not (0 < beta < float("inf")):
         raise ValueError(f"npht.kernels.mlp_mm: beta must be finite and > 0, got {beta}")
     if out is None:
-        out = torch.empty(M, N, dtype=dtype, device=device)
+        out = torch.empty(M, N, dtype=out_dtype or dtype, device=device)
     if M == 0:
         return (out, out.new_zeros(N)) if colsum else out
     s_bk, s_bn = (w.stride(1), w.stride(0)) if w_transposed else (w.stride(0), w.stride(1))
@@ -266,10 +265,15 @@ def _launch(a, a_bcast, w, w_transposed, *, beta, threshold, pro=_PRO_NONE, a2=N
     return (out, partial.sum(0)) if colsum else out
 
 
-def linear(a, w, bias=None, *, softplus_input=False, beta=100.0, threshold=20.0, out=None):
-    """``P(a) w^T + bias``; ``P = softplus(beta, threshold)`` with ``softplus_input``."""
+def linear(a, w, bias=None, *, softplus_input=False, beta=100.0, threshold=20.0, out=None, out_dtype=None):
+    """``P(a) w^T + bias``; ``P = softplus(beta, threshold)`` with ``softplus_input``. With
+    float32 weights, ``a`` (when softplus_input: a pre-activation) and the result (``out``,
+    or ``out_dtype``) may be float16: computed in float32, stored rounded."""
+    if out_dtype not in (None, w.dtype) and not (out_dtype == torch.float16 and w.dtype == torch.float32):
+        raise TypeError(f"npht.kernels.mlp_mm: out_dtype must be the weights' {w.dtype} or float16 (with float32 "
+                        f"weights), got {out_dtype}")
     return _launch(a, False, w, True, beta=beta, threshold=threshold,
-                   pro=_PRO_SOFTPLUS if softplus_input else _PRO_NONE, bias=bias, out=out)
+                   pro=_PRO_SOFTPLUS if softplus_input else _PRO_NONE, bias=bias, out=out, out_dtype=out_dtype)
 
 
 def reverse_step(d, h, w, *, beta=100.0, threshold=20.0, out=None):
@@ -283,7 +287,7 @@ def adjoint_step(dbar, w, d, h, *, beta=100.0, threshold=20.0, colsum=False):
     ``d`` ``[M, out]`` or one row ``[out]``."""
     if d is None or h is None:
         raise ValueError("npht.kernels.mlp_mm.adjoint_step: d and h are required")
-    hadj = torch.empty_like(h, memory_format=torch.contiguous_format)
+    hadj = torch.empty(h.shape, dtype=w.dtype, device=h.device)  # h may be float16, hadj is not
     res = _launch(dbar, False, w, True, beta=beta, threshold=threshold, epi=_EPI_ADJOINT, e1=d,
                   e1_bcast=d.dim() == 1, e2=h, out2=hadj, colsum=colsum)
     return (res[0], hadj, res[1]) if colsum else (res, hadj)
@@ -310,15 +314,16 @@ def _output_kernel(h_ptr, gy_ptr, w_ptr, hbar_ptr, hsum_ptr, gwsum_ptr, scalars,
     rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     col_ok = rn < N
     w = tl.load(w_ptr + rn, mask=col_ok, other=0.0)
-    hsum = tl.zeros((BLOCK_N,), dtype=h_ptr.dtype.element_ty)
-    gwsum = tl.zeros((BLOCK_N,), dtype=h_ptr.dtype.element_ty)
+    CT = w_ptr.dtype.element_ty  # h may be float16
+    hsum = tl.zeros((BLOCK_N,), dtype=CT)
+    gwsum = tl.zeros((BLOCK_N,), dtype=CT)
     r0 = pid_p.to(tl.int64) * rows_per_prog
     r1 = tl.minimum(r0 + rows_per_prog, M)
     for m0 in range(r0, r1, BLOCK_M):
         rm = m0 + tl.arange(0, BLOCK_M)
         row_ok = rm < r1
         mask = row_ok[:, None] & col_ok[None, :]
-        h = tl.load(h_ptr + rm[:, None] * s_hm + rn[None, :], mask=mask, other=0.0)
+        h = tl.load(h_ptr + rm[:, None] * s_hm + rn[None, :], mask=mask, other=0.0).to(CT)
         gy = tl.load(gy_ptr + rm, mask=row_ok, other=0.0)
         d1, _q = _derivs(h, beta, threshold)
         v = gy[:, None] * w[None, :] * d1
@@ -337,8 +342,15 @@ def output_step(h, gy, w_out, hadj=None, *, beta=100.0, threshold=20.0):
     ``(hbar, hbar.sum(0), gy s(h) summed over rows)`` with ``hbar = [hadj +] gy w_out s'(h)``
     (in ``hadj``'s buffer when given): one pass over ``h`` (and ``hadj``) where torch's ops
     make about eight."""
-    M, N = _matrix("h", h)
-    dtype, device = h.dtype, h.device
+    if not isinstance(w_out, torch.Tensor):
+        raise TypeError(f"npht.kernels.mlp_mm: w_out must be a torch.Tensor, got {type(w_out).__name__}")
+    dtype, device = w_out.dtype, w_out.device
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"npht.kernels.mlp_mm: float32 or float64 only, got {dtype}")
+    if not isinstance(h, torch.Tensor) or h.dim() != 2:
+        raise ValueError(f"npht.kernels.mlp_mm: h must be [M, W], got {_shape(h)}")
+    M, N = h.shape
+    _rows("h", h, M, N, dtype, device, pre_activation=True)
     if hadj is not None:
         _rows("hadj", hadj, M, N, dtype, device)
     _row("gy", gy, M, dtype, device)
@@ -347,7 +359,7 @@ def output_step(h, gy, w_out, hadj=None, *, beta=100.0, threshold=20.0):
         raise ValueError(f"npht.kernels.mlp_mm: beta must be finite and > 0, got {beta}")
     hbar = hadj if hadj is not None else torch.empty(M, N, dtype=dtype, device=device)
     if M == 0:
-        return hbar, h.new_zeros(N), h.new_zeros(N)
+        return hbar, w_out.new_zeros(N), w_out.new_zeros(N)
     BM, BN, _, warps = _blocks(N, dtype)
     # half the products' rows per step (an elementwise kernel: fewer live registers; 64 rows
     # spilled on sm_80), eight steps per program (fewer partial column sums)
@@ -381,7 +393,8 @@ def _wgrad_kernel(a_ptr, a2_ptr, b_ptr, part_ptr, scalars, M, N, K, rows_per_spl
     rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
     n_ok = rn < N
     k_ok = rk < K
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=b_ptr.dtype.element_ty)
+    CT = part_ptr.dtype.element_ty  # compute dtype (a2, or b with PRO_B 1, may be float16)
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=CT)
     r0 = split.to(tl.int64) * rows_per_split
     r1 = tl.minimum(r0 + rows_per_split, M)
     for m0 in range(r0, r1, BLOCK_M):
@@ -391,10 +404,11 @@ def _wgrad_kernel(a_ptr, a2_ptr, b_ptr, part_ptr, scalars, M, N, K, rows_per_spl
         # masked rows load as 0 in a (so P(a) is 0 there), whatever Q(b) is
         a = tl.load(a_ptr + rm[:, None] * s_am + rn[None, :], mask=amask, other=0.0)
         if PRO_A == 2:
-            h2 = tl.load(a2_ptr + rm[:, None] * s_a2m + rn[None, :], mask=amask, other=0.0)
+            h2 = tl.load(a2_ptr + rm[:, None] * s_a2m + rn[None, :], mask=amask, other=0.0).to(CT)
             d1, _q = _derivs(h2, beta, threshold)
             a = a * d1
-        b = tl.load(b_ptr + rm[:, None] * s_bm + rk[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        b = tl.load(b_ptr + rm[:, None] * s_bm + rk[None, :], mask=row_ok[:, None] & k_ok[None, :],
+                    other=0.0).to(CT)
         if PRO_B == 1:
             b = _softplus(b, beta, threshold)
         acc = tl.dot(tl.trans(a), b, acc, input_precision=PREC)
@@ -424,8 +438,15 @@ def weight_grad(a, b, *, a_h=None, b_softplus=False, beta=100.0, threshold=20.0,
     gradient without the product's left or right factor written out first (e.g.
     ``gW_l += (d_l s'(h_l))^T dbar`` or ``hbar^T s(h_{l-1})``). Deterministic: per-split
     partial sums, then their sum."""
-    M, K = _matrix("b", b)
-    dtype, device = b.dtype, b.device
+    if not isinstance(a, torch.Tensor):
+        raise TypeError(f"npht.kernels.mlp_mm: a must be a torch.Tensor, got {type(a).__name__}")
+    dtype, device = a.dtype, a.device  # the factors' dtype; b (with b_softplus) or a_h may be float16
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"npht.kernels.mlp_mm: float32 or float64 only, got {dtype}")
+    if not isinstance(b, torch.Tensor) or b.dim() != 2:
+        raise ValueError(f"npht.kernels.mlp_mm: b must be [M, W], got {_shape(b)}")
+    M, K = b.shape
+    _rows("b", b, M, K, dtype, device, pre_activation=b_softplus)
     if a.dim() == 1:
         if a_h is None:
             raise ValueError("npht.kernels.mlp_mm.weight_grad: a broadcast row needs a_h (its rows' factor)")
@@ -437,7 +458,7 @@ def weight_grad(a, b, *, a_h=None, b_softplus=False, beta=100.0, threshold=20.0,
         _rows("a", a, M, N, dtype, device)
         s_am = a.stride(0)
     if a_h is not None:
-        _rows("a_h", a_h, M, N, dtype, device)
+        _rows("a_h", a_h, M, N, dtype, device, pre_activation=True)
     if not (0 < beta < float("inf")):
         raise ValueError(f"npht.kernels.mlp_mm: beta must be finite and > 0, got {beta}")
     if out is not None and (out.shape != (N, K) or out.dtype != dtype or out.device != device):

@@ -86,7 +86,8 @@ class TriplaneDecoder(nn.Module):
     def sdf_and_gradient(self, planes: torch.Tensor, points: torch.Tensor, *, fused: bool = True,
                          checkpoint: bool = False, mlp_backend: str = "auto",
                          mlp_chunk_size: Optional[int] = None, mlp_matmul: str = "torch",
-                         mlp_keep_gradient_pass: bool = False, **sample_kwargs):
+                         mlp_keep_gradient_pass: bool = False, mlp_h_dtype: Optional[torch.dtype] = None,
+                         **sample_kwargs):
         """SDF ``[B, N]`` and its gradient w.r.t. the points ``[B, N, 3]`` (normals before
         normalisation), through the tri-plane features and the direct point input.
 
@@ -100,8 +101,10 @@ class TriplaneDecoder(nn.Module):
         chunk of its backward, which bounds the backward's working memory, default
         ``npht.ops.mlp.DEFAULT_CHUNK``; ``mlp_matmul``: its ``matmul``, torch's products
         or Triton's with the elementwise steps fused in; ``mlp_keep_gradient_pass``: its
-        ``keep_gradient_pass``, more memory for no recompute); ``fused=False`` is plain
-        autograd (the reference).
+        ``keep_gradient_pass``, more memory for no recompute; ``mlp_h_dtype``: its
+        ``h_dtype``, ``torch.float16`` stores the pre-activations at half the memory and
+        traffic with Triton products in float32); ``fused=False`` is plain autograd (the
+        reference).
         With grad mode off, the results are plain tensors and no graph is kept.
         """
         create = torch.is_grad_enabled()
@@ -123,7 +126,7 @@ class TriplaneDecoder(nn.Module):
                                                      checkpoint=checkpoint or not create,
                                                      backend=mlp_backend, matmul=mlp_matmul,
                                                      keep_gradient_pass=mlp_keep_gradient_pass and create
-                                                     and not checkpoint, **chunk)
+                                                     and not checkpoint, h_dtype=mlp_h_dtype, **chunk)
                 grad_feat, grad_pts = grad_x.split([self.feature_dim, grad_x.shape[-1] - self.feature_dim], -1)
                 # chain the feature gradient through the tri-plane op's backward (which
                 # skips the planes' gradient: the engine tells it this call does not use it)

@@ -169,14 +169,15 @@ def _backward_rows(gy, gg, x, weights, hs, ds, beta, threshold, gW, gb, need_x, 
 # about 9 for the output layer's backward.
 
 
-def _forward_rows_tmm(x, weights, biases, beta, threshold, h_out=None, d_out=None, *, mm):
+def _forward_rows_tmm(x, weights, biases, beta, threshold, h_out=None, d_out=None, *, mm, h_dtype=None):
     """:func:`_forward_rows` with Triton products: ``h_l = s(h_{l-1}) W_l^T + b_l`` (the
-    softplus in the product's prologue), ``d_{l-1} = (d_l s'(h_l)) W_l`` likewise."""
+    softplus in the product's prologue), ``d_{l-1} = (d_l s'(h_l)) W_l`` likewise. The
+    pre-activations are stored in ``h_dtype`` (float16: computed in float32, rounded)."""
     hs = []
     a, softplus_input = x, False
     for l in range(len(weights) - 1):
         h = mm.linear(a, weights[l], biases[l], softplus_input=softplus_input, beta=beta, threshold=threshold,
-                      out=None if h_out is None else h_out[l])
+                      out=None if h_out is None else h_out[l], out_dtype=h_dtype)
         hs.append(h)
         a, softplus_input = h, True
     y = mm.linear(a, weights[-1], biases[-1], softplus_input=True, beta=beta, threshold=threshold).squeeze(-1)
@@ -262,11 +263,13 @@ def _mlp_grad_op(
     backend: str,
     matmul: str,
     keep: bool,
+    h_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
     M = x.shape[0]
-    hs = [x.new_empty(M, w.shape[0]) for w in weights[:-1]] if save else []
+    hs = [x.new_empty(M, w.shape[0], dtype=h_dtype) for w in weights[:-1]] if save else []
     ds = [x.new_empty(M, w.shape[0]) for w in weights[:-2]] if (save and keep) else []
-    rows = _forward_rows if matmul == "torch" else functools.partial(_forward_rows_tmm, mm=kernels("triton", "mlp_mm"))
+    rows = _forward_rows if matmul == "torch" else functools.partial(
+        _forward_rows_tmm, mm=kernels("triton", "mlp_mm"), h_dtype=h_dtype)
     if M <= chunk:
         y, g, _ = rows(x, weights, biases, beta, threshold, hs or None, ds or None)
         return y, g, hs, ds
@@ -281,9 +284,9 @@ def _mlp_grad_op(
 
 
 @_mlp_grad_op.register_fake
-def _(x, weights, biases, beta, threshold, save, chunk, backend, matmul, keep):
+def _(x, weights, biases, beta, threshold, save, chunk, backend, matmul, keep, h_dtype):
     M = x.shape[0]
-    hs = [x.new_empty(M, w.shape[0]) for w in weights[:-1]] if save else []
+    hs = [x.new_empty(M, w.shape[0], dtype=h_dtype) for w in weights[:-1]] if save else []
     ds = [x.new_empty(M, w.shape[0]) for w in weights[:-2]] if (save and keep) else []
     return x.new_empty(M), x.new_empty(x.shape), hs, ds
 
@@ -304,6 +307,7 @@ def _mlp_grad_backward_op(
     need_params: bool,
     backend: str,
     matmul: str,
+    h_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
     M = x.shape[0]
     k = kernels(backend, "mlp")
@@ -311,7 +315,7 @@ def _mlp_grad_backward_op(
         rows_fwd, rows_bwd = _forward_rows, functools.partial(_backward_rows, k=k)
     else:
         mm = kernels("triton", "mlp_mm")
-        rows_fwd = functools.partial(_forward_rows_tmm, mm=mm)
+        rows_fwd = functools.partial(_forward_rows_tmm, mm=mm, h_dtype=h_dtype)
         rows_bwd = functools.partial(_backward_rows_tmm, k=k, mm=mm)
     gW = [torch.zeros_like(w) for w in weights] if need_params else None
     gb = [torch.zeros_like(b) for b in biases] if need_params else None
@@ -337,7 +341,8 @@ def _mlp_grad_backward_op(
 
 
 @_mlp_grad_backward_op.register_fake
-def _(grad_y, grad_g, x, weights, biases, hs, ds, beta, threshold, chunk, need_x, need_params, backend, matmul):
+def _(grad_y, grad_g, x, weights, biases, hs, ds, beta, threshold, chunk, need_x, need_params, backend, matmul,
+      h_dtype):
     gx = x.new_empty(x.shape) if need_x else x.new_empty(0)
     if need_params:
         return gx, [w.new_empty(w.shape) for w in weights], [b.new_empty(b.shape) for b in biases]
@@ -345,7 +350,7 @@ def _(grad_y, grad_g, x, weights, biases, hs, ds, beta, threshold, chunk, need_x
 
 
 def _setup_context(ctx, inputs, output):
-    x, weights, biases, beta, threshold, save, chunk, backend, matmul, keep = inputs
+    x, weights, biases, beta, threshold, save, chunk, backend, matmul, keep, h_dtype = inputs
     _, _, hs, ds = output
     ctx.save_for_backward(x, *weights, *biases, *hs, *ds)
     # hs and ds are saved state, not results: no gradient flows into them, and none must
@@ -360,6 +365,7 @@ def _setup_context(ctx, inputs, output):
     ctx.need_params = any(t.requires_grad for t in (*weights, *biases))
     ctx.backend = backend
     ctx.matmul = matmul
+    ctx.h_dtype = h_dtype
 
 
 def _usable(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -373,12 +379,12 @@ def _backward(ctx, grad_y, grad_g, _grad_hs, _grad_ds):
     hs, ds = list(rest[2 * L:2 * L + nh]), list(rest[2 * L + nh:])
     gx, gW, gb = torch.ops.npht.softplus_mlp_grad_backward(
         _usable(grad_y), _usable(grad_g), x, weights, biases, hs, ds, *ctx.args,
-        ctx.need_x, ctx.need_params, ctx.backend, ctx.matmul,
+        ctx.need_x, ctx.need_params, ctx.backend, ctx.matmul, ctx.h_dtype,
     )
     gx = gx if ctx.need_x else None
     if not ctx.need_params:  # list inputs take a list of Nones
         gW, gb = [None] * L, [None] * L
-    return gx, gW, gb, None, None, None, None, None, None, None
+    return gx, gW, gb, None, None, None, None, None, None, None, None
 
 
 _mlp_grad_op.register_autograd(_backward, setup_context=_setup_context)
@@ -421,6 +427,18 @@ def _resolve_matmul(matmul: str, x: torch.Tensor) -> str:
             raise TypeError(f"matmul='triton' runs float32 and float64 MLPs, got {x.dtype}; use matmul='torch'")
         kernels("triton", "mlp_mm")  # raises BackendUnavailableError if it does not import
     return matmul
+
+
+def _resolve_h_dtype(h_dtype, x: torch.Tensor, matmul: str) -> torch.dtype:
+    """``None`` -> x's dtype; ``torch.float16`` needs float32 inputs and Triton products."""
+    if h_dtype is None or h_dtype == x.dtype:
+        return x.dtype
+    if not isinstance(h_dtype, torch.dtype) or h_dtype != torch.float16:
+        raise TypeError(f"h_dtype must be None, x's dtype or torch.float16, got {h_dtype!r}")
+    if x.dtype != torch.float32 or matmul != "triton":
+        raise ValueError(f"h_dtype=torch.float16 stores float32 pre-activations in the Triton products' "
+                         f"kernels: it needs float32 inputs and matmul='triton' (got {x.dtype}, matmul={matmul!r})")
+    return h_dtype
 
 
 def _check(x, weights, biases, beta, threshold, chunk_size):
@@ -475,6 +493,7 @@ def softplus_mlp_with_grad(
     backend: str = "auto",
     matmul: str = "torch",
     keep_gradient_pass: bool = False,
+    h_dtype: Optional[torch.dtype] = None,
 ):
     """Value and input gradient of a softplus MLP with one output.
 
@@ -505,6 +524,16 @@ def softplus_mlp_with_grad(
             tensors beside the L-1 pre-activations (a smaller ``chunk_size``, which
             shrinks the backward's working memory, can offset part of it). Not with
             ``checkpoint``.
+        h_dtype: the dtype the pre-activations ``h_l`` are stored in (saved for the backward
+            and passed between the kernels): ``None`` (x's dtype) or, with
+            ``matmul="triton"`` and float32, ``torch.float16``: everything is still computed
+            in float32, but each ``h_l`` is rounded to float16's 11 significant bits (the
+            precision TF32 gives a product's inputs) when written, which halves the saved
+            tensors' memory and the traffic of the ~7 reads per hidden layer that take them
+            (22 passes over ``[rows, width]`` float32 arrays become about 18). Values beyond
+            float16's range (|h| > 65504) overflow: for decoders whose pre-activations are
+            O(1-100), as SDF decoders' are. The gradients then differ from float32's by about
+            TF32's rounding (tests/ops/test_mlp_mm.py measures it).
 
     Returns:
         ``(y [...], dy_dx [..., D0])``, both differentiable (once) w.r.t. ``x``, the
@@ -524,8 +553,9 @@ def softplus_mlp_with_grad(
     if keep_gradient_pass and checkpoint:
         raise ValueError("keep_gradient_pass=True keeps more for the backward, checkpoint=True keeps nothing: "
                          "choose one")
+    h_dtype = _resolve_h_dtype(h_dtype, x, matmul)
     y, g, _, _ = torch.ops.npht.softplus_mlp_grad(
         x2, weights, biases, float(beta), float(threshold), needs_grad and not checkpoint,
-        int(chunk_size), backend, matmul, keep_gradient_pass,
+        int(chunk_size), backend, matmul, keep_gradient_pass, h_dtype,
     )
     return y.reshape(lead), g.reshape(*lead, D0)

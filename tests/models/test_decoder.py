@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 import npht
 from _backends import require_backend
@@ -66,6 +67,30 @@ def test_fused_sdf_and_gradient_matches_autograd(checkpoint, sample_backend, mlp
     shifted = points.detach() + torch.tensor([eps, 0, 0], dtype=torch.float64)
     fd = (dec.sdf(planes, shifted, backend=sample_backend) - dec.sdf(planes, points, backend=sample_backend)) / eps
     torch.testing.assert_close(g1[..., 0], fd, rtol=1e-3, atol=1e-4)
+
+
+def test_fused_sdf_and_gradient_float16_pre_activations():
+    """mlp_h_dtype=torch.float16 (float32 decoder, Triton products): the eikonal step's
+    gradients close to float32 autograd's (cosine; the storage rounds like TF32), and the
+    option reaches the op (its error shows; float32 alone is ~1e-6)."""
+    require_backend("triton")
+    torch.manual_seed(0)
+    dec = TriplaneDecoder(feature_dim=5, hidden=32)
+    planes = (torch.randn(2, 3, 5, 9, 7) * 0.3).requires_grad_()
+    points = (torch.rand(2, 65, 3) * 2 - 1).requires_grad_()
+    params = [planes, points, *dec.parameters()]
+    results = []
+    for kw in (dict(fused=False), dict(mlp_matmul="triton", mlp_h_dtype=torch.float16)):
+        sdf, grad = dec.sdf_and_gradient(planes, points, backend="cpu", **kw)
+        loss = ((grad.norm(dim=-1) - 1) ** 2).mean() + sdf.abs().mean()
+        results.append((sdf, grad, torch.autograd.grad(loss, params)))
+    (s0, g0, r0), (s1, g1, r1) = results
+    torch.testing.assert_close(s1, s0, rtol=1e-3, atol=1e-3)
+    for a, b in zip((g1, *r1), (g0, *r0)):
+        assert F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0) > 0.9999
+    assert max((a - b).abs().max() / b.abs().max() for a, b in zip(r1, r0)) > 1e-5
+    with pytest.raises(ValueError, match="needs float32 inputs and matmul='triton'"):
+        dec.sdf_and_gradient(planes, points, backend="cpu", mlp_h_dtype=torch.float16)
 
 
 def test_sdf_and_gradient_without_grad_mode():
