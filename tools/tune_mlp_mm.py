@@ -2,7 +2,8 @@
 the decoder's products as Triton kernels (``npht-<backend>-fused-tmm-tf32``), timed for each
 ``NPHT_MLP_MM_BLOCKS`` (products) and ``NPHT_MLP_WGRAD_BLOCKS`` (weight-gradient reductions)
 candidate, beside the same step with torch's products
-(``-fused-tf32``) and the float32 reference, in one process. Prints one line per
+(``-fused-tf32``), with the gradient pass kept (``-tmm-keep``), with float16 pre-activations
+(``-tmm-h16``) and the float32 reference, in one process. Prints one line per
 candidate and writes ``tune_mlp_mm.json`` to ``--out``; the best candidates are the ones to
 make the defaults in ``kernels/mlp_mm.py`` (``_blocks``, ``_wgrad_blocks``).
 
@@ -83,6 +84,7 @@ def main(argv=None) -> dict:
     tmm = f"npht-{backend}-fused-tmm" + ("-tf32" if args.device == "cuda" else "")
     timed(tmm)  # the default blocks
     timed(tmm.replace("-tmm", "-tmm-keep"))  # keeping the gradient pass (no recompute)
+    timed(tmm.replace("-tmm", "-tmm-h16"))  # float16 pre-activations
     for blocks in args.configs:
         timed(tmm, blocks)
     for blocks in args.wgrad_configs:
