@@ -209,7 +209,8 @@ def _rows(name, t, M, cols, dtype, device, pre_activation=False):
 
 
 def _launch(a, a_bcast, w, w_transposed, *, beta, threshold, pro=_PRO_NONE, a2=None, bias=None,
-            epi=_EPI_NONE, e1=None, e1_bcast=False, e2=None, out=None, out2=None, colsum=False, out_dtype=None):
+            epi=_EPI_NONE, e1=None, e1_bcast=False, e2=None, out=None, out2=None, colsum=False, out_dtype=None,
+            half_out=False):
     """out = P(a) @ B, B = w^T (w_transposed) or w; a is [M, K] or one row [K] (a_bcast), e1
     [M, N] or one row [N] (e1_bcast). With ``colsum`` (an epilogue): ``(out, out.sum(0))``,
     the sum from per-row-block partial sums written by the epilogue."""
@@ -235,8 +236,8 @@ def _launch(a, a_bcast, w, w_transposed, *, beta, threshold, pro=_PRO_NONE, a2=N
             _rows("d" if epi == _EPI_ADJOINT else "hadj", e1, M, N, dtype, device)
     for name, t in (("h", e2), ("out", out), ("out2", out2)):
         if t is not None:
-            # h, and a forward product's output (the next pre-activation), may be float16
-            _rows(name, t, M, N, dtype, device, pre_activation=name == "h" or epi == _EPI_NONE)
+            # h, and the forward product's output (``half_out``: the next pre-activation), may be float16
+            _rows(name, t, M, N, dtype, device, pre_activation=name == "h" or (name == "out" and half_out))
     if bias is not None and bias.shape != (N,):
         raise ValueError(f"npht.kernels.mlp_mm: bias must be [{N}], got {tuple(bias.shape)}")
     if not (0 < beta < float("inf")):
@@ -273,7 +274,8 @@ def linear(a, w, bias=None, *, softplus_input=False, beta=100.0, threshold=20.0,
         raise TypeError(f"npht.kernels.mlp_mm: out_dtype must be the weights' {w.dtype} or float16 (with float32 "
                         f"weights), got {out_dtype}")
     return _launch(a, False, w, True, beta=beta, threshold=threshold,
-                   pro=_PRO_SOFTPLUS if softplus_input else _PRO_NONE, bias=bias, out=out, out_dtype=out_dtype)
+                   pro=_PRO_SOFTPLUS if softplus_input else _PRO_NONE, bias=bias, out=out, out_dtype=out_dtype,
+                   half_out=True)
 
 
 def reverse_step(d, h, w, *, beta=100.0, threshold=20.0, out=None):

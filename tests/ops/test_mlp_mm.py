@@ -392,6 +392,9 @@ def test_triton_mm_kernel_errors(mm, tdev):
         mm.adjoint_step(a, w, torch.randn(4, 8, device=tdev).half(), torch.randn(4, 8, device=tdev))
     with pytest.raises(TypeError, match="out_dtype must be the weights' torch.float32 or float16"):
         mm.linear(a, w, out_dtype=torch.bfloat16)
+    with pytest.raises(TypeError, match="out must be torch.float32 on"):  # a gradient, not a pre-activation
+        mm.reverse_step(torch.randn(4, 8, device=tdev), torch.randn(4, 8, device=tdev), w,
+                        out=torch.empty(4, 5, device=tdev, dtype=torch.float16))
     # rows = 0: nothing launched, an empty result (zero column sums)
     assert mm.linear(a[:0], w).shape == (0, 8)
     out, csum = mm.down_step(torch.randn(0, 8, device=tdev), w, torch.randn(0, 5, device=tdev), colsum=True)
