@@ -105,7 +105,7 @@ def methods_for(device: str) -> list:
         names += ["reference-tf32", f"npht-{backends[0]}-fused-tf32"]
         if info["triton"]:  # the decoder's products as Triton kernels with fused elementwise steps
             names += [f"npht-{backends[0]}-fused-tmm-tf32", f"npht-{backends[0]}-fused-tmm-keep-tf32",
-                      f"npht-{backends[0]}-fused-tmm-h16-tf32"]
+                      f"npht-{backends[0]}-fused-tmm-h16-tf32", f"npht-{backends[0]}-fused-tmm-keep-h16-tf32"]
     return names
 
 

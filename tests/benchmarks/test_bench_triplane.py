@@ -95,6 +95,9 @@ def test_method_names():
     assert bench.is_keep("npht-cpu-fused-keep-tmm") and not bench.is_keep("npht-cpu-fused-tmm")
     assert bench.parse_method("npht-cuda-fused-tmm-h16-tf32") == ("cuda", False, True, False)
     assert bench.is_h16("npht-cuda-fused-tmm-h16-tf32") and not bench.is_h16("npht-cuda-fused-tmm-tf32")
+    both = "npht-cuda-fused-tmm-keep-h16-tf32"
+    assert bench.parse_method(both) == ("cuda", False, True, False)
+    assert bench.is_h16(both) and bench.is_keep(both) and bench.is_tmm(both)
     for bad in ("npht-cpu-tmm", "npht-cpu-fused-ckpt-keep", "npht-cpu-keep", "npht-cpu-fused-h16",
                 "npht-cpu-h16"):
         with pytest.raises(ValueError, match="unknown method"):
