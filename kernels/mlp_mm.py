@@ -75,6 +75,13 @@ def _tile(scalars, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _row_range(i, rows_per_program, M):
+    """[r0, r1): the rows of the i-th program of those that take ``rows_per_program`` each."""
+    r0 = i.to(tl.int64) * rows_per_program
+    return r0, tl.minimum(r0 + rows_per_program, M)
+
+
+@triton.jit
 def _mm_kernel(
     a_ptr, a2_ptr, b_ptr, bias_ptr, out_ptr, e1_ptr, e2_ptr, out2_ptr, colsum_ptr, scalars,
     M, N, K,
@@ -192,6 +199,19 @@ def _row(name, t, cols, dtype, device):
 
 def _shape(t):
     return tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def _dtype_and_rows(ref_name, ref, name, t, pre_activation):
+    """(dtype, device) of tensor ``ref`` (float32/float64: the computation's), and the shape of
+    the array ``t`` [M, W] checked against them."""
+    if not isinstance(ref, torch.Tensor):
+        raise TypeError(f"npht.kernels.mlp_mm: {ref_name} must be a torch.Tensor, got {type(ref).__name__}")
+    if ref.dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"npht.kernels.mlp_mm: float32 or float64 only, got {ref.dtype}")
+    if not isinstance(t, torch.Tensor) or t.dim() != 2:
+        raise ValueError(f"npht.kernels.mlp_mm: {name} must be [M, W], got {_shape(t)}")
+    _rows(name, t, t.shape[0], t.shape[1], ref.dtype, ref.device, pre_activation=pre_activation)
+    return ref.dtype, ref.device, tuple(t.shape)
 
 
 def _rows(name, t, M, cols, dtype, device, pre_activation=False):
@@ -319,8 +339,7 @@ def _output_kernel(h_ptr, gy_ptr, w_ptr, hbar_ptr, hsum_ptr, gwsum_ptr, scalars,
     CT = w_ptr.dtype.element_ty  # h may be float16
     hsum = tl.zeros((BLOCK_N,), dtype=CT)
     gwsum = tl.zeros((BLOCK_N,), dtype=CT)
-    r0 = pid_p.to(tl.int64) * rows_per_prog
-    r1 = tl.minimum(r0 + rows_per_prog, M)
+    r0, r1 = _row_range(pid_p, rows_per_prog, M)
     for m0 in range(r0, r1, BLOCK_M):
         rm = m0 + tl.arange(0, BLOCK_M)
         row_ok = rm < r1
@@ -344,15 +363,7 @@ def output_step(h, gy, w_out, hadj=None, *, beta=100.0, threshold=20.0):
     ``(hbar, hbar.sum(0), gy s(h) summed over rows)`` with ``hbar = [hadj +] gy w_out s'(h)``
     (in ``hadj``'s buffer when given): one pass over ``h`` (and ``hadj``) where torch's ops
     make about eight."""
-    if not isinstance(w_out, torch.Tensor):
-        raise TypeError(f"npht.kernels.mlp_mm: w_out must be a torch.Tensor, got {type(w_out).__name__}")
-    dtype, device = w_out.dtype, w_out.device
-    if dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"npht.kernels.mlp_mm: float32 or float64 only, got {dtype}")
-    if not isinstance(h, torch.Tensor) or h.dim() != 2:
-        raise ValueError(f"npht.kernels.mlp_mm: h must be [M, W], got {_shape(h)}")
-    M, N = h.shape
-    _rows("h", h, M, N, dtype, device, pre_activation=True)
+    dtype, device, (M, N) = _dtype_and_rows("w_out", w_out, "h", h, True)
     if hadj is not None:
         _rows("hadj", hadj, M, N, dtype, device)
     _row("gy", gy, M, dtype, device)
@@ -397,8 +408,7 @@ def _wgrad_kernel(a_ptr, a2_ptr, b_ptr, part_ptr, scalars, M, N, K, rows_per_spl
     k_ok = rk < K
     CT = part_ptr.dtype.element_ty  # compute dtype (a2, or b with PRO_B 1, may be float16)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=CT)
-    r0 = split.to(tl.int64) * rows_per_split
-    r1 = tl.minimum(r0 + rows_per_split, M)
+    r0, r1 = _row_range(split, rows_per_split, M)
     for m0 in range(r0, r1, BLOCK_M):
         rm = m0 + tl.arange(0, BLOCK_M)
         row_ok = rm < r1
@@ -440,15 +450,8 @@ def weight_grad(a, b, *, a_h=None, b_softplus=False, beta=100.0, threshold=20.0,
     gradient without the product's left or right factor written out first (e.g.
     ``gW_l += (d_l s'(h_l))^T dbar`` or ``hbar^T s(h_{l-1})``). Deterministic: per-split
     partial sums, then their sum."""
-    if not isinstance(a, torch.Tensor):
-        raise TypeError(f"npht.kernels.mlp_mm: a must be a torch.Tensor, got {type(a).__name__}")
-    dtype, device = a.dtype, a.device  # the factors' dtype; b (with b_softplus) or a_h may be float16
-    if dtype not in (torch.float32, torch.float64):
-        raise TypeError(f"npht.kernels.mlp_mm: float32 or float64 only, got {dtype}")
-    if not isinstance(b, torch.Tensor) or b.dim() != 2:
-        raise ValueError(f"npht.kernels.mlp_mm: b must be [M, W], got {_shape(b)}")
-    M, K = b.shape
-    _rows("b", b, M, K, dtype, device, pre_activation=b_softplus)
+    # the factors' dtype is a's; b (with b_softplus) or a_h may be float16
+    dtype, device, (M, K) = _dtype_and_rows("a", a, "b", b, b_softplus)
     if a.dim() == 1:
         if a_h is None:
             raise ValueError("npht.kernels.mlp_mm.weight_grad: a broadcast row needs a_h (its rows' factor)")
