@@ -34,12 +34,11 @@ precision is ``"highest"`` (then IEEE float32), as torch's own matmuls do; float
 Accumulation is in float32 (float64 for float64 inputs).
 """
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
+from ._env import block_override as _block_override
 from ._env import interpreter_blocks as _interpreter_blocks
 from .mlp import _derivs, _scalars
 
@@ -150,24 +149,6 @@ def input_precision(dtype: torch.dtype) -> str:
     return "ieee"
 
 
-def _override(var: str, fields: str):
-    """The ints of environment variable ``var`` (``fields``: their names, comma-separated):
-    blocks (the first three) powers of two >= 16, the others powers of two; None if unset."""
-    value = os.environ.get(var)
-    if not value:
-        return None
-    n = len(fields.split(","))
-    try:
-        ints = tuple(int(v) for v in value.split(","))
-    except ValueError:
-        ints = ()
-    if len(ints) != n:
-        raise ValueError(f"{var} must be '{fields}' (ints), got {value!r}")
-    if min(ints[:3]) < 16 or any(v < 1 or v & (v - 1) for v in ints):
-        raise ValueError(f"{var}: blocks must be powers of two >= 16 and the rest powers of two, got {value!r}")
-    return ints
-
-
 def _blocks(N: int, dtype: torch.dtype):
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps). Column blocks of up to 128 (a 256-wide layer
     is two programs per row block); tl.dot needs every block >= 16. Not tuned on a GPU
@@ -179,7 +160,7 @@ def _blocks(N: int, dtype: torch.dtype):
         return 256, bn, 64, 4
     if dtype == torch.float64:
         return 32, min(bn, 64), 16, 4
-    override = _override("NPHT_MLP_MM_BLOCKS", "BM,BN,BK,WARPS")
+    override = _block_override("NPHT_MLP_MM_BLOCKS", "BM,BN,BK,WARPS", (16, 16, 16, 1))
     if override:
         bm, bn_o, bk, warps = override
         return bm, min(bn_o, bn_max), bk, warps
@@ -434,7 +415,7 @@ def _wgrad_blocks(dtype: torch.dtype):
         return 256, 128, 128, 4, 4
     if dtype == torch.float64:
         return 32, 32, 32, 4, 128
-    override = _override("NPHT_MLP_WGRAD_BLOCKS", "BM,BN,BK,WARPS,SPLITS")
+    override = _block_override("NPHT_MLP_WGRAD_BLOCKS", "BM,BN,BK,WARPS,SPLITS", (16, 16, 16, 1, 1))
     if override:
         return override
     # 64 x 64 tiles, 8 warps: with the s'(h) prologue (a third tile per stage) 115 KiB of

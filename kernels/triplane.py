@@ -22,6 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ._env import block_override as _block_override
 from ._env import interpreter_blocks as _interpreter_blocks
 from ._env import interpreting as _interpreting
 
@@ -426,11 +427,19 @@ def _acc_dtype(dtype):
 
 
 def _blocks(BN, C):
+    """(BLOCK_N points, BLOCK_C channels, num_warps). On a GPU ``NPHT_TRIPLANE_BLOCKS=
+    "BLOCK_N,BLOCK_C,WARPS"`` overrides the choice (tools/tune_triplane.py: compiled for
+    sm_90 with C = 32, the default 128 x 32 tile keeps 1-5 KiB per thread in local memory
+    in all three kernels, 128 x 8 with 8 warps none in the forward and backward; no GPU
+    has timed the difference yet)."""
     block_c = min(triton.next_power_of_2(max(int(C), 1)), _MAX_BLOCK_C)
     if _interpreter_blocks():
         # the interpreter's cost is per program and per op, hardly per element
         block_n = min(512, max(16, triton.next_power_of_2(max(int(BN), 1))))
     else:
+        override = _block_override("NPHT_TRIPLANE_BLOCKS", "BLOCK_N,BLOCK_C,WARPS", (16, 1, 1))
+        if override:
+            return override
         block_n = min(128, max(32, 4096 // block_c))
     num_warps = 4 if block_n * block_c <= 2048 else 8
     return block_n, block_c, num_warps

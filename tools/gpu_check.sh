@@ -8,7 +8,8 @@
 # <name>_partial.json after every row, so a call cut off by its time limit still returns its rows.
 # STAGES picks what runs (default all; the build always runs, and is quick when the machine
 # is still warm from a previous call): tests triplane tune render eval (tune: block sizes of
-# the decoder's Triton products, tools/tune_mlp_mm.py). Calls that fit the device's 10-minute
+# the decoder's Triton products, tools/tune_mlp_mm.py, and of the Triton tri-plane kernels,
+# tools/tune_triplane.py). Calls that fit the device's 10-minute
 # limit: STAGES="tests triplane", then STAGES="tune render", then STAGES="eval".
 set -uo pipefail
 STAGES=" ${STAGES:-tests triplane tune render eval} "
@@ -43,6 +44,7 @@ if want triplane && [ -z "${SKIP_TRIPLANE_BENCH:-}" ]; then
   python3 benchmarks/triplane.py --plot --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
 fi
 want tune && python3 tools/tune_mlp_mm.py --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
+want tune && python3 tools/tune_triplane.py --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
 # RENDER_ARGS: extra arguments, e.g. RENDER_ARGS="--methods reference npht npht-fast npht-fast-ckpt"
 want render && python3 benchmarks/render.py --plot --out "$OUT" ${RENDER_ARGS:-} 2>&1 | tee -a "$OUT/bench.log"
 # Evaluation cost (issue 6): the metrics' kd-tree queried on the GPU, and 256^3 mesh extraction

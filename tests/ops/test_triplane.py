@@ -340,3 +340,32 @@ def test_cpu_gradients_do_not_depend_on_the_thread_count():
     finally:
         torch.set_num_threads(threads)
     assert all(torch.equal(a, b) for a, b in zip(*got))
+
+
+def test_triton_block_override(monkeypatch):
+    """NPHT_TRIPLANE_BLOCKS (tools/tune_triplane.py) picks the Triton kernels' GPU blocks;
+    values and gradients unchanged; a malformed value is a clear error."""
+    from _backends import require_backend
+
+    dev = require_backend("triton")
+    from npht.kernels import triplane as kt
+
+    monkeypatch.setenv("NPHT_TRITON_GPU_BLOCKS", "1")  # the GPU's choice, even when interpreting
+    default = kt._blocks(1000, 32)
+    monkeypatch.setenv("NPHT_TRIPLANE_BLOCKS", "32,8,2")
+    assert kt._blocks(1000, 32) == (32, 8, 2) != default
+    g = torch.Generator().manual_seed(0)
+    planes = (torch.randn(2, 3, 11, 9, 7, generator=g)).to(dev).requires_grad_()
+    points = (torch.rand(2, 77, 3, generator=g) * 2.2 - 1.1).to(dev).requires_grad_()
+    out = npht.triplane_sample(planes, points, backend="triton")
+    want = reference(planes, points)
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    go = torch.randn_like(out)
+    got = torch.autograd.grad(out, (planes, points), go)
+    ref = torch.autograd.grad(want, (planes, points), go)
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    for bad in ("32,8", "8,8,4", "32,3,4", "32,8,x"):
+        monkeypatch.setenv("NPHT_TRIPLANE_BLOCKS", bad)
+        with pytest.raises(ValueError, match="NPHT_TRIPLANE_BLOCKS"):
+            kt._blocks(1000, 32)
