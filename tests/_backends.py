@@ -1,6 +1,7 @@
-"""Backend helpers of the op tests (importable as `_backends`: the sub-folders' conftest.py
-files shadow the name `conftest`)."""
+"""Backend helpers of the op tests, and a loader of the repository's scripts (importable as
+`_backends`: the sub-folders' conftest.py files shadow the name `conftest`)."""
 
+import importlib.util
 import os
 
 import pytest
@@ -10,6 +11,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import npht
 
 IN_CI = bool(os.environ.get("CI"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_script(folder: str, name: str):
+    """The module of ``<repository>/<folder>/<name>.py`` (benchmarks/, tools/: scripts, not a
+    package), loaded by path."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, folder, f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def backend_device(backend: str) -> torch.device:

@@ -2,22 +2,19 @@
 constexpr value) pair, in few launches."""
 
 import ast
-import importlib.util
 import os
 import pickle
 import subprocess
 import sys
 
 import pytest
+from _backends import load_script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("triton_check", os.path.join(ROOT, "tools", "triton_check.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("tools", "triton_check")
 
 
 def _launch(name, dtype, **constexprs):

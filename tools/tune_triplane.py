@@ -15,13 +15,11 @@ thread in local memory in all three kernels (``make triton-check`` prints it); 1
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from tune_mlp_mm import _bench  # noqa: E402  (benchmarks/triplane.py, loaded by path)
+from _tune import config, load_bench, parser, timed_row, write_result  # noqa: E402
 
 CONFIGS = ["128,8,8", "128,8,4", "128,4,4", "256,8,8", "64,32,8"]
 TASKS = ("fwd", "fwd_bwd", "eikonal_op")
@@ -29,52 +27,25 @@ VAR = "NPHT_TRIPLANE_BLOCKS"
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="cuda")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--reps", type=int, default=7)
+    p = parser(__doc__, reps=7)
     p.add_argument("--configs", nargs="+", default=CONFIGS, help="BLOCK_N,BLOCK_C,WARPS candidates")
     p.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    p.add_argument("--out", default=None)
-    p.add_argument("--B", type=int, default=None, help="batch (default: the benchmark's)")
     p.add_argument("--N", type=int, default=None, help="points per batch (default: the benchmark's)")
     args = p.parse_args(argv)
-    bench = _bench()
-    cfg = bench.default_config(args.device, args.quick)
-    for key in ("B", "N"):
-        if getattr(args, key) is not None:
-            cfg[key] = getattr(args, key)
+    bench = load_bench()
+    cfg = config(bench, args, "N")
     rows = []
 
     def timed(task, method, blocks=None):
-        os.environ.pop(VAR, None)
-        if blocks is not None:
-            os.environ[VAR] = blocks
-        row = {"task": task, "method": method, "blocks": blocks}
-        try:
-            step, _ = bench.make_step(method, task, cfg, args.device)
-            row.update(bench.time_step(step, args.device, args.reps))
-        except Exception as exc:  # a config that does not compile or run: recorded, not fatal
-            row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-        finally:
-            os.environ.pop(VAR, None)
-        print(f"{task:11s} {method:12s} {blocks or '-':10s} {row.get('median_ms', float('nan')):9.3f} ms "
-              f"{row.get('error', '')}", flush=True)
-        rows.append(row)
+        rows.append({"task": task, **timed_row(bench, task, method, cfg, args.device, args.reps, (VAR,), VAR,
+                                               blocks)})
 
     for task in args.tasks:
         timed(task, "reference")
         timed(task, "npht-triton")  # the default blocks
         for blocks in args.configs:
             timed(task, "npht-triton", blocks)
-    result = {"config": cfg, "device": bench.device_name(args.device), "torch": bench.torch.__version__,
-              "commit": bench.git_commit(), "rows": rows}
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "tune_triplane.json"), "w") as f:
-            json.dump(result, f, indent=1)
-    return result
-
+    return write_result(bench, args.device, cfg, rows, args.out, "tune_triplane.json")
 
 if __name__ == "__main__":
     main()

@@ -445,7 +445,7 @@ def _check(x, weights, biases, beta, threshold, chunk_size):
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 1:
-        raise ValueError(f"x must be [..., D], got a 0-d tensor")
+        raise ValueError("x must be [..., D], got a 0-d tensor")
     weights, biases = list(weights), list(biases)
     if len(weights) < 2:
         raise ValueError(f"weights must hold at least 2 layers (one softplus), got {len(weights)}")

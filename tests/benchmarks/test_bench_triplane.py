@@ -1,22 +1,17 @@
 """The benchmark runs end to end at tiny sizes, writes valid JSON, and the README report
 renders it."""
 
-import importlib.util
 import json
 import os
 
 import pytest
+from _backends import load_script
 
 from npht.reference import grid_sample_has_double_backward
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def load(name):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "benchmarks", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks", name)
 
 
 def test_triplane_benchmark_smoke(tmp_path):
