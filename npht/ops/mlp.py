@@ -15,9 +15,9 @@ per node. Here the three passes are explicit:
   ``ebar_l * d_l * s''(h_l)`` to ``hbar_l``), then a sweep down for the adjoint of the
   forward pass. Weight gradients of both passes are accumulated with ``addmm_``.
 
-Only the pre-activations ``h_l`` are kept (one ``[M, width]`` tensor per hidden layer),
-or nothing at all with ``checkpoint=True``, or also the reverse pass' ``d_l`` with
-``keep_gradient_pass=True``. The backward runs in chunks of ``chunk_size`` rows: it
+Only the pre-activations ``h_l`` are kept (one ``[M, width]`` tensor per hidden layer;
+float16 with ``h_dtype=torch.float16`` and Triton products), or nothing at all with
+``checkpoint=True``, or also the reverse pass' ``d_l`` with ``keep_gradient_pass=True``. The backward runs in chunks of ``chunk_size`` rows: it
 recomputes the chunk's reverse pass (unless kept; and with ``checkpoint`` its
 pre-activations), so its working memory is a few chunk-sized temporaries whatever the
 number of points.
