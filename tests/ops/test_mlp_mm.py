@@ -192,7 +192,9 @@ def test_triton_h_float16_saves_half(tdev):
     w, w_r, bias = r(N, K), r(K, N), r(N)
     h16k, h16n = (r(M, K) * 0.3).half(), (r(M, N) * 0.3).half()
     hk, hn = h16k.float(), h16n.float()
-    exact = dict(rtol=0, atol=0)
+    # interpreted: bit for bit; compiled, the float16 and float32 specialisations are separate
+    # kernels, which may order a product's partial sums differently
+    exact = dict(rtol=0, atol=0) if tdev.type == "cpu" else dict(rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(mm.linear(h16k, w, bias, softplus_input=True), mm.linear(hk, w, bias, softplus_input=True),
                                **exact)
     out = mm.linear(hk, w, bias, out_dtype=torch.float16)
