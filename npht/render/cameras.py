@@ -283,6 +283,14 @@ def ray_box_bounds(origins: torch.Tensor, dirs: torch.Tensor, half_extent=1.0):
     return near, far, hit
 
 
+def ray_bounds(origins: torch.Tensor, dirs: torch.Tensor, radius: float = 1.0, box=None):
+    """:func:`ray_box_bounds` with ``half_extent=box`` when a box is given, else
+    :func:`ray_sphere_bounds` with ``radius``: the renderers' bounding volume."""
+    if box is not None:
+        return ray_box_bounds(origins, dirs, box)
+    return ray_sphere_bounds(origins, dirs, radius)
+
+
 def world_normals_to_camera(normals: torch.Tensor, cameras: Cameras, convention: str = "opengl") -> torch.Tensor:
     """World-space normal maps ``[B, H, W, 3]`` -> camera space, in ``"opencv"`` (x right,
     y down, z forward) or ``"opengl"`` (x right, y up, z backward: what pyrender's ground

@@ -13,8 +13,7 @@ from typing import Callable, Optional
 import torch
 
 from npht.reference.render import composite
-from npht.render.cameras import (Cameras, _shape, generate_rays, ray_box_bounds, ray_sphere_bounds,
-                                 world_normals_to_camera)
+from npht.render.cameras import Cameras, _shape, generate_rays, ray_bounds, world_normals_to_camera
 from npht.render.density import LaplaceDensity
 from npht.render.sampler import ErrorBoundSampler
 
@@ -86,10 +85,7 @@ def render_reference(sdf_fn: Callable, cameras: Cameras, density: LaplaceDensity
     origins, dirs = generate_rays(cameras)
     origins, dirs = origins.reshape(B, H * W, 3), dirs.reshape(B, H * W, 3)
     probe_sdf_batch(sdf_fn, origins, B)
-    if bound_box is not None:
-        near, far, hit = ray_box_bounds(origins, dirs, bound_box)
-    else:
-        near, far, hit = ray_sphere_bounds(origins, dirs, bound_radius)
+    near, far, hit = ray_bounds(origins, dirs, bound_radius, bound_box)
     # rays missing the bounds: a zero-length segment at the closest approach; they are
     # masked out of the result (the reference still evaluates them, as the thesis did)
     z = sampler(sdf_fn, origins, dirs, near, far, density.get_beta(), training=training,

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from npht.ops.composite import volume_composite
-from npht.render.cameras import Cameras, _half_extent, generate_rays, ray_box_bounds, ray_sphere_bounds, world_normals_to_camera
+from npht.render.cameras import Cameras, _half_extent, generate_rays, ray_bounds, world_normals_to_camera
 from npht.render.density import LaplaceDensity
 from npht.render.renderer import check_density, probe_sdf_batch, sdf_and_gradient_autograd
 from npht.render.sampler import ErrorBoundSampler, evaluate_sdf, pad_by_batch
@@ -184,9 +184,7 @@ class VolSDFRenderer:
 
     def _bounds(self, origins, dirs):
         """(near, far, hit) of the rays in the bounding box, or else the bounding sphere."""
-        if self.bound_box is not None:
-            return ray_box_bounds(origins, dirs, self.bound_box)
-        return ray_sphere_bounds(origins, dirs, self.bound_radius)
+        return ray_bounds(origins, dirs, self.bound_radius, self.bound_box)
 
     def _sample(self, sdf_fn, origins, dirs, near, far, active, training, generator):
         """Error-bound sampling of the active rays only (padded per batch element with
