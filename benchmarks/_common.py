@@ -8,22 +8,10 @@ import statistics
 import subprocess
 import threading
 import time
-from contextlib import contextmanager
 
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-@contextmanager
-def matmul_precision(precision: str):
-    """``torch.set_float32_matmul_precision`` for a block (``"high"``: TF32 on the GPU)."""
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(precision)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(old)
 
 
 def sync(device):

@@ -61,6 +61,7 @@ import torch
 import torch.nn.functional as F
 
 import npht
+from npht import matmul_precision
 from npht.models import TriplaneDecoder
 from npht.reference import grid_sample_has_double_backward
 from npht.reference import triplane_sample as reference_sample
@@ -73,7 +74,6 @@ from _common import (  # noqa: E402
     device_name,
     git_commit,
     base_parser,
-    matmul_precision,
     time_step,
     triton_version,
     write_result,

@@ -49,6 +49,7 @@ import sys
 import torch
 
 import npht
+from npht import matmul_precision
 from npht.models import TriplaneDecoder
 from npht.reference import eg3d_sample_from_planes, grid_sample_has_double_backward
 from npht.reference import triplane_sample as reference_sample
@@ -59,7 +60,6 @@ from _common import (  # noqa: E402
     cuda_peak_during,
     device_name,
     git_commit,
-    matmul_precision,
     rss_peak_during,
     time_interleaved,
     time_step,

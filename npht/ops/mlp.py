@@ -41,18 +41,43 @@ Registered with torch.library: ``npht::softplus_mlp_grad`` (forward, its autogra
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import numbers
-from typing import List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from ._backend import kernels, resolve_backend
 
-__all__ = ["softplus_mlp_with_grad"]
+__all__ = ["matmul_precision", "softplus_mlp_with_grad"]
 
 DEFAULT_CHUNK = 1 << 18
+
+PRECISIONS = ("highest", "high", "medium")
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str) -> Iterator[None]:
+    """``torch.set_float32_matmul_precision(precision)`` for a block, restored after it (also
+    on an exception). ``"high"``: float32 products in TF32 on a GPU, torch's and
+    ``softplus_mlp_with_grad(matmul="triton")``'s alike (both read the setting when they
+    run, so a backward must run inside the block too); ``"highest"``: IEEE float32.
+    For example, an eikonal step in TF32::
+
+        with npht.matmul_precision("high"):
+            _, grad = decoder.sdf_and_gradient(planes, points)
+            ((grad.norm(dim=-1) - 1) ** 2).mean().backward()
+    """
+    if not isinstance(precision, str) or precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
 
 
 def _sp1(g: torch.Tensor, h: torch.Tensor, beta: float, threshold: float) -> torch.Tensor:

@@ -22,6 +22,10 @@ Presets (``TrainConfig.preset(name, **overrides)``):
   about 3000 steps on the demo's 14 training identities.
 * ``npm``: the NPM baseline (8 x 1024 DeepSDF), 3D losses only (NPM weights of 5.2.2),
   batch 32.
+
+The fused decoder gradient's fast paths are off in every preset (not timed on a GPU yet):
+``fused_matmul="triton"``, ``fused_h16``, ``fused_keep`` and ``tf32`` (TF32 where gradients
+are computed); :meth:`TrainConfig.check` refuses contradicting settings.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
+
+import torch
 
 from .losses import LossWeights
 
@@ -76,6 +82,13 @@ class TrainConfig:
     skip_converged: bool = False         # the sampler stops refining rays that meet eps
     fused_gradient: bool = False         # fused decoder value+gradient (3D terms and shading)
     fused_checkpoint: bool = False       # ... keeping nothing for the backward in the shading pass (memory)
+    fused_matmul: str = "torch"          # ... its products: "torch" | "triton" (elementwise steps fused in; GPU)
+    fused_h16: bool = False              # ... its pre-activations stored in float16 (needs fused_matmul="triton")
+    fused_keep: bool = False             # ... the 3D terms keep its gradient pass (memory for one product less)
+    # TF32 (torch's "high" float32 matmul precision) where gradients are computed: the 3D
+    # terms' SDF and gradient, the shading pass and the backward; the sampler's no-grad SDF
+    # evaluations stay IEEE float32 (TF32 there moves unconverged rays' samples: README)
+    tf32: bool = False
     # L_nmr over every pixel (GT background 0: a rendering with fog or floaters in the
     # background is penalised, eq. 4.6's whole-map L1); True: the GT mask's pixels only
     nmr_masked: bool = False
@@ -100,6 +113,35 @@ class TrainConfig:
     image_every: int = 500               # steps (0: never)
     log_every: int = 1
     progress: bool = True
+
+    def check(self) -> "TrainConfig":
+        """Raises ValueError for settings that contradict each other (the fused decoder
+        gradient's options without it, float16 pre-activations without Triton products);
+        returns self."""
+        if self.fused_matmul not in ("torch", "triton"):
+            raise ValueError(f"fused_matmul must be 'torch' or 'triton', got {self.fused_matmul!r}")
+        fused_opts = [k for k in ("fused_checkpoint", "fused_h16", "fused_keep") if getattr(self, k)]
+        if self.fused_matmul != "torch":
+            fused_opts.append("fused_matmul")
+        if fused_opts and not self.fused_gradient:
+            raise ValueError(f"{', '.join(fused_opts)} configure the fused decoder gradient: set fused_gradient=True "
+                             f"(npht train identity --fused-gradient)")
+        fast = [k for k in fused_opts if k != "fused_checkpoint"]  # (bf16 on a preset with it stays allowed)
+        if fast and self.model != "triplane":
+            raise ValueError(f"{', '.join(fast)} configure the tri-plane decoder's fused gradient; the {self.model!r} "
+                             f"model computes its gradient with autograd")
+        if fast and self.bf16:
+            raise ValueError(f"bf16 runs the decoder's gradient through autograd (the fused gradient takes "
+                             f"float32): {', '.join(fast)} would have no effect")
+        if self.fused_h16 and self.fused_matmul != "triton":
+            raise ValueError("fused_h16 stores the pre-activations in the Triton products' kernels: "
+                             "set fused_matmul='triton'")
+        return self
+
+    def fused_kwargs(self) -> dict:
+        """:meth:`npht.models.TriplaneDecoder.sdf_and_gradient`'s options of the fused gradient."""
+        return dict(mlp_matmul=self.fused_matmul, mlp_h_dtype=torch.float16 if self.fused_h16 else None,
+                    mlp_keep_gradient_pass=self.fused_keep)
 
     @property
     def uses_2d(self) -> bool:

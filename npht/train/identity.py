@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..ops._backend import resolve_backend
+from ..ops.mlp import matmul_precision
 from .checkpoint import CheckpointedRun, resume_or_preset_config
 from .runlog import train_loop
 from .config import PRESETS, TrainConfig
@@ -210,10 +212,12 @@ class IdentityTrainer(CheckpointedRun):
         from ..models import Discriminator
         from ..render import LaplaceDensity
 
-        self.cfg = cfg = config
+        self.cfg = cfg = config.check()
         self.out_dir = os.fspath(out_dir)
         os.makedirs(self.out_dir, exist_ok=True)
         self.device = torch.device(cfg.device)
+        if cfg.fused_matmul == "triton" and cfg.model == "triplane":
+            resolve_backend("triton", self.device)  # fails here, not at the first step, where Triton cannot run
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.rank, self.world = _dist()
@@ -298,11 +302,17 @@ class IdentityTrainer(CheckpointedRun):
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def _precision(self):
+        """TF32 (``cfg.tf32``) for the gradient computations, else the caller's setting."""
+        return matmul_precision("high") if self.cfg.tf32 else contextlib.nullcontext()
+
     def _sdf_grad(self, planes, idx, pts):
-        if self.cfg.model == "npm":
-            return self.model.sdf_and_gradient(pts, idx)
-        return self.model.decoder.sdf_and_gradient(planes, pts, fused=self.cfg.fused_gradient and not self.cfg.bf16,
-                                                   **self.model.sample_kwargs)
+        cfg = self.cfg
+        with self._precision():
+            if cfg.model == "npm":
+                return self.model.sdf_and_gradient(pts, idx)
+            return self.model.decoder.sdf_and_gradient(planes, pts, fused=cfg.fused_gradient and not cfg.bf16,
+                                                       **cfg.fused_kwargs(), **self.model.sample_kwargs)
 
     def render_maps(self, planes, batch) -> torch.Tensor:
         """Normal maps ``[B, V, H, W, 3]`` (OpenGL camera frame) of each identity seen
@@ -320,7 +330,9 @@ class IdentityTrainer(CheckpointedRun):
         grad_fn = None
         if cfg.fused_gradient and not cfg.bf16:
             def grad_fn(p):
-                return dec.sdf_and_gradient(rep, p, fused=True, checkpoint=cfg.fused_checkpoint, **kw)
+                with self._precision():
+                    return dec.sdf_and_gradient(rep, p, fused=True, checkpoint=cfg.fused_checkpoint,
+                                                **cfg.fused_kwargs(), **kw)
         out = render(lambda p: dec.sdf(rep, p, **kw), cams, cfg.render_resolution, density=self.density,
                      training=cfg.render_jitter, generator=self.gen, convention="opengl", sampler=sampler,
                      weight_threshold=cfg.weight_threshold, gradient_fn=grad_fn,
@@ -403,7 +415,8 @@ class IdentityTrainer(CheckpointedRun):
         terms, maps = self.step_module(batch, weights)
         self.opt.zero_grad(set_to_none=True)
         self.opt_codes.zero_grad(set_to_none=True)
-        terms["total"].backward()          # DDP averages the dense gradients over the ranks
+        with self._precision():
+            terms["total"].backward()      # DDP averages the dense gradients over the ranks
         if self.world > 1:
             for p in self.code_params:
                 _reduce_sparse_grad(p, self.world)
@@ -529,6 +542,17 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--seed", type=int)
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--tf32", action="store_true",
+                   help="TF32 matmuls in the gradient computations (the sampler stays float32)")
+    p.add_argument("--fused-gradient", action="store_true",
+                   help="the decoder's value and gradient from npht.softplus_mlp_with_grad (presets but thesis-64 "
+                        "and npm have it)")
+    p.add_argument("--fused-matmul", choices=("torch", "triton"),
+                   help="the fused decoder gradient's products (triton: elementwise steps fused in; GPU)")
+    p.add_argument("--fused-h16", action="store_true",
+                   help="float16 pre-activations in the fused gradient (with --fused-matmul triton)")
+    p.add_argument("--fused-keep", action="store_true",
+                   help="the 3D terms keep the fused gradient's gradient pass (memory for time)")
     p.add_argument("--ckpt-every", type=int)
     p.add_argument("--image-every", type=int)
     p.add_argument("--no-progress", action="store_true")
@@ -544,8 +568,11 @@ def train_identity_main(args) -> int:
                  ("ckpt_every", "ckpt_every"), ("image_every", "image_every")):
         if getattr(args, a, None) is not None:
             over[k] = getattr(args, a)
-    if args.bf16:
-        over["bf16"] = True
+    for flag in ("bf16", "tf32", "fused_gradient", "fused_h16", "fused_keep"):
+        if getattr(args, flag, False):
+            over[flag] = True
+    if getattr(args, "fused_matmul", None):
+        over["fused_matmul"] = args.fused_matmul
     if args.no_progress:
         over["progress"] = False
     cfg = resume_or_preset_config(TrainConfig, args, over, "cpu-demo")

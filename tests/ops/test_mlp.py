@@ -413,3 +413,23 @@ def test_keep_gradient_pass_errors():
         npht.softplus_mlp_with_grad(x, weights, biases, keep_gradient_pass=True, checkpoint=True)
     with pytest.raises(TypeError, match="keep_gradient_pass must be a bool"):
         npht.softplus_mlp_with_grad(x, weights, biases, keep_gradient_pass=1)
+
+
+def test_matmul_precision_context():
+    """npht.matmul_precision sets torch's float32 matmul precision for a block and restores
+    it, also when the block raises; unknown settings are a ValueError."""
+    before = torch.get_float32_matmul_precision()
+    with npht.matmul_precision("high"):
+        assert torch.get_float32_matmul_precision() == "high"
+        with npht.matmul_precision("highest"):
+            assert torch.get_float32_matmul_precision() == "highest"
+        assert torch.get_float32_matmul_precision() == "high"
+    assert torch.get_float32_matmul_precision() == before
+    with pytest.raises(RuntimeError, match="inside"):
+        with npht.matmul_precision("medium"):
+            raise RuntimeError("inside")
+    assert torch.get_float32_matmul_precision() == before
+    for bad in ("tf32", None, 1):
+        with pytest.raises(ValueError, match="precision must be one of"):
+            with npht.matmul_precision(bad):
+                pass

@@ -276,3 +276,99 @@ def test_resume_refuses_other_settings_and_the_cli_takes_the_runs_own(data_root,
     assert main(["train", "identity", "--data", data_root, "--out", str(npm), "--max-steps", "1", "--no-progress",
                  "--resume"]) == 0
     assert load_checkpoint(str(npm / "checkpoint.pt"))["global_step"] == 2
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(fused_matmul="cublas"), "fused_matmul must be 'torch' or 'triton'"),
+    (dict(fused_gradient=False, fused_matmul="triton"), r"fused_matmul configure .*set fused_gradient=True"),
+    (dict(fused_gradient=False, fused_checkpoint=True), "fused_checkpoint configure"),
+    (dict(fused_h16=True), "fused_h16 stores .*set fused_matmul='triton'"),
+    (dict(fused_keep=True, bf16=True), "bf16 runs the decoder's gradient through autograd"),
+    (dict(model="npm", fused_gradient=True, fused_keep=True), "'npm' model computes its gradient with autograd"),
+])
+def test_fused_gradient_options_are_checked(data_root, tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg(**bad).check()
+    with pytest.raises(ValueError, match=match):
+        IdentityTrainer(_cfg(**bad), data_root, tmp_path)
+    # a preset's checkpointed shading pass stays allowed with bf16 (it then runs autograd)
+    assert TrainConfig.preset("npht-256", bf16=True).check().bf16
+
+
+def test_step_with_triton_products_float16_h_and_tf32(data_root, tmp_path, monkeypatch):
+    """fused_matmul="triton", fused_h16, fused_keep and tf32 reach the decoder's fused
+    gradient in the 3D terms and in the shading pass, TF32 ("high") holds in both and in the
+    backward (the Triton products read it at launch) and is restored after the step; the
+    sampler's no-grad SDF evaluations stay in IEEE float32; the step's terms and gradients
+    match the torch-product step's to float16-storage rounding."""
+    import npht.render
+    from npht.ops._backend import kernels
+
+    mm = kernels("triton", "mlp_mm")
+    fast = dict(fused_matmul="triton", fused_h16=True, fused_keep=True, tf32=True)
+    rows, grads = {}, {}
+    for name, kw in (("torch", {}), ("fast", fast)):
+        torch.manual_seed(0)
+        # a checkpointed shading pass (npht-256's) beside the 3D terms' kept one
+        tr = IdentityTrainer(_cfg(fused_checkpoint=True, **kw), data_root, tmp_path / name)
+        calls, launches, sdf_calls = [], [], []
+        dec = tr.model.decoder
+        sdf_and_gradient, sdf, launch = dec.sdf_and_gradient, dec.sdf, mm._launch
+
+        def spy_grad(*args, **kwargs):
+            calls.append((kwargs.get("mlp_matmul"), kwargs.get("mlp_h_dtype"), kwargs.get("mlp_keep_gradient_pass"),
+                          kwargs.get("checkpoint", False), torch.get_float32_matmul_precision()))
+            return sdf_and_gradient(*args, **kwargs)
+
+        def spy_sdf(*args, **kwargs):
+            sdf_calls.append(torch.get_float32_matmul_precision())
+            return sdf(*args, **kwargs)
+
+        def spy_launch(*args, **kwargs):
+            launches.append(torch.get_float32_matmul_precision())
+            return launch(*args, **kwargs)
+
+        monkeypatch.setattr(dec, "sdf_and_gradient", spy_grad)
+        monkeypatch.setattr(dec, "sdf", spy_sdf)
+        monkeypatch.setattr(mm, "_launch", spy_launch)
+        rows[name] = tr.step(_batch(tr))
+        monkeypatch.undo()
+        grads[name] = {k: p.grad.to_dense() for k, p in tr.model.named_parameters() if p.grad is not None}
+        assert torch.get_float32_matmul_precision() == "highest"  # restored
+        assert sdf_calls and set(sdf_calls) == {"highest"}        # the sampler's SDF: IEEE float32
+        if name == "torch":
+            assert {c[:3] for c in calls} == {("torch", None, False)} and not launches
+            continue
+        # the 3D terms (keep) and the shading pass (checkpointed: keep does not apply there)
+        assert {c[:4] for c in calls} == {("triton", torch.float16, True, False),
+                                          ("triton", torch.float16, True, True)}
+        assert {c[4] for c in calls} == {"high"}
+        # forward and backward launches of the Triton products, all under TF32
+        assert len(launches) > 10 and set(launches) == {"high"}
+    assert rows["torch"].keys() == rows["fast"].keys()
+    for k, v in rows["torch"].items():
+        if k != "time":
+            assert rows["fast"][k] == pytest.approx(v, rel=2e-3, abs=1e-6), k
+    # the step's gradients (torch products vs Triton ones with float16 pre-activations: 1.8e-3 at most
+    # on this config; the Triton products alone in float32 match to rounding)
+    assert grads["torch"].keys() == grads["fast"].keys() and len(grads["torch"]) > 10
+    for k, g in grads["torch"].items():
+        assert float((grads["fast"][k] - g).norm()) <= 1e-2 * float(g.norm()), k
+
+
+def test_cli_fused_options(data_root, tmp_path):
+    """`npht train identity --fused-gradient --fused-matmul triton --fused-h16 --tf32` sets the
+    config (saved in the checkpoint); these settings may change on --resume (how it runs)."""
+    from npht.cli import main
+    from npht.train.checkpoint import load_checkpoint
+
+    out = str(tmp_path / "run")
+    args = ["train", "identity", "--preset", "thesis-64", "--data", data_root, "--out", out, "--max-steps", "1",
+            "--no-progress", "--epochs", "0", "1", "1", "--batch-size", "2"]
+    assert main(args + ["--fused-gradient", "--fused-matmul", "triton", "--fused-h16", "--fused-keep", "--tf32"]) == 0
+    cfg = load_checkpoint(os.path.join(out, "checkpoint.pt"))["config"]
+    assert (cfg["fused_gradient"], cfg["fused_matmul"], cfg["fused_h16"], cfg["fused_keep"], cfg["tf32"]) == \
+        (True, "triton", True, True, True)
+    assert main(args + ["--fused-gradient", "--resume"]) == 0  # back to torch products, float32
+    s = load_checkpoint(os.path.join(out, "checkpoint.pt"))
+    assert s["global_step"] == 2 and s["config"]["fused_matmul"] == "torch" and not s["config"]["tf32"]
