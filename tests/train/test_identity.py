@@ -301,7 +301,6 @@ def test_step_with_triton_products_float16_h_and_tf32(data_root, tmp_path, monke
     backward (the Triton products read it at launch) and is restored after the step; the
     sampler's no-grad SDF evaluations stay in IEEE float32; the step's terms and gradients
     match the torch-product step's to float16-storage rounding."""
-    import npht.render
     from npht.ops._backend import kernels
 
     mm = kernels("triton", "mlp_mm")
