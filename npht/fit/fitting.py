@@ -373,7 +373,8 @@ def fit_normal_maps(model: nn.Module, cameras, target_normals: torch.Tensor, mas
                     init: Optional[torch.Tensor] = None, seed: int = 0, progress: bool = True,
                     views_per_chunk: Optional[int] = None, tile: Optional[int] = None, convention: str = "opengl",
                     jitter: bool = False,
-                    renderer_options: Optional[dict] = None) -> FitResult:
+                    renderer_options: Optional[dict] = None,
+                    fused_gradient: Optional[dict] = None) -> FitResult:
     """Fit one identity code to ground-truth normal maps through npht's VolSDF renderer
     with the L1 normal-map loss (eq. 4.6, :func:`npht.train.losses.normal_map_loss`) plus
     ``lambda_id ||z||^2``.
@@ -398,6 +399,12 @@ def fit_normal_maps(model: nn.Module, cameras, target_normals: torch.Tensor, mas
         jitter: randomise the renderer's sampling (VolSDF's training mode) with a
             generator seeded by ``seed``; off: deterministic samples.
         renderer_options: further :class:`npht.render.VolSDFRenderer` fields.
+        fused_gradient: tri-plane models: the shaded samples' SDF and normals from the
+            decoder's fused value and gradient (``model.decoder.sdf_and_gradient(...,
+            fused=True, **fused_gradient)``: ``{}``, or options such as
+            ``{"checkpoint": True}`` for memory or ``{"mlp_matmul": "triton",
+            "mlp_h_dtype": torch.float16}`` on a GPU) instead of autograd through the
+            decoder; ``None`` (default): autograd. The same numbers to float32 rounding.
 
     >>> import torch
     >>> from npht.models import NPMBaseline
@@ -431,6 +438,19 @@ def fit_normal_maps(model: nn.Module, cameras, target_normals: torch.Tensor, mas
         raise ValueError(f"views_per_chunk must be a positive int or None, got {views_per_chunk!r}")
     if tile is not None and (not isinstance(tile, int) or tile < 1):
         raise ValueError(f"tile must be a positive int or None, got {tile!r}")
+    triplane = hasattr(model, "planes") and hasattr(model, "decoder")
+    if fused_gradient is not None:
+        if not isinstance(fused_gradient, dict):
+            raise TypeError(f"fused_gradient must be None or a dict of sdf_and_gradient options, "
+                            f"got {type(fused_gradient).__name__}")
+        if not triplane:
+            raise ValueError(f"fused_gradient needs a tri-plane model (planes and decoder), got "
+                             f"{type(model).__name__}")
+        if "gradient_fn" in (renderer_options or {}):
+            raise ValueError("fused_gradient sets the renderer's gradient_fn: do not pass one in renderer_options")
+        reserved = {"fused", "planes", "points"} & set(fused_gradient)
+        if reserved:
+            raise ValueError(f"fused_gradient must not set {sorted(reserved)} (the fit passes them)")
     device = cameras.device
     unit_id = _code_scale(model, schedule)
     target = target_normals.detach().to(device=device, dtype=torch.float32)
@@ -462,7 +482,6 @@ def fit_normal_maps(model: nn.Module, cameras, target_normals: torch.Tensor, mas
         K[:, 0, 2] -= x
         K[:, 1, 2] -= y
         return Cameras(K, cams.cam2world, h, w)
-    triplane = hasattr(model, "planes") and hasattr(model, "decoder")
 
     def step(i):
         data_total = 0.0
@@ -478,11 +497,16 @@ def fit_normal_maps(model: nn.Module, cameras, target_normals: torch.Tensor, mas
 
                 def sdf_fn(p, rep=rep, dec=dec, kw=kw):
                     return dec.sdf(rep, p, **kw)
+                render_v = renderer
+                if fused_gradient is not None:
+                    def grad_fn(p, rep=rep, dec=dec, kw=kw):
+                        return dec.sdf_and_gradient(rep, p, fused=True, **fused_gradient, **kw)
+                    render_v = replace(renderer, gradient_fn=grad_fn)
             else:
-                sdf_fn = model.sdf_fn(z.expand(v, -1))
+                sdf_fn, render_v = model.sdf_fn(z.expand(v, -1)), renderer
             for (y, x, h, w) in tiles:
                 cams = crop(cams_r[idx], y, x, h, w) if (h, w) != (R, R) else cams_r[idx]
-                out = renderer(sdf_fn, cams, None, training=jitter, generator=gen, convention=convention)
+                out = render_v(sdf_fn, cams, None, training=jitter, generator=gen, convention=convention)
                 tgt = target[idx][:, y:y + h, x:x + w]
                 m = None if mask is None else mask[idx][:, y:y + h, x:x + w]
                 part = normal_map_loss(out.normals, tgt, m, reduction="sum") / count

@@ -197,6 +197,57 @@ def test_fit_normal_maps_errors(tiny_id):
         fit_normal_maps(model, None, torch.zeros(2, 8, 8, 3), progress=False)
 
 
+@pytest.mark.parametrize("options", [{}, {"checkpoint": True}, {"mlp_matmul": "triton"}])
+def test_fit_normal_maps_fused_gradient(tiny_id, monkeypatch, options):
+    """fused_gradient shades through the decoder's fused value and gradient (with its options)
+    and fits what autograd's normals fit, to float32 rounding."""
+    from npht.render import ErrorBoundSampler, LaplaceDensity, fibonacci_cameras, render
+
+    if options.get("mlp_matmul") == "triton":
+        from _backends import require_backend
+        require_backend("triton")
+    model = tiny_id()
+    cams = fibonacci_cameras(2, resolution=12)
+    density = LaplaceDensity(beta=0.01)
+    opts = dict(sampler=ErrorBoundSampler(16, 16, 16, 0.1, 5, 5))
+    with torch.no_grad():
+        target = render(model.sdf_fn(Z_STAR.expand(2, -1)), cams, 12, density=density, convention="opengl", **opts)
+    masks = target.opacity > 0.5
+    kw = dict(density=density, schedule=FitSchedule(iterations=3, lr=0.05, lambda_id=0.0, milestones=()),
+              init=torch.zeros(3), progress=False, renderer_options=opts)
+    plain = fit_normal_maps(model, cams, target.normals, masks, **kw)
+    seen, sdf_and_gradient = [], model.decoder.sdf_and_gradient
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return sdf_and_gradient(*args, **kwargs)
+
+    monkeypatch.setattr(model.decoder, "sdf_and_gradient", spy)
+    fused = fit_normal_maps(model, cams, target.normals, masks, fused_gradient=options, **kw)
+    assert seen and all(k["fused"] and all(k[o] == v for o, v in options.items()) for k in seen)
+    assert plain.history["data"][0] > 0
+    for a, b in zip(plain.history["data"], fused.history["data"]):
+        assert b == pytest.approx(a, rel=2e-5)
+    torch.testing.assert_close(fused.code, plain.code, atol=1e-5, rtol=0)
+    assert not torch.equal(fused.code, kw["init"][None])
+
+
+def test_fit_normal_maps_fused_gradient_errors(tiny_id):
+    from npht.render import fibonacci_cameras
+
+    model, cams, target = tiny_id(), fibonacci_cameras(2, resolution=8), torch.zeros(2, 8, 8, 3)
+    with pytest.raises(TypeError, match="fused_gradient must be None or a dict"):
+        fit_normal_maps(model, cams, target, fused_gradient=True, progress=False)
+    with pytest.raises(ValueError, match="fused_gradient needs a tri-plane model"):
+        fit_normal_maps(NPMBaseline(2, z_dim=4, hidden=16, layers=2, skip=None), cams, target, fused_gradient={},
+                        progress=False)
+    with pytest.raises(ValueError, match="do not pass one in renderer_options"):
+        fit_normal_maps(model, cams, target, fused_gradient={}, renderer_options=dict(gradient_fn=None),
+                        progress=False)
+    with pytest.raises(ValueError, match=r"must not set \['fused'\]"):
+        fit_normal_maps(model, cams, target, fused_gradient={"fused": False}, progress=False)
+
+
 def test_progress_bar_shown_only_when_asked(tiny_id, capsys):
     pts = torch.rand(20, 3) - 0.5
     res = fit_identity(tiny_id(), pts, schedule=FitSchedule(iterations=2), progress=True)
