@@ -84,6 +84,17 @@ def split_legacy_param_groups(state: dict, optimizer: torch.optim.Optimizer) -> 
     return {**state, "param_groups": new_groups}
 
 
+def cli_overrides(args, values=(), flags=()) -> dict:
+    """The config fields an ``npht train ...`` command sets: each of ``values`` given on the
+    command line (not None), each of ``flags`` set (True), and ``progress=False`` for
+    ``--no-progress``."""
+    over = {k: getattr(args, k) for k in values if getattr(args, k, None) is not None}
+    over.update({k: True for k in flags if getattr(args, k, False)})
+    if getattr(args, "no_progress", False):
+        over["progress"] = False
+    return over
+
+
 def resume_or_preset_config(config_cls, args, overrides: dict, default_preset: str):
     """The config of an ``npht train ...`` command: ``--preset`` (or ``default_preset``) with
     the command's overrides; with ``--resume``, no ``--preset`` and a checkpoint in ``--out``,

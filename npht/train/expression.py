@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointedRun, resume_or_preset_config
+from .checkpoint import CheckpointedRun, cli_overrides, resume_or_preset_config
 from .runlog import train_loop
 from .config import TrainConfig
 from .identity import _clip, auto_decoder_optimizers, build_identity_model
@@ -351,12 +351,7 @@ def add_expression_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def train_expression_main(args) -> int:
-    over = {}
-    for a in ("epochs", "batch_size", "pairs", "device", "seed", "ckpt_every"):
-        if getattr(args, a, None) is not None:
-            over[a] = getattr(args, a)
-    if args.no_progress:
-        over["progress"] = False
+    over = cli_overrides(args, ("epochs", "batch_size", "pairs", "device", "seed", "ckpt_every"))
     cfg = resume_or_preset_config(ExpressionConfig, args, over, "cpu-demo")
     trainer = ExpressionTrainer(cfg, args.data, args.identity, args.out, resume=args.resume,
                                 identity_data_root=args.identity_data)

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from ..ops._backend import resolve_backend
 from ..ops.mlp import matmul_precision
-from .checkpoint import CheckpointedRun, resume_or_preset_config
+from .checkpoint import CheckpointedRun, cli_overrides, resume_or_preset_config
 from .runlog import train_loop
 from .config import PRESETS, TrainConfig
 from .losses import (discriminator_loss, edr_perturbation, identity_losses,
@@ -561,20 +561,10 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def train_identity_main(args) -> int:
-    over = {}
+    over = cli_overrides(args, ("batch_size", "device", "seed", "ckpt_every", "image_every", "fused_matmul"),
+                         ("bf16", "tf32", "fused_gradient", "fused_h16", "fused_keep"))
     if args.epochs:
         over["stage_epochs"] = tuple(args.epochs)
-    for a, k in (("batch_size", "batch_size"), ("device", "device"), ("seed", "seed"),
-                 ("ckpt_every", "ckpt_every"), ("image_every", "image_every")):
-        if getattr(args, a, None) is not None:
-            over[k] = getattr(args, a)
-    for flag in ("bf16", "tf32", "fused_gradient", "fused_h16", "fused_keep"):
-        if getattr(args, flag, False):
-            over[flag] = True
-    if getattr(args, "fused_matmul", None):
-        over["fused_matmul"] = args.fused_matmul
-    if args.no_progress:
-        over["progress"] = False
     cfg = resume_or_preset_config(TrainConfig, args, over, "cpu-demo")
     device, started = setup_distributed(cfg.device)   # torchrun: process group, LOCAL_RANK's GPU
     try:
