@@ -5,6 +5,7 @@
     npht train identity --preset cpu-demo --data data/synthetic --out runs/demo
     npht train expression --preset cpu-demo --data data/synthetic --identity runs/demo/checkpoint.pt --out runs/expr
     npht eval --data data/synthetic --model TP=runs/demo/checkpoint.pt --out runs/eval
+    npht render --model runs/demo/checkpoint.pt --out runs/renders --resolution 512
     npht demo --out outputs/demo
 """
 
@@ -54,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_expression_parser(train)
     from .demo.pipeline import add_demo_parser
     from .eval.fitting_eval import add_eval_parser
+    from .eval.renders import add_render_parser
 
     add_eval_parser(top)
+    add_render_parser(top)
     add_demo_parser(top)
     return parser
 
@@ -76,7 +79,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "data" and args.data_command == "prepare":
             return _run_prepare(args)
-        if args.command in ("train", "eval", "demo"):
+        if args.command in ("train", "eval", "render", "demo"):
             return args.func(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"npht: error: {e}", file=sys.stderr)

@@ -29,10 +29,11 @@ import os
 import platform
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
-import numpy as np
 import torch
+
+from ..eval.renders import image_grid, normals_to_rgb, trained_sampler, view_cameras
 
 __all__ = ["DemoConfig", "run_demo", "add_demo_parser"]
 
@@ -111,42 +112,6 @@ def _stage(name: str, timings: Dict[str, float]):
             if exc[0] is None:
                 print(f"[npht demo] {name}: {timings[name]:.1f} s", flush=True)
     return _S()
-
-
-def _view_cameras(yaws: List[float], size: int, distance: float = 2.6, fov: float = 30.0, pitch: float = 5.0):
-    from ..render import Cameras, intrinsics_from_fov, look_at
-
-    eyes = torch.tensor([[math.sin(math.radians(y)) * math.cos(math.radians(pitch)), math.sin(math.radians(pitch)),
-                          math.cos(math.radians(y)) * math.cos(math.radians(pitch))] for y in yaws]) * distance
-    n = len(yaws)
-    return Cameras(intrinsics_from_fov(fov, size).expand(n, 3, 3).clone(), look_at(eyes), size, size)
-
-
-def _to_rgb(normals: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-    """Normal maps ``[..., H, W, 3]`` -> uint8 RGB ``(n + 1) / 2`` on white."""
-    rgb = ((normals.float().clamp(-1, 1) + 1) * 0.5).cpu().numpy()
-    rgb[~mask.cpu().numpy().astype(bool)] = 1.0
-    return (rgb * 255).round().astype(np.uint8)
-
-
-def _grid(rows: List[List[np.ndarray]], captions: Optional[List[str]] = None, path: str = "") -> str:
-    """Tile images (rows of equal-size HxWx3 uint8 arrays) into one PNG, a caption line
-    above each row."""
-    from PIL import Image, ImageDraw
-
-    h, w = rows[0][0].shape[:2]
-    pad, cap = 4, (14 if captions else 0)
-    cols = max(len(r) for r in rows)
-    canvas = Image.new("RGB", (cols * (w + pad) + pad, len(rows) * (h + pad + cap) + pad), "white")
-    draw = ImageDraw.Draw(canvas)
-    for i, row in enumerate(rows):
-        y = pad + i * (h + pad + cap)
-        if captions:
-            draw.text((pad, y), captions[i], fill="black")
-        for j, img in enumerate(row):
-            canvas.paste(Image.fromarray(img), (pad + j * (w + pad), y + cap))
-    canvas.save(path)
-    return path
 
 
 def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: bool = False,
@@ -233,8 +198,8 @@ def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: 
         scan = partial_point_cloud(gt, cfg.scan_points, resolution=256, generator=seed)
         trimesh.PointCloud(scan.points.numpy()).export(os.path.join(fit_dir, "partial_scan.ply"))
         gt.to_trimesh().export(os.path.join(fit_dir, "ground_truth.ply"))
-        cams = _view_cameras([20.0], cfg.view_resolution)
-        metrics, fit_row = {}, [_to_rgb(*_mesh_maps(gt_renderer, gt, cams))]
+        cams = view_cameras([20.0], cfg.view_resolution)
+        metrics, fit_row = {}, [normals_to_rgb(*_mesh_maps(gt_renderer, gt, cams))]
         for name, trained in models.items():
             with _stage(f"fit + mesh + metrics {name}", timings):
                 res = fit_identity(trained.model, scan.points.to(device), schedule=_scaled_schedule(cfg.fit_iterations),
@@ -245,14 +210,14 @@ def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: 
                 metrics[name] = evaluate_meshes(mesh, gt, n_points=cfg.metric_points, seed=seed,
                                          device=device)
                 metrics[name]["fit_seconds"] = res.seconds
-                fit_row.append(_to_rgb(*_mesh_maps(gt_renderer, mesh, cams)))
+                fit_row.append(normals_to_rgb(*_mesh_maps(gt_renderer, mesh, cams)))
         R = cfg.view_resolution
         with _stage(f"fit TP to {R}x{R} normal maps", timings):
             normal_fit, mesh = _normal_map_fit(tp, gt, gt_renderer, cfg, device, seed, progress)
             mesh.export(os.path.join(fit_dir, "TP_normal_maps.ply"))
             normal_fit.update(evaluate_meshes(mesh, gt, n_points=cfg.metric_points, seed=seed, device=device))
-            fit_row.append(_to_rgb(*_mesh_maps(gt_renderer, mesh, cams)))
-        images["fit"] = _grid([fit_row], ["ground truth | fitted: " + " | ".join(models) + " | TP (2D)"],
+            fit_row.append(normals_to_rgb(*_mesh_maps(gt_renderer, mesh, cams)))
+        images["fit"] = image_grid([fit_row], ["ground truth | fitted: " + " | ".join(models) + " | TP (2D)"],
                               os.path.join(out, "fit.png"))
         with _stage("latent interpolation / sampling / expression transfer", timings):
             images["latent"] = _latent_grid(tp, cfg, device, seed, os.path.join(out, "latent.png"))
@@ -312,10 +277,10 @@ def _normal_map_fit(tp, gt, gt_renderer, cfg, device, seed: int, progress: bool)
     from ..eval.fitting_eval import _scaled_schedule
 
     R = cfg.view_resolution
-    cams = _view_cameras(list(cfg.normal_fit_yaws), R)
+    cams = view_cameras(list(cfg.normal_fit_yaws), R)
     g = gt_renderer.render(gt, cams, convention="opengl")
     target, mask = g.normals.to(device), g.mask.to(device)
-    sampler = _trained_sampler(tp)
+    sampler = trained_sampler(tp)
     init = tp.codes.mean(0)
 
     def angle(code):
@@ -335,21 +300,13 @@ def _normal_map_fit(tp, gt, gt_renderer, cfg, device, seed: int, progress: bool)
     return rec, mesh
 
 
-def _trained_sampler(trained):
-    """The error-bound sampler ``trained`` was trained with, skipping converged rays."""
-    from ..render import ErrorBoundSampler
-
-    c = trained.config
-    return ErrorBoundSampler(*c.samples, c.sampler_eps, c.beta_iters, c.max_total_iters, skip_converged=True)
-
-
 def _model_maps(trained, codes: torch.Tensor, cameras, device):
     """npht renders (opengl normals, opacity mask) of ``codes [B, z]`` or indices ``[B]``,
     shape b seen by camera b, with the error-bound sampler the model was trained with,
     npht's sample-efficient shading and converged-ray skipping."""
     from ..render import render
 
-    sampler = _trained_sampler(trained)
+    sampler = trained_sampler(trained)
     with torch.no_grad():
         sdf_fn = trained.model.sdf_fn(codes.to(device))
     out = render(sdf_fn, cameras.to(device), density=trained.density, convention="opengl", sampler=sampler,
@@ -363,13 +320,13 @@ def _mesh_maps(renderer, mesh, cameras):
 
 
 def _normal_map_grid(tp, dataset, shown, gt_renderer, res, device, path):
-    cams = _view_cameras([20.0], res)
+    cams = view_cameras([20.0], res)
     row_gt, row_pred = [], []
     for i in shown:
         n, m = _model_maps(tp, torch.tensor([_code_of(tp, dataset, i)]), cams, device)
-        row_pred.append(_to_rgb(n[0], m[0]))
-        row_gt.append(_to_rgb(*_mesh_maps(gt_renderer, dataset.mesh(i), cams)))
-    return _grid([row_gt, row_pred], ["ground truth", "TP, npht render"], path)
+        row_pred.append(normals_to_rgb(n[0], m[0]))
+        row_gt.append(normals_to_rgb(*_mesh_maps(gt_renderer, dataset.mesh(i), cams)))
+    return image_grid([row_gt, row_pred], ["ground truth", "TP, npht render"], path)
 
 
 def _latent_grid(tp, cfg, device, seed, path):
@@ -377,15 +334,15 @@ def _latent_grid(tp, cfg, device, seed, path):
     the training codes."""
     from ..fit import fit_gaussian, interpolate_codes, sample_codes
 
-    cams = _view_cameras([20.0], cfg.latent_resolution)
+    cams = view_cameras([20.0], cfg.latent_resolution)
     codes = tp.codes
     rows = [interpolate_codes(codes[0], codes[min(1, len(codes) - 1)], cfg.latent_steps)]
     mean, cov = fit_gaussian(codes)
     rows.append(sample_codes(mean, cov, cfg.samples, generator=torch.Generator().manual_seed(seed)))
     pictures = []
     for zs in rows:
-        pictures.append([_to_rgb(*(t[0] for t in _model_maps(tp, z[None], cams, device))) for z in zs])
-    return _grid(pictures, ["interpolation", "samples"], path)
+        pictures.append([normals_to_rgb(*(t[0] for t in _model_maps(tp, z[None], cams, device))) for z in zs])
+    return image_grid(pictures, ["interpolation", "samples"], path)
 
 
 def _transfer_grid(tp, expr, dataset, shown, gt_renderer, cfg, device, fit_dir, path):
@@ -396,7 +353,7 @@ def _transfer_grid(tp, expr, dataset, shown, gt_renderer, cfg, device, fit_dir, 
     from ..eval import extract_mesh, model_sdf_fn
     from ..fit import transfer_expression
 
-    cams = _view_cameras([20.0], cfg.latent_resolution)
+    cams = view_cameras([20.0], cfg.latent_resolution)
     src_identity, src_expression = expr.expression_keys[0]
     row = []
     for i in shown:
@@ -408,9 +365,9 @@ def _transfer_grid(tp, expr, dataset, shown, gt_renderer, cfg, device, fit_dir, 
             torch.as_tensor(neutral.vertices, dtype=torch.float32, device=device))
         posed = trimesh.Trimesh(verts.detach().cpu().numpy().reshape(-1, 3), neutral.faces, process=False)
         posed.export(os.path.join(fit_dir, f"transfer_{src_identity}-{src_expression}_to_{name}.ply"))
-        row += [_to_rgb(*_mesh_maps(gt_renderer, neutral, cams)), _to_rgb(*_mesh_maps(gt_renderer, posed, cams))]
+        row += [normals_to_rgb(*_mesh_maps(gt_renderer, neutral, cams)), normals_to_rgb(*_mesh_maps(gt_renderer, posed, cams))]
     label = f"{src_expression} of {src_identity} -> neutral | posed"
-    return _grid([row], [label], path)
+    return image_grid([row], [label], path)
 
 
 def _device_name(device: str) -> str:

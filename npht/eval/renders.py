@@ -1,0 +1,201 @@
+"""Normal maps of a trained identity model from a ring of views, at any resolution:
+``npht render`` and :func:`render_identities` (also the demo's pictures: view cameras,
+normals as RGB, captioned grids).
+
+    npht render --model runs/tp/checkpoint.pt --out renders/tp --resolution 512 --device cuda
+    npht render --model runs/tp/checkpoint.pt --out renders/samples --identities --samples 8
+
+writes ``normals.npz`` (``normals [N, V, H, W, 3]`` float32 in the OpenGL camera frame, 0
+off the shape; ``mask [N, V, H, W]`` opacity > 0.5; ``codes [N, z]``; ``names [N]``;
+``yaws [V]``), one PNG per shape (its views side by side, normals as ``(n + 1) / 2`` on
+white) and ``grid.png`` (all of them, captioned). Rendering runs without grad, rays in
+chunks (``ray_chunk``), with the error-bound sampler the model was trained with, skipping
+converged rays, and npht's sample-efficient shading (weights below 1e-6 not shaded).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["view_cameras", "normals_to_rgb", "image_grid", "trained_sampler", "render_identities", "select_codes",
+           "add_render_parser"]
+
+
+def view_cameras(yaws: Sequence[float], size: int, distance: float = 2.6, fov: float = 30.0, pitch: float = 5.0):
+    """:class:`npht.render.Cameras` ``[len(yaws)]`` looking at the origin from ``distance``,
+    at ``yaws`` degrees around the y axis (0: from +z, the face) and ``pitch`` degrees above
+    the horizon, ``size x size`` pixels, vertical field of view ``fov`` degrees."""
+    from ..render import Cameras, intrinsics_from_fov, look_at
+
+    eyes = torch.tensor([[math.sin(math.radians(y)) * math.cos(math.radians(pitch)), math.sin(math.radians(pitch)),
+                          math.cos(math.radians(y)) * math.cos(math.radians(pitch))] for y in yaws]) * distance
+    n = len(yaws)
+    return Cameras(intrinsics_from_fov(fov, size).expand(n, 3, 3).clone(), look_at(eyes), size, size)
+
+
+def normals_to_rgb(normals: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """Normal maps ``[..., H, W, 3]`` -> uint8 RGB ``(n + 1) / 2`` on white (off ``mask``)."""
+    rgb = ((normals.float().clamp(-1, 1) + 1) * 0.5).cpu().numpy()
+    rgb[~mask.cpu().numpy().astype(bool)] = 1.0
+    return (rgb * 255).round().astype(np.uint8)
+
+
+def image_grid(rows: List[List[np.ndarray]], captions: Optional[List[str]] = None, path: str = "") -> str:
+    """Tile images (rows of equal-size HxWx3 uint8 arrays) into one PNG at ``path``, a
+    caption line above each row; returns ``path``."""
+    from PIL import Image, ImageDraw
+
+    h, w = rows[0][0].shape[:2]
+    pad, cap = 4, (14 if captions else 0)
+    cols = max(len(r) for r in rows)
+    canvas = Image.new("RGB", (cols * (w + pad) + pad, len(rows) * (h + pad + cap) + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, row in enumerate(rows):
+        y = pad + i * (h + pad + cap)
+        if captions:
+            draw.text((pad, y), captions[i], fill="black")
+        for j, img in enumerate(row):
+            canvas.paste(Image.fromarray(img), (pad + j * (w + pad), y + cap))
+    canvas.save(path)
+    return path
+
+
+def trained_sampler(trained):
+    """The error-bound sampler ``trained`` (:class:`npht.train.TrainedIdentity`) was trained
+    with, skipping converged rays."""
+    from ..render import ErrorBoundSampler
+
+    c = trained.config
+    return ErrorBoundSampler(*c.samples, c.sampler_eps, c.beta_iters, c.max_total_iters, skip_converged=True)
+
+
+def render_identities(trained, codes: torch.Tensor, cameras, *, device="cpu", ray_chunk: int = 1 << 16,
+                      progress: bool = False):
+    """Normal maps of each code seen from every camera: ``codes [N, z]`` (or code indices
+    ``[N]``), ``cameras [V]`` -> ``(normals [N, V, H, W, 3]`` in the OpenGL camera frame,
+    ``mask [N, V, H, W]`` opacity > 0.5), on the CPU; one render call per code (its V views
+    as the batch)."""
+    from ..render import VolSDFRenderer
+
+    from tqdm.auto import tqdm
+
+    if not isinstance(ray_chunk, int) or ray_chunk < 1:
+        raise ValueError(f"ray_chunk must be a positive int, got {ray_chunk!r}")
+    renderer = VolSDFRenderer(density=trained.density, sampler=trained_sampler(trained), weight_threshold=1e-6,
+                              ray_chunk=ray_chunk)
+    cams = cameras.to(device)
+    V = len(cams)
+    normals, masks = [], []
+    with torch.no_grad():
+        for code in tqdm(codes, desc="render", disable=not progress, leave=False):
+            batch = code.to(device)[None].expand(V, *code.shape)
+            out = renderer(trained.model.sdf_fn(batch), cams, None, convention="opengl")
+            normals.append(out.normals.cpu())
+            masks.append((out.opacity > 0.5).cpu())
+    if not normals:
+        H, W = cams.height, cams.width
+        return torch.zeros(0, V, H, W, 3), torch.zeros(0, V, H, W, dtype=torch.bool)
+    return torch.stack(normals), torch.stack(masks)
+
+
+def select_codes(trained, identities: Optional[Sequence[str]] = None, samples: int = 0, seed: int = 0):
+    """``(codes [N, z], names [N])``: the training identities named in ``identities``
+    (code indices or identity names; ``None``: the first four), then ``samples`` codes drawn
+    from a Gaussian fitted to all training codes (seeded), named ``sample_<i>``."""
+    from ..fit import fit_gaussian, sample_codes
+
+    all_codes = trained.codes.cpu()
+    n_id = all_codes.shape[0]
+    names_of = {i: n for n, i in (trained.identity_names or {}).items()}
+    if identities is None:
+        chosen = list(range(min(4, n_id)))
+    else:
+        index_of = dict(trained.identity_names or {})
+        chosen = []
+        for token in identities:
+            t = str(token)
+            if t in index_of:
+                chosen.append(int(index_of[t]))
+            elif t.lstrip("-").isdigit():
+                i = int(t)
+                if not 0 <= i < n_id:
+                    raise ValueError(f"identity index {i} is out of range: the model has {n_id} identity codes")
+                chosen.append(i)
+            else:
+                known = ", ".join(sorted(index_of)[:8]) or "none stored"
+                raise ValueError(f"unknown identity {t!r}: give a code index (0..{n_id - 1}) or a name ({known})")
+    if not isinstance(samples, int) or samples < 0:
+        raise ValueError(f"samples must be a non-negative int, got {samples!r}")
+    codes = [all_codes[i] for i in chosen]
+    names = [names_of.get(i, f"code_{i}") for i in chosen]
+    if samples:
+        mean, cov = fit_gaussian(all_codes)
+        drawn = sample_codes(mean, cov, samples, generator=torch.Generator().manual_seed(seed))
+        codes += list(drawn)
+        names += [f"sample_{i}" for i in range(samples)]
+    if not codes:
+        raise ValueError("nothing to render: no identities chosen and samples=0")
+    return torch.stack(codes), names
+
+
+def _render_main(args) -> int:
+    from ..train.loading import load_identity
+
+    if args.resolution < 1:
+        raise ValueError(f"--resolution must be positive, got {args.resolution}")
+    if not args.yaws:
+        raise ValueError("--yaws needs at least one angle")
+    trained = load_identity(args.model, args.device)
+    codes, names = select_codes(trained, args.identities, args.samples, args.seed)
+    cams = view_cameras(args.yaws, args.resolution, distance=args.distance, fov=args.fov, pitch=args.pitch)
+    t0 = time.perf_counter()
+    normals, mask = render_identities(trained, codes, cams, device=args.device, ray_chunk=args.ray_chunk,
+                                      progress=not args.no_progress)
+    seconds = time.perf_counter() - t0
+    os.makedirs(args.out, exist_ok=True)
+    np.savez_compressed(os.path.join(args.out, "normals.npz"), normals=normals.numpy(), mask=mask.numpy(),
+                        codes=codes.numpy(), names=np.array(names), yaws=np.array(args.yaws, dtype=np.float32))
+    rows = [[normals_to_rgb(n, m) for n, m in zip(normals[i], mask[i])] for i in range(len(names))]
+    for name, row in zip(names, rows):
+        image_grid([row], None, os.path.join(args.out, f"{_file_name(name)}.png"))
+    image_grid(rows, names, os.path.join(args.out, "grid.png"))
+    views = len(names) * len(args.yaws)
+    print(f"rendered {len(names)} shapes x {len(args.yaws)} views at {args.resolution}^2 in {seconds:.1f} s "
+          f"({seconds / views:.2f} s per view) -> {args.out}")
+    return 0
+
+
+def _file_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "shape"
+
+
+def add_render_parser(subparsers):
+    """``npht render --model CKPT --out DIR [--identities ...] [--samples K] ...``."""
+    p = subparsers.add_parser("render", help="normal maps of a trained identity model from a ring of views",
+                              description="Render normal maps of training identities (and codes sampled from a "
+                                          "Gaussian fitted to them) of an `npht train identity` checkpoint: "
+                                          "normals.npz, one PNG per shape and grid.png in --out.")
+    p.add_argument("--model", required=True, help="identity checkpoint (npht train identity)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--identities", nargs="*", default=None, metavar="ID",
+                   help="code indices or identity names (default: the first four; none: only --samples)")
+    p.add_argument("--samples", type=int, default=0, help="codes drawn from a Gaussian fitted to the training codes")
+    p.add_argument("--seed", type=int, default=0, help="seed of --samples")
+    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--yaws", type=float, nargs="+", default=[-40.0, 0.0, 40.0],
+                   help="view angles in degrees around the vertical axis (0: the face)")
+    p.add_argument("--pitch", type=float, default=5.0)
+    p.add_argument("--distance", type=float, default=2.6)
+    p.add_argument("--fov", type=float, default=30.0, help="vertical field of view, degrees")
+    p.add_argument("--ray-chunk", type=int, default=1 << 16, help="rays per render chunk (memory)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_render_main)
+    return p
+

@@ -1,0 +1,94 @@
+"""`npht render`: normal maps of a trained identity model's codes from a ring of views."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from npht.cli import main
+from npht.eval.renders import render_identities, select_codes, view_cameras
+from npht.train.checkpoint import save_atomic
+from npht.train.config import TrainConfig
+from npht.train.identity import build_identity_model
+from npht.train.loading import load_identity
+
+NAMES = {"ada": 0, "bob": 1, "cy": 2}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """An identity checkpoint as `npht train identity` writes it (cpu-demo sizes but a 4 x 256
+    decoder, untrained), its planes zero: the shape is the decoder's geometric
+    initialisation, close to a sphere of radius 0.5 about the origin (within 0.3 .. 0.7)."""
+    torch.manual_seed(0)
+    cfg = TrainConfig.preset("cpu-demo", samples=(8, 8, 4), decoder_hidden=256, decoder_layers=4)
+    model = build_identity_model(cfg, len(NAMES))
+    with torch.no_grad():
+        model.generator.head.weight.zero_()
+        model.generator.head.bias.zero_()
+    path = str(tmp_path_factory.mktemp("run") / "checkpoint.pt")
+    save_atomic({"config": cfg.to_dict(), "model": model.state_dict(), "identity_names": NAMES}, path)
+    return path
+
+
+def test_render_cli_writes_maps(checkpoint, tmp_path, capsys):
+    out = str(tmp_path / "renders")
+    args = ["render", "--model", checkpoint, "--out", out, "--resolution", "12", "--yaws", "0", "90",
+            "--identities", "bob", "0", "--samples", "2", "--device", "cpu", "--no-progress"]
+    assert main(args) == 0
+    assert "rendered 4 shapes x 2 views at 12^2" in capsys.readouterr().out
+    f = np.load(os.path.join(out, "normals.npz"))
+    assert f["normals"].shape == (4, 2, 12, 12, 3) and f["normals"].dtype == np.float32
+    assert f["mask"].shape == (4, 2, 12, 12) and f["mask"].dtype == bool
+    assert list(f["names"]) == ["bob", "ada", "sample_0", "sample_1"]
+    assert np.array_equal(f["yaws"], np.array([0.0, 90.0], dtype=np.float32))
+    trained = load_identity(checkpoint)
+    assert np.array_equal(f["codes"][:2], trained.codes[[1, 0]].numpy())
+    assert f["codes"].shape == (4, trained.codes.shape[1])
+    # the sphere-like shape fills the view's centre, facing the camera (OpenGL frame: +z towards it)
+    mask, normals = f["mask"], f["normals"]
+    assert mask[:, :, 5:7, 5:7].all() and not mask[:, :, 0, 0].any()
+    centre = normals[:, :, 5:7, 5:7].reshape(-1, 3)
+    assert (centre[:, 2] > 0.9).all()
+    inside = np.linalg.norm(normals[mask], axis=-1)
+    assert inside.min() > 0.5 and inside.max() < 1.0 + 1e-4
+    # the maps are render_identities' for those codes
+    ref, ref_mask = render_identities(trained, torch.from_numpy(f["codes"][:1]), view_cameras([0.0, 90.0], 12))
+    np.testing.assert_allclose(normals[:1], ref.numpy(), atol=1e-6)
+    assert np.array_equal(mask[:1], ref_mask.numpy())
+    for name in ("bob", "ada", "sample_0", "sample_1"):
+        assert Image.open(os.path.join(out, f"{name}.png")).size == (2 * 16 + 4, 12 + 8)
+    assert Image.open(os.path.join(out, "grid.png")).size == (2 * 16 + 4, 4 * (12 + 4 + 14) + 4)
+    # a sample code is the same for the same seed, and another for another seed
+    again = select_codes(trained, [], 2, seed=0)[0]
+    np.testing.assert_array_equal(again.numpy(), f["codes"][2:])
+    assert not torch.equal(select_codes(trained, [], 2, seed=1)[0], again)
+
+
+def test_select_codes_defaults_and_errors(checkpoint):
+    trained = load_identity(checkpoint)
+    codes, names = select_codes(trained)
+    assert names == ["ada", "bob", "cy"] and torch.equal(codes, trained.codes)  # the first four, here 3
+    with pytest.raises(ValueError, match=r"unknown identity 'dan': .*\(0\.\.2\).*ada, bob, cy"):
+        select_codes(trained, ["dan"])
+    with pytest.raises(ValueError, match="identity index 3 is out of range: the model has 3"):
+        select_codes(trained, ["3"])
+    with pytest.raises(ValueError, match="nothing to render"):
+        select_codes(trained, [], 0)
+    with pytest.raises(ValueError, match="samples must be a non-negative int"):
+        select_codes(trained, None, -1)
+    with pytest.raises(ValueError, match="ray_chunk must be a positive int"):
+        render_identities(trained, codes, view_cameras([0.0], 8), ray_chunk=0)
+
+
+def test_render_cli_errors(checkpoint, tmp_path, capsys):
+    base = ["render", "--out", str(tmp_path / "r"), "--no-progress", "--device", "cpu"]
+    assert main(base + ["--model", checkpoint, "--resolution", "0"]) == 2
+    assert "--resolution must be positive" in capsys.readouterr().err
+    assert main(base + ["--model", checkpoint, "--identities", "zed"]) == 2
+    assert "unknown identity 'zed'" in capsys.readouterr().err
+    assert main(base + ["--model", str(tmp_path / "missing.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "r")  # nothing written on a refused command
