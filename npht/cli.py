@@ -84,6 +84,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"npht: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # the trainers save a checkpoint first (npht.train.runlog.train_loop)
+        print(f"npht: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        return 130
     raise AssertionError("unreachable")  # argparse requires a known subcommand
 
 

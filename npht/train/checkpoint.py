@@ -3,9 +3,11 @@ trainers share (counters, checkpoint path, run log, optimiser and RNG state, res
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import tempfile
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -116,6 +118,45 @@ class CheckpointedRun:
 
     OPTIMIZERS = ("opt", "opt_codes", "sched", "sched_codes")
     rank = 0
+    #: consecutive steps with non-finite gradients after which training stops (diverged)
+    MAX_NONFINITE_RUN = 20
+    skipped_steps = 0     # steps whose update was skipped (non-finite gradients), in all
+    nonfinite_run = 0     # ... of them in a row, up to the last step
+
+    def _model_buffers(self) -> list:
+        """Copies of ``model``'s buffers (BatchNorm statistics: the forward updates them),
+        taken before a step so that a skipped one can put them back."""
+        return [b.detach().clone() for b in self.model.buffers()]
+
+    def _update_if_finite(self, grad_norms, optimizers, what: str, buffers=None) -> bool:
+        """Steps ``optimizers`` if every gradient norm in ``grad_norms`` is finite. Else the
+        update is skipped (parameters and optimiser states stay as they were, and with
+        ``buffers``, :meth:`_model_buffers` of before the step, the model's buffers too: one
+        NaN would otherwise spread into every parameter and every later checkpoint), with a
+        warning. Under DDP the norms are the reduced gradients', so every rank decides alike."""
+        if all(math.isfinite(n) for n in grad_norms):
+            for opt in optimizers:
+                opt.step()
+            return True
+        if buffers is not None:
+            with torch.no_grad():
+                for b, old in zip(self.model.buffers(), buffers):
+                    b.copy_(old)
+        if self.rank == 0:
+            warnings.warn(f"step {self.global_step + 1}: non-finite {what} gradients (norms "
+                          f"{', '.join(f'{n:.3g}' for n in grad_norms)}): update skipped", RuntimeWarning,
+                          stacklevel=3)
+        return False
+
+    def _count_step(self, finite: bool) -> None:
+        """Counts a step whose updates were (all) applied or not (``skipped_steps``,
+        ``nonfinite_run``); :func:`npht.train.runlog.train_loop` stops a run after
+        ``MAX_NONFINITE_RUN`` skipped steps in a row."""
+        if finite:
+            self.nonfinite_run = 0
+        else:
+            self.skipped_steps += 1
+            self.nonfinite_run += 1
 
     def _start_run(self, log_columns, log_terms, log_name: str, resume: bool) -> None:
         """Counters at 0, the run log, and the checkpoint in ``out_dir`` loaded if ``resume``."""
@@ -137,6 +178,7 @@ class CheckpointedRun:
     def _run_state(self) -> dict:
         s = {"config": self.cfg.to_dict(), "model": self.model.state_dict()}
         s.update({name: getattr(self, name).state_dict() for name in self.OPTIMIZERS})
+        s.update(skipped_steps=self.skipped_steps, nonfinite_run=self.nonfinite_run)
         s.update(epoch=self.epoch, global_step=self.global_step, step_in_epoch=self.step_in_epoch,
                  dataset_epoch=self.dataset.epoch, rng=rng_state())
         return s
@@ -150,6 +192,7 @@ class CheckpointedRun:
                 state = split_legacy_param_groups(state, target)
             target.load_state_dict(state)
         self.epoch, self.global_step, self.step_in_epoch = s["epoch"], s["global_step"], s["step_in_epoch"]
+        self.skipped_steps, self.nonfinite_run = s.get("skipped_steps", 0), s.get("nonfinite_run", 0)
         self.dataset.set_epoch(s["dataset_epoch"])
         set_rng_state(s["rng"])
 

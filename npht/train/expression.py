@@ -284,14 +284,13 @@ class ExpressionTrainer(CheckpointedRun):
         """One optimisation step on a collated batch; returns the logged values."""
         t0 = time.perf_counter()
         self.model.train()
+        buffers = self._model_buffers()
         terms = self.losses(batch)
         self.opt.zero_grad(set_to_none=True)
         self.opt_codes.zero_grad(set_to_none=True)
         terms["total"].backward()
-        _clip(self.net_params, self.cfg.grad_clip)
-        _clip(self.code_params, self.cfg.grad_clip_codes)
-        self.opt.step()
-        self.opt_codes.step()
+        norms = (_clip(self.net_params, self.cfg.grad_clip), _clip(self.code_params, self.cfg.grad_clip_codes))
+        self._count_step(self._update_if_finite(norms, (self.opt, self.opt_codes), "expression model", buffers))
         self.global_step += 1
         self.step_in_epoch += 1
         row = {k: float(v.detach()) for k, v in terms.items()}

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import time
 import warnings
@@ -151,16 +152,19 @@ class _IdentityStep(torch.nn.Module):
         return self.trainer._losses(batch, weights)
 
 
-def _clip(params, max_norm: Optional[float]) -> None:
-    """Gradient-norm clipping over dense and sparse gradients."""
-    if not max_norm:
-        return
+def _clip(params, max_norm: Optional[float]) -> float:
+    """Gradient-norm clipping over dense and sparse gradients (none for ``max_norm`` None or
+    0); returns the gradients' norm before clipping (0 without gradients; inf or nan, with
+    nothing scaled, when they are not finite: the trainers then skip the update)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return
+        return 0.0
     grads = [g.coalesce() if g.is_sparse else g for g in grads]
     norms = [(g._values() if g.is_sparse else g).detach().norm() for g in grads]
     total = torch.stack(norms).norm()
+    norm = float(total)
+    if not max_norm or not math.isfinite(norm):
+        return norm
     scale = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for p, g in zip([p for p in params if p.grad is not None], grads):
         if g.is_sparse:
@@ -168,6 +172,7 @@ def _clip(params, max_norm: Optional[float]) -> None:
                                              check_invariants=False, is_coalesced=True)
         else:
             g.mul_(scale)
+    return norm
 
 
 def build_identity_model(cfg: TrainConfig, n_id: int) -> torch.nn.Module:
@@ -412,6 +417,7 @@ class IdentityTrainer(CheckpointedRun):
         # draw the combined batch's jitter; cfg.render_jitter=False renders deterministically)
         self.gen.manual_seed(_seed_of(cfg.seed, 0x7E4, self.global_step, self.rank))
         self.model.train()
+        buffers = self._model_buffers()
         terms, maps = self.step_module(batch, weights)
         self.opt.zero_grad(set_to_none=True)
         self.opt_codes.zero_grad(set_to_none=True)
@@ -420,14 +426,16 @@ class IdentityTrainer(CheckpointedRun):
         if self.world > 1:
             for p in self.code_params:
                 _reduce_sparse_grad(p, self.world)
-        _clip(self.net_params, cfg.grad_clip)   # after the reduction, as in one process
-        _clip(self.code_params, cfg.grad_clip_codes)
-        self.opt.step()
-        self.opt_codes.step()
+        # after the reduction, as in one process (so every rank skips the same steps)
+        norms = (_clip(self.net_params, cfg.grad_clip), _clip(self.code_params, cfg.grad_clip_codes))
+        finite = self._update_if_finite(norms, (self.opt, self.opt_codes), "generator side", buffers)
         row = {k: v.detach().float() for k, v in terms.items()}
         render_2d = maps is not None
         if render_2d and weights.d != 0:
-            row.update(self._disc_step(maps.detach(), batch, weights.d))
+            d_row, d_finite = self._disc_step(maps.detach(), batch, weights.d)
+            row.update(d_row)
+            finite = finite and d_finite
+        self._count_step(finite)
         row = self._mean_over_ranks(row)
         self.global_step += 1
         self.step_in_epoch += 1
@@ -456,8 +464,9 @@ class IdentityTrainer(CheckpointedRun):
             r1 = w_d * r1_penalty(d_real, real, weight=self.cfg.weights.r1)
         self.opt_d.zero_grad(set_to_none=True)
         (loss_d + r1).backward()           # under DDP: averaged over the ranks
-        self.opt_d.step()
-        return {"d": loss_d.detach(), "r1": r1.detach()}
+        norm = _clip(list(self.disc.parameters()), None)
+        finite = self._update_if_finite((norm,), (self.opt_d,), "discriminator")
+        return {"d": loss_d.detach(), "r1": r1.detach()}, finite
 
     # ------------------------------------------------------------------ loop
     def _batches(self, epoch: int) -> List[List[int]]:

@@ -208,3 +208,26 @@ def test_identity_without_trained_code(data_root, identity_ckpt, tmp_path):
         ExpressionTrainer(_cfg(), bigger, identity_ckpt, tmp_path / "x", identity_data_root=data_root)
     with pytest.raises(ValueError, match="no trained code"):
         ExpressionData(data_root, {"synth000": 0}, pairs=4, outside_points=0)
+
+
+def test_non_finite_step_is_skipped(data_root, identity_ckpt, tmp_path, monkeypatch):
+    """As the identity trainer: a step with non-finite gradients leaves the parameters as
+    they were, with a warning, and is counted."""
+    tr = ExpressionTrainer(_cfg(), data_root, identity_ckpt, tmp_path)
+    b = _batch(tr)
+    losses = tr.losses
+
+    def poisoned(batch):
+        terms = losses(batch)
+        terms["total"] = terms["total"] * float("inf")
+        return terms
+
+    before = {k: v.clone() for k, v in tr.model.state_dict().items()}
+    monkeypatch.setattr(tr, "losses", poisoned)
+    with pytest.warns(RuntimeWarning, match="step 1: non-finite expression model gradients"):
+        tr.step(b)
+    assert all(torch.equal(before[k], v) for k, v in tr.model.state_dict().items())
+    assert (tr.global_step, tr.skipped_steps, tr.nonfinite_run) == (1, 1, 1)
+    monkeypatch.undo()
+    tr.step(b)
+    assert tr.nonfinite_run == 0 and any(not torch.equal(before[k], v) for k, v in tr.model.state_dict().items())

@@ -371,3 +371,94 @@ def test_cli_fused_options(data_root, tmp_path):
     assert main(args + ["--fused-gradient", "--resume"]) == 0  # back to torch products, float32
     s = load_checkpoint(os.path.join(out, "checkpoint.pt"))
     assert s["global_step"] == 2 and s["config"]["fused_matmul"] == "torch" and not s["config"]["tf32"]
+
+
+def _poison(tr, monkeypatch, bad_steps):
+    """The generator-side loss is NaN at the (1-based) global steps in ``bad_steps``."""
+    losses = tr._losses
+
+    def poisoned(batch, weights):
+        terms, maps = losses(batch, weights)
+        if tr.global_step + 1 in bad_steps:
+            terms["total"] = terms["total"] * float("nan")
+        return terms, maps
+
+    monkeypatch.setattr(tr, "_losses", poisoned)
+
+
+def test_non_finite_step_is_skipped(data_root, tmp_path, monkeypatch):
+    """A step with non-finite gradients leaves parameters, BatchNorm statistics and optimiser
+    states as they were (a warning says so, the counters count it); the steps around it
+    train as usual."""
+    tr = IdentityTrainer(_cfg(), data_root, tmp_path)
+    batch = _batch(tr)
+    _poison(tr, monkeypatch, {2})
+    tr.step(batch)
+    before = _params(tr)
+    opt_before = {k: v.clone() for k, v in tr.opt.state_dict()["state"][0].items() if torch.is_tensor(v)}
+    with pytest.warns(RuntimeWarning, match="step 2: non-finite generator side gradients .*update skipped"):
+        row = tr.step(batch)
+    assert math.isnan(row["total"]) and tr.global_step == 2
+    after = _params(tr)
+    for k, v in before.items():
+        if k[0] != "d":  # the discriminator's own loss was finite: it stepped
+            assert torch.equal(after[k], v), k
+    assert any(not torch.equal(after[k], v) for k, v in before.items() if k[0] == "d")
+    assert all(torch.equal(tr.opt.state_dict()["state"][0][k], v) for k, v in opt_before.items())
+    assert (tr.skipped_steps, tr.nonfinite_run) == (1, 1)
+    tr.step(batch)
+    assert (tr.skipped_steps, tr.nonfinite_run) == (1, 0)
+    assert all(torch.isfinite(v).all() for v in _params(tr).values())
+    s = ckpt_mod.load_checkpoint(tr.save())
+    assert (s["skipped_steps"], s["nonfinite_run"]) == (1, 0)
+
+
+def test_diverged_run_stops_with_its_state_saved(data_root, tmp_path, monkeypatch):
+    tr = IdentityTrainer(_cfg((0, 0, 50)), data_root, tmp_path)
+    monkeypatch.setattr(IdentityTrainer, "MAX_NONFINITE_RUN", 3)
+    _poison(tr, monkeypatch, {3, 4, 5, 6})
+    with pytest.warns(RuntimeWarning), pytest.raises(FloatingPointError, match=r"the last 3 steps \(up to step 5\)"):
+        tr.train(max_steps=10)
+    s = ckpt_mod.load_checkpoint(str(tmp_path / "checkpoint.pt"))
+    assert s["global_step"] == 5 and s["nonfinite_run"] == 3
+    assert all(torch.isfinite(v).all() for v in s["model"].values())
+
+
+def test_ctrl_c_stops_after_the_step_saves_and_resumes_bit_identically(data_root, tmp_path, monkeypatch):
+    """The first SIGINT lets the current step finish, saves, raises KeyboardInterrupt and
+    restores the previous handler; resuming then gives the uninterrupted run's parameters.
+    The CLI reports it with exit code 130."""
+    import signal
+
+    from npht.cli import main
+
+    whole = IdentityTrainer(_cfg((0, 10, 10)), data_root, tmp_path / "whole")
+    whole.train(max_steps=5)
+    tr = IdentityTrainer(_cfg((0, 10, 10)), data_root, tmp_path / "cut")
+    step = tr.step
+
+    def interrupted_step(batch):
+        row = step(batch)
+        if tr.global_step == 2:
+            signal.raise_signal(signal.SIGINT)
+        return row
+
+    monkeypatch.setattr(tr, "step", interrupted_step)
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt, match="stopped at step 2"):
+        tr.train(max_steps=5)
+    assert signal.getsignal(signal.SIGINT) is handler
+    rest = IdentityTrainer(_cfg((0, 10, 10)), data_root, tmp_path / "cut", resume=True)
+    assert rest.global_step == 2
+    rest.train(max_steps=3)
+    pa, pb = _params(whole), _params(rest)
+    assert all(torch.equal(pa[k], pb[k]) for k in pa)
+    # the CLI
+    from npht.train import identity as identity_mod
+
+    def interrupted_train(self, epochs=None, max_steps=None):
+        raise KeyboardInterrupt("stopped at step 7; checkpoint x (continue with --resume)")
+
+    monkeypatch.setattr(identity_mod.IdentityTrainer, "train", interrupted_train)
+    assert main(["train", "identity", "--preset", "cpu-demo", "--data", data_root, "--out", str(tmp_path / "cli"),
+                 "--no-progress"]) == 130
