@@ -92,3 +92,18 @@ def test_render_cli_errors(checkpoint, tmp_path, capsys):
     assert main(base + ["--model", str(tmp_path / "missing.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "r")  # nothing written on a refused command
+
+
+def test_render_cli_meshes(checkpoint, tmp_path, capsys):
+    import trimesh
+
+    out = tmp_path / "m"
+    args = ["render", "--model", checkpoint, "--out", str(out), "--resolution", "8", "--yaws", "0",
+            "--identities", "cy", "--device", "cpu", "--no-progress"]
+    assert main(args + ["--mesh-resolution", "24", "--sparse-mesh"]) == 0
+    assert "extracted 1 meshes at 24^3" in capsys.readouterr().out
+    mesh = trimesh.load(str(out / "meshes" / "cy.ply"))
+    r = np.linalg.norm(mesh.vertices, axis=1)
+    assert len(mesh.faces) > 100 and 0.25 < r.min() and r.max() < 0.75  # the near-sphere of radius ~0.5
+    assert main(args + ["--mesh-resolution", "1"]) == 2
+    assert "--mesh-resolution must be 0 (no meshes) or at least 2" in capsys.readouterr().err
