@@ -31,6 +31,7 @@ import dataclasses
 import json
 import os
 import time
+import warnings
 from typing import Dict, Mapping, Optional, Union
 
 import numpy as np
@@ -66,7 +67,7 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
                     threshold: Optional[float] = None, schedule=None, identities: Optional[int] = None,
                     seed: int = 0, device="cpu", out_dir: Optional[str] = None,
                     progress: bool = True, expressions: Optional[Mapping[str, Union[str, object]]] = None,
-                    refine_expression: bool = True) -> dict:
+                    refine_expression: bool = True, resume: bool = True) -> dict:
     """Fit, mesh and score each model on each held-out identity.
 
     Args:
@@ -91,7 +92,13 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
             and region (thesis 2.5M). threshold: F-score threshold (default 1 mm).
         schedule: a :class:`npht.fit.FitSchedule` (default NPHM C.5).
         identities: at most this many identities (the first ones).
-        out_dir: if given, fitted meshes (PLY), ``eval.json`` and ``eval.md`` go there.
+        out_dir: if given, fitted meshes (PLY), ``eval.json`` and ``eval.md`` go there, and
+            ``eval_partial.json`` after every scan (removed at the end): with ``resume``
+            (default) a run with the same settings and checkpoints (path, size and
+            modification time) takes the (scan, method) results it holds and fits only the
+            rest, so an interrupted evaluation continues where it stopped (the fits are
+            seeded per scan: the same table as an uninterrupted run). Other settings start
+            again (with a warning).
 
     Returns ``{"methods": {name: {"face": {metric: mean}, "head": {...}}}, "per_identity":
     [...], "settings": {...}, "seconds": ...}``.
@@ -128,6 +135,16 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
         pds = HeadDataset(data_root, split, expressions="posed", views=0)
         chosen = {ds.records[i]["identity"] for i in records}
         posed_records = [j for j in range(len(pds)) if pds.records[j]["identity"] in chosen]
+    settings = dict(data_root=os.fspath(data_root), split=split, identities=len(records),
+                    scan_points=scan_points, scan_resolution=scan_resolution, noise_std=noise_std,
+                    mesh_resolution=mesh_resolution, clip_radius=clip_radius, sparse_mesh=sparse_mesh,
+                    metric_points=metric_points, threshold=threshold, seed=seed, device=str(device),
+                    schedule=dataclasses.asdict(schedule),
+                    checkpoints={k: v.path for k, v in loaded.items()},
+                    expression_checkpoints={k: v.path for k, v in posers.items()},
+                    posed_scans=len(posed_records), refine_expression=refine_expression)
+    partial_path = os.path.join(out_dir, "eval_partial.json") if out_dir else None
+    done = _resumable_rows(partial_path, settings, [*loaded.values(), *posers.values()]) if resume else {}
     per_identity = []
     meshes_dir = os.path.join(out_dir, "meshes") if out_dir else None
     if meshes_dir:
@@ -145,8 +162,13 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
         name = rec["identity"] if rec["expression"] == "neutral" else f"{rec['identity']}_{rec['expression']}"
         scan = partial_point_cloud(gt, scan_points, resolution=scan_resolution, noise_std=noise_std,
                                    generator=seed * 1000003 + i)
-        row = {"identity": rec["identity"], "expression": rec["expression"], "methods": {}}
+        row = done.get((rec["identity"], rec["expression"])) or {
+            "identity": rec["identity"], "expression": rec["expression"], "methods": {}}
         for method, trained, expr in runs:
+            if method in row["methods"]:  # from an interrupted run with the same settings
+                if bar is not None:
+                    bar.update(1)
+                continue
             fit = fit_identity(trained.model, scan.points.to(device), schedule=schedule, seed=seed, progress=False,
                                expression_model=None if expr is None else expr.model)
             fit_seconds, losses, z_ex = fit.seconds, fit.losses, fit.z_ex
@@ -174,6 +196,10 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
         if meshes_dir:
             gt.to_trimesh().export(os.path.join(meshes_dir, f"{name}_gt.ply"))
         per_identity.append(row)
+        if partial_path:
+            _write_json_atomic(partial_path, {"settings": _plain(settings),
+                                              "files": _checkpoint_files([*loaded.values(), *posers.values()]),
+                                              "per_identity": per_identity})
 
     try:
         for i in records:
@@ -191,23 +217,62 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
                     if method in r["methods"] and region in r["methods"][method]]
             if vals:
                 methods[method][region] = {k: float(np.mean([v[k] for v in vals])) for k, _, _ in METRIC_KEYS}
-    result = {"methods": methods, "per_identity": per_identity,
-              "settings": dict(data_root=os.fspath(data_root), split=split, identities=len(records),
-                               scan_points=scan_points, scan_resolution=scan_resolution, noise_std=noise_std,
-                               mesh_resolution=mesh_resolution, clip_radius=clip_radius, sparse_mesh=sparse_mesh,
-                               metric_points=metric_points, threshold=threshold, seed=seed, device=str(device),
-                               schedule=dataclasses.asdict(schedule),
-                               checkpoints={k: v.path for k, v in loaded.items()},
-                               expression_checkpoints={k: v.path for k, v in posers.items()},
-                               posed_scans=len(posed_records), refine_expression=refine_expression),
-              "seconds": time.perf_counter() - t0}
+    result = {"methods": methods, "per_identity": per_identity, "settings": settings,
+              "seconds": time.perf_counter() - t0,
+              "resumed_results": sum(len(r["methods"]) for r in done.values())}
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, "eval.json"), "w") as f:
             json.dump(result, f, indent=1)
         with open(os.path.join(out_dir, "eval.md"), "w") as f:
             f.write(markdown_table(result) + "\n")
+        if os.path.exists(partial_path):
+            os.remove(partial_path)
     return result
+
+
+def _plain(obj):
+    """``obj`` as JSON gives it back (tuples as lists), for comparing settings."""
+    return json.loads(json.dumps(obj))
+
+
+def _checkpoint_files(trained) -> list:
+    """(path, size, modification time) of each loaded model's checkpoint (a retrained
+    checkpoint at the same path is another model)."""
+    out = []
+    for t in trained:
+        try:
+            st = os.stat(t.path)
+            out.append([t.path, st.st_size, st.st_mtime_ns])
+        except OSError:
+            out.append([t.path, None, None])
+    return out
+
+
+def _write_json_atomic(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _resumable_rows(path: Optional[str], settings: dict, trained) -> Dict[tuple, dict]:
+    """(identity, expression) -> the per-scan row of an interrupted run's ``eval_partial.json``
+    at ``path`` if it ran with these settings and checkpoints; ``{}`` otherwise."""
+    if not path or not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        same = saved["settings"] == _plain(settings) and saved["files"] == _checkpoint_files(trained)
+        rows = saved["per_identity"] if same else []
+    except (OSError, ValueError, KeyError, TypeError):
+        same, rows = False, []
+    if not same:
+        warnings.warn(f"{path} was written by an evaluation with other settings or checkpoints: starting again",
+                      RuntimeWarning, stacklevel=3)
+        return {}
+    return {(r["identity"], r["expression"]): r for r in rows}
 
 
 def markdown_table(result: dict) -> str:
@@ -265,6 +330,9 @@ def add_eval_parser(subparsers):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-expression-refine", action="store_true",
                    help="posed rows: the joint z_id/z_ex fit only (default: then z_ex alone, thesis 4.4.2)")
+    p.add_argument("--fresh", action="store_true",
+                   help="ignore the eval_partial.json of an interrupted run in --out (default: continue it when its "
+                        "settings and checkpoints are these)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_eval_main)
     return p
@@ -290,8 +358,12 @@ def _eval_main(args) -> int:
                              sparse_mesh=args.sparse_mesh,
                              metric_points=args.metric_points, schedule=schedule, identities=args.identities,
                              seed=args.seed, device=args.device, out_dir=args.out, progress=not args.no_progress,
-                             expressions=expressions, refine_expression=not args.no_expression_refine)
+                             expressions=expressions, refine_expression=not args.no_expression_refine,
+                             resume=not args.fresh)
     print(markdown_table(result))
+    if result["resumed_results"]:
+        print(f"({result['resumed_results']} (scan, method) results taken from the interrupted run's "
+              f"eval_partial.json)")
     print(f"-> {os.path.join(args.out, 'eval.json')} ({result['seconds']:.0f} s)")
     return 0
 

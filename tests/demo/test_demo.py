@@ -128,6 +128,61 @@ def test_eval_cli_writes_table(demo, tmp_path, capsys):
     assert "NAME=CHECKPOINT" in capsys.readouterr().err
 
 
+def test_eval_interrupted_continues_where_it_stopped(demo, tmp_path, monkeypatch, capsys):
+    """`npht eval` saves eval_partial.json after every scan; run again with the same settings
+    it fits only what is missing and gives the uninterrupted run's table; other settings
+    (or --fresh) start again."""
+    import npht.eval.metrics as metrics_mod
+
+    out, _ = demo
+    runs = os.path.join(out, "runs")
+    args = ["eval", "--data", os.path.join(out, "data"), "--model", f"TP={runs}/tp/checkpoint.pt",
+            "--model", f"NPM={runs}/npm/checkpoint.pt", "--expression", f"TP={runs}/expression/checkpoint.pt",
+            "--mesh-resolution", "24", "--metric-points", "2000", "--scan-points", "300", "--iterations", "8",
+            "--no-progress"]
+    assert cli_main(args + ["--out", str(tmp_path / "whole")]) == 0
+    with open(tmp_path / "whole" / "eval.json") as f:
+        whole = json.load(f)
+    assert len(whole["per_identity"]) >= 2 and whole["resumed_results"] == 0
+    assert not os.path.exists(tmp_path / "whole" / "eval_partial.json")
+
+    cut = tmp_path / "cut"
+    real, calls = metrics_mod.evaluate_meshes, []
+
+    def dying(*a, **k):  # Ctrl-C while scoring the second scan (the first posed one)
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(metrics_mod, "evaluate_meshes", dying)
+    assert cli_main(args + ["--out", str(cut)]) == 130
+    monkeypatch.undo()
+    with open(cut / "eval_partial.json") as f:
+        partial = json.load(f)
+    assert len(partial["per_identity"]) == 1 and set(partial["per_identity"][0]["methods"]) == {"TP", "NPM"}
+    capsys.readouterr()
+    assert cli_main(args + ["--out", str(cut)]) == 0
+    assert "(2 (scan, method) results taken from the interrupted run's" in capsys.readouterr().out
+    with open(cut / "eval.json") as f:
+        resumed = json.load(f)
+    assert resumed["resumed_results"] == 2 and resumed["methods"] == whole["methods"]
+    assert not os.path.exists(cut / "eval_partial.json")
+    # other settings: the partial results are not taken
+    with open(cut / "eval_partial.json", "w") as f:
+        json.dump(partial, f)
+    with pytest.warns(RuntimeWarning, match="other settings or checkpoints: starting again"):
+        assert cli_main(args[:-2] + ["9", "--no-progress", "--out", str(cut)]) == 0
+    with open(cut / "eval.json") as f:
+        assert json.load(f)["resumed_results"] == 0
+    with open(cut / "eval_partial.json", "w") as f:
+        json.dump(partial, f)
+    assert cli_main(args + ["--out", str(cut), "--fresh"]) == 0
+    with open(cut / "eval.json") as f:
+        fresh = json.load(f)
+    assert fresh["resumed_results"] == 0 and fresh["methods"] == whole["methods"]
+
+
 def test_eval_posed_scans_with_an_expression_model(demo, tmp_path, capsys):
     out, _ = demo
     runs = os.path.join(out, "runs")
