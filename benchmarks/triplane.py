@@ -24,7 +24,8 @@ the GPU ``npht-cuda-fused-tf32`` runs the fused step with TF32 matmuls
 takes the decoder's products from Triton kernels with the elementwise steps fused into
 them (``matmul="triton"``), ``-keep`` keeps the decoder's gradient pass for the backward
 (``keep_gradient_pass=True``, backward chunks of 2^17 rows), ``-h16`` stores the decoder's
-pre-activations in float16 (``h_dtype=torch.float16``), and each ``-tf32`` row reports
+pre-activations in float16 (``h_dtype=torch.float16``), ``-d16`` its gradient pass' vectors
+(``d_dtype=torch.float16``), and each ``-tf32`` row reports
 the cosine similarity of its gradients to the float32 step's (``grad_cosine_vs_float32``).
 
 Timing: triton.testing.do_bench on GPU, a repeated wall-clock timer on CPU; median and
@@ -105,7 +106,8 @@ def methods_for(device: str) -> list:
         names += ["reference-tf32", f"npht-{backends[0]}-fused-tf32"]
         if info["triton"]:  # the decoder's products as Triton kernels with fused elementwise steps
             names += [f"npht-{backends[0]}-fused-tmm-tf32", f"npht-{backends[0]}-fused-tmm-keep-tf32",
-                      f"npht-{backends[0]}-fused-tmm-h16-tf32", f"npht-{backends[0]}-fused-tmm-keep-h16-tf32"]
+                      f"npht-{backends[0]}-fused-tmm-h16-tf32", f"npht-{backends[0]}-fused-tmm-keep-h16-tf32",
+                      f"npht-{backends[0]}-fused-tmm-keep-h16-d16-tf32"]
     return names
 
 
@@ -119,7 +121,7 @@ def is_tf32(method: str) -> bool:
     return method.endswith("-tf32")
 
 
-FLAGS = ("-torch-ew", "-tmm", "-keep", "-h16")  # suffixes of the fused methods, before -tf32
+FLAGS = ("-torch-ew", "-tmm", "-keep", "-h16", "-d16")  # suffixes of the fused methods, before -tf32
 KEEP_CHUNK = 1 << 17  # rows per backward chunk of the -keep methods (unless --mlp-chunk)
 
 
@@ -155,6 +157,12 @@ def is_h16(method: str) -> bool:
     return "-h16" in _flags(method)[1]
 
 
+def is_d16(method: str) -> bool:
+    """``-d16`` methods (with ``-tmm``): the fused decoder stores its gradient pass' vectors
+    in float16 (``d_dtype=torch.float16``)."""
+    return "-d16" in _flags(method)[1]
+
+
 def is_torch_ew(method: str) -> bool:
     """``-torch-ew`` methods: the fused decoder gradient with its backward's elementwise
     steps as the PyTorch op sequence (``backend="reference"`` of softplus_mlp_with_grad)
@@ -170,7 +178,7 @@ def parse_method(method: str):
     base, flags = _flags(method)
     m = re.fullmatch(r"npht-(\w+?)(-cl)?(-fused)?(-ckpt)?", base)
     if m is None or (m.group(4) and not m.group(3)) or (flags and not m.group(3)) or \
-            ("-keep" in flags and m.group(4)) or ("-h16" in flags and "-tmm" not in flags):
+            ("-keep" in flags and m.group(4)) or (flags & {"-h16", "-d16"} and "-tmm" not in flags):
         raise ValueError(f"unknown method {method!r}")
     return m.group(1), bool(m.group(2)), bool(m.group(3)), bool(m.group(4))
 
@@ -267,7 +275,8 @@ def make_step(method: str, task: str, cfg: dict, device: str):
                                                 mlp_backend="reference" if is_torch_ew(method) else "auto",
                                                 mlp_matmul="triton" if is_tmm(method) else "torch",
                                                 mlp_keep_gradient_pass=is_keep(method),
-                                                mlp_h_dtype=torch.float16 if is_h16(method) else None)
+                                                mlp_h_dtype=torch.float16 if is_h16(method) else None,
+                                                mlp_d_dtype=torch.float16 if is_d16(method) else None)
             sdf = decoder(fn(planes, points), points)
             (normals,) = torch.autograd.grad(sdf.sum(), points, create_graph=True)
             return sdf, normals

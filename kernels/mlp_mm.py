@@ -29,6 +29,11 @@ arrays ``[M, *]`` contiguous in their last dim, ``w`` a layer's weight ``[out, i
 ``adjoint_step`` and ``down_step`` take ``colsum=True`` to also return their result's column
 sums (the next bias gradient), summed in the epilogue per row block.
 
+With float32 weights, the pre-activations ``h`` and the gradient pass' vectors ``d`` may be
+stored in float16 (``linear`` / ``reverse_step`` write them so with ``out_dtype``; every
+kernel converts what it loads to float32 and computes in float32). Gradients of the backward
+(``dbar``, ``hbar``, ``hadj``) stay in the weights' dtype.
+
 float32 products run as TF32 (``input_precision="tf32"``) unless torch's float32 matmul
 precision is ``"highest"`` (then IEEE float32), as torch's own matmuls do; float64 in IEEE.
 Accumulation is in float32 (float64 for float64 inputs).
@@ -92,8 +97,9 @@ def _mm_kernel(
     """out[M, N] = P(a)[M, K] @ b[K, N] (+ bias), then the epilogue EPI.
 
     PRO: 0 a; 1 softplus(a); 2 a * s'(a2) (a may be one row: s_am = 0).
-    Pre-activations (a with PRO 1, a2, e2) may be float16 with float32 weights: loaded, then
-    converted to the weights' dtype, in which everything is computed.
+    Pre-activations (a with PRO 1, a2, e2) and gradient-pass vectors (a with PRO 2, e1 with
+    EPI 1) may be float16 with float32 weights: loaded, then converted to the weights' dtype,
+    in which everything is computed.
     EPI: 0 out <- acc; 1 (e1, e2) = (d, h) (d may be one row: s_e1m = 0): out <- acc s'(h),
     out2 <- acc d s'(h) q(h) = acc d s''(h); 2 e2 = h: out <- [e1 +] acc s'(h) (out may be e1).
     COLSUM (EPI 1, 2): colsum[pid_m, :] <- the row block's column sums of out (a bias
@@ -132,7 +138,7 @@ def _mm_kernel(
         e1_off = rm[:, None] * s_e1m + rn[None, :]
         v = acc * d1
         if EPI == 1:
-            d = tl.load(e1_ptr + e1_off, mask=omask, other=0.0)
+            d = tl.load(e1_ptr + e1_off, mask=omask, other=0.0).to(CT)
             tl.store(out2_ptr + rm[:, None] * s_o2m + rn[None, :], (v * d * q).to(out2_ptr.dtype.element_ty),
                      mask=omask)
         elif HAS_E1:
@@ -182,7 +188,7 @@ def _shape(t):
     return tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
 
 
-def _dtype_and_rows(ref_name, ref, name, t, pre_activation):
+def _dtype_and_rows(ref_name, ref, name, t, half_ok):
     """(dtype, device) of tensor ``ref`` (float32/float64: the computation's), and the shape of
     the array ``t`` [M, W] checked against them."""
     if not isinstance(ref, torch.Tensor):
@@ -191,17 +197,18 @@ def _dtype_and_rows(ref_name, ref, name, t, pre_activation):
         raise TypeError(f"npht.kernels.mlp_mm: float32 or float64 only, got {ref.dtype}")
     if not isinstance(t, torch.Tensor) or t.dim() != 2:
         raise ValueError(f"npht.kernels.mlp_mm: {name} must be [M, W], got {_shape(t)}")
-    _rows(name, t, t.shape[0], t.shape[1], ref.dtype, ref.device, pre_activation=pre_activation)
+    _rows(name, t, t.shape[0], t.shape[1], ref.dtype, ref.device, half_ok=half_ok)
     return ref.dtype, ref.device, tuple(t.shape)
 
 
-def _rows(name, t, M, cols, dtype, device, pre_activation=False):
-    """Checks an array [M, cols]; ``pre_activation``: float16 is allowed beside float32."""
+def _rows(name, t, M, cols, dtype, device, half_ok=False):
+    """Checks an array [M, cols]; ``half_ok`` (a pre-activation or gradient-pass vector):
+    float16 is allowed beside float32."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"npht.kernels.mlp_mm: {name} must be a torch.Tensor, got {type(t).__name__}")
-    half_ok = pre_activation and dtype == torch.float32 and t.dtype == torch.float16
-    if (t.dtype != dtype and not half_ok) or t.device != device:
-        want = f"{dtype} (or float16)" if pre_activation and dtype == torch.float32 else f"{dtype}"
+    half = half_ok and dtype == torch.float32 and t.dtype == torch.float16
+    if (t.dtype != dtype and not half) or t.device != device:
+        want = f"{dtype} (or float16)" if half_ok and dtype == torch.float32 else f"{dtype}"
         raise TypeError(f"npht.kernels.mlp_mm: {name} must be {want} on {device}, got {t.dtype} on {t.device}")
     if t.shape != (M, cols):
         raise ValueError(f"npht.kernels.mlp_mm: {name} must be [{M}, {cols}], got {tuple(t.shape)}")
@@ -226,19 +233,19 @@ def _launch(a, a_bcast, w, w_transposed, *, beta, threshold, pro=_PRO_NONE, a2=N
         _row("the broadcast row", a, K, dtype, device)
         s_am, s_ak = 0, a.stride(0)
     else:
-        _rows("a", a, M, K, dtype, device, pre_activation=pro == _PRO_SOFTPLUS)
+        _rows("a", a, M, K, dtype, device, half_ok=pro in (_PRO_SOFTPLUS, _PRO_SP1))
         s_am, s_ak = a.stride(0), a.stride(1)
     if a2 is not None:
-        _rows("h", a2, M, K, dtype, device, pre_activation=True)
+        _rows("h", a2, M, K, dtype, device, half_ok=True)
     if e1 is not None:
         if e1_bcast:
             _row("the broadcast row", e1, N, dtype, device)
         else:
-            _rows("d" if epi == _EPI_ADJOINT else "hadj", e1, M, N, dtype, device)
+            _rows("d" if epi == _EPI_ADJOINT else "hadj", e1, M, N, dtype, device, half_ok=epi == _EPI_ADJOINT)
     for name, t in (("h", e2), ("out", out), ("out2", out2)):
         if t is not None:
-            # h, and the forward product's output (``half_out``: the next pre-activation), may be float16
-            _rows(name, t, M, N, dtype, device, pre_activation=name == "h" or (name == "out" and half_out))
+            # h, and the forward passes' outputs (``half_out``: the next pre-activation or d), may be float16
+            _rows(name, t, M, N, dtype, device, half_ok=name == "h" or (name == "out" and half_out))
     if bias is not None and bias.shape != (N,):
         raise ValueError(f"npht.kernels.mlp_mm: bias must be [{N}], got {tuple(bias.shape)}")
     if not (0 < beta < float("inf")):
@@ -267,27 +274,35 @@ def _launch(a, a_bcast, w, w_transposed, *, beta, threshold, pro=_PRO_NONE, a2=N
     return (out, partial.sum(0)) if colsum else out
 
 
+def _check_out_dtype(out_dtype, w):
+    if out_dtype not in (None, w.dtype) and not (out_dtype == torch.float16 and w.dtype == torch.float32):
+        raise TypeError(f"npht.kernels.mlp_mm: out_dtype must be the weights' {w.dtype} or float16 (with float32 "
+                        f"weights), got {out_dtype}")
+
+
 def linear(a, w, bias=None, *, softplus_input=False, beta=100.0, threshold=20.0, out=None, out_dtype=None):
     """``P(a) w^T + bias``; ``P = softplus(beta, threshold)`` with ``softplus_input``. With
     float32 weights, ``a`` (when softplus_input: a pre-activation) and the result (``out``,
     or ``out_dtype``) may be float16: computed in float32, stored rounded."""
-    if out_dtype not in (None, w.dtype) and not (out_dtype == torch.float16 and w.dtype == torch.float32):
-        raise TypeError(f"npht.kernels.mlp_mm: out_dtype must be the weights' {w.dtype} or float16 (with float32 "
-                        f"weights), got {out_dtype}")
+    _check_out_dtype(out_dtype, w)
     return _launch(a, False, w, True, beta=beta, threshold=threshold,
                    pro=_PRO_SOFTPLUS if softplus_input else _PRO_NONE, bias=bias, out=out, out_dtype=out_dtype,
                    half_out=True)
 
 
-def reverse_step(d, h, w, *, beta=100.0, threshold=20.0, out=None):
-    """``(d * s'(h)) w`` for ``d`` ``[M, out]`` or one row ``[out]`` (into ``out`` when given)."""
-    return _launch(d, d.dim() == 1, w, False, beta=beta, threshold=threshold, pro=_PRO_SP1, a2=h, out=out)
+def reverse_step(d, h, w, *, beta=100.0, threshold=20.0, out=None, out_dtype=None):
+    """``(d * s'(h)) w`` for ``d`` ``[M, out]`` or one row ``[out]`` (into ``out`` when given).
+    With float32 weights, ``d``, ``h`` and the result (``out``, or ``out_dtype``: the next
+    gradient-pass vector) may be float16: computed in float32, stored rounded."""
+    _check_out_dtype(out_dtype, w)
+    return _launch(d, d.dim() == 1, w, False, beta=beta, threshold=threshold, pro=_PRO_SP1, a2=h, out=out,
+                   out_dtype=out_dtype, half_out=True)
 
 
 def adjoint_step(dbar, w, d, h, *, beta=100.0, threshold=20.0, colsum=False):
     """``ebar = dbar w^T`` -> ``(ebar s'(h), ebar d s''(h))`` (the next ``dbar`` and the
     adjoint's contribution to ``hbar``), plus the first's column sums with ``colsum``;
-    ``d`` ``[M, out]`` or one row ``[out]``."""
+    ``d`` ``[M, out]`` (float16 allowed, as ``h``) or one row ``[out]``."""
     if d is None or h is None:
         raise ValueError("npht.kernels.mlp_mm.adjoint_step: d and h are required")
     hadj = torch.empty(h.shape, dtype=w.dtype, device=h.device)  # h may be float16, hadj is not
@@ -395,7 +410,7 @@ def _wgrad_kernel(a_ptr, a2_ptr, b_ptr, part_ptr, scalars, M, N, K, rows_per_spl
         row_ok = rm < r1
         amask = row_ok[:, None] & n_ok[None, :]
         # masked rows load as 0 in a (so P(a) is 0 there), whatever Q(b) is
-        a = tl.load(a_ptr + rm[:, None] * s_am + rn[None, :], mask=amask, other=0.0)
+        a = tl.load(a_ptr + rm[:, None] * s_am + rn[None, :], mask=amask, other=0.0).to(CT)
         if PRO_A == 2:
             h2 = tl.load(a2_ptr + rm[:, None] * s_a2m + rn[None, :], mask=amask, other=0.0).to(CT)
             d1, _q = _derivs(h2, beta, threshold)
@@ -431,8 +446,12 @@ def weight_grad(a, b, *, a_h=None, b_softplus=False, beta=100.0, threshold=20.0,
     gradient without the product's left or right factor written out first (e.g.
     ``gW_l += (d_l s'(h_l))^T dbar`` or ``hbar^T s(h_{l-1})``). Deterministic: per-split
     partial sums, then their sum."""
-    # the factors' dtype is a's; b (with b_softplus) or a_h may be float16
-    dtype, device, (M, K) = _dtype_and_rows("a", a, "b", b, b_softplus)
+    # the computation's dtype is a's (out's when a is a float16 gradient-pass vector); b (with
+    # b_softplus), a_h, and a with a_h may be float16
+    half_a = isinstance(a, torch.Tensor) and a.dtype == torch.float16
+    if half_a and out is None:
+        raise TypeError("npht.kernels.mlp_mm.weight_grad: a float16 `a` needs `out` (float32) for the result's dtype")
+    dtype, device, (M, K) = _dtype_and_rows("out" if half_a else "a", out if half_a else a, "b", b, b_softplus)
     if a.dim() == 1:
         if a_h is None:
             raise ValueError("npht.kernels.mlp_mm.weight_grad: a broadcast row needs a_h (its rows' factor)")
@@ -441,10 +460,10 @@ def weight_grad(a, b, *, a_h=None, b_softplus=False, beta=100.0, threshold=20.0,
         s_am = 0
     else:
         N = a.shape[1] if a.dim() == 2 else -1
-        _rows("a", a, M, N, dtype, device)
+        _rows("a", a, M, N, dtype, device, half_ok=a_h is not None)
         s_am = a.stride(0)
     if a_h is not None:
-        _rows("a_h", a_h, M, N, dtype, device, pre_activation=True)
+        _rows("a_h", a_h, M, N, dtype, device, half_ok=True)
     if not (0 < beta < float("inf")):
         raise ValueError(f"npht.kernels.mlp_mm: beta must be finite and > 0, got {beta}")
     if out is not None and (out.shape != (N, K) or out.dtype != dtype or out.device != device):

@@ -3,7 +3,7 @@ the decoder's products as Triton kernels (``npht-<backend>-fused-tmm-tf32``), ti
 ``NPHT_MLP_MM_BLOCKS`` (products) and ``NPHT_MLP_WGRAD_BLOCKS`` (weight-gradient reductions)
 candidate, beside the same step with torch's products
 (``-fused-tf32``), with the gradient pass kept (``-tmm-keep``), with float16 pre-activations
-(``-tmm-h16``) and the float32 reference, in one process. Prints one line per
+(``-tmm-h16``, ``-tmm-keep-h16-d16``) and the float32 reference, in one process. Prints one line per
 candidate and writes ``tune_mlp_mm.json`` to ``--out``; the best candidates are the ones to
 make the defaults in ``kernels/mlp_mm.py`` (``_blocks``, ``_wgrad_blocks``).
 
@@ -54,6 +54,7 @@ def main(argv=None) -> dict:
     timed(tmm)  # the default blocks
     timed(tmm.replace("-tmm", "-tmm-keep"))  # keeping the gradient pass (no recompute)
     timed(tmm.replace("-tmm", "-tmm-h16"))  # float16 pre-activations
+    timed(tmm.replace("-tmm", "-tmm-keep-h16-d16"))  # kept gradient pass, both in float16
     for blocks in args.configs:
         timed(tmm, blocks)
     for blocks in args.wgrad_configs:

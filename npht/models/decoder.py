@@ -87,7 +87,7 @@ class TriplaneDecoder(nn.Module):
                          checkpoint: bool = False, mlp_backend: str = "auto",
                          mlp_chunk_size: Optional[int] = None, mlp_matmul: str = "torch",
                          mlp_keep_gradient_pass: bool = False, mlp_h_dtype: Optional[torch.dtype] = None,
-                         **sample_kwargs):
+                         mlp_d_dtype: Optional[torch.dtype] = None, **sample_kwargs):
         """SDF ``[B, N]`` and its gradient w.r.t. the points ``[B, N, 3]`` (normals before
         normalisation), through the tri-plane features and the direct point input.
 
@@ -103,8 +103,8 @@ class TriplaneDecoder(nn.Module):
         or Triton's with the elementwise steps fused in; ``mlp_keep_gradient_pass``: its
         ``keep_gradient_pass``, more memory for no recompute; ``mlp_h_dtype``: its
         ``h_dtype``, ``torch.float16`` stores the pre-activations at half the memory and
-        traffic with Triton products in float32); ``fused=False`` is plain autograd (the
-        reference).
+        traffic with Triton products in float32; ``mlp_d_dtype``: its ``d_dtype``, likewise
+        for the gradient pass' vectors); ``fused=False`` is plain autograd (the reference).
         With grad mode off, the results are plain tensors and no graph is kept.
         """
         create = torch.is_grad_enabled()
@@ -126,7 +126,8 @@ class TriplaneDecoder(nn.Module):
                                                      checkpoint=checkpoint or not create,
                                                      backend=mlp_backend, matmul=mlp_matmul,
                                                      keep_gradient_pass=mlp_keep_gradient_pass and create
-                                                     and not checkpoint, h_dtype=mlp_h_dtype, **chunk)
+                                                     and not checkpoint, h_dtype=mlp_h_dtype, d_dtype=mlp_d_dtype,
+                                                     **chunk)
                 grad_feat, grad_pts = grad_x.split([self.feature_dim, grad_x.shape[-1] - self.feature_dim], -1)
                 # chain the feature gradient through the tri-plane op's backward (which
                 # skips the planes' gradient: the engine tells it this call does not use it)

@@ -17,7 +17,8 @@ per node. Here the three passes are explicit:
 
 Only the pre-activations ``h_l`` are kept (one ``[M, width]`` tensor per hidden layer;
 float16 with ``h_dtype=torch.float16`` and Triton products), or nothing at all with
-``checkpoint=True``, or also the reverse pass' ``d_l`` with ``keep_gradient_pass=True``. The backward runs in chunks of ``chunk_size`` rows: it
+``checkpoint=True``, or also the reverse pass' ``d_l`` with ``keep_gradient_pass=True``
+(float16 with ``d_dtype=torch.float16``). The backward runs in chunks of ``chunk_size`` rows: it
 recomputes the chunk's reverse pass (unless kept; and with ``checkpoint`` its
 pre-activations), so its working memory is a few chunk-sized temporaries whatever the
 number of points.
@@ -202,12 +203,13 @@ def _mlp_grad_op(
     matmul: str,
     keep: bool,
     h_dtype: torch.dtype,
+    d_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
     M = x.shape[0]
     hs = [x.new_empty(M, w.shape[0], dtype=h_dtype) for w in weights[:-1]] if save else []
-    ds = [x.new_empty(M, w.shape[0]) for w in weights[:-2]] if (save and keep) else []
+    ds = [x.new_empty(M, w.shape[0], dtype=d_dtype) for w in weights[:-2]] if (save and keep) else []
     rows = _forward_rows if matmul == "torch" else functools.partial(
-        mlp_tmm.forward_rows, mm=kernels("triton", "mlp_mm"), h_dtype=h_dtype)
+        mlp_tmm.forward_rows, mm=kernels("triton", "mlp_mm"), h_dtype=h_dtype, d_dtype=d_dtype)
     if M <= chunk:
         y, g, _ = rows(x, weights, biases, beta, threshold, hs or None, ds or None)
         return y, g, hs, ds
@@ -222,10 +224,10 @@ def _mlp_grad_op(
 
 
 @_mlp_grad_op.register_fake
-def _(x, weights, biases, beta, threshold, save, chunk, backend, matmul, keep, h_dtype):
+def _(x, weights, biases, beta, threshold, save, chunk, backend, matmul, keep, h_dtype, d_dtype):
     M = x.shape[0]
     hs = [x.new_empty(M, w.shape[0], dtype=h_dtype) for w in weights[:-1]] if save else []
-    ds = [x.new_empty(M, w.shape[0]) for w in weights[:-2]] if (save and keep) else []
+    ds = [x.new_empty(M, w.shape[0], dtype=d_dtype) for w in weights[:-2]] if (save and keep) else []
     return x.new_empty(M), x.new_empty(x.shape), hs, ds
 
 
@@ -246,6 +248,7 @@ def _mlp_grad_backward_op(
     backend: str,
     matmul: str,
     h_dtype: torch.dtype,
+    d_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
     M = x.shape[0]
     k = kernels(backend, "mlp")
@@ -253,8 +256,8 @@ def _mlp_grad_backward_op(
         rows_fwd, rows_bwd = _forward_rows, functools.partial(_backward_rows, k=k)
     else:
         mm = kernels("triton", "mlp_mm")
-        rows_fwd = functools.partial(mlp_tmm.forward_rows, mm=mm, h_dtype=h_dtype)
-        rows_bwd = functools.partial(mlp_tmm.backward_rows, k=k, mm=mm)
+        rows_fwd = functools.partial(mlp_tmm.forward_rows, mm=mm, h_dtype=h_dtype, d_dtype=d_dtype)
+        rows_bwd = functools.partial(mlp_tmm.backward_rows, k=k, mm=mm, d_dtype=d_dtype)
     gW = [torch.zeros_like(w) for w in weights] if need_params else None
     gb = [torch.zeros_like(b) for b in biases] if need_params else None
     gx = torch.zeros_like(x) if need_x else x.new_empty(0)
@@ -280,7 +283,7 @@ def _mlp_grad_backward_op(
 
 @_mlp_grad_backward_op.register_fake
 def _(grad_y, grad_g, x, weights, biases, hs, ds, beta, threshold, chunk, need_x, need_params, backend, matmul,
-      h_dtype):
+      h_dtype, d_dtype):
     gx = x.new_empty(x.shape) if need_x else x.new_empty(0)
     if need_params:
         return gx, [w.new_empty(w.shape) for w in weights], [b.new_empty(b.shape) for b in biases]
@@ -288,7 +291,7 @@ def _(grad_y, grad_g, x, weights, biases, hs, ds, beta, threshold, chunk, need_x
 
 
 def _setup_context(ctx, inputs, output):
-    x, weights, biases, beta, threshold, save, chunk, backend, matmul, keep, h_dtype = inputs
+    x, weights, biases, beta, threshold, save, chunk, backend, matmul, keep, h_dtype, d_dtype = inputs
     _, _, hs, ds = output
     ctx.save_for_backward(x, *weights, *biases, *hs, *ds)
     # hs and ds are saved state, not results: no gradient flows into them, and none must
@@ -304,6 +307,7 @@ def _setup_context(ctx, inputs, output):
     ctx.backend = backend
     ctx.matmul = matmul
     ctx.h_dtype = h_dtype
+    ctx.d_dtype = d_dtype
 
 
 def _usable(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -317,12 +321,12 @@ def _backward(ctx, grad_y, grad_g, _grad_hs, _grad_ds):
     hs, ds = list(rest[2 * L:2 * L + nh]), list(rest[2 * L + nh:])
     gx, gW, gb = torch.ops.npht.softplus_mlp_grad_backward(
         _usable(grad_y), _usable(grad_g), x, weights, biases, hs, ds, *ctx.args,
-        ctx.need_x, ctx.need_params, ctx.backend, ctx.matmul, ctx.h_dtype,
+        ctx.need_x, ctx.need_params, ctx.backend, ctx.matmul, ctx.h_dtype, ctx.d_dtype,
     )
     gx = gx if ctx.need_x else None
     if not ctx.need_params:  # list inputs take a list of Nones
         gW, gb = [None] * L, [None] * L
-    return gx, gW, gb, None, None, None, None, None, None, None, None
+    return gx, gW, gb, None, None, None, None, None, None, None, None, None
 
 
 _mlp_grad_op.register_autograd(_backward, setup_context=_setup_context)
@@ -367,16 +371,17 @@ def _resolve_matmul(matmul: str, x: torch.Tensor) -> str:
     return matmul
 
 
-def _resolve_h_dtype(h_dtype, x: torch.Tensor, matmul: str) -> torch.dtype:
-    """``None`` -> x's dtype; ``torch.float16`` needs float32 inputs and Triton products."""
-    if h_dtype is None or h_dtype == x.dtype:
+def _resolve_storage_dtype(name: str, what: str, dtype, x: torch.Tensor, matmul: str) -> torch.dtype:
+    """``h_dtype`` / ``d_dtype``: ``None`` -> x's dtype; ``torch.float16`` needs float32 inputs
+    and Triton products."""
+    if dtype is None or dtype == x.dtype:
         return x.dtype
-    if not isinstance(h_dtype, torch.dtype) or h_dtype != torch.float16:
-        raise TypeError(f"h_dtype must be None, x's dtype or torch.float16, got {h_dtype!r}")
+    if not isinstance(dtype, torch.dtype) or dtype != torch.float16:
+        raise TypeError(f"{name} must be None, x's dtype or torch.float16, got {dtype!r}")
     if x.dtype != torch.float32 or matmul != "triton":
-        raise ValueError(f"h_dtype=torch.float16 stores float32 pre-activations in the Triton products' "
-                         f"kernels: it needs float32 inputs and matmul='triton' (got {x.dtype}, matmul={matmul!r})")
-    return h_dtype
+        raise ValueError(f"{name}=torch.float16 stores float32 {what} in the Triton products' kernels: it needs "
+                         f"float32 inputs and matmul='triton' (got {x.dtype}, matmul={matmul!r})")
+    return dtype
 
 
 def _check(x, weights, biases, beta, threshold, chunk_size):
@@ -432,6 +437,7 @@ def softplus_mlp_with_grad(
     matmul: str = "torch",
     keep_gradient_pass: bool = False,
     h_dtype: Optional[torch.dtype] = None,
+    d_dtype: Optional[torch.dtype] = None,
 ):
     """Value and input gradient of a softplus MLP with one output.
 
@@ -472,6 +478,16 @@ def softplus_mlp_with_grad(
             float16's range (|h| > 65504) overflow: for decoders whose pre-activations are
             O(1-100), as SDF decoders' are. The gradients then differ from float32's by about
             TF32's rounding (tests/ops/test_mlp_mm.py measures it).
+        d_dtype: likewise for the gradient pass' vectors ``d_l = dy/da_l`` (kept with
+            ``keep_gradient_pass``, else recomputed in the backward; ``g`` itself stays in x's
+            dtype): ``torch.float16`` rounds them to the 11 significant bits TF32 keeps of a
+            product's inputs (they are the left operands of the gradient pass' and the weight
+            gradients' products) and halves their memory and traffic (with ``h_dtype`` too,
+            about 13.5 pass-equivalents per hidden layer instead of 15.5 with
+            ``keep_gradient_pass``). float16's range is the caveat: entries below ~6e-5 lose
+            relative precision (subnormals), below ~6e-8 they vanish; an SDF decoder's
+            ``d_l`` are O(1e-3-1) (its gradient has norm ~1), a network whose ``dy/da`` are
+            much smaller should keep float32.
 
     Returns:
         ``(y [...], dy_dx [..., D0])``, both differentiable (once) w.r.t. ``x``, the
@@ -491,9 +507,10 @@ def softplus_mlp_with_grad(
     if keep_gradient_pass and checkpoint:
         raise ValueError("keep_gradient_pass=True keeps more for the backward, checkpoint=True keeps nothing: "
                          "choose one")
-    h_dtype = _resolve_h_dtype(h_dtype, x, matmul)
+    h_dtype = _resolve_storage_dtype("h_dtype", "pre-activations", h_dtype, x, matmul)
+    d_dtype = _resolve_storage_dtype("d_dtype", "gradient-pass vectors", d_dtype, x, matmul)
     y, g, _, _ = torch.ops.npht.softplus_mlp_grad(
         x2, weights, biases, float(beta), float(threshold), needs_grad and not checkpoint,
-        int(chunk_size), backend, matmul, keep_gradient_pass, h_dtype,
+        int(chunk_size), backend, matmul, keep_gradient_pass, h_dtype, d_dtype,
     )
     return y.reshape(lead), g.reshape(*lead, D0)

@@ -18,10 +18,11 @@ from typing import List, Optional
 import torch
 
 
-def forward_rows(x, weights, biases, beta, threshold, h_out=None, d_out=None, *, mm, h_dtype=None):
+def forward_rows(x, weights, biases, beta, threshold, h_out=None, d_out=None, *, mm, h_dtype=None, d_dtype=None):
     """``_forward_rows`` with Triton products: ``h_l = s(h_{l-1}) W_l^T + b_l`` (the
     softplus in the product's prologue), ``d_{l-1} = (d_l s'(h_l)) W_l`` likewise. The
-    pre-activations are stored in ``h_dtype`` (float16: computed in float32, rounded)."""
+    pre-activations are stored in ``h_dtype``, the gradient pass' vectors ``d_l`` (not ``g``)
+    in ``d_dtype`` (float16: computed in float32, rounded)."""
     hs = []
     a, softplus_input = x, False
     for l in range(len(weights) - 1):
@@ -33,11 +34,12 @@ def forward_rows(x, weights, biases, beta, threshold, h_out=None, d_out=None, *,
     d = weights[-1][0]  # d_{L-2}: the output row, broadcast over the rows
     for l in range(len(weights) - 2, -1, -1):
         out = None if (d_out is None or l == 0) else d_out[l - 1]
-        d = mm.reverse_step(d, hs[l], weights[l], beta=beta, threshold=threshold, out=out)
+        d = mm.reverse_step(d, hs[l], weights[l], beta=beta, threshold=threshold, out=out,
+                            out_dtype=d_dtype if l > 0 else None)
     return y, d, hs
 
 
-def backward_rows(gy, gg, x, weights, hs, ds, beta, threshold, gW, gb, need_x, *, k, mm):
+def backward_rows(gy, gg, x, weights, hs, ds, beta, threshold, gW, gb, need_x, *, k, mm, d_dtype=None):
     """``_backward_rows`` with Triton products. Sweep up: the reverse pass' ``d_l`` (kept,
     or recomputed by products with ``s'`` in their prologue), then per layer
     ``gW_l += (d_l s'(h_l))^T dbar`` (a reduction with the ``s'`` in its prologue) and one
@@ -59,7 +61,7 @@ def backward_rows(gy, gg, x, weights, hs, ds, beta, threshold, gW, gb, need_x, *
         else:
             d_all = [None] * (L - 2) + [w_out]
             for l in range(L - 2, 0, -1):
-                d_all[l - 1] = mm.reverse_step(d_all[l], hs[l], weights[l], **sc)
+                d_all[l - 1] = mm.reverse_step(d_all[l], hs[l], weights[l], out_dtype=d_dtype, **sc)
         dbar = gg
         for l in range(L - 1):
             if need_params:

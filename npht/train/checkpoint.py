@@ -18,7 +18,7 @@ __all__ = ["save_atomic", "load_checkpoint", "rng_state", "set_rng_state", "spli
 
 #: config fields a resumed run may set differently: how it runs, not what it trains
 RESUME_MAY_CHANGE = frozenset({"device", "progress", "ckpt_every", "image_every", "log_every", "workers", "bf16",
-                               "tf32", "fused_matmul", "fused_h16", "fused_keep", "stage_epochs", "epochs"})
+                               "tf32", "fused_matmul", "fused_h16", "fused_d16", "fused_keep", "stage_epochs", "epochs"})
 
 
 def config_differences(saved, current, may_change=RESUME_MAY_CHANGE) -> list:

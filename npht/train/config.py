@@ -24,7 +24,7 @@ Presets (``TrainConfig.preset(name, **overrides)``):
   batch 32.
 
 The fused decoder gradient's fast paths are off in every preset (not timed on a GPU yet):
-``fused_matmul="triton"``, ``fused_h16``, ``fused_keep`` and ``tf32`` (TF32 where gradients
+``fused_matmul="triton"``, ``fused_h16``, ``fused_d16``, ``fused_keep`` and ``tf32`` (TF32 where gradients
 are computed); :meth:`TrainConfig.check` refuses contradicting settings.
 """
 
@@ -84,6 +84,7 @@ class TrainConfig:
     fused_checkpoint: bool = False       # ... keeping nothing for the backward in the shading pass (memory)
     fused_matmul: str = "torch"          # ... its products: "torch" | "triton" (elementwise steps fused in; GPU)
     fused_h16: bool = False              # ... its pre-activations stored in float16 (needs fused_matmul="triton")
+    fused_d16: bool = False              # ... its gradient pass' vectors stored in float16 (likewise)
     fused_keep: bool = False             # ... the 3D terms keep its gradient pass (memory for one product less)
     # TF32 (torch's "high" float32 matmul precision) where gradients are computed: the 3D
     # terms' SDF and gradient, the shading pass and the backward; the sampler's no-grad SDF
@@ -116,11 +117,11 @@ class TrainConfig:
 
     def check(self) -> "TrainConfig":
         """Raises ValueError for settings that contradict each other (the fused decoder
-        gradient's options without it, float16 pre-activations without Triton products);
+        gradient's options without it, float16 storage without Triton products);
         returns self."""
         if self.fused_matmul not in ("torch", "triton"):
             raise ValueError(f"fused_matmul must be 'torch' or 'triton', got {self.fused_matmul!r}")
-        fused_opts = [k for k in ("fused_checkpoint", "fused_h16", "fused_keep") if getattr(self, k)]
+        fused_opts = [k for k in ("fused_checkpoint", "fused_h16", "fused_d16", "fused_keep") if getattr(self, k)]
         if self.fused_matmul != "torch":
             fused_opts.append("fused_matmul")
         if fused_opts and not self.fused_gradient:
@@ -133,15 +134,15 @@ class TrainConfig:
         if fast and self.bf16:
             raise ValueError(f"bf16 runs the decoder's gradient through autograd (the fused gradient takes "
                              f"float32): {', '.join(fast)} would have no effect")
-        if self.fused_h16 and self.fused_matmul != "triton":
-            raise ValueError("fused_h16 stores the pre-activations in the Triton products' kernels: "
-                             "set fused_matmul='triton'")
+        for k in ("fused_h16", "fused_d16"):
+            if getattr(self, k) and self.fused_matmul != "triton":
+                raise ValueError(f"{k} stores float16 in the Triton products' kernels: set fused_matmul='triton'")
         return self
 
     def fused_kwargs(self) -> dict:
         """:meth:`npht.models.TriplaneDecoder.sdf_and_gradient`'s options of the fused gradient."""
         return dict(mlp_matmul=self.fused_matmul, mlp_h_dtype=torch.float16 if self.fused_h16 else None,
-                    mlp_keep_gradient_pass=self.fused_keep)
+                    mlp_d_dtype=torch.float16 if self.fused_d16 else None, mlp_keep_gradient_pass=self.fused_keep)
 
     @property
     def uses_2d(self) -> bool:

@@ -560,6 +560,8 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="the fused decoder gradient's products (triton: elementwise steps fused in; GPU)")
     p.add_argument("--fused-h16", action="store_true",
                    help="float16 pre-activations in the fused gradient (with --fused-matmul triton)")
+    p.add_argument("--fused-d16", action="store_true",
+                   help="float16 gradient-pass vectors in the fused gradient (with --fused-matmul triton)")
     p.add_argument("--fused-keep", action="store_true",
                    help="the 3D terms keep the fused gradient's gradient pass (memory for time)")
     p.add_argument("--ckpt-every", type=int)
@@ -571,7 +573,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 def train_identity_main(args) -> int:
     over = cli_overrides(args, ("batch_size", "device", "seed", "ckpt_every", "image_every", "fused_matmul"),
-                         ("bf16", "tf32", "fused_gradient", "fused_h16", "fused_keep"))
+                         ("bf16", "tf32", "fused_gradient", "fused_h16", "fused_d16", "fused_keep"))
     if args.epochs:
         over["stage_epochs"] = tuple(args.epochs)
     cfg = resume_or_preset_config(TrainConfig, args, over, "cpu-demo")

@@ -20,7 +20,7 @@ def test_triplane_benchmark_smoke(tmp_path):
                        "--C", "4", "--res", "8", "--reps", "2", "--out", str(tmp_path), "--no-memory",
                        "--methods", "reference", "npht-reference", "eg3d", "npht-cpu", "npht-cpu-cl", "npht-cpu-fused",
                        "npht-cpu-fused-ckpt", "npht-cpu-fused-tf32", "npht-cpu-fused-tmm", "npht-cpu-fused-keep",
-                       "npht-cpu-fused-tmm-h16"])
+                       "npht-cpu-fused-tmm-h16", "npht-cpu-fused-tmm-keep-h16-d16"])
     with open(path) as f:
         res = json.load(f)
     assert res["device_type"] == "cpu" and res["commit"] and res["torch"]
@@ -28,7 +28,8 @@ def test_triplane_benchmark_smoke(tmp_path):
     assert set(rows) == {(t, m) for t in ("fwd", "fwd_bwd", "eikonal_op", "eikonal")
                          for m in ("reference", "npht-reference", "eg3d", "npht-cpu", "npht-cpu-cl")} | {
         ("eikonal", "npht-cpu-fused"), ("eikonal", "npht-cpu-fused-ckpt"), ("eikonal", "npht-cpu-fused-tf32"),
-        ("eikonal", "npht-cpu-fused-tmm"), ("eikonal", "npht-cpu-fused-keep"), ("eikonal", "npht-cpu-fused-tmm-h16")}
+        ("eikonal", "npht-cpu-fused-tmm"), ("eikonal", "npht-cpu-fused-keep"), ("eikonal", "npht-cpu-fused-tmm-h16"),
+        ("eikonal", "npht-cpu-fused-tmm-keep-h16-d16")}
     # the precision variant reports its gradients against float32's (no TF32 on a CPU: equal)
     assert rows[("eikonal", "npht-cpu-fused-tf32")]["grad_cosine_vs_float32"] > 0.9999
     assert "npht-cuda-fused-tf32" not in bench.methods_for("cpu")
@@ -92,9 +93,12 @@ def test_method_names():
     assert bench.is_h16("npht-cuda-fused-tmm-h16-tf32") and not bench.is_h16("npht-cuda-fused-tmm-tf32")
     both = "npht-cuda-fused-tmm-keep-h16-tf32"
     assert bench.parse_method(both) == ("cuda", False, True, False)
-    assert bench.is_h16(both) and bench.is_keep(both) and bench.is_tmm(both)
+    assert bench.is_h16(both) and bench.is_keep(both) and bench.is_tmm(both) and not bench.is_d16(both)
+    half = "npht-cuda-fused-tmm-keep-h16-d16-tf32"
+    assert bench.parse_method(half) == ("cuda", False, True, False)
+    assert bench.is_d16(half) and bench.is_h16(half) and bench.is_keep(half)
     for bad in ("npht-cpu-tmm", "npht-cpu-fused-ckpt-keep", "npht-cpu-keep", "npht-cpu-fused-h16",
-                "npht-cpu-h16"):
+                "npht-cpu-h16", "npht-cpu-fused-d16", "npht-cpu-fused-keep-d16"):
         with pytest.raises(ValueError, match="unknown method"):
             bench.parse_method(bad)
     assert bench.applies("reference-tf32", "eikonal") and not bench.applies("reference-tf32", "fwd")

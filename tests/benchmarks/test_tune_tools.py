@@ -21,10 +21,10 @@ def test_tune_mlp_mm_smoke(tmp_path, monkeypatch):
     rows = res["rows"]
     assert [(r["method"], r["blocks"]) for r in rows] == [
         ("reference", None), ("npht-cpu-fused", None), ("npht-cpu-fused-tmm", None), ("npht-cpu-fused-tmm-keep", None),
-        ("npht-cpu-fused-tmm-h16", None), ("npht-cpu-fused-tmm", "32,64,16,4"), ("npht-cpu-fused-tmm", "bad"),
-        ("npht-cpu-fused-tmm", "32,32,16,4,2")]
-    assert all(r["median_ms"] > 0 for r in rows[:6]) and rows[-1]["median_ms"] > 0
-    assert rows[-1]["variable"] == "NPHT_MLP_WGRAD_BLOCKS" and rows[5]["variable"] == "NPHT_MLP_MM_BLOCKS"
+        ("npht-cpu-fused-tmm-h16", None), ("npht-cpu-fused-tmm-keep-h16-d16", None),
+        ("npht-cpu-fused-tmm", "32,64,16,4"), ("npht-cpu-fused-tmm", "bad"), ("npht-cpu-fused-tmm", "32,32,16,4,2")]
+    assert all(r["median_ms"] > 0 for r in rows[:7]) and rows[-1]["median_ms"] > 0
+    assert rows[-1]["variable"] == "NPHT_MLP_WGRAD_BLOCKS" and rows[6]["variable"] == "NPHT_MLP_MM_BLOCKS"
     assert res["config"]["B"] == 1 and res["config"]["eik_N"] == 20
     assert "NPHT_MLP_MM_BLOCKS" in rows[-2]["error"]
     assert "NPHT_MLP_MM_BLOCKS" not in os.environ and "NPHT_MLP_WGRAD_BLOCKS" not in os.environ

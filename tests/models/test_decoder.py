@@ -69,10 +69,13 @@ def test_fused_sdf_and_gradient_matches_autograd(checkpoint, sample_backend, mlp
     torch.testing.assert_close(g1[..., 0], fd, rtol=1e-3, atol=1e-4)
 
 
-def test_fused_sdf_and_gradient_float16_pre_activations():
-    """mlp_h_dtype=torch.float16 (float32 decoder, Triton products): the eikonal step's
-    gradients close to float32 autograd's (cosine; the storage rounds like TF32), and the
-    option reaches the op (its error shows; float32 alone is ~1e-6)."""
+@pytest.mark.parametrize("storage", [dict(mlp_h_dtype=torch.float16),
+                                     dict(mlp_h_dtype=torch.float16, mlp_d_dtype=torch.float16,
+                                          mlp_keep_gradient_pass=True)], ids=["h16", "h16-d16-kept"])
+def test_fused_sdf_and_gradient_float16_storage(storage):
+    """mlp_h_dtype / mlp_d_dtype = torch.float16 (float32 decoder, Triton products): the
+    eikonal step's gradients close to float32 autograd's (cosine; the storage rounds like
+    TF32), and the options reach the op (its error shows; float32 alone is ~1e-6)."""
     require_backend("triton")
     torch.manual_seed(0)
     dec = TriplaneDecoder(feature_dim=5, hidden=32)
@@ -80,7 +83,7 @@ def test_fused_sdf_and_gradient_float16_pre_activations():
     points = (torch.rand(2, 65, 3) * 2 - 1).requires_grad_()
     params = [planes, points, *dec.parameters()]
     results = []
-    for kw in (dict(fused=False), dict(mlp_matmul="triton", mlp_h_dtype=torch.float16)):
+    for kw in (dict(fused=False), dict(mlp_matmul="triton", **storage)):
         sdf, grad = dec.sdf_and_gradient(planes, points, backend="cpu", **kw)
         loss = ((grad.norm(dim=-1) - 1) ** 2).mean() + sdf.abs().mean()
         results.append((sdf, grad, torch.autograd.grad(loss, params)))
@@ -90,7 +93,7 @@ def test_fused_sdf_and_gradient_float16_pre_activations():
         assert F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0) > 0.9999
     assert max((a - b).abs().max() / b.abs().max() for a, b in zip(r1, r0)) > 1e-5
     with pytest.raises(ValueError, match="needs float32 inputs and matmul='triton'"):
-        dec.sdf_and_gradient(planes, points, backend="cpu", mlp_h_dtype=torch.float16)
+        dec.sdf_and_gradient(planes, points, backend="cpu", **storage)
 
 
 def test_sdf_and_gradient_without_grad_mode():

@@ -139,22 +139,23 @@ def test_third_derivative_is_an_error():
         torch.autograd.grad(gx.sum(), x)
 
 
-def opcheck_mlp_ops(device, backend, matmul, h_dtype=torch.float32):
+def opcheck_mlp_ops(device, backend, matmul, h_dtype=torch.float32, d_dtype=torch.float32):
     """torch.library.opcheck of both registered ops: saved / kept / checkpointed, chunked
-    (``h_dtype``: the pre-activations' storage, float16 with Triton products)."""
+    (``h_dtype`` / ``d_dtype``: the pre-activations' / gradient-pass vectors' storage,
+    float16 with Triton products)."""
     weights, biases = make_mlp((4, 6, 6, 1), dtype=torch.float32)
     weights = [w.detach().to(device).requires_grad_() for w in weights]
     biases = [b.detach().to(device).requires_grad_() for b in biases]
     x = torch.randn(9, 4, device=device, requires_grad=True)
     for save, keep in ((True, False), (True, True), (False, False)):
         torch.library.opcheck(torch.ops.npht.softplus_mlp_grad.default,
-                              (x, weights, biases, 100.0, 20.0, save, 4, backend, matmul, keep, h_dtype))
+                              (x, weights, biases, 100.0, 20.0, save, 4, backend, matmul, keep, h_dtype, d_dtype))
     y, g, hs, ds = torch.ops.npht.softplus_mlp_grad(x, weights, biases, 100.0, 20.0, True, 4, backend, matmul, True,
-                                                    h_dtype)
-    assert len(hs) == 2 and len(ds) == 1 and hs[0].dtype == h_dtype and ds[0].dtype == torch.float32
+                                                    h_dtype, d_dtype)
+    assert len(hs) == 2 and len(ds) == 1 and hs[0].dtype == h_dtype and ds[0].dtype == d_dtype
     args = (torch.randn(9, device=device), torch.randn(9, 4, device=device), x.detach(),
             [w.detach() for w in weights], [b.detach() for b in biases], [h.detach() for h in hs],
-            [d.detach() for d in ds], 100.0, 20.0, 4, True, True, backend, matmul, h_dtype)
+            [d.detach() for d in ds], 100.0, 20.0, 4, True, True, backend, matmul, h_dtype, d_dtype)
     torch.library.opcheck(torch.ops.npht.softplus_mlp_grad_backward.default, args)
     args_saved = args[:6] + ([],) + args[7:]
     torch.library.opcheck(torch.ops.npht.softplus_mlp_grad_backward.default, args_saved)

@@ -146,13 +146,19 @@ def test_triton_matmul_float32(tdev, precision):
             assert err <= t, (matmul, name, err, t)
 
 
+HALF_STORAGE = [dict(h_dtype=torch.float16), dict(d_dtype=torch.float16),
+                dict(h_dtype=torch.float16, d_dtype=torch.float16)]
+
+
+@pytest.mark.parametrize("storage", HALF_STORAGE, ids=["h16", "d16", "h16-d16"])
 @pytest.mark.parametrize("mode", MODES, ids=MODE_IDS)
-def test_triton_h_float16_is_tf32_grade(tdev, mode):
-    """h_dtype=torch.float16 (pre-activations stored rounded to float16, computed in float32)
-    against float64, in every mode: no less accurate than TF32 products are (the autograd
-    reference with emulated TF32 products: up to ~7e-2 of the largest entry, gradient cosine
-    ~0.998 on this MLP; float16's 11 significant bits are TF32's). Under the interpreter the
-    products are IEEE, so what is measured is the float16 storage alone."""
+def test_triton_h_float16_is_tf32_grade(tdev, mode, storage):
+    """h_dtype / d_dtype = torch.float16 (pre-activations / gradient-pass vectors stored
+    rounded to float16, computed in float32) against float64, in every mode: no less accurate
+    than TF32 products are (the autograd reference with emulated TF32 products: up to ~7e-2
+    of the largest entry, gradient cosine ~0.998 on this MLP; float16's 11 significant bits
+    are TF32's). Under the interpreter the products are IEEE, so what is measured is the
+    float16 storage alone."""
     want, (tf32_err, tf32_cos) = _tf32_yardstick()
     weights, biases, x, gy, gg = _f32_case()
     w32, b32 = [t.detach().float().to(tdev).requires_grad_() for t in weights], \
@@ -162,7 +168,7 @@ def test_triton_h_float16_is_tf32_grade(tdev, mode):
     torch.set_float32_matmul_precision("highest")  # the storage's error alone, also on a GPU
     try:
         y1, g1, r1 = loss_grads(
-            lambda: npht.softplus_mlp_with_grad(x32, w32, b32, matmul="triton", h_dtype=torch.float16,
+            lambda: npht.softplus_mlp_with_grad(x32, w32, b32, matmul="triton", **storage,
                                                 chunk_size=mode.get("chunk_size", 300),
                                                 **{k: v for k, v in mode.items() if k != "chunk_size"}),
             x32, w32, b32, gy.float().to(tdev), gg.float().to(tdev))
@@ -182,8 +188,12 @@ def test_triton_h_float16_saves_half(tdev):
     weights, biases = _to(weights, tdev), _to(biases, tdev)
     x = torch.randn(50, 7, device=tdev)
     y, g, hs, ds = torch.ops.npht.softplus_mlp_grad(x, weights, biases, 100.0, 20.0, True, 1 << 18, "auto", "triton",
-                                                    True, torch.float16)
+                                                    True, torch.float16, torch.float32)
     assert [h.dtype for h in hs] == [torch.float16] * 3 and [d.dtype for d in ds] == [torch.float32] * 2
+    _, g2, hs2, ds2 = torch.ops.npht.softplus_mlp_grad(x, weights, biases, 100.0, 20.0, True, 1 << 18, "auto",
+                                                       "triton", True, torch.float32, torch.float16)
+    assert [h.dtype for h in hs2] == [torch.float32] * 3 and [d.dtype for d in ds2] == [torch.float16] * 2
+    assert g.dtype == g2.dtype == torch.float32  # the input gradient itself is never stored rounded
     from npht.kernels import mlp_mm as mm
 
     gen = torch.Generator().manual_seed(2)
@@ -217,10 +227,26 @@ def test_triton_h_float16_saves_half(tdev):
     torch.testing.assert_close(mm.weight_grad(a_, h16k, b_softplus=True), mm.weight_grad(a_, hk, b_softplus=True),
                                **exact)
     torch.testing.assert_close(mm.weight_grad(a_, hbar, a_h=h16n), mm.weight_grad(a_, hbar, a_h=hn), **exact)
+    # float16 gradient-pass vectors d: the reverse product's input and output, the adjoint's
+    # epilogue input, the weight gradient's left factor
+    d16k, d16n = (r(M, K) * 0.1).half(), (r(M, N) * 0.1).half()
+    out = mm.reverse_step(d16k, h16k, w_r, out_dtype=torch.float16)
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out, mm.reverse_step(d16k.float(), hk, w_r).half(), **exact)
+    for a, b in zip(mm.adjoint_step(dbar, w, d16n, h16n, colsum=True),
+                    mm.adjoint_step(dbar, w, d16n.float(), hn, colsum=True)):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, **exact)
+    b_ = r(M, K)
+    torch.testing.assert_close(mm.weight_grad(d16n, b_, a_h=h16n, out=torch.zeros(N, K, device=tdev)),
+                               mm.weight_grad(d16n.float(), b_, a_h=hn), **exact)
+    with pytest.raises(TypeError, match="a float16 `a` needs `out`"):
+        mm.weight_grad(d16n, b_, a_h=h16n)
 
 
 def test_triton_h_float16_opcheck(tdev):
     opcheck_mlp_ops(tdev, "auto", "triton", torch.float16)
+    opcheck_mlp_ops(tdev, "auto", "triton", torch.float16, torch.float16)
 
 
 def test_triton_matmul_gradcheck(tdev):
@@ -242,11 +268,13 @@ def test_triton_matmul_errors(tdev):
     weights, biases = make_mlp((4, 6, 1), dtype=torch.float32)
     weights, biases = [w.detach().to(tdev) for w in weights], [b.detach().to(tdev) for b in biases]
     x = torch.randn(5, 4, device=tdev)
-    for bad in (torch.bfloat16, torch.float64, "float16", 16):
-        with pytest.raises(TypeError, match="h_dtype must be None, x's dtype or torch.float16"):
-            npht.softplus_mlp_with_grad(x, weights, biases, matmul="triton", h_dtype=bad)
-    with pytest.raises(ValueError, match=r"needs float32 inputs and matmul='triton' \(got torch.float32, matmul='torch'"):
-        npht.softplus_mlp_with_grad(x, weights, biases, h_dtype=torch.float16)
+    for name in ("h_dtype", "d_dtype"):
+        for bad in (torch.bfloat16, torch.float64, "float16", 16):
+            with pytest.raises(TypeError, match=f"{name} must be None, x's dtype or torch.float16"):
+                npht.softplus_mlp_with_grad(x, weights, biases, matmul="triton", **{name: bad})
+        with pytest.raises(ValueError, match=rf"{name}=torch.float16 stores float32 .* needs float32 inputs and "
+                                             r"matmul='triton' \(got torch.float32, matmul='torch'"):
+            npht.softplus_mlp_with_grad(x, weights, biases, **{name: torch.float16})
     w64, b64 = [w.double() for w in weights], [b.double() for b in biases]
     with pytest.raises(ValueError, match=r"\(got torch.float64, matmul='triton'\)"):
         npht.softplus_mlp_with_grad(x.double(), w64, b64, matmul="triton", h_dtype=torch.float16)
@@ -390,13 +418,15 @@ def test_triton_mm_kernel_errors(mm, tdev):
     with pytest.raises(TypeError, match=r"h must be torch.float32 \(or float16\)"):
         mm.output_step(torch.randn(4, 8, device=tdev).bfloat16(), torch.randn(4, device=tdev),
                        torch.randn(8, device=tdev))
-    with pytest.raises(TypeError, match="d must be torch.float32 on"):  # only pre-activations may be float16
-        mm.adjoint_step(a, w, torch.randn(4, 8, device=tdev).half(), torch.randn(4, 8, device=tdev))
+    with pytest.raises(TypeError, match=r"d must be torch.float32 \(or float16\)"):
+        mm.adjoint_step(a, w, torch.randn(4, 8, device=tdev).bfloat16(), torch.randn(4, 8, device=tdev))
+    with pytest.raises(TypeError, match="hadj must be torch.float32 on"):  # a gradient: never float16
+        mm.down_step(torch.randn(4, 8, device=tdev), w, torch.randn(4, 5, device=tdev),
+                     torch.randn(4, 5, device=tdev).half())
     with pytest.raises(TypeError, match="out_dtype must be the weights' torch.float32 or float16"):
         mm.linear(a, w, out_dtype=torch.bfloat16)
-    with pytest.raises(TypeError, match="out must be torch.float32 on"):  # a gradient, not a pre-activation
-        mm.reverse_step(torch.randn(4, 8, device=tdev), torch.randn(4, 8, device=tdev), w,
-                        out=torch.empty(4, 5, device=tdev, dtype=torch.float16))
+    with pytest.raises(TypeError, match="out_dtype must be the weights' torch.float32 or float16"):
+        mm.reverse_step(torch.randn(4, 8, device=tdev), torch.randn(4, 8, device=tdev), w, out_dtype=torch.bfloat16)
     # rows = 0: nothing launched, an empty result (zero column sums)
     assert mm.linear(a[:0], w).shape == (0, 8)
     out, csum = mm.down_step(torch.randn(0, 8, device=tdev), w, torch.randn(0, 5, device=tdev), colsum=True)

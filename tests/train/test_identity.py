@@ -282,7 +282,8 @@ def test_resume_refuses_other_settings_and_the_cli_takes_the_runs_own(data_root,
     (dict(fused_matmul="cublas"), "fused_matmul must be 'torch' or 'triton'"),
     (dict(fused_gradient=False, fused_matmul="triton"), r"fused_matmul configure .*set fused_gradient=True"),
     (dict(fused_gradient=False, fused_checkpoint=True), "fused_checkpoint configure"),
-    (dict(fused_h16=True), "fused_h16 stores .*set fused_matmul='triton'"),
+    (dict(fused_h16=True), "fused_h16 stores float16 .*set fused_matmul='triton'"),
+    (dict(fused_d16=True), "fused_d16 stores float16 .*set fused_matmul='triton'"),
     (dict(fused_keep=True, bf16=True), "bf16 runs the decoder's gradient through autograd"),
     (dict(model="npm", fused_gradient=True, fused_keep=True), "'npm' model computes its gradient with autograd"),
 ])
@@ -304,7 +305,7 @@ def test_step_with_triton_products_float16_h_and_tf32(data_root, tmp_path, monke
     from npht.ops._backend import kernels
 
     mm = kernels("triton", "mlp_mm")
-    fast = dict(fused_matmul="triton", fused_h16=True, fused_keep=True, tf32=True)
+    fast = dict(fused_matmul="triton", fused_h16=True, fused_d16=True, fused_keep=True, tf32=True)
     rows, grads = {}, {}
     for name, kw in (("torch", {}), ("fast", fast)):
         torch.manual_seed(0)
@@ -316,7 +317,8 @@ def test_step_with_triton_products_float16_h_and_tf32(data_root, tmp_path, monke
 
         def spy_grad(*args, **kwargs):
             calls.append((kwargs.get("mlp_matmul"), kwargs.get("mlp_h_dtype"), kwargs.get("mlp_keep_gradient_pass"),
-                          kwargs.get("checkpoint", False), torch.get_float32_matmul_precision()))
+                          kwargs.get("checkpoint", False), torch.get_float32_matmul_precision(),
+                          kwargs.get("mlp_d_dtype")))
             return sdf_and_gradient(*args, **kwargs)
 
         def spy_sdf(*args, **kwargs):
@@ -341,7 +343,7 @@ def test_step_with_triton_products_float16_h_and_tf32(data_root, tmp_path, monke
         # the 3D terms (keep) and the shading pass (checkpointed: keep does not apply there)
         assert {c[:4] for c in calls} == {("triton", torch.float16, True, False),
                                           ("triton", torch.float16, True, True)}
-        assert {c[4] for c in calls} == {"high"}
+        assert {c[4] for c in calls} == {"high"} and {c[5] for c in calls} == {torch.float16}
         # forward and backward launches of the Triton products, all under TF32
         assert len(launches) > 10 and set(launches) == {"high"}
     assert rows["torch"].keys() == rows["fast"].keys()
@@ -364,10 +366,11 @@ def test_cli_fused_options(data_root, tmp_path):
     out = str(tmp_path / "run")
     args = ["train", "identity", "--preset", "thesis-64", "--data", data_root, "--out", out, "--max-steps", "1",
             "--no-progress", "--epochs", "0", "1", "1", "--batch-size", "2"]
-    assert main(args + ["--fused-gradient", "--fused-matmul", "triton", "--fused-h16", "--fused-keep", "--tf32"]) == 0
+    assert main(args + ["--fused-gradient", "--fused-matmul", "triton", "--fused-h16", "--fused-d16", "--fused-keep",
+                        "--tf32"]) == 0
     cfg = load_checkpoint(os.path.join(out, "checkpoint.pt"))["config"]
-    assert (cfg["fused_gradient"], cfg["fused_matmul"], cfg["fused_h16"], cfg["fused_keep"], cfg["tf32"]) == \
-        (True, "triton", True, True, True)
+    assert (cfg["fused_gradient"], cfg["fused_matmul"], cfg["fused_h16"], cfg["fused_d16"], cfg["fused_keep"],
+            cfg["tf32"]) == (True, "triton", True, True, True, True)
     assert main(args + ["--fused-gradient", "--resume"]) == 0  # back to torch products, float32
     s = load_checkpoint(os.path.join(out, "checkpoint.pt"))
     assert s["global_step"] == 2 and s["config"]["fused_matmul"] == "torch" and not s["config"]["tf32"]
