@@ -322,7 +322,7 @@ class IdentityTrainer(CheckpointedRun):
     def render_maps(self, planes, batch) -> torch.Tensor:
         """Normal maps ``[B, V, H, W, 3]`` (OpenGL camera frame) of each identity seen
         from its item's cameras."""
-        from ..render import ErrorBoundSampler, render
+        from ..render import ErrorBoundSampler, render, sdf_and_gradient_autograd
 
         cfg, dec, kw = self.cfg, self.model.decoder, self.model.sample_kwargs
         cam_idx = batch["camera_index"]                       # [B, V]
@@ -333,12 +333,20 @@ class IdentityTrainer(CheckpointedRun):
         sampler = ErrorBoundSampler(n, ne, nx, cfg.sampler_eps, cfg.beta_iters, cfg.max_total_iters,
                                     skip_converged=cfg.skip_converged)
         grad_fn = None
+
+        def sdf_fn(p):
+            return dec.sdf(rep, p, **kw)
+
         if cfg.fused_gradient and not cfg.bf16:
             def grad_fn(p):
                 with self._precision():
                     return dec.sdf_and_gradient(rep, p, fused=True, checkpoint=cfg.fused_checkpoint,
                                                 **cfg.fused_kwargs(), **kw)
-        out = render(lambda p: dec.sdf(rep, p, **kw), cams, cfg.render_resolution, density=self.density,
+        elif cfg.tf32:  # the renderer's own autograd shading, in TF32
+            def grad_fn(p):
+                with self._precision():
+                    return sdf_and_gradient_autograd(sdf_fn, p, torch.is_grad_enabled())
+        out = render(sdf_fn, cams, cfg.render_resolution, density=self.density,
                      training=cfg.render_jitter, generator=self.gen, convention="opengl", sampler=sampler,
                      weight_threshold=cfg.weight_threshold, gradient_fn=grad_fn,
                      coarse_factor=cfg.render_coarse_factor)
@@ -380,8 +388,9 @@ class IdentityTrainer(CheckpointedRun):
             perturbed = None
             if weights.edr != 0:
                 pts = self._edr_points(space, batch)
-                perturbed = (self.model.decoder.sdf(planes, pts, **self.model.sample_kwargs) if planes is not None
-                             else self.model(pts, idx)).float()
+                with self._precision():
+                    perturbed = (self.model.decoder.sdf(planes, pts, **self.model.sample_kwargs) if planes is not None
+                                 else self.model(pts, idx)).float()
             render_2d = self.disc is not None and (weights.nmr != 0 or weights.g != 0 or weights.d != 0)
             maps = d_fake = nmr_denominator = None
             if render_2d:

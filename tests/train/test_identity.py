@@ -299,8 +299,8 @@ def test_fused_gradient_options_are_checked(data_root, tmp_path, bad, match):
 def test_step_with_triton_products_float16_h_and_tf32(data_root, tmp_path, monkeypatch):
     """fused_matmul="triton", fused_h16, fused_keep and tf32 reach the decoder's fused
     gradient in the 3D terms and in the shading pass, TF32 ("high") holds in both and in the
-    backward (the Triton products read it at launch) and is restored after the step; the
-    sampler's no-grad SDF evaluations stay in IEEE float32; the step's terms and gradients
+    backward (the Triton products read it at launch) and in EDR's SDF, and is restored after
+    the step; the sampler's no-grad SDF evaluations stay in IEEE float32; the step's terms and gradients
     match the torch-product step's to float16-storage rounding."""
     from npht.ops._backend import kernels
 
@@ -322,7 +322,7 @@ def test_step_with_triton_products_float16_h_and_tf32(data_root, tmp_path, monke
             return sdf_and_gradient(*args, **kwargs)
 
         def spy_sdf(*args, **kwargs):
-            sdf_calls.append(torch.get_float32_matmul_precision())
+            sdf_calls.append((torch.is_grad_enabled(), torch.get_float32_matmul_precision()))
             return sdf(*args, **kwargs)
 
         def spy_launch(*args, **kwargs):
@@ -336,7 +336,8 @@ def test_step_with_triton_products_float16_h_and_tf32(data_root, tmp_path, monke
         monkeypatch.undo()
         grads[name] = {k: p.grad.to_dense() for k, p in tr.model.named_parameters() if p.grad is not None}
         assert torch.get_float32_matmul_precision() == "highest"  # restored
-        assert sdf_calls and set(sdf_calls) == {"highest"}        # the sampler's SDF: IEEE float32
+        # the sampler's SDF (no grad): IEEE float32; EDR's (with grad): TF32 with tf32
+        assert set(sdf_calls) == {(False, "highest"), (True, "high" if name == "fast" else "highest")}
         if name == "torch":
             assert {c[:3] for c in calls} == {("torch", None, False)} and not launches
             continue
@@ -355,6 +356,23 @@ def test_step_with_triton_products_float16_h_and_tf32(data_root, tmp_path, monke
     assert grads["torch"].keys() == grads["fast"].keys() and len(grads["torch"]) > 10
     for k, g in grads["torch"].items():
         assert float((grads["fast"][k] - g).norm()) <= 1e-2 * float(g.norm()), k
+
+
+def test_tf32_without_the_fused_gradient(data_root, tmp_path, monkeypatch):
+    """tf32 with autograd's decoder gradient (thesis-64's): every SDF evaluation with grad (3D
+    terms, EDR, the renderer's shading) runs under TF32, the no-grad ones (the sampler, the
+    weights pass) in IEEE float32."""
+    tr = IdentityTrainer(_cfg(fused_gradient=False, tf32=True), data_root, tmp_path)
+    seen, sdf = set(), tr.model.decoder.sdf
+
+    def spy(*args, **kwargs):
+        seen.add((torch.is_grad_enabled(), torch.get_float32_matmul_precision()))
+        return sdf(*args, **kwargs)
+
+    monkeypatch.setattr(tr.model.decoder, "sdf", spy)
+    tr.step(_batch(tr))
+    assert seen == {(True, "high"), (False, "highest")}
+    assert torch.get_float32_matmul_precision() == "highest"
 
 
 def test_cli_fused_options(data_root, tmp_path):
