@@ -35,6 +35,15 @@ def test_cover_keeps_every_type_and_value():
     assert "a(A=0, B=False; *fp64; num_warps=4)" in tool.describe(specs[-2])
 
 
+def test_production_launches_are_all_chosen():
+    """Every TF32 launch is compiled, not only a covering subset of them."""
+    tool = _tool()
+    specs = [_launch("a", "fp32", PREC=p, A=a) for p in ("tf32", "ieee") for a in range(4)]
+    prod = tool.production(specs)
+    assert prod == specs[:4]
+    assert len(tool.cover(specs)) < len(specs)  # the cover alone would leave some TF32 launches out
+
+
 def _mm_spec(**over):
     """A recorded launch of kernels/mlp_mm.py's product kernel (float32, small blocks)."""
     names = ["a_ptr", "a2_ptr", "b_ptr", "bias_ptr", "out_ptr", "e1_ptr", "e2_ptr", "out2_ptr", "colsum_ptr",

@@ -7,7 +7,8 @@
    records every launch: each argument's type or constexpr value, and num_warps. The tests
    must pass with those block sizes too.
 2. Compile (no interpreter): a greedy subset of the recorded launches, in which every
-   (argument, type or constexpr value) pair occurs at least once, goes through
+   (argument, type or constexpr value) pair occurs at least once, plus every TF32 launch
+   (the decoder products' production precision, in all its recorded variants), goes through
    ``triton.compile`` for each target architecture down to a cubin (Triton bundles ptxas),
    one process per kernel, ``--jobs`` at a time. A compile error, or a compile slower than
    ``--timeout`` seconds (a tile so large that a GPU launch would stall in the compiler),
@@ -63,6 +64,13 @@ def cover(specs: list) -> list:
         chosen.append(best)
         todo -= features(best)
     return chosen
+
+
+def production(specs: list) -> list:
+    """The launches in TF32 (``PREC='tf32'``): the decoder products as a GPU runs them in
+    training, all of their recorded combinations of storage dtypes and tiles (a spill or a
+    shared-memory overflow there costs real time, so these are compiled whole, not covered)."""
+    return [s for s in specs if any(a == "PREC" and t == "constexpr" and c == "tf32" for a, t, c in s[2])]
 
 
 def describe(spec) -> str:
@@ -186,9 +194,12 @@ def main(argv=None) -> int:
             with open(path, "rb") as f:
                 specs = pickle.load(f)
     chosen = cover(specs)
+    extra = [s for s in production(specs) if s not in chosen]
     kernels = sorted({f"{m}.{n}" for m, n, _, _ in specs})
     print(f"{len(specs)} distinct launches of {len(kernels)} kernels recorded; compiling {len(chosen)} that "
-          f"cover every argument type and constexpr value, for sm_{', sm_'.join(map(str, args.archs))}", flush=True)
+          f"cover every argument type and constexpr value and the {len(extra)} other TF32 launches, for "
+          f"sm_{', sm_'.join(map(str, args.archs))}", flush=True)
+    chosen += extra
     t0 = time.time()
     failures = run_all(chosen, args.archs, args.jobs, args.timeout)
     print(f"triton-check: {len(chosen) * len(args.archs) - failures} compiled, {failures} failed, "

@@ -180,6 +180,42 @@ def test_triton_h_float16_is_tf32_grade(tdev, mode, storage):
     assert max(err) > 1e-4  # (the float16 rounding does show: float32 alone errs by ~1e-5)
 
 
+WIDE_STORAGE = [dict(), *HALF_STORAGE, dict(h_dtype=torch.float16, d_dtype=torch.float16, keep_gradient_pass=True)]
+
+
+@pytest.mark.parametrize("storage", WIDE_STORAGE, ids=["f32", "h16", "d16", "h16-d16", "h16-d16-kept"])
+def test_triton_decoder_width_tf32(tdev, storage):
+    """The benchmark's decoder (35-256-256-256-256-1, beta 100): two 128-column blocks per
+    product at the GPU's tiles, under TF32 (torch's "high"), with each storage option,
+    against float64: within twice the errors of the float32 autograd reference with
+    emulated TF32 products on the same case (on the CPU the interpreter's products are IEEE:
+    what shows is float16 storage alone). Also how tools/triton_check.py sees the production
+    launches (TF32, float16 storage) to compile them."""
+    weights, biases = make_mlp((35, 256, 256, 256, 256, 1))
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(150, 35, generator=gen, dtype=torch.float64)
+    gy, gg = torch.randn(150, generator=gen, dtype=torch.float64), torch.randn(150, 35, generator=gen,
+                                                                               dtype=torch.float64)
+    w64, b64, x64 = _to(weights, "cpu"), _to(biases, "cpu"), x.clone().requires_grad_()
+    want = loss_grads(lambda: reference(x64, w64, b64), x64, w64, b64, gy, gg)
+    want = (want[0], want[1], *want[2])
+    w32, b32 = [t.detach().float().requires_grad_() for t in w64], [t.detach().float().requires_grad_() for t in b64]
+    x32 = x64.detach().float().requires_grad_()
+    with _EmulateTF32():
+        y1, g1, r1 = loss_grads(lambda: reference(x32, w32, b32), x32, w32, b32, gy.float(), gg.float())
+    tf32_err, tf32_cos = _errors((y1, g1, *r1), want)
+    wd, bd = [t.detach().float().to(tdev).requires_grad_() for t in w64], \
+        [t.detach().float().to(tdev).requires_grad_() for t in b64]
+    xd = x64.detach().float().to(tdev).requires_grad_()
+    with npht.matmul_precision("high"):
+        y2, g2, r2 = loss_grads(lambda: npht.softplus_mlp_with_grad(xd, wd, bd, matmul="triton", chunk_size=64,
+                                                                    **storage),
+                                xd, wd, bd, gy.float().to(tdev), gg.float().to(tdev))
+    err, cos = _errors([t.cpu() for t in (y2, g2, *r2)], want)
+    assert max(err) <= 2 * max(tf32_err), (err, tf32_err)
+    assert min(cos) >= min(tf32_cos) - 1e-3, (cos, tf32_cos)
+
+
 def test_triton_h_float16_saves_half(tdev):
     """The saved pre-activations are float16 (half the memory); the kept gradient pass stays
     float32; each kernel given float16 pre-activations computes what it computes from their
