@@ -86,7 +86,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     except KeyboardInterrupt as e:  # the trainers save a checkpoint first (npht.train.runlog.train_loop)
         print(f"npht: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)
-        return 130
+        return 128 + int(getattr(e, "signum", 2))  # 130 Ctrl-C, 143 SIGTERM
     raise AssertionError("unreachable")  # argparse requires a known subcommand
 
 

@@ -344,13 +344,14 @@ def add_expression_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--seed", type=int)
     p.add_argument("--ckpt-every", type=int)
+    p.add_argument("--workers", type=int, help="DataLoader worker processes (default 0: load in the main process)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=train_expression_main)
     return p
 
 
 def train_expression_main(args) -> int:
-    over = cli_overrides(args, ("epochs", "batch_size", "pairs", "device", "seed", "ckpt_every"))
+    over = cli_overrides(args, ("epochs", "batch_size", "pairs", "device", "seed", "ckpt_every", "workers"))
     cfg = resume_or_preset_config(ExpressionConfig, args, over, "cpu-demo")
     trainer = ExpressionTrainer(cfg, args.data, args.identity, args.out, resume=args.resume,
                                 identity_data_root=args.identity_data)

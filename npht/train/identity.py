@@ -575,13 +575,14 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="the 3D terms keep the fused gradient's gradient pass (memory for time)")
     p.add_argument("--ckpt-every", type=int)
     p.add_argument("--image-every", type=int)
+    p.add_argument("--workers", type=int, help="DataLoader worker processes (default 0: load in the main process)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=train_identity_main)
     return p
 
 
 def train_identity_main(args) -> int:
-    over = cli_overrides(args, ("batch_size", "device", "seed", "ckpt_every", "image_every", "fused_matmul"),
+    over = cli_overrides(args, ("batch_size", "device", "seed", "ckpt_every", "image_every", "fused_matmul", "workers"),
                          ("bf16", "tf32", "fused_gradient", "fused_h16", "fused_d16", "fused_keep"))
     if args.epochs:
         over["stage_epochs"] = tuple(args.epochs)

@@ -10,7 +10,7 @@ import sys
 import threading
 from typing import Callable, Optional, Sequence
 
-__all__ = ["RunLog", "train_loop"]
+__all__ = ["RunLog", "Stopped", "train_loop"]
 
 
 class RunLog:
@@ -48,32 +48,71 @@ class RunLog:
         return self._tb or None
 
 
-class _StopOnInterrupt:
-    """While active (one process, main thread): the first Ctrl-C (SIGINT) only asks the loop
-    to stop after the current step, the second interrupts at once. Under torchrun (several
-    ranks) the default handling stays: the ranks could not agree on a step to stop at."""
+class Stopped(KeyboardInterrupt):
+    """Raised by :func:`train_loop` after a stop signal, once the checkpoint is saved;
+    ``signum`` is the signal (SIGINT: Ctrl-C, SIGTERM: ``kill``, a scheduler's preemption).
+    The CLI exits with 128 + signum (130, 143)."""
 
-    def __init__(self, enabled: bool):
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+    def __init__(self, message: str, signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = int(signum)
+
+
+class _StopOnSignal:
+    """While active (main thread): the first SIGINT or SIGTERM only asks the loop to stop
+    after the current step, a second one interrupts at once (KeyboardInterrupt).
+
+    Several ranks (torchrun: Ctrl-C reaches torchrun, which forwards SIGINT to every worker
+    and kills them 30 s later; a scheduler sends SIGTERM to the workers) decide together:
+    after every step the ranks' requests are all-reduced (MAX, one scalar), so all of them
+    stop after the same step, whichever rank saw the signal first."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, world: int = 1, device="cpu"):
+        self.enabled = threading.current_thread() is threading.main_thread()
+        self.world, self.device = int(world), device
         self.requested = False
-        self._previous = None
+        self.signum = int(signal.SIGINT)
+        self._previous = {}
 
     def _handler(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
-        print("\ninterrupt: stopping after this step and saving a checkpoint (Ctrl-C again to abort at once)",
-              file=sys.stderr, flush=True)
+        self.requested, self.signum = True, int(signum)
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
+              "(again to abort at once)", file=sys.stderr, flush=True)
+
+    def agreed(self) -> bool:
+        """Whether any rank asked to stop (a collective: every rank calls it after every step)."""
+        if self.world <= 1:
+            return self.requested
+        import torch
+
+        flag = torch.tensor([float(self.requested), float(self.signum)], device=self.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag[0].item() > 0 and not self.requested:
+            self.requested, self.signum = True, int(flag[1].item())
+        return self.requested
 
     def __enter__(self):
         if self.enabled:
-            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self.enabled:
-            signal.signal(signal.SIGINT, self._previous)
+        for s, h in self._previous.items():
+            signal.signal(s, h)
+        self._previous = {}
         return False
+
+
+def _quiet_worker(worker_id: int) -> None:
+    """DataLoader workers ignore SIGINT / SIGTERM: a terminal's Ctrl-C reaches its whole
+    process group, and a worker that died of it would fail the main process' next fetch;
+    the main process stops them (and they exit with it)."""
+    for s in _StopOnSignal.SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 def train_loop(trainer, end_epoch: int, max_steps: Optional[int], *, desc: str, show_bar: bool,
@@ -84,8 +123,9 @@ def train_loop(trainer, end_epoch: int, max_steps: Optional[int], *, desc: str, 
     batch, ``after_step()`` (images), a checkpoint every ``cfg.ckpt_every`` steps and one at
     the end; tqdm bar with ``postfix(row)``.
 
-    Nothing is lost on the way out: Ctrl-C (one process) stops after the current step,
-    saves, then raises KeyboardInterrupt (``--resume`` continues bit for bit); after
+    Nothing is lost on the way out: Ctrl-C or SIGTERM stops after the current step (under
+    torchrun all ranks after the same one), saves, then raises :class:`Stopped`, a
+    KeyboardInterrupt (``--resume`` continues bit for bit); after
     ``trainer.MAX_NONFINITE_RUN`` steps in a row with non-finite gradients (their updates
     skipped, so the parameters are still finite) the state is saved and FloatingPointError
     raised."""
@@ -100,14 +140,17 @@ def train_loop(trainer, end_epoch: int, max_steps: Optional[int], *, desc: str, 
     if show_bar:
         from tqdm.auto import tqdm
         bar = tqdm(total=max_steps, desc=desc, dynamic_ncols=True)
-    stop = _StopOnInterrupt(getattr(trainer, "world", 1) == 1)
+    world = getattr(trainer, "world", 1)
+    stop = _StopOnSignal(world, trainer.device)
+    stopping = False  # agreed by all ranks (a rank's own request may come in between)
     try:
         stop.__enter__()
-        while trainer.epoch < end_epoch and (max_steps is None or taken < max_steps) and not stop.requested:
+        while trainer.epoch < end_epoch and (max_steps is None or taken < max_steps) and not stopping:
             trainer.dataset.set_epoch(trainer.epoch)
             batches = trainer._batches(trainer.epoch)[trainer.step_in_epoch:]
             loader = DataLoader(trainer.dataset, batch_sampler=batches, collate_fn=collate,
-                                num_workers=cfg.workers, generator=torch.Generator().manual_seed(trainer.epoch))
+                                num_workers=cfg.workers, generator=torch.Generator().manual_seed(trainer.epoch),
+                                worker_init_fn=_quiet_worker if cfg.workers else None)
             for batch in loader:
                 row = trainer.step(batch)
                 taken += 1
@@ -125,7 +168,8 @@ def train_loop(trainer, end_epoch: int, max_steps: Optional[int], *, desc: str, 
                         f"training diverged: the last {trainer.nonfinite_run} steps (up to step {trainer.global_step}) "
                         f"had non-finite gradients and were skipped; the parameters are unchanged since and saved in "
                         f"{trainer.ckpt_path}")
-                if stop.requested or (max_steps is not None and taken >= max_steps):
+                stopping = stop.agreed()
+                if stopping or (max_steps is not None and taken >= max_steps):
                     break
             if trainer.step_in_epoch >= len(trainer._batches(trainer.epoch)):
                 trainer._end_epoch()
@@ -134,6 +178,8 @@ def train_loop(trainer, end_epoch: int, max_steps: Optional[int], *, desc: str, 
         if bar is not None:
             bar.close()
     trainer.save()
-    if stop.requested:
-        raise KeyboardInterrupt(f"stopped at step {trainer.global_step}; checkpoint {trainer.ckpt_path} "
-                                "(continue with --resume)")
+    if stopping:
+        if world > 1:
+            torch.distributed.barrier()  # no rank leaves (and makes torchrun kill the rest) before rank 0 saved
+        raise Stopped(f"stopped at step {trainer.global_step} ({signal.Signals(stop.signum).name}); checkpoint "
+                      f"{trainer.ckpt_path} (continue with --resume)", stop.signum)

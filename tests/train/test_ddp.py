@@ -151,3 +151,53 @@ def test_ddp_resume_bit_identical(data_root, tmp_path):
         assert want.keys() == got.keys() and any(k.startswith("/disc/") for k in want)
         for k in want:
             torch.testing.assert_close(got[k], want[k], rtol=0, atol=0, msg=f"rank {rank}: {k}")
+
+
+def _signal_worker(rank, world, init, data_root, out, cfg_dict):
+    """Rank 1 alone gets SIGTERM during its third step (rank 0 never sees a signal)."""
+    import signal
+
+    from npht.train.runlog import Stopped
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        tr = IdentityTrainer(TrainConfig.from_dict(cfg_dict), data_root, out)
+        step = tr.step
+
+        def step_with_signal(batch):
+            row = step(batch)
+            if rank == 1 and tr.global_step == 3:
+                signal.raise_signal(signal.SIGTERM)
+            return row
+
+        tr.step = step_with_signal
+        handler = signal.getsignal(signal.SIGTERM)
+        try:
+            tr.train(max_steps=6)
+            result = "finished"
+        except Stopped as e:
+            result = f"stopped {e.signum} {e}"
+        assert signal.getsignal(signal.SIGTERM) is handler
+        torch.save({"result": result, "global_step": tr.global_step}, os.path.join(out, f"signal{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_signal_on_one_rank_stops_all_after_the_same_step(data_root, tmp_path):
+    """A stop signal that reaches one rank only (torchrun forwards Ctrl-C to each worker at its
+    own moment; a scheduler may signal a single process) stops every rank after the same step:
+    the requests are all-reduced after each step, rank 0 saves, no rank hangs in a collective."""
+    import signal
+
+    from npht.train.checkpoint import load_checkpoint
+
+    out = str(tmp_path / "sig")
+    os.makedirs(out)
+    init = "file://" + str(tmp_path / "rendezvous-signal")
+    mp.spawn(_signal_worker, args=(2, init, data_root, out, _cfg((5, 5, 5), 1).to_dict()), nprocs=2, join=True)
+    got = [torch.load(os.path.join(out, f"signal{r}.pt"), weights_only=False) for r in range(2)]
+    for g in got:
+        assert g["global_step"] == 3, g
+        assert g["result"].startswith(f"stopped {int(signal.SIGTERM)} stopped at step 3 (SIGTERM)"), g["result"]
+    assert load_checkpoint(os.path.join(out, "checkpoint.pt"))["global_step"] == 3

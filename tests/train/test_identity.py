@@ -483,3 +483,108 @@ def test_ctrl_c_stops_after_the_step_saves_and_resumes_bit_identically(data_root
     monkeypatch.setattr(identity_mod.IdentityTrainer, "train", interrupted_train)
     assert main(["train", "identity", "--preset", "cpu-demo", "--data", data_root, "--out", str(tmp_path / "cli"),
                  "--no-progress"]) == 130
+
+
+def test_sigterm_stops_like_ctrl_c_with_exit_code_143(data_root, tmp_path, monkeypatch):
+    """SIGTERM (``kill``, a scheduler's preemption) is handled like Ctrl-C: the step
+    finishes, the checkpoint is saved, :class:`Stopped` carries the signal, the CLI exits
+    with 128 + 15 and both handlers are restored."""
+    import signal
+
+    from npht.cli import main
+    from npht.train.runlog import Stopped
+
+    tr = IdentityTrainer(_cfg((0, 10, 10)), data_root, tmp_path / "run")
+    step = tr.step
+
+    def terminated_step(batch):
+        row = step(batch)
+        if tr.global_step == 1:
+            signal.raise_signal(signal.SIGTERM)
+        return row
+
+    monkeypatch.setattr(tr, "step", terminated_step)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Stopped, match=r"stopped at step 1 \(SIGTERM\)") as e:
+        tr.train(max_steps=4)
+    assert e.value.signum == signal.SIGTERM and isinstance(e.value, KeyboardInterrupt)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+    assert ckpt_mod.load_checkpoint(str(tmp_path / "run" / "checkpoint.pt"))["global_step"] == 1
+
+    from npht.train import identity as identity_mod
+
+    def terminated_train(self, epochs=None, max_steps=None):
+        raise Stopped("stopped at step 3 (SIGTERM); checkpoint x (continue with --resume)", signal.SIGTERM)
+
+    monkeypatch.setattr(identity_mod.IdentityTrainer, "train", terminated_train)
+    assert main(["train", "identity", "--preset", "cpu-demo", "--data", data_root, "--out", str(tmp_path / "cli"),
+                 "--no-progress"]) == 143
+
+
+def test_loader_workers_ignore_stop_signals(data_root, tmp_path, monkeypatch):
+    """The training DataLoader's worker processes ignore SIGINT and SIGTERM (a terminal's
+    Ctrl-C reaches them too; one that died of it would fail the main process' next fetch
+    before the step boundary where the run stops and saves)."""
+    import signal
+
+    tr = IdentityTrainer(_cfg((0, 10, 10), workers=2), data_root, tmp_path)
+    getitem = type(tr.dataset).__getitem__
+
+    def item_with_dispositions(self, i):
+        item = getitem(self, i)
+        item["ignores_stop"] = int(all(signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGINT, signal.SIGTERM)))
+        item["worker_pid"] = os.getpid()
+        return item
+
+    monkeypatch.setattr(type(tr.dataset), "__getitem__", item_with_dispositions)
+    seen = []
+    step = tr.step
+
+    def recording_step(batch):
+        seen.append((batch["ignores_stop"].tolist(), batch["worker_pid"].tolist()))
+        return step(batch)
+
+    monkeypatch.setattr(tr, "step", recording_step)
+    tr.train(max_steps=2)
+    assert len(seen) == 2
+    for flags, pids in seen:
+        assert all(flags) and os.getpid() not in pids
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # the main process still stops on Ctrl-C
+
+
+def test_ctrl_c_in_a_terminal_with_loader_workers(data_root, tmp_path):
+    """A terminal's Ctrl-C reaches its whole process group: the CLI and its DataLoader
+    workers (here: a process in its own session, SIGINT to the group). The workers ignore it
+    and the run stops after its step, saves, exits 130 without a traceback; ``--resume``
+    goes on from the saved step."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "npht", "train", "identity", "--preset", "cpu-demo", "--data", data_root,
+           "--out", str(out), "--no-progress", "--workers", "2", "--epochs", "0", "100", "100", "--image-every", "0",
+           "--ckpt-every", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "stopped at step" in err, err
+    saved = ckpt_mod.load_checkpoint(str(out / "checkpoint.pt"))["global_step"]
+    assert saved >= 1 and f"stopped at step {saved} (SIGINT)" in err, err
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert int(rows[-1]["step"]) == saved  # the checkpoint holds the last logged step
+    rest = IdentityTrainer(TrainConfig.from_dict(ckpt_mod.load_checkpoint(str(out / "checkpoint.pt"))["config"]),
+                           data_root, out, resume=True)
+    assert rest.global_step == saved
