@@ -6,6 +6,8 @@
     npht train expression --preset cpu-demo --data data/synthetic --identity runs/demo/checkpoint.pt --out runs/expr
     npht eval --data data/synthetic --model TP=runs/demo/checkpoint.pt --out runs/eval
     npht render --model runs/demo/checkpoint.pt --out runs/renders --resolution 512
+    npht fit scan --model runs/demo/checkpoint.pt --scan head.ply --out runs/fit
+    npht fit normals --model runs/demo/checkpoint.pt --normals runs/renders/normals.npz --out runs/fit-maps
     npht demo --out outputs/demo
 """
 
@@ -57,7 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .eval.fitting_eval import add_eval_parser
     from .eval.renders import add_render_parser
 
+    from .eval.fit_command import add_fit_parser
+
     add_eval_parser(top)
+    add_fit_parser(top)
     add_render_parser(top)
     add_demo_parser(top)
     return parser
@@ -79,7 +84,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         if args.command == "data" and args.data_command == "prepare":
             return _run_prepare(args)
-        if args.command in ("train", "eval", "render", "demo"):
+        if args.command in ("train", "eval", "fit", "render", "demo"):
             return args.func(args)
     except (ValueError, FileNotFoundError) as e:
         print(f"npht: error: {e}", file=sys.stderr)

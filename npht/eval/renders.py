@@ -7,7 +7,8 @@ normals as RGB, captioned grids).
 
 writes ``normals.npz`` (``normals [N, V, H, W, 3]`` float32 in the OpenGL camera frame, 0
 off the shape; ``mask [N, V, H, W]`` opacity > 0.5; ``codes [N, z]``; ``names [N]``;
-``yaws [V]``), one PNG per shape (its views side by side, normals as ``(n + 1) / 2`` on
+``yaws [V]``; the cameras ``K [V, 3, 3]``, ``cam2world [V, 4, 4]`` (OpenCV convention),
+``pitch``, ``distance``, ``fov``: ``npht fit normals`` reads the file back), one PNG per shape (its views side by side, normals as ``(n + 1) / 2`` on
 white), ``grid.png`` (all of them, captioned) and, with ``--mesh-resolution R``,
 ``meshes/<name>.ply`` (marching cubes at ``R^3``, clipped to the unit ball). Rendering runs without grad, rays in
 chunks (``ray_chunk``), with the error-bound sampler the model was trained with, skipping
@@ -77,11 +78,11 @@ def trained_sampler(trained):
 
 
 def render_identities(trained, codes: torch.Tensor, cameras, *, device="cpu", ray_chunk: int = 1 << 16,
-                      progress: bool = False):
+                      progress: bool = False, convention: str = "opengl"):
     """Normal maps of each code seen from every camera: ``codes [N, z]`` (or code indices
-    ``[N]``), ``cameras [V]`` -> ``(normals [N, V, H, W, 3]`` in the OpenGL camera frame,
-    ``mask [N, V, H, W]`` opacity > 0.5), on the CPU; one render call per code (its V views
-    as the batch)."""
+    ``[N]``), ``cameras [V]`` -> ``(normals [N, V, H, W, 3]`` in the ``convention`` frame
+    (default the OpenGL camera frame; ``"opencv"``, ``"world"``), ``mask [N, V, H, W]``
+    opacity > 0.5), on the CPU; one render call per code (its V views as the batch)."""
     from ..render import VolSDFRenderer
 
     from tqdm.auto import tqdm
@@ -96,7 +97,7 @@ def render_identities(trained, codes: torch.Tensor, cameras, *, device="cpu", ra
     with torch.no_grad():
         for code in tqdm(codes, desc="render", disable=not progress, leave=False):
             batch = code.to(device)[None].expand(V, *code.shape)
-            out = renderer(trained.model.sdf_fn(batch), cams, None, convention="opengl")
+            out = renderer(trained.model.sdf_fn(batch), cams, None, convention=convention)
             normals.append(out.normals.cpu())
             masks.append((out.opacity > 0.5).cpu())
     if not normals:
@@ -163,7 +164,9 @@ def _render_main(args) -> int:
     seconds = time.perf_counter() - t0
     os.makedirs(args.out, exist_ok=True)
     np.savez_compressed(os.path.join(args.out, "normals.npz"), normals=normals.numpy(), mask=mask.numpy(),
-                        codes=codes.numpy(), names=np.array(names), yaws=np.array(args.yaws, dtype=np.float32))
+                        codes=codes.numpy(), names=np.array(names), yaws=np.array(args.yaws, dtype=np.float32),
+                        K=cams.K.numpy(), cam2world=cams.cam2world.numpy(), pitch=np.float32(args.pitch),
+                        distance=np.float32(args.distance), fov=np.float32(args.fov))
     rows = [[normals_to_rgb(n, m) for n, m in zip(normals[i], mask[i])] for i in range(len(names))]
     for name, row in zip(names, rows):
         image_grid([row], None, os.path.join(args.out, f"{_file_name(name)}.png"))

@@ -1,0 +1,231 @@
+"""`npht fit scan` / `npht fit normals`: a trained identity model fitted to a user's scan or
+normal maps (files in, code / mesh / pictures out)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from npht.cli import main
+from npht.eval.fit_command import read_normal_maps, read_scan
+from npht.eval.mesh import extract_mesh, model_sdf_fn
+from npht.train.checkpoint import save_atomic
+from npht.train.config import TrainConfig
+from npht.train.identity import build_identity_model
+from npht.train.loading import load_identity
+
+NAMES = {"ada": 0, "bob": 1, "cy": 2}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """An untrained cpu-demo-sized identity checkpoint whose shape depends on the code: at
+    initialisation the planes are ~1e-4 and the SDF all but the decoder's sphere, so the
+    generator's head is scaled up (planes ~0.2) and the decoder's feature weights too; the
+    codes' SDFs then differ by ~0.025 (mean over the unit box), the shapes stay near-spheres."""
+    torch.manual_seed(0)
+    cfg = TrainConfig.preset("cpu-demo", samples=(8, 8, 4))
+    model = build_identity_model(cfg, len(NAMES))
+    with torch.no_grad():
+        model.generator.head.weight.mul_(3000.0)
+        model.generator.head.bias.mul_(3000.0)
+        model.decoder.net[0].weight[:, :-3].mul_(3.0)  # inputs: features, then the point
+        model.codes.weight.copy_(torch.randn_like(model.codes.weight))
+    path = str(tmp_path_factory.mktemp("run") / "checkpoint.pt")
+    save_atomic({"config": cfg.to_dict(), "model": model.state_dict(), "identity_names": NAMES}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def surface(checkpoint):
+    """Points on the surface of identity 'bob' (vertices of its marching-cubes mesh), the mesh."""
+    trained = load_identity(checkpoint)
+    mesh = extract_mesh(model_sdf_fn(trained.model, trained.codes[1]), resolution=40, clip_radius=1.0)
+    return np.asarray(mesh.vertices, dtype=np.float32), mesh
+
+
+def _fit_json(out):
+    with open(os.path.join(out, "fit.json")) as f:
+        return json.load(f)
+
+
+def test_fit_scan_moves_the_surface_onto_the_points(checkpoint, surface, tmp_path, capsys):
+    pts, mesh = surface
+    scan = tmp_path / "bob.ply"
+    mesh.export(str(scan))
+    out = str(tmp_path / "fit")
+    args = ["fit", "scan", "--model", checkpoint, "--scan", str(scan), "--out", out, "--points", "800",
+            "--iterations", "300", "--lambda-id", "0.001", "--resolution", "16", "--yaws", "0", "90",
+            "--mesh-resolution", "24", "--device", "cpu", "--no-progress"]
+    assert main(args) == 0
+    assert "fitted 800 scan points" in capsys.readouterr().out
+    rec = _fit_json(out)
+    assert rec["kind"] == "scan" and rec["points"] == 800 and rec["iterations"] == 300 and rec["lambda_id"] == 0.001
+    # the fit pulls the model's surface onto the points (mean |SDF| at them 0.37x the mean
+    # code's when written) and the code towards bob's (0.50x the mean code's distance)
+    assert rec["mean_abs_sdf_after"] < 0.5 * rec["mean_abs_sdf_before"], rec
+    f = np.load(os.path.join(out, "fit.npz"))
+    trained = load_identity(checkpoint)
+    assert f["code"].shape == (trained.codes.shape[1],) and f["loss"].shape == (300,)
+    assert f["loss"][-1] < f["loss"][0]
+    bob, mean = trained.codes[1].numpy(), trained.codes.mean(0).numpy()
+    assert np.linalg.norm(f["code"] - bob) < 0.7 * np.linalg.norm(mean - bob)
+    # the code is the one that scores mean_abs_sdf_after
+    with torch.no_grad():
+        sdf = trained.model(read_scan(str(scan), 800)[None], torch.from_numpy(f["code"])[None])
+    assert abs(float(sdf.abs().mean()) - rec["mean_abs_sdf_after"]) < 1e-6
+    assert os.path.getsize(os.path.join(out, "mesh.ply")) > 0 and rec["mesh"]["faces"] > 100
+    from PIL import Image
+
+    assert Image.open(os.path.join(out, "fit.png")).size == (2 * 20 + 4, 16 + 8)
+
+
+def test_read_scan_formats_agree(checkpoint, surface, tmp_path):
+    pts, mesh = surface
+    np.save(tmp_path / "p.npy", pts)
+    np.savez(tmp_path / "p.npz", points=pts)
+    np.savetxt(tmp_path / "p.xyz", pts)
+    np.savetxt(tmp_path / "p.csv", np.concatenate([pts, np.ones((len(pts), 1), np.float32)], 1), delimiter=",")
+    ref = read_scan(str(tmp_path / "p.npy"), None)
+    assert ref.dtype == torch.float32 and ref.shape == (len(pts), 3)
+    torch.testing.assert_close(ref, torch.from_numpy(pts))
+    for name in ("p.npz", "p.xyz", "p.csv"):
+        torch.testing.assert_close(read_scan(str(tmp_path / name), None), ref, rtol=0, atol=1e-6)
+    # subsets: seeded, without repeats
+    a, b = read_scan(str(tmp_path / "p.npy"), 100, seed=3), read_scan(str(tmp_path / "p.npy"), 100, seed=3)
+    assert torch.equal(a, b) and len(torch.unique(a, dim=0)) == 100
+    assert not torch.equal(a, read_scan(str(tmp_path / "p.npy"), 100, seed=4))
+    # a mesh (trimesh file or vertices + faces) is sampled on its surface: the points lie on
+    # it, where the SDF the mesh was extracted from is ~0 (not at the vertices only)
+    trained = load_identity(checkpoint)
+    np.savez(tmp_path / "m.npz", vertices=mesh.vertices, faces=mesh.faces)
+    mesh.export(str(tmp_path / "m.obj"))
+    samples = [read_scan(str(tmp_path / name), 500, seed=1) for name in ("m.npz", "m.obj")]
+    torch.testing.assert_close(samples[0], samples[1], rtol=0, atol=1e-5)  # the same mesh, the same seed
+    s = samples[0]
+    assert s.shape == (500, 3) and torch.cdist(s, ref).min(1).values.max() > 1e-3  # not vertices
+    fn = model_sdf_fn(trained.model, trained.codes[1])
+
+    def clipped(x):  # the mesh's function: the shape within the unit ball
+        return torch.maximum(fn(x), x.norm(dim=-1) - 1.0).abs()
+
+    at_vertices = clipped(torch.from_numpy(np.asarray(mesh.vertices, np.float32)))
+    at_samples, in_box = clipped(s), clipped(torch.rand(500, 3) * 1.2 - 0.6)
+    assert at_samples.mean() < 2 * at_vertices.mean() + 1e-3 < 0.1 * in_box.mean()
+    # --scale / --offset map into the model's frame
+    np.save(tmp_path / "big.npy", pts * 100.0 + 5.0)
+    torch.testing.assert_close(read_scan(str(tmp_path / "big.npy"), None, scale=0.01, offset=(-0.05,) * 3), ref,
+                               rtol=0, atol=1e-5)
+
+
+def test_read_scan_errors(tmp_path, surface):
+    pts, _ = surface
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_scan(str(tmp_path / "missing.npy"))
+    np.save(tmp_path / "flat.npy", pts[:, :2])
+    with pytest.raises(ValueError, match=r"expected points \[N, 3\].*shape \(\d+, 2\)"):
+        read_scan(str(tmp_path / "flat.npy"))
+    bad = pts.copy()
+    bad[3] = np.nan
+    np.save(tmp_path / "nan.npy", bad)
+    with pytest.raises(ValueError, match="1 points are not finite"):
+        read_scan(str(tmp_path / "nan.npy"))
+    np.save(tmp_path / "mm.npy", pts * 100.0)
+    with pytest.raises(ValueError, match=r"outside the unit sphere .*--scale / --offset"):
+        read_scan(str(tmp_path / "mm.npy"))
+    np.savez(tmp_path / "other.npz", xyz=pts)
+    with pytest.raises(ValueError, match="no array 'points' nor 'vertices' and 'faces' .*xyz"):
+        read_scan(str(tmp_path / "other.npz"))
+    (tmp_path / "words.txt").write_text("a b c\n")
+    with pytest.raises(ValueError, match="not a table of numbers"):
+        read_scan(str(tmp_path / "words.txt"))
+    with pytest.raises(ValueError, match="points must be a positive int"):
+        read_scan(str(tmp_path / "flat.npy"), 0)
+
+
+def test_fit_normals_round_trip_with_npht_render(checkpoint, tmp_path, capsys):
+    """Maps of identity 'bob' rendered by `npht render` are fitted back from the mean code:
+    the angle to the given normals drops, the loss falls, and the cameras come from the
+    file (K, cam2world) as from its yaws."""
+    renders = str(tmp_path / "r")
+    assert main(["render", "--model", checkpoint, "--out", renders, "--resolution", "16", "--yaws", "-30", "30",
+                 "--identities", "ada", "bob", "--device", "cpu", "--no-progress"]) == 0
+    path = os.path.join(renders, "normals.npz")
+    cams, target, mask = read_normal_maps(path, shape=1)
+    f = np.load(path)
+    assert torch.equal(target, torch.from_numpy(f["normals"][1])) and torch.equal(mask, torch.from_numpy(f["mask"][1]))
+    # the yaws alone give the same cameras as the stored K / cam2world
+    np.savez(tmp_path / "yaws.npz", normals=f["normals"][1], yaws=f["yaws"])
+    cams_y, _, mask_y = read_normal_maps(str(tmp_path / "yaws.npz"))
+    torch.testing.assert_close(cams_y.K, cams.K)
+    torch.testing.assert_close(cams_y.cam2world, cams.cam2world)
+    assert torch.equal(mask_y, target.norm(dim=-1) > 0.5)
+    capsys.readouterr()
+    out = str(tmp_path / "fit")
+    assert main(["fit", "normals", "--model", checkpoint, "--normals", path, "--shape", "1", "--out", out,
+                 "--iterations", "300", "--lambda-id", "0.001", "--mesh-resolution", "0", "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert "fitted 2 normal maps of 16x16" in capsys.readouterr().out
+    rec = _fit_json(out)
+    assert rec["kind"] == "normals" and rec["views"] == 2 and rec["resolution"] == 16 and "mesh" not in rec
+    # 22.1 -> 6.8 degrees and the code at 0.32x the mean code's distance to bob's when written
+    assert rec["angle_deg_after"] < 0.5 * rec["angle_deg_before"], rec
+    assert rec["loss_last"] < rec["loss_first"]
+    trained = load_identity(checkpoint)
+    code, bob, mean = np.load(os.path.join(out, "fit.npz"))["code"], trained.codes[1].numpy(), trained.codes.mean(0)
+    assert np.linalg.norm(code - bob) < 0.6 * np.linalg.norm(mean.numpy() - bob)
+    assert not os.path.exists(os.path.join(out, "mesh.ply"))
+    from PIL import Image
+
+    assert Image.open(os.path.join(out, "fit.png")).size == (2 * 20 + 4, 2 * (16 + 4 + 14) + 4)
+
+
+def test_read_normal_maps_errors(tmp_path):
+    n = np.zeros((2, 8, 8, 3), np.float32)
+    n[:, 2:6, 2:6, 2] = 1.0
+    with pytest.raises(FileNotFoundError, match="do not exist"):
+        read_normal_maps(str(tmp_path / "missing.npz"))
+    np.savez(tmp_path / "nocam.npz", normals=n)
+    with pytest.raises(ValueError, match=r"has no cameras: it needs K \[V, 3, 3\] and cam2world"):
+        read_normal_maps(str(tmp_path / "nocam.npz"))
+    np.savez(tmp_path / "nonormals.npz", maps=n)
+    with pytest.raises(ValueError, match="has no array 'normals' .*maps"):
+        read_normal_maps(str(tmp_path / "nonormals.npz"))
+    np.savez(tmp_path / "yaws.npz", normals=n, yaws=np.array([0.0, 10.0, 20.0]))
+    with pytest.raises(ValueError, match=r"one yaw per view \(2\) and square maps, got 3 yaws"):
+        read_normal_maps(str(tmp_path / "yaws.npz"))
+    np.savez(tmp_path / "many.npz", normals=n[None].repeat(3, 0), yaws=np.array([0.0, 10.0]))
+    with pytest.raises(ValueError, match="--shape 3 is out of range: .* holds 3 shapes"):
+        read_normal_maps(str(tmp_path / "many.npz"), shape=3)
+    np.savez(tmp_path / "one.npz", normals=n, yaws=np.array([0.0, 10.0]))
+    with pytest.raises(ValueError, match="--shape 1: .* holds the maps of one shape"):
+        read_normal_maps(str(tmp_path / "one.npz"), shape=1)
+    np.savez(tmp_path / "mask.npz", normals=n, mask=np.ones((2, 8, 7), bool), yaws=np.array([0.0, 10.0]))
+    with pytest.raises(ValueError, match=r"mask must be \[V=2, H=8, W=8\]"):
+        read_normal_maps(str(tmp_path / "mask.npz"))
+    np.savez(tmp_path / "empty.npz", normals=np.zeros_like(n), yaws=np.array([0.0, 10.0]))
+    with pytest.raises(ValueError, match="no pixel is covered"):
+        read_normal_maps(str(tmp_path / "empty.npz"))
+    np.savez(tmp_path / "kbad.npz", normals=n, K=np.eye(3)[None].repeat(3, 0), cam2world=np.eye(4)[None].repeat(2, 0))
+    with pytest.raises(ValueError, match=r"K must be \[V=2, 3, 3\]"):
+        read_normal_maps(str(tmp_path / "kbad.npz"))
+
+
+def test_fit_cli_errors(checkpoint, surface, tmp_path, capsys):
+    pts, _ = surface
+    np.save(tmp_path / "p.npy", pts)
+    base = ["fit", "scan", "--model", checkpoint, "--scan", str(tmp_path / "p.npy"), "--device", "cpu",
+            "--no-progress"]
+    assert main(base + ["--out", str(tmp_path / "a"), "--mesh-resolution", "1"]) == 2
+    assert "--mesh-resolution must be 0 (no mesh) or at least 2" in capsys.readouterr().err
+    assert main(base + ["--out", str(tmp_path / "a"), "--iterations", "-1"]) == 2
+    assert "--iterations must be >= 0" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(base + ["--out", str(tmp_path / "file")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["fit", "scan", "--model", str(tmp_path / "none.pt"), "--scan", str(tmp_path / "p.npy"), "--out",
+                 str(tmp_path / "a"), "--no-progress"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "a")  # nothing written on a refused command
