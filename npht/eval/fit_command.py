@@ -180,11 +180,14 @@ def _mean_abs_sdf(model, code: torch.Tensor, pts: torch.Tensor) -> float:
 
 
 def mean_angle_deg(normals: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, target_mask: torch.Tensor) -> float:
-    """The mean angle in degrees between two sets of normal maps where both masks hold
-    (``nan`` where they never meet)."""
+    """The mean angle in degrees between the directions of two sets of normal maps where
+    both masks hold (``nan`` where they never meet)."""
     both = mask & target_mask
-    cos = torch.nn.functional.cosine_similarity(normals[both], target[both], dim=-1).clamp(-1, 1)
-    return math.degrees(float(torch.acos(cos).mean())) if cos.numel() else float("nan")
+    a, b = normals[both].double(), target[both].double()
+    if not len(a):
+        return float("nan")
+    # atan2(|a x b|, a . b): accurate at small angles too (acos of a cosine near 1 is not)
+    return math.degrees(float(torch.atan2(torch.cross(a, b, dim=-1).norm(dim=-1), (a * b).sum(-1)).mean()))
 
 
 def _schedule(args):

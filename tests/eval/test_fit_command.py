@@ -2,6 +2,7 @@
 normal maps (files in, code / mesh / pictures out)."""
 
 import json
+import math
 import os
 
 import numpy as np
@@ -229,3 +230,16 @@ def test_fit_cli_errors(checkpoint, surface, tmp_path, capsys):
                  str(tmp_path / "a"), "--no-progress"]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "a")  # nothing written on a refused command
+
+
+def test_mean_angle_deg():
+    from npht.eval.fit_command import mean_angle_deg
+
+    n = torch.nn.functional.normalize(torch.randn(2, 5, 5, 3), dim=-1)
+    m = torch.rand(2, 5, 5) > 0.3
+    assert mean_angle_deg(n, m, n, m) < 1e-3
+    assert abs(mean_angle_deg(0.6 * n, m, n, m)) < 1e-3  # directions only (composited normals are shorter)
+    assert abs(mean_angle_deg(-n, m, n, m) - 180.0) < 1e-3
+    perp = torch.nn.functional.normalize(torch.cross(n, torch.randn_like(n), dim=-1), dim=-1)
+    assert abs(mean_angle_deg(perp, m, n, torch.ones_like(m)) - 90.0) < 1e-3
+    assert math.isnan(mean_angle_deg(n, m, n, ~m))  # the masks never meet
