@@ -29,7 +29,10 @@ settings, seconds, the objective before and after: mean ``|SDF|`` at the scan po
 the mean angle between the model's and the given normals where both cover a pixel),
 ``fit.png`` (the fitted shape from ``--yaws``, or the given maps above the fitted model's at
 their cameras) and, unless ``--mesh-resolution 0``, ``mesh.ply`` (marching cubes, clipped
-to the unit ball).
+to the unit ball). ``npht fit scan --expression CKPT``: a posed scan, fitted with an
+expression model (identity and expression codes jointly, then the expression alone, as
+``npht eval``'s posed rows): ``z_ex`` in fit.npz, ``mesh.ply`` posed, ``neutral.ply``, and
+fit.png shows the neutral identity.
 """
 
 from __future__ import annotations
@@ -174,9 +177,18 @@ def read_normal_maps(path: str, shape: int = 0, pitch: float = 5.0, distance: fl
     return cams, normals, mask
 
 
-def _mean_abs_sdf(model, code: torch.Tensor, pts: torch.Tensor) -> float:
+def _mean_abs_sdf(model, code: torch.Tensor, pts: torch.Tensor, expression=None, z_ex=None, schedule=None) -> float:
+    """Mean ``|SDF|`` at the scan points: of the identity ``code``, or with an expression
+    model at the canonical points root-found from them (eq. 4.22, the fit's own objective)."""
+    from ..fit import invert_deformation
+
+    z = code.reshape(1, -1)
+    x = pts[None]
     with torch.no_grad():
-        return float(model(pts[None], code.reshape(1, -1)).abs().mean())
+        if expression is not None:
+            x, _ = invert_deformation(lambda y: expression.deform(y, z, z_ex.reshape(1, -1)), x,
+                                      iters=schedule.root_iters, tol=schedule.root_tol, method=schedule.root_method)
+        return float(model(x, z).abs().mean())
 
 
 def mean_angle_deg(normals: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, target_mask: torch.Tensor) -> float:
@@ -211,14 +223,21 @@ def _check_common(args) -> None:
         raise ValueError(f"--out {args.out!r} is a file, not a folder")
 
 
-def _finish(args, trained, res, record: dict, picture) -> int:
-    """Writes fit.npz, fit.json, fit.png (``picture(path)``) and mesh.ply."""
+def _finish(args, trained, res, record: dict, picture, z_ex=None, expression=None, seconds=None,
+            arrays=None) -> int:
+    """Writes fit.npz (the code, ``z_ex``, the history and ``arrays``), fit.json, fit.png
+    (``picture(path)``) and mesh.ply (with an expression model: the neutral mesh moved forward
+    to ``z_ex``, and neutral.ply)."""
+    from ..fit import posed_vertices
     from .mesh import extract_mesh, model_sdf_fn
     from .fitting_eval import _write_json_atomic
 
     os.makedirs(args.out, exist_ok=True)
     code = res.code[0].cpu()
-    np.savez_compressed(os.path.join(args.out, "fit.npz"), code=code.numpy(),
+    extra = dict(arrays or {})
+    if z_ex is not None:
+        extra["z_ex"] = z_ex.reshape(-1).cpu().numpy()
+    np.savez_compressed(os.path.join(args.out, "fit.npz"), code=code.numpy(), **extra,
                         **{k: np.asarray(v, dtype=np.float64) for k, v in res.history.items()})
     picture(os.path.join(args.out, "fit.png"))
     if args.mesh_resolution:
@@ -226,10 +245,19 @@ def _finish(args, trained, res, record: dict, picture) -> int:
         mesh = extract_mesh(model_sdf_fn(trained.model, code.to(args.device)), resolution=args.mesh_resolution,
                             device=args.device, clip_radius=1.0, sparse=args.sparse_mesh,
                             progress=not args.no_progress)
+        if expression is not None:
+            import trimesh
+
+            mesh.export(os.path.join(args.out, "neutral.ply"))
+            with torch.no_grad():
+                v = posed_vertices(expression, torch.as_tensor(mesh.vertices, dtype=torch.float32, device=args.device),
+                                   code.to(args.device), z_ex.reshape(-1).to(args.device))
+            mesh = trimesh.Trimesh(v.cpu().double().numpy(), mesh.faces, process=False)
         mesh.export(os.path.join(args.out, "mesh.ply"))
         record["mesh"] = dict(resolution=args.mesh_resolution, vertices=int(len(mesh.vertices)),
                               faces=int(len(mesh.faces)), seconds=time.perf_counter() - t0)
-    record.update(model=os.path.abspath(args.model), iterations=args.iterations, seconds=res.seconds,
+    seconds = res.seconds if seconds is None else seconds
+    record.update(model=os.path.abspath(args.model), iterations=args.iterations, seconds=seconds,
                   lambda_id=args.lambda_id if args.lambda_id is not None else 0.05, relative_reg=args.relative_reg,
                   loss_first=res.losses[0] if res.losses else None, loss_last=res.losses[-1] if res.losses else None,
                   device=str(args.device), seed=args.seed)
@@ -238,20 +266,32 @@ def _finish(args, trained, res, record: dict, picture) -> int:
 
 
 def _fit_scan_main(args) -> int:
-    from ..fit import fit_identity
-    from ..train.loading import load_identity
+    from ..fit import fit_expression, fit_identity
+    from ..fit.fitting import _mean_code
+    from ..train.loading import load_expression, load_identity
     from .renders import image_grid, normals_to_rgb, render_identities, view_cameras
 
     _check_common(args)
     schedule = _schedule(args)
     pts = read_scan(args.scan, args.points, args.seed, args.scale, tuple(args.offset))
     trained = load_identity(args.model, args.device)
+    expr = load_expression(args.expression, args.device).model if args.expression else None
     pts = pts.to(args.device)
     init = trained.codes.mean(0).to(args.device)
-    res = fit_identity(trained.model, pts, schedule=schedule, init=init, seed=args.seed, progress=not args.no_progress)
-    before, after = _mean_abs_sdf(trained.model, init, pts), _mean_abs_sdf(trained.model, res.code[0], pts)
-    print(f"fitted {len(pts)} scan points in {res.seconds:.1f} s ({args.iterations} iterations): mean |SDF| at the "
-          f"points {before:.4g} -> {after:.4g} (model units)")
+    z_ex0 = None if expr is None else _mean_code(expr, int(expr.z_ex_dim)).to(args.device)
+    res = fit_identity(trained.model, pts, schedule=schedule, init=init, expression_model=expr, z_ex_init=z_ex0,
+                       seed=args.seed, progress=not args.no_progress)
+    z_ex, seconds, refine = res.z_ex, res.seconds, {}
+    if expr is not None and not args.no_expression_refine:  # thesis 4.4.2: then z_ex alone, z_id fixed
+        ref = fit_expression(trained.model, expr, pts, res.code[0], schedule=schedule, init=res.z_ex[0],
+                             seed=args.seed, progress=not args.no_progress)
+        z_ex, seconds = ref.z_ex, seconds + ref.seconds
+        refine = {f"refine_{k}": np.asarray(v, dtype=np.float64) for k, v in ref.history.items()}
+    before = _mean_abs_sdf(trained.model, init, pts, expr, z_ex0, schedule)
+    after = _mean_abs_sdf(trained.model, res.code[0], pts, expr, z_ex, schedule)
+    what = "" if expr is None else " (identity and expression)"
+    print(f"fitted {len(pts)} scan points{what} in {seconds:.1f} s ({args.iterations} iterations): mean |SDF| at "
+          f"the points {before:.4g} -> {after:.4g} (model units)")
 
     def picture(path):
         if args.resolution:
@@ -260,8 +300,10 @@ def _fit_scan_main(args) -> int:
             image_grid([[normals_to_rgb(a, b) for a, b in zip(n[0], m[0])]], None, path)
 
     record = dict(kind="scan", scan=os.path.abspath(args.scan), points=len(pts), scale=args.scale,
-                  offset=list(args.offset), mean_abs_sdf_before=before, mean_abs_sdf_after=after)
-    _finish(args, trained, res, record, picture)
+                  offset=list(args.offset), mean_abs_sdf_before=before, mean_abs_sdf_after=after,
+                  expression=os.path.abspath(args.expression) if expr is not None else None,
+                  expression_refine=expr is not None and not args.no_expression_refine)
+    _finish(args, trained, res, record, picture, z_ex=z_ex, expression=expr, seconds=seconds, arrays=refine)
     print(f"-> {args.out}")
     return 0
 
@@ -336,6 +378,12 @@ def add_fit_parser(subparsers):
                                                            "sampled on its surface; default 5000, the thesis' scans)")
     s.add_argument("--scale", type=float, default=1.0, help="x -> x * scale + offset into the model's frame")
     s.add_argument("--offset", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("X", "Y", "Z"))
+    s.add_argument("--expression", default=None, metavar="CKPT",
+                   help="an expression checkpoint (npht train expression) trained on --model: a posed scan, the "
+                        "identity and expression codes fitted jointly through the root-found inverse deformation "
+                        "(eq. 4.22), then the expression alone (--no-expression-refine: the joint fit only); "
+                        "mesh.ply is the neutral mesh moved to the expression, neutral.ply the identity's")
+    s.add_argument("--no-expression-refine", action="store_true")
     s.add_argument("--resolution", type=int, default=256, help="fit.png's view size (0: no picture)")
     s.add_argument("--yaws", type=float, nargs="+", default=[-40.0, 0.0, 40.0], help="fit.png's views (degrees)")
     _common_args(s, 128)

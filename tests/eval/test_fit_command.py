@@ -83,6 +83,74 @@ def test_fit_scan_moves_the_surface_onto_the_points(checkpoint, surface, tmp_pat
     assert Image.open(os.path.join(out, "fit.png")).size == (2 * 20 + 4, 16 + 8)
 
 
+@pytest.fixture(scope="module")
+def expression_checkpoint(checkpoint, tmp_path_factory):
+    """An expression checkpoint (cpu-demo sizes) on the identity checkpoint's codes, its
+    output layer random so that the codes move the surface (~0.05)."""
+    from npht.models import ExpressionModel
+    from npht.train.expression import ExpressionConfig
+
+    torch.manual_seed(1)
+    cfg = ExpressionConfig.preset("cpu-demo")
+    z_id = load_identity(checkpoint).codes
+    expr = ExpressionModel(z_id.shape[1], cfg.z_ex_dim, cfg.hidden, cfg.layers, cfg.skip, num_expressions=2,
+                           beta=cfg.beta, skip_shrink=cfg.skip_shrink, init_std=1.0)
+    last = [m for m in expr.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():
+        last.weight.normal_(0.0, 0.05)
+        last.bias.zero_()
+    path = str(tmp_path_factory.mktemp("expr") / "checkpoint.pt")
+    save_atomic({"config": cfg.to_dict(), "model": expr.state_dict(), "z_id": z_id,
+                 "expression_keys": [["bob", "smile"], ["ada", "smile"]], "identity_names": NAMES}, path)
+    return path
+
+
+def test_fit_posed_scan_with_an_expression_model(checkpoint, expression_checkpoint, surface, tmp_path, capsys):
+    """bob's surface moved by the expression model to expression code 0: fitting identity and
+    expression (then the expression alone) brings the root-found SDF at the points down, and
+    mesh.ply is the neutral mesh moved forward to the fitted expression."""
+    import trimesh
+
+    from npht.fit import posed_vertices
+    from npht.train.loading import load_expression
+
+    pts, _ = surface
+    trained, expr = load_identity(checkpoint), load_expression(expression_checkpoint)
+    z_ex = expr.model.codes.weight[0]
+    with torch.no_grad():
+        posed = posed_vertices(expr.model, torch.from_numpy(pts), trained.codes[1], z_ex)
+    assert 0.01 < (posed - torch.from_numpy(pts)).norm(dim=-1).mean() < 0.2  # the expression moves the surface
+    np.save(tmp_path / "posed.npy", posed.numpy())
+    out = str(tmp_path / "fit")
+    assert main(["fit", "scan", "--model", checkpoint, "--expression", expression_checkpoint, "--scan",
+                 str(tmp_path / "posed.npy"), "--out", out, "--points", "400", "--iterations", "300",
+                 "--lambda-id", "0.001", "--resolution", "0", "--mesh-resolution", "20", "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert "fitted 400 scan points (identity and expression)" in capsys.readouterr().out
+    rec = _fit_json(out)
+    assert rec["expression_refine"] and rec["expression"].endswith("checkpoint.pt")
+    assert rec["mean_abs_sdf_after"] < 0.5 * rec["mean_abs_sdf_before"], rec
+    f = np.load(os.path.join(out, "fit.npz"))
+    assert f["z_ex"].shape == (expr.model.z_ex_dim,) and f["refine_loss"].shape == (300,)
+    neutral, mesh = trimesh.load(os.path.join(out, "neutral.ply")), trimesh.load(os.path.join(out, "mesh.ply"))
+    assert np.array_equal(neutral.faces, mesh.faces)
+    with torch.no_grad():
+        moved = posed_vertices(expr.model, torch.from_numpy(np.asarray(neutral.vertices, np.float32)),
+                               torch.from_numpy(f["code"]), torch.from_numpy(f["z_ex"]))
+    np.testing.assert_allclose(mesh.vertices, moved.numpy(), atol=1e-5)
+    # an expression model on other identity codes is refused
+    other = str(tmp_path / "other.pt")
+    s = torch.load(expression_checkpoint, weights_only=False)
+    from npht.models import ExpressionModel
+
+    s["model"] = ExpressionModel(5, 8, 32, 3, None, num_expressions=2).state_dict()
+    s["z_id"] = torch.zeros(3, 5)
+    save_atomic(s, other)
+    assert main(["fit", "scan", "--model", checkpoint, "--expression", other, "--scan", str(tmp_path / "posed.npy"),
+                 "--out", str(tmp_path / "x"), "--iterations", "1", "--device", "cpu", "--no-progress"]) == 2
+    assert "conditioned on identity codes of size 5" in capsys.readouterr().err
+
+
 def test_read_scan_formats_agree(checkpoint, surface, tmp_path):
     pts, mesh = surface
     np.save(tmp_path / "p.npy", pts)
