@@ -45,7 +45,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-__all__ = ["read_scan", "read_normal_maps", "mean_angle_deg", "add_fit_parser"]
+__all__ = ["read_scan", "read_normal_maps", "read_cameras", "mean_angle_deg", "add_fit_parser"]
 
 _TEXT = (".xyz", ".txt", ".csv")
 
@@ -121,13 +121,54 @@ def _surface_points(vertices: np.ndarray, faces: np.ndarray, points: Optional[in
     return trimesh.sample.sample_surface(mesh, points or 100_000, seed=int(seed))[0]
 
 
+def _cameras(data: dict, V: int, H: int, W: int, path: str, pitch: float, distance: float, fov: float):
+    """Cameras ``[V]`` of ``H x W`` images from a file's arrays: ``K`` + ``cam2world``, or ``yaws``."""
+    from ..render import Cameras
+    from .renders import view_cameras
+
+    if "K" in data and "cam2world" in data:
+        K = torch.from_numpy(np.asarray(data["K"], dtype=np.float32))
+        c2w = torch.from_numpy(np.asarray(data["cam2world"], dtype=np.float32))
+        if K.shape != (V, 3, 3) or c2w.shape != (V, 4, 4):
+            raise ValueError(f"{path!r}: K must be [V={V}, 3, 3] and cam2world [V, 4, 4], got {tuple(K.shape)} and "
+                             f"{tuple(c2w.shape)}")
+        return Cameras(K, c2w, H, W)
+    if "yaws" in data:
+        yaws = [float(y) for y in np.asarray(data["yaws"]).reshape(-1)]
+        if len(yaws) != V or H != W:
+            raise ValueError(f"{path!r}: yaws cameras need one yaw per view ({V}) and square maps, got {len(yaws)} "
+                             f"yaws for {H}x{W} maps")
+        kw = dict(pitch=pitch, distance=distance, fov=fov)
+        kw.update({k: float(data[k]) for k in kw if k in data})
+        return view_cameras(yaws, H, **kw)
+    raise ValueError(f"{path!r} has no cameras: it needs K [V, 3, 3] and cam2world [V, 4, 4] (OpenCV convention) "
+                     f"or yaws [V] (degrees)")
+
+
+def read_cameras(path: str, pitch: float = 5.0, distance: float = 2.6, fov: float = 30.0):
+    """The cameras of an ``.npz``: ``K [V, 3, 3]`` + ``cam2world [V, 4, 4]`` (OpenCV) or ``yaws
+    [V]``, their image size from ``normals [..., V, H, W, 3]`` or ``height`` / ``width``
+    (``npht render --cameras``)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"cameras {path!r} do not exist")
+    with np.load(path) as f:
+        data = {k: f[k] for k in f.files}
+    if "normals" in data and data["normals"].ndim >= 4:
+        V, H, W = data["normals"].shape[-4:-1]
+    elif "height" in data and "width" in data:
+        H, W = int(data["height"]), int(data["width"])
+        V = len(data["K"]) if "K" in data else int(np.asarray(data.get("yaws", [])).size)
+    else:
+        raise ValueError(f"{path!r}: the image size comes from normals [..., V, H, W, 3] or height and width")
+    if H < 1 or W < 1 or V < 1:
+        raise ValueError(f"{path!r}: no cameras or an empty image size ({V} views of {H}x{W})")
+    return _cameras(data, V, H, W, path, pitch, distance, fov)
+
+
 def read_normal_maps(path: str, shape: int = 0, pitch: float = 5.0, distance: float = 2.6, fov: float = 30.0):
     """``(cameras [V], normals [V, H, W, 3], mask [V, H, W])`` from an ``.npz`` as ``npht
     render`` writes it (see the module's text); ``shape`` picks one of ``[S, V, ...]`` maps;
     ``pitch`` / ``distance`` / ``fov`` apply to ``yaws`` cameras when the file has none."""
-    from ..render import Cameras
-    from .renders import view_cameras
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"normal maps {path!r} do not exist")
     with np.load(path) as f:
@@ -154,24 +195,7 @@ def read_normal_maps(path: str, shape: int = 0, pitch: float = 5.0, distance: fl
         if tuple(mask.shape) != (V, H, W):
             raise ValueError(f"{path!r}: mask must be [V={V}, H={H}, W={W}] like the normals, got {mask.shape}")
         mask = torch.from_numpy(np.asarray(mask)).bool()
-    if "K" in data and "cam2world" in data:
-        K = torch.from_numpy(np.asarray(data["K"], dtype=np.float32))
-        c2w = torch.from_numpy(np.asarray(data["cam2world"], dtype=np.float32))
-        if K.shape != (V, 3, 3) or c2w.shape != (V, 4, 4):
-            raise ValueError(f"{path!r}: K must be [V={V}, 3, 3] and cam2world [V, 4, 4], got {tuple(K.shape)} and "
-                             f"{tuple(c2w.shape)}")
-        cams = Cameras(K, c2w, H, W)
-    elif "yaws" in data:
-        yaws = [float(y) for y in np.asarray(data["yaws"]).reshape(-1)]
-        if len(yaws) != V or H != W:
-            raise ValueError(f"{path!r}: yaws cameras need one yaw per view ({V}) and square maps, got {len(yaws)} "
-                             f"yaws for {H}x{W} maps")
-        kw = dict(pitch=pitch, distance=distance, fov=fov)
-        kw.update({k: float(data[k]) for k in kw if k in data})
-        cams = view_cameras(yaws, H, **kw)
-    else:
-        raise ValueError(f"{path!r} has no cameras: it needs K [V, 3, 3] and cam2world [V, 4, 4] (OpenCV convention) "
-                         f"or yaws [V] (degrees)")
+    cams = _cameras(data, V, H, W, path, pitch, distance, fov)
     if not mask.any():
         raise ValueError(f"{path!r}: no pixel is covered (the mask is empty)")
     return cams, normals, mask
@@ -258,7 +282,7 @@ def _finish(args, trained, res, record: dict, picture, z_ex=None, expression=Non
                               faces=int(len(mesh.faces)), seconds=time.perf_counter() - t0)
     seconds = res.seconds if seconds is None else seconds
     record.update(model=os.path.abspath(args.model), iterations=args.iterations, seconds=seconds,
-                  lambda_id=args.lambda_id if args.lambda_id is not None else 0.05, relative_reg=args.relative_reg,
+                  relative_reg=args.relative_reg,
                   loss_first=res.losses[0] if res.losses else None, loss_last=res.losses[-1] if res.losses else None,
                   device=str(args.device), seed=args.seed)
     _write_json_atomic(os.path.join(args.out, "fit.json"), record)
@@ -299,8 +323,8 @@ def _fit_scan_main(args) -> int:
             n, m = render_identities(trained, res.code.cpu(), cams, device=args.device)
             image_grid([[normals_to_rgb(a, b) for a, b in zip(n[0], m[0])]], None, path)
 
-    record = dict(kind="scan", scan=os.path.abspath(args.scan), points=len(pts), scale=args.scale,
-                  offset=list(args.offset), mean_abs_sdf_before=before, mean_abs_sdf_after=after,
+    record = dict(kind="scan", lambda_id=schedule.lambda_id, scan=os.path.abspath(args.scan), points=len(pts),
+                  scale=args.scale, offset=list(args.offset), mean_abs_sdf_before=before, mean_abs_sdf_after=after,
                   expression=os.path.abspath(args.expression) if expr is not None else None,
                   expression_refine=expr is not None and not args.no_expression_refine)
     _finish(args, trained, res, record, picture, z_ex=z_ex, expression=expr, seconds=seconds, arrays=refine)
@@ -328,7 +352,8 @@ def _fit_normals_main(args) -> int:
                           resolution=args.resolution or None, density=trained.density, schedule=schedule, init=init,
                           seed=args.seed, progress=not args.no_progress, views_per_chunk=args.views_per_chunk,
                           tile=args.tile, convention=args.convention,
-                          renderer_options=dict(sampler=trained_sampler(trained), coarse_factor=4))
+                          renderer_options=dict(sampler=trained_sampler(trained), coarse_factor=4),
+                          fused_gradient={} if args.fused_gradient else None)
     n1, m1 = maps(res.code[0])
     before, after = mean_angle_deg(n0[0], m0[0], target, mask), mean_angle_deg(n1[0], m1[0], target, mask)
     V, H, W = mask.shape
@@ -339,8 +364,10 @@ def _fit_normals_main(args) -> int:
         image_grid([[normals_to_rgb(a, b) for a, b in zip(target, mask)],
                     [normals_to_rgb(a, b) for a, b in zip(n1[0], m1[0])]], ["given", "fitted"], path)
 
-    record = dict(kind="normals", normals=os.path.abspath(args.normals), shape=args.shape, views=V, height=H,
-                  width=W, convention=args.convention, resolution=args.resolution or H,
+    record = dict(kind="normals", lambda_id=schedule.lambda_id, normals=os.path.abspath(args.normals),
+                  shape=args.shape, views=V, height=H, width=W, convention=args.convention,
+                  fused_gradient=args.fused_gradient,
+                  resolution=args.resolution or H,
                   angle_deg_before=before, angle_deg_after=after)
     _finish(args, trained, res, record, picture)
     print(f"-> {args.out}")
@@ -399,6 +426,9 @@ def add_fit_parser(subparsers):
     n.add_argument("--resolution", type=int, default=0, help="render resolution of the fit (default: the maps')")
     n.add_argument("--views-per-chunk", type=int, default=None, help="views rendered per backward (memory)")
     n.add_argument("--tile", type=int, default=None, help="render tiles of tile x tile pixels (memory)")
+    n.add_argument("--fused-gradient", action="store_true",
+                   help="tri-plane models: the shaded samples' normals from the decoder's fused value and gradient "
+                        "(npht.softplus_mlp_with_grad) instead of autograd; the same fit to float32 rounding")
     n.add_argument("--pitch", type=float, default=5.0, help="yaws cameras: degrees above the horizon")
     n.add_argument("--distance", type=float, default=2.6, help="yaws cameras: distance to the origin")
     n.add_argument("--fov", type=float, default=30.0, help="yaws cameras: vertical field of view, degrees")

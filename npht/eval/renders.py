@@ -6,13 +6,16 @@ normals as RGB, captioned grids).
     npht render --model runs/tp/checkpoint.pt --out renders/samples --identities --samples 8
 
 writes ``normals.npz`` (``normals [N, V, H, W, 3]`` float32 in the OpenGL camera frame, 0
-off the shape; ``mask [N, V, H, W]`` opacity > 0.5; ``codes [N, z]``; ``names [N]``;
-``yaws [V]``; the cameras ``K [V, 3, 3]``, ``cam2world [V, 4, 4]`` (OpenCV convention),
-``pitch``, ``distance``, ``fov``: ``npht fit normals`` reads the file back), one PNG per shape (its views side by side, normals as ``(n + 1) / 2`` on
-white), ``grid.png`` (all of them, captioned) and, with ``--mesh-resolution R``,
-``meshes/<name>.ply`` (marching cubes at ``R^3``, clipped to the unit ball). Rendering runs without grad, rays in
-chunks (``ray_chunk``), with the error-bound sampler the model was trained with, skipping
-converged rays, and npht's sample-efficient shading (weights below 1e-6 not shaded).
+off the shape; ``mask [N, V, H, W]`` opacity > 0.5; ``codes [N, z]``; ``names [N]``; the
+cameras ``K [V, 3, 3]``, ``cam2world [V, 4, 4]`` (OpenCV convention) and, for ``--yaws``
+views, ``yaws [V]``, ``pitch``, ``distance``, ``fov``: ``npht fit normals`` reads the file
+back), one PNG per shape (its views side by side, normals as ``(n + 1) / 2`` on white),
+``grid.png`` (all of them, captioned) and, with ``--mesh-resolution R``,
+``meshes/<name>.ply`` (marching cubes at ``R^3``, clipped to the unit ball). ``--cameras
+NPZ`` renders from a file's cameras instead (:func:`npht.eval.fit_command.read_cameras`).
+Rendering runs without grad, rays in chunks (``ray_chunk``), with the error-bound sampler
+the model was trained with, skipping converged rays, and npht's sample-efficient shading
+(weights below 1e-6 not shaded).
 """
 
 from __future__ import annotations
@@ -155,24 +158,32 @@ def _render_main(args) -> int:
         raise ValueError(f"--mesh-resolution must be 0 (no meshes) or at least 2, got {args.mesh_resolution}")
     if not args.yaws:
         raise ValueError("--yaws needs at least one angle")
+    if args.cameras:
+        from .fit_command import read_cameras
+
+        cams = read_cameras(args.cameras, pitch=args.pitch, distance=args.distance, fov=args.fov)
+    else:
+        cams = view_cameras(args.yaws, args.resolution, distance=args.distance, fov=args.fov, pitch=args.pitch)
     trained = load_identity(args.model, args.device)
     codes, names = select_codes(trained, args.identities, args.samples, args.seed)
-    cams = view_cameras(args.yaws, args.resolution, distance=args.distance, fov=args.fov, pitch=args.pitch)
     t0 = time.perf_counter()
     normals, mask = render_identities(trained, codes, cams, device=args.device, ray_chunk=args.ray_chunk,
                                       progress=not args.no_progress)
     seconds = time.perf_counter() - t0
     os.makedirs(args.out, exist_ok=True)
-    np.savez_compressed(os.path.join(args.out, "normals.npz"), normals=normals.numpy(), mask=mask.numpy(),
-                        codes=codes.numpy(), names=np.array(names), yaws=np.array(args.yaws, dtype=np.float32),
-                        K=cams.K.numpy(), cam2world=cams.cam2world.numpy(), pitch=np.float32(args.pitch),
-                        distance=np.float32(args.distance), fov=np.float32(args.fov))
+    arrays = dict(normals=normals.numpy(), mask=mask.numpy(), codes=codes.numpy(), names=np.array(names),
+                  K=cams.K.numpy(), cam2world=cams.cam2world.numpy())
+    if not args.cameras:
+        arrays.update(yaws=np.array(args.yaws, dtype=np.float32), pitch=np.float32(args.pitch),
+                      distance=np.float32(args.distance), fov=np.float32(args.fov))
+    np.savez_compressed(os.path.join(args.out, "normals.npz"), **arrays)
     rows = [[normals_to_rgb(n, m) for n, m in zip(normals[i], mask[i])] for i in range(len(names))]
     for name, row in zip(names, rows):
         image_grid([row], None, os.path.join(args.out, f"{_file_name(name)}.png"))
     image_grid(rows, names, os.path.join(args.out, "grid.png"))
-    views = len(names) * len(args.yaws)
-    print(f"rendered {len(names)} shapes x {len(args.yaws)} views at {args.resolution}^2 in {seconds:.1f} s "
+    views = len(names) * len(cams)
+    size = f"{cams.height}^2" if cams.height == cams.width else f"{cams.height}x{cams.width}"
+    print(f"rendered {len(names)} shapes x {len(cams)} views at {size} in {seconds:.1f} s "
           f"({seconds / views:.2f} s per view) -> {args.out}")
     if args.mesh_resolution:
         _write_meshes(trained, codes, names, args)
@@ -215,6 +226,10 @@ def add_render_parser(subparsers):
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--yaws", type=float, nargs="+", default=[-40.0, 0.0, 40.0],
                    help="view angles in degrees around the vertical axis (0: the face)")
+    p.add_argument("--cameras", default=None, metavar="NPZ",
+                   help="render from the cameras of an .npz instead (K + cam2world, OpenCV convention, or yaws; the "
+                        "image size from its normals or height / width), e.g. the normal maps given to npht fit "
+                        "normals; --yaws and --resolution then do not apply")
     p.add_argument("--pitch", type=float, default=5.0)
     p.add_argument("--distance", type=float, default=2.6)
     p.add_argument("--fov", type=float, default=30.0, help="vertical field of view, degrees")

@@ -311,3 +311,20 @@ def test_mean_angle_deg():
     perp = torch.nn.functional.normalize(torch.cross(n, torch.randn_like(n), dim=-1), dim=-1)
     assert abs(mean_angle_deg(perp, m, n, torch.ones_like(m)) - 90.0) < 1e-3
     assert math.isnan(mean_angle_deg(n, m, n, ~m))  # the masks never meet
+
+
+def test_fit_normals_fused_gradient_gives_the_same_fit(checkpoint, tmp_path):
+    renders = str(tmp_path / "r")
+    assert main(["render", "--model", checkpoint, "--out", renders, "--resolution", "12", "--yaws", "0",
+                 "--identities", "bob", "--device", "cpu", "--no-progress"]) == 0
+    codes = []
+    for flag in ([], ["--fused-gradient"]):
+        out = str(tmp_path / f"fit{len(flag)}")
+        assert main(["fit", "normals", "--model", checkpoint, "--normals", os.path.join(renders, "normals.npz"),
+                     "--out", out, "--iterations", "20", "--lambda-id", "0.001", "--mesh-resolution", "0",
+                     "--device", "cpu", "--no-progress", *flag]) == 0
+        assert _fit_json(out)["fused_gradient"] == bool(flag)
+        codes.append(np.load(os.path.join(out, "fit.npz"))["code"])
+    start = load_identity(checkpoint).codes.mean(0).numpy()
+    assert np.abs(codes[0] - start).max() > 1e-3  # the fit moved
+    np.testing.assert_allclose(codes[1], codes[0], rtol=0, atol=1e-5)

@@ -107,3 +107,36 @@ def test_render_cli_meshes(checkpoint, tmp_path, capsys):
     assert len(mesh.faces) > 100 and 0.25 < r.min() and r.max() < 0.75  # the near-sphere of radius ~0.5
     assert main(args + ["--mesh-resolution", "1"]) == 2
     assert "--mesh-resolution must be 0 (no meshes) or at least 2" in capsys.readouterr().err
+
+
+def test_render_cli_from_a_camera_file(checkpoint, tmp_path, capsys):
+    """--cameras: the views of an .npz (K + cam2world and height / width, here 10 x 14 pixels;
+    or a previous render's file), the same maps as render_identities from those cameras."""
+    from npht.eval.fit_command import read_cameras
+    from npht.render import Cameras
+
+    cams = view_cameras([10.0, -20.0], 14)
+    K = cams.K.clone()
+    K[:, 1, 2] -= 2.0  # 10 rows: the principal point moves up by 2 pixels
+    np.savez(tmp_path / "cams.npz", K=K.numpy(), cam2world=cams.cam2world.numpy(), height=10, width=14)
+    out = str(tmp_path / "r")
+    args = ["render", "--model", checkpoint, "--out", out, "--cameras", str(tmp_path / "cams.npz"),
+            "--identities", "cy", "--device", "cpu", "--no-progress"]
+    assert main(args) == 0
+    assert "rendered 1 shapes x 2 views at 10x14" in capsys.readouterr().out
+    f = np.load(os.path.join(out, "normals.npz"))
+    assert f["normals"].shape == (1, 2, 10, 14, 3) and "yaws" not in f.files
+    np.testing.assert_array_equal(f["K"], K.numpy())
+    trained = load_identity(checkpoint)
+    ref, ref_mask = render_identities(trained, trained.codes[2:3], Cameras(K, cams.cam2world, 10, 14))
+    np.testing.assert_allclose(f["normals"], ref.numpy(), atol=1e-6)
+    assert np.array_equal(f["mask"], ref_mask.numpy())
+    # a render's own file gives its cameras back
+    again = read_cameras(os.path.join(out, "normals.npz"))
+    assert (again.height, again.width) == (10, 14) and torch.equal(again.K, K)
+    # errors
+    np.savez(tmp_path / "nosize.npz", K=K.numpy(), cam2world=cams.cam2world.numpy())
+    assert main(args[:5] + ["--cameras", str(tmp_path / "nosize.npz"), "--no-progress"]) == 2
+    assert "the image size comes from normals" in capsys.readouterr().err
+    assert main(args[:5] + ["--cameras", str(tmp_path / "none.npz"), "--no-progress"]) == 2
+    assert "cameras" in capsys.readouterr().err
