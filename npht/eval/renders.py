@@ -4,6 +4,7 @@ normals as RGB, captioned grids).
 
     npht render --model runs/tp/checkpoint.pt --out renders/tp --resolution 512 --device cuda
     npht render --model runs/tp/checkpoint.pt --out renders/samples --identities --samples 8
+    npht render --model runs/tp/checkpoint.pt --out renders/fit --codes fits/head/fit.npz --resolution 512
 
 writes ``normals.npz`` (``normals [N, V, H, W, 3]`` float32 in the OpenGL camera frame, 0
 off the shape; ``mask [N, V, H, W]`` opacity > 0.5; ``codes [N, z]``; ``names [N]``; the
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 __all__ = ["view_cameras", "normals_to_rgb", "image_grid", "trained_sampler", "render_identities", "select_codes",
-           "add_render_parser"]
+           "read_codes", "add_render_parser"]
 
 
 def view_cameras(yaws: Sequence[float], size: int, distance: float = 2.6, fov: float = 30.0, pitch: float = 5.0):
@@ -149,6 +150,37 @@ def select_codes(trained, identities: Optional[Sequence[str]] = None, samples: i
     return torch.stack(codes), names
 
 
+def read_codes(paths: Sequence[str], z_dim: int):
+    """``(codes [N, z_dim], names [N])`` from ``.npz`` files: ``code [z]`` (``npht fit``'s
+    fit.npz, named after its folder) or ``codes [n, z]`` with optional ``names [n]`` (``npht
+    render``'s normals.npz; else ``<file>_<i>``)."""
+    codes, names = [], []
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"codes {path!r} do not exist")
+        with np.load(path) as f:
+            if "code" in f.files:
+                c = np.asarray(f["code"], dtype=np.float32).reshape(1, -1)
+                stem = os.path.splitext(os.path.basename(path))[0]
+                folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+                n = [folder if stem == "fit" and folder else stem]
+            elif "codes" in f.files:
+                c = np.asarray(f["codes"], dtype=np.float32)
+                stem = os.path.splitext(os.path.basename(path))[0]
+                n = [str(x) for x in f["names"]] if "names" in f.files else [f"{stem}_{i}" for i in range(len(c))]
+            else:
+                raise ValueError(f"{path!r} has no array 'code' nor 'codes' (it holds "
+                                 f"{', '.join(f.files) or 'nothing'})")
+        if c.ndim != 2 or c.shape[1] != z_dim or len(n) != len(c):
+            raise ValueError(f"{path!r}: codes must be [n, {z_dim}] (the model's code size) with a name each, got "
+                             f"{c.shape} and {len(n)} names")
+        if not np.isfinite(c).all():
+            raise ValueError(f"{path!r}: the codes hold non-finite values")
+        codes.append(torch.from_numpy(c))
+        names += n
+    return torch.cat(codes), names
+
+
 def _render_main(args) -> int:
     from ..train.loading import load_identity
 
@@ -165,7 +197,16 @@ def _render_main(args) -> int:
     else:
         cams = view_cameras(args.yaws, args.resolution, distance=args.distance, fov=args.fov, pitch=args.pitch)
     trained = load_identity(args.model, args.device)
-    codes, names = select_codes(trained, args.identities, args.samples, args.seed)
+    if args.codes:
+        given, given_names = read_codes(args.codes, int(trained.codes.shape[1]))
+        picked = [] if args.identities is None else args.identities
+        if picked or args.samples:
+            codes, names = select_codes(trained, picked, args.samples, args.seed)
+            codes, names = torch.cat([codes, given]), names + given_names
+        else:
+            codes, names = given, given_names
+    else:
+        codes, names = select_codes(trained, args.identities, args.samples, args.seed)
     t0 = time.perf_counter()
     normals, mask = render_identities(trained, codes, cams, device=args.device, ray_chunk=args.ray_chunk,
                                       progress=not args.no_progress)
@@ -222,6 +263,9 @@ def add_render_parser(subparsers):
     p.add_argument("--identities", nargs="*", default=None, metavar="ID",
                    help="code indices or identity names (default: the first four; none: only --samples)")
     p.add_argument("--samples", type=int, default=0, help="codes drawn from a Gaussian fitted to the training codes")
+    p.add_argument("--codes", nargs="+", default=None, metavar="NPZ",
+                   help="codes from files: npht fit's fit.npz (code) or npht render's normals.npz (codes, names); "
+                        "rendered alone unless --identities / --samples are given too")
     p.add_argument("--seed", type=int, default=0, help="seed of --samples")
     p.add_argument("--resolution", type=int, default=256)
     p.add_argument("--yaws", type=float, nargs="+", default=[-40.0, 0.0, 40.0],

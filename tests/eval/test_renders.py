@@ -140,3 +140,38 @@ def test_render_cli_from_a_camera_file(checkpoint, tmp_path, capsys):
     assert "the image size comes from normals" in capsys.readouterr().err
     assert main(args[:5] + ["--cameras", str(tmp_path / "none.npz"), "--no-progress"]) == 2
     assert "cameras" in capsys.readouterr().err
+
+
+def test_render_cli_codes_from_files(checkpoint, tmp_path, capsys):
+    """--codes: a fit.npz (one code, named after its folder) and a render's normals.npz (its
+    codes and names), alone or after --identities; the maps are those of the codes."""
+    from npht.eval.renders import read_codes
+
+    trained = load_identity(checkpoint)
+    z = trained.codes.shape[1]
+    fit_dir = tmp_path / "head"
+    fit_dir.mkdir()
+    code = torch.randn(z) * 0.1
+    np.savez(fit_dir / "fit.npz", code=code.numpy(), loss=np.zeros(3))
+    np.savez(tmp_path / "normals.npz", codes=trained.codes[[2, 0]].numpy(), names=np.array(["cy", "ada"]))
+    files = [str(fit_dir / "fit.npz"), str(tmp_path / "normals.npz")]
+    codes, names = read_codes(files, z)
+    assert names == ["head", "cy", "ada"] and torch.equal(codes[0], code) and torch.equal(codes[1], trained.codes[2])
+    out = str(tmp_path / "r")
+    base = ["render", "--model", checkpoint, "--out", out, "--resolution", "8", "--yaws", "0", "--device", "cpu",
+            "--no-progress"]
+    assert main(base + ["--codes", *files]) == 0
+    assert "rendered 3 shapes x 1 views at 8^2" in capsys.readouterr().out
+    f = np.load(os.path.join(out, "normals.npz"))
+    assert list(f["names"]) == ["head", "cy", "ada"] and np.array_equal(f["codes"], codes.numpy())
+    ref, _ = render_identities(trained, codes[:1], view_cameras([0.0], 8))
+    np.testing.assert_allclose(f["normals"][:1], ref.numpy(), atol=1e-6)
+    assert main(base + ["--identities", "bob", "--codes", files[0]]) == 0
+    assert list(np.load(os.path.join(out, "normals.npz"))["names"]) == ["bob", "head"]
+    # errors: the wrong code size, no codes in the file
+    np.savez(tmp_path / "small.npz", code=np.zeros(z + 1, np.float32))
+    assert main(base + ["--codes", str(tmp_path / "small.npz")]) == 2
+    assert f"codes must be [n, {z}] (the model's code size)" in capsys.readouterr().err
+    np.savez(tmp_path / "none.npz", other=np.zeros(3))
+    with pytest.raises(ValueError, match="has no array 'code' nor 'codes' .*other"):
+        read_codes([str(tmp_path / "none.npz")], z)
