@@ -445,6 +445,21 @@ def test_diverged_run_stops_with_its_state_saved(data_root, tmp_path, monkeypatc
     assert all(torch.isfinite(v).all() for v in s["model"].values())
 
 
+def _signal_after_step(tr, monkeypatch, at_step: int, signum) -> None:
+    """``tr`` raises ``signum`` on itself at the end of its step ``at_step`` (as if sent then)."""
+    import signal
+
+    step = tr.step
+
+    def step_then_signal(batch):
+        row = step(batch)
+        if tr.global_step == at_step:
+            signal.raise_signal(signum)
+        return row
+
+    monkeypatch.setattr(tr, "step", step_then_signal)
+
+
 def test_ctrl_c_stops_after_the_step_saves_and_resumes_bit_identically(data_root, tmp_path, monkeypatch):
     """The first SIGINT lets the current step finish, saves, raises KeyboardInterrupt and
     restores the previous handler; resuming then gives the uninterrupted run's parameters.
@@ -456,15 +471,7 @@ def test_ctrl_c_stops_after_the_step_saves_and_resumes_bit_identically(data_root
     whole = IdentityTrainer(_cfg((0, 10, 10)), data_root, tmp_path / "whole")
     whole.train(max_steps=5)
     tr = IdentityTrainer(_cfg((0, 10, 10)), data_root, tmp_path / "cut")
-    step = tr.step
-
-    def interrupted_step(batch):
-        row = step(batch)
-        if tr.global_step == 2:
-            signal.raise_signal(signal.SIGINT)
-        return row
-
-    monkeypatch.setattr(tr, "step", interrupted_step)
+    _signal_after_step(tr, monkeypatch, 2, signal.SIGINT)
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt, match="stopped at step 2"):
         tr.train(max_steps=5)
@@ -495,15 +502,7 @@ def test_sigterm_stops_like_ctrl_c_with_exit_code_143(data_root, tmp_path, monke
     from npht.train.runlog import Stopped
 
     tr = IdentityTrainer(_cfg((0, 10, 10)), data_root, tmp_path / "run")
-    step = tr.step
-
-    def terminated_step(batch):
-        row = step(batch)
-        if tr.global_step == 1:
-            signal.raise_signal(signal.SIGTERM)
-        return row
-
-    monkeypatch.setattr(tr, "step", terminated_step)
+    _signal_after_step(tr, monkeypatch, 1, signal.SIGTERM)
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.raises(Stopped, match=r"stopped at step 1 \(SIGTERM\)") as e:
         tr.train(max_steps=4)
