@@ -201,3 +201,56 @@ def test_ddp_signal_on_one_rank_stops_all_after_the_same_step(data_root, tmp_pat
         assert g["global_step"] == 3, g
         assert g["result"].startswith(f"stopped {int(signal.SIGTERM)} stopped at step 3 (SIGTERM)"), g["result"]
     assert load_checkpoint(os.path.join(out, "checkpoint.pt"))["global_step"] == 3
+
+
+def _torchrun(args):
+    """``torchrun --standalone --nproc_per_node 2 -m npht ARGS`` in its own session (as a
+    terminal's foreground job: its workers run in sessions of their own)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "npht", *args]
+    return subprocess.Popen(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def test_torchrun_cli_trains_and_stops_on_ctrl_c(data_root, tmp_path):
+    """`npht train identity` under torchrun (2 gloo ranks): rank 0 alone logs and saves; a
+    Ctrl-C reaches torchrun, which forwards SIGINT to each worker: both stop after the same
+    step, rank 0 saves it, and the run resumes from there."""
+    import csv
+    import re
+    import signal
+    import time
+
+    from npht.train.checkpoint import load_checkpoint
+
+    common = ["train", "identity", "--preset", "cpu-demo", "--data", data_root, "--no-progress", "--image-every", "0"]
+    out = tmp_path / "plain"
+    p = _torchrun(common + ["--out", str(out), "--max-steps", "2"])
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert [int(r["step"]) for r in csv.DictReader(open(out / "log.csv"))] == [1, 2]  # one row per step
+    assert load_checkpoint(str(out / "checkpoint.pt"))["global_step"] == 2
+
+    out = tmp_path / "cut"
+    p = _torchrun(common + ["--out", str(out), "--epochs", "0", "100", "100", "--ckpt-every", "1"])
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "checkpoint.pt").exists() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert p.poll() is None, p.communicate()
+        os.kill(p.pid, signal.SIGINT)
+        _, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    stopped = re.findall(r"stopped at step (\d+) \(SIGINT\)", err)
+    assert len(stopped) == 2 and stopped[0] == stopped[1], err
+    saved = load_checkpoint(str(out / "checkpoint.pt"))["global_step"]
+    assert saved == int(stopped[0]) >= 1
+    assert int(list(csv.DictReader(open(out / "log.csv")))[-1]["step"]) == saved
+    p = _torchrun(common + ["--out", str(out), "--resume", "--max-steps", "1"])
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert load_checkpoint(str(out / "checkpoint.pt"))["global_step"] == saved + 1
