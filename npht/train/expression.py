@@ -42,7 +42,7 @@ __all__ = ["ExpressionConfig", "EXPRESSION_PRESETS", "ExpressionTrainer", "Expre
            "load_identity_checkpoint", "add_expression_parser", "train_expression_main", "EXPRESSION_LOG_COLUMNS"]
 
 EXPRESSION_LOG_TERMS = ("c", "dp", "r", "total")
-EXPRESSION_LOG_COLUMNS = ("epoch", "step") + EXPRESSION_LOG_TERMS + ("lr", "lr_codes", "time")
+EXPRESSION_LOG_COLUMNS = ("epoch", "step") + EXPRESSION_LOG_TERMS + ("lr", "lr_codes", "time", "mem_gib")
 
 
 @dataclass

@@ -54,7 +54,7 @@ __all__ = ["IdentityTrainer", "build_identity_model", "collate", "add_train_pars
 # models that use ground-truth SDF off the surface.
 SPACE_KEYS = ("ball_points",)
 LOG_TERMS = ("ss", "sn", "eik", "nsp", "edr", "nmr", "g", "tv", "tp", "lat_id", "total", "d", "r1")
-LOG_COLUMNS = ("epoch", "step", "stage") + LOG_TERMS + ("lr", "time")
+LOG_COLUMNS = ("epoch", "step", "stage") + LOG_TERMS + ("lr", "time", "mem_gib")  # mem_gib: GPU runs
 
 
 def collate(items: List[dict]) -> dict:

@@ -26,6 +26,9 @@ class RunLog:
 
     def write(self, row: dict, step: int) -> None:
         new = not os.path.exists(self.path)
+        if not new and not getattr(self, "_checked", False):
+            self._migrate()
+        self._checked = True
         with open(self.path, "a", newline="") as f:
             w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
             if new:
@@ -36,6 +39,23 @@ class RunLog:
             for k in self.terms:
                 if k in row:
                     tb.add_scalar(f"{self.prefix}/{k}", row[k], step)
+
+    def _migrate(self) -> None:
+        """A resumed run's log.csv written with other columns (an older npht) is rewritten
+        once with this run's (values of columns it lacked left empty, of columns no longer
+        logged dropped), so that the rows appended now line up with the header."""
+        with open(self.path, newline="") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) == self.columns:
+                return
+            rows = list(reader)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k) or "" for k in self.columns})
+        os.replace(tmp, self.path)
 
     def tensorboard(self):
         """The SummaryWriter, or ``None`` without the tensorboard package."""
@@ -121,7 +141,8 @@ def train_loop(trainer, end_epoch: int, max_steps: Optional[int], *, desc: str, 
     resume continues mid-epoch) until ``end_epoch`` or ``max_steps`` more steps, a
     DataLoader over ``trainer._batches(epoch)`` per epoch, ``trainer.step`` + ``_log`` per
     batch, ``after_step()`` (images), a checkpoint every ``cfg.ckpt_every`` steps and one at
-    the end; tqdm bar with ``postfix(row)``.
+    the end; tqdm bar with ``postfix(row)``. On a GPU each row gets ``mem_gib``, the process'
+    peak allocated memory during the step (log.csv and the bar).
 
     Nothing is lost on the way out: Ctrl-C or SIGTERM stops after the current step (under
     torchrun all ranks after the same one), saves, then raises :class:`Stopped`, a
@@ -141,6 +162,7 @@ def train_loop(trainer, end_epoch: int, max_steps: Optional[int], *, desc: str, 
         from tqdm.auto import tqdm
         bar = tqdm(total=max_steps, desc=desc, dynamic_ncols=True)
     world = getattr(trainer, "world", 1)
+    cuda = torch.device(trainer.device).type == "cuda"
     stop = _StopOnSignal(world, trainer.device)
     stopping = False  # agreed by all ranks (a rank's own request may come in between)
     try:
@@ -152,12 +174,16 @@ def train_loop(trainer, end_epoch: int, max_steps: Optional[int], *, desc: str, 
                                 num_workers=cfg.workers, generator=torch.Generator().manual_seed(trainer.epoch),
                                 worker_init_fn=_quiet_worker if cfg.workers else None)
             for batch in loader:
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(trainer.device)
                 row = trainer.step(batch)
+                if cuda:  # this process' peak during the step
+                    row["mem_gib"] = torch.cuda.max_memory_allocated(trainer.device) / 2**30
                 taken += 1
                 trainer._log(row)
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(**postfix(row))
+                    bar.set_postfix(**postfix(row), **({"mem": f"{row['mem_gib']:.1f}G"} if cuda else {}))
                 if after_step is not None:
                     after_step()
                 if cfg.ckpt_every and trainer.global_step % cfg.ckpt_every == 0:

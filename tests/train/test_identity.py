@@ -147,6 +147,38 @@ def test_csv_log_columns_and_bf16(data_root, tmp_path):
     assert tuple(rows[0].keys()) == LOG_COLUMNS and len(rows) == 2
     assert rows[1]["step"] == "2" and rows[0]["stage"] == "2" and rows[0]["d"] == ""
     assert math.isfinite(float(rows[1]["total"])) and (tmp_path / "checkpoint.pt").exists()
+    assert rows[0]["mem_gib"] == ""  # GPU runs only
+
+
+def test_resumed_log_with_older_columns_is_rewritten(tmp_path):
+    """A log.csv from an older npht (other columns) gets this run's header once; its rows
+    keep their values, the new columns stay empty, appended rows line up."""
+    from npht.train.runlog import RunLog
+
+    old = ("epoch", "step", "total", "gone")
+    with open(tmp_path / "log.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=old)
+        w.writeheader()
+        w.writerow({"epoch": 0, "step": 1, "total": 0.5, "gone": 7})
+    log = RunLog(str(tmp_path), ("epoch", "step", "total", "mem_gib"), ("total",))
+    log.write({"epoch": 0, "step": 2, "total": 0.25, "mem_gib": 1.5}, 2)
+    log.write({"epoch": 0, "step": 3, "total": 0.125}, 3)
+    with open(tmp_path / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["epoch", "step", "total", "mem_gib"]
+    assert [(r["step"], r["total"], r["mem_gib"]) for r in rows] == [("1", "0.5", ""), ("2", "0.25", "1.5"),
+                                                                      ("3", "0.125", "")]
+
+
+@pytest.mark.cuda
+def test_gpu_run_logs_peak_memory(data_root, tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    tr = IdentityTrainer(_cfg((0, 5, 5), device="cuda"), data_root, tmp_path)
+    tr.train(max_steps=2)
+    with open(tmp_path / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and all(0.0 < float(r["mem_gib"]) < 80.0 for r in rows)
 
 
 def test_resample_maps_to_the_render_resolution():
