@@ -88,9 +88,14 @@ def split_legacy_param_groups(state: dict, optimizer: torch.optim.Optimizer) -> 
 
 def cli_overrides(args, values=(), flags=()) -> dict:
     """The config fields an ``npht train ...`` command sets: each of ``values`` given on the
-    command line (not None), each of ``flags`` set (True), and ``progress=False`` for
-    ``--no-progress``."""
+    command line (not None), each of ``flags`` set (True), ``progress=False`` for
+    ``--no-progress``, and ``device``: ``--device``, else this machine's (cuda when torch sees
+    a GPU, as the other commands; a resumed run goes on where it is resumed)."""
     over = {k: getattr(args, k) for k in values if getattr(args, k, None) is not None}
+    if "device" in values and getattr(args, "device", None) is None:
+        import torch
+
+        over["device"] = "cuda" if torch.cuda.is_available() else "cpu"
     over.update({k: True for k in flags if getattr(args, k, False)})
     if getattr(args, "no_progress", False):
         over["progress"] = False

@@ -341,7 +341,7 @@ def add_expression_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--pairs", type=int)
-    p.add_argument("--device")
+    p.add_argument("--device", help="default: cuda when torch sees a GPU, else cpu")
     p.add_argument("--seed", type=int)
     p.add_argument("--ckpt-every", type=int)
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default 0: load in the main process)")

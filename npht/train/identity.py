@@ -557,7 +557,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, nargs=3, metavar=("E1", "E2", "E3"), help="epochs of the three stages")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--device")
+    p.add_argument("--device", help="default: cuda when torch sees a GPU, else cpu")
     p.add_argument("--seed", type=int)
     p.add_argument("--bf16", action="store_true")
     p.add_argument("--tf32", action="store_true",

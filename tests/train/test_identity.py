@@ -619,3 +619,20 @@ def test_ctrl_c_in_a_terminal_with_loader_workers(data_root, tmp_path):
     rest = IdentityTrainer(TrainConfig.from_dict(ckpt_mod.load_checkpoint(str(out / "checkpoint.pt"))["config"]),
                            data_root, out, resume=True)
     assert rest.global_step == saved
+
+
+def test_cli_device_defaults_to_this_machines(monkeypatch):
+    """`npht train ...` without --device trains where the other commands run: cuda when torch
+    sees a GPU, else cpu (a resumed run too: the device is not part of what is trained)."""
+    import argparse
+
+    from npht.train.checkpoint import RESUME_MAY_CHANGE, cli_overrides
+
+    args = argparse.Namespace(device=None, batch_size=3, no_progress=True)
+    assert cli_overrides(args, ("batch_size", "device")) == {"batch_size": 3, "device": "cpu", "progress": False}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cli_overrides(args, ("batch_size", "device"))["device"] == "cuda"
+    args.device = "cuda:1"
+    assert cli_overrides(args, ("device",))["device"] == "cuda:1"
+    assert "device" not in cli_overrides(args, ("batch_size",))  # only commands that take --device
+    assert "device" in RESUME_MAY_CHANGE
