@@ -225,7 +225,8 @@ def test_torchrun_cli_trains_and_stops_on_ctrl_c(data_root, tmp_path):
 
     from npht.train.checkpoint import load_checkpoint
 
-    common = ["train", "identity", "--preset", "cpu-demo", "--data", data_root, "--no-progress", "--image-every", "0"]
+    common = ["train", "identity", "--preset", "cpu-demo", "--data", data_root, "--no-progress", "--image-every", "0",
+              "--device", "cpu"]  # gloo ranks (on a GPU machine too)
     out = tmp_path / "plain"
     p = _torchrun(common + ["--out", str(out), "--max-steps", "2"])
     _, err = p.communicate(timeout=300)

@@ -164,7 +164,7 @@ def test_resume_bit_identical(data_root, identity_ckpt, tmp_path):
 def test_cli_trains_and_resumes(data_root, identity_ckpt, tmp_path):
     out = str(tmp_path / "run")
     args = ["train", "expression", "--preset", "cpu-demo", "--data", data_root, "--identity", identity_ckpt,
-            "--out", out, "--max-steps", "3", "--batch-size", "2", "--no-progress"]
+            "--out", out, "--max-steps", "3", "--batch-size", "2", "--no-progress", "--device", "cpu"]
     assert main(args) == 0
     assert load_checkpoint(os.path.join(out, "checkpoint.pt"))["global_step"] == 3
     assert main(args[:-5] + ["--max-steps", "2", "--batch-size", "2", "--no-progress", "--resume"]) == 0

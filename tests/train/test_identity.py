@@ -210,7 +210,7 @@ def test_cli_trains(data_root, tmp_path):
 
     out = str(tmp_path / "run")
     assert main(["train", "identity", "--preset", "cpu-demo", "--data", data_root, "--out", out,
-                 "--max-steps", "2", "--no-progress"]) == 0
+                 "--max-steps", "2", "--no-progress", "--device", "cpu"]) == 0
     with open(os.path.join(out, "log.csv")) as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and all(math.isfinite(float(r["nmr"])) for r in rows)
@@ -290,7 +290,8 @@ def test_resume_refuses_other_settings_and_the_cli_takes_the_runs_own(data_root,
     more = IdentityTrainer(_cfg((9, 9, 9), decoder_hidden=24, ckpt_every=5), data_root, out, resume=True)
     assert more.global_step == 2
     # the CLI: no --preset -> the run's settings (a cpu-demo preset would differ in decoder_hidden)
-    args = ["train", "identity", "--data", data_root, "--out", str(out), "--max-steps", "1", "--no-progress"]
+    args = ["train", "identity", "--data", data_root, "--out", str(out), "--max-steps", "1", "--no-progress",
+            "--device", "cpu"]
     assert main(args + ["--resume"]) == 0
     s = load_checkpoint(str(out / "checkpoint.pt"))
     assert s["global_step"] == 3 and s["config"]["decoder_hidden"] == 24
@@ -306,7 +307,7 @@ def test_resume_refuses_other_settings_and_the_cli_takes_the_runs_own(data_root,
     del s["config"]["npm_skip_shrink"]
     save_atomic(s, str(npm / "checkpoint.pt"))
     assert main(["train", "identity", "--data", data_root, "--out", str(npm), "--max-steps", "1", "--no-progress",
-                 "--resume"]) == 0
+                 "--resume", "--device", "cpu"]) == 0
     assert load_checkpoint(str(npm / "checkpoint.pt"))["global_step"] == 2
 
 
@@ -415,7 +416,7 @@ def test_cli_fused_options(data_root, tmp_path):
 
     out = str(tmp_path / "run")
     args = ["train", "identity", "--preset", "thesis-64", "--data", data_root, "--out", out, "--max-steps", "1",
-            "--no-progress", "--epochs", "0", "1", "1", "--batch-size", "2"]
+            "--no-progress", "--epochs", "0", "1", "1", "--batch-size", "2", "--device", "cpu"]
     assert main(args + ["--fused-gradient", "--fused-matmul", "triton", "--fused-h16", "--fused-d16", "--fused-keep",
                         "--tf32"]) == 0
     cfg = load_checkpoint(os.path.join(out, "checkpoint.pt"))["config"]
@@ -594,9 +595,9 @@ def test_ctrl_c_in_a_terminal_with_loader_workers(data_root, tmp_path):
     import time
 
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "npht", "train", "identity", "--preset", "cpu-demo", "--data", data_root,
-           "--out", str(out), "--no-progress", "--workers", "2", "--epochs", "0", "100", "100", "--image-every", "0",
-           "--ckpt-every", "1"]
+    cmd = [sys.executable, "-m", "npht", "train", "identity", "--preset", "cpu-demo", "--device", "cpu", "--data",
+           data_root, "--out", str(out), "--no-progress", "--workers", "2", "--epochs", "0", "100", "100",
+           "--image-every", "0", "--ckpt-every", "1"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
