@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields
 from multiprocessing import get_context
@@ -139,7 +140,31 @@ class _FolderSource:
         return list(self.loader.expressions(identity))
 
     def load(self, identity: str) -> List[HeadMesh]:
-        return [self.loader[(identity, e)] for e in self.expressions(identity)]
+        meshes = [self.loader[(identity, e)] for e in self.expressions(identity)]
+        for m in meshes:
+            check_frame(m.vertices, f"{identity}/{m.expression}")
+        return meshes
+
+
+#: a mesh reaching farther from the origin is not in npht's frame (the normal-map cameras sit
+#: at radius 2.6, the samples' ball is the unit ball); one nearer fills too little of it
+FRAME_RADIUS = (0.05, 2.0)
+
+
+def check_frame(vertices, name: str) -> float:
+    """The largest vertex radius of a source mesh; ValueError (naming ``name``) outside
+    :data:`FRAME_RADIUS` (another unit, e.g. millimetres, or not centred), a warning beyond
+    radius 1.05 (heads are normalised into the unit sphere)."""
+    r = float(np.linalg.norm(np.asarray(vertices, dtype=np.float64), axis=1).max())
+    lo, hi = FRAME_RADIUS
+    if not lo <= r <= hi:
+        raise ValueError(f"mesh {name} reaches radius {r:.4g} from the origin: npht's frame has heads centred and "
+                         f"normalised into the unit sphere (y up, face towards +z); rescale and centre the meshes "
+                         f"(e.g. millimetres: divide by the head's radius) before preparing them")
+    if r > 1.05:
+        warnings.warn(f"mesh {name} reaches radius {r:.3g}: parts beyond the unit sphere are outside the region "
+                      "npht samples and renders", stacklevel=2)
+    return r
 
 
 def _looks_like_nphm(root: str) -> bool:

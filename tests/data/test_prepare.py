@@ -176,6 +176,28 @@ def test_mesh_folder_source_matches_records(prepared, tmp_path):
     np.testing.assert_array_equal(a.face_region, b.face_region)
 
 
+def test_mesh_folder_in_another_unit_is_refused(prepared, tmp_path):
+    """Source meshes must be in npht's frame (centred, in the unit sphere): a head in
+    millimetres is refused naming the mesh, one slightly beyond the sphere warned about."""
+    from npht.data.prepare import check_frame
+
+    out, manifest = prepared
+    m = load_mesh(os.path.join(out, manifest["records"][0]["files"]["meshes"]))
+    folder = tmp_path / "mm" / m.identity
+    folder.mkdir(parents=True)
+    r = float(np.linalg.norm(m.vertices, axis=1).max())
+    mm = m.to_trimesh()
+    mm.vertices = np.array(mm.vertices) * 100.0
+    mm.export(folder / "neutral.ply")
+    with pytest.raises(ValueError, match=rf"mesh {m.identity}/neutral reaches radius \d+.*rescale and centre"):
+        prepare(tiny(source=str(tmp_path / "mm"), cameras=0, correspondences=0), str(tmp_path / "o"), progress=False)
+    assert check_frame(m.vertices, "x") == pytest.approx(r) and r < 1.05
+    with pytest.warns(UserWarning, match="reaches radius 1.2"):
+        check_frame(m.vertices * (1.2 / r), "x")
+    with pytest.raises(ValueError, match="reaches radius 0.01"):
+        check_frame(m.vertices * (0.01 / r), "x")
+
+
 def test_cli_prepare_and_errors(tmp_path, capsys):
     out = str(tmp_path / "cli")
     rc = main(["data", "prepare", "--source", "synthetic", "--out", out, "--identities", "1",
