@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import math
 import os
 import time
@@ -588,10 +589,15 @@ def train_identity_main(args) -> int:
         over["stage_epochs"] = tuple(args.epochs)
     cfg = resume_or_preset_config(TrainConfig, args, over, "cpu-demo")
     device, started = setup_distributed(cfg.device)   # torchrun: process group, LOCAL_RANK's GPU
+    trainer = None
     try:
         trainer = IdentityTrainer(cfg.replace(device=device), args.data, args.out, resume=args.resume)
         trainer.train(max_steps=args.max_steps)
     finally:
         if started:
+            # the trainer's DDP wrappers hold the group: free them first (a reference cycle would
+            # keep them, and gloo's threads, alive into the interpreter's exit, which aborts)
+            trainer = None
+            gc.collect()
             torch.distributed.destroy_process_group()
     return 0

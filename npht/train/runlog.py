@@ -205,7 +205,10 @@ def train_loop(trainer, end_epoch: int, max_steps: Optional[int], *, desc: str, 
             bar.close()
     trainer.save()
     if stopping:
-        if world > 1:
-            torch.distributed.barrier()  # no rank leaves (and makes torchrun kill the rest) before rank 0 saved
+        if world > 1:  # no rank leaves (and makes torchrun kill the rest) before rank 0 saved: a collective
+            # that completes here (gloo's barrier() leaves work behind that can crash the exit)
+            done = torch.ones(1, device=trainer.device)
+            torch.distributed.all_reduce(done)
+            done.item()
         raise Stopped(f"stopped at step {trainer.global_step} ({signal.Signals(stop.signum).name}); checkpoint "
                       f"{trainer.ckpt_path} (continue with --resume)", stop.signum)

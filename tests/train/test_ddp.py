@@ -18,6 +18,7 @@ which no tolerance tied to rounding can absorb. SGD's update is linear in the re
 gradient, so D's parameters check the all-reduce directly.
 """
 
+import gc
 import os
 
 import pytest
@@ -52,6 +53,8 @@ def _worker(rank, world, init, data_root, out, cfg_dict, steps=STEPS, resume=Fal
         assert tr.disc is None or isinstance(tr.disc_module, torch.nn.parallel.DistributedDataParallel)
         tr.train(max_steps=steps)
         torch.save(tr.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+        tr = None
+        gc.collect()  # the trainer (its DDP) before the process group, as the CLI does
     finally:
         dist.destroy_process_group()
 
@@ -180,7 +183,9 @@ def _signal_worker(rank, world, init, data_root, out, cfg_dict):
             result = f"stopped {e.signum} {e}"
         assert signal.getsignal(signal.SIGTERM) is handler
         torch.save({"result": result, "global_step": tr.global_step}, os.path.join(out, f"signal{rank}.pt"))
-    finally:
+        tr = step = None  # as the CLI does: the trainer (its DDP holds the process group) is
+        gc.collect()      # freed, reference cycles too, before the group, or gloo's threads can
+    finally:              # outlive it into the interpreter's exit and abort
         dist.destroy_process_group()
 
 
