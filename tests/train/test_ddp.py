@@ -226,7 +226,8 @@ def test_torchrun_cli_trains_and_stops_on_ctrl_c(data_root, tmp_path):
     import csv
     import re
     import signal
-    import time
+
+    from _procs import signal_when_saved
 
     from npht.train.checkpoint import load_checkpoint
 
@@ -241,16 +242,7 @@ def test_torchrun_cli_trains_and_stops_on_ctrl_c(data_root, tmp_path):
 
     out = tmp_path / "cut"
     p = _torchrun(common + ["--out", str(out), "--epochs", "0", "100", "100", "--ckpt-every", "1"])
-    try:
-        deadline = time.monotonic() + 300
-        while not (out / "checkpoint.pt").exists() and p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert p.poll() is None, p.communicate()
-        os.kill(p.pid, signal.SIGINT)
-        _, err = p.communicate(timeout=300)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
+    err = signal_when_saved(p, out / "checkpoint.pt", signal.SIGINT)  # to torchrun alone, as a terminal does
     stopped = re.findall(r"stopped at step (\d+) \(SIGINT\)", err)
     assert len(stopped) == 2 and stopped[0] == stopped[1], err
     saved = load_checkpoint(str(out / "checkpoint.pt"))["global_step"]

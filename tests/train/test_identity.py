@@ -592,7 +592,8 @@ def test_ctrl_c_in_a_terminal_with_loader_workers(data_root, tmp_path):
     import signal
     import subprocess
     import sys
-    import time
+
+    from _procs import signal_when_saved
 
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "npht", "train", "identity", "--preset", "cpu-demo", "--device", "cpu", "--data",
@@ -601,16 +602,7 @@ def test_ctrl_c_in_a_terminal_with_loader_workers(data_root, tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
-    try:
-        deadline = time.monotonic() + 240
-        while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, proc.communicate()
-        os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=240)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+    err = signal_when_saved(proc, out / "checkpoint.pt", signal.SIGINT, group=True)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "stopped at step" in err, err
     saved = ckpt_mod.load_checkpoint(str(out / "checkpoint.pt"))["global_step"]
