@@ -56,10 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(train)
     add_expression_parser(train)
     from .demo.pipeline import add_demo_parser
+    from .eval.fit_command import add_fit_parser
     from .eval.fitting_eval import add_eval_parser
     from .eval.renders import add_render_parser
-
-    from .eval.fit_command import add_fit_parser
 
     add_eval_parser(top)
     add_fit_parser(top)

@@ -158,15 +158,14 @@ def read_codes(paths: Sequence[str], z_dim: int):
     for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"codes {path!r} do not exist")
+        stem = os.path.splitext(os.path.basename(path))[0]
         with np.load(path) as f:
             if "code" in f.files:
                 c = np.asarray(f["code"], dtype=np.float32).reshape(1, -1)
-                stem = os.path.splitext(os.path.basename(path))[0]
                 folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
                 n = [folder if stem == "fit" and folder else stem]
             elif "codes" in f.files:
                 c = np.asarray(f["codes"], dtype=np.float32)
-                stem = os.path.splitext(os.path.basename(path))[0]
                 n = [str(x) for x in f["names"]] if "names" in f.files else [f"{stem}_{i}" for i in range(len(c))]
             else:
                 raise ValueError(f"{path!r} has no array 'code' nor 'codes' (it holds "
