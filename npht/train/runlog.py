@@ -79,41 +79,52 @@ class Stopped(KeyboardInterrupt):
 
 
 class _StopOnSignal:
-    """While active (main thread): the first SIGINT or SIGTERM only asks the loop to stop
-    after the current step, a second one interrupts at once (KeyboardInterrupt).
+    """While active (main thread): the first SIGINT or SIGTERM this process receives only
+    asks the loop to stop after the current step, a second one interrupts at once
+    (KeyboardInterrupt).
 
     Several ranks (torchrun: Ctrl-C reaches torchrun, which forwards SIGINT to every worker
     and kills them 30 s later; a scheduler sends SIGTERM to the workers) decide together:
     after every step the ranks' requests are all-reduced (MAX, one scalar), so all of them
-    stop after the same step, whichever rank saw the signal first."""
+    stop after the same step, whichever rank saw the signal first. The decision is the
+    reduced value alone: a signal whose handler runs after the collective returned (Python
+    runs handlers between bytecodes, so right after the C call) counts at the next step,
+    on every rank alike. A rank that learned of the stop from another one still takes its
+    own (forwarded) signal as the first, not as a request to abort."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, world: int = 1, device="cpu"):
         self.enabled = threading.current_thread() is threading.main_thread()
         self.world, self.device = int(world), device
-        self.requested = False
+        self.received = 0          # signals this process received
+        self.requested = False     # this process asked to stop (its own signal, or learned from a rank)
         self.signum = int(signal.SIGINT)
         self._previous = {}
 
     def _handler(self, signum, frame):
-        if self.requested:
+        self.received += 1
+        if self.received > 1:
             raise KeyboardInterrupt
-        self.requested, self.signum = True, int(signum)
+        if not self.requested:
+            self.signum = int(signum)
+        self.requested = True
         print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint "
               "(again to abort at once)", file=sys.stderr, flush=True)
 
     def agreed(self) -> bool:
-        """Whether any rank asked to stop (a collective: every rank calls it after every step)."""
+        """Whether any rank asked to stop (a collective: every rank calls it after every step,
+        and all of them get the same answer)."""
         if self.world <= 1:
             return self.requested
         import torch
 
         flag = torch.tensor([float(self.requested), float(self.signum)], device=self.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if flag[0].item() > 0 and not self.requested:
-            self.requested, self.signum = True, int(flag[1].item())
-        return self.requested
+        stop, signum = flag.tolist()
+        if stop > 0:   # the same on every rank (a request of this one's, or learned from another)
+            self.requested, self.signum = True, int(signum)
+        return stop > 0
 
     def __enter__(self):
         if self.enabled:
@@ -199,16 +210,22 @@ def train_loop(trainer, end_epoch: int, max_steps: Optional[int], *, desc: str, 
                     break
             if trainer.step_in_epoch >= len(trainer._batches(trainer.epoch)):
                 trainer._end_epoch()
+        if bar is not None:
+            bar.close()
+            bar = None
+        trainer.save()
+        if stopping and world > 1:
+            # no rank leaves (and makes torchrun kill the rest) before rank 0 saved: a collective
+            # that completes here (gloo's barrier() leaves work behind that can crash the exit);
+            # the handler stays until then: a rank's own forwarded signal may come after it
+            # learned of the stop from another rank, and is no request to abort
+            done = torch.ones(1, device=trainer.device)
+            torch.distributed.all_reduce(done)
+            done.item()
     finally:
         stop.__exit__()
         if bar is not None:
             bar.close()
-    trainer.save()
     if stopping:
-        if world > 1:  # no rank leaves (and makes torchrun kill the rest) before rank 0 saved: a collective
-            # that completes here (gloo's barrier() leaves work behind that can crash the exit)
-            done = torch.ones(1, device=trainer.device)
-            torch.distributed.all_reduce(done)
-            done.item()
         raise Stopped(f"stopped at step {trainer.global_step} ({signal.Signals(stop.signum).name}); checkpoint "
                       f"{trainer.ckpt_path} (continue with --resume)", stop.signum)
