@@ -89,6 +89,27 @@ def mesh_table(name: str, res: dict) -> str:
     return "\n".join(lines)
 
 
+def train_step_table(name: str, res: dict) -> str:
+    """The identity trainer's step per preset (benchmarks/train_step.py)."""
+    cfg = res["config"]
+    lines = [f"**{res['device']}** — torch {res['torch']}, commit `{res['commit']}`, {res['date'][:10]} "
+             f"(`{name}`): `IdentityTrainer` stage 1 (all terms, renderer, D step), data `{cfg['data']}`, "
+             f"median of {cfg['steps'] - cfg['warmup']} steps after {cfg['warmup']} warm-up", "",
+             f"| preset | maps | median step ms | wall per step ms | peak memory GiB | time vs {cfg['baseline']} | "
+             f"memory vs {cfg['baseline']} |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for r in res["results"]:
+        if "error" in r:
+            lines.append(f"| {r['method']} | | {r['error']} | | | | |")
+            continue
+        wall = "" if r.get("wall_median_ms") is None else f"{r['wall_median_ms']:.1f}"
+        mem = r.get("memory_vs_baseline")
+        lines.append(f"| {r['method']} | {r['maps_per_step']} x {r['render_resolution']}² | {r['median_ms']:.1f} | "
+                     f"{wall} | {r['peak_mem_bytes'] / 2**30:.2f} | {_x(r.get('time_vs_baseline'))} | "
+                     f"{'' if mem is None else f'{mem:.2f}'} |")
+    return "\n".join(lines)
+
+
 def _own_peak(row: dict) -> str:
     """evaluate_meshes' own peak: RSS increase in a fresh process (CPU), CUDA allocator peak
     above the loop's tensors (GPU); '—' where the run did not measure it."""
@@ -140,6 +161,8 @@ def table(name: str, res: dict) -> str:
         return render_table(name, res)
     if res.get("benchmark") == "mesh_extraction":
         return mesh_table(name, res)
+    if res.get("benchmark") == "train_step":
+        return train_step_table(name, res)
     cfg = res["config"]
     lines = [
         f"**{res['device']}** — torch {res['torch']}, commit `{res['commit']}`, {res['date'][:10]} "

@@ -4,15 +4,17 @@
 # ${OUT:-gpu_out}. Usage (repo root): NPHT_COMMIT=<commit> bash tools/gpu_check.sh [pytest args], with
 # <commit> written out: what `git describe --always --dirty --abbrev=7` prints on the machine the tree
 # comes from (the GPU machine gets the tree without .git). First run tools/gpu_wheels.sh there and
-# carry .whl: trimesh for the eval stage, expecttest for opcheck. Each benchmark rewrites
-# <name>_partial.json after every row, so a call cut off by its time limit still returns its rows.
+# carry .whl and .gpu_data: trimesh for the eval stage, expecttest for opcheck, prepared datasets.
+# Each benchmark rewrites <name>_partial.json after every row, so a call cut off by its time
+# limit still returns its rows.
 # STAGES picks what runs (default all; the build always runs, and is quick when the machine
-# is still warm from a previous call): tests triplane tune render eval (tune: block sizes of
-# the decoder's Triton products, tools/tune_mlp_mm.py, and of the Triton tri-plane kernels,
-# tools/tune_triplane.py). Calls that fit the device's 10-minute
-# limit: STAGES="tests triplane", then STAGES="tune render", then STAGES="eval".
+# is still warm from a previous call): tests triplane tune render eval train (tune: block sizes
+# of the decoder's Triton products, tools/tune_mlp_mm.py, and of the Triton tri-plane kernels,
+# tools/tune_triplane.py; train: the identity trainer's step per preset, benchmarks/train_step.py,
+# on the carried .gpu_data/bench). Calls that fit the device's 10-minute limit:
+# STAGES="tests triplane", then STAGES="tune render", then STAGES="eval train".
 set -uo pipefail
-STAGES=" ${STAGES:-tests triplane tune render eval} "
+STAGES=" ${STAGES:-tests triplane tune render eval train} "
 want() { [[ "$STAGES" == *" $1 "* ]]; }
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
@@ -31,11 +33,16 @@ echo "build: $(( $(date +%s) - t0 )) s"
 python3 -c "import npht; print(npht.build_info())" | tee -a "$OUT/gpu.txt"
 if want tests; then
 t0=$(date +%s)
-# The data tests need trimesh/pyrender/libigl/scikit-image; the GPU image lacks them unless
-# carried as wheels in .whl/: they are CPU tests (CI runs them), so leave them out there.
+# Preparing data needs trimesh/pyrender/libigl/scikit-image, which the GPU image lacks: the
+# tests that prepare data themselves (tests/data, tests/demo, the README's commands) are CPU
+# tests CI runs, so they are left out there; the trainer tests (CUDA ones among them) copy the
+# datasets tools/gpu_wheels.sh prepared into .gpu_data/ (carried), or are left out without it.
 data_ignore=""
-python3 -c "import trimesh, pyrender, igl, skimage" 2>/dev/null || { data_ignore="--ignore=tests/data"; \
-  echo "data tests left out (trimesh/pyrender/libigl/scikit-image missing)"; }
+if ! python3 -c "import trimesh, pyrender, igl, skimage" 2>/dev/null; then
+  data_ignore="--ignore=tests/data --ignore=tests/demo --ignore=tests/test_readme.py"
+  if [ -d .gpu_data ]; then export NPHT_TEST_DATA=$PWD/.gpu_data; else data_ignore="$data_ignore --ignore=tests/train"; fi
+  echo "left out (they prepare data; trimesh/pyrender/libigl/scikit-image missing): $data_ignore"
+fi
 python3 -m pytest -q -p no:cacheprovider $data_ignore "${@:-tests}" 2>&1 | tee "$OUT/pytest.log" | tail -25
 echo "tests: $(( $(date +%s) - t0 )) s"
 fi
@@ -57,4 +64,14 @@ elif python3 -c "import trimesh, skimage" 2>/dev/null; then
 else
   echo "!! metrics / mesh benchmarks LEFT OUT: trimesh or scikit-image missing (run tools/gpu_wheels.sh and carry .whl)" \
     | tee -a "$OUT/bench.log"
+fi
+# The identity trainer's step per preset (thesis-64, npht-256, npht-256@512: issue 3's GAN-step
+# targets in the real trainer), on the dataset tools/gpu_wheels.sh prepared
+if want train; then
+  if [ -f .gpu_data/bench/manifest.json ]; then
+    python3 benchmarks/train_step.py --data .gpu_data/bench --out "$OUT" 2>&1 | tee -a "$OUT/bench.log"
+  else
+    echo "!! train-step benchmark LEFT OUT: no .gpu_data/bench (run tools/gpu_wheels.sh and carry .gpu_data)" \
+      | tee -a "$OUT/bench.log"
+  fi
 fi

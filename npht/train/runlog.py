@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Callable, Optional, Sequence
 
 __all__ = ["RunLog", "Stopped", "train_loop"]
@@ -80,8 +81,10 @@ class Stopped(KeyboardInterrupt):
 
 class _StopOnSignal:
     """While active (main thread): the first SIGINT or SIGTERM this process receives only
-    asks the loop to stop after the current step, a second one interrupts at once
-    (KeyboardInterrupt).
+    asks the loop to stop after the current step; another one more than ``REPEAT_S`` later
+    interrupts at once (KeyboardInterrupt). Repeats within ``REPEAT_S`` are the same request:
+    a cluster scheduler signals every process of a job (SLURM's scancel / preemption: SIGTERM)
+    and torchrun, signalled too, forwards it to its workers again, milliseconds apart.
 
     Several ranks (torchrun: Ctrl-C reaches torchrun, which forwards SIGINT to every worker
     and kills them 30 s later; a scheduler sends SIGTERM to the workers) decide together:
@@ -93,19 +96,23 @@ class _StopOnSignal:
     own (forwarded) signal as the first, not as a request to abort."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    REPEAT_S = 1.0
 
     def __init__(self, world: int = 1, device="cpu"):
         self.enabled = threading.current_thread() is threading.main_thread()
         self.world, self.device = int(world), device
-        self.received = 0          # signals this process received
+        self.first_at = None       # monotonic time of this process' first signal
         self.requested = False     # this process asked to stop (its own signal, or learned from a rank)
         self.signum = int(signal.SIGINT)
         self._previous = {}
 
     def _handler(self, signum, frame):
-        self.received += 1
-        if self.received > 1:
-            raise KeyboardInterrupt
+        now = time.monotonic()
+        if self.first_at is not None:
+            if now - self.first_at > self.REPEAT_S:
+                raise KeyboardInterrupt
+            return   # a repeat of the first (scheduler + torchrun): the same request
+        self.first_at = now
         if not self.requested:
             self.signum = int(signum)
         self.requested = True

@@ -272,6 +272,7 @@ def _agree_worker(rank, world, init, out):
     """The stop agreement alone (no trainer): see the test below."""
     import datetime
     import signal
+    import time
 
     from npht.train.runlog import _StopOnSignal
 
@@ -295,19 +296,20 @@ def _agree_worker(rank, world, init, out):
             dist.all_reduce = reduce
             log.append(("next", stop.agreed(), stop.signum))
         # 2. rank 0 asks (SIGTERM); rank 1 learns it from the collective, then its own SIGINT comes:
-        #    the first this process received, so no abort; a second one aborts.
+        #    the first this process received, so no abort; nor does a repeat right after it (a
+        #    scheduler and torchrun both signalling); another one later aborts.
         with _StopOnSignal(world) as stop:
             if rank == 0:
                 signal.raise_signal(signal.SIGTERM)
             log.append(("learned", stop.agreed(), stop.signum))
             if rank == 1:
-                signal.raise_signal(signal.SIGINT)
-                log.append(("own after", stop.requested, stop.signum))
-                try:
-                    signal.raise_signal(signal.SIGINT)
-                    log.append(("second", "no abort"))
-                except KeyboardInterrupt:
-                    log.append(("second", "abort"))
+                for what, wait in (("own after", 0.0), ("repeat", 0.0), ("later", stop.REPEAT_S + 0.2)):
+                    time.sleep(wait)
+                    try:
+                        signal.raise_signal(signal.SIGINT)
+                        log.append((what, stop.requested, stop.signum))
+                    except KeyboardInterrupt:
+                        log.append((what, "abort"))
         torch.save(log, os.path.join(out, f"agree{rank}.pt"))
     finally:
         dist.all_reduce = reduce
@@ -320,7 +322,8 @@ def test_ddp_stop_agreement_is_the_collectives_answer(tmp_path):
     the next step on all ranks. Before the fix, that rank stopped and the other took another
     step (seen as an intermittent torchrun hang: one rank in the final all-reduce, the other in
     the next step's DDP broadcast). A rank that learned of the stop takes its own forwarded
-    signal as its first, not as the second that aborts."""
+    signal as its first, not as the second that aborts; a repeat within REPEAT_S is the same
+    request."""
     import signal
 
     init = "file://" + str(tmp_path / "rendezvous-agree")
@@ -329,4 +332,4 @@ def test_ddp_stop_agreement_is_the_collectives_answer(tmp_path):
     sigint, sigterm = int(signal.SIGINT), int(signal.SIGTERM)
     assert r0 == [("late", False, False), ("next", True, sigint), ("learned", True, sigterm)]
     assert r1 == [("late", False, True), ("next", True, sigint), ("learned", True, sigterm),
-                  ("own after", True, sigterm), ("second", "abort")]
+                  ("own after", True, sigterm), ("repeat", True, sigterm), ("later", "abort")]

@@ -6,9 +6,9 @@ import os
 
 import pytest
 import torch
+from _datasets import prepared
 
 from npht.cli import main
-from npht.data.prepare import PrepareConfig, prepare
 from npht.train.checkpoint import load_checkpoint
 from npht.train.config import TrainConfig
 from npht.train.expression import (EXPRESSION_LOG_COLUMNS, EXPRESSION_PRESETS, ExpressionConfig, ExpressionData,
@@ -27,16 +27,9 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-def _prepare(root, identities):
-    prepare(PrepareConfig(identities=identities, expressions=3, mesh_resolution=32, cameras=0,
-                          surface_face=300, surface_nonface=100, ball=100, correspondences=2000,
-                          test_identities=0), str(root), progress=False)
-    return str(root)
-
-
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
-    return _prepare(tmp_path_factory.mktemp("heads"), 2)
+    return prepared("expressions", tmp_path_factory.mktemp("heads"))
 
 
 def _identity_run(data_root, out):
@@ -200,7 +193,7 @@ def test_wrong_identity_checkpoints(data_root, identity_ckpt, tmp_path, capsys):
 
 def test_identity_without_trained_code(data_root, identity_ckpt, tmp_path):
     # the expression data has a third identity: the 2-code identity run cannot serve it
-    bigger = _prepare(tmp_path / "three", 3)
+    bigger = prepared("expressions3", tmp_path / "three")
     with pytest.raises(ValueError, match="has 2 identity codes but .* 3 neutral training identities"):
         ExpressionTrainer(_cfg(), bigger, identity_ckpt, tmp_path / "x")
     # given the identity run's own data, the name lookup finds synth002 without a code

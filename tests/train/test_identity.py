@@ -525,6 +525,52 @@ def test_ctrl_c_stops_after_the_step_saves_and_resumes_bit_identically(data_root
                  "--no-progress"]) == 130
 
 
+def test_repeated_signal_is_one_request_a_later_one_aborts(data_root, tmp_path, monkeypatch):
+    """Two SIGTERMs at once (a scheduler signals every process, torchrun forwards its own) are
+    one request: the step finishes and is saved. A second signal after ``REPEAT_S`` aborts at
+    once: KeyboardInterrupt, not Stopped, nothing saved on the way, handlers restored."""
+    import signal
+    import time
+
+    from npht.train.runlog import Stopped, _StopOnSignal
+
+    tr = IdentityTrainer(_cfg((0, 10, 10)), data_root, tmp_path / "twice")
+    step = tr.step
+
+    def step_then_two_signals(batch):
+        row = step(batch)
+        if tr.global_step == 2:
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
+        return row
+
+    monkeypatch.setattr(tr, "step", step_then_two_signals)
+    with pytest.raises(Stopped, match=r"stopped at step 2 \(SIGTERM\)"):
+        tr.train(max_steps=4)
+    assert ckpt_mod.load_checkpoint(str(tmp_path / "twice" / "checkpoint.pt"))["global_step"] == 2
+
+    monkeypatch.setattr(_StopOnSignal, "REPEAT_S", 0.05)
+    tr = IdentityTrainer(_cfg((0, 10, 10)), data_root, tmp_path / "abort")
+    step = tr.step
+
+    def step_then_signal_then_another(batch):
+        row = step(batch)
+        if tr.global_step == 1:
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(0.1)
+            signal.raise_signal(signal.SIGINT)
+            raise AssertionError("the second signal did not abort")
+        return row
+
+    monkeypatch.setattr(tr, "step", step_then_signal_then_another)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt) as e:
+        tr.train(max_steps=4)
+    assert not isinstance(e.value, Stopped)
+    assert not (tmp_path / "abort" / "checkpoint.pt").exists()
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
+
+
 def test_sigterm_stops_like_ctrl_c_with_exit_code_143(data_root, tmp_path, monkeypatch):
     """SIGTERM (``kill``, a scheduler's preemption) is handled like Ctrl-C: the step
     finishes, the checkpoint is saved, :class:`Stopped` carries the signal, the CLI exits
