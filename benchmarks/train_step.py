@@ -6,7 +6,8 @@ discriminator's step) on a prepared dataset, a few steps per preset in this proc
 Per preset: the median step time (the trainer's own ``time``: the step up to its logged
 scalars, which synchronise the GPU), the median wall time per step (batch loading included),
 the peak memory (CUDA: the largest per-step peak the trainer logs as ``mem_gib``, the whole
-process' allocations; CPU: the peak RSS increase over the run), and the step time relative to
+process' allocations; CPU: the peak RSS increase over the run, a lower bound for every preset
+but the first, whose freed memory the later ones reuse), and the step time relative to
 the ``--baseline`` preset (default ``thesis-64``) measured in the same run (npht's ops at the thesis' 64^2 setting; the
 pure-PyTorch reference renderer's GAN step is timed by benchmarks/render.py).
 
