@@ -478,19 +478,24 @@ def test_diverged_run_stops_with_its_state_saved(data_root, tmp_path, monkeypatc
     assert all(torch.isfinite(v).all() for v in s["model"].values())
 
 
+def _after_step(tr, monkeypatch, at_step: int, action) -> None:
+    """``tr`` calls ``action()`` at the end of its step ``at_step`` (e.g. raises a signal on itself)."""
+    step = tr.step
+
+    def step_then_act(batch):
+        row = step(batch)
+        if tr.global_step == at_step:
+            action()
+        return row
+
+    monkeypatch.setattr(tr, "step", step_then_act)
+
+
 def _signal_after_step(tr, monkeypatch, at_step: int, signum) -> None:
     """``tr`` raises ``signum`` on itself at the end of its step ``at_step`` (as if sent then)."""
     import signal
 
-    step = tr.step
-
-    def step_then_signal(batch):
-        row = step(batch)
-        if tr.global_step == at_step:
-            signal.raise_signal(signum)
-        return row
-
-    monkeypatch.setattr(tr, "step", step_then_signal)
+    _after_step(tr, monkeypatch, at_step, lambda: signal.raise_signal(signum))
 
 
 def test_ctrl_c_stops_after_the_step_saves_and_resumes_bit_identically(data_root, tmp_path, monkeypatch):
@@ -534,35 +539,21 @@ def test_repeated_signal_is_one_request_a_later_one_aborts(data_root, tmp_path, 
 
     from npht.train.runlog import Stopped, _StopOnSignal
 
+    def signal_then_another_later():
+        signal.raise_signal(signal.SIGINT)
+        time.sleep(0.1)
+        signal.raise_signal(signal.SIGINT)
+        raise AssertionError("the second signal did not abort")
+
     tr = IdentityTrainer(_cfg((0, 10, 10)), data_root, tmp_path / "twice")
-    step = tr.step
-
-    def step_then_two_signals(batch):
-        row = step(batch)
-        if tr.global_step == 2:
-            signal.raise_signal(signal.SIGTERM)
-            signal.raise_signal(signal.SIGTERM)
-        return row
-
-    monkeypatch.setattr(tr, "step", step_then_two_signals)
+    _after_step(tr, monkeypatch, 2, lambda: [signal.raise_signal(signal.SIGTERM) for _ in range(2)])
     with pytest.raises(Stopped, match=r"stopped at step 2 \(SIGTERM\)"):
         tr.train(max_steps=4)
     assert ckpt_mod.load_checkpoint(str(tmp_path / "twice" / "checkpoint.pt"))["global_step"] == 2
 
     monkeypatch.setattr(_StopOnSignal, "REPEAT_S", 0.05)
     tr = IdentityTrainer(_cfg((0, 10, 10)), data_root, tmp_path / "abort")
-    step = tr.step
-
-    def step_then_signal_then_another(batch):
-        row = step(batch)
-        if tr.global_step == 1:
-            signal.raise_signal(signal.SIGINT)
-            time.sleep(0.1)
-            signal.raise_signal(signal.SIGINT)
-            raise AssertionError("the second signal did not abort")
-        return row
-
-    monkeypatch.setattr(tr, "step", step_then_signal_then_another)
+    _after_step(tr, monkeypatch, 1, signal_then_another_later)
     handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt) as e:
         tr.train(max_steps=4)
