@@ -30,7 +30,9 @@ import contextlib
 import gc
 import math
 import os
+import sys
 import time
+import traceback
 import warnings
 from typing import Dict, List, Optional
 
@@ -593,6 +595,10 @@ def train_identity_main(args) -> int:
     try:
         trainer = IdentityTrainer(cfg.replace(device=device), args.data, args.out, resume=args.resume)
         trainer.train(max_steps=args.max_steps)
+    except BaseException:
+        if started:  # the traceback's frames hold the trainer (Stopped included): clear their
+            traceback.clear_frames(sys.exc_info()[2])  # locals; the traceback stays printable
+        raise
     finally:
         if started:
             # the trainer's DDP wrappers hold the group: free them first (a reference cycle would

@@ -562,6 +562,41 @@ def test_repeated_signal_is_one_request_a_later_one_aborts(data_root, tmp_path, 
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
 
 
+def test_stopped_torchrun_cli_run_frees_the_trainer_before_the_process_group(data_root, tmp_path, monkeypatch):
+    """Under torchrun the CLI frees the trainer (its DDP holds the process group) before it
+    destroys the group, also when a stop signal ends the run: the Stopped traceback's frames
+    would otherwise keep the trainer alive past the group."""
+    import signal
+    import weakref
+
+    from npht.cli import main
+    from npht.train import identity as identity_mod
+
+    made, at_destroy = [], []
+    init = identity_mod.IdentityTrainer.__init__
+
+    def init_then_signal_after_step_1(self, *a, **k):
+        init(self, *a, **k)
+        made.append(weakref.ref(self))
+        step = self.step
+
+        def step_then_signal(batch):   # no monkeypatch here: it would hold the trainer
+            row = step(batch)
+            if self.global_step == 1:
+                signal.raise_signal(signal.SIGINT)
+            return row
+
+        self.step = step_then_signal
+
+    monkeypatch.setattr(identity_mod.IdentityTrainer, "__init__", init_then_signal_after_step_1)
+    monkeypatch.setattr(identity_mod, "setup_distributed", lambda device: (device, True))   # as under torchrun
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda: at_destroy.append([r() for r in made]))
+    assert main(["train", "identity", "--preset", "cpu-demo", "--data", data_root, "--out", str(tmp_path / "run"),
+                 "--no-progress", "--device", "cpu", "--epochs", "0", "10", "10", "--image-every", "0"]) == 130
+    assert len(made) == 1 and at_destroy == [[None]]
+    assert ckpt_mod.load_checkpoint(str(tmp_path / "run" / "checkpoint.pt"))["global_step"] == 1
+
+
 def test_sigterm_stops_like_ctrl_c_with_exit_code_143(data_root, tmp_path, monkeypatch):
     """SIGTERM (``kill``, a scheduler's preemption) is handled like Ctrl-C: the step
     finishes, the checkpoint is saved, :class:`Stopped` carries the signal, the CLI exits
