@@ -150,7 +150,8 @@ class PointTree:
             order = torch.as_tensor(order).to(self.device)
             if order.shape != (len(q),) or order.dtype != torch.int64:
                 raise ValueError(f"order must be an int64 permutation [{len(q)}], got {order.dtype} {tuple(order.shape)}")
-            if not bool((torch.bincount(order.clamp(0, len(q)), minlength=len(q) + 1)[:len(q)] == 1).all()):
+            if (bool((order < 0).any()) or bool((order >= len(q)).any())
+                    or not bool((torch.bincount(order, minlength=len(q)) == 1).all())):
                 raise ValueError("order must be a permutation of range(len(query))")
         d_sorted, i_sorted = _knn_query_op(q[order].contiguous(), self.points, self.bounds, self.leaf_start)
         dist = torch.empty_like(d_sorted)

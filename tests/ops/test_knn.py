@@ -116,8 +116,19 @@ def test_query_order_changes_nothing():
         tree.query(q, order=torch.zeros(3001, dtype=torch.int64))
     with pytest.raises(ValueError, match="permutation"):
         tree.query(q, order=torch.arange(3001) + 1)
+    with pytest.raises(ValueError, match="permutation"):  # a negative index is no permutation either
+        tree.query(q, order=torch.cat([torch.tensor([-1]), torch.arange(1, 3001)]))
     with pytest.raises(ValueError, match=r"int64 permutation \[3001\]"):
         tree.query(q, order=torch.arange(3000))
+
+
+def test_overflowing_distances_still_name_a_point():
+    # every squared distance overflows to inf (coordinates ~1e155): the search still returns
+    # a real point (the smallest tree index among the tied ones), never index -1
+    require_backend("cpu")
+    r = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 2.0, 0.0]], dtype=torch.float64)
+    d, i = PointTree(r, leaf_size=1).query(torch.tensor([[1e155, 0.0, 0.0]], dtype=torch.float64))
+    assert torch.isinf(d).all() and 0 <= int(i[0]) < 3
 
 
 def test_tree_layout():

@@ -72,7 +72,7 @@ NPHT_HD void nearest(const double* q, const double* pts, const double* bounds,
       for (int64_t p = leaf_start[j]; p < leaf_start[j + 1]; ++p) {
         const double dx = pts[3 * p] - x, dy = pts[3 * p + 1] - y, dz = pts[3 * p + 2] - z;
         const double d2 = sum_sq(dx, dy, dz);
-        if (d2 < best || (d2 == best && p < arg)) {
+        if (d2 < best || (d2 == best && (arg < 0 || p < arg))) {  // arg < 0: all so far overflowed to inf
           best = d2;
           arg = p;
         }
