@@ -46,6 +46,9 @@ def save_atomic(obj, path: str) -> None:
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """The saved dict (tensors on ``map_location``). A run's state is read onto the CPU: its RNG
+    states must stay CPU byte tensors, and ``load_state_dict`` moves the rest to the
+    parameters' device."""
     return torch.load(path, map_location=map_location, weights_only=False)
 
 
@@ -55,11 +58,13 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
+    """Restores :func:`rng_state`'s dict (its tensors may have been loaded onto a GPU: the
+    generators take CPU byte tensors only)."""
+    torch.set_rng_state(state["torch"].cpu())
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
     if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
 
 
 def split_legacy_param_groups(state: dict, optimizer: torch.optim.Optimizer) -> dict:
@@ -172,7 +177,7 @@ class CheckpointedRun:
         self.log = RunLog(self.out_dir, log_columns, log_terms, log_name)
         self.log_path = self.log.path
         if resume and os.path.exists(self.ckpt_path):
-            s = load_checkpoint(self.ckpt_path, self.device)
+            s = load_checkpoint(self.ckpt_path)
             diff = config_differences(type(self.cfg).from_saved(s["config"]), self.cfg)
             if diff:
                 raise ValueError(f"cannot resume {self.ckpt_path}: it was trained with other settings: "
@@ -209,4 +214,4 @@ class CheckpointedRun:
         return path
 
     def load(self, path: str) -> None:
-        self.load_state_dict(load_checkpoint(path, self.device))
+        self.load_state_dict(load_checkpoint(path))

@@ -298,7 +298,7 @@ class IdentityTrainer(CheckpointedRun):
             self.disc.load_state_dict(s["disc"])
             self.opt_d.load_state_dict(s["opt_d"])
             self.sched_d.load_state_dict(s["sched_d"])
-        self.gen.set_state(s["gen"])
+        self.gen.set_state(s["gen"].cpu())
 
     @property
     def stage(self):

@@ -181,6 +181,26 @@ def test_gpu_run_logs_peak_memory(data_root, tmp_path):
     assert len(rows) == 2 and all(0.0 < float(r["mem_gib"]) < 80.0 for r in rows)
 
 
+@pytest.mark.cuda
+def test_gpu_run_resumes(data_root, tmp_path):
+    """A cuda run resumes: the checkpoint is read onto the CPU (the RNG states must stay CPU
+    byte tensors; ``torch.load(map_location="cuda")`` made ``set_rng_state`` raise), the
+    model and optimiser state land on the GPU, and the generators continue where they were."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    cfg = _cfg((0, 5, 5), device="cuda")
+    IdentityTrainer(cfg, data_root, tmp_path).train(max_steps=2)
+    saved = ckpt_mod.load_checkpoint(str(tmp_path / "checkpoint.pt"))
+    c = IdentityTrainer(cfg, data_root, tmp_path, resume=True)
+    assert c.global_step == 2 and torch.equal(c.gen.get_state(), saved["gen"])
+    assert torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
+    assert torch.equal(torch.cuda.get_rng_state(), saved["rng"]["cuda"][torch.cuda.current_device()])
+    p = next(iter(c.opt.state))
+    assert p.is_cuda and all(v.device == p.device for v in c.opt.state[p].values() if v.dim() > 0)
+    c.train(max_steps=1)
+    assert c.global_step == 3 and all(torch.isfinite(v).all() for v in c.model.state_dict().values())
+
+
 def test_resample_maps_to_the_render_resolution():
     from npht.train.identity import resample_maps
 
