@@ -56,7 +56,8 @@ class SkipMLP(nn.Module):
         if self.skip_shrink:
             if hidden <= in_dim:
                 raise ValueError(f"skip_shrink needs hidden > in_dim (the layer before the skip outputs hidden - "
-                                 f"in_dim features), got hidden={hidden}, in_dim={in_dim}")
+                                 f"in_dim features), got hidden={hidden}, in_dim={in_dim}; pass skip_shrink=False (the "
+                                 f"skip layer then takes hidden + in_dim)")
             dims_out[skip - 1] = hidden - in_dim
         elif skip is not None:
             dims_in[skip] = hidden + in_dim

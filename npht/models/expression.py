@@ -4,8 +4,8 @@ space, conditioned on the (frozen, pre-trained) identity code and an auto-decode
 expression code.
 
 Architecture (Sec. 4.3.2): a DeepSDF MLP, input 3 + d_id + d_ex (512 + 200), output 3,
-8 layers of 1024 (NPHM D.3.1 uses 6 x 512: pass ``hidden=512, layers=6``), softplus
-beta = 100, skip at layer 4. The output layer is zero-initialised, so the initial
+8 layers of 1024 (NPHM D.3.1 uses 6 x 512: pass ``hidden=512, layers=6, skip=3,
+skip_shrink=False``, as 512 is narrower than the input), softplus beta = 100, skip at layer 4. The output layer is zero-initialised, so the initial
 deformation is exactly the identity map.
 """
 

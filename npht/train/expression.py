@@ -56,7 +56,8 @@ class ExpressionConfig:
       5e-4 with weight decay 5e-4, SparseAdam codes lr 1e-3, decay 0.5 every 600 epochs,
       gradient clipping 0.025, batch 32 posed scans, 1000 pairs per scan per step (Sec.
       5.1.2), 2000 epochs.
-    * ``nphm``: the same with NPHM D.3.1's smaller MLP (6 x 512), for Sec. 5.2.2's "similar
+    * ``nphm``: the same with NPHM D.3.1's smaller MLP (6 x 512, skip at layer 3 without the
+      shrunk layer: 512 is narrower than the 715 inputs), for Sec. 5.2.2's "similar
       architecture as NPHM" reading.
     * ``cpu-demo``: a tiny MLP (3 x 32, z_ex 8), 64 pairs, batch 2, faster rates; seconds
       on 2 cores.
@@ -119,7 +120,9 @@ class ExpressionConfig:
 
 EXPRESSION_PRESETS = {
     "thesis": lambda: ExpressionConfig(),
-    "nphm": lambda: ExpressionConfig(hidden=512, layers=6),
+    # 6 x 512 is narrower than its input (3 + 512 + 200): the skip layer takes hidden + input
+    # (NPHM's later DeepSDF, skip at layers // 2), no shrunk layer before it
+    "nphm": lambda: ExpressionConfig(hidden=512, layers=6, skip=3, skip_shrink=False),
     "cpu-demo": lambda: ExpressionConfig(z_ex_dim=8, hidden=32, layers=3, skip=None, code_init_std=0.1,
                                          pairs=64, outside_points=16, batch_size=2, epochs=200, lr=2e-3,
                                          lr_codes=1e-2, decay_interval=100, decay_interval_codes=100,

@@ -62,7 +62,7 @@ def test_presets():
     assert (t.lr, t.lr_codes, t.weight_decay, t.lr_decay, t.decay_interval) == (5e-4, 1e-3, 5e-4, 0.5, 600)
     assert (t.grad_clip, t.batch_size, t.pairs, t.epochs) == (0.025, 32, 1000, 2000)
     n = ExpressionConfig.preset("nphm")
-    assert (n.hidden, n.layers, n.z_ex_dim) == (512, 6, 200)
+    assert (n.hidden, n.layers, n.z_ex_dim, n.skip, n.skip_shrink) == (512, 6, 200, 3, False)
     assert ExpressionConfig.from_dict(t.to_dict()) == t
     with pytest.raises(ValueError, match="unknown expression preset"):
         ExpressionConfig.preset("nope")
@@ -118,6 +118,22 @@ def test_correspondence_loss_falls(data_root, identity_ckpt, tmp_path):
     assert (tmp_path / "checkpoint.pt").exists()
 
 
+@pytest.mark.parametrize("name", sorted(EXPRESSION_PRESETS))
+def test_every_preset_builds_on_its_identity_codes(name):
+    """Each preset's network builds as the trainer builds it on the identity codes it is meant
+    for: 512-d (the thesis' and NPM's identity models) or the demo identity preset's."""
+    from npht.models import ExpressionModel
+
+    cfg = ExpressionConfig.preset(name)
+    for z_id in ((512,) if name in ("thesis", "nphm") else (TrainConfig.preset(name).z_dim,)):
+        m = ExpressionModel(z_id, cfg.z_ex_dim, cfg.hidden, cfg.layers, cfg.skip, skip_shrink=cfg.skip_shrink,
+                            num_expressions=2, beta=cfg.beta, init_std=cfg.code_init_std)
+        x = torch.zeros(1, 5, 3)
+        assert m(x, torch.zeros(1, z_id), torch.tensor([1])).shape == (1, 5, 3)
+        widths = [lin.out_features for lin in m.mlp.linears[:-1]]
+        assert max(widths) == cfg.hidden and len(widths) == cfg.layers, widths
+
+
 def test_gpu_demo_preset_trains(data_root, identity_ckpt, tmp_path):
     """The GPU demo's expression preset at its own widths (fewer pairs): L_c falls."""
     cfg = ExpressionConfig.preset("gpu-demo", progress=False, ckpt_every=0, pairs=200, batch_size=4)
@@ -152,6 +168,21 @@ def test_resume_bit_identical(data_root, identity_ckpt, tmp_path):
     assert la == lb
     s = load_checkpoint(str(tmp_path / "b" / "checkpoint.pt"))
     assert [tuple(k) for k in s["expression_keys"]] == c.expression_keys and torch.equal(s["z_id"], c.z_id)
+
+
+@pytest.mark.cuda
+def test_gpu_run_resumes(data_root, identity_ckpt, tmp_path):
+    """A cuda run resumes (the checkpoint's RNG states are read onto the CPU)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    cfg = _cfg(batch_size=3, device="cuda")
+    ExpressionTrainer(cfg, data_root, identity_ckpt, tmp_path).train(max_steps=2)
+    saved = load_checkpoint(str(tmp_path / "checkpoint.pt"))
+    c = ExpressionTrainer(cfg, data_root, identity_ckpt, tmp_path, resume=True)
+    assert c.global_step == 2 and torch.equal(torch.get_rng_state(), saved["rng"]["torch"])
+    assert next(c.model.parameters()).is_cuda
+    c.train(max_steps=1)
+    assert c.global_step == 3 and all(torch.isfinite(v).all() for v in c.model.state_dict().values())
 
 
 def test_cli_trains_and_resumes(data_root, identity_ckpt, tmp_path):
