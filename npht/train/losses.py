@@ -248,8 +248,9 @@ def total_variation_loss(planes: Tensor, mode: str = "shift") -> Tensor:
         dw = planes - planes.flip(4)
     else:
         raise ValueError(f"mode must be 'shift' or 'flip', got {mode!r}")
-    nh = dh.square().sum((2, 3, 4)).sqrt()   # [B, 3]
-    nw = dw.square().sum((2, 3, 4)).sqrt()
+    # vector_norm: its gradient at a zero norm (a constant plane) is 0, sqrt's would be nan
+    nh = torch.linalg.vector_norm(dh, dim=(2, 3, 4))   # [B, 3]
+    nw = torch.linalg.vector_norm(dw, dim=(2, 3, 4))
     return (nh + nw).sum(1).mean()
 
 
@@ -258,7 +259,7 @@ def triplane_l2_loss(planes: Tensor) -> Tensor:
     of each plane, summed over the 3 planes, averaged over the batch. ``planes
     [B, 3, C, H, W]``."""
     _check_planes(planes)
-    return planes.square().sum((2, 3, 4)).sqrt().sum(1).mean()
+    return torch.linalg.vector_norm(planes, dim=(2, 3, 4)).sum(1).mean()   # gradient 0 at a zero plane
 
 
 def latent_loss(z: Tensor) -> Tensor:

@@ -150,6 +150,26 @@ def test_total_variation_and_triplane_l2():
     assert triplane_l2_loss(const).item() == pytest.approx(3 * 0.7 * math.sqrt(C * H * W), rel=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["shift", "flip"])
+def test_plane_norms_have_finite_gradients_at_zero(mode):
+    """A constant plane (TV) or a zero plane (L2) is each term's minimum: the gradient there
+    is 0, not sqrt's 0 * inf = nan (which made every such step non-finite, hence skipped)."""
+    B, C, H, W = 2, 3, 4, 5
+    const = torch.full((B, 3, C, H, W), 0.7, requires_grad=True)
+    total_variation_loss(const, mode=mode).backward()
+    assert torch.equal(const.grad, torch.zeros_like(const))
+    zero = torch.zeros(B, 3, C, H, W, requires_grad=True)
+    triplane_l2_loss(zero).backward()
+    assert torch.equal(zero.grad, torch.zeros_like(zero))
+    # one zero plane among non-zero ones: finite, and the others' gradients unchanged
+    x = torch.randn(B, 3, C, H, W, dtype=torch.float64)
+    x[0, 1] = 0
+    x.requires_grad_(True)
+    triplane_l2_loss(x).backward()
+    assert torch.isfinite(x.grad).all() and torch.equal(x.grad[0, 1], torch.zeros(C, H, W, dtype=torch.float64))
+    torch.testing.assert_close(x.grad[1], x.detach()[1] / x.detach()[1].flatten(1).norm(dim=1)[:, None, None, None] / B)
+
+
 def test_latent_loss():
     z = torch.tensor([[3.0, 4.0], [1.0, 0.0]])
     assert latent_loss(z).item() == pytest.approx((25 + 1) / 2)
