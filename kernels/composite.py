@@ -59,12 +59,16 @@ _BLOCKS = None
 def _ray_block(offsets, beta, R, S, PACKED: tl.constexpr, BETA_PER_RAY: tl.constexpr,
                BLOCK_R: tl.constexpr):
     """This program's rays r [BLOCK_R] (int64), their mask, first sample, sample count (0
-    for masked rays) and 1 / beta (float64)."""
+    for masked rays) and 1 / beta (float64). Packed (``S``: the total sample count M then):
+    each ray's range clamped to [0, M] as in composite_ray_range (composite_math.h), so that
+    malformed offsets (unchecked under torch.compile) read nothing out of bounds."""
     r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     mr = r < R
     if PACKED:
-        start = tl.load(offsets + r, mask=mr, other=0).to(tl.int64)
-        n = tl.load(offsets + r + 1, mask=mr, other=0).to(tl.int64) - start
+        a = tl.load(offsets + r, mask=mr, other=0).to(tl.int64)
+        b = tl.load(offsets + r + 1, mask=mr, other=0).to(tl.int64)
+        start = tl.minimum(tl.maximum(a, 0), S)
+        n = tl.minimum(tl.maximum(b, start), S) - start
     else:
         start = r * S
         n = tl.where(mr, S, 0).to(tl.int64)
@@ -304,7 +308,8 @@ def _blocks(R, n_hint, K):
 
 
 def _layout(sdf, values, offsets):
-    """(R, S, M, K, packed, n_hint): S is the dense sample count (0 when packed)."""
+    """(R, S, M, K, packed, n_hint): S is the dense sample count, or M when packed (the
+    kernels clamp the offsets to it)."""
     K = 0 if values is None else int(values.shape[-1])
     if offsets is None:
         if sdf.dim() != 2:
@@ -313,7 +318,7 @@ def _layout(sdf, values, offsets):
         return R, S, R * S, K, False, S
     R = offsets.numel() - 1
     M = sdf.numel()
-    return R, 0, M, K, True, triton.cdiv(M, max(R, 1))
+    return R, M, M, K, True, triton.cdiv(M, max(R, 1))
 
 
 def _beta_per_ray(beta, R):

@@ -225,17 +225,29 @@ def test_opcheck(backend, device, packed):
                           ups + (sdf.detach(), z, beta.detach(), v.detach(), off, 1e10, backend, True, True, True, True))
 
 
-def test_malformed_offsets_stay_in_bounds():
-    """Offsets beyond M or decreasing are clamped by the kernels (no out-of-bounds read)."""
-    require_backend("cpu")  # fails in CI when the extension is missing
-    sdf = torch.randn(5, dtype=torch.float64)
-    z = torch.sort(torch.rand(5, dtype=torch.float64)).values
-    off = torch.tensor([0, 3, 2, 99], dtype=torch.long)
-    rendered, depth, opacity, w = torch.ops.npht_C.composite_fwd(sdf, z, torch.tensor([0.1], dtype=torch.float64),
-                                                                 None, off, 1e10)
+@pytest.mark.parametrize("backend", ["cpu", "cuda", "triton"])
+def test_malformed_offsets_stay_in_bounds(backend):
+    """Offsets beyond M or decreasing are clamped by every kernel (no out-of-bounds read;
+    eager calls check them first, torch.compile'd ones do not), forward and backward."""
+    dev = require_backend(backend)  # fails in CI when the extension is missing
+    if backend == "triton":
+        from npht.kernels import composite as raw
+    else:
+        raw = torch.ops.npht_C
+    f64 = dict(dtype=torch.float64, device=dev)
+    sdf = torch.randn(5, **f64)
+    z = torch.sort(torch.rand(5, **f64)).values
+    beta = torch.tensor([0.1], **f64)
+    off = torch.tensor([0, 3, 2, 99], dtype=torch.long, device=dev)
+    rendered, depth, opacity, w = raw.composite_fwd(sdf, z, beta, None, off, 1e10)
     assert torch.isfinite(depth).all() and opacity[1] == 0  # ray 1 is [3, 3): empty
     ref = composite(sdf[None, :3], z[None, :3], 0.1)
     torch.testing.assert_close(depth[0], ref[1][0])
+    ref2 = composite(sdf[None, 2:], z[None, 2:], 0.1)  # ray 2 is [2, 5): 99 clamped to M
+    torch.testing.assert_close(depth[2], ref2[1][0])
+    gs, gz, gb, _ = raw.composite_bwd(None, torch.ones(3, **f64), None, None, sdf, z, beta, None, off,
+                                      1e10, True, True, True, False)
+    assert torch.isfinite(gs).all() and torch.isfinite(gz).all() and torch.isfinite(gb).all()
 
 
 def test_errors():
