@@ -144,11 +144,14 @@ def _upsample_kernel(z, sdf, beta, u, out, cdf, scalars, R, n, k, steps, MODE: t
     # pass 2: the CDF of the normalised pdf, in place
     run = tl.zeros([BLOCK_R], dtype=tl.float64)
     tl.store(cdf + base, run, mask=m)
+    # a pdf summing to exactly 0: every interval the same mass (the reference's rule)
+    flat = total == 0.0
+    flat_p = 1.0 / tl.full([BLOCK_R], n - 1, tl.float64)  # n >= 2 (the op checks it)
     for i in range(1, n):
-        run += tl.load(cdf + base + i, mask=m, other=0.0) / total
-        # capped at 1, the last entry exactly 1 (as the reference: u = 1 lands on the same
-        # interval whatever the summation order)
-        tl.store(cdf + base + i, tl.where(i == n - 1, 1.0, tl.minimum(run, 1.0)), mask=m)
+        run += tl.where(flat, flat_p, tl.load(cdf + base + i, mask=m, other=0.0) / total)
+        # capped at 1 (NaN kept, as torch.clamp), the last entry exactly 1 (as the reference:
+        # u = 1 lands on the same interval whatever the summation order)
+        tl.store(cdf + base + i, tl.where(i == n - 1, 1.0, tl.where(run > 1.0, 1.0, run)), mask=m)
     tl.debug_barrier()
     # inverse CDF: per quantile, lo = the number of CDF entries <= u (binary search)
     SDT = out.dtype.element_ty

@@ -153,7 +153,9 @@ def eb_upsample(z: torch.Tensor, sdf: torch.Tensor, beta: torch.Tensor, u: torch
             interval (VolSDF's upsampling rounds), ``"weights"`` (1) the rendering weights
             of the first n - 1 samples (its final samples).
         add_tiny: added to the pdf before normalising (ErrorBoundSampler: ``add_tiny`` for
-            the bound, 1e-5 for the weights).
+            the bound, 1e-5 for the weights). A ray whose pdf is exactly 0 everywhere (with
+            add_tiny 0: a zero-length ray, or one whose bound underflows far from the
+            surface) samples every interval with the same mass, add_tiny's limit.
 
     Returns ``samples [R, k]``, as ``npht.reference.sampler.sample_pdf``. No autograd.
     """

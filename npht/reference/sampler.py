@@ -78,8 +78,12 @@ def bisect_beta(beta0: torch.Tensor, beta_hi: torch.Tensor, sdf: torch.Tensor, z
 
 def sample_pdf(bins: torch.Tensor, pdf: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF sampling: piecewise-constant ``pdf [R, n-1]`` over ``bins [R, n]``
-    (normalised here), quantiles ``u [R, k]`` in [0, 1] -> depths ``[R, k]``."""
-    pdf = pdf / pdf.sum(-1, keepdim=True)
+    (normalised here), quantiles ``u [R, k]`` in [0, 1] -> depths ``[R, k]``. A ray whose
+    pdf sums to exactly 0 (no ``add_tiny``, and an error bound or weights that vanish or
+    underflow everywhere: a zero-length ray, one far from the surface) samples as the
+    ``add_tiny`` limit does: every interval the same mass (0/0 gave NaN depths)."""
+    total = pdf.sum(-1, keepdim=True)
+    pdf = torch.where(total == 0, 1.0 / pdf.shape[-1], pdf / total)
     cdf = torch.cat([torch.zeros_like(pdf[:, :1]), torch.cumsum(pdf, -1)], -1)
     # capped at 1 and ending at exactly 1: a sum that rounds to 1 +- 1 ulp would otherwise
     # send u = 1 to the last interval or past it depending on summation order, and (with the

@@ -136,6 +136,36 @@ def test_upsample_u_one_is_the_far_end(backend, device, mode):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mode", ["bound", "weights"])
+def test_upsample_zero_mass_rays_sample_every_interval_alike(backend, device, dtype, mode):
+    """add_tiny = 0 (the op's default, VolSDF's) and a pdf that is exactly 0 everywhere: a
+    zero-length ray (all depths equal), and a ray far from the surface in float32 (exp(cum)
+    - 1 rounds to 0). Every backend samples such a ray as the add_tiny limit does, each
+    interval the same mass (the reference gave NaN, the kernels the first interval); the
+    other rays are unchanged."""
+    R, n, k = 6, 9, 5
+    z, sdf = make_rays(R, n, dtype, "sphere", device, seed=3)
+    z[1] = 2.0  # zero-length ray
+    z[2] = torch.linspace(1.0, 4.0, n, dtype=dtype)
+    sdf[2] = 50.0  # far from any surface
+    beta = torch.full((R,), 1e-3, dtype=dtype, device=device)
+    u = torch.linspace(0.0, 1.0, k, dtype=dtype, device=device).expand(R, -1).contiguous()
+    m = ops.PDF_MODES[mode]
+    pdf = ref.upsample_pdf(z, sdf, beta, m, 0.0)
+    assert (pdf[1:3] == 0).all()  # the case under test
+    s = ops.eb_upsample(z, sdf, beta, u, mode, 0.0, backend=backend)
+    assert torch.isfinite(s).all()
+    assert torch.equal(s[1], torch.full_like(s[1], 2.0))
+    # equal mass per interval: quantile j / (k - 1) lands at interval position (n - 1) j / (k - 1)
+    pos = (n - 1) * torch.linspace(0.0, 1.0, k, dtype=torch.float64)
+    lo = pos.floor().long().clamp(max=n - 2)
+    want = z[2, lo].double() + (pos - lo) * (z[2, lo + 1] - z[2, lo]).double()
+    torch.testing.assert_close(s[2].double().cpu(), want.cpu(), rtol=0, atol=4 * torch.finfo(dtype).eps)
+    # unaffected rays as the reference (float64 oracle) has them; the reference backend itself
+    assert_upsample_close(s, z, sdf, beta, u, m, 0.0, backend)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_merge_matches_torch_sort(backend, device, dtype):
     R, n, k, _ = sizes(backend)
     z, _ = make_rays(R, n, dtype, "sphere", device)

@@ -162,11 +162,14 @@ NPHT_HD void upsample_ray(const S* z, const S* sdf, S beta, const S* u, S* out, 
   // pass 2: the CDF of the normalised pdf, in place
   double run = 0.0;
   cdf[0] = 0.0;
-  // capped at 1 and ending at exactly 1 (as the reference): u = 1 lands on the same
-  // interval whatever the summation order
+  // capped at 1 (NaN kept, as torch.clamp) and ending at exactly 1 (as the reference): u = 1
+  // lands on the same interval whatever the summation order. A pdf summing to exactly 0: every
+  // interval the same mass (the reference's rule).
+  const bool flat = total == 0.0;
+  const double flat_p = n > 1 ? 1.0 / static_cast<double>(n - 1) : 0.0;
   for (int64_t i = 1; i < n; ++i) {
-    run += cdf[i] / total;
-    cdf[i] = run < 1.0 ? run : 1.0;
+    run += flat ? flat_p : cdf[i] / total;
+    cdf[i] = run > 1.0 ? 1.0 : run;
   }
   if (n > 1) cdf[n - 1] = 1.0;
   // inverse CDF per quantile
