@@ -253,7 +253,9 @@ def _composite_bwd_kernel(grad_rendered, grad_depth, grad_opacity, grad_weights,
             if NEED_BETA:
                 out = x >= 0.0
                 ax = tl.where(out, x, -x) * inv[:, None]
-                dsb = tl.where(out, 0.5 * e * (ax - 1.0), 0.5 * e * (1.0 - ax) - 1.0) * inv2
+                # 0 where e underflowed (an infinite |sdf|: the limit, not 0 * inf = nan)
+                hx = tl.where(e == 0.0, 0.0, 0.5 * e * (ax - 1.0))
+                dsb = tl.where(out, hx, -hx - 1.0) * inv2
                 gb += tl.sum(tl.where(m, dtau * delta * dsb, 0.0), axis=1)
             if NEED_Z:
                 # dL/dtau_{i-1} = g_{i-1} T_i - sum_{j>=i} w_j g_j

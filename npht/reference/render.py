@@ -25,7 +25,11 @@ def laplace_density(sdf: torch.Tensor, beta) -> torch.Tensor:
     # |sdf| as a where (not .abs()) so the derivative at sdf == 0 is the true -0.5/beta^2
     # (abs' subgradient there is 0); both branches meet at 0.5/beta.
     outside = sdf >= 0
-    half_e = 0.5 * torch.exp(-torch.where(outside, sdf, -sdf) * inv)
+    a = torch.where(outside, sdf, -sdf)
+    # an infinite |sdf| (empty space): exp = 0 with zero gradients, computed from a finite
+    # stand-in (through inf, beta's gradient would be inf * 0 = nan)
+    inf = torch.isinf(a)
+    half_e = torch.where(inf, 0.0, 0.5 * torch.exp(-torch.where(inf, 0.0, a) * inv))
     return inv * torch.where(outside, half_e, 1.0 - half_e)
 
 
@@ -157,7 +161,8 @@ def _laplace_vjp(sdf, beta):
     inv2 = 1.0 / (beta * beta)
     outside = sdf >= 0
     sigma = torch.where(outside, 0.5 * e, 1.0 - 0.5 * e) / beta
-    d_beta = torch.where(outside, 0.5 * e * (x - 1.0), 0.5 * e * (1.0 - x) - 1.0) * inv2
+    hx = torch.where(e == 0, 0.0, 0.5 * e * (x - 1.0))  # the limit 0 at an infinite |sdf|
+    d_beta = torch.where(outside, hx, -hx - 1.0) * inv2
     return sigma, -0.5 * e * inv2, d_beta
 
 

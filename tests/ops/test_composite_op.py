@@ -117,6 +117,29 @@ def test_finite_last_delta_and_scalar_beta(backend, device):
     torch.testing.assert_close(out.depth, ref[1])
 
 
+@pytest.mark.parametrize("packed", [False, True])
+def test_infinite_sdf_is_empty_space_with_finite_gradients(backend, device, packed):
+    """An SDF of +inf (a user's "empty space") has density 0, -inf density 1/beta, and every
+    gradient stays finite: dsigma/dbeta -> 0 as |sdf| -> inf (0 * inf = nan before, in every
+    backend and in autograd through the reference density)."""
+    sdf, z, v = _rays(4, 6, 2, torch.float64, device)
+    sdf[0, 4:] = float("inf")
+    sdf[1, :2] = float("inf")
+    sdf[2, 5] = -float("inf")
+    beta = torch.tensor([0.1], dtype=torch.float64, device=device)
+    offsets = None
+    if packed:
+        offsets = torch.arange(0, 25, 6, device=device)
+        sdf, z, v = sdf.reshape(-1), z.reshape(-1), v.reshape(-1, 2)
+    _compare(backend, device, torch.float64, sdf, z, beta, v, offsets)
+    b = beta.clone().requires_grad_()
+    s = sdf.clone().requires_grad_()
+    out = npht.volume_composite(s, z, b, v, ray_offsets=offsets, backend=backend)
+    (out.rendered.sum() + out.depth.sum() + out.opacity.sum()).backward()
+    assert torch.isfinite(b.grad).all() and torch.isfinite(s.grad).all()
+    assert torch.isfinite(out.depth).all() and torch.isfinite(out.weights).all()
+
+
 def test_packed_finite_last_delta_is_per_ray(backend, device):
     """Rays of different lengths, a finite last_delta and a shared beta: each ray composites
     as it would alone (its last sample's delta is last_delta, whatever the longest ray)."""

@@ -63,7 +63,11 @@ NPHT_HD LaplaceTerms<M> laplace_density_vjp(M sdf, M beta, Exp ex = Exp()) {
   LaplaceTerms<M> t;
   t.sigma = (sdf >= M(0) ? M(0.5) * e : M(1) - M(0.5) * e) / beta;
   t.d_sdf = M(-0.5) * e * inv2;
-  t.d_beta = (sdf >= M(0) ? M(0.5) * e * (x - M(1)) : M(0.5) * e * (M(1) - x) - M(1)) * inv2;
+  // 0.5 e (x - 1), 0 where e underflowed: an infinite |sdf| (x = inf) has the limit 0, not
+  // 0 * inf = nan (which would poison beta's gradient through one sample)
+  const M h = M(0.5) * e;
+  const M hx = h == M(0) ? M(0) : h * (x - M(1));
+  t.d_beta = (sdf >= M(0) ? hx : -hx - M(1)) * inv2;
   return t;
 }
 
