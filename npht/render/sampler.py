@@ -161,7 +161,8 @@ class ErrorBoundSampler:
         evaluations = 0
         for it in range(self.max_total_iters):
             if active is None:
-                new_sdf = evaluate_sdf(sdf_fn, points(samples), chunk).reshape(R, -1)
+                # in the rays' dtype (a float32 network under float64 cameras, say), as below
+                new_sdf = evaluate_sdf(sdf_fn, points(samples), chunk).reshape(R, -1).to(dt)
                 evaluations += new_sdf.numel()
             else:  # converged rays repeat their far sample: its sdf is known
                 new_sdf = far_sdf.expand(-1, samples.shape[1]).clone()

@@ -159,6 +159,23 @@ def test_reference_renderer_backpropagates_through_normals():
     assert radius.grad is not None and dens.beta_param.grad is not None
 
 
+def test_float32_sdf_under_float64_cameras():
+    """A float32 network (it casts its input) under float64 cameras renders in the cameras'
+    dtype like a float64 one (to float32 precision): the sampler's first round casts the SDF
+    to the rays' dtype as its later rounds do (it raised "sdf must have the dtype of z")."""
+    from npht.render import VolSDFRenderer
+
+    cams = fibonacci_cameras(1, resolution=8, dtype=torch.float64)
+    smp = ErrorBoundSampler(8, 8, 4, 0.1, 4, 2)
+    dens = LaplaceDensity(beta=0.01).double()
+    with torch.no_grad():
+        for render in (lambda f: render_reference(f, cams, dens, smp),
+                       lambda f: VolSDFRenderer(sampler=smp, density=dens)(f, cams)):
+            a, b = render(lambda p: sphere(p.float())), render(sphere)
+            assert a.normals.dtype == torch.float64
+            torch.testing.assert_close(a.opacity, b.opacity, atol=1e-3, rtol=0)
+
+
 def test_renderer_errors():
     cams = fibonacci_cameras(2, resolution=8)
     with pytest.raises(TypeError, match="cameras must be npht.render.Cameras"):
