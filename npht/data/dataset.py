@@ -138,6 +138,10 @@ class CorrespondenceDataset(_PreparedBase):
         super().__init__(root, split, "posed", seed, cache_size)
         if pairs < 1:
             raise ValueError(f"pairs must be >= 1, got {pairs}")
+        missing = [(r["identity"], r["expression"]) for r in self.records if not r["files"].get("correspondences")]
+        if missing:
+            raise ValueError(f"{root!r}: posed records without correspondences (prepared with "
+                             f"correspondences=0?): {missing[:5]}")
         self.pairs = int(pairs)
 
     def __getitem__(self, index: int) -> dict:

@@ -161,11 +161,6 @@ class ExpressionData(torch.utils.data.Dataset):
         self.corr = CorrespondenceDataset(root, split, pairs=pairs, seed=seed)
         if len(self.corr) == 0:
             raise ValueError(f"{root!r} holds no posed {split} records with correspondences")
-        missing_files = [(r["identity"], r["expression"]) for r in self.corr.records
-                         if not r["files"].get("correspondences")]
-        if missing_files:
-            raise ValueError(f"posed records without correspondences (prepared with correspondences=0?): "
-                             f"{missing_files[:5]}")
         self.keys: List[Tuple[str, str]] = [(r["identity"], r["expression"]) for r in self.corr.records]
         missing = sorted({i for i, _ in self.keys if i not in identity_names})
         if missing:

@@ -157,6 +157,26 @@ def test_correspondence_dataset(prepared):
     assert (item["neutral"] - item["posed"]).norm(dim=-1).max() > 1e-3  # the expression moves points
 
 
+def test_correspondence_dataset_refuses_records_without_them(prepared, tmp_path):
+    """A folder prepared with correspondences=0 is refused when the dataset is built, naming
+    the records (it failed at the first item with os.path.join's TypeError)."""
+    import json
+    import shutil
+
+    out, _ = prepared
+    copy = str(tmp_path / "nocorr")
+    shutil.copytree(out, copy)
+    path = os.path.join(copy, "manifest.json")
+    with open(path) as f:
+        man = json.load(f)
+    for r in man["records"]:
+        r["files"]["correspondences"] = None
+    with open(path, "w") as f:
+        json.dump(man, f)
+    with pytest.raises(ValueError, match=r"posed records without correspondences \(prepared with correspondences=0"):
+        CorrespondenceDataset(copy, pairs=50)
+
+
 def test_mesh_folder_source_matches_records(prepared, tmp_path):
     out, manifest = prepared
     folder = tmp_path / "meshes"
