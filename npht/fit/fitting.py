@@ -47,6 +47,10 @@ class FitSchedule:
     the identity's details). ``points_per_step``: a random subset of that many observed
     points per step (``None``: all, as NPHM). ``root_iters``, ``root_tol``,
     ``root_method``: the root finding of eq. 4.22 (fits with an expression model).
+    ``drop_unconverged`` (default on, as NPHM's and SNARF's fitting): the SDF term averages
+    over the points whose root finding converged; the others' ``x_c`` is no pre-image and
+    the implicit gradient through it is meaningless (a shape with no converged point keeps
+    all of its points).
 
     ``relative_reg`` sets the regulariser's unit. ``"auto"`` (default): NPHM's lambdas are
     used literally (``lambda ||z||^2``; NPHM fits its NPM baseline with "the exact same
@@ -78,6 +82,7 @@ class FitSchedule:
     root_tol: float = 1e-5
     relative_reg: Union[bool, str] = "auto"
     root_method: str = "broyden"
+    drop_unconverged: bool = True
 
     def __post_init__(self):
         if not isinstance(self.iterations, int) or self.iterations < 0:
@@ -87,6 +92,8 @@ class FitSchedule:
         for name in ("lambda_id", "lambda_ex", "gamma", "reg_gamma"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if not isinstance(self.drop_unconverged, bool):
+            raise ValueError(f"drop_unconverged must be a bool, got {self.drop_unconverged!r}")
         for name in ("milestones", "reg_milestones"):
             ms = tuple(getattr(self, name))
             if any(int(m) != m or m < 0 for m in ms) or list(ms) != sorted(ms):
@@ -299,6 +306,7 @@ def fit_identity(model: nn.Module, points: torch.Tensor, *, schedule: Optional[F
     def step(i):
         x_p = _subset(pts, schedule.points_per_step, gen)
         stats = {}
+        ok = None
         if expression_model is None:
             x_c = x_p
         else:
@@ -306,7 +314,7 @@ def fit_identity(model: nn.Module, points: torch.Tensor, *, schedule: Optional[F
                                          iters=schedule.root_iters, tol=schedule.root_tol,
                                          method=schedule.root_method)
             stats["converged"] = float(ok.float().mean())
-        data = model(x_c.to(pts.dtype), z).abs().mean()
+        data = _data_term(model(x_c.to(pts.dtype), z), ok, schedule.drop_unconverged)
         reg = schedule.lambda_id_at(i) * _sq(z) / unit_id
         if z_ex is not None:
             reg = reg + schedule.lambda_ex * _sq(z_ex) / unit_ex
@@ -317,6 +325,17 @@ def fit_identity(model: nn.Module, points: torch.Tensor, *, schedule: Optional[F
     with _frozen(model, expression_model):
         history, secs = _run(params, schedule, step, progress, "fit identity")
     return FitResult(z.detach(), None if z_ex is None else z_ex.detach(), history, secs)
+
+
+def _data_term(sdf: torch.Tensor, ok: Optional[torch.Tensor], drop: bool) -> torch.Tensor:
+    """mean |sdf| of ``[B, N]``: each shape's mean, over its converged points when ``drop``
+    (``ok [B, N]``; all points of a shape with none), then the mean over the shapes."""
+    a = sdf.abs().reshape(sdf.shape[0], -1)
+    if ok is None or not drop:
+        return a.mean()
+    ok = ok.reshape(a.shape)
+    use = ok | ~ok.any(-1, keepdim=True)
+    return (torch.where(use, a, 0.0).sum(-1) / use.sum(-1)).mean()
 
 
 def fit_expression(model: nn.Module, expression_model: nn.Module, points: torch.Tensor, z_id: torch.Tensor, *,
@@ -355,7 +374,7 @@ def fit_expression(model: nn.Module, expression_model: nn.Module, points: torch.
         x_p = _subset(pts, schedule.points_per_step, gen)
         x_c, ok = invert_deformation(lambda x: expression_model.deform(x, zid, z_ex), x_p,
                                      iters=schedule.root_iters, tol=schedule.root_tol, method=schedule.root_method)
-        data = model(x_c.to(pts.dtype), zid).abs().mean()
+        data = _data_term(model(x_c.to(pts.dtype), zid), ok, schedule.drop_unconverged)
         reg = schedule.lambda_ex * _sq(z_ex) / unit_ex
         loss = data + reg
         return loss, dict(loss=float(loss.detach()), data=float(data.detach()), reg=float(reg.detach()),

@@ -118,6 +118,43 @@ def test_fit_expression_recovers_known_code(tiny_id, tiny_expr, project):
     assert res.losses[-1] < 0.05 * res.losses[0]
 
 
+def test_unconverged_points_leave_the_data_term(tiny_id, tiny_expr, project, monkeypatch):
+    """Points whose root finding did not converge are no pre-images: the SDF term averages
+    over the converged ones (NPHM, SNARF), per shape; a shape with none keeps all its points;
+    drop_unconverged=False averages over all (the garbage x_c then reaches the loss)."""
+    from npht.fit import fitting
+
+    sdf = torch.tensor([[1.0, 2.0, float("nan"), 4.0], [1.0, 3.0, 5.0, 7.0]])
+    ok = torch.tensor([[True, True, False, True], [False, False, False, False]])
+    assert fitting._data_term(sdf, ok, True).item() == pytest.approx(((1 + 2 + 4) / 3 + 4.0) / 2)
+    assert fitting._data_term(sdf[1:], None, True).item() == 4.0
+    assert fitting._data_term(sdf, ok, False).isnan()
+    with pytest.raises(ValueError, match="drop_unconverged must be a bool"):
+        FitSchedule(drop_unconverged=1)
+
+    model, expr = tiny_id(), tiny_expr()
+    x_neutral = _surface(model, Z_STAR, project, n=300)
+    with torch.no_grad():
+        x_posed = expr.deform(x_neutral, Z_STAR, torch.tensor([[0.7, -0.6]]))
+    real = fitting.invert_deformation
+
+    def fails_on_every_third(fn, xp, **kw):  # as if root finding diverged there
+        xc, good = real(fn, xp, **kw)
+        bad = torch.zeros_like(good)
+        bad[:, ::3] = True
+        return torch.where(bad[..., None], 1e3 * torch.ones_like(xc), xc), good & ~bad
+
+    monkeypatch.setattr(fitting, "invert_deformation", fails_on_every_third)
+    sched = FitSchedule(iterations=100, lambda_ex=0.0, milestones=(80,), root_tol=1e-6)
+    res = fit_expression(model, expr, x_posed, Z_STAR[0], schedule=sched, progress=False)
+    assert max(res.history["converged"]) < 0.7
+    assert res.losses[-1] < 0.05 * res.losses[0]  # the converged two thirds fit as before
+    keep = fit_expression(model, expr, x_posed, Z_STAR[0], progress=False,
+                          schedule=FitSchedule(iterations=100, lambda_ex=0.0, milestones=(80,), root_tol=1e-6,
+                                               drop_unconverged=False))
+    assert keep.losses[-1] > 10 * res.losses[-1]  # the far-off points dominate the plain mean
+
+
 def test_fit_identity_with_expression_model_jointly(tiny_id, tiny_expr, project):
     model, expr = tiny_id(), tiny_expr()
     x_neutral = _surface(model, Z_STAR, project, n=300)
