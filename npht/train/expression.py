@@ -9,6 +9,9 @@ identity codes ``z_id`` of a trained identity model (``npht train identity``) fr
 Loss (eq. 4.21): ``lambda_c L_c + lambda_dp L_dp + lambda_r L_r`` with
 ``L_c = ||x + F_ex(x) - x_posed||^2`` on the pairs, ``L_dp = ||F_ex(x)||^2`` on points outside
 the face region (the identity's neutral non-face surface samples) and ``L_r = ||z_ex||^2``.
+Eq. 4.19 asks for "random points outside the face region"; the region is known on the scan
+only (its per-vertex face mask), so the points are drawn where that mask is defined and the
+deformation matters: the non-face part of the neutral surface (back of the head, neck, hair).
 
 Code indexing: a posed record's ``expression_index`` in the prepared data is the position
 of its expression within its identity (the same index is shared by different people), but
