@@ -246,8 +246,8 @@ def _launch(a, a_bcast, w, w_transposed, *, beta, threshold, pro=_PRO_NONE, a2=N
         if t is not None:
             # h, and the forward passes' outputs (``half_out``: the next pre-activation or d), may be float16
             _rows(name, t, M, N, dtype, device, half_ok=name == "h" or (name == "out" and half_out))
-    if bias is not None and bias.shape != (N,):
-        raise ValueError(f"npht.kernels.mlp_mm: bias must be [{N}], got {tuple(bias.shape)}")
+    if bias is not None:
+        _row("bias", bias, N, dtype, device)  # read with unit stride
     if not (0 < beta < float("inf")):
         raise ValueError(f"npht.kernels.mlp_mm: beta must be finite and > 0, got {beta}")
     if out is None:

@@ -24,7 +24,8 @@ pre-activations), so its working memory is a few chunk-sized temporaries whateve
 number of points.
 
 Per hidden layer the math needs six GEMMs (forward, reverse, and four in the backward);
-the chunked backward adds one (the reverse pass again), ``checkpoint`` one more. In
+the chunked backward adds one (the reverse pass again), ``checkpoint`` one more (the
+forward's products, to the last pre-activation). In
 float32 the time is bounded by these GEMMs; the win over autograd is the memory and the
 elementwise work. The backward's elementwise steps run as two fused kernels per layer
 (``backend``: cpu, cuda, triton; csrc/include/npht/softplus_math.h): the sweep up's
@@ -116,10 +117,11 @@ def _reverse_kept(hs, weights, ds, beta, threshold):
     return es
 
 
-def _forward_rows(x, weights, biases, beta, threshold, h_out=None, d_out=None):
+def _forward_rows(x, weights, biases, beta, threshold, h_out=None, d_out=None, *, values=True):
     """Rows of x -> (y [rows], g [rows, D0], hs); the pre-activations are written into
     ``h_out`` (row slices of the saved buffers) when given, the reverse pass' ``d_l`` into
-    ``d_out``."""
+    ``d_out``. ``values=False`` (the checkpointed backward's recompute): ``(None, None, hs)``,
+    neither the output layer nor the gradient pass run."""
     hs = []
     a = x
     for l in range(len(weights) - 1):
@@ -128,6 +130,8 @@ def _forward_rows(x, weights, biases, beta, threshold, h_out=None, d_out=None):
         else:
             h = torch.addmm(biases[l], a, weights[l].t(), out=h_out[l])
         hs.append(h)
+        if not values and l == len(weights) - 2:
+            return None, None, hs
         a = F.softplus(h, beta, threshold)
     y = torch.addmm(biases[-1], a, weights[-1].t()).squeeze(-1)
     del a
@@ -205,6 +209,22 @@ def _mlp_grad_op(
     h_dtype: torch.dtype,
     d_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
+    with _no_autocast(x):
+        return _mlp_grad_impl(x, weights, biases, beta, threshold, save, chunk, backend, matmul, keep, h_dtype,
+                              d_dtype)
+
+
+def _no_autocast(x: torch.Tensor):
+    """The ops' bodies run in their inputs' dtypes: under torch.autocast the products would
+    come back in bfloat16/float16 (not what register_fake says) and the backward's float32
+    buffers would meet them (a dtype error)."""
+    dev = x.device.type
+    if torch.amp.is_autocast_available(dev) and torch.is_autocast_enabled(dev):
+        return torch.autocast(dev, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _mlp_grad_impl(x, weights, biases, beta, threshold, save, chunk, backend, matmul, keep, h_dtype, d_dtype):
     M = x.shape[0]
     hs = [x.new_empty(M, w.shape[0], dtype=h_dtype) for w in weights[:-1]] if save else []
     ds = [x.new_empty(M, w.shape[0], dtype=d_dtype) for w in weights[:-2]] if (save and keep) else []
@@ -250,6 +270,13 @@ def _mlp_grad_backward_op(
     h_dtype: torch.dtype,
     d_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
+    with _no_autocast(x):
+        return _mlp_grad_backward_impl(grad_y, grad_g, x, weights, biases, hs, ds, beta, threshold, chunk, need_x,
+                                       need_params, backend, matmul, h_dtype, d_dtype)
+
+
+def _mlp_grad_backward_impl(grad_y, grad_g, x, weights, biases, hs, ds, beta, threshold, chunk, need_x,
+                            need_params, backend, matmul, h_dtype, d_dtype):
     M = x.shape[0]
     k = kernels(backend, "mlp")
     if matmul == "torch":
@@ -267,8 +294,8 @@ def _mlp_grad_backward_op(
             xr = x[r0:r1]
             if hs:
                 hr = [h[r0:r1] for h in hs]
-            else:  # checkpoint: recompute the rows' pre-activations
-                _, _, hr = rows_fwd(xr, weights, biases, beta, threshold)
+            else:  # checkpoint: recompute the rows' pre-activations (only them)
+                _, _, hr = rows_fwd(xr, weights, biases, beta, threshold, values=False)
             dr = [d[r0:r1] for d in ds]
             gyr = None if grad_y is None else grad_y[r0:r1]
             ggr = None if grad_g is None else grad_g[r0:r1]
@@ -507,6 +534,9 @@ def softplus_mlp_with_grad(
     if keep_gradient_pass and checkpoint:
         raise ValueError("keep_gradient_pass=True keeps more for the backward, checkpoint=True keeps nothing: "
                          "choose one")
+    if matmul == "triton":  # the products read biases and the output row with unit stride
+        biases = [b.contiguous() for b in biases]
+        weights[-1] = weights[-1].contiguous()
     h_dtype = _resolve_storage_dtype("h_dtype", "pre-activations", h_dtype, x, matmul)
     d_dtype = _resolve_storage_dtype("d_dtype", "gradient-pass vectors", d_dtype, x, matmul)
     y, g, _, _ = torch.ops.npht.softplus_mlp_grad(

@@ -18,11 +18,13 @@ from typing import List, Optional
 import torch
 
 
-def forward_rows(x, weights, biases, beta, threshold, h_out=None, d_out=None, *, mm, h_dtype=None, d_dtype=None):
+def forward_rows(x, weights, biases, beta, threshold, h_out=None, d_out=None, *, mm, h_dtype=None, d_dtype=None,
+                 values=True):
     """``_forward_rows`` with Triton products: ``h_l = s(h_{l-1}) W_l^T + b_l`` (the
     softplus in the product's prologue), ``d_{l-1} = (d_l s'(h_l)) W_l`` likewise. The
     pre-activations are stored in ``h_dtype``, the gradient pass' vectors ``d_l`` (not ``g``)
-    in ``d_dtype`` (float16: computed in float32, rounded)."""
+    in ``d_dtype`` (float16: computed in float32, rounded). ``values=False``: the
+    pre-activations only, ``(None, None, hs)``."""
     hs = []
     a, softplus_input = x, False
     for l in range(len(weights) - 1):
@@ -30,6 +32,8 @@ def forward_rows(x, weights, biases, beta, threshold, h_out=None, d_out=None, *,
                       out=None if h_out is None else h_out[l], out_dtype=h_dtype)
         hs.append(h)
         a, softplus_input = h, True
+    if not values:
+        return None, None, hs
     y = mm.linear(a, weights[-1], biases[-1], softplus_input=True, beta=beta, threshold=threshold).squeeze(-1)
     d = weights[-1][0]  # d_{L-2}: the output row, broadcast over the rows
     for l in range(len(weights) - 2, -1, -1):

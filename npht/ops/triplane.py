@@ -313,9 +313,11 @@ def triplane_sample(
             ``2 / box_warp``. The default 2.0 maps ``[-1, 1]^3`` onto the planes.
         backend: ``"auto"``, ``"cuda"``, ``"triton"``, ``"cpu"`` or ``"reference"``.
 
-    Points outside the planes follow ``padding_mode`` exactly like ``F.grid_sample``;
-    ``+-inf`` coordinates too. A NaN coordinate gives NaN features from the planes that
-    read it, and that (point, plane) pair contributes no gradient.
+    Points outside the planes follow ``padding_mode`` exactly like ``F.grid_sample``.
+    ``+-inf`` coordinates are outside too: zeros padding gives 0 (``F.grid_sample`` gives
+    NaN there), border padding the edge (as ``F.grid_sample``). A NaN coordinate gives NaN
+    features from the planes that read it, and that (point, plane) pair contributes no
+    gradient.
 
     Differentiable w.r.t. ``planes`` and ``points`` to second order (eikonal and normal
     losses): the point-gradient is itself differentiable w.r.t. planes, points and the

@@ -407,6 +407,49 @@ def test_keep_gradient_pass_skips_the_recompute(dims):
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
 
 
+@pytest.mark.parametrize("dims", [(5, 16, 16, 16, 1), (5, 16, 1)], ids=str)
+def test_checkpoint_recomputes_the_forward_products_only(dims):
+    """checkpoint=True: the backward's recompute runs the L-1 hidden layers' products and
+    nothing else (not the output layer nor the gradient pass, which the backward redoes
+    itself), so it costs L-1 products and no softplus derivative pass more than saving."""
+    from torch.profiler import ProfilerActivity, profile
+
+    weights, biases = make_mlp(dims)
+    x = torch.randn(50, dims[0], dtype=torch.float64, requires_grad=True)
+    counts, grads = {}, {}
+    for ckpt in (False, True):
+        y, g = npht.softplus_mlp_with_grad(x, weights, biases, checkpoint=ckpt)
+        loss = (g ** 2).sum() + y.sum()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            grads[ckpt] = torch.autograd.grad(loss, [x, *weights, *biases])
+        names = [e.name for e in prof.events()]
+        counts[ckpt] = (sum(n in ("aten::mm", "aten::addmm") for n in names),
+                        sum(n == "aten::softplus_backward" for n in names))
+    assert counts[True][0] - counts[False][0] == len(dims) - 2
+    assert counts[True][1] == counts[False][1]
+    for a, b in zip(grads[True], grads[False]):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_autocast_runs_the_op_in_its_inputs_dtype(checkpoint):
+    """Under torch.autocast the op computes in its inputs' dtype (float32), as its fake
+    says, forward and backward (the products came back in bfloat16, and the backward
+    failed on float32 buffers meeting them), for any number of rows."""
+    weights, biases = make_mlp((6, 16, 16, 1), dtype=torch.float32)
+    x = torch.randn(40, 6, requires_grad=True)
+    want = loss_grads(lambda: npht.softplus_mlp_with_grad(x, weights, biases, checkpoint=checkpoint), x, weights,
+                      biases, None, torch.ones(40, 6))
+    for chunk in (1 << 18, 7):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, g = npht.softplus_mlp_with_grad(x, weights, biases, checkpoint=checkpoint, chunk_size=chunk)
+            assert y.dtype == g.dtype == torch.float32
+            got = torch.autograd.grad(g.sum(), [x, *weights, *biases], allow_unused=True, materialize_grads=True)
+        torch.testing.assert_close(g, want[1])
+        for a, b in zip(got, want[2]):
+            torch.testing.assert_close(a, b)
+
+
 def test_keep_gradient_pass_errors():
     weights, biases = make_mlp((4, 6, 1), dtype=torch.float32)
     x = torch.randn(5, 4)

@@ -107,6 +107,26 @@ def _tf32_yardstick():
     return (y0, g0, *r0), _errors((y1, g1, *r1), (y0, g0, *r0))
 
 
+def test_triton_matmul_strided_biases(tdev):
+    """Biases (and the output row) that are views with non-unit strides, e.g. columns of a
+    packed parameter tensor: the Triton products read them with unit stride, so the op
+    hands them contiguous (wrong values before, silently); gradients reach the views."""
+    weights, biases = make_mlp((5, 8, 8, 1))
+    packed = torch.stack([b.detach() for b in biases[:-1]], 1).requires_grad_()   # [8, 2]
+    out_b = torch.stack([biases[-1].detach(), torch.zeros(1, dtype=torch.float64)], 1).requires_grad_()
+    strided = [packed[:, 0], packed[:, 1], out_b[:, 0]]
+    w_last = torch.stack([weights[-1].detach()[0], torch.zeros(8, dtype=torch.float64)], 1).requires_grad_()
+    ws = [w.detach().to(tdev) for w in weights[:-1]] + [w_last.to(tdev).t()[:1]]
+    x = torch.randn(30, 5, dtype=torch.float64)
+    gy, gg = torch.randn(30, dtype=torch.float64), torch.randn(30, 5, dtype=torch.float64)
+    want = loss_grads(lambda: reference(x, weights, biases), x, weights, biases, gy, gg)
+    y, g = npht.softplus_mlp_with_grad(x.to(tdev), ws, [b.to(tdev) for b in strided], matmul="triton")
+    torch.testing.assert_close(y.cpu(), want[0].detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(g.cpu(), want[1].detach(), rtol=1e-12, atol=1e-12)
+    gp, = torch.autograd.grad((y.cpu() * gy).sum() + (g.cpu() * gg).sum(), [packed])
+    torch.testing.assert_close(gp[:, 0], want[2][len(weights)], rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("precision", ["highest", "high"])
 def test_triton_matmul_float32(tdev, precision):
     """float32 with IEEE products ("highest") or TF32 ("high", on a GPU; the interpreter's
@@ -431,8 +451,10 @@ def test_triton_mm_kernel_errors(mm, tdev):
         mm.linear(a.double(), w)
     with pytest.raises(ValueError, match="contiguous in its last dim"):
         mm.linear(torch.randn(5, 4, device=tdev).t(), w)
-    with pytest.raises(ValueError, match=r"bias must be \[8\]"):
+    with pytest.raises(ValueError, match=r"bias must be contiguous \[8\]"):
         mm.linear(a, w, torch.zeros(5, device=tdev))
+    with pytest.raises(ValueError, match=r"bias must be contiguous \[8\], got \(8,\)"):  # read with unit stride
+        mm.linear(a, w, torch.zeros(8, 2, device=tdev)[:, 0])
     with pytest.raises(ValueError, match=r"the broadcast row must be contiguous \[8\]"):
         mm.reverse_step(torch.randn(5, device=tdev), torch.randn(4, 8, device=tdev), w)
     with pytest.raises(ValueError, match=r"h must be \[4, 8\]"):
