@@ -105,8 +105,16 @@ class TriplaneDecoder(nn.Module):
         ``h_dtype``, ``torch.float16`` stores the pre-activations at half the memory and
         traffic with Triton products in float32; ``mlp_d_dtype``: its ``d_dtype``, likewise
         for the gradient pass' vectors); ``fused=False`` is plain autograd (the reference).
-        With grad mode off, the results are plain tensors and no graph is kept.
+        With grad mode off, the results are plain tensors and no graph is kept; under
+        ``torch.inference_mode()`` too (computed outside it on copies of the inputs: the
+        gradient needs autograd, which inference mode switches off).
         """
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False), torch.no_grad():
+                return self.sdf_and_gradient(
+                    planes.clone(), points.clone(), fused=fused, checkpoint=checkpoint, mlp_backend=mlp_backend,
+                    mlp_chunk_size=mlp_chunk_size, mlp_matmul=mlp_matmul, mlp_keep_gradient_pass=mlp_keep_gradient_pass,
+                    mlp_h_dtype=mlp_h_dtype, mlp_d_dtype=mlp_d_dtype, **sample_kwargs)
         create = torch.is_grad_enabled()
         with torch.enable_grad():
             pts = points if points.requires_grad else points.detach().requires_grad_()

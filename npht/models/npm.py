@@ -59,7 +59,11 @@ class NPMBaseline(nn.Module):
 
     def sdf_and_gradient(self, points: torch.Tensor, identity: torch.Tensor):
         """SDF ``[B, N]`` and its gradient w.r.t. the points (autograd; differentiable
-        again when grad mode is on)."""
+        again when grad mode is on; plain tensors with it off or under
+        ``torch.inference_mode()``, computed outside it on copies of the inputs)."""
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False), torch.no_grad():
+                return self.sdf_and_gradient(points.clone(), identity.clone())
         create = torch.is_grad_enabled()
         with torch.enable_grad():
             pts = points if points.requires_grad else points.detach().requires_grad_()

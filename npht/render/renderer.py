@@ -34,6 +34,9 @@ class RenderOutput:
 
 def sdf_and_gradient_autograd(sdf_fn: Callable, points: torch.Tensor, create_graph: bool):
     """``sdf_fn(points [B, N, 3]) -> [B, N]`` and its gradient w.r.t. the points by autograd."""
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("the normals are the SDF's gradient, taken by autograd, which torch.inference_mode() "
+                           "switches off: render under torch.no_grad() instead (it keeps no graph either)")
     with torch.enable_grad():
         pts = points.detach().requires_grad_()
         sdf = sdf_fn(pts)

@@ -108,6 +108,23 @@ def test_sdf_and_gradient_without_grad_mode():
     torch.testing.assert_close(grad, g0.detach())
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_sdf_and_gradient_under_inference_mode(fused):
+    """torch.inference_mode() switches autograd off: the gradient is computed outside it on
+    copies of the (inference) inputs, as under no_grad (it raised "element 0 of tensors
+    does not require grad")."""
+    dec = TriplaneDecoder(feature_dim=4, hidden=16)
+    planes = torch.randn(1, 3, 4, 8, 8)
+    points = torch.rand(1, 20, 3) * 2 - 1
+    s0, g0 = dec.sdf_and_gradient(planes, points, fused=False)
+    with torch.inference_mode():
+        p_inf, x_inf = planes.clone(), points.clone()  # inference tensors, as a model would make them
+        sdf, grad = dec.sdf_and_gradient(p_inf, x_inf, fused=fused)
+    assert not sdf.requires_grad and not grad.requires_grad
+    torch.testing.assert_close(sdf, s0.detach())
+    torch.testing.assert_close(grad, g0.detach())
+
+
 def test_sdf_and_gradient_feature_mismatch():
     dec = TriplaneDecoder(feature_dim=4, hidden=16)
     with pytest.raises(ValueError, match="decoder expects 4"):

@@ -193,6 +193,10 @@ def test_npm_geometric_init_sphere():
     # the gradient points roughly radially outwards
     cos = (torch.nn.functional.normalize(g[:, 21:], dim=-1) * dirs).sum(-1)
     assert cos.min() > 0.5 and cos.mean() > 0.85
+    with torch.inference_mode():  # autograd is off there: computed outside it, as under no_grad
+        s2, g2 = npm.sdf_and_gradient(pts.clone(), torch.arange(3))
+    torch.testing.assert_close(s2, s.detach())
+    torch.testing.assert_close(g2, g.detach())
     # points in float64 go through the float32 model (as IdentityModel's)
     torch.testing.assert_close(npm(pts.double(), torch.arange(3)), sdf)
     with pytest.raises(ValueError, match="skip must be None or an int"):

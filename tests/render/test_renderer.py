@@ -178,6 +178,8 @@ def test_float32_sdf_under_float64_cameras():
 
 def test_renderer_errors():
     cams = fibonacci_cameras(2, resolution=8)
+    with torch.inference_mode(), pytest.raises(RuntimeError, match=r"render under torch.no_grad\(\) instead"):
+        render_reference(sphere, cams, LaplaceDensity(), ErrorBoundSampler(8, 8, 4, 0.1, 4, 2))
     with pytest.raises(TypeError, match="cameras must be npht.render.Cameras"):
         render_reference(sphere, "cams", LaplaceDensity())
     with pytest.raises(ValueError, match=r"batch_size \(3\) must equal the number of cameras \(2\)"):
