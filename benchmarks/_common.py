@@ -112,6 +112,64 @@ def rss_peak_during(fn) -> int:
     return max(0, max(peak[0], rss_bytes()) - base)
 
 
+def _heap_in_use():
+    """A function giving the bytes the C heap has handed out (glibc's ``mallinfo2``:
+    ``uordblks + hblkhd``, all arenas, mmapped chunks included), or None without glibc
+    2.33+. torch's CPU tensors live there."""
+    import ctypes
+
+    try:
+        fn = ctypes.CDLL(None).mallinfo2
+    except (OSError, AttributeError):
+        return None
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    fn.restype = MallInfo2
+
+    def in_use() -> int:
+        m = fn()
+        return int(m.uordblks + m.hblkhd)
+
+    return in_use
+
+
+def cpu_memory_measure() -> str:
+    """What :func:`cpu_peak_during` measures here (for the results' provenance)."""
+    return ("heap bytes in use (glibc mallinfo2), peak above the start" if _heap_in_use() is not None
+            else "resident set size, peak above the start")
+
+
+def cpu_peak_during(fn) -> int:
+    """Peak CPU memory a call needs above what was in use before it: the heap's bytes in use
+    (glibc ``mallinfo2``) sampled every 0.2 ms by a thread, the CPU analogue of
+    ``torch.cuda.max_memory_allocated``; the resident set size where mallinfo2 is missing.
+    (RSS counts the allocator's slack too: glibc raises its mmap threshold after large
+    frees, so one method's temporaries land on a fragmenting heap and another's in fresh
+    mappings, which biased RSS ratios between methods by up to 2x.) Run it in a fresh
+    process so that earlier allocations do not hide the call's."""
+    in_use = _heap_in_use()
+    if in_use is None:
+        return rss_peak_during(fn)
+    base = in_use()
+    peak = [base]
+    done = threading.Event()
+
+    def poll():
+        while not done.is_set():
+            peak[0] = max(peak[0], in_use())
+            time.sleep(0.0002)
+
+    t = threading.Thread(target=poll, daemon=True)
+    t.start()
+    fn()
+    done.set()
+    t.join()
+    return max(0, max(peak[0], in_use()) - base)
+
+
 def cuda_peak_during(fn, warmed: bool = False) -> int:
     """CUDA allocator peak above what was allocated before ``fn()`` (warmed up once unless
     ``warmed``: it has just run, e.g. timed)."""
@@ -199,6 +257,11 @@ def write_result(result: dict, out_dir: str, plot=None) -> str:
     import re
 
     os.makedirs(out_dir, exist_ok=True)
+    # provenance every result carries (DESIGN.md), whichever benchmark wrote it
+    result.setdefault("torch", torch.__version__)
+    result.setdefault("triton", triton_version())
+    result.setdefault("commit", git_commit())
+    result.setdefault("date", dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
     slug = re.sub(r"[^a-z0-9]+", "-", result["device_type"] + "-" + result["device"].lower()).strip("-")[:48]
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
     path = os.path.join(out_dir, f"{result['benchmark']}_{slug}_{stamp}.json")

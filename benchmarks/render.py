@@ -63,9 +63,8 @@ import torch.nn.functional as F
 import npht
 from npht import matmul_precision
 from npht.models import TriplaneDecoder
-from npht.reference import grid_sample_has_double_backward
-from npht.reference import triplane_sample as reference_sample
-from npht.reference.render import composite as reference_composite
+from npht.reference import baseline_triplane_sum, grid_sample_has_double_backward
+from npht.reference.render import baseline_composite
 from npht.render import ErrorBoundSampler, LaplaceDensity, VolSDFRenderer, near_frontal_cameras, render_reference
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -130,8 +129,8 @@ class Scene:
         self.device = device
         self.ref_impl = "grid_sample" if grid_sample_has_double_backward(device) else "gather"
 
-    def sdf_reference(self, p):
-        return self.decoder(reference_sample(self.planes, p, impl=self.ref_impl), p)
+    def sdf_reference(self, p):  # the tri-plane as users write it: 3 samples + sum, no guards
+        return self.decoder(baseline_triplane_sum(self.planes, p, self.ref_impl), p)
 
     def sdf_npht(self, p):
         return self.decoder.sdf(self.planes, p)
@@ -268,7 +267,7 @@ def run_composite(cfg, device, reps, memory, on_row=None) -> list:
 
         def step():
             if method == "reference":
-                rendered, depth, opacity, _ = reference_composite(s, z, b, vv)
+                rendered, depth, opacity, _ = baseline_composite(s, z, b, vv)
             else:
                 rendered, depth, opacity, _ = npht.volume_composite(s, z, b, vv, backend=method[5:])
             return torch.autograd.grad((rendered, depth, opacity), (s, b, vv), ups)

@@ -35,6 +35,15 @@ def _ms(x):
     return f"{x:.2f}" if x >= 1 else f"{x:.3f}"
 
 
+def _rate(per_s: float) -> str:
+    """Points per second with three significant figures and a unit (k, M, G): the CPU
+    eikonal rows run at tens of thousands, which a fixed "{:.1f} M" printed as 0.0 M."""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if per_s >= scale:
+            return f"{per_s / scale:.3g} {unit}"
+    return f"{per_s:.3g}"
+
+
 def _x(ratio):
     return "—" if ratio is None else f"{ratio:.2f}x"
 
@@ -81,7 +90,7 @@ def mesh_table(name: str, res: dict) -> str:
              "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in res["results"]:
         grid = f"{r['res']}³ {r.get('mode', 'dense')}" if r.get("res") else ""
-        pps = f"{r['points_per_s'] / 1e6:.2f} M" if "points_per_s" in r else ""
+        pps = _rate(r["points_per_s"]) if "points_per_s" in r else ""
         ev = f"{r['evaluated'] / r['res']**3:.1%}" if "evaluated" in r else ""
         same = {True: "yes", False: "NO"}.get(r.get("same_mesh_as_dense"), "")
         lines.append(f"| {r['task']} | {r['method']} | {grid} | {r['seconds']:.2f} | {pps} | {ev} | "
@@ -185,9 +194,15 @@ def table(name: str, res: dict) -> str:
             "Reference = 3 x F.grid_sample + sum, except for "
             + ", ".join(t for t, v in impl.items() if v != "grid_sample")
             + ": this torch has no double backward of grid_sample, so there the reference is "
-            "the same sampling written with gathers (`npht.reference.gather_bilinear`).",
+            "the same sampling written with gathers (3 x `npht.reference.gather_bilinear` + sum"
+            + (", no guards)." if "no guards; where" in (res.get("reference_baseline") or "")
+               else ", with npht.reference's NaN / range guards in this run)."),
             "",
         ]
+    if res.get("device_type") == "cpu":
+        lines += [f"Peak memory: {res.get('memory_measure') or 'resident set size, peak above the start (with the '}"
+                  + ("" if res.get("memory_measure") else "allocator's slack: earlier runs' memory ratios lean towards npht)")
+                  + ", one step in a fresh process.", ""]
     lines += [
         "| task | method | median ms | points/s | speed-up vs reference | vs EG3D path | peak memory MiB | memory vs reference |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
@@ -201,7 +216,7 @@ def table(name: str, res: dict) -> str:
         ratio = r.get("memory_ratio_vs_reference")
         ratio_s = "" if ratio is None else f"{ratio:.2f}"
         lines.append(
-            f"| {r['task']} | {r['method']} | {_ms(r['median_ms'])} | {r['points_per_s'] / 1e6:.1f} M | "
+            f"| {r['task']} | {r['method']} | {_ms(r['median_ms'])} | {_rate(r['points_per_s'])} | "
             f"{_x(r.get('speedup_vs_reference'))} | {_x(r.get('speedup_vs_eg3d'))} | "
             f"{mem_s} | {ratio_s} |"
         )

@@ -38,7 +38,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import (HERE, PartialRows, device_name, git_commit, rss_peak_during,  # noqa: E402
+from _common import (HERE, PartialRows, cpu_memory_measure, cpu_peak_during, device_name, git_commit,  # noqa: E402
                      summarize_times, write_result)
 
 BASELINE = "thesis-64"
@@ -78,7 +78,7 @@ def run_preset(spec: str, data: str, device: str, steps: int, warmup: int) -> di
             tr.train(max_steps=steps)
             peak = max(r["mem_gib"] for r in rows) * 2**30
         else:
-            peak = rss_peak_during(lambda: tr.train(max_steps=steps))
+            peak = cpu_peak_during(lambda: tr.train(max_steps=steps))
         batch = cfg.batch_size * cfg.views
         tr = log = logged = None
         gc.collect()
@@ -92,7 +92,7 @@ def run_preset(spec: str, data: str, device: str, steps: int, warmup: int) -> di
             "batch": cfg.batch_size, "maps_per_step": batch, **times,
             "wall_median_ms": statistics.median(wall) if wall else None,
             "peak_mem_bytes": int(peak), "peak_kind": "cuda max_memory_allocated per step" if device == "cuda"
-            else "RSS increase over the run", "steps": len(rows), "warmup": warmup,
+            else cpu_memory_measure() + " over the run", "steps": len(rows), "warmup": warmup,
             "stage": int(rows[-1]["stage"]), "loss_last": float(rows[-1]["total"])}
 
 

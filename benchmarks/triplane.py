@@ -52,8 +52,7 @@ import torch
 import npht
 from npht import matmul_precision
 from npht.models import TriplaneDecoder
-from npht.reference import eg3d_sample_from_planes, grid_sample_has_double_backward
-from npht.reference import triplane_sample as reference_sample
+from npht.reference import baseline_triplane_sum, eg3d_sample_from_planes, grid_sample_has_double_backward
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import (  # noqa: E402
@@ -61,7 +60,8 @@ from _common import (  # noqa: E402
     cuda_peak_during,
     device_name,
     git_commit,
-    rss_peak_during,
+    cpu_memory_measure,
+    cpu_peak_during,
     time_interleaved,
     time_step,
     triton_version,
@@ -119,6 +119,15 @@ def applies(method: str, task: str) -> bool:
 def is_tf32(method: str) -> bool:
     """``-tf32`` methods: the eikonal step with TF32 matmuls (torch's "high" precision)."""
     return method.endswith("-tf32")
+
+
+def float32_twin(method: str) -> str:
+    """The method a ``-tf32`` one is measured against for ``grad_cosine_vs_float32``: the same
+    sampler and decoder path in IEEE float32 storing everything in float32 (no ``-tmm``,
+    ``-keep``, ``-h16``, ``-d16``: the float16 storage's rounding counts too)."""
+    if method == "reference-tf32":
+        return "reference"
+    return _flags(method)[0]
 
 
 FLAGS = ("-torch-ew", "-tmm", "-keep", "-h16", "-d16")  # suffixes of the fused methods, before -tf32
@@ -191,27 +200,17 @@ def reference_impl(task: str, device: str) -> str:
     return "grid_sample"
 
 
-NPHT_AXES = ((0, 1), (1, 2), (0, 2))  # npht's projections xy, yz, xz (grid_sample's x, y)
-
-
 def literal_grid_sample_sum(planes: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """The baseline as users write it: three F.grid_sample calls (bilinear, zeros,
-    align_corners=False) on planes ``[B, 3, C, H, W]`` at ``points [B, N, 3]`` and their sum
-    ``[B, N, C]``; no guards (npht.reference adds NaN and range handling)."""
-    out = None
-    for k, (u, v) in enumerate(NPHT_AXES):
-        grid = points[:, None, :, [u, v]]  # [B, 1, N, 2]
-        f = torch.nn.functional.grid_sample(planes[:, k], grid, mode="bilinear", padding_mode="zeros",
-                                            align_corners=False)  # [B, C, 1, N]
-        out = f if out is None else out + f
-    return out[:, :, 0].transpose(1, 2)
+    """The baseline as users write it: three F.grid_sample calls + sum, no guards
+    (:func:`npht.reference.baseline_triplane_sum`)."""
+    return baseline_triplane_sum(planes, points, "grid_sample")
 
 
 def sampler(method: str, task: str = "fwd", device: str = "cpu"):
     """method -> (function(planes, points) -> features, channels_last input?)."""
     if method in ("reference", "reference-tf32"):
-        if reference_impl(task, device) == "gather":
-            return (lambda P, X: reference_sample(P, X, impl="gather")), False
+        if reference_impl(task, device) == "gather":  # 3 x gather_bilinear + sum, no guards either
+            return (lambda P, X: baseline_triplane_sum(P, X, "gather")), False
         return literal_grid_sample_sum, False
     if method == "npht-reference":
         return (lambda P, X: npht.triplane_sample(P, X, backend="reference")), False
@@ -311,9 +310,10 @@ def peak_memory(method: str, task: str, cfg: dict, device: str) -> int:
 
 
 def child_memory(method: str, task: str, cfg: dict) -> None:
-    """Run one step in this (fresh) process and print its peak RSS increase."""
+    """Run one step in this (fresh) process and print its peak memory above the start
+    (:func:`_common.cpu_peak_during`)."""
     step, _ = make_step(method, task, cfg, "cpu")
-    print(rss_peak_during(step))
+    print(cpu_peak_during(step))
 
 
 def run(args, on_row=None) -> dict:
@@ -342,8 +342,9 @@ def run(args, on_row=None) -> dict:
             try:
                 step = steps.pop(method, None) or make_step(method, task, cfg, device)[0]
                 row.update(timed.get(method) or time_step(step, device, args.reps))
-                if is_tf32(method):  # what the precision costs: gradients against float32's
-                    row["grad_cosine_vs_float32"] = grad_cosine(step, make_step(method[:-5], task, cfg, device)[0])
+                if is_tf32(method):  # what the precision (TF32, float16 storage) costs: vs plain float32
+                    row["grad_cosine_vs_float32"] = grad_cosine(step, make_step(float32_twin(method), task, cfg,
+                                                                                device)[0])
                 del step
                 if not args.no_memory:
                     row["peak_mem_bytes"] = peak_memory(method, task, cfg, device)
@@ -379,7 +380,10 @@ def run(args, on_row=None) -> dict:
         "commit": git_commit(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "reference_impl": {t: reference_impl(t, device) for t in args.tasks},
-        "reference_baseline": "literal 3 x F.grid_sample + sum (no guards); npht-reference: the op's "
+        "memory_measure": ("torch.cuda.max_memory_allocated above the start" if device == "cuda"
+                           else cpu_memory_measure()),
+        "reference_baseline": "literal 3 x F.grid_sample + sum (no guards; where reference_impl is 'gather': "
+                              "3 x npht.reference.gather_bilinear + sum, no guards); npht-reference: the op's "
                               "pure-PyTorch backend",
         "config": {**cfg, "dtype": "float32", "reps": args.reps, "quick": args.quick,
                    "decoder": "5 layers, 256 wide, softplus beta=100"},

@@ -67,8 +67,11 @@ def timed_row(bench, task, method, cfg, device, reps, variables, var=None, block
 def write_result(bench, device, cfg, rows, out, name) -> dict:
     """The run's record (config, device, torch, commit, rows), also as ``out/name`` when
     ``out`` is given."""
-    result = {"config": cfg, "device": bench.device_name(device), "torch": bench.torch.__version__,
-              "commit": bench.git_commit(), "rows": rows}
+    import datetime as dt
+
+    result = {"config": cfg, "device": bench.device_name(device), "device_type": device,
+              "torch": bench.torch.__version__, "triton": bench.triton_version(), "commit": bench.git_commit(),
+              "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "rows": rows}
     if out:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, name), "w") as f:

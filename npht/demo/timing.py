@@ -4,12 +4,13 @@ benchmarks with sweeps, plots and memory).
 
 Rows (each ``fwd+bwd`` and, where the op is used that way in training, double backward):
 
-* ``triplane_sample``: :func:`npht.triplane_sample` vs 3 x ``grid_sample`` (the
-  reference's gather form where ``grid_sample`` has no double backward), forward +
-  backward into planes and points;
+* ``triplane_sample``: :func:`npht.triplane_sample` vs 3 x ``grid_sample`` + sum, no
+  guards (:func:`npht.reference.baseline_triplane_sum`; its gather form where
+  ``grid_sample`` has no double backward), forward + backward into planes and points;
 * ``triplane_eikonal``: the point gradient (create_graph) and a loss on it, backward
   (the eikonal term's double backward);
-* ``volume_composite``: :func:`npht.volume_composite` vs the reference compositing ops;
+* ``volume_composite``: :func:`npht.volume_composite` vs VolSDF's compositing ops
+  (:func:`npht.reference.render.baseline_composite`);
 * ``render_step``: a normal-map GAN step (render, loss, backward into planes, decoder and
   beta) with :func:`npht.render.render` vs the thesis-style reference renderer.
 
@@ -78,9 +79,8 @@ def op_timings(device="cpu", *, quick: bool = False, reps: int = 5, seed: int = 
     in MiB on CUDA). ``quick``: tiny sizes (tests, a slow CPU)."""
     import npht
     from npht.models import TriplaneDecoder
-    from npht.reference import grid_sample_has_double_backward
-    from npht.reference import triplane_sample as reference_sample
-    from npht.reference.render import composite as reference_composite
+    from npht.reference import baseline_triplane_sum, grid_sample_has_double_backward
+    from npht.reference.render import baseline_composite
     from npht.render import LaplaceDensity, near_frontal_cameras, render, render_reference
 
     device = torch.device(device)
@@ -96,7 +96,7 @@ def op_timings(device="cpu", *, quick: bool = False, reps: int = 5, seed: int = 
     def sample_fn(which):
         if which == "npht":
             return lambda: npht.triplane_sample(planes, points)
-        return lambda: reference_sample(planes, points, impl=ref_impl)
+        return lambda: baseline_triplane_sum(planes, points, ref_impl)
 
     def fwd_bwd(which):
         f = sample_fn(which)
@@ -119,7 +119,7 @@ def op_timings(device="cpu", *, quick: bool = False, reps: int = 5, seed: int = 
     beta = torch.tensor(0.01, device=device, requires_grad=True)
 
     def composite(which):
-        op = npht.volume_composite if which == "npht" else reference_composite
+        op = npht.volume_composite if which == "npht" else baseline_composite
 
         def step():
             rendered, depth, opacity, _ = op(sdf, z, beta, vals)
@@ -136,7 +136,7 @@ def op_timings(device="cpu", *, quick: bool = False, reps: int = 5, seed: int = 
             if which == "npht":
                 out = render(lambda p: decoder.sdf(planes, p), cams, density=density)
             else:
-                out = render_reference(lambda p: decoder(reference_sample(planes, p, impl=ref_impl), p),
+                out = render_reference(lambda p: decoder(baseline_triplane_sum(planes, p, ref_impl), p),
                                        cams, density)
             return torch.autograd.grad(out.normals.square().mean(), params, allow_unused=True)
         return step

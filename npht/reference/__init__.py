@@ -2,6 +2,7 @@
 
 from .mlp import softplus_mlp, softplus_mlp_with_grad
 from .triplane import (
+    baseline_triplane_sum,
     eg3d_sample_from_planes,
     gather_bilinear,
     grid_sample_has_double_backward,
@@ -9,6 +10,7 @@ from .triplane import (
 )
 
 __all__ = [
+    "baseline_triplane_sum",
     "eg3d_sample_from_planes",
     "gather_bilinear",
     "grid_sample_has_double_backward",

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "triplane_sample",
+    "baseline_triplane_sum",
     "gather_bilinear",
     "grid_sample_has_double_backward",
     "eg3d_sample_from_planes",
@@ -359,3 +360,27 @@ def triplane_bwd2(gg_planes, gg_points, grad_out, planes, points, axes, scale, a
     out_p = torch.stack(g_planes, 1).to(planes.dtype) if need_planes else planes.new_empty(0)
     out_x = _points_grad(fps, g_ix, g_iy, axes, aw, points) if need_points else points.new_empty(0)
     return out_go, out_p, out_x
+
+
+NPHT_AXES = ((0, 1), (1, 2), (0, 2))  # npht's projections xy, yz, xz (grid_sample's x, y)
+
+
+def baseline_triplane_sum(planes: torch.Tensor, points: torch.Tensor, impl: str = "grid_sample") -> torch.Tensor:
+    """The baseline npht's speed-ups are measured against, as users write it: per plane of
+    ``planes [B, 3, C, H, W]`` one bilinear sample (zeros padding, align_corners=False) at
+    ``points [B, N, 3]`` on npht's planes (xy, yz, xz), summed -> ``[B, N, C]``. No guards
+    (:func:`triplane_sample` adds NaN and range handling, which cost time). ``impl``:
+    ``"grid_sample"`` (three F.grid_sample calls) or ``"gather"`` (three
+    :func:`gather_bilinear` calls: the same numbers, where this torch has no double
+    backward of grid_sample)."""
+    if impl not in ("grid_sample", "gather"):
+        raise ValueError(f"impl must be 'grid_sample' or 'gather', got {impl!r}")
+    out = None
+    for k, (u, v) in enumerate(NPHT_AXES):
+        if impl == "gather":
+            f = gather_bilinear(planes[:, k], points[..., [u, v]], "zeros", False)  # [B, N, C]
+        else:
+            f = F.grid_sample(planes[:, k], points[:, None, :, [u, v]], mode="bilinear", padding_mode="zeros",
+                              align_corners=False)  # [B, C, 1, N]
+        out = f if out is None else out + f
+    return out if impl == "gather" else out[:, :, 0].transpose(1, 2)

@@ -48,6 +48,26 @@ def test_render_benchmark_triton_products(tmp_path):
     assert acc["mask_iou"] > 0.99 and acc["grad_cosine"] > 0.99 and acc["normal_err_deg"] < 1.0
 
 
+def test_bare_composite_reference_is_the_reference_compositing():
+    """The composite task's baseline (VolSDF's formulas, no guards) computes what
+    npht.reference's compositing computes: values and gradients (float64)."""
+    import torch
+
+    from npht.reference.render import baseline_composite, composite
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.sort(torch.rand(5, 9, generator=g, dtype=torch.float64) * 2 + 1, -1).values
+    sdf = ((2.0 - z) + 0.05 * torch.randn(5, 9, generator=g, dtype=torch.float64)).requires_grad_()
+    v = torch.randn(5, 9, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    beta = torch.tensor(0.05, dtype=torch.float64, requires_grad=True)
+    a, b = baseline_composite(sdf, z, beta, v), composite(sdf, z, beta, v)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y)
+    ups = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in a[:3]]
+    torch.testing.assert_close(torch.autograd.grad(a[:3], (sdf, beta, v), ups),
+                               torch.autograd.grad(b[:3], (sdf, beta, v), ups))
+
+
 def test_out_of_memory_is_a_row(monkeypatch):
     """An OOM in one method is recorded as an error row; the run goes on."""
     import torch

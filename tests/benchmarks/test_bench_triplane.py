@@ -67,6 +67,60 @@ def test_literal_baseline_is_npht_sampling():
     assert "npht-reference" in bench.methods_for("cpu")
 
 
+def test_literal_gather_baseline_is_npht_sampling():
+    """The eikonal baseline where torch has no double backward of grid_sample: 3 x
+    gather_bilinear + sum, no guards: npht's op to second order (float64)."""
+    import torch
+
+    import npht
+
+    from npht.reference import baseline_triplane_sum
+
+    g = torch.Generator().manual_seed(1)
+    planes = torch.randn(2, 3, 4, 6, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    points = (torch.rand(2, 37, 3, generator=g, dtype=torch.float64) * 2.4 - 1.2).requires_grad_()
+    outs = [baseline_triplane_sum(planes, points, "gather"), npht.triplane_sample(planes, points)]
+    torch.testing.assert_close(outs[0], outs[1])
+    w = torch.randn(4, generator=g, dtype=torch.float64)
+    grads = []
+    for out in outs:  # the eikonal step's double backward
+        (n,) = torch.autograd.grad((out @ w).sum(), points, create_graph=True)
+        grads.append(torch.autograd.grad((n ** 2).sum(), (planes, points)))
+    torch.testing.assert_close(grads[0], grads[1])
+    with pytest.raises(ValueError, match="impl must be"):
+        baseline_triplane_sum(planes, points, "nope")
+
+
+def test_tf32_rows_compare_with_plain_float32():
+    """grad_cosine_vs_float32 compares a -tf32 row with the same path in IEEE float32 that
+    stores everything in float32 (the -h16/-d16 rows' float16 storage counts too)."""
+    bench = load("triplane")
+    assert bench.float32_twin("npht-cuda-fused-tmm-keep-h16-d16-tf32") == "npht-cuda-fused"
+    assert bench.float32_twin("npht-triton-cl-fused-ckpt-tf32") == "npht-triton-cl-fused-ckpt"
+    assert bench.float32_twin("reference-tf32") == "reference"
+
+
+def test_cpu_memory_measure_counts_bytes_in_use():
+    """The CPU peak is the heap's bytes in use (glibc mallinfo2), not RSS with the
+    allocator's slack: a 64 MiB tensor freed and a 16 MiB one made after it peak at 64 MiB,
+    and a call that frees what it allocated counts its peak only."""
+    import torch
+
+    common = load("_common")
+    if common._heap_in_use() is None:
+        pytest.skip("no glibc mallinfo2 here: the RSS fallback is in use")
+
+    def step():
+        a = torch.ones(16 * 2 ** 20)   # 64 MiB
+        del a
+        b = torch.ones(4 * 2 ** 20)    # 16 MiB
+        return float(b[0])
+
+    peak = common.cpu_peak_during(step)
+    assert 60 * 2 ** 20 < peak < 72 * 2 ** 20, peak / 2 ** 20
+    assert "mallinfo2" in common.cpu_memory_measure()
+
+
 def test_cpu_peak_memory_child_sees_the_allocation():
     """The CPU memory probe (a fresh child process) sees a step's working memory: the
     reference's forward+backward at this size allocates well over 8 MiB."""
