@@ -12,10 +12,11 @@ from .losses import (
 from .config import PRESETS, TrainConfig
 from .identity import IdentityTrainer, add_train_parser, build_identity_model, train_identity_main
 from .expression import EXPRESSION_PRESETS, ExpressionConfig, ExpressionTrainer
+from .loading import load_expression, load_identity
 
 __all__ = [
     "PRESETS", "TrainConfig", "IdentityTrainer", "add_train_parser", "train_identity_main",
-    "build_identity_model", "EXPRESSION_PRESETS", "ExpressionConfig", "ExpressionTrainer",
+    "build_identity_model", "load_identity", "load_expression", "EXPRESSION_PRESETS", "ExpressionConfig", "ExpressionTrainer",
     "EXPRESSION_TERMS", "IDENTITY_TERMS", "LossWeights", "MultiStageSchedule", "Stage",
     "correspondence_loss", "deformation_penalty", "discriminator_loss", "edr_perturbation",
     "eikonal_loss", "explicit_density_loss", "expression_losses", "generator_loss",
