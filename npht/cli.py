@@ -19,7 +19,80 @@ import sys
 from dataclasses import fields
 from typing import List, Optional
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "check_out_folder", "check_device", "HelpFormatter"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each flag's default appended, unless it has none worth showing (None,
+    a switch's off, an empty list) or its help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if "default" in text or d is None or d is False or d == [] or d == argparse.SUPPRESS:
+            return text
+        return super()._get_help_string(action)
+
+
+def check_out_folder(path: str, flag: str = "--out") -> None:
+    """ValueError when the output folder ``path`` cannot be one: an existing file, or a path
+    under a file. The commands check it before any work (training, rendering), not when they
+    first write."""
+    p = os.path.abspath(path)
+    if os.path.exists(p) and not os.path.isdir(p):
+        raise ValueError(f"{flag} {path!r} is a file, not a folder")
+    parent = os.path.dirname(p)
+    while parent and not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise ValueError(f"{flag} {path!r}: {parent!r} is a file, not a folder")
+
+
+def check_device(device: Optional[str], flag: str = "--device") -> None:
+    """ValueError for a ``--device`` this process cannot use: not a device string torch
+    knows, cuda without a CUDA GPU (or an index past the last one), another type torch cannot
+    allocate on. ``None`` (the command's default) passes. Checked before any work: torch
+    would fail only at the first tensor moved there, after data loading or training set-up."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{flag} {device!r} is not a device (cpu, cuda, cuda:N, ...)") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{flag} {device}: this torch has no CUDA GPU (torch.cuda.is_available() is False)")
+        n = torch.cuda.device_count()
+        if d.index is not None and d.index >= n:
+            raise ValueError(f"{flag} {device}: this machine has {n} CUDA GPU{'s' if n != 1 else ''} (cuda:0 .. "
+                             f"cuda:{n - 1})")
+    elif d.type != "cpu":
+        try:
+            torch.empty(0, device=d)
+        except Exception as e:
+            raise ValueError(f"{flag} {device}: torch cannot use it here ({type(e).__name__}: {e})") from None
+
+
+#: ``npht data prepare``'s help of each PrepareConfig field (its flag: the name with dashes)
+_PREPARE_HELP = {
+    "layout": "a folder source's layout: nphm (<subject>/<expression>/scan.ply), folder "
+              "(<identity>/<expression>.ply|.obj) or auto (nphm if the folder looks like it, else folder)",
+    "identities": "procedural heads: how many identities",
+    "expressions": "procedural heads: expressions per identity (neutral first)",
+    "seed": "seed of the procedural heads and of every record's point samples",
+    "mesh_resolution": "procedural heads: marching-cubes grid of their meshes",
+    "surface_face": "surface points on the face per record",
+    "surface_nonface": "surface points off the face per record",
+    "ball": "uniform points in the unit ball per record",
+    "correspondences": "neutral<->posed point pairs per posed record",
+    "cameras": "ground-truth normal maps: cameras per record (0: no normal maps)",
+    "camera_radius": "normal-map cameras' distance to the origin",
+    "fov_degrees": "normal-map cameras' vertical field of view, degrees",
+    "resolution": "normal maps' size in pixels (square)",
+    "test_identities": "the last identities (sorted) held out as the test split",
+}
 
 
 def _add_prepare(sub) -> None:
@@ -28,20 +101,22 @@ def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="prepare a dataset folder (meshes, samples, correspondences, normal maps)",
                        description="Prepare heads for training: procedural heads ('synthetic', no download), "
                                    "a folder of meshes or the NPHM layout. Re-running resumes; finished files "
-                                   "are skipped.")
+                                   "are skipped.", formatter_class=HelpFormatter)
     p.add_argument("--source", required=True, help="'synthetic' or a folder (mesh folder or NPHM layout)")
     p.add_argument("--out", required=True, help="output folder")
     workers = max(1, min(8, os.cpu_count() or 1))
     p.add_argument("--workers", type=int, default=workers,
                    help=f"processes, one identity each at a time (default: the cores, at most 8: {workers})")
     p.add_argument("--overwrite", action="store_true", help="discard what the folder holds and start again")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", "--no-progress", dest="quiet", action="store_true",
+                   help="no progress bar (--no-progress, as the other commands)")
     defaults = PrepareConfig()
     for f in fields(PrepareConfig):
         if f.name == "source":
             continue
         p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
-                       default=getattr(defaults, f.name), help=f"(default: {getattr(defaults, f.name)})")
+                       default=getattr(defaults, f.name), help=_PREPARE_HELP[f.name],
+                       **({"choices": ("auto", "folder", "nphm")} if f.name == "layout" else {}))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _run_prepare(args) -> int:
     from .data.prepare import PrepareConfig, prepare
 
+    check_out_folder(args.out)
     config = PrepareConfig(**{f.name: getattr(args, f.name) for f in fields(PrepareConfig)})
     manifest = prepare(config, args.out, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
     n_id = len(manifest["identities"])

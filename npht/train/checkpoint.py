@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
 import tempfile
 import warnings
 from typing import Optional
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 
 __all__ = ["save_atomic", "load_checkpoint", "rng_state", "set_rng_state", "split_legacy_param_groups",
-           "config_differences", "RESUME_MAY_CHANGE", "CheckpointedRun"]
+           "config_differences", "check_limits", "RESUME_MAY_CHANGE", "CheckpointedRun"]
 
 #: config fields a resumed run may set differently: how it runs, not what it trains
 RESUME_MAY_CHANGE = frozenset({"device", "progress", "ckpt_every", "image_every", "log_every", "workers", "bf16",
@@ -107,14 +108,41 @@ def cli_overrides(args, values=(), flags=()) -> dict:
     return over
 
 
-def resume_or_preset_config(config_cls, args, overrides: dict, default_preset: str):
+def check_limits(epochs: Optional[int] = None, max_steps: Optional[int] = None) -> None:
+    """ValueError for a negative ``epochs`` or ``max_steps`` of ``train`` (``None``: the
+    config's epochs / no step limit; ``max_steps=0`` takes no step and writes the checkpoint,
+    as a run stopped before its first step)."""
+    for name, v in (("epochs", epochs), ("max_steps", max_steps)):
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 0):
+            raise ValueError(f"{name} must be >= 0, got {v!r}")
+
+
+def read_run(path: str, kind: str) -> dict:
+    """The checkpoint at ``path`` to resume a ``kind`` run (``"identity"`` / ``"expression"``)
+    from; a ValueError when it is unreadable or the other trainer's."""
+    from .loading import _read, check_kind
+
+    s = _read(path, "cpu")
+    try:
+        check_kind(s, path, kind)
+    except ValueError as e:
+        raise ValueError(f"cannot resume: {e}; use a new out folder") from None
+    return s
+
+
+def resume_or_preset_config(config_cls, args, overrides: dict, default_preset: str, kind: str):
     """The config of an ``npht train ...`` command: ``--preset`` (or ``default_preset``) with
     the command's overrides; with ``--resume``, no ``--preset`` and a checkpoint in ``--out``,
     the checkpoint's own config with the overrides (the trainer refuses overrides that change
-    what is trained)."""
+    what is trained), after checking that the ``kind`` trainer (identity / expression) wrote
+    it. ``--resume`` without a checkpoint starts a new run (a requeued job's first start), and
+    says so on stderr (rank 0 under torchrun): a mistyped ``--out`` would otherwise pass for a
+    resume."""
     path = os.path.join(args.out, "checkpoint.pt")
+    if args.resume and not os.path.exists(path) and int(os.environ.get("RANK", "0")) == 0:
+        print(f"npht: no checkpoint in {args.out}: starting a new run", file=sys.stderr, flush=True)
     if args.resume and args.preset is None and os.path.exists(path):
-        return config_cls.from_saved(load_checkpoint(path)["config"]).replace(**overrides)
+        return config_cls.from_saved(read_run(path, kind)["config"]).replace(**overrides)
     return config_cls.preset(args.preset or default_preset, **overrides)
 
 
@@ -127,6 +155,7 @@ class CheckpointedRun:
     Only rank 0 writes."""
 
     OPTIMIZERS = ("opt", "opt_codes", "sched", "sched_codes")
+    KIND = ""   # "identity" / "expression": the checkpoints it resumes (npht.train.loading.check_kind)
     rank = 0
     #: consecutive steps with non-finite gradients after which training stops (diverged)
     MAX_NONFINITE_RUN = 20
@@ -168,22 +197,46 @@ class CheckpointedRun:
             self.skipped_steps += 1
             self.nonfinite_run += 1
 
+    def _refuse_overwrite(self, resume: bool) -> None:
+        """ValueError if ``out_dir`` holds a checkpoint and ``resume`` is off (:meth:`_start_run`;
+        the trainers call it first too, before building their data and models)."""
+        path = os.path.join(self.out_dir, "checkpoint.pt")
+        if resume or not os.path.exists(path):
+            return
+        try:
+            step = f" at step {load_checkpoint(path)['global_step']}"
+        except Exception:  # unreadable: still a run's file
+            step = ""
+        raise ValueError(f"{self.out_dir} already holds a run (checkpoint.pt{step}): pass --resume (resume=True) "
+                         "to continue it, or use a new out folder")
+
     def _start_run(self, log_columns, log_terms, log_name: str, resume: bool) -> None:
-        """Counters at 0, the run log, and the checkpoint in ``out_dir`` loaded if ``resume``."""
+        """Counters at 0, the run log, and the checkpoint in ``out_dir`` loaded if ``resume``.
+
+        Without ``resume`` a checkpoint in ``out_dir`` is a ValueError: the new run would
+        overwrite it at its first save and append its rows to the old run's log.csv. With
+        ``resume`` and no checkpoint the run starts anew (the demo, a requeued cluster job's
+        first start). A new run finding a log.csv (of a run that died before its first
+        checkpoint) keeps it as log.csv.prev and starts its own: the old rows would mix with
+        its steps. The checkpoint must be of this trainer's ``KIND`` (identity / expression)."""
         from .runlog import RunLog
 
         self.epoch, self.global_step, self.step_in_epoch = 0, 0, 0
         self.ckpt_path = os.path.join(self.out_dir, "checkpoint.pt")
         self.log = RunLog(self.out_dir, log_columns, log_terms, log_name)
         self.log_path = self.log.path
-        if resume and os.path.exists(self.ckpt_path):
-            s = load_checkpoint(self.ckpt_path)
-            diff = config_differences(type(self.cfg).from_saved(s["config"]), self.cfg)
-            if diff:
-                raise ValueError(f"cannot resume {self.ckpt_path}: it was trained with other settings: "
-                                 f"{', '.join(diff)}. Resume with the run's own settings (`npht train ... "
-                                 f"--resume` without --preset takes them from the checkpoint) or use a new out_dir")
-            self.load_state_dict(s)
+        self._refuse_overwrite(resume)
+        if not os.path.exists(self.ckpt_path):
+            if self.rank == 0 and os.path.exists(self.log_path):
+                os.replace(self.log_path, self.log_path + ".prev")
+            return
+        s = read_run(self.ckpt_path, self.KIND)
+        diff = config_differences(type(self.cfg).from_saved(s["config"]), self.cfg)
+        if diff:
+            raise ValueError(f"cannot resume {self.ckpt_path}: it was trained with other settings: "
+                             f"{', '.join(diff)}. Resume with the run's own settings (`npht train ... "
+                             f"--resume` without --preset takes them from the checkpoint) or use a new out_dir")
+        self.load_state_dict(s)
 
     def _run_state(self) -> dict:
         s = {"config": self.cfg.to_dict(), "model": self.model.state_dict()}

@@ -38,7 +38,21 @@ import torch
 
 from .losses import LossWeights
 
-__all__ = ["TrainConfig", "PRESETS"]
+__all__ = ["TrainConfig", "PRESETS", "check_counts"]
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def check_counts(cfg, at_least_1=(), at_least_0=()) -> None:
+    """ValueError ``"NAME must be >= 1, got X"`` for the first field of ``cfg`` named in
+    ``at_least_1`` that is not an int >= 1 (likewise ``at_least_0``)."""
+    for names, low in ((at_least_1, 1), (at_least_0, 0)):
+        for name in names:
+            v = getattr(cfg, name)
+            if not _is_int(v) or v < low:
+                raise ValueError(f"{name} must be >= {low}, got {v!r}")
 
 
 @dataclass
@@ -116,21 +130,28 @@ class TrainConfig:
     progress: bool = True
 
     def check(self) -> "TrainConfig":
-        """Raises ValueError for settings that contradict each other (the fused decoder
-        gradient's options without it, float16 storage without Triton products);
-        returns self."""
+        """Raises ValueError for counts out of range (a batch of 0 items, negative epochs or
+        cadences: they would fail deep in the loop or silently train nothing) and for settings
+        that contradict each other (the fused decoder gradient's options without it or on a
+        model without it, float16 storage without Triton products); returns self."""
+        check_counts(self, at_least_1=("batch_size",),
+                     at_least_0=("views", "workers", "ckpt_every", "image_every", "log_every"))
+        e = self.stage_epochs
+        if not isinstance(e, (tuple, list)) or len(e) != 3 or not all(_is_int(x) and x >= 0 for x in e):
+            raise ValueError(f"stage_epochs must be three ints >= 0, got {e!r}")
         if self.fused_matmul not in ("torch", "triton"):
             raise ValueError(f"fused_matmul must be 'torch' or 'triton', got {self.fused_matmul!r}")
         fused_opts = [k for k in ("fused_checkpoint", "fused_h16", "fused_d16", "fused_keep") if getattr(self, k)]
         if self.fused_matmul != "torch":
             fused_opts.append("fused_matmul")
-        if fused_opts and not self.fused_gradient:
-            raise ValueError(f"{', '.join(fused_opts)} configure the fused decoder gradient: set fused_gradient=True "
-                             f"(npht train identity --fused-gradient)")
         fast = [k for k in fused_opts if k != "fused_checkpoint"]  # (bf16 on a preset with it stays allowed)
+        # the model first: on the NPM baseline "set fused_gradient" would only lead to this error
         if fast and self.model != "triplane":
             raise ValueError(f"{', '.join(fast)} configure the tri-plane decoder's fused gradient; the {self.model!r} "
                              f"model computes its gradient with autograd")
+        if fused_opts and not self.fused_gradient:
+            raise ValueError(f"{', '.join(fused_opts)} configure the fused decoder gradient: set fused_gradient=True "
+                             f"(npht train identity --fused-gradient)")
         if fast and self.bf16:
             raise ValueError(f"bf16 runs the decoder's gradient through autograd (the fused gradient takes "
                              f"float32): {', '.join(fast)} would have no effect")

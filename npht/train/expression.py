@@ -35,9 +35,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointedRun, cli_overrides, resume_or_preset_config
+from .checkpoint import CheckpointedRun, check_limits, cli_overrides, resume_or_preset_config
 from .runlog import train_loop
-from .config import TrainConfig
+from .config import TrainConfig, check_counts
 from .identity import _clip, auto_decoder_optimizers, build_identity_model
 from .losses import LossWeights, expression_losses
 
@@ -92,6 +92,13 @@ class ExpressionConfig:
     ckpt_every: int = 1000               # steps (0: only at the end)
     log_every: int = 1
     progress: bool = True
+
+    def check(self) -> "ExpressionConfig":
+        """Raises ValueError for counts out of range (a batch of 0 scans, negative epochs or
+        cadences: they would fail deep in the loop or silently train nothing); returns self."""
+        check_counts(self, at_least_1=("batch_size", "pairs"),
+                     at_least_0=("epochs", "outside_points", "workers", "ckpt_every", "log_every"))
+        return self
 
     def replace(self, **changes) -> "ExpressionConfig":
         return dataclasses.replace(self, **changes)
@@ -205,13 +212,16 @@ class ExpressionData(torch.utils.data.Dataset):
 
 # ---------------------------------------------------------------------- trainer
 class ExpressionTrainer(CheckpointedRun):
+    KIND = "expression"
+
     def __init__(self, config: ExpressionConfig, data_root: str, identity_checkpoint: str, out_dir: str, *,
                  resume: bool = False, identity_data_root: Optional[str] = None):
         from ..data.dataset import HeadDataset
         from ..models import ExpressionModel
 
-        self.cfg = cfg = config
+        self.cfg = cfg = config.check()
         self.out_dir = os.fspath(out_dir)
+        self._refuse_overwrite(resume)
         self.device = torch.device(cfg.device)
         self.identity_checkpoint = os.fspath(identity_checkpoint)
         id_cfg, id_state = load_identity_checkpoint(self.identity_checkpoint)
@@ -316,6 +326,7 @@ class ExpressionTrainer(CheckpointedRun):
         """Train until ``epochs`` epochs are done in all (default ``config.epochs``) or
         ``max_steps`` more steps were taken; a checkpoint is written at the end."""
         cfg = self.cfg
+        check_limits(epochs, max_steps)
         end = cfg.epochs if epochs is None else int(epochs)
         train_loop(self, end, max_steps, desc="train expression", show_bar=cfg.progress,
                    postfix=lambda row: dict(epoch=self.epoch, loss=f"{row['total']:.4g}"))
@@ -329,7 +340,10 @@ class ExpressionTrainer(CheckpointedRun):
 # ---------------------------------------------------------------------- CLI
 def add_expression_parser(subparsers) -> argparse.ArgumentParser:
     """``npht train expression --preset P --data DIR --identity CKPT --out DIR [--resume] ...``."""
-    p = subparsers.add_parser("expression", help="train the expression (deformation) model")
+    from ..cli import HelpFormatter
+
+    p = subparsers.add_parser("expression", help="train the expression (deformation) model",
+                              formatter_class=HelpFormatter)
     p.add_argument("--preset", choices=sorted(EXPRESSION_PRESETS), default=None,
                    help="default cpu-demo; with --resume and a checkpoint in --out: the run's own settings")
     p.add_argument("--data", required=True, help="prepared dataset folder (posed records with correspondences)")
@@ -337,23 +351,33 @@ def add_expression_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--identity-data", default=None,
                    help="the identity run's data folder, if not --data (its identity codes are matched by name)")
     p.add_argument("--out", required=True, help="output folder (log, checkpoint)")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--pairs", type=int)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint (without one: start a new run there); "
+                        "without --resume a folder holding a run is refused")
+    p.add_argument("--epochs", type=int, default=None, help="epochs in all (default: the preset's)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many more steps (default: no limit; the run ends after --epochs)")
+    p.add_argument("--batch-size", type=int, help="posed scans per step (default: the preset's)")
+    p.add_argument("--pairs", type=int, help="correspondences per posed scan per step (default: the preset's)")
     p.add_argument("--device", help="default: cuda when torch sees a GPU, else cpu")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--ckpt-every", type=int)
+    p.add_argument("--seed", type=int, help="seed of the initialisation, the data order and the samples "
+                                            "(default: the preset's, 0)")
+    p.add_argument("--ckpt-every", type=int,
+                   help="write checkpoint.pt every this many steps (0: only at the end; default: the preset's)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default 0: load in the main process)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=train_expression_main)
     return p
 
 
 def train_expression_main(args) -> int:
+    from ..cli import check_device, check_out_folder
+
+    check_out_folder(args.out)
+    check_device(args.device)
+    check_limits(max_steps=args.max_steps)
     over = cli_overrides(args, ("epochs", "batch_size", "pairs", "device", "seed", "ckpt_every", "workers"))
-    cfg = resume_or_preset_config(ExpressionConfig, args, over, "cpu-demo")
+    cfg = resume_or_preset_config(ExpressionConfig, args, over, "cpu-demo", "expression").check()
     trainer = ExpressionTrainer(cfg, args.data, args.identity, args.out, resume=args.resume,
                                 identity_data_root=args.identity_data)
     trainer.train(max_steps=args.max_steps)

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from ..ops._backend import resolve_backend
 from ..ops.mlp import matmul_precision
-from .checkpoint import CheckpointedRun, cli_overrides, resume_or_preset_config
+from .checkpoint import CheckpointedRun, check_limits, cli_overrides, resume_or_preset_config
 from .runlog import train_loop
 from .config import PRESETS, TrainConfig
 from .losses import (discriminator_loss, edr_perturbation, identity_losses,
@@ -214,6 +214,8 @@ def auto_decoder_optimizers(net_params, code_params, cfg, no_decay_params=()):
 
 
 class IdentityTrainer(CheckpointedRun):
+    KIND = "identity"
+
     def __init__(self, config: TrainConfig, data_root: str, out_dir: str, *, resume: bool = False,
                  dataset=None):
         from ..data.dataset import HeadDataset
@@ -222,6 +224,7 @@ class IdentityTrainer(CheckpointedRun):
 
         self.cfg = cfg = config.check()
         self.out_dir = os.fspath(out_dir)
+        self._refuse_overwrite(resume)
         os.makedirs(self.out_dir, exist_ok=True)
         self.device = torch.device(cfg.device)
         if cfg.fused_matmul == "triton" and cfg.model == "triplane":
@@ -292,6 +295,7 @@ class IdentityTrainer(CheckpointedRun):
         return s
 
     def load_state_dict(self, s: dict) -> None:
+        self._check_identities(s)
         self._load_run_state(s)
         self.density.load_state_dict(s["density"])
         if self.disc is not None:
@@ -299,6 +303,23 @@ class IdentityTrainer(CheckpointedRun):
             self.opt_d.load_state_dict(s["opt_d"])
             self.sched_d.load_state_dict(s["sched_d"])
         self.gen.set_state(s["gen"].cpu())
+
+    def _check_identities(self, s: dict) -> None:
+        """ValueError unless the state's identity codes are this dataset's identities (their
+        number, and their names where the state stores them): resuming on other data would
+        fail in load_state_dict on the code table's size, or, with as many identities, train
+        each stored code on another person."""
+        data = getattr(self.dataset, "root", "the dataset")
+        n_saved, n_data = s["model"]["codes.weight"].shape[0], len(self.dataset.identity_index)
+        if n_saved != n_data:
+            raise ValueError(f"the checkpoint was trained on {n_saved} identities but {data} has {n_data} training "
+                             "identities: resume with the data the run was trained on (--data), or start a new run")
+        names = s.get("identity_names")
+        if names is not None and dict(names) != dict(self.dataset.identity_index):
+            differ = sorted(set(names) ^ set(self.dataset.identity_index))[:8] or "their order"
+            raise ValueError(f"the checkpoint was trained on other identities than {data}'s training identities "
+                             f"(differing: {differ}): resume with the data the run was trained on (--data), or "
+                             "start a new run")
 
     @property
     def stage(self):
@@ -505,6 +526,7 @@ class IdentityTrainer(CheckpointedRun):
         """Train until ``epochs`` epochs are done in all (default: the three stages), or
         ``max_steps`` more steps were taken; a checkpoint is written at the end."""
         cfg = self.cfg
+        check_limits(epochs, max_steps)
         end = sum(cfg.stage_epochs) if epochs is None else int(epochs)
         images = (lambda: self.save_images() if cfg.image_every and self.global_step % cfg.image_every == 0
                   else None)
@@ -551,18 +573,25 @@ def resample_maps(maps: torch.Tensor, masks: torch.Tensor, resolution: int):
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """``npht train identity --preset P --data DIR --out DIR [--resume] [--epochs ...]``."""
-    p = subparsers.add_parser("identity", help="train the identity model")
+    from ..cli import HelpFormatter
+
+    p = subparsers.add_parser("identity", help="train the identity model", formatter_class=HelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default=None,
                    help="default cpu-demo; with --resume and a checkpoint in --out: the run's own settings")
     p.add_argument("--data", required=True, help="prepared dataset folder")
     p.add_argument("--out", required=True, help="output folder (log, images, checkpoint)")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--epochs", type=int, nargs=3, metavar=("E1", "E2", "E3"), help="epochs of the three stages")
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint (without one: start a new run there); "
+                        "without --resume a folder holding a run is refused")
+    p.add_argument("--epochs", type=int, nargs=3, metavar=("E1", "E2", "E3"),
+                   help="epochs of the three stages (default: the preset's)")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="stop after this many more steps (default: no limit; the run ends after the stages)")
+    p.add_argument("--batch-size", type=int, help="identities per step (default: the preset's)")
     p.add_argument("--device", help="default: cuda when torch sees a GPU, else cpu")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--bf16", action="store_true")
+    p.add_argument("--seed", type=int, help="seed of the initialisation, the data order and the samples "
+                                            "(default: the preset's, 0)")
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward passes")
     p.add_argument("--tf32", action="store_true",
                    help="TF32 matmuls in the gradient computations (the sampler stays float32)")
     p.add_argument("--fused-gradient", action="store_true",
@@ -576,20 +605,27 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
                    help="float16 gradient-pass vectors in the fused gradient (with --fused-matmul triton)")
     p.add_argument("--fused-keep", action="store_true",
                    help="the 3D terms keep the fused gradient's gradient pass (memory for time)")
-    p.add_argument("--ckpt-every", type=int)
-    p.add_argument("--image-every", type=int)
+    p.add_argument("--ckpt-every", type=int,
+                   help="write checkpoint.pt every this many steps (0: only at the end; default: the preset's)")
+    p.add_argument("--image-every", type=int,
+                   help="write a rendered-vs-GT PNG every this many steps (0: never; default: the preset's)")
     p.add_argument("--workers", type=int, help="DataLoader worker processes (default 0: load in the main process)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=train_identity_main)
     return p
 
 
 def train_identity_main(args) -> int:
+    from ..cli import check_device, check_out_folder
+
+    check_out_folder(args.out)
+    check_device(args.device)
+    check_limits(max_steps=args.max_steps)
     over = cli_overrides(args, ("batch_size", "device", "seed", "ckpt_every", "image_every", "fused_matmul", "workers"),
                          ("bf16", "tf32", "fused_gradient", "fused_h16", "fused_d16", "fused_keep"))
     if args.epochs:
         over["stage_epochs"] = tuple(args.epochs)
-    cfg = resume_or_preset_config(TrainConfig, args, over, "cpu-demo")
+    cfg = resume_or_preset_config(TrainConfig, args, over, "cpu-demo", "identity").check()
     device, started = setup_distributed(cfg.device)   # torchrun: process group, LOCAL_RANK's GPU
     trainer = None
     try:

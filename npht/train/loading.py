@@ -16,7 +16,8 @@ import torch
 
 from .config import TrainConfig
 
-__all__ = ["TrainedIdentity", "TrainedExpression", "load_identity", "load_expression", "read_identity_checkpoint"]
+__all__ = ["TrainedIdentity", "TrainedExpression", "load_identity", "load_expression", "read_identity_checkpoint",
+           "checkpoint_kind", "check_kind"]
 
 
 @dataclass
@@ -76,15 +77,34 @@ def _read(path: str, map_location, kind: str = "") -> dict:
     return s
 
 
+def checkpoint_kind(s) -> Optional[str]:
+    """``"identity"`` or ``"expression"``: which trainer wrote the checkpoint dict ``s`` (an
+    expression run's stores its ``expression_keys``); ``None`` for anything else."""
+    if not isinstance(s, dict) or "model" not in s:
+        return None
+    if "expression_keys" in s:
+        return "expression"
+    return "identity" if isinstance(s.get("config"), dict) else None
+
+
+def check_kind(s, path: str, kind: str) -> None:
+    """A ValueError naming ``path`` unless ``s`` is a checkpoint of ``kind`` (``"identity"`` /
+    ``"expression"``): the other trainer's config and state would fail far from the cause
+    (an unknown config field, a state-dict key) or, worse, half load."""
+    got = checkpoint_kind(s)
+    if got == kind:
+        return
+    if got is not None:
+        raise ValueError(f"{path!r} is an {got}-model checkpoint, not an {kind}-model checkpoint")
+    layout = ": a dict with 'config' and 'model'" if kind == "identity" else ""
+    raise ValueError(f"{path!r} is not an {kind}-model checkpoint (written by `npht train {kind}`{layout})")
+
+
 def read_identity_checkpoint(path: str, map_location="cpu") -> Tuple[TrainConfig, dict]:
     """``(TrainConfig, checkpoint dict)`` of an ``npht train identity`` checkpoint; a
     FileNotFoundError / ValueError naming the file for anything else."""
     s = _read(path, map_location, "identity")
-    if isinstance(s, dict) and "expression_keys" in s:
-        raise ValueError(f"{path!r} is an expression-model checkpoint, not an identity-model checkpoint")
-    if not isinstance(s, dict) or not isinstance(s.get("config"), dict) or "model" not in s:
-        raise ValueError(f"{path!r} is not an identity-model checkpoint (written by `npht train identity`: "
-                         "a dict with 'config' and 'model')")
+    check_kind(s, path, "identity")
     try:
         cfg = TrainConfig.from_saved(s["config"])
     except TypeError as e:
@@ -114,8 +134,7 @@ def load_expression(path: str, device="cpu") -> TrainedExpression:
     from .expression import ExpressionConfig
 
     s = _read(path, "cpu", "expression")
-    if not isinstance(s, dict) or "expression_keys" not in s or "model" not in s:
-        raise ValueError(f"{path!r} is not an expression-model checkpoint (written by `npht train expression`)")
+    check_kind(s, path, "expression")
     cfg = ExpressionConfig.from_saved(s["config"])  # older checkpoints: their layout
     z_id = s["z_id"]
     keys = [tuple(k) for k in s["expression_keys"]]

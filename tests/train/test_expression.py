@@ -255,3 +255,67 @@ def test_non_finite_step_is_skipped(data_root, identity_ckpt, tmp_path, monkeypa
     monkeypatch.undo()
     tr.step(b)
     assert tr.nonfinite_run == 0 and any(not torch.equal(before[k], v) for k, v in tr.model.state_dict().items())
+
+
+def test_a_new_run_refuses_a_folder_holding_one(data_root, identity_ckpt, tmp_path, capsys):
+    out = tmp_path / "run"
+    ExpressionTrainer(_cfg(), data_root, identity_ckpt, out).train(max_steps=1)
+    with pytest.raises(ValueError, match=r"already holds a run \(checkpoint.pt at step 1\): pass --resume"):
+        ExpressionTrainer(_cfg(), data_root, identity_ckpt, out)
+    args = ["train", "expression", "--data", data_root, "--identity", identity_ckpt, "--out", str(out),
+            "--max-steps", "1", "--no-progress", "--device", "cpu"]
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "already holds a run (checkpoint.pt at step 1)" in capsys.readouterr().err
+    assert load_checkpoint(str(out / "checkpoint.pt"))["global_step"] == 1
+    fresh = tmp_path / "fresh"
+    assert main([a if a != str(out) else str(fresh) for a in args] + ["--resume"]) == 0
+    assert f"npht: no checkpoint in {fresh}: starting a new run" in capsys.readouterr().err
+
+
+def test_resume_refuses_an_identity_checkpoint(data_root, identity_ckpt, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(identity_ckpt, out / "checkpoint.pt")
+    want = "is an identity-model checkpoint, not an expression-model checkpoint"
+    with pytest.raises(ValueError, match="cannot resume: .*" + want):
+        ExpressionTrainer(_cfg(), data_root, identity_ckpt, out, resume=True)
+    args = ["train", "expression", "--data", data_root, "--identity", identity_ckpt, "--out", str(out),
+            "--max-steps", "1", "--no-progress", "--device", "cpu", "--resume"]
+    for extra in ([], ["--preset", "cpu-demo"]):  # the checkpoint's config, or the preset's
+        assert main(args + extra) == 2
+        err = capsys.readouterr().err
+        assert want in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(batch_size=0), "batch_size must be >= 1, got 0"),
+    (dict(batch_size=-1), "batch_size must be >= 1, got -1"),
+    (dict(epochs=-1), "epochs must be >= 0, got -1"),
+    (dict(pairs=0), "pairs must be >= 1, got 0"),
+    (dict(outside_points=-1), "outside_points must be >= 0, got -1"),
+    (dict(ckpt_every=-1), "ckpt_every must be >= 0, got -1"),
+])
+def test_config_counts_are_checked(data_root, identity_ckpt, tmp_path, bad, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg(**bad).check()
+    with pytest.raises(ValueError, match=match):
+        ExpressionTrainer(_cfg(**bad), data_root, identity_ckpt, tmp_path)
+
+
+def test_negative_step_and_epoch_limits_are_refused(data_root, identity_ckpt, tmp_path, capsys):
+    tr = ExpressionTrainer(_cfg(), data_root, identity_ckpt, tmp_path / "run")
+    with pytest.raises(ValueError, match="max_steps must be >= 0, got -1"):
+        tr.train(max_steps=-1)
+    with pytest.raises(ValueError, match="epochs must be >= 0, got -1"):
+        tr.train(epochs=-1)
+    for flags, msg in ((["--max-steps", "-1"], "max_steps must be >= 0, got -1"),
+                       (["--batch-size", "-1"], "batch_size must be >= 1, got -1"),
+                       (["--epochs", "-1"], "epochs must be >= 0, got -1")):
+        out = tmp_path / "cli"
+        assert main(["train", "expression", "--data", data_root, "--identity", identity_ckpt, "--out", str(out),
+                     "--no-progress", "--device", "cpu", *flags]) == 2
+        assert msg in capsys.readouterr().err
+        assert not out.exists()  # refused before any work

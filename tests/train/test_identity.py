@@ -721,3 +721,124 @@ def test_cli_device_defaults_to_this_machines(monkeypatch):
     assert cli_overrides(args, ("device",))["device"] == "cuda:1"
     assert "device" not in cli_overrides(args, ("batch_size",))  # only commands that take --device
     assert "device" in RESUME_MAY_CHANGE
+
+
+def test_a_new_run_refuses_a_folder_holding_one(data_root, tmp_path, capsys):
+    """Without --resume a folder holding a checkpoint is refused (the new run would overwrite
+    it at its first save and append to its log), before any work; its files stay as they were."""
+    from npht.cli import main
+
+    out = tmp_path / "run"
+    IdentityTrainer(_cfg(), data_root, out).train(max_steps=1)
+    before = ((out / "checkpoint.pt").read_bytes(), (out / "log.csv").read_text())
+    with pytest.raises(ValueError, match=r"already holds a run \(checkpoint.pt at step 1\): pass --resume "
+                                         r"\(resume=True\) to continue it, or use a new out folder"):
+        IdentityTrainer(_cfg(), data_root, out)
+    capsys.readouterr()
+    assert main(["train", "identity", "--data", data_root, "--out", str(out), "--max-steps", "1", "--no-progress",
+                 "--device", "cpu"]) == 2
+    assert "already holds a run (checkpoint.pt at step 1): pass --resume" in capsys.readouterr().err
+    assert ((out / "checkpoint.pt").read_bytes(), (out / "log.csv").read_text()) == before
+
+
+def test_resume_without_a_checkpoint_starts_a_new_run_and_says_so(data_root, tmp_path, capsys):
+    """--resume in a folder without a checkpoint (a requeued job's first start, the demo)
+    starts a new run; the CLI says so on stderr (a mistyped --out would pass for a resume)."""
+    from npht.cli import main
+
+    out = tmp_path / "run"
+    assert IdentityTrainer(_cfg(), data_root, out, resume=True).global_step == 0
+    assert main(["train", "identity", "--data", data_root, "--out", str(out), "--max-steps", "1", "--no-progress",
+                 "--device", "cpu", "--resume"]) == 0
+    assert f"npht: no checkpoint in {out}: starting a new run" in capsys.readouterr().err
+    assert ckpt_mod.load_checkpoint(str(out / "checkpoint.pt"))["global_step"] == 1
+    assert main(["train", "identity", "--data", data_root, "--out", str(out), "--max-steps", "1", "--no-progress",
+                 "--device", "cpu", "--resume"]) == 0
+    assert "no checkpoint" not in capsys.readouterr().err
+
+
+def test_a_new_run_keeps_a_stale_log_as_prev(data_root, tmp_path):
+    """A log.csv without a checkpoint (a run that died before its first one) is kept as
+    log.csv.prev (an older .prev replaced); the new run's log.csv holds its own steps only."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.csv.prev").write_text("older\n")
+    stale = "epoch,step,total\n0,1,0.5\n0,2,0.25\n"
+    (out / "log.csv").write_text(stale)
+    IdentityTrainer(_cfg(), data_root, out).train(max_steps=1)
+    assert (out / "log.csv.prev").read_text() == stale
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert tuple(rows[0]) == LOG_COLUMNS and [r["step"] for r in rows] == ["1"]
+
+
+def test_resume_refuses_an_expression_checkpoint(data_root, tmp_path, capsys):
+    from npht.cli import main
+
+    out = tmp_path / "run"
+    out.mkdir()
+    ckpt_mod.save_atomic({"config": {"z_ex_dim": 8}, "model": {}, "expression_keys": [["a", "smile"]]},
+                         str(out / "checkpoint.pt"))
+    want = r"cannot resume: .* is an expression-model checkpoint, not an identity-model checkpoint"
+    with pytest.raises(ValueError, match=want):
+        IdentityTrainer(_cfg(), data_root, out, resume=True)
+    args = ["train", "identity", "--data", data_root, "--out", str(out), "--max-steps", "1", "--no-progress",
+            "--device", "cpu", "--resume"]
+    for extra in ([], ["--preset", "cpu-demo"]):  # the checkpoint's config, or the preset's
+        assert main(args + extra) == 2
+        err = capsys.readouterr().err
+        assert "is an expression-model checkpoint, not an identity-model checkpoint" in err, err
+        assert "Traceback" not in err
+
+
+def test_resume_refuses_data_with_other_identities(data_root, tmp_path):
+    """Resuming on a --data folder whose identities are not the checkpoint's: their number
+    (else a state-dict size mismatch), or, as many of them, their names (else each code would
+    go on training on another person)."""
+    out = tmp_path / "run"
+    IdentityTrainer(_cfg(), data_root, out).train(max_steps=1)
+    s = ckpt_mod.load_checkpoint(str(out / "checkpoint.pt"))
+    three = dict(s, model=dict(s["model"], **{"codes.weight": torch.zeros(3, s["model"]["codes.weight"].shape[1])}),
+                 identity_names={"a": 0, "b": 1, "c": 2})
+    ckpt_mod.save_atomic(three, str(out / "checkpoint.pt"))
+    with pytest.raises(ValueError, match=r"trained on 3 identities but .* has 2 training identities"):
+        IdentityTrainer(_cfg(), data_root, out, resume=True)
+    renamed = dict(s, identity_names={"synth000": 0, "someone": 1})
+    ckpt_mod.save_atomic(renamed, str(out / "checkpoint.pt"))
+    with pytest.raises(ValueError, match=r"other identities than .*'s training identities \(differing: "
+                                         r"\['someone', 'synth001'\]\)"):
+        IdentityTrainer(_cfg(), data_root, out, resume=True)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(batch_size=0), "batch_size must be >= 1, got 0"),
+    (dict(batch_size=-2), "batch_size must be >= 1, got -2"),
+    (dict(stage_epochs=(-1, 0, 0)), r"stage_epochs must be three ints >= 0, got \(-1, 0, 0\)"),
+    (dict(ckpt_every=-1), "ckpt_every must be >= 0, got -1"),
+    (dict(image_every=-1), "image_every must be >= 0, got -1"),
+    (dict(workers=-1), "workers must be >= 0, got -1"),
+    # the model first: the npm baseline has no fused gradient ("set fused_gradient" would lead here)
+    (dict(model="npm", fused_gradient=False, fused_keep=True), "'npm' model computes its gradient with autograd"),
+])
+def test_config_counts_are_checked(bad, match):
+    with pytest.raises(ValueError, match=match):
+        _cfg().replace(**bad).check()
+
+
+def test_negative_step_and_epoch_limits_are_refused(data_root, tmp_path, capsys):
+    from npht.cli import main
+
+    tr = IdentityTrainer(_cfg(), data_root, tmp_path / "run")
+    with pytest.raises(ValueError, match="max_steps must be >= 0, got -1"):
+        tr.train(max_steps=-1)
+    with pytest.raises(ValueError, match="epochs must be >= 0, got -2"):
+        tr.train(epochs=-2)
+    tr.train(max_steps=0)  # no step; the checkpoint of the initial state
+    assert ckpt_mod.load_checkpoint(str(tmp_path / "run" / "checkpoint.pt"))["global_step"] == 0
+    for flags, msg in ((["--max-steps", "-1"], "max_steps must be >= 0, got -1"),
+                       (["--batch-size", "0"], "batch_size must be >= 1, got 0"),
+                       (["--epochs", "-1", "0", "0"], "stage_epochs must be three ints >= 0")):
+        out = tmp_path / "cli"
+        assert main(["train", "identity", "--data", data_root, "--out", str(out), "--no-progress", "--device", "cpu",
+                     *flags]) == 2
+        assert msg in capsys.readouterr().err
+        assert not out.exists()  # refused before any work
