@@ -34,7 +34,7 @@ import numpy as np
 
 from .records import HeadMesh, atomic_save_npz, load_mesh, load_npz, save_mesh
 
-__all__ = ["PrepareConfig", "prepare", "open_source", "camera_rig", "NORMAL_SCALE"]
+__all__ = ["PrepareConfig", "prepare", "open_source", "camera_rig", "NORMAL_SCALE", "OtherSettingsError"]
 
 #: Normal maps are stored as uint8 ``round((n + 1) / 2 * NORMAL_SCALE)`` (the 8-bit
 #: colour a pyrender ground truth has anyway: ~0.2 degree quantisation).
@@ -280,6 +280,15 @@ def _worker_init() -> None:
     torch.set_num_threads(1)  # the processes share the cores
 
 
+class OtherSettingsError(ValueError):
+    """:func:`prepare` into a folder prepared with other settings; ``diff``: field -> (old,
+    new). Callers that own the folder (``npht demo``) say what to do in their terms."""
+
+    def __init__(self, message: str, diff: dict):
+        super().__init__(message)
+        self.diff = diff
+
+
 def _check_config(out: str, config: PrepareConfig, overwrite: bool) -> None:
     path = os.path.join(out, "config.json")
     fp = config.fingerprint()
@@ -291,8 +300,8 @@ def _check_config(out: str, config: PrepareConfig, overwrite: bool) -> None:
                 raise ValueError(f"corrupt {path}: {e}; delete it or pass overwrite=True") from e
         if old != fp:
             diff = {k: (old.get(k), v) for k, v in fp.items() if old.get(k) != v}
-            raise ValueError(f"{out} was prepared with other settings {diff} (old, new); "
-                             "use another folder or overwrite=True (--overwrite)")
+            raise OtherSettingsError(f"{out} was prepared with other settings {diff} (old, new); "
+                                     "use another folder or overwrite=True (--overwrite)", diff)
         return
     if overwrite and os.path.isdir(out):
         import shutil

@@ -119,7 +119,7 @@ def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: 
     """Run the whole demo into ``out``; returns (and writes) the summary."""
     from ..data.normal_maps import NormalMapRenderer
     from ..data.partial import partial_point_cloud
-    from ..data.prepare import PrepareConfig, prepare
+    from ..data.prepare import OtherSettingsError, PrepareConfig, prepare
     from ..eval import evaluate_meshes, extract_mesh, model_sdf_fn
     from ..eval.fitting_eval import _scaled_schedule, markdown_table
     from ..fit import fit_identity
@@ -145,7 +145,11 @@ def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: 
                              resolution=cfg.gt_resolution, seed=seed,
                              **({} if not quick else dict(surface_face=600, surface_nonface=200, ball=300,
                                                           correspondences=500)))
-        prepare(prep, data, workers=min(2, os.cpu_count() or 1), progress=progress)
+        try:
+            prepare(prep, data, workers=min(2, os.cpu_count() or 1), progress=progress)
+        except OtherSettingsError as e:  # prepare's advice (--overwrite) is no flag of the demo's
+            raise ValueError(f"{out} holds a demo run with other settings (its data: {e.diff}, (old, new)): use "
+                             f"another --out, or delete {out} to run the demo there again") from None
 
     # 2. training ---------------------------------------------------------------------
     base = TrainConfig.preset(cfg.preset, device=device, seed=seed, progress=progress, image_every=0,
@@ -402,14 +406,26 @@ def _print_summary(summary: dict, out: str, metrics_md: str, timing_md: str) -> 
     print(f"  {'timing.md, summary.json':28s} timings and everything above")
 
 
+def _demo_main(args) -> int:
+    from ..cli import check_device, check_out_folder
+
+    check_out_folder(args.out)
+    check_device(args.device)
+    run_demo(args.out, device=args.device, quick=args.quick, seed=args.seed, progress=not args.no_progress)
+    return 0
+
+
 def add_demo_parser(subparsers):
+    from ..cli import HelpFormatter
+
     p = subparsers.add_parser("demo", help="the end-to-end demo: data, training, rendering, fitting, meshes, "
-                                           "metrics, timings (about 10 min on 2 CPU cores)")
-    p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
+                                           "metrics, timings (about 10 min on 2 CPU cores)",
+                              formatter_class=HelpFormatter)
+    p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo; a re-run there "
+                                                         "reuses its data and finished training runs)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: every stage in about a minute")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=lambda a: (run_demo(a.out, device=a.device, quick=a.quick, seed=a.seed,
-                                            progress=not a.no_progress), 0)[1])
+    p.add_argument("--seed", type=int, default=0, help="seed of the data, the training runs and the fits")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_demo_main)
     return p

@@ -45,7 +45,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-__all__ = ["read_scan", "read_normal_maps", "read_cameras", "mean_angle_deg", "add_fit_parser"]
+__all__ = ["read_scan", "read_normal_maps", "read_cameras", "read_npz", "mean_angle_deg", "add_fit_parser"]
 
 _TEXT = (".xyz", ".txt", ".csv")
 
@@ -65,14 +65,14 @@ def read_scan(path: str, points: Optional[int] = 5000, seed: int = 0, scale: flo
     if ext == ".npy":
         arr = np.load(path)
     elif ext == ".npz":
-        with np.load(path) as f:
-            if "points" in f.files:
-                arr = f["points"]
-            elif "vertices" in f.files and "faces" in f.files:  # a mesh (npht's prepared datasets' layout)
-                arr = _surface_points(np.asarray(f["vertices"]), np.asarray(f["faces"]), points, seed, path)
-            else:
-                raise ValueError(f"{path!r} has no array 'points' nor 'vertices' and 'faces' (it holds "
-                                 f"{', '.join(f.files) or 'nothing'})")
+        f = read_npz(path, "--scan", "points [N, 3], or a mesh's vertices [V, 3] and faces [F, 3]")
+        if "points" in f:
+            arr = f["points"]
+        elif "vertices" in f and "faces" in f:  # a mesh (npht's prepared datasets' layout)
+            arr = _surface_points(np.asarray(f["vertices"]), np.asarray(f["faces"]), points, seed, path)
+        else:
+            raise ValueError(f"{path!r} has no array 'points' nor 'vertices' and 'faces' (it holds "
+                             f"{', '.join(f) or 'nothing'})")
     elif ext in _TEXT:
         try:
             arr = np.loadtxt(path, delimiter="," if ext == ".csv" else None, ndmin=2)
@@ -108,6 +108,22 @@ def read_scan(path: str, points: Optional[int] = 5000, seed: int = 0, scale: flo
                          f"radius {r.max():.3g}); the model's frame has heads normalised into it (y up, z towards "
                          f"the face): map the scan there with --scale / --offset")
     return torch.from_numpy(arr.astype(np.float32))
+
+
+def read_npz(path: str, flag: str, needs: str) -> dict:
+    """The arrays of the ``.npz`` archive ``path`` by name; a ValueError naming ``flag`` and
+    what the file ``needs`` for anything else (``np.load`` gives a bare array for an
+    ``.npy``, which has no names to look up)."""
+    try:
+        f = np.load(path)
+    except Exception as e:  # not a NumPy file at all (pickles refused)
+        raise ValueError(f"{flag} {path!r} is not an .npz archive ({type(e).__name__}: {e}); it needs {needs}") \
+            from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(f"{flag} {path!r} is a single array (.npy), not an .npz archive of named arrays; it needs "
+                         f"{needs}")
+    with f:
+        return {k: f[k] for k in f.files}
 
 
 def _surface_points(vertices: np.ndarray, faces: np.ndarray, points: Optional[int], seed: int, path: str):
@@ -151,8 +167,8 @@ def read_cameras(path: str, pitch: float = 5.0, distance: float = 2.6, fov: floa
     (``npht render --cameras``)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"cameras {path!r} do not exist")
-    with np.load(path) as f:
-        data = {k: f[k] for k in f.files}
+    data = read_npz(path, "--cameras", "K [V, 3, 3] and cam2world [V, 4, 4] (OpenCV convention) or yaws [V] "
+                                       "(degrees), and normals [..., V, H, W, 3] or height and width")
     if "normals" in data and data["normals"].ndim >= 4:
         V, H, W = data["normals"].shape[-4:-1]
     elif "height" in data and "width" in data:
@@ -171,8 +187,8 @@ def read_normal_maps(path: str, shape: int = 0, pitch: float = 5.0, distance: fl
     ``pitch`` / ``distance`` / ``fov`` apply to ``yaws`` cameras when the file has none."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"normal maps {path!r} do not exist")
-    with np.load(path) as f:
-        data = {k: f[k] for k in f.files}
+    data = read_npz(path, "--normals", "normals [V, H, W, 3] (or [S, V, H, W, 3]), optional mask, and the cameras: "
+                                       "K [V, 3, 3] and cam2world [V, 4, 4] (OpenCV convention) or yaws [V] (degrees)")
     if "normals" not in data:
         raise ValueError(f"{path!r} has no array 'normals' (it holds {', '.join(sorted(data)) or 'nothing'})")
     normals, mask = data["normals"], data.get("mask")
@@ -241,10 +257,12 @@ def _schedule(args):
 
 
 def _check_common(args) -> None:
+    from ..cli import check_device, check_out_folder
+
     if args.mesh_resolution and args.mesh_resolution < 2:
         raise ValueError(f"--mesh-resolution must be 0 (no mesh) or at least 2, got {args.mesh_resolution}")
-    if os.path.isfile(args.out):
-        raise ValueError(f"--out {args.out!r} is a file, not a folder")
+    check_out_folder(args.out)
+    check_device(args.device)
 
 
 def _finish(args, trained, res, record: dict, picture, z_ex=None, expression=None, seconds=None,
@@ -386,17 +404,21 @@ def _common_args(p, mesh_default: int) -> None:
     p.add_argument("--mesh-resolution", type=int, default=mesh_default,
                    help=f"marching-cubes grid of mesh.ply (default {mesh_default}; 0: no mesh)")
     p.add_argument("--sparse-mesh", action="store_true", help="evaluate the SDF only near the surface for the mesh")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda or cuda:N (default: cuda when torch sees a GPU)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fit (fit scan: also of the point subset)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def add_fit_parser(subparsers):
     """``npht fit scan ...`` and ``npht fit normals ...``."""
+    from ..cli import HelpFormatter
+
     fit = subparsers.add_parser("fit", help="fit a trained identity model to a scan or to normal maps",
                                 description=__doc__.split("\n\n")[0].replace("``", "'"))
     sub = fit.add_subparsers(dest="fit_command", required=True)
     s = sub.add_parser("scan", help="fit to observed surface points (a point cloud or mesh file)",
+                       formatter_class=HelpFormatter,
                        description="Fit the identity code to a scan's points (eq. 4.23): .npy/.npz/.xyz/.txt/.csv "
                                    "points or a mesh / point cloud trimesh reads, in the model's frame (heads in the "
                                    "unit sphere, y up, z towards the face).")
@@ -404,18 +426,22 @@ def add_fit_parser(subparsers):
     s.add_argument("--points", type=int, default=5000, help="at most this many points (a seeded subset; a mesh is "
                                                            "sampled on its surface; default 5000, the thesis' scans)")
     s.add_argument("--scale", type=float, default=1.0, help="x -> x * scale + offset into the model's frame")
-    s.add_argument("--offset", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("X", "Y", "Z"))
+    s.add_argument("--offset", type=float, nargs=3, default=(0.0, 0.0, 0.0), metavar=("X", "Y", "Z"),
+                   help="added after --scale")
     s.add_argument("--expression", default=None, metavar="CKPT",
                    help="an expression checkpoint (npht train expression) trained on --model: a posed scan, the "
                         "identity and expression codes fitted jointly through the root-found inverse deformation "
                         "(eq. 4.22), then the expression alone (--no-expression-refine: the joint fit only); "
                         "mesh.ply is the neutral mesh moved to the expression, neutral.ply the identity's")
-    s.add_argument("--no-expression-refine", action="store_true")
+    s.add_argument("--no-expression-refine", action="store_true",
+                   help="with --expression: the joint identity + expression fit only (default: then the expression "
+                        "alone, thesis 4.4.2)")
     s.add_argument("--resolution", type=int, default=256, help="fit.png's view size (0: no picture)")
     s.add_argument("--yaws", type=float, nargs="+", default=[-40.0, 0.0, 40.0], help="fit.png's views (degrees)")
     _common_args(s, 128)
     s.set_defaults(func=_fit_scan_main)
     n = sub.add_parser("normals", help="fit to normal maps with their cameras (an .npz as npht render writes)",
+                       formatter_class=HelpFormatter,
                        description="Fit the identity code to normal maps through npht's VolSDF renderer (L1 "
                                    "normal-map loss): an .npz with normals, optional mask and the cameras (K and "
                                    "cam2world, or yaws), as `npht render` writes it.")
@@ -424,8 +450,10 @@ def add_fit_parser(subparsers):
     n.add_argument("--convention", choices=("opengl", "opencv", "world"), default="opengl",
                    help="the normals' frame (default opengl: npht render's)")
     n.add_argument("--resolution", type=int, default=0, help="render resolution of the fit (default: the maps')")
-    n.add_argument("--views-per-chunk", type=int, default=None, help="views rendered per backward (memory)")
-    n.add_argument("--tile", type=int, default=None, help="render tiles of tile x tile pixels (memory)")
+    n.add_argument("--views-per-chunk", type=int, default=None,
+                   help="views rendered per backward (memory; default: all)")
+    n.add_argument("--tile", type=int, default=None,
+                   help="render tiles of tile x tile pixels (memory; default: whole maps)")
     n.add_argument("--fused-gradient", action="store_true",
                    help="tri-plane models: the shaded samples' normals from the decoder's fused value and gradient "
                         "(npht.softplus_mlp_with_grad) instead of autograd; the same fit to float32 rounding")

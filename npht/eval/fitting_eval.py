@@ -91,7 +91,7 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
             protocol). metric_points: samples per mesh
             and region (thesis 2.5M). threshold: F-score threshold (default 1 mm).
         schedule: a :class:`npht.fit.FitSchedule` (default NPHM C.5).
-        identities: at most this many identities (the first ones).
+        identities: at most this many identities (the first ones; >= 1, ``None``: all).
         out_dir: if given, fitted meshes (PLY), ``eval.json`` and ``eval.md`` go there, and
             ``eval_partial.json`` after every scan (removed at the end): with ``resume``
             (default) a run with the same settings and checkpoints (path, size and
@@ -113,6 +113,8 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
 
     if not models:
         raise ValueError("models is empty: give at least one name -> checkpoint")
+    if identities is not None and (not isinstance(identities, int) or isinstance(identities, bool) or identities < 1):
+        raise ValueError(f"identities must be >= 1 (None: all), got {identities!r}")
     t0 = time.perf_counter()
     threshold = DEFAULT_THRESHOLD if threshold is None else threshold
     schedule = schedule or FitSchedule()
@@ -303,8 +305,10 @@ def markdown_table(result: dict) -> str:
 
 def add_eval_parser(subparsers):
     """``npht eval --data DIR --model NAME=CKPT ... --out DIR``."""
+    from ..cli import HelpFormatter
+
     p = subparsers.add_parser("eval", help="fit held-out identities from partial scans and score the models "
-                                           "(thesis Table 6.1)")
+                                           "(thesis Table 6.1)", formatter_class=HelpFormatter)
     p.add_argument("--data", required=True, help="prepared dataset folder (its test split is evaluated)")
     p.add_argument("--model", action="append", required=True, metavar="NAME=CKPT",
                    help="a method name and its identity checkpoint; repeat for each model")
@@ -312,34 +316,41 @@ def add_eval_parser(subparsers):
                    help="an expression checkpoint trained on model NAME: NAME is also scored on the posed scans "
                         "(joint identity + expression fit), as row 'NAME posed'; repeatable")
     p.add_argument("--out", required=True, help="output folder (eval.json, eval.md, meshes/)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--identities", type=int, default=None, help="at most this many identities")
-    p.add_argument("--scan-points", type=int, default=5000)
+    p.add_argument("--split", default="test", choices=("test", "train", "all"),
+                   help="the records whose identities are fitted")
+    p.add_argument("--identities", type=int, default=None, help="at most this many identities (default: all)")
+    p.add_argument("--scan-points", type=int, default=5000, help="points of each partial scan (NPHM's 5000)")
     p.add_argument("--noise", type=float, default=0.0, help="scan noise std (model units)")
-    p.add_argument("--mesh-resolution", type=int, default=256)
+    p.add_argument("--mesh-resolution", type=int, default=256, help="marching-cubes grid of the fitted meshes")
     p.add_argument("--sparse-mesh", action="store_true",
                    help="evaluate the SDF only near the surface for marching cubes (~10x fewer evaluations at "
                         "256^3; the same mesh for SDFs with |grad| <= 2); default: the dense grid")
-    p.add_argument("--metric-points", type=int, default=2_500_000)
+    p.add_argument("--metric-points", type=int, default=2_500_000,
+                   help="points sampled per mesh and region for the metrics (the thesis' 2.5M)")
     p.add_argument("--iterations", type=int, default=None, help="fitting iterations (default 700)")
     p.add_argument("--relative-reg", choices=("auto", "true", "false"), default="auto",
                    help="the latent regulariser's unit (npht.fit.FitSchedule.relative_reg): 'auto' (default) NPHM's "
                         "literal lambda unless the training codes' mean ||z||^2 exceeds 1, 'true' always relative to "
                         "it, 'false' always literal")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda or cuda:N (default: cuda when torch sees a GPU)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the partial scans, the fits and the metric samples")
     p.add_argument("--no-expression-refine", action="store_true",
                    help="posed rows: the joint z_id/z_ex fit only (default: then z_ex alone, thesis 4.4.2)")
     p.add_argument("--fresh", action="store_true",
                    help="ignore the eval_partial.json of an interrupted run in --out (default: continue it when its "
                         "settings and checkpoints are these)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_eval_main)
     return p
 
 
 def _eval_main(args) -> int:
+    from ..cli import check_device, check_out_folder
     from ..fit import FitSchedule
+
+    check_out_folder(args.out)
+    check_device(args.device)
 
     def pairs(specs, flag):
         out = {}

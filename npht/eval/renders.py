@@ -154,22 +154,24 @@ def read_codes(paths: Sequence[str], z_dim: int):
     """``(codes [N, z_dim], names [N])`` from ``.npz`` files: ``code [z]`` (``npht fit``'s
     fit.npz, named after its folder) or ``codes [n, z]`` with optional ``names [n]`` (``npht
     render``'s normals.npz; else ``<file>_<i>``)."""
+    from .fit_command import read_npz
+
     codes, names = [], []
     for path in paths:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"codes {path!r} do not exist")
         stem = os.path.splitext(os.path.basename(path))[0]
-        with np.load(path) as f:
-            if "code" in f.files:
-                c = np.asarray(f["code"], dtype=np.float32).reshape(1, -1)
-                folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
-                n = [folder if stem == "fit" and folder else stem]
-            elif "codes" in f.files:
-                c = np.asarray(f["codes"], dtype=np.float32)
-                n = [str(x) for x in f["names"]] if "names" in f.files else [f"{stem}_{i}" for i in range(len(c))]
-            else:
-                raise ValueError(f"{path!r} has no array 'code' nor 'codes' (it holds "
-                                 f"{', '.join(f.files) or 'nothing'})")
+        f = read_npz(path, "--codes", "code [z] (npht fit's fit.npz) or codes [n, z] and optional names [n] (npht "
+                                      "render's normals.npz)")
+        if "code" in f:
+            c = np.asarray(f["code"], dtype=np.float32).reshape(1, -1)
+            folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+            n = [folder if stem == "fit" and folder else stem]
+        elif "codes" in f:
+            c = np.asarray(f["codes"], dtype=np.float32)
+            n = [str(x) for x in f["names"]] if "names" in f else [f"{stem}_{i}" for i in range(len(c))]
+        else:
+            raise ValueError(f"{path!r} has no array 'code' nor 'codes' (it holds {', '.join(f) or 'nothing'})")
         if c.ndim != 2 or c.shape[1] != z_dim or len(n) != len(c):
             raise ValueError(f"{path!r}: codes must be [n, {z_dim}] (the model's code size) with a name each, got "
                              f"{c.shape} and {len(n)} names")
@@ -181,8 +183,11 @@ def read_codes(paths: Sequence[str], z_dim: int):
 
 
 def _render_main(args) -> int:
+    from ..cli import check_device, check_out_folder
     from ..train.loading import load_identity
 
+    check_out_folder(args.out)
+    check_device(args.device)
     if args.resolution < 1:
         raise ValueError(f"--resolution must be positive, got {args.resolution}")
     if args.mesh_resolution and args.mesh_resolution < 2:
@@ -206,11 +211,11 @@ def _render_main(args) -> int:
             codes, names = given, given_names
     else:
         codes, names = select_codes(trained, args.identities, args.samples, args.seed)
+    os.makedirs(args.out, exist_ok=True)  # before the renders: an unwritable folder fails now, not after them
     t0 = time.perf_counter()
     normals, mask = render_identities(trained, codes, cams, device=args.device, ray_chunk=args.ray_chunk,
                                       progress=not args.no_progress)
     seconds = time.perf_counter() - t0
-    os.makedirs(args.out, exist_ok=True)
     arrays = dict(normals=normals.numpy(), mask=mask.numpy(), codes=codes.numpy(), names=np.array(names),
                   K=cams.K.numpy(), cam2world=cams.cam2world.numpy())
     if not args.cameras:
@@ -253,7 +258,10 @@ def _file_name(name: str) -> str:
 
 def add_render_parser(subparsers):
     """``npht render --model CKPT --out DIR [--identities ...] [--samples K] ...``."""
+    from ..cli import HelpFormatter
+
     p = subparsers.add_parser("render", help="normal maps of a trained identity model from a ring of views",
+                              formatter_class=HelpFormatter,
                               description="Render normal maps of training identities (and codes sampled from a "
                                           "Gaussian fitted to them) of an `npht train identity` checkpoint: "
                                           "normals.npz, one PNG per shape and grid.png in --out.")
@@ -266,15 +274,15 @@ def add_render_parser(subparsers):
                    help="codes from files: npht fit's fit.npz (code) or npht render's normals.npz (codes, names); "
                         "rendered alone unless --identities / --samples are given too")
     p.add_argument("--seed", type=int, default=0, help="seed of --samples")
-    p.add_argument("--resolution", type=int, default=256)
+    p.add_argument("--resolution", type=int, default=256, help="the views' size in pixels (square)")
     p.add_argument("--yaws", type=float, nargs="+", default=[-40.0, 0.0, 40.0],
                    help="view angles in degrees around the vertical axis (0: the face)")
     p.add_argument("--cameras", default=None, metavar="NPZ",
                    help="render from the cameras of an .npz instead (K + cam2world, OpenCV convention, or yaws; the "
                         "image size from its normals or height / width), e.g. the normal maps given to npht fit "
                         "normals; --yaws and --resolution then do not apply")
-    p.add_argument("--pitch", type=float, default=5.0)
-    p.add_argument("--distance", type=float, default=2.6)
+    p.add_argument("--pitch", type=float, default=5.0, help="the views' degrees above the horizon")
+    p.add_argument("--distance", type=float, default=2.6, help="the cameras' distance to the origin")
     p.add_argument("--fov", type=float, default=30.0, help="vertical field of view, degrees")
     p.add_argument("--ray-chunk", type=int, default=1 << 16, help="rays per render chunk (memory)")
     p.add_argument("--mesh-resolution", type=int, default=0,
@@ -283,8 +291,9 @@ def add_render_parser(subparsers):
     p.add_argument("--sparse-mesh", action="store_true",
                    help="evaluate the SDF only near the surface for the meshes (the same mesh for SDFs with "
                         "|grad| <= 2, ~10x fewer evaluations at 256^3)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda or cuda:N (default: cuda when torch sees a GPU)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_render_main)
     return p
 

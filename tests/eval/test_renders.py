@@ -175,3 +175,35 @@ def test_render_cli_codes_from_files(checkpoint, tmp_path, capsys):
     np.savez(tmp_path / "none.npz", other=np.zeros(3))
     with pytest.raises(ValueError, match="has no array 'code' nor 'codes' .*other"):
         read_codes([str(tmp_path / "none.npz")], z)
+
+
+def test_render_cli_makes_its_folder_before_rendering(checkpoint, tmp_path, monkeypatch, capsys):
+    """--out is made before the renders (it was made after them: an unusable folder failed
+    only once all the work was done) and checked before anything (a file: one-line error)."""
+    import npht.eval.renders as renders
+
+    out = tmp_path / "a" / "renders"
+    seen = []
+    real = renders.render_identities
+
+    def render(*a, **k):
+        seen.append(out.is_dir())
+        return real(*a, **k)
+
+    monkeypatch.setattr(renders, "render_identities", render)
+    args = ["render", "--model", checkpoint, "--resolution", "8", "--yaws", "0", "--identities", "0", "--device",
+            "cpu", "--no-progress"]
+    assert main(args + ["--out", str(out)]) == 0
+    assert seen == [True]
+    (tmp_path / "afile").write_text("x")
+    assert main(args + ["--out", str(tmp_path / "afile")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err and seen == [True]
+
+
+def test_render_codes_from_an_npy_is_a_clear_error(checkpoint, tmp_path, capsys):
+    np.save(tmp_path / "codes.npy", np.zeros((2, 16), np.float32))
+    assert main(["render", "--model", checkpoint, "--codes", str(tmp_path / "codes.npy"), "--out",
+                 str(tmp_path / "o"), "--resolution", "8", "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("npht: error: --codes ") and "not an .npz archive" in err and "codes [n, z]" in err, err
+    assert len(err.splitlines()) == 1
