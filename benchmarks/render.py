@@ -415,6 +415,7 @@ def run(args, on_row=None) -> dict:
         "build_info": {k: v for k, v in npht.build_info().items() if not k.endswith("error")},
         "reference_impl": "grid_sample" if grid_sample_has_double_backward(device) else "gather",
         "targets": targets(rows, device),
+        **({"label": args.label} if args.label else {}),
         "results": rows,
     }
 
@@ -469,6 +470,8 @@ def plot(result: dict, path: str) -> None:
 def main(argv=None):
     p = base_parser(__doc__, TASKS, reps=3)
     p.add_argument("--resolutions", type=int, nargs="+")
+    p.add_argument("--label", help="names a run with other tasks or sizes: report.py keeps the newest run "
+                   "per label beside the default one")
     args = p.parse_args(argv)
     unknown = set(args.methods or ()) - set(GAN_METHODS)
     if unknown:
