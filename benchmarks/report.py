@@ -55,7 +55,8 @@ def render_table(name: str, res: dict) -> str:
         f"**{res['device']}** — torch {res['torch']}, commit `{res['commit']}`, {res['date'][:10]} "
         f"(`{name}`): renderer, B={cfg['B']}, tri-plane {cfg['plane_res']}² x {cfg['C']}, decoder width "
         f"{cfg['hidden']}, float32; accuracy = against the full renderer (every sample shaded) at the same resolution"
-        + (f"; the reference samples the tri-plane with {res['reference_impl']}" if res.get("reference_impl") else ""),
+        + (f"; the reference samples the tri-plane with {res['reference_impl']}" if res.get("reference_impl") else "")
+        + (f" — *{res['label']}*" if res.get("label") else ""),
         "",
         "| task | method | res | median ms | speed-up vs reference | peak memory MiB | normal err deg | mask IoU | grad cosine |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
