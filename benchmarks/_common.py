@@ -92,24 +92,41 @@ def rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def rss_peak_during(fn) -> int:
-    """Peak RSS increase while ``fn()`` runs, sampled every 0.2 ms by a thread (run it in
-    a fresh process so earlier allocations do not hide the step's)."""
-    base = rss_bytes()
+def _peak_during(fn, probe) -> int:
+    """Peak of ``probe()`` above its value before ``fn()``, sampled every 0.2 ms by a thread
+    while ``fn()`` runs."""
+    import sys
+
+    base = probe()
     peak = [base]
-    done = threading.Event()
+    done, polling = threading.Event(), threading.Event()
 
     def poll():
         while not done.is_set():
-            peak[0] = max(peak[0], rss_bytes())
+            peak[0] = max(peak[0], probe())
+            polling.set()
             time.sleep(0.0002)
 
-    t = threading.Thread(target=poll, daemon=True)
-    t.start()
-    fn()
-    done.set()
-    t.join()
-    return max(0, max(peak[0], rss_bytes()) - base)
+    # the poller takes the GIL within 0.1 ms (not the default 5 ms) of asking, and runs before
+    # fn starts: a short call's peak is not missed
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    try:
+        t = threading.Thread(target=poll, daemon=True)
+        t.start()
+        polling.wait()
+        fn()
+        done.set()
+        t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    return max(0, max(peak[0], probe()) - base)
+
+
+def rss_peak_during(fn) -> int:
+    """Peak RSS increase while ``fn()`` runs (run it in a fresh process so earlier
+    allocations do not hide the step's)."""
+    return _peak_during(fn, rss_bytes)
 
 
 def _heap_in_use():
@@ -151,23 +168,7 @@ def cpu_peak_during(fn) -> int:
     mappings, which biased RSS ratios between methods by up to 2x.) Run it in a fresh
     process so that earlier allocations do not hide the call's."""
     in_use = _heap_in_use()
-    if in_use is None:
-        return rss_peak_during(fn)
-    base = in_use()
-    peak = [base]
-    done = threading.Event()
-
-    def poll():
-        while not done.is_set():
-            peak[0] = max(peak[0], in_use())
-            time.sleep(0.0002)
-
-    t = threading.Thread(target=poll, daemon=True)
-    t.start()
-    fn()
-    done.set()
-    t.join()
-    return max(0, max(peak[0], in_use()) - base)
+    return rss_peak_during(fn) if in_use is None else _peak_during(fn, in_use)
 
 
 def cuda_peak_during(fn, warmed: bool = False) -> int:

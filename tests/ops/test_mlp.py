@@ -387,24 +387,33 @@ def test_raw_kernel_errors(backend, device):
         k.softplus_backward_add_(a, a.clone(), a, 0.0, 20.0)
 
 
-@pytest.mark.parametrize("dims", [(5, 16, 16, 16, 1), (5, 16, 1)], ids=str)
-def test_keep_gradient_pass_skips_the_recompute(dims):
-    """keep_gradient_pass: the backward runs L-2 matrix products fewer (the reverse pass'
-    d_{l-1} = e_l W_l, l = L-2 .. 1, is not recomputed) and keeps L-2 more saved tensors."""
+def _backward_counts(dims, option):
+    """For ``option`` off and on (a keyword of softplus_mlp_with_grad): the backward's
+    (matrix products, softplus_backward passes) and its gradients, of the same loss."""
     from torch.profiler import ProfilerActivity, profile
 
     weights, biases = make_mlp(dims)
     x = torch.randn(50, dims[0], dtype=torch.float64, requires_grad=True)
     counts, grads = {}, {}
-    for keep in (False, True):
-        y, g = npht.softplus_mlp_with_grad(x, weights, biases, keep_gradient_pass=keep)
+    for on in (False, True):
+        y, g = npht.softplus_mlp_with_grad(x, weights, biases, **{option: on})
         loss = (g ** 2).sum() + y.sum()
         with profile(activities=[ProfilerActivity.CPU]) as prof:  # sees the ops inside the registered op
-            grads[keep] = torch.autograd.grad(loss, [x, *weights, *biases])
-        counts[keep] = sum(1 for e in prof.events() if e.name in ("aten::mm", "aten::addmm"))
-    assert counts[False] - counts[True] == len(dims) - 3
+            grads[on] = torch.autograd.grad(loss, [x, *weights, *biases])
+        names = [e.name for e in prof.events()]
+        counts[on] = (sum(n in ("aten::mm", "aten::addmm") for n in names),
+                      sum(n == "aten::softplus_backward" for n in names))
     for a, b in zip(grads[True], grads[False]):
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+    return counts
+
+
+@pytest.mark.parametrize("dims", [(5, 16, 16, 16, 1), (5, 16, 1)], ids=str)
+def test_keep_gradient_pass_skips_the_recompute(dims):
+    """keep_gradient_pass: the backward runs L-2 matrix products fewer (the reverse pass'
+    d_{l-1} = e_l W_l, l = L-2 .. 1, is not recomputed) and keeps L-2 more saved tensors."""
+    counts = _backward_counts(dims, "keep_gradient_pass")
+    assert counts[False][0] - counts[True][0] == len(dims) - 3
 
 
 @pytest.mark.parametrize("dims", [(5, 16, 16, 16, 1), (5, 16, 1)], ids=str)
@@ -412,23 +421,9 @@ def test_checkpoint_recomputes_the_forward_products_only(dims):
     """checkpoint=True: the backward's recompute runs the L-1 hidden layers' products and
     nothing else (not the output layer nor the gradient pass, which the backward redoes
     itself), so it costs L-1 products and no softplus derivative pass more than saving."""
-    from torch.profiler import ProfilerActivity, profile
-
-    weights, biases = make_mlp(dims)
-    x = torch.randn(50, dims[0], dtype=torch.float64, requires_grad=True)
-    counts, grads = {}, {}
-    for ckpt in (False, True):
-        y, g = npht.softplus_mlp_with_grad(x, weights, biases, checkpoint=ckpt)
-        loss = (g ** 2).sum() + y.sum()
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            grads[ckpt] = torch.autograd.grad(loss, [x, *weights, *biases])
-        names = [e.name for e in prof.events()]
-        counts[ckpt] = (sum(n in ("aten::mm", "aten::addmm") for n in names),
-                        sum(n == "aten::softplus_backward" for n in names))
+    counts = _backward_counts(dims, "checkpoint")
     assert counts[True][0] - counts[False][0] == len(dims) - 2
     assert counts[True][1] == counts[False][1]
-    for a, b in zip(grads[True], grads[False]):
-        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
 
 
 @pytest.mark.parametrize("checkpoint", [False, True])
