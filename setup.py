@@ -2,7 +2,8 @@
 
 CPU sources are always compiled. CUDA sources are compiled when torch was built with CUDA
 and nvcc is found; NPHT_CUDA=1 forces CUDA (failing if impossible), NPHT_CUDA=0 skips it.
-TORCH_CUDA_ARCH_LIST picks the architectures (default: 8.0;9.0). Install with
+TORCH_CUDA_ARCH_LIST picks the architectures (default: 8.0;9.0+PTX: machine code for A100 and
+H100, and compute_90 PTX that newer GPUs compile when they load it). Install with
 `pip install --no-build-isolation .` so the build uses the torch already installed.
 """
 
@@ -51,7 +52,8 @@ def _extension():
     # -fno-trapping-math: lets the CPU passes vectorise selects (csrc/include/npht/cpu_math.h)
     cxx = ["-O3", "-g0", "-std=c++17", "-fopenmp", "-fno-trapping-math"]
     if _want_cuda():
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        # +PTX: a GPU newer than sm_90 JIT-compiles the kernels instead of finding no image
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         sources = cpu_sources + rel("csrc/*/*_cuda.cpp") + rel("csrc/*/*.cu")
         return CUDAExtension(
             "npht._C",
