@@ -19,8 +19,9 @@ the thesis and NPHM (eq. 13, ``z_{j,l}``) auto-decode one code per identity j an
 l, i.e. per posed scan. The trainer therefore numbers the posed training records densely,
 in the dataset's record order: code ``k`` belongs to ``expression_keys[k] = (identity,
 expression)`` (stored in the checkpoint). Identity codes are looked up by identity *name*
-in the identity run's index (sorted names of the neutral training records of its data,
-as :class:`~npht.data.HeadDataset` numbers them).
+in the identity run's index, which its checkpoint stores (older checkpoints: the sorted
+names of the neutral training records of its data, as :class:`~npht.data.HeadDataset`
+numbers them); expression data of people the identity run has no code for is refused.
 """
 
 from __future__ import annotations
@@ -224,15 +225,31 @@ class ExpressionTrainer(CheckpointedRun):
         self._refuse_overwrite(resume)
         self.device = torch.device(cfg.device)
         self.identity_checkpoint = os.fspath(identity_checkpoint)
-        id_cfg, id_state = load_identity_checkpoint(self.identity_checkpoint)
-        # the identity run's code index: HeadDataset's numbering of its neutral training records
-        id_root = os.fspath(identity_data_root if identity_data_root is not None else data_root)
-        names = HeadDataset(id_root, "train", views=0).identity_index
+        from .loading import read_identity_checkpoint
+
+        id_cfg, id_ckpt = read_identity_checkpoint(self.identity_checkpoint)
+        id_state = id_ckpt["model"]
         n_codes = id_state["codes.weight"].shape[0] if "codes.weight" in id_state else -1
+        # the identity run's code index by name: the checkpoint's own (a data folder with as many
+        # identities but other people would otherwise pair each person with another's code)
+        names = id_ckpt.get("identity_names")
+        if names is not None:
+            names = {str(k): int(v) for k, v in names.items()}
+            if identity_data_root is not None:
+                given = HeadDataset(os.fspath(identity_data_root), "train", views=0).identity_index
+                if given != names:
+                    raise ValueError(f"identity checkpoint {self.identity_checkpoint!r} was trained on the identities "
+                                     f"{sorted(names)}, {os.fspath(identity_data_root)!r} holds {sorted(given)}")
+        else:  # checkpoints before the names were saved: HeadDataset's numbering of the run's data
+            id_root = os.fspath(identity_data_root if identity_data_root is not None else data_root)
+            names = HeadDataset(id_root, "train", views=0).identity_index
+            if n_codes != len(names):
+                raise ValueError(f"identity checkpoint {self.identity_checkpoint!r} has {n_codes} identity codes but "
+                                 f"{id_root!r} has {len(names)} neutral training identities: it was not trained on "
+                                 "this data (pass the identity run's data folder)")
         if n_codes != len(names):
-            raise ValueError(f"identity checkpoint {self.identity_checkpoint!r} has {n_codes} identity codes but "
-                             f"{id_root!r} has {len(names)} neutral training identities: it was not trained on "
-                             "this data (pass the identity run's data folder)")
+            raise ValueError(f"identity checkpoint {self.identity_checkpoint!r} has {n_codes} identity codes for "
+                             f"{len(names)} named identities")
         self.identity_cfg = id_cfg
         self.identity_model = build_identity_model(id_cfg, len(names))
         self.identity_model.load_state_dict(id_state)

@@ -185,6 +185,32 @@ def test_gpu_run_resumes(data_root, identity_ckpt, tmp_path):
     assert c.global_step == 3 and all(torch.isfinite(v).all() for v in c.model.state_dict().values())
 
 
+def test_identity_codes_are_matched_by_the_checkpoints_names(data_root, identity_ckpt, tmp_path):
+    """Expression data of as many people as the identity run but other ones (another capture
+    session, a forgotten --identity-data) is refused: the codes are looked up by the names
+    the identity checkpoint stores, not by position in the data folder's numbering (which
+    paired each person with another's code)."""
+    import json
+    import shutil
+
+    other = str(tmp_path / "other")
+    shutil.copytree(data_root, other)
+    with open(os.path.join(other, "manifest.json")) as f:
+        man = json.load(f)
+    names = sorted({r["identity"] for r in man["records"]})
+    rename = {n: f"person{i}" for i, n in enumerate(names)}
+    for r in man["records"]:
+        r["identity"] = rename[r["identity"]]
+    with open(os.path.join(other, "manifest.json"), "w") as f:
+        json.dump(man, f)
+    with pytest.raises(ValueError, match="no trained code"):
+        ExpressionTrainer(_cfg(), other, identity_ckpt, tmp_path / "run")
+    with pytest.raises(ValueError, match="was trained on the identities"):
+        ExpressionTrainer(_cfg(), data_root, identity_ckpt, tmp_path / "run2", identity_data_root=other)
+    tr = ExpressionTrainer(_cfg(), data_root, identity_ckpt, tmp_path / "run3")
+    assert tr.identity_names == load_checkpoint(identity_ckpt)["identity_names"]
+
+
 def test_cli_trains_and_resumes(data_root, identity_ckpt, tmp_path):
     out = str(tmp_path / "run")
     args = ["train", "expression", "--preset", "cpu-demo", "--data", data_root, "--identity", identity_ckpt,
@@ -225,11 +251,18 @@ def test_wrong_identity_checkpoints(data_root, identity_ckpt, tmp_path, capsys):
 def test_identity_without_trained_code(data_root, identity_ckpt, tmp_path):
     # the expression data has a third identity: the 2-code identity run cannot serve it
     bigger = prepared("expressions3", tmp_path / "three")
-    with pytest.raises(ValueError, match="has 2 identity codes but .* 3 neutral training identities"):
+    # the checkpoint's names: synth002 has no code
+    with pytest.raises(ValueError, match=r"identities \['synth002'\] .* no trained code"):
         ExpressionTrainer(_cfg(), bigger, identity_ckpt, tmp_path / "x")
-    # given the identity run's own data, the name lookup finds synth002 without a code
     with pytest.raises(ValueError, match=r"identities \['synth002'\] .* no trained code"):
         ExpressionTrainer(_cfg(), bigger, identity_ckpt, tmp_path / "x", identity_data_root=data_root)
+    # a checkpoint from before the names were saved: the data folder's numbering, its count checked
+    s = load_checkpoint(identity_ckpt)
+    del s["identity_names"]
+    old = str(tmp_path / "old.pt")
+    torch.save(s, old)
+    with pytest.raises(ValueError, match="has 2 identity codes but .* 3 neutral training identities"):
+        ExpressionTrainer(_cfg(), bigger, old, tmp_path / "y")
     with pytest.raises(ValueError, match="no trained code"):
         ExpressionData(data_root, {"synth000": 0}, pairs=4, outside_points=0)
 
