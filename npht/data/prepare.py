@@ -6,7 +6,9 @@ meshes (:class:`~npht.data.loaders.MeshFolder`) or the NPHM layout
 prepared folder holds::
 
     OUT/
-      config.json                      the settings (a re-run with other settings refuses)
+      config.json                      the settings (a re-run with other settings refuses) and,
+                                       for a folder source, its identities (a re-run on a
+                                       source that gained or lost identities refuses too)
       manifest.json                    records, splits, files; written last
       meshes/<identity>/<expression>.npz            HeadMesh (vertices, faces, face labels)
       samples/<identity>/<expression>.npz           thesis point samples in bulk
@@ -90,8 +92,15 @@ class PrepareConfig:
         return self
 
     def fingerprint(self) -> dict:
-        """What determines the files (``source`` is stored as given)."""
-        return asdict(self)
+        """What determines the files. A folder ``source`` is stored as its real path: the
+        same relative path typed in another directory is another dataset."""
+        fp = asdict(self)
+        fp["source"] = _source_key(self.source)
+        return fp
+
+
+def _source_key(source: str) -> str:
+    return source if source == "synthetic" else os.path.realpath(source)
 
 
 def camera_rig(config: PrepareConfig, resolution: Optional[int] = None):
@@ -289,29 +298,70 @@ class OtherSettingsError(ValueError):
         self.diff = diff
 
 
-def _check_config(out: str, config: PrepareConfig, overwrite: bool) -> None:
+#: what a prepare run writes besides config.json: a folder holding any of it without a
+#: config.json holds files whose settings are unknown
+_PREPARED = ("manifest.json", "meshes", "samples", "correspondences", "normal_maps")
+
+
+def _check_config(out: str, config: PrepareConfig, identities: List[str], overwrite: bool) -> Optional[dict]:
+    """Refuse ``out`` when it holds files of other settings or of another identity set; only
+    reads. Returns the ``config.json`` to write, None when the stored one is current.
+
+    A folder source's identity list is recorded: the test split is the last identities
+    (sorted) and the samples' seeds are the sorted positions, so identities added to or
+    removed from the source would move a test identity into training and change the
+    samples of the others (folders of older npht, without the list, get it recorded)."""
     path = os.path.join(out, "config.json")
     fp = config.fingerprint()
-    if os.path.exists(path) and not overwrite:
-        with open(path) as f:
-            try:
-                old = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"corrupt {path}: {e}; delete it or pass overwrite=True") from e
-        if old != fp:
-            diff = {k: (old.get(k), v) for k, v in fp.items() if old.get(k) != v}
-            raise OtherSettingsError(f"{out} was prepared with other settings {diff} (old, new); "
-                                     "use another folder or overwrite=True (--overwrite)", diff)
-        return
-    if overwrite and os.path.isdir(out):
-        import shutil
+    new = fp if config.source == "synthetic" else dict(fp, source_identities=list(identities))
+    fresh = "prepare into a new folder, or pass overwrite=True (--overwrite) to discard what it holds"
+    if overwrite:
+        return new
+    if not os.path.exists(path):
+        held = [name for name in _PREPARED if os.path.exists(os.path.join(out, name))]
+        if held:
+            raise ValueError(f"{out} holds prepared files ({', '.join(held)}) but no config.json: the settings "
+                             f"they were made with are unknown; {fresh}")
+        return new
+    with open(path) as f:
+        try:
+            stored = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"corrupt {path}: {e}; the settings of the files in {out} are unknown: {fresh}") from e
+    if not isinstance(stored, dict):
+        raise ValueError(f"corrupt {path}: not a JSON object; the settings of the files in {out} are unknown: {fresh}")
+    old = dict(stored)
+    recorded = old.pop("source_identities", None)
+    typed = old.get("source")
+    note = ""
+    if isinstance(typed, str) and typed != "synthetic" and not os.path.isabs(typed):
+        # older npht stored the path as typed: the same folder only if it names it from here
+        if os.path.realpath(typed) == fp["source"]:
+            old["source"] = fp["source"]
+        else:
+            note = (f"; its source {typed!r} is a relative path typed in another directory (from here it names "
+                    f"{os.path.realpath(typed)})")
+    if old != fp:
+        diff = {k: (old.get(k), v) for k, v in fp.items() if old.get(k) != v}
+        raise OtherSettingsError(f"{out} was prepared with other settings {diff} (old, new){note}; "
+                                 "use another folder or overwrite=True (--overwrite)", diff)
+    if recorded is not None and list(recorded) != list(identities):
+        added = sorted(set(identities) - set(recorded))
+        removed = sorted(set(recorded) - set(identities))
+        raise ValueError(f"{out} was prepared from {len(recorded)} identities of {fp['source']}, which now holds "
+                         f"other identities (added: {added}, removed: {removed}): the test split (the last "
+                         f"identities, sorted) and the samples' seeds (sorted positions) would move; {fresh}")
+    return None if stored == new else new
 
-        for kind in ("meshes", "samples", "correspondences", "normal_maps"):
-            shutil.rmtree(os.path.join(out, kind), ignore_errors=True)
-        for name in ("manifest.json", "config.json"):
-            if os.path.exists(os.path.join(out, name)):
-                os.unlink(os.path.join(out, name))
-    _atomic_json(path, fp)
+
+def _clear(out: str) -> None:
+    import shutil
+
+    for kind in ("meshes", "samples", "correspondences", "normal_maps"):
+        shutil.rmtree(os.path.join(out, kind), ignore_errors=True)
+    for name in ("manifest.json", "config.json"):
+        if os.path.exists(os.path.join(out, name)):
+            os.unlink(os.path.join(out, name))
 
 
 def _atomic_json(path: str, obj) -> None:
@@ -325,17 +375,25 @@ def prepare(config: PrepareConfig, out: str, *, workers: int = 1, overwrite: boo
             progress: bool = True) -> dict:
     """Prepare ``config`` into folder ``out`` and return the manifest (also written to
     ``out/manifest.json``). ``workers`` processes share the identities (each one renders
-    and samples a whole identity). Re-running finishes an interrupted run."""
+    and samples a whole identity). Re-running finishes an interrupted run.
+
+    The source is opened, listed and checked before ``config.json`` is written: a run
+    refused at the start (wrong layout, bad counts) leaves nothing that would refuse the
+    corrected command as "other settings"."""
     config.validate()
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    os.makedirs(out, exist_ok=True)
-    _check_config(out, config, overwrite)
     source = open_source(config)
     identities = sorted(source.identities())
     if not identities:
         raise ValueError(f"source {config.source!r} holds no identities")
     expressions = {i: source.expressions(i) for i in identities}
+    stored = _check_config(out, config, identities, overwrite)
+    os.makedirs(out, exist_ok=True)
+    if overwrite:
+        _clear(out)
+    if stored is not None:
+        _atomic_json(os.path.join(out, "config.json"), stored)
     t0 = time.perf_counter()
     from tqdm.auto import tqdm
 

@@ -110,9 +110,11 @@ def test_config_errors(tmp_path):
         prepare(tiny(expressions=99), str(tmp_path / "o"), progress=False)
     with pytest.raises(ValueError, match="workers must be"):
         prepare(tiny(), str(tmp_path / "o"), workers=0, progress=False)
+    assert not os.path.exists(tmp_path / "o")  # refused before anything is written
+    os.makedirs(tmp_path / "o")
     with open(tmp_path / "o" / "config.json", "w") as f:
         f.write("{broken")
-    with pytest.raises(ValueError, match="corrupt"):
+    with pytest.raises(ValueError, match="corrupt.*prepare into a new folder, or pass overwrite"):
         prepare(tiny(), str(tmp_path / "o"), progress=False)
 
 
