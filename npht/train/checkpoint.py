@@ -14,7 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["save_atomic", "load_checkpoint", "rng_state", "set_rng_state", "split_legacy_param_groups",
+__all__ = ["save_atomic", "new_file_mode", "load_checkpoint", "rng_state", "set_rng_state", "split_legacy_param_groups",
            "config_differences", "check_limits", "RESUME_MAY_CHANGE", "CheckpointedRun"]
 
 #: config fields a resumed run may set differently: how it runs, not what it trains
@@ -30,12 +30,24 @@ def config_differences(saved, current, may_change=RESUME_MAY_CHANGE) -> list:
             if k not in may_change and a.get(k) != b.get(k)]
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file here (0o666 less the umask). ``tempfile.mkstemp``
+    makes 0o600 files whatever the umask, and ``os.replace`` keeps that: files written
+    through it are set to this mode, as a plain save would make them (readable by the group
+    on a shared project folder)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def save_atomic(obj, path: str) -> None:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace``: a
-    crash mid-write leaves the previous file at ``path`` intact."""
+    crash mid-write leaves the previous file at ``path`` intact. The file gets the mode a
+    plain save would give it (:func:`new_file_mode`)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    os.fchmod(fd, new_file_mode())
     os.close(fd)
     try:
         torch.save(obj, tmp)
@@ -237,6 +249,8 @@ class CheckpointedRun:
                              f"{', '.join(diff)}. Resume with the run's own settings (`npht train ... "
                              f"--resume` without --preset takes them from the checkpoint) or use a new out_dir")
         self.load_state_dict(s)
+        if self.rank == 0:  # steps logged after the checkpoint by a run that died are logged again
+            self.log.rewind(self.global_step)
 
     def _run_state(self) -> dict:
         s = {"config": self.cfg.to_dict(), "model": self.model.state_dict()}

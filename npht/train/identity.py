@@ -18,6 +18,9 @@ ranks is a step on the combined batch (tested on gloo): the model and density ru
 :class:`torch.nn.parallel.DistributedDataParallel` (:class:`_IdentityStep`, the whole
 generator-side forward), the discriminator under its own DDP; the one piece reduced by
 hand is the sparse gradient of the auto-decoder codes (see :func:`_reduce_sparse_grad`).
+On GPUs the generator's BatchNorm becomes SyncBatchNorm; on CPU (gloo) it normalises each
+rank's batch (DDP refuses SyncBatchNorm there; a warning says so), so there the equality
+holds only for generators without BatchNorm (the test's plane_resolution 16).
 Not batch-independent: the sampler's jitter (a stream per rank and step; switch it off
 with ``render_jitter=False``) and the error-bound sampler's number of rounds (it stops
 when all rays of the render batch have converged).
@@ -269,6 +272,10 @@ class IdentityTrainer(CheckpointedRun):
             # (SyncBatchNorm reuses the Parameters: the optimisers above still hold them). DDP
             # refuses SyncBatchNorm on CPU: there (gloo) BatchNorm uses each rank's batch.
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        elif self.world > 1 and any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            warnings.warn("data parallel on CPU (gloo): the generator's BatchNorm normalises each rank's batch "
+                          "(DDP refuses SyncBatchNorm there), so a step on N ranks is not the step of one process "
+                          "on the combined batch (CUDA runs convert it to SyncBatchNorm)", stacklevel=2)
         self.step_module = _IdentityStep(self)
         self.disc_module = self.disc
         if self.world > 1:

@@ -24,6 +24,28 @@ class RunLog:
         self.path = os.path.join(self.out_dir, "log.csv")
         self.columns, self.terms, self.prefix = tuple(columns), tuple(terms), prefix
         self._tb = None
+        self._purge_step = None
+
+    def rewind(self, step: int) -> None:
+        """A resumed run continues after ``step`` (its checkpoint's): rows logged after it by
+        the run that died (killed between a logged step and its next checkpoint) are dropped
+        from log.csv (rewritten atomically), and TensorBoard purges its events after it, so
+        that each step is logged once."""
+        self._purge_step = int(step) + 1
+        if not os.path.exists(self.path):
+            return
+        with open(self.path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields, rows = reader.fieldnames, list(reader)
+        keep = [r for r in rows if not (r.get("step") or "").strip().isdigit() or int(r["step"]) <= step]
+        if len(keep) == len(rows) or not fields:
+            return
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(keep)
+        os.replace(tmp, self.path)
 
     def write(self, row: dict, step: int) -> None:
         new = not os.path.exists(self.path)
@@ -63,7 +85,7 @@ class RunLog:
         if self._tb is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self._tb = SummaryWriter(os.path.join(self.out_dir, "tb"))
+                self._tb = SummaryWriter(os.path.join(self.out_dir, "tb"), purge_step=self._purge_step)
             except Exception:   # tensorboard is optional
                 self._tb = False
         return self._tb or None

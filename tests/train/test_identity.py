@@ -108,6 +108,52 @@ def test_resume_bit_identical(data_root, tmp_path, stages, n, m):
     assert c.opt.state_dict()["state"].keys() == a.opt.state_dict()["state"].keys()
 
 
+def test_resume_after_a_crash_logs_each_step_once(data_root, tmp_path):
+    """A run killed after logging a step but before its next checkpoint: the resumed run
+    repeats that step, and log.csv keeps one row per step (the dead run's rows after the
+    checkpoint are dropped; they were appended again before)."""
+    IdentityTrainer(_cfg((0, 10, 10)), data_root, tmp_path).train(max_steps=2)   # checkpoint at step 2
+    with open(tmp_path / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    with open(tmp_path / "log.csv", "a", newline="") as f:   # step 3 logged, then the process died
+        csv.DictWriter(f, fieldnames=list(rows[0])).writerow({**rows[-1], "step": "3"})
+    c = IdentityTrainer(_cfg((0, 10, 10)), data_root, tmp_path, resume=True)
+    c.train(max_steps=2)
+    with open(tmp_path / "log.csv") as f:
+        assert [int(r["step"]) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+
+
+def test_cpu_data_parallel_warns_about_batchnorm(data_root, tmp_path, monkeypatch):
+    """On CPU (gloo) DDP refuses SyncBatchNorm: a generator with BatchNorm then normalises
+    each rank's batch, and the trainer says so (N ranks != one process on the combined batch)."""
+    import torch.distributed as dist
+
+    from npht.train import identity as identity_mod
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        monkeypatch.setattr(identity_mod, "_dist", lambda: (0, 2))   # a 2-rank run, as rank 0 sees it
+        with pytest.warns(UserWarning, match="BatchNorm normalises each rank's batch"):
+            IdentityTrainer(_cfg((0, 5, 5)), data_root, tmp_path / "bn")
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in IdentityTrainer(
+            _cfg((0, 5, 5)), data_root, tmp_path / "bn2").model.modules())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_checkpoint_mode_follows_the_umask(tmp_path):
+    """Atomic saves go through mkstemp (0o600 whatever the umask): the checkpoint gets the
+    mode a plain save would give it, e.g. group-readable on a shared project folder."""
+    old = os.umask(0o027)
+    try:
+        ckpt_mod.save_atomic({"a": 1}, str(tmp_path / "c.pt"))
+        torch.save({"a": 1}, str(tmp_path / "plain.pt"))
+    finally:
+        os.umask(old)
+    mode = os.stat(tmp_path / "c.pt").st_mode & 0o777
+    assert mode == os.stat(tmp_path / "plain.pt").st_mode & 0o777 == 0o640
+
+
 def test_killed_save_keeps_last_checkpoint(data_root, tmp_path, monkeypatch):
     tr = IdentityTrainer(_cfg((0, 0, 5)), data_root, tmp_path)
     path = tr.save()
