@@ -156,20 +156,25 @@ class _FolderSource:
 
 
 #: a mesh reaching farther from the origin is not in npht's frame (the normal-map cameras sit
-#: at radius 2.6, the samples' ball is the unit ball); one nearer fills too little of it
-FRAME_RADIUS = (0.05, 2.0)
+#: at radius 2.6, the samples' ball is the unit ball); one nearer fills too little of it: a head
+#: in metres reaches ~0.1-0.2, a normalised one ~0.6-1
+FRAME_RADIUS = (0.25, 2.0)
 
 
 def check_frame(vertices, name: str) -> float:
     """The largest vertex radius of a source mesh; ValueError (naming ``name``) outside
-    :data:`FRAME_RADIUS` (another unit, e.g. millimetres, or not centred), a warning beyond
-    radius 1.05 (heads are normalised into the unit sphere)."""
+    :data:`FRAME_RADIUS` (another unit, e.g. millimetres or metres, or not centred), a
+    warning beyond radius 1.05 (heads are normalised into the unit sphere)."""
     r = float(np.linalg.norm(np.asarray(vertices, dtype=np.float64), axis=1).max())
     lo, hi = FRAME_RADIUS
-    if not lo <= r <= hi:
-        raise ValueError(f"mesh {name} reaches radius {r:.4g} from the origin: npht's frame has heads centred and "
-                         f"normalised into the unit sphere (y up, face towards +z); rescale and centre the meshes "
-                         f"(e.g. millimetres: divide by the head's radius) before preparing them")
+    frame = "npht's frame has heads centred and normalised into the unit sphere (y up, face towards +z)"
+    if r < lo:
+        raise ValueError(f"mesh {name} reaches radius {r:.4g} from the origin, too small for npht's frame: {frame}; "
+                         f"rescale to the unit sphere: a head in metres (radius ~0.1-0.2) is divided by its "
+                         f"radius before preparing it")
+    if r > hi:
+        raise ValueError(f"mesh {name} reaches radius {r:.4g} from the origin: {frame}; rescale and centre the "
+                         f"meshes (e.g. millimetres: divide by the head's radius) before preparing them")
     if r > 1.05:
         warnings.warn(f"mesh {name} reaches radius {r:.3g}: parts beyond the unit sphere are outside the region "
                       "npht samples and renders", stacklevel=2)

@@ -200,7 +200,8 @@ def test_mesh_folder_source_matches_records(prepared, tmp_path):
 
 def test_mesh_folder_in_another_unit_is_refused(prepared, tmp_path):
     """Source meshes must be in npht's frame (centred, in the unit sphere): a head in
-    millimetres is refused naming the mesh, one slightly beyond the sphere warned about."""
+    millimetres or metres is refused naming the mesh, one slightly beyond the sphere warned
+    about."""
     from npht.data.prepare import check_frame
 
     out, manifest = prepared
@@ -218,6 +219,9 @@ def test_mesh_folder_in_another_unit_is_refused(prepared, tmp_path):
         check_frame(m.vertices * (1.2 / r), "x")
     with pytest.raises(ValueError, match="reaches radius 0.01"):
         check_frame(m.vertices * (0.01 / r), "x")
+    with pytest.raises(ValueError, match="reaches radius 0.12.*rescale to the unit sphere: a head in metres"):
+        check_frame(m.vertices * (0.12 / r), "x")  # FLAME's unit
+    assert check_frame(m.vertices * (0.3 / r), "x") == pytest.approx(0.3)
 
 
 def test_cli_prepare_and_errors(tmp_path, capsys):
