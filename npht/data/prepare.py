@@ -226,20 +226,80 @@ def _neutral_first(meshes: Sequence[HeadMesh]) -> List[HeadMesh]:
     return neutral + [m for m in meshes if not m.is_neutral]
 
 
+def _check_topology(identity: str, neutral: HeadMesh, posed: Sequence[HeadMesh]) -> None:
+    """Correspondences map points between an identity's neutral and posed registrations by
+    triangle and barycentrics: they must share their faces. Raw scans without registrations
+    do not; refused naming the record and the flag, before any of its files is written (it
+    failed in the sampling, after the meshes and samples of the identity were written)."""
+    vn, fn = neutral.registration()
+    for mesh in posed:
+        vp, fp = mesh.registration()
+        if len(vn) != len(vp) or not np.array_equal(fn, fp):
+            raise ValueError(
+                f"correspondences need the expressions of an identity to share one topology (registrations: "
+                f"<identity>/registration/<expression>.ply|.obj in a mesh folder, registration.ply in NPHM), but "
+                f"{identity}/{neutral.expression} and {identity}/{mesh.expression} have {len(vn)} and {len(vp)} "
+                f"vertices, {len(fn)} and {len(fp)} faces{' (other faces)' if len(fn) == len(fp) else ''}: add "
+                f"registrations, or prepare without correspondences (--correspondences 0, correspondences=0)")
+
+
+def _check_correspondence_source(config: PrepareConfig, source, identities: List[str],
+                                 expressions: Dict[str, List[str]]) -> None:
+    """Before anything is written: the first identity with expressions of a folder source
+    (its neutral and one posed mesh) has what correspondences need (the common raw-scan
+    folder has no registrations); the others are checked as their worker loads them."""
+    if not config.correspondences or not isinstance(source, _FolderSource):
+        return
+    for ident in identities:
+        if len(expressions[ident]) > 1:
+            neutral, posed = (source.loader[(ident, e)] for e in expressions[ident][:2])  # neutral first
+            _check_topology(ident, neutral, [posed])
+            return
+
+
+def _with_record(e: Exception, where: str) -> Exception:
+    """``e`` with ``where`` (the record) in its message, a ValueError where it was one: a
+    worker's exception reaches the caller alone, without the identity it was working on."""
+    msg = f"{where}: {e}"
+    if isinstance(e, ValueError):
+        return ValueError(msg)
+    try:
+        named = type(e)(msg)
+        if str(named) == msg:
+            return named
+    except Exception:  # a type that takes other arguments
+        pass
+    return RuntimeError(msg)
+
+
 def _prepare_identity(config: PrepareConfig, out: str, identity: str, identity_index: int,
                       expressions: List[str]) -> List[dict]:
-    """All files of one identity; returns its manifest records. Runs in a worker."""
+    """All files of one identity; returns its manifest records. Runs in a worker; an error
+    names the identity (and the expression and source file it was working on)."""
+    where: dict = {}
+    try:
+        return _prepare_identity_files(config, out, identity, identity_index, expressions, where)
+    except Exception as e:
+        name = f"identity {identity}" if "expression" not in where else f"{identity}/{where['expression']}"
+        if where.get("path"):
+            name += f" (from {where['path']})"
+        raise _with_record(e, f"prepare {name}") from e
+
+
+def _prepare_identity_files(config: PrepareConfig, out: str, identity: str, identity_index: int,
+                            expressions: List[str], where: dict) -> List[dict]:
     from .sampling import prepare_expression_samples, prepare_identity_samples
 
     paths = {e: _paths(out, identity, e) for e in expressions}
     if all(os.path.exists(paths[e]["meshes"]) for e in expressions):
-        meshes = [load_mesh(paths[e]["meshes"]) for e in expressions]
+        meshes = _neutral_first([load_mesh(paths[e]["meshes"]) for e in expressions])
     else:
-        meshes = open_source(config).load(identity)
+        meshes = _neutral_first(open_source(config).load(identity))
+        if config.correspondences:
+            _check_topology(identity, meshes[0], meshes[1:])
         for m in meshes:
             if not os.path.exists(paths[m.expression]["meshes"]):
                 save_mesh(paths[m.expression]["meshes"], m)
-    meshes = _neutral_first(meshes)
     neutral = meshes[0]
     order = {e: i for i, e in enumerate(expressions)}
     rig = camera_rig(config) if config.cameras else None
@@ -247,6 +307,7 @@ def _prepare_identity(config: PrepareConfig, out: str, identity: str, identity_i
     records = []
     try:
         for mesh in meshes:
+            where.update(expression=mesh.expression, path=mesh.meta.get("path"))
             e_idx = order[mesh.expression]
             p = paths[mesh.expression]
             if not os.path.exists(p["samples"]):
@@ -394,6 +455,7 @@ def prepare(config: PrepareConfig, out: str, *, workers: int = 1, overwrite: boo
         raise ValueError(f"source {config.source!r} holds no identities")
     expressions = {i: source.expressions(i) for i in identities}
     stored = _check_config(out, config, identities, overwrite)
+    _check_correspondence_source(config, source, identities, expressions)
     os.makedirs(out, exist_ok=True)
     if overwrite:
         _clear(out)
@@ -410,13 +472,21 @@ def prepare(config: PrepareConfig, out: str, *, workers: int = 1, overwrite: boo
                 results[ident] = _prepare_identity(config, out, ident, k, expressions[ident])
                 bar.update(1)
         else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
-                                     initializer=_worker_init) as pool:
+            # the first failure cancels the identities not started (the running ones finish:
+            # their files are complete either way); shutting down with waiting ran them all
+            # before the error surfaced
+            pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"),
+                                       initializer=_worker_init)
+            try:
                 futures = {pool.submit(_prepare_identity, config, out, ident, k, expressions[ident]): ident
                            for k, ident in enumerate(identities)}
                 for fut in as_completed(futures):
                     results[futures[fut]] = fut.result()
                     bar.update(1)
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
     finally:
         bar.close()
     n_test = min(config.test_identities, max(len(identities) - 1, 0))

@@ -148,3 +148,58 @@ def test_run_refused_at_the_start_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="expressions must be <="):
         prepare(PrepareConfig(identities=1, expressions=99, mesh_resolution=32, **SMALL), out2, progress=False)
     assert not os.path.exists(os.path.join(out2, "config.json"))
+
+
+def open_scan(path, radius=0.5):
+    """A sphere with its bottom cut off: not watertight, refused by the signed distances."""
+    v, f = sphere(radius, subdivisions=2)
+    keep = v[f].mean(1)[:, 1] > -0.3
+    trimesh.Trimesh(v, f[keep], process=False).export(path)
+
+
+def test_worker_error_names_the_record(tmp_path):
+    src = write_folder(tmp_path / "src", ["a", "b", "c"])
+    open_scan(os.path.join(src, "b", "neutral.ply"))
+    with pytest.warns(UserWarning, match="not watertight"):
+        with pytest.raises(ValueError, match=r"prepare b/neutral \(from .*b/neutral.ply\): signed distances need"):
+            prepare(cfg(src), str(tmp_path / "out"), progress=False)
+
+
+def test_first_worker_error_cancels_the_identities_not_started(tmp_path):
+    """With workers, the first failure surfaces without waiting for every other identity (it
+    came after all of them ran), naming its record."""
+    names = [f"id{k}" for k in range(10)]
+    src = write_folder(tmp_path / "src", names)
+    open_scan(os.path.join(src, "id0", "neutral.ply"))
+    out = str(tmp_path / "out")
+    with pytest.raises(ValueError, match=r"prepare id0/neutral .*signed distances need"):  # warned in the worker
+        prepare(cfg(src, ball=3000), out, workers=2, progress=False)
+    samples = os.path.join(out, "samples")
+    done = os.listdir(samples) if os.path.isdir(samples) else []
+    assert "id9" not in done and len(done) < 9, done
+
+
+def test_correspondences_without_registrations_are_refused_before_writing(tmp_path):
+    """Raw scans of other topologies (no registrations) cannot give correspondences: refused
+    before anything is written, naming the flag that turns them off."""
+    src = str(tmp_path / "src")
+    for ident in ("anna", "bob"):
+        os.makedirs(os.path.join(src, ident))
+        for e, sub in (("neutral", 1), ("smile", 2)):
+            v, f = sphere(0.5, subdivisions=sub)
+            trimesh.Trimesh(v, f, process=False).export(os.path.join(src, ident, f"{e}.ply"))
+    out = str(tmp_path / "out")
+    with pytest.raises(ValueError, match=r"anna/neutral and anna/smile have 42 and 162 vertices.*--correspondences 0"):
+        prepare(cfg(src, correspondences=50), out, progress=False)
+    assert not os.path.exists(out)
+    # the first identity has a registration, the second not: refused before its files
+    os.makedirs(os.path.join(src, "anna", "registration"))
+    for e in ("neutral", "smile"):
+        v, f = sphere(0.5, subdivisions=1)
+        trimesh.Trimesh(v, f, process=False).export(os.path.join(src, "anna", "registration", f"{e}.ply"))
+    with pytest.raises(ValueError, match=r"prepare identity bob: correspondences need.*--correspondences 0"):
+        prepare(cfg(src, correspondences=50), out, progress=False)
+    assert os.path.exists(os.path.join(out, "correspondences", "anna", "smile.npz"))
+    assert not os.path.exists(os.path.join(out, "meshes", "bob"))
+    m = prepare(cfg(src, correspondences=0), str(tmp_path / "out0"), progress=False)
+    assert len(m["records"]) == 4
