@@ -4,9 +4,10 @@ Two layouts, one interface: ``loader.identities()``, ``loader.expressions(identi
 neutral first, then the others sorted), ``loader[(identity, expression)] -> HeadMesh``;
 a loader is a read-only Mapping whose keys are ``(identity, expression)`` pairs
 (``keys()``, ``len()``, iteration over the keys, ``values()``/``items()`` load meshes).
-Meshes are read with trimesh without processing (vertex order and count are kept, so
-per-vertex masks stay valid) and are expected in npht's world frame: inside the unit
-sphere, y up, face towards +z (neither loader rescales).
+Meshes are read keeping the file's vertex order and count, so per-vertex masks stay valid
+(.ply with trimesh without processing, .obj from its ``v`` and ``f`` lines: see
+:func:`read_mesh`), and are expected in npht's world frame: inside the unit sphere, y up,
+face towards +z (neither loader rescales).
 
 :class:`MeshFolder`, any meshes::
 
@@ -72,18 +73,50 @@ def default_face_region(vertices, *, cap_degrees: float = 100.0, neck_y: float =
     return (cos >= np.cos(np.radians(cap_degrees))) & (v[:, 1] > neck_y)
 
 
+def _read_obj(path: str) -> Tuple[np.ndarray, np.ndarray]:
+    """The ``v`` and ``f`` lines of an .obj file, in the file's vertex order: a face corner's
+    vertex is the index before its first ``/`` (1-based; negative counts back from the
+    vertices read so far), polygons are fan-triangulated, everything else (``vt``, ``vn``,
+    ``g``, ``o``, ``usemtl``, ...) is ignored. trimesh splits vertices where the UVs or the
+    groups differ: a closed textured head loaded as open, and face masks in the file's
+    vertex order no longer matched it."""
+    vertices: List[List[float]] = []
+    faces: List[Tuple[int, int, int]] = []
+    with open(path, "r", errors="replace") as fh:
+        for line in fh:
+            parts = line.split()
+            if not parts:
+                continue
+            if parts[0] == "v":
+                vertices.append([float(x) for x in parts[1:4]])
+                if len(vertices[-1]) != 3:
+                    raise ValueError(f"vertex line with fewer than 3 coordinates: {line.strip()!r}")
+            elif parts[0] == "f":
+                corners = []
+                for token in parts[1:]:
+                    i = int(token.split("/", 1)[0])
+                    corners.append(i - 1 if i > 0 else len(vertices) + i if i < 0 else -1)  # 0: invalid
+                faces.extend((corners[0], corners[k], corners[k + 1]) for k in range(1, len(corners) - 1))
+    return (np.asarray(vertices, dtype=np.float64).reshape(-1, 3),
+            np.asarray(faces, dtype=np.int64).reshape(-1, 3))
+
+
 def read_mesh(path) -> Tuple[np.ndarray, np.ndarray]:
-    """``(vertices float64 [V, 3], faces int64 [F, 3])`` of a .ply/.obj file, unprocessed.
-    An unreadable file or one without triangles raises ValueError naming the file."""
+    """``(vertices float64 [V, 3], faces int64 [F, 3])`` of a .ply/.obj file, unprocessed
+    (the file's vertices in its order; .obj: :func:`_read_obj`). An unreadable file or one
+    without triangles raises ValueError naming the file."""
     import trimesh
 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such mesh file: {path}")
     try:
-        mesh = trimesh.load(path, process=False, force="mesh")
-        v = np.asarray(mesh.vertices, dtype=np.float64)
-        f = np.asarray(getattr(mesh, "faces", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
+        if path.lower().endswith(".obj"):
+            v, f = _read_obj(path)
+        else:
+            mesh = trimesh.load(path, process=False, force="mesh")
+            v = np.asarray(mesh.vertices, dtype=np.float64)
+            f = np.asarray(getattr(mesh, "faces", np.zeros((0, 3))), dtype=np.int64).reshape(-1, 3)
     except Exception as e:  # trimesh raises many kinds on corrupt files
         raise ValueError(f"cannot read mesh file {path}: {type(e).__name__}: {e}") from e
     if len(f) == 0 or len(v) == 0:

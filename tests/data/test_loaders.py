@@ -226,3 +226,32 @@ def test_nphm_cut_plane_reaches_the_sampler(nphm):
     bulk = prepare_identity_samples(mesh, 200, 100, 100, rng=0)
     for k in ("surface_face_points", "surface_nonface_points", "ball_points"):
         assert (bulk[k][:, 1] > -0.4).all() and len(bulk[k]) in (200, 100)
+
+
+def test_obj_keeps_the_file_vertices(tmp_path):
+    """A textured .obj (a UV per face corner, seams), with groups and materials, quads and
+    negative indices loads with the file's vertices in its order: the closed head stays
+    watertight and a mask in the file's vertex order applies (trimesh split the vertices)."""
+    from npht.data.sampling import is_watertight
+
+    v, f = box()  # 8 vertices, 12 triangles: written as 6 quads where the pairs allow
+    quads = [[0, 1, 3, 2], [4, 6, 7, 5], [0, 4, 5, 1], [2, 3, 7, 6], [0, 2, 6, 4], [1, 5, 7, 3]]
+    lines = ["mtllib none.mtl", "o head"] + [f"v {a:.6f} {b:.6f} {c:.6f}" for a, b, c in v]
+    lines += [f"vt {k / 24:.4f} {(k * 7 % 24) / 24:.4f}" for k in range(24)] + ["vn 0 0 1"]
+    for k, q in enumerate(quads):
+        lines += [f"g part{k % 2}", f"usemtl m{k % 2}"]
+        if k == 5:  # negative indices, counted back from the 8 vertices read
+            lines.append("f " + " ".join(f"{i - 8}/{-24 + 4 * k + j}" for j, i in enumerate(q)))
+        else:
+            lines.append("f " + " ".join(f"{i + 1}/{4 * k + j + 1}/1" for j, i in enumerate(q)))
+    path = tmp_path / "a" / "neutral.obj"
+    path.parent.mkdir()
+    path.write_text("\n".join(lines) + "\n")
+    rv, rf = read_mesh(path)
+    np.testing.assert_allclose(rv, v, atol=1e-6)
+    assert rf.shape == (12, 3) and is_watertight(rf)
+    np.testing.assert_array_equal(rf[:2], [[0, 1, 3], [0, 3, 2]])  # fan of the first quad
+    assert trimesh.Trimesh(rv, rf, process=False).is_volume  # consistently wound, outward
+    mask = v[:, 2] > 0
+    np.save(tmp_path / "a" / "neutral.face.npy", mask)
+    np.testing.assert_array_equal(MeshFolder(tmp_path)[("a", "neutral")].face_region, mask)
