@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-__all__ = ["HeadMesh", "atomic_save_npz", "load_npz", "save_mesh", "load_mesh"]
+__all__ = ["HeadMesh", "new_file_mode", "atomic_save_npz", "load_npz", "save_mesh", "load_mesh"]
 
 
 @dataclass
@@ -79,10 +79,22 @@ class HeadMesh:
         return trimesh.Trimesh(self.vertices, self.faces, process=False)
 
 
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file here (0o666 less the umask). ``tempfile.mkstemp``
+    makes 0o600 files whatever the umask, and ``os.replace`` keeps that: the atomic writers
+    set their files to this mode, as a plain save would make them (readable by the group on
+    a shared project folder)."""
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_save_npz(path, compressed: bool = False, **arrays) -> None:
     """Write ``arrays`` to ``path`` (.npz) through a temporary file in the same folder and
     ``os.replace``: a run killed at any moment leaves either the old file or the new one,
-    never a truncated file."""
+    never a truncated file. The file gets the mode a plain save would give it."""
     import os
     import tempfile
 
@@ -90,6 +102,7 @@ def atomic_save_npz(path, compressed: bool = False, **arrays) -> None:
     folder = os.path.dirname(path) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
+    os.fchmod(fd, new_file_mode())
     try:
         with os.fdopen(fd, "wb") as f:
             (np.savez_compressed if compressed else np.savez)(f, **arrays)

@@ -14,6 +14,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..data.records import new_file_mode
+
 __all__ = ["save_atomic", "new_file_mode", "load_checkpoint", "rng_state", "set_rng_state", "split_legacy_param_groups",
            "config_differences", "check_limits", "RESUME_MAY_CHANGE", "CheckpointedRun"]
 
@@ -30,20 +32,10 @@ def config_differences(saved, current, may_change=RESUME_MAY_CHANGE) -> list:
             if k not in may_change and a.get(k) != b.get(k)]
 
 
-def new_file_mode() -> int:
-    """The mode ``open()`` gives a new file here (0o666 less the umask). ``tempfile.mkstemp``
-    makes 0o600 files whatever the umask, and ``os.replace`` keeps that: files written
-    through it are set to this mode, as a plain save would make them (readable by the group
-    on a shared project folder)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def save_atomic(obj, path: str) -> None:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace``: a
     crash mid-write leaves the previous file at ``path`` intact. The file gets the mode a
-    plain save would give it (:func:`new_file_mode`)."""
+    plain save would give it (:func:`npht.data.records.new_file_mode`)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)

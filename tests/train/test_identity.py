@@ -4,6 +4,7 @@ import csv
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,14 +145,17 @@ def test_cpu_data_parallel_warns_about_batchnorm(data_root, tmp_path, monkeypatc
 def test_checkpoint_mode_follows_the_umask(tmp_path):
     """Atomic saves go through mkstemp (0o600 whatever the umask): the checkpoint gets the
     mode a plain save would give it, e.g. group-readable on a shared project folder."""
+    from npht.data.records import atomic_save_npz
+
     old = os.umask(0o027)
     try:
         ckpt_mod.save_atomic({"a": 1}, str(tmp_path / "c.pt"))
+        atomic_save_npz(str(tmp_path / "d.npz"), a=np.zeros(2))   # the prepared data's writer
         torch.save({"a": 1}, str(tmp_path / "plain.pt"))
     finally:
         os.umask(old)
-    mode = os.stat(tmp_path / "c.pt").st_mode & 0o777
-    assert mode == os.stat(tmp_path / "plain.pt").st_mode & 0o777 == 0o640
+    modes = {n: os.stat(tmp_path / n).st_mode & 0o777 for n in ("c.pt", "d.npz", "plain.pt")}
+    assert modes == {"c.pt": 0o640, "d.npz": 0o640, "plain.pt": 0o640}
 
 
 def test_killed_save_keeps_last_checkpoint(data_root, tmp_path, monkeypatch):
