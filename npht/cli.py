@@ -68,6 +68,8 @@ def check_device(device: Optional[str], flag: str = "--device") -> None:
         if d.index is not None and d.index >= n:
             raise ValueError(f"{flag} {device}: this machine has {n} CUDA GPU{'s' if n != 1 else ''} (cuda:0 .. "
                              f"cuda:{n - 1})")
+    elif d.type == "meta":  # tensors without data: nothing can be trained or rendered there
+        raise ValueError(f"{flag} {device}: the meta device holds no data (cpu, cuda, cuda:N, ...)")
     elif d.type != "cpu":
         try:
             torch.empty(0, device=d)

@@ -23,8 +23,15 @@ from .records import load_mesh, load_npz
 __all__ = ["HeadDataset", "CorrespondenceDataset"]
 
 
+#: the loaded-file cache's limit per dataset (each DataLoader worker holds its own): files are
+#: kept whole, decompressed (a record's normal maps, 128 cameras at 256^2, are ~33 MB), so a
+#: count alone (``cache_size``) let 64 of them take gigabytes
+CACHE_BYTES = 512 * 2 ** 20
+
+
 class _PreparedBase(torch.utils.data.Dataset):
-    def __init__(self, root: str, split: str, expressions: str, seed: int, cache_size: int):
+    def __init__(self, root: str, split: str, expressions: str, seed: int, cache_size: int,
+                 cache_bytes: int = CACHE_BYTES):
         if split not in ("train", "test", "all"):
             raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
         if expressions not in ("neutral", "all", "posed"):
@@ -46,6 +53,7 @@ class _PreparedBase(torch.utils.data.Dataset):
         self.epoch = 0
         self._cache: "OrderedDict[str, dict]" = OrderedDict()
         self._cache_size = int(cache_size)
+        self._cache_bytes, self._cached_bytes = int(cache_bytes), 0
 
     def __len__(self) -> int:
         return len(self.records)
@@ -61,10 +69,13 @@ class _PreparedBase(torch.utils.data.Dataset):
             self._cache.move_to_end(rel)
             return self._cache[rel]
         value = load_npz(os.path.join(self.root, rel))
-        if self._cache_size > 0:
+        size = sum(int(getattr(a, "nbytes", 0)) for a in value.values())
+        if self._cache_size > 0 and size <= self._cache_bytes:
             self._cache[rel] = value
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+            self._cached_bytes += size
+            while len(self._cache) > self._cache_size or self._cached_bytes > self._cache_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._cached_bytes -= sum(int(getattr(a, "nbytes", 0)) for a in old.values())
         return value
 
     def _header(self, r: dict, index: int) -> dict:
@@ -87,13 +98,14 @@ class HeadDataset(_PreparedBase):
     tensors (``surface_face_points``, ``..._normals``, ``near1_face_points``, ``..._sdf``, ...,
     ``ball_points``/``ball_sdf``), and with views ``normal_maps [views, H, W, 3]`` (unit,
     OpenGL camera frame, 0 in the background), ``masks [views, H, W]`` and
-    ``camera_index [views]`` into :meth:`cameras`.
+    ``camera_index [views]`` into :meth:`cameras`. Loaded files are kept (least recently used
+    first out) up to ``cache_size`` files and ``cache_bytes`` bytes (:data:`CACHE_BYTES`).
     """
 
     def __init__(self, root: str, split: str = "train", *, expressions: str = "neutral",
                  counts: Optional[Dict[str, int]] = None, views: int = 1, seed: int = 0,
-                 cache_size: int = 64):
-        super().__init__(root, split, expressions, seed, cache_size)
+                 cache_size: int = 64, cache_bytes: int = CACHE_BYTES):
+        super().__init__(root, split, expressions, seed, cache_size, cache_bytes)
         from .sampling import DEFAULT_STEP_COUNTS
 
         self.counts = dict(DEFAULT_STEP_COUNTS if counts is None else counts)
@@ -134,8 +146,8 @@ class CorrespondenceDataset(_PreparedBase):
     ``posed [pairs, 3]`` and the identity/expression indices."""
 
     def __init__(self, root: str, split: str = "train", *, pairs: int = 1000, seed: int = 0,
-                 cache_size: int = 64):
-        super().__init__(root, split, "posed", seed, cache_size)
+                 cache_size: int = 64, cache_bytes: int = CACHE_BYTES):
+        super().__init__(root, split, "posed", seed, cache_size, cache_bytes)
         if pairs < 1:
             raise ValueError(f"pairs must be >= 1, got {pairs}")
         missing = [(r["identity"], r["expression"]) for r in self.records if not r["files"].get("correspondences")]

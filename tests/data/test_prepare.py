@@ -149,6 +149,28 @@ def test_head_dataset_items(prepared):
         HeadDataset(out, views=7)
 
 
+def test_dataset_cache_is_bounded_in_bytes(prepared):
+    """Loaded files are cached whole and decompressed (normal maps of 128 cameras at 256^2 are
+    ~33 MB a record): the cache stops at cache_bytes as well as at cache_size files, and
+    items do not depend on it."""
+    out, _ = prepared
+    full = HeadDataset(out, "all", expressions="all", views=2)
+    items = [full[i] for i in range(len(full))]
+    sizes = {rel: sum(a.nbytes for a in v.values()) for rel, v in full._cache.items()}
+    limit = max(sizes.values()) + min(sizes.values())  # room for the largest file and a small one
+    small = HeadDataset(out, "all", expressions="all", views=2, cache_bytes=limit)
+    for i in range(len(small)):
+        item = small[i]
+        assert 0 < small._cached_bytes <= limit
+        assert small._cached_bytes == sum(sum(a.nbytes for a in v.values()) for v in small._cache.values())
+        for k, v in items[i].items():
+            assert torch.equal(v, item[k]) if isinstance(v, torch.Tensor) else v == item[k]
+    assert len(small._cache) < len(sizes)
+    none = HeadDataset(out, "all", views=2, cache_bytes=0)   # nothing fits: nothing cached
+    none[0]
+    assert len(none._cache) == 0 and none._cached_bytes == 0
+
+
 def test_correspondence_dataset(prepared):
     out, _ = prepared
     ds = CorrespondenceDataset(out, pairs=50)

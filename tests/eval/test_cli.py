@@ -45,6 +45,8 @@ def test_device_checked_first(command, tmp_path, capsys, monkeypatch):
     assert main(args + ["--device", "cuda"]) == 2
     assert capsys.readouterr().err == ("npht: error: --device cuda: this torch has no CUDA GPU "
                                        "(torch.cuda.is_available() is False)\n")
+    assert main(args + ["--device", "meta"]) == 2
+    assert "npht: error: --device meta: the meta device holds no data" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
