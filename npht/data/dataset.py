@@ -17,15 +17,16 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from .prepare import PrepareConfig, camera_rig, decode_normals, load_manifest
+from .prepare import PrepareConfig, camera_rig, decode_normals, load_manifest, read_rig_normal_maps
 from .records import load_mesh, load_npz
 
 __all__ = ["HeadDataset", "CorrespondenceDataset"]
 
 
 #: the loaded-file cache's limit per dataset (each DataLoader worker holds its own): files are
-#: kept whole, decompressed (a record's normal maps, 128 cameras at 256^2, are ~33 MB), so a
-#: count alone (``cache_size``) let 64 of them take gigabytes
+#: kept whole, decompressed (a record's samples; normal maps of earlier npht versions, 128
+#: cameras at 256^2 in two whole arrays, ~33 MB), so a count alone (``cache_size``) let 64 of
+#: them take gigabytes. Normal maps are read per camera and not cached.
 CACHE_BYTES = 512 * 2 ** 20
 
 
@@ -54,6 +55,7 @@ class _PreparedBase(torch.utils.data.Dataset):
         self._cache: "OrderedDict[str, dict]" = OrderedDict()
         self._cache_size = int(cache_size)
         self._cache_bytes, self._cached_bytes = int(cache_bytes), 0
+        self._whole_rig: Dict[str, bool] = {}  # normal-map file -> stored as two whole arrays
 
     def __len__(self) -> int:
         return len(self.records)
@@ -98,8 +100,9 @@ class HeadDataset(_PreparedBase):
     tensors (``surface_face_points``, ``..._normals``, ``near1_face_points``, ``..._sdf``, ...,
     ``ball_points``/``ball_sdf``), and with views ``normal_maps [views, H, W, 3]`` (unit,
     OpenGL camera frame, 0 in the background), ``masks [views, H, W]`` and
-    ``camera_index [views]`` into :meth:`cameras`. Loaded files are kept (least recently used
-    first out) up to ``cache_size`` files and ``cache_bytes`` bytes (:data:`CACHE_BYTES`).
+    ``camera_index [views]`` into :meth:`cameras`. Loaded sample files are kept (least
+    recently used first out) up to ``cache_size`` files and ``cache_bytes`` bytes
+    (:data:`CACHE_BYTES`); normal maps are read per drawn camera, uncached.
     """
 
     def __init__(self, root: str, split: str = "train", *, expressions: str = "neutral",
@@ -132,12 +135,30 @@ class HeadDataset(_PreparedBase):
         if self.views:
             rel = r["files"]["normal_maps"]
             cam = np.sort(rng.choice(self.config.cameras, size=self.views, replace=False))
-            stored = self._load(rel)
-            mask = stored["mask"][cam]
-            item["normal_maps"] = torch.from_numpy(decode_normals(stored["normals"][cam], mask))
+            code, mask = self._normal_maps(rel, cam)
+            item["normal_maps"] = torch.from_numpy(decode_normals(code, mask))
             item["masks"] = torch.from_numpy(mask)
             item["camera_index"] = torch.from_numpy(cam.astype(np.int64))
         return item
+
+
+    def _normal_maps(self, rel: str, cam: np.ndarray):
+        """The codes and masks of cameras ``cam``: read per camera from the file (not
+        cached: ~1 ms a camera at 256^2); files of earlier npht versions, which hold the rig
+        as two whole arrays, go through the file cache."""
+        whole = self._whole_rig.get(rel)
+        if whole is None:
+            import zipfile
+
+            try:
+                with zipfile.ZipFile(os.path.join(self.root, rel)) as z:
+                    whole = self._whole_rig[rel] = "normals.npy" in z.namelist()
+            except (OSError, zipfile.BadZipFile):
+                whole = False  # read_rig_normal_maps names the file in its error
+        if whole:
+            stored = self._load(rel)
+            return stored["normals"][cam], stored["mask"][cam]
+        return read_rig_normal_maps(os.path.join(self.root, rel), cam)
 
 
 class CorrespondenceDataset(_PreparedBase):

@@ -149,10 +149,78 @@ def test_head_dataset_items(prepared):
         HeadDataset(out, views=7)
 
 
+def test_normal_maps_are_read_per_camera(prepared, tmp_path):
+    """A record's normal maps are stored a member per camera, so an item decompresses the
+    cameras it draws, not the rig; folders of earlier versions (two whole arrays) still read
+    the same items."""
+    import shutil
+    import zipfile
+
+    out, manifest = prepared
+    rel = manifest["records"][0]["files"]["normal_maps"]
+    path = os.path.join(out, rel)
+    with zipfile.ZipFile(path) as z:
+        assert sorted(z.namelist()) == sorted(f"{k}_{v:03d}.npy" for k in ("normals", "mask") for v in range(6))
+    code, mask = prep.read_rig_normal_maps(path)
+    assert code.shape == (6, 24, 24, 3) and code.dtype == np.uint8 and mask.shape == (6, 24, 24)
+    assert mask.any() and (code[~mask] == 0).all()
+    some, some_mask = prep.read_rig_normal_maps(path, [4, 1])
+    assert np.array_equal(some, code[[4, 1]]) and np.array_equal(some_mask, mask[[4, 1]])
+    none, none_mask = prep.read_rig_normal_maps(path, [])
+    assert none.shape == (0, 24, 24, 3) and none_mask.shape == (0, 24, 24)
+    normals, m = prep.decode_normal_maps(path, [2])
+    assert np.array_equal(normals, prep.decode_normals(code[[2]], mask[[2]])) and np.array_equal(m, mask[[2]])
+
+    ds = HeadDataset(out, "all", expressions="all", views=3, seed=2)
+    item = ds[0]
+    cams = item["camera_index"].numpy()
+    assert torch.equal(item["normal_maps"], torch.from_numpy(prep.decode_normals(code[cams], mask[cams])))
+    assert all(not r.startswith("normal_maps") for r in ds._cache)  # per camera: not cached
+
+    old = str(tmp_path / "old")  # the same folder with whole-rig files (npht before per-camera storage)
+    shutil.copytree(out, old)
+    for r in manifest["records"]:
+        p = os.path.join(old, r["files"]["normal_maps"])
+        c, k = prep.read_rig_normal_maps(p)
+        np.savez_compressed(p, normals=c, mask=k)
+    was = HeadDataset(old, "all", expressions="all", views=3, seed=2)
+    for i in range(len(ds)):
+        a, b = ds[i], was[i]
+        for k, v in a.items():
+            assert torch.equal(v, b[k]) if torch.is_tensor(v) else v == b[k], (i, k)
+    assert any(r.startswith("normal_maps") for r in was._cache)  # whole files: cached as before
+    assert np.array_equal(prep.read_rig_normal_maps(os.path.join(old, rel), [5, 0])[0], code[[5, 0]])
+
+
+def test_normal_map_file_errors(prepared, tmp_path):
+    out, manifest = prepared
+    path = os.path.join(out, manifest["records"][0]["files"]["normal_maps"])
+    with pytest.raises(ValueError, match=r"cameras must be indices in \[0, 6\) of .*npz's rig, got \[6\]"):
+        prep.read_rig_normal_maps(path, [6])
+    with pytest.raises(ValueError, match=r"cameras must be indices"):
+        prep.read_rig_normal_maps(path, [-1])
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        prep.read_rig_normal_maps(str(tmp_path / "missing.npz"))
+    cut = str(tmp_path / "cut.npz")
+    with open(path, "rb") as f, open(cut, "wb") as g:
+        g.write(f.read()[: os.path.getsize(path) // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated file .*cut.npz"):
+        prep.read_rig_normal_maps(cut)
+    other = str(tmp_path / "other.npz")
+    np.savez(other, mask_000=np.zeros((2, 2), bool), depth=np.zeros(3))
+    with pytest.raises(ValueError, match="other.npz is not a npht normal-map file"):
+        prep.read_rig_normal_maps(other)
+    with pytest.raises(ValueError, match=r"code must be uint8 \[V, H, W, 3\]"):
+        prep.write_rig_normal_maps(str(tmp_path / "w.npz"), np.zeros((2, 4, 4, 3), np.float32), np.zeros((2, 4, 4), bool))
+    with pytest.raises(ValueError, match=r"mask must be bool \(2, 4, 4\)"):
+        prep.write_rig_normal_maps(str(tmp_path / "w.npz"), np.zeros((2, 4, 4, 3), np.uint8), np.zeros((2, 4, 5), bool))
+    assert not os.path.exists(tmp_path / "w.npz")
+
+
 def test_dataset_cache_is_bounded_in_bytes(prepared):
-    """Loaded files are cached whole and decompressed (normal maps of 128 cameras at 256^2 are
-    ~33 MB a record): the cache stops at cache_bytes as well as at cache_size files, and
-    items do not depend on it."""
+    """Loaded files are cached whole and decompressed (a record's bulk samples; normal maps of
+    earlier versions, 128 cameras at 256^2, ~33 MB): the cache stops at cache_bytes as well as
+    at cache_size files, and items do not depend on it."""
     out, _ = prepared
     full = HeadDataset(out, "all", expressions="all", views=2)
     items = [full[i] for i in range(len(full))]
