@@ -1,5 +1,6 @@
 """The training runs' epoch loop and logs: ``log.csv`` (one row per logged step, fixed columns) and,
-when the ``tensorboard`` package is installed, TensorBoard scalars under ``tb/``."""
+when the ``tensorboard`` package is installed, TensorBoard scalars under ``tb/`` (the writer is
+closed, its last scalars flushed, when the loop ends, also by an exception or Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ __all__ = ["RunLog", "Stopped", "train_loop"]
 class RunLog:
     """``RunLog(out_dir, columns, terms, prefix)``; ``write(row, step)`` appends the row's
     ``columns`` to ``out_dir/log.csv`` (header on the first write; missing values empty)
-    and its ``terms`` as TensorBoard scalars ``prefix/term``."""
+    and its ``terms`` as TensorBoard scalars ``prefix/term``. ``close()`` (idempotent; also
+    ``with RunLog(...) as log:``) flushes and closes the TensorBoard writer: it writes its
+    events every 2 minutes otherwise, so a run that ends or dies would lose the last ones; a
+    ``write`` after it opens a new writer (a new event file in ``tb/``)."""
 
     def __init__(self, out_dir: str, columns: Sequence[str], terms: Sequence[str], prefix: str = "loss"):
         self.out_dir = os.fspath(out_dir)
@@ -81,14 +85,31 @@ class RunLog:
         os.replace(tmp, self.path)
 
     def tensorboard(self):
-        """The SummaryWriter, or ``None`` without the tensorboard package."""
+        """The SummaryWriter, or ``None`` without the tensorboard package. The first one
+        purges the events after the :meth:`rewind` step; one opened after :meth:`close` (a
+        second ``train`` call) purges nothing: the events before it are this run's."""
         if self._tb is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
                 self._tb = SummaryWriter(os.path.join(self.out_dir, "tb"), purge_step=self._purge_step)
+                self._purge_step = None
             except Exception:   # tensorboard is optional
                 self._tb = False
         return self._tb or None
+
+    def close(self) -> None:
+        """Flushes and closes the TensorBoard writer, if one is open (a second call does
+        nothing). log.csv needs no closing: each ``write`` opens and closes it."""
+        tb, self._tb = self._tb, (None if self._tb else self._tb)  # False (no tensorboard) stays
+        if tb:
+            tb.close()   # flushes its pending events first
+
+    def __enter__(self) -> "RunLog":
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self.close()
+        return False
 
 
 class Stopped(KeyboardInterrupt):
@@ -189,7 +210,7 @@ def train_loop(trainer, end_epoch: int, max_steps: Optional[int], *, desc: str, 
     KeyboardInterrupt (``--resume`` continues bit for bit); after
     ``trainer.MAX_NONFINITE_RUN`` steps in a row with non-finite gradients (their updates
     skipped, so the parameters are still finite) the state is saved and FloatingPointError
-    raised."""
+    raised. The run log's TensorBoard writer is closed on the way out, however the loop ends."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -255,6 +276,7 @@ def train_loop(trainer, end_epoch: int, max_steps: Optional[int], *, desc: str, 
         stop.__exit__()
         if bar is not None:
             bar.close()
+        trainer.log.close()   # TensorBoard's last scalars, also after an exception or Ctrl-C
     if stopping:
         raise Stopped(f"stopped at step {trainer.global_step} ({signal.Signals(stop.signum).name}); checkpoint "
                       f"{trainer.ckpt_path} (continue with --resume)", stop.signum)
