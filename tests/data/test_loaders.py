@@ -193,16 +193,32 @@ def test_non_watertight_meshes_warn(folder):
 
 def test_default_face_region_rule():
     pts = np.array([[0, 0, 0.9],        # face
-                    [0, 0.6, 0.5],      # forehead
+                    [0, 0.25, 0.8],     # forehead
                     [0.9, 0.0, 0.0],    # ear (90 deg from +z)
                     [-0.9, 0.1, -0.1],  # ear, slightly behind
                     [0, 0, -0.9],       # back of the head
                     [0.3, 0.5, -0.6],   # back, upper
-                    [0, -0.7, 0.3]])    # neck
-    np.testing.assert_array_equal(default_face_region(pts), [1, 1, 1, 1, 0, 0, 0])
+                    [0, -0.7, 0.3],     # neck
+                    [0, 0.6, 0.5],      # scalp above the hairline
+                    [0, 0.9, 0.1]])     # crown (90 deg from +z: within the cap)
+    np.testing.assert_array_equal(default_face_region(pts), [1, 1, 1, 1, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(default_face_region(pts, top_y=1.0), [1, 1, 1, 1, 0, 0, 0, 1, 1])
     assert default_face_region(np.zeros((1, 3)))[0]  # the centre counts as front
     with pytest.raises(ValueError, match=r"vertices must be \[V, 3\]"):
         default_face_region(np.zeros((3, 2)))
+
+
+def test_default_face_region_matches_known_regions():
+    """On the procedural heads, whose face region is known, the rule finds it (IoU ~0.79;
+    without the crown cut it labelled the top of the head as face: ~0.54)."""
+    from npht.data.synthetic import synthetic_head
+
+    ious = []
+    for i in range(3):
+        mesh = synthetic_head(i).mesh(resolution=64)
+        truth, rule = mesh.face_region.astype(bool), default_face_region(mesh.vertices)
+        ious.append((truth & rule).sum() / (truth | rule).sum())
+    assert min(ious) > 0.72, ious
 
 
 def test_cut_plane_helpers():
