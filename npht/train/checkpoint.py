@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import shutil
 import sys
 import tempfile
 import warnings
@@ -150,6 +151,19 @@ def resume_or_preset_config(config_cls, args, overrides: dict, default_preset: s
     return config_cls.preset(args.preset or default_preset, **overrides)
 
 
+def _keep_as_prev(path: str) -> None:
+    """Renames the file or folder ``path``, if there is one, to ``path + ".prev"``, replacing
+    what was there (removed first: a folder cannot be renamed onto a non-empty one)."""
+    if not os.path.lexists(path):
+        return
+    prev = path + ".prev"
+    if os.path.isdir(prev) and not os.path.islink(prev):
+        shutil.rmtree(prev)
+    elif os.path.lexists(prev):
+        os.remove(prev)
+    os.replace(path, prev)
+
+
 class CheckpointedRun:
     """Mixin of a trainer with ``cfg`` (``to_dict()``), ``model``, ``dataset`` (``epoch``,
     ``set_epoch``), ``device``, ``out_dir`` and the optimisers/schedulers named in
@@ -220,9 +234,12 @@ class CheckpointedRun:
         Without ``resume`` a checkpoint in ``out_dir`` is a ValueError: the new run would
         overwrite it at its first save and append its rows to the old run's log.csv. With
         ``resume`` and no checkpoint the run starts anew (the demo, a requeued cluster job's
-        first start). A new run finding a log.csv (of a run that died before its first
-        checkpoint) keeps it as log.csv.prev and starts its own: the old rows would mix with
-        its steps. The checkpoint must be of this trainer's ``KIND`` (identity / expression)."""
+        first start). A new run finding a log.csv, TensorBoard events (``tb/``) or image grids
+        (``images/``) of a run that died before its first checkpoint keeps them as
+        ``log.csv.prev``, ``tb.prev``, ``images.prev`` (replacing older ones) and starts its
+        own: the old rows and curves would mix with its steps, the old ``step_*.png`` pass for
+        its images. A resumed run keeps them (its log rewound to the checkpoint's step). The
+        checkpoint must be of this trainer's ``KIND`` (identity / expression)."""
         from .runlog import RunLog
 
         self.epoch, self.global_step, self.step_in_epoch = 0, 0, 0
@@ -231,8 +248,9 @@ class CheckpointedRun:
         self.log_path = self.log.path
         self._refuse_overwrite(resume)
         if not os.path.exists(self.ckpt_path):
-            if self.rank == 0 and os.path.exists(self.log_path):
-                os.replace(self.log_path, self.log_path + ".prev")
+            if self.rank == 0:
+                for path in (self.log_path, os.path.join(self.out_dir, "tb"), os.path.join(self.out_dir, "images")):
+                    _keep_as_prev(path)
             return
         s = read_run(self.ckpt_path, self.KIND)
         diff = config_differences(type(self.cfg).from_saved(s["config"]), self.cfg)

@@ -821,6 +821,42 @@ def test_a_new_run_keeps_a_stale_log_as_prev(data_root, tmp_path):
     assert tuple(rows[0]) == LOG_COLUMNS and [r["step"] for r in rows] == ["1"]
 
 
+def _stale_run_files(out, tag):
+    """A dead run's TensorBoard events and image grids (older .prev folders beside them)."""
+    for name in ("tb", "images", "tb.prev", "images.prev"):
+        (out / name).mkdir(parents=True, exist_ok=True)
+    (out / "tb" / f"events.out.tfevents.{tag}").write_text(tag)
+    (out / "images" / "step_0000001.png").write_text(tag)
+    (out / "tb.prev" / "events.out.tfevents.older").write_text("older")
+    (out / "images.prev" / "step_0000009.png").write_text("older")
+
+
+def test_a_new_run_keeps_stale_tensorboard_events_and_images_as_prev(data_root, tmp_path):
+    """tb/ and images/ without a checkpoint (a run that died before its first one) go to
+    tb.prev / images.prev as log.csv does (older ones replaced): TensorBoard would show both
+    runs' curves in one, and the old step_*.png would pass for the new run's."""
+    out = tmp_path / "run"
+    _stale_run_files(out, "dead")
+    IdentityTrainer(_cfg(image_every=1), data_root, out, resume=True).train(max_steps=1)  # --resume, no checkpoint
+    assert sorted(os.listdir(out / "tb.prev")) == ["events.out.tfevents.dead"]
+    assert os.listdir(out / "images.prev") == ["step_0000001.png"]
+    assert (out / "images.prev" / "step_0000001.png").read_text() == "dead"
+    assert not (out / "tb").exists() or "events.out.tfevents.dead" not in os.listdir(out / "tb")
+    assert os.listdir(out / "images") == ["step_0000001.png"]   # the new run's own
+    assert (out / "images" / "step_0000001.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_resumed_run_keeps_its_tensorboard_events_and_images(data_root, tmp_path):
+    out = tmp_path / "run"
+    IdentityTrainer(_cfg(), data_root, out).train(max_steps=1)
+    _stale_run_files(out, "this-run")
+    IdentityTrainer(_cfg(), data_root, out, resume=True).train(max_steps=1)
+    assert os.listdir(out / "tb") == ["events.out.tfevents.this-run"]
+    assert (out / "images" / "step_0000001.png").read_text() == "this-run"
+    assert os.listdir(out / "tb.prev") == ["events.out.tfevents.older"]
+    assert os.listdir(out / "images.prev") == ["step_0000009.png"]
+
+
 def test_resume_refuses_an_expression_checkpoint(data_root, tmp_path, capsys):
     from npht.cli import main
 
