@@ -14,10 +14,12 @@ Data parallel (``torchrun --nproc_per_node N -m npht train identity ...``):
 GPUs, one per ``LOCAL_RANK``; gloo on CPUs). Each rank takes ``batch_size`` items of the
 epoch's permutation (``rank::world``, padded to a multiple of ``world`` like
 ``DistributedSampler``), so the global batch is ``batch_size x world``, and a step on N
-ranks is a step on the combined batch (tested on gloo): the model and density run under
+ranks is a step on the combined batch (tested on gloo): the model runs under
 :class:`torch.nn.parallel.DistributedDataParallel` (:class:`_IdentityStep`, the whole
-generator-side forward), the discriminator under its own DDP; the one piece reduced by
-hand is the sparse gradient of the auto-decoder codes (see :func:`_reduce_sparse_grad`).
+generator-side forward), the discriminator under its own DDP; reduced by hand are the
+sparse gradient of the auto-decoder codes (see :func:`_reduce_sparse_grad`) and the
+density's, which only the stages rendering into the loss use (out of DDP, so that DDP
+runs without ``find_unused_parameters``; see :func:`_reduce_dense_grads`).
 On GPUs the generator's BatchNorm becomes SyncBatchNorm; on CPU (gloo) it normalises each
 rank's batch (DDP refuses SyncBatchNorm there; a warning says so), so there the equality
 holds only for generators without BatchNorm (the test's plane_resolution 16).
@@ -143,9 +145,22 @@ def _reduce_sparse_grad(p: torch.nn.Parameter, world: int) -> None:
     p.grad = torch.sparse_coo_tensor(idx, val, p.shape, check_invariants=False).coalesce()
 
 
+def _reduce_dense_grads(params, world: int) -> None:
+    """Make each ``p.grad`` of ``params`` the mean over the ranks, as DDP does for the
+    parameters it reduces (zeros for a rank without one). Every rank calls it at the same
+    step: for the density, kept out of DDP (see :class:`IdentityTrainer`), in the stages
+    whose loss has the rendered maps."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        torch.distributed.all_reduce(p.grad)
+        p.grad.div_(world)
+
+
 class _IdentityStep(torch.nn.Module):
-    """The generator side of one step as a module: holds the model and the density (the
-    parameters DistributedDataParallel reduces) and returns ``(terms, maps)`` of
+    """The generator side of one step as a module: holds the model (the parameters
+    DistributedDataParallel reduces, but the codes) and the density (reduced by hand, see
+    :func:`_reduce_dense_grads`) and returns ``(terms, maps)`` of
     :meth:`IdentityTrainer._losses`. The discriminator is *not* a submodule: the generator
     loss runs it unwrapped with ``requires_grad`` off; it is trained by its own step."""
 
@@ -281,9 +296,17 @@ class IdentityTrainer(CheckpointedRun):
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            DDP._set_params_and_buffers_to_ignore_for_model(self.step_module, ["model.codes.weight"])
-            # stages switch terms (and with them the density, D's input) off: unused parameters
-            self.step_module = DDP(self.step_module, find_unused_parameters=True)
+            # find_unused_parameters=True would cost a traversal of the autograd graph every step;
+            # without it every parameter DDP reduces must get a gradient at every step. Measured
+            # (one step per stage of cpu-demo, with and without BatchNorm, and of npm; parameters
+            # left with grad None): the density's beta alone goes unused, wherever the rendered
+            # maps are not in the generator loss (stages 2-3 drop L_nmr and L_g; 3D-only models).
+            # So the density stays out of DDP like the codes, its gradient reduced by hand in the
+            # stages that render into the loss (_reduce_dense_grads); the model's parameters all
+            # get one from any term of the SDF's value (_uses_sdf_values: presets, every stage).
+            ignore = ["model.codes.weight"] + [f"density.{n}" for n, _ in self.density.named_parameters()]
+            DDP._set_params_and_buffers_to_ignore_for_model(self.step_module, ignore)
+            self.step_module = DDP(self.step_module, find_unused_parameters=not self._uses_sdf_values())
             if self.disc is not None:
                 self.disc_module = DDP(self.disc)
         # sampler jitter: re-seeded every step from (seed, step, rank), so a resume (all
@@ -332,6 +355,23 @@ class IdentityTrainer(CheckpointedRun):
     def stage(self):
         return self.schedule.stage_at(self.epoch)
 
+    def _maps_in_loss(self, weights) -> bool:
+        """Whether the rendered normal maps, and with them the density, enter the generator
+        loss under ``weights`` (L_nmr or L_g; maps rendered for D alone are detached)."""
+        return self.disc is not None and (weights.nmr != 0 or weights.g != 0)
+
+    def _uses_sdf_values(self) -> bool:
+        """Whether every stage's loss has a term of the SDF's values (L_ss, L_nsp, L_edr, or the
+        maps), through which every parameter of the model gets a gradient at every step (DDP
+        then runs without ``find_unused_parameters``). False for weights that leave a stage
+        with L_sn / L_eik alone (the SDF's gradient: the last layer's bias has no part in it),
+        or with the plane terms alone."""
+        for stage in self.schedule.stages:
+            w = self.schedule.weights.without(stage.disabled)
+            if not (w.ss != 0 or w.nsp != 0 or w.edr != 0 or self._maps_in_loss(w)):
+                return False
+        return True
+
     # ------------------------------------------------------------------ step
     def _autocast(self):
         if self.cfg.bf16:
@@ -363,7 +403,6 @@ class IdentityTrainer(CheckpointedRun):
         n, ne, nx = cfg.samples
         sampler = ErrorBoundSampler(n, ne, nx, cfg.sampler_eps, cfg.beta_iters, cfg.max_total_iters,
                                     skip_converged=cfg.skip_converged)
-        grad_fn = None
 
         def sdf_fn(p):
             return dec.sdf(rep, p, **kw)
@@ -377,6 +416,8 @@ class IdentityTrainer(CheckpointedRun):
             def grad_fn(p):
                 with self._precision():
                     return sdf_and_gradient_autograd(sdf_fn, p, torch.is_grad_enabled())
+        else:
+            grad_fn = None
         out = render(sdf_fn, cams, cfg.render_resolution, density=self.density,
                      training=cfg.render_jitter, generator=self.gen, convention="opengl", sampler=sampler,
                      weight_threshold=cfg.weight_threshold, gradient_fn=grad_fn,
@@ -466,6 +507,8 @@ class IdentityTrainer(CheckpointedRun):
         if self.world > 1:
             for p in self.code_params:
                 _reduce_sparse_grad(p, self.world)
+            if self._maps_in_loss(weights):   # the density (not in DDP): used in these stages only
+                _reduce_dense_grads(self.density.parameters(), self.world)
         # after the reduction, as in one process (so every rank skips the same steps)
         norms = (_clip(self.net_params, cfg.grad_clip), _clip(self.code_params, cfg.grad_clip_codes))
         finite = self._update_if_finite(norms, (self.opt, self.opt_codes), "generator side", buffers)

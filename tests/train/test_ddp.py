@@ -34,14 +34,14 @@ RTOL, ATOL = 1e-5, 1e-6
 STEPS = 2
 
 
-def _cfg(stages, batch_size):
+def _cfg(stages, batch_size, **kw):
     # render_jitter off: the sampler's jitter is one stream per process (documented);
     # EDR weighted up from 1e-5 so that its per-item noise visibly moves the parameters;
     # 16^2 planes: a generator without BatchNorm layers (on CUDA the trainer converts them to
     # SyncBatchNorm; DDP refuses SyncBatchNorm on CPU, where BatchNorm sees each rank's batch)
     return TrainConfig.preset("cpu-demo", progress=False, stage_epochs=stages, ckpt_every=0, image_every=0,
                               batch_size=batch_size, render_jitter=False, plane_resolution=16,
-                              disc_optimizer="sgd", weights=LossWeights.thesis().replace(edr=10.0))
+                              disc_optimizer="sgd", **{"weights": LossWeights.thesis().replace(edr=10.0), **kw})
 
 
 def _worker(rank, world, init, data_root, out, cfg_dict, steps=STEPS, resume=False):
@@ -119,6 +119,86 @@ def test_two_process_ddp_equals_combined_batch(data_root, tmp_path, stages):
 
     # rank 0 alone wrote the log and the checkpoint (the mean over ranks of each term)
     assert os.path.exists(os.path.join(out, "checkpoint.pt")) and os.path.exists(os.path.join(out, "log.csv"))
+
+
+def _stages_worker(rank, world, init, data_root, out, cfg_dict, steps):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        tr = IdentityTrainer(TrainConfig.from_dict(cfg_dict), data_root, out)
+        step, seen = tr.step, []
+
+        def step_recording(batch):
+            row = step(batch)
+            seen.append((row["stage"], [n for n, p in tr.step_module.named_parameters() if p.grad is None]))
+            return row
+
+        tr.step = step_recording
+        tr.train(max_steps=steps)
+        torch.save({"find_unused": tr.step_module.find_unused_parameters, "seen": seen, "state": tr.state_dict()},
+                   os.path.join(out, f"stages{rank}.pt"))
+        tr = step = None
+        gc.collect()
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("case", ["triplane", "npm", "npm-sn-eik"])
+def test_ddp_runs_without_find_unused_parameters_through_the_stages(data_root, tmp_path, case):
+    """DDP runs without find_unused_parameters (a traversal of the autograd graph every step):
+    the one parameter some stages leave without gradient, the density's beta (stages 2-3 have
+    no rendered maps in the loss; 3D-only models none at all), is kept out of DDP and reduced
+    by hand where it is used. One step per stage (1 -> 2 -> 3) on 2 ranks equals the combined
+    batch's steps in one process, the density's beta included. Weights without a term of the
+    SDF's values (npm-sn-eik: L_sn and L_eik alone) leave the last layer's bias unused: there
+    DDP finds unused parameters, as before."""
+    beta = "module.density.beta_param"
+    if case == "triplane":
+        cfg = _cfg((1, 1, 5), 1)
+    else:
+        w = LossWeights.npm().replace(ss=0.0, nsp=0.0) if case == "npm-sn-eik" else LossWeights.npm()
+        cfg = TrainConfig.preset("npm", progress=False, stage_epochs=(1, 1, 5), ckpt_every=0, image_every=0,
+                                 batch_size=1, npm_hidden=32, z_dim=8, weights=w)
+    unused = {"triplane": [[], [beta], [beta]], "npm": [[beta]] * 3,
+              "npm-sn-eik": [["module.model.mlp.linears.8.bias", beta]] * 3}[case]
+    out = str(tmp_path / "ddp")
+    os.makedirs(out)
+    init = "file://" + str(tmp_path / "rendezvous-stages")
+    mp.spawn(_stages_worker, args=(2, init, data_root, out, cfg.to_dict(), 3), nprocs=2, join=True)
+    got = [torch.load(os.path.join(out, f"stages{r}.pt"), weights_only=False) for r in range(2)]
+    for g in got:
+        assert g["find_unused"] is (case == "npm-sn-eik")
+        # the parameters without gradient after each step's backward (the density's only where unused)
+        assert g["seen"] == list(zip((1, 2, 3), unused)), g["seen"]
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = IdentityTrainer(cfg.replace(batch_size=2), data_root, tmp_path / "one")
+        start = {k: v.clone() for k, v in _trained(one.state_dict()).items()}
+        one.train(max_steps=3)
+    finally:
+        torch.set_num_threads(threads)
+    a, b, c = _trained(one.state_dict()), _trained(got[0]["state"]), _trained(got[1]["state"])
+    assert a.keys() == b.keys() == c.keys() and one.stage.index == got[0]["state"]["stage"] == 3
+    for k in a:
+        torch.testing.assert_close(b[k], c[k], rtol=0, atol=0, msg=f"rank 0 vs rank 1: {k}")
+        torch.testing.assert_close(b[k], a[k], rtol=RTOL, atol=ATOL, msg=f"2 ranks vs combined batch: {k}")
+    beta = "/density/beta_param"
+    assert (not torch.equal(a[beta], start[beta])) == (case == "triplane")   # trained in stage 1 only
+
+
+def test_ddp_finds_unused_parameters_where_a_stage_leaves_the_sdf_values_out(data_root, tmp_path):
+    """Weights with a stage whose loss has no term of the SDF's values (L_sn / L_eik alone
+    leave the last layer's bias out on the autograd path) keep find_unused_parameters."""
+    def uses(**changes):
+        return IdentityTrainer(_cfg((5, 5, 5), 1, weights=LossWeights.thesis().replace(**changes)), data_root,
+                               tmp_path / str(sorted(changes.items())))._uses_sdf_values()
+
+    assert uses() and uses(ss=0.0) and uses(nsp=0.0, edr=0.0, nmr=0.0, g=0.0)
+    assert not uses(ss=0.0, nsp=0.0)              # stage 3 drops L_edr (and the maps)
+    assert not uses(ss=0.0, nsp=0.0, edr=0.0)     # stages 2-3
+    assert IdentityTrainer(TrainConfig.preset("npm", progress=False), data_root, tmp_path / "npm")._uses_sdf_values()
 
 
 def test_rank_split_pads_to_equal_steps(data_root, tmp_path):
