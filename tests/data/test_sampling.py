@@ -121,6 +121,76 @@ def test_watertightness_and_orientation_are_checked(sphere):
         S.signed_distance(sphere, np.zeros((4, 2)))
 
 
+def spheres(*parts, subdivisions=3):
+    """One ``(V, F)`` of separate icospheres, ``parts`` = ``(center, radius, outward)``."""
+    vs, fs, n = [], [], 0
+    for center, radius, outward in parts:
+        m = trimesh.creation.icosphere(subdivisions=subdivisions, radius=radius)
+        f = np.asarray(m.faces, np.int64)
+        vs.append(np.asarray(m.vertices, np.float64) + center)
+        fs.append((f if outward else f[:, ::-1]) + n)
+        n += len(m.vertices)
+    return np.concatenate(vs), np.concatenate(fs)
+
+
+def test_separate_outward_components_pass():
+    v, f = spheres(((-0.5, 0, 0), 0.3, True), ((0.5, 0, 0), 0.2, True))
+    p = np.array([[-0.5, 0, 0], [0.5, 0, 0], [0, 0, 0], [0.5, 0.5, 0], [-0.5, 0.1, 0.1]])
+    np.testing.assert_allclose(S.signed_distance((v, f), p), [-0.3, -0.2, 0.2, 0.5 - 0.2, np.sqrt(0.02) - 0.3],
+                               atol=5e-3)
+    # vertices used by no face are no components: one inverted sphere keeps the whole-mesh message
+    v1, f1 = spheres(((0, 0, 0), 0.3, False))
+    stray = np.concatenate([np.full((2, 3), 0.9), v1])
+    with pytest.raises(ValueError, match=r"the mesh's faces are oriented inwards \(signed volume"):
+        S.signed_distance((stray, f1 + 2), np.zeros((1, 3)))
+
+
+def test_a_separate_component_wound_inwards_is_refused():
+    v, f = spheres(((-0.5, 0, 0), 0.3, True), ((0.5, 0, 0), 0.2, False))
+    assert S.is_watertight(f) and S.is_consistently_wound(f) and S.signed_volume(v, f) > 0
+    # what the check prevents: the pseudonormal test calls the flipped sphere's inside "outside"
+    assert S.signed_distance((v, f), np.array([[0.5, 0, 0]]), check=False)[0] > 0
+    volume = S.signed_volume(v, f[len(f) // 2:])
+    with pytest.raises(ValueError, match=rf"component 2 of 2 \(1280 faces, .*signed volume {volume:.3g}\) is "
+                                         r"oriented inwards .*inside no other component.*flip its faces"):
+        S.signed_distance((v, f), np.zeros((1, 3)))
+    with pytest.raises(ValueError, match="oriented inwards"):  # the first, larger one flipped too
+        S.signed_distance((v, f[:, ::-1]), np.zeros((1, 3)))
+    region = np.zeros(len(v), bool)
+    with pytest.raises(ValueError, match="inside no other component"):  # the bulk samples check it too
+        S.prepare_identity_samples((v, f, region), 10, 10, 10, rng=0)
+
+
+def test_a_cavity_wall_wound_inwards_passes():
+    # a hollow ball: outer sphere outward, nested inner sphere inward (the cavity's wall)
+    v, f = spheres(((0, 0, 0), 0.5, True), ((0, 0, 0), 0.25, False), subdivisions=4)
+    rng = np.random.default_rng(8)
+    d = rng.normal(size=(3000, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    r = np.concatenate([rng.uniform(0.0, 0.24, 1000), rng.uniform(0.26, 0.49, 1000), rng.uniform(0.51, 1.0, 1000)])
+    truth = np.maximum(r - 0.5, 0.25 - r)  # positive outside and in the cavity, negative in the wall
+    sdf = S.signed_distance((v, f), d * r[:, None])
+    assert (sdf[:1000] > 0).all() and (sdf[1000:2000] < 0).all() and (sdf[2000:] > 0).all()
+    assert np.abs(sdf - truth).max() < 2e-3
+    # a solid island floating in the cavity (outward again) is consistent as well
+    island = spheres(((0, 0, 0), 0.5, True), ((0.05, 0, 0), 0.25, False), ((0.05, 0, 0), 0.1, True))
+    S.signed_distance(island, np.zeros((1, 3)))
+
+
+def test_nested_or_intersecting_outward_components_are_refused():
+    # a sphere inside a sphere, both outward: winding number 2 inside the inner one, and the
+    # pseudonormal test calls the solid between them "outside" next to the inner sphere
+    v, f = spheres(((0, 0, 0), 0.5, True), ((0.05, 0, 0), 0.25, True))
+    assert S.signed_distance((v, f), np.array([[0.05, 0, 0.27]]), check=False)[0] > 0
+    with pytest.raises(ValueError, match=r"component 2 of 2 \(1280 faces, .*\) is oriented outwards but lies "
+                                         r"inside component 1 \(1280 faces.*flip its faces"):
+        S.signed_distance((v, f), np.zeros((1, 3)))
+    # overlapping spheres: some vertices of each lie inside the other
+    v, f = spheres(((-0.2, 0, 0), 0.3, True), ((0.2, 0, 0), 0.3, True))
+    with pytest.raises(ValueError, match=r"component 1 of 2 .* intersects or touches component 2"):
+        S.signed_distance((v, f), np.zeros((1, 3)))
+
+
 def test_near_surface_noise_has_the_requested_std():
     p = np.zeros((30000, 3))
     for sigma in (0.0025, 0.00025):
