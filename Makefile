@@ -26,7 +26,7 @@ test: install-test cuda-check triton-check
 	$(PYTHON) -m pytest -q tests
 
 # The main job: data, training (TP, TP_3D, NPM, expression), 256^2 renders, fitting, meshes,
-# metrics and a timing table, into outputs/demo (~10 min on 2 CPU cores; a GPU preset on CUDA).
+# metrics and a timing table, into outputs/demo (about 3 min on 2 CPU cores; a GPU preset on CUDA).
 DEMO_OUT ?= outputs/demo
 demo: install
 	$(PYTHON) -m npht demo --out $(DEMO_OUT)

@@ -17,7 +17,7 @@
 Everything lands in ``out`` (PNG grids, PLY meshes, JSON/markdown metrics and timings,
 ``summary.json``); re-running reuses the prepared data and finished training runs.
 
->>> summary = run_demo("outputs/demo")          # doctest: +SKIP  (~10 min on 2 CPU cores)
+>>> summary = run_demo("outputs/demo")          # doctest: +SKIP  (about 3 min on 2 CPU cores)
 """
 
 from __future__ import annotations
@@ -419,7 +419,7 @@ def add_demo_parser(subparsers):
     from ..cli import HelpFormatter
 
     p = subparsers.add_parser("demo", help="the end-to-end demo: data, training, rendering, fitting, meshes, "
-                                           "metrics, timings (about 10 min on 2 CPU cores)",
+                                           "metrics, timings (about 3 min on 2 CPU cores)",
                               formatter_class=HelpFormatter)
     p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo; a re-run there "
                                                          "reuses its data and finished training runs)")
