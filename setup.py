@@ -24,23 +24,52 @@ except ImportError as exc:  # pragma: no cover - build-time message
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def _nvcc_release(nvcc: str):
+    """``(major, minor)`` of ``nvcc --version``'s "release X.Y", or None if it does not run."""
+    import re
+    import subprocess
+
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"release (\d+)\.(\d+)", out)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
 def _want_cuda() -> bool:
     flag = os.environ.get("NPHT_CUDA", "auto").strip().lower()
-    # torch compiles .cu files with CUDA_HOME/bin/nvcc; CUDA_HOME alone is no proof (torch
-    # falls back to /usr/local/cuda, which runtime-only images have without a compiler)
-    has_nvcc = CUDA_HOME is not None and any(
-        os.path.isfile(os.path.join(CUDA_HOME, "bin", exe)) for exe in ("nvcc", "nvcc.exe"))
-    possible = torch.version.cuda is not None and has_nvcc
+    if flag not in ("auto", "", "0", "false", "no", "off", "1", "true", "yes", "on"):
+        raise RuntimeError(f"NPHT_CUDA must be 1 (build CUDA), 0 (skip it) or auto, got {flag!r}")
     if flag in ("0", "false", "no", "off"):
         return False
+    # torch compiles .cu files with CUDA_HOME/bin/nvcc; CUDA_HOME alone is no proof (torch
+    # falls back to /usr/local/cuda, which runtime-only images have without a compiler)
+    nvcc = next((os.path.join(CUDA_HOME, "bin", exe) for exe in ("nvcc", "nvcc.exe")
+                 if CUDA_HOME is not None and os.path.isfile(os.path.join(CUDA_HOME, "bin", exe))), None)
+    why = None
+    if torch.version.cuda is None:
+        why = "this torch is a CPU build (torch.version.cuda is None)"
+    elif nvcc is None:
+        why = f"no nvcc (CUDA_HOME={CUDA_HOME!r})"
+    else:
+        # torch refuses to build with an nvcc of another major release than its own CUDA
+        # (it would fail halfway through the build): say so before, and in auto mode build
+        # the CPU backend instead
+        release, torch_major = _nvcc_release(nvcc), int(torch.version.cuda.split(".")[0])
+        if release is None:
+            why = f"{nvcc} --version did not run"
+        elif release[0] != torch_major:
+            why = (f"{nvcc} is CUDA {release[0]}.{release[1]} but torch was built with CUDA "
+                   f"{torch.version.cuda} (torch builds extensions with the same major release only: point "
+                   f"CUDA_HOME at a CUDA {torch_major}.x toolkit)")
     if flag in ("1", "true", "yes", "on"):
-        if not possible:
-            raise RuntimeError(
-                "NPHT_CUDA=1 but CUDA cannot be built: "
-                f"torch.version.cuda={torch.version.cuda!r}, nvcc found={has_nvcc}"
-            )
+        if why:
+            raise RuntimeError(f"NPHT_CUDA=1 but CUDA cannot be built: {why}")
         return True
-    return possible
+    if why and torch.version.cuda is not None:  # a CUDA torch without a usable nvcc: say why
+        print(f"npht: building without CUDA: {why}; NPHT_CUDA=1 makes this an error")
+    return why is None
 
 
 def _extension():
@@ -72,10 +101,11 @@ def _extension():
     ), False
 
 
-ext, with_cuda = _extension()
-print(f"npht: building the extension with CUDA={'yes' if with_cuda else 'no'}")
+if __name__ == "__main__" or os.environ.get("NPHT_SETUP_IMPORT") != "1":  # tests import the helpers
+    ext, with_cuda = _extension()
+    print(f"npht: building the extension with CUDA={'yes' if with_cuda else 'no'}")
 
-setup(
-    ext_modules=[ext],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-)
+    setup(
+        ext_modules=[ext],
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    )
