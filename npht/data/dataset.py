@@ -17,7 +17,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from .prepare import PrepareConfig, camera_rig, decode_normals, load_manifest, read_rig_normal_maps
+from .prepare import PrepareConfig, _whole_rig_file, camera_rig, decode_normals, load_manifest, read_rig_normal_maps
 from .records import load_mesh, load_npz
 
 __all__ = ["HeadDataset", "CorrespondenceDataset"]
@@ -145,16 +145,14 @@ class HeadDataset(_PreparedBase):
     def _normal_maps(self, rel: str, cam: np.ndarray):
         """The codes and masks of cameras ``cam``: read per camera from the file (not
         cached: ~1 ms a camera at 256^2); files of earlier npht versions, which hold the rig
-        as two whole arrays, go through the file cache."""
+        as two whole arrays, go through the file cache (``npht data prepare`` run again on
+        the folder rewrites them per camera)."""
         whole = self._whole_rig.get(rel)
         if whole is None:
-            import zipfile
-
-            try:
-                with zipfile.ZipFile(os.path.join(self.root, rel)) as z:
-                    whole = self._whole_rig[rel] = "normals.npy" in z.namelist()
-            except (OSError, zipfile.BadZipFile):
-                whole = False  # read_rig_normal_maps names the file in its error
+            path = os.path.join(self.root, rel)
+            whole = _whole_rig_file(path)
+            if os.path.exists(path):
+                self._whole_rig[rel] = whole
         if whole:
             stored = self._load(rel)
             return stored["normals"][cam], stored["mask"][cam]

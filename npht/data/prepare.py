@@ -15,7 +15,9 @@ prepared folder holds::
       correspondences/<identity>/<expression>.npz   neutral<->posed pairs (posed records)
       normal_maps/<identity>/<expression>.npz       uint8 normals (OpenGL camera frame)
                                                     + masks of the camera rig, one member
-                                                    per camera (read per camera)
+                                                    per camera (read per camera; a re-run
+                                                    rewrites an older folder's whole-rig
+                                                    files so, without rendering again)
 
 Every file is written through a temporary file and ``os.replace``: a run killed at any
 moment leaves only complete files, and re-running skips every file that exists (the
@@ -331,6 +333,10 @@ def _prepare_identity_files(config: PrepareConfig, out: str, identity: str, iden
                 mask = np.asarray(maps.mask, dtype=bool)
                 code[~mask] = 0
                 write_rig_normal_maps(p["normal_maps"], code, mask)
+            elif rig is not None and _whole_rig_file(p["normal_maps"]):
+                # a folder of an earlier npht: its maps stored as the whole rig's two arrays,
+                # which an item had to decompress whole: rewritten per camera, no re-render
+                write_rig_normal_maps(p["normal_maps"], *read_rig_normal_maps(p["normal_maps"]))
             records.append(dict(identity=identity, expression=mesh.expression, is_neutral=mesh.is_neutral,
                                 identity_index=identity_index, expression_index=e_idx,
                                 vertices=int(len(mesh.vertices)), faces=int(len(mesh.faces)),
@@ -540,6 +546,18 @@ def write_rig_normal_maps(path: str, code: np.ndarray, mask: np.ndarray) -> None
         arrays[_camera_key("normals", v)] = code[v]
         arrays[_camera_key("mask", v)] = mask[v]
     atomic_save_npz(path, compressed=True, **arrays)
+
+
+def _whole_rig_file(path: str) -> bool:
+    """Whether the normal-map file ``path`` holds the rig as two whole arrays (npht before
+    :func:`write_rig_normal_maps` stored a member per camera)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            return "normals.npy" in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False  # read_rig_normal_maps names the file in its error when it is read
 
 
 def read_rig_normal_maps(path: str, cameras: Optional[Sequence[int]] = None):

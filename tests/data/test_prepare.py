@@ -190,6 +190,18 @@ def test_normal_maps_are_read_per_camera(prepared, tmp_path):
             assert torch.equal(v, b[k]) if torch.is_tensor(v) else v == b[k], (i, k)
     assert any(r.startswith("normal_maps") for r in was._cache)  # whole files: cached as before
     assert np.array_equal(prep.read_rig_normal_maps(os.path.join(old, rel), [5, 0])[0], code[[5, 0]])
+    samples = os.path.join(old, manifest["records"][0]["files"]["samples"])
+    stamp = os.stat(samples).st_mtime_ns
+    prepare(tiny(), old, progress=False)   # a re-run rewrites the whole-rig files per camera
+    assert os.stat(samples).st_mtime_ns == stamp   # (and nothing else)
+    for r in manifest["records"]:
+        with zipfile.ZipFile(os.path.join(old, r["files"]["normal_maps"])) as z:
+            assert "normals.npy" not in z.namelist() and "normals_005.npy" in z.namelist()
+    upgraded = HeadDataset(old, "all", expressions="all", views=3, seed=2)
+    for i in range(len(ds)):
+        a, b = ds[i], upgraded[i]
+        for k, v in a.items():
+            assert torch.equal(v, b[k]) if torch.is_tensor(v) else v == b[k], (i, k)
 
 
 def test_normal_map_file_errors(prepared, tmp_path):
