@@ -335,3 +335,19 @@ def test_cli_prepare_and_errors(tmp_path, capsys):
     assert json.load(open(os.path.join(out, "config.json")))["mesh_resolution"] == 48
     rc = main(["data", "prepare", "--source", str(tmp_path / "missing"), "--out", out, "--quiet"])
     assert rc == 2 and "source must be" in capsys.readouterr().err
+
+
+def test_decode_normals_is_the_plain_formula_bit_for_bit():
+    """decode_normals (table lookup, norm written out) equals ``code * 2 / 255 - 1`` over
+    its np.linalg.norm, bit for bit, zeros (positive) outside the mask."""
+    rng = np.random.default_rng(0)
+    code = np.concatenate([rng.integers(0, 256, (1 << 18, 3)), np.repeat(np.arange(256), 3).reshape(256, 3),
+                           [[0, 0, 0], [255, 255, 255], [128, 128, 128], [0, 255, 0]]]).astype(np.uint8)
+    code = code.reshape(2, -1, 1, 3)
+    mask = rng.random(code.shape[:-1]) < 0.8
+    plain = code.astype(np.float32) * (2.0 / prep.NORMAL_SCALE) - 1.0
+    plain /= np.maximum(np.linalg.norm(plain, axis=-1, keepdims=True), 1e-8)
+    plain[~mask] = 0.0
+    got = prep.decode_normals(code, mask)
+    assert got.dtype == np.float32 and got.shape == code.shape
+    assert np.array_equal(got, plain) and np.array_equal(np.signbit(got), np.signbit(plain))
