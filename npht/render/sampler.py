@@ -67,7 +67,19 @@ class ErrorBoundSampler:
     every ray until all rays meet eps; with it, a ray whose beta already meets eps gets no
     new samples (its new slots repeat its far sample, zero-length intervals that change
     nothing) and the SDF is evaluated only on the rays still converging. ``last_stats``
-    holds the rounds run and the SDF evaluations of the last call."""
+    holds the rounds run and the SDF evaluations of the last call.
+
+    ``reduce_unconverged`` (None by default: this call's rays alone decide): the rounds
+    stop once every ray meets eps, a decision over the whole batch, so processes that each
+    sample a part of a batch (data parallel) stop at other rounds than one process sampling
+    all of it. Given, it is called once per round but the last (``max_total_iters`` ends
+    that one everywhere) with this call's answer, a 0-dim int32 tensor on the rays' device
+    (1: some ray is still above eps), and returns the answer for the whole batch (anything
+    ``bool()`` reads); under :mod:`torch.distributed`, an ``all_reduce`` of it with
+    ``ReduceOp.MAX``. Every process then runs the same rounds, so each must call the sampler
+    as often as the others: :class:`~npht.render.VolSDFRenderer` does, for the same
+    resolution, options and grad mode (its calls, a coarse pass and one per ray chunk, do not
+    depend on the rays; with no ray in bounds it samples a zero-length dummy ray)."""
 
     N_samples: int = 64
     N_samples_eval: int = 128
@@ -78,6 +90,7 @@ class ErrorBoundSampler:
     add_tiny: float = 1e-6
     backend: str = "auto"
     skip_converged: bool = False
+    reduce_unconverged: Optional[Callable[[torch.Tensor], object]] = None
 
     def __post_init__(self):
         self.last_stats = {}
@@ -92,6 +105,9 @@ class ErrorBoundSampler:
             )
         if not self.eps > 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
+        if self.reduce_unconverged is not None and not callable(self.reduce_unconverged):
+            raise TypeError("reduce_unconverged must be callable or None, got "
+                            f"{type(self.reduce_unconverged).__name__}")
         if self.backend not in npht_backend.BACKENDS:
             raise ValueError(f"backend must be one of {npht_backend.BACKENDS}, got {self.backend!r}")
 
@@ -172,7 +188,12 @@ class ErrorBoundSampler:
                 evaluations += rays.numel() * samples.shape[1]
             sdf = new_sdf if order is None else torch.gather(torch.cat([sdf, new_sdf], -1), 1, order)
             beta = ops.eb_bisect_beta(z, sdf, beta0, beta, self.eps, self.beta_iters, backend=backend)
-            last_round = not bool(beta.max() > beta0) or it + 1 >= self.max_total_iters
+            last_round = it + 1 >= self.max_total_iters
+            if not last_round:
+                unconverged = beta.max() > beta0
+                if self.reduce_unconverged is not None:  # the batch's answer: the same rounds everywhere
+                    unconverged = self.reduce_unconverged(unconverged.to(torch.int32))
+                last_round = not bool(unconverged)
             if not last_round:  # sample where the error bound is large
                 u = torch.linspace(0.0, 1.0, self.N_samples_eval, dtype=dt, device=dev).expand(R, -1)
                 samples = ops.eb_upsample(z, sdf, beta, u, "bound", self.add_tiny, backend=backend)

@@ -23,9 +23,10 @@ runs without ``find_unused_parameters``; see :func:`_reduce_dense_grads`).
 On GPUs the generator's BatchNorm becomes SyncBatchNorm; on CPU (gloo) it normalises each
 rank's batch (DDP refuses SyncBatchNorm there; a warning says so), so there the equality
 holds only for generators without BatchNorm (the test's plane_resolution 16).
-Not batch-independent: the sampler's jitter (a stream per rank and step; switch it off
-with ``render_jitter=False``) and the error-bound sampler's number of rounds (it stops
-when all rays of the render batch have converged).
+The error-bound sampler stops its rounds when the rays of all ranks have converged (its
+``reduce_unconverged``: see :func:`_any_rank`), as on the combined batch. Not
+batch-independent: the sampler's jitter (a stream per rank and step; switch it off with
+``render_jitter=False``).
 """
 
 from __future__ import annotations
@@ -155,6 +156,18 @@ def _reduce_dense_grads(params, world: int) -> None:
             p.grad = torch.zeros_like(p)
         torch.distributed.all_reduce(p.grad)
         p.grad.div_(world)
+
+
+def _any_rank(flag: torch.Tensor) -> torch.Tensor:
+    """``flag`` (a 0-dim int tensor) maxed over the ranks, in place: the error-bound
+    sampler's ``reduce_unconverged``, so that every rank runs as many rounds as one process
+    sampling the combined batch would (it stops when all rays of all ranks meet eps). The
+    sampler makes ``flag`` on the rays' device, the trainer's: CPU under gloo, the rank's
+    GPU under nccl. The ranks render at the same steps (``render_maps`` runs in the DDP
+    forward of each) at the same resolution, so they call it equally often; nothing renders
+    on one rank alone (``save_images`` draws the maps the step rendered)."""
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return flag
 
 
 class _IdentityStep(torch.nn.Module):
@@ -401,8 +414,11 @@ class IdentityTrainer(CheckpointedRun):
         rep = planes.repeat_interleave(V, 0)                  # camera b*V+v sees identity b
         cams = self.rig[cam_idx.reshape(-1).tolist()]
         n, ne, nx = cfg.samples
+        # under DDP the sampler's rounds stop when the rays of all ranks have converged, as
+        # on the combined batch (all ranks render here at the same steps: a collective per round)
         sampler = ErrorBoundSampler(n, ne, nx, cfg.sampler_eps, cfg.beta_iters, cfg.max_total_iters,
-                                    skip_converged=cfg.skip_converged)
+                                    skip_converged=cfg.skip_converged,
+                                    reduce_unconverged=_any_rank if self.world > 1 else None)
 
         def sdf_fn(p):
             return dec.sdf(rep, p, **kw)

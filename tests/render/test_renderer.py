@@ -1,5 +1,8 @@
 """Error-bound sampler and the reference renderer on analytic SDFs."""
 
+import threading
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -96,6 +99,146 @@ def test_sampler_returns_the_sdf_it_knows(training, extra):
     assert (unknown.sum(-1) == sampler.N_samples + (2 if training else 0)).all()
     exact = torus(o[:, :, None] + z2[..., None] * d[:, :, None])
     torch.testing.assert_close(known[~unknown], exact[~unknown], rtol=1e-12, atol=1e-12)
+
+
+def _two_items():
+    """Rays of 2 items inside the unit sphere: item 0's hit the sphere of radius 0.5, item
+    1's pass outside it. With ErrorBoundSampler(16, 32, 4, 0.1, 10, 8) at beta0 0.01 item
+    0's rays all meet eps after 4 rounds, item 1's after 6 (the two at once: 6)."""
+    o = torch.tensor([0.0, 0.0, 2.6], dtype=torch.float64).expand(2, 3, 3).contiguous()
+    x = torch.tensor([[0.0, 0.1, 0.18], [0.3, 0.33, 0.36]], dtype=torch.float64)
+    d = torch.stack([x, torch.zeros_like(x), torch.full_like(x, -2.6)], -1)
+    d = d / d.norm(dim=-1, keepdim=True)
+    near, far, _ = ray_sphere_bounds(o, d)
+    return o, d, near, far
+
+
+class _Ranks:
+    """``reduce_unconverged`` of ``n`` simulated ranks (threads): each call waits for the
+    other ranks' and returns the max of their flags, as an all_reduce with MAX does (a rank
+    that called it fewer times than the others leaves them waiting: a BrokenBarrierError)."""
+
+    def __init__(self, n):
+        self.barrier = threading.Barrier(n, timeout=60)
+        self.flags, self.calls = [None] * n, [[] for _ in range(n)]
+
+    def reducer(self, rank):
+        def reduce(flag):
+            assert flag.shape == () and flag.dtype == torch.int32
+            self.calls[rank].append(int(flag))
+            self.flags[rank] = int(flag)
+            self.barrier.wait()
+            out = max(self.flags)
+            self.barrier.wait()  # all have read the flags before the next round writes them
+            return torch.tensor(out, dtype=torch.int32)
+        return reduce
+
+    def run(self, fns):
+        results, errors = [None] * len(fns), []
+
+        def target(r):
+            try:
+                results[r] = fns[r](self.reducer(r))
+            except Exception as e:  # reported below, after the other ranks stopped waiting
+                errors.append(e)
+                self.barrier.abort()
+
+        threads = [threading.Thread(target=target, args=(r,)) for r in range(len(fns))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+        return results
+
+
+def test_sampler_reduce_unconverged_decides_the_rounds():
+    """``reduce_unconverged`` is called once per round but the last, with this call's "some
+    ray above eps" (int32, 0-dim), and its answer decides whether the rounds go on; None (the
+    default) and a reducer that returns its input sample identically."""
+    o, d, near, far = (t[:1] for t in _two_items())   # item 0 alone: converges after 4 rounds
+    base = ErrorBoundSampler(16, 32, 4, 0.1, 10, 8)
+    assert base.reduce_unconverged is None
+    z0, k0 = base(sphere, o, d, near, far, 0.01, return_sdf=True)
+    assert base.last_stats["rounds"] == 4
+
+    seen = []
+    same = replace(base, reduce_unconverged=lambda flag: seen.append(int(flag)) or flag)
+    z1, k1 = same(sphere, o, d, near, far, 0.01, return_sdf=True)
+    assert seen == [1, 1, 1, 0] and same.last_stats == base.last_stats
+    torch.testing.assert_close(z1, z0, rtol=0, atol=0)
+    torch.testing.assert_close(k1, k0, rtol=0, atol=0, equal_nan=True)
+
+    seen.clear()
+    more = replace(base, reduce_unconverged=lambda flag: seen.append(int(flag)) or True)  # another rank goes on
+    z2 = more(sphere, o, d, near, far, 0.01)
+    assert more.last_stats["rounds"] == 8                   # max_total_iters
+    assert len(seen) == 7 and seen[:3] == [1, 1, 1] and not any(seen[3:])  # not called in round 8
+    assert more.last_stats["sdf_evaluations"] > base.last_stats["sdf_evaluations"]
+    assert not torch.equal(z2, z0)
+
+    seen.clear()
+    stop = replace(base, reduce_unconverged=lambda flag: seen.append(int(flag)) or torch.tensor(0))
+    stop(sphere, o, d, near, far, 0.01)
+    assert stop.last_stats["rounds"] == 1 and seen == [1]
+    with pytest.raises(TypeError, match="reduce_unconverged must be callable"):
+        ErrorBoundSampler(reduce_unconverged=True)
+
+
+@pytest.mark.parametrize("skip_converged", [False, True])
+def test_sampler_reduce_unconverged_ranks_sample_as_the_combined_batch(skip_converged):
+    """Two ranks (threads), one item each, whose rays converge after 4 and 6 rounds: with
+    the reducer both run the combined batch's 6 rounds and sample its depths; without it,
+    rank 0 stops after 4."""
+    o, d, near, far = _two_items()
+    sampler = ErrorBoundSampler(16, 32, 4, 0.1, 10, 8, skip_converged=skip_converged)
+    combined = sampler(sphere, o, d, near, far, 0.01)
+    assert sampler.last_stats["rounds"] == 6
+    alone = [replace(sampler) for _ in range(2)]
+    for r in range(2):
+        alone[r](sphere, o[r:r + 1], d[r:r + 1], near[r:r + 1], far[r:r + 1], 0.01)
+    assert [s.last_stats["rounds"] for s in alone] == [4, 6]
+
+    ranks = _Ranks(2)
+
+    def rank_fn(r):
+        def fn(reduce):
+            s = replace(sampler, reduce_unconverged=reduce)
+            z = s(sphere, o[r:r + 1], d[r:r + 1], near[r:r + 1], far[r:r + 1], 0.01)
+            return z, s.last_stats["rounds"]
+        return fn
+
+    (z0, n0), (z1, n1) = ranks.run([rank_fn(0), rank_fn(1)])
+    assert n0 == n1 == 6 and ranks.calls == [[1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 0]]
+    torch.testing.assert_close(torch.cat([z0, z1]), combined, rtol=0, atol=0)
+
+
+def test_renderer_calls_the_reducer_alike_on_every_rank():
+    """Through the renderer (coarse pass and the fine one), ranks whose data differ, one
+    seeing a sphere and one nothing at all (every ray culled: the sampler gets a dummy ray),
+    call the reducer equally often (else the all_reduce would hang) and run the same rounds."""
+    from npht.render import render
+
+    cams = fibonacci_cameras(2, resolution=32)
+    sdfs = [sphere, lambda p: p.norm(dim=-1) + 2.0]    # no surface inside the bounds
+    ranks = _Ranks(2)
+
+    def rank_fn(r):
+        def fn(reduce):
+            smp = ErrorBoundSampler(8, 16, 4, 0.1, 6, 6, reduce_unconverged=reduce)
+            with torch.no_grad():
+                out = render(sdfs[r], cams[r:r + 1], density=LaplaceDensity(beta=0.01), sampler=smp,
+                             coarse_factor=2)
+            return out.stats
+        return fn
+
+    s0, s1 = ranks.run([rank_fn(0), rank_fn(1)])
+    assert s0["coarse"] and s1["coarse"] and s1["rays_rendered"] == 0 < s0["rays_rendered"]
+    assert len(ranks.calls[0]) == len(ranks.calls[1]) > 0
+    # rank 1 alone would stop each pass after its first round (its rays have converged), but
+    # runs rank 0's rounds: all 6 of each pass
+    assert not any(ranks.calls[1]) and s0["sampler_rounds"] == s1["sampler_rounds"] == 12
 
 
 def test_sampler_errors():

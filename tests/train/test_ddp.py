@@ -121,6 +121,86 @@ def test_two_process_ddp_equals_combined_batch(data_root, tmp_path, stages):
     assert os.path.exists(os.path.join(out, "checkpoint.pt")) and os.path.exists(os.path.join(out, "log.csv"))
 
 
+def _recording_sampler_call(log):
+    """An ErrorBoundSampler.__call__ that also appends ``(rounds, alone)`` to ``log``: the
+    rounds it ran, and those the same call runs without its ``reduce_unconverged`` (this
+    process's rays alone deciding; deterministic here, the render jitter being off)."""
+    from dataclasses import replace
+
+    from npht.render.sampler import ErrorBoundSampler
+
+    call = ErrorBoundSampler.__call__
+
+    def recording(self, *args, **kw):
+        out = call(self, *args, **kw)
+        rounds = self.last_stats["rounds"]
+        alone = replace(self, reduce_unconverged=None)
+        call(alone, *args, **kw)
+        log.append((rounds, alone.last_stats["rounds"]))
+        return out
+
+    return recording
+
+
+def _rounds_worker(rank, world, init, data_root, out, cfg_dict, steps):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        from npht.render.sampler import ErrorBoundSampler
+
+        rounds = []
+        ErrorBoundSampler.__call__ = _recording_sampler_call(rounds)   # this spawned process only
+        tr = IdentityTrainer(TrainConfig.from_dict(cfg_dict), data_root, out)
+        tr.train(max_steps=steps)
+        torch.save({"rounds": rounds, "state": tr.state_dict()}, os.path.join(out, f"rounds{rank}.pt"))
+        tr = None
+        gc.collect()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_sampler_rounds_stop_as_on_the_combined_batch(data_root, tmp_path, monkeypatch):
+    """The error-bound sampler stops its rounds when every ray has converged. With more
+    rounds, a larger eps and beta than the config above (whose renders always run all 2 of
+    theirs), the two items' rays converge after different rounds: alone, one rank would stop
+    before the other and the combined batch (measured: rounds 7 and 6 at step 1, 8 and 4 at
+    step 2). The trainer all-reduces the sampler's per-round decision, so both ranks run the
+    combined batch's rounds and the 2-rank steps equal the combined batch's (without it the
+    parameters differ beyond the tolerance)."""
+    from npht.render.sampler import ErrorBoundSampler
+
+    cfg = _cfg((5, 5, 5), 1, max_total_iters=8, samples=(8, 16, 4), sampler_eps=0.5, beta_init=0.05)
+    out = str(tmp_path / "ddp")
+    os.makedirs(out)
+    init = "file://" + str(tmp_path / "rendezvous-rounds")
+    mp.spawn(_rounds_worker, args=(2, init, data_root, out, cfg.to_dict(), STEPS), nprocs=2, join=True)
+    got = [torch.load(os.path.join(out, f"rounds{r}.pt"), weights_only=False) for r in range(2)]
+
+    combined = []
+    monkeypatch.setattr(ErrorBoundSampler, "__call__", _recording_sampler_call(combined))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = IdentityTrainer(cfg.replace(batch_size=2), data_root, tmp_path / "one")
+        one.train(max_steps=STEPS)
+    finally:
+        torch.set_num_threads(threads)
+    r0, r1 = got[0]["rounds"], got[1]["rounds"]
+    assert len(r0) == len(r1) == len(combined) == STEPS          # one render per step
+    assert [r for r, _ in combined] == [a for r, a in combined]  # one process: its own decision
+    # the ranks alone would stop at other rounds (the case this test is for) ...
+    assert any(a0 != a1 for (_, a0), (_, a1) in zip(r0, r1)), (r0, r1)
+    # ... but run the combined batch's: the latest of their own
+    for (g0, a0), (g1, a1), (c, _) in zip(r0, r1, combined):
+        assert g0 == g1 == c == max(a0, a1), (r0, r1, combined)
+
+    a, b, c = _trained(one.state_dict()), _trained(got[0]["state"]), _trained(got[1]["state"])
+    assert a.keys() == b.keys() == c.keys() and any(k.startswith("/disc/") for k in a)
+    for k in a:
+        torch.testing.assert_close(b[k], c[k], rtol=0, atol=0, msg=f"rank 0 vs rank 1: {k}")
+        torch.testing.assert_close(b[k], a[k], rtol=RTOL, atol=ATOL, msg=f"2 ranks vs combined batch: {k}")
+
+
 def _stages_worker(rank, world, init, data_root, out, cfg_dict, steps):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
