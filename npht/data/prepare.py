@@ -540,8 +540,8 @@ def write_rig_normal_maps(path: str, code: np.ndarray, mask: np.ndarray) -> None
     """Store a record's normal maps (``code [V, H, W, 3]`` uint8, ``mask [V, H, W]`` bool)
     as one compressed .npz with a member per camera and kind (``normals_000``,
     ``mask_000``, ...): an .npz member decompresses on its own, so a training item reads
-    the few cameras it draws (~1 ms each) instead of the whole rig (128 x 256^2: ~130 ms
-    per item; 512^2: four times that)."""
+    the few cameras it draws instead of the whole rig (128 maps, 4 drawn, uncached: 8.6 ms
+    an item against 91 ms at 256^2, 30 against 335 ms at 512^2 on a 2-core Xeon)."""
     code, mask = np.asarray(code), np.asarray(mask)
     if code.dtype != np.uint8 or code.ndim != 4 or code.shape[-1] != 3:
         raise ValueError(f"code must be uint8 [V, H, W, 3], got {code.dtype} {code.shape}")
