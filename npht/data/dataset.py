@@ -141,7 +141,6 @@ class HeadDataset(_PreparedBase):
             item["camera_index"] = torch.from_numpy(cam.astype(np.int64))
         return item
 
-
     def _normal_maps(self, rel: str, cam: np.ndarray):
         """The codes and masks of cameras ``cam``: read per camera from the file (not
         cached: ~1 ms a camera at 256^2); files of earlier npht versions, which hold the rig
