@@ -99,7 +99,9 @@ class VolSDFRenderer:
         chunk: points per SDF call in the no-grad passes; ``ray_chunk``: without grad, rays
             are rendered in chunks of this many per batch element (inference memory; the
             sampler stops its rounds when all rays of a chunk converge, VolSDF's batch-wide
-            rule, so chunked renders match whole ones to the sampler's accuracy, not bitwise).
+            rule, so chunked renders match whole ones to the sampler's accuracy, not bitwise;
+            processes rendering parts of one batch agree on the rounds through the sampler's
+            ``reduce_unconverged``, as the identity trainer's ranks do).
     """
 
     density: Optional[LaplaceDensity] = None
