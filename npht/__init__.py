@@ -3,6 +3,10 @@ head model toolkit built on them."""
 
 __version__ = "0.1.0"
 
+from ._mkl import resolve_vml_dispatch as _resolve_vml_dispatch  # noqa: E402
+
+_resolve_vml_dispatch()  # before any threaded torch op: pytorch/pytorch#188792 (see _mkl.py)
+
 from .ops import (  # noqa: E402
     BACKENDS,
     PROJECTIONS,
