@@ -81,3 +81,45 @@ def test_compile_fails_over_the_shared_memory_limit():
     res = _compile(_mm_spec(), 80, shared_limit=1024)
     assert res.returncode != 0
     assert "shared memory per block, sm_80 allows 1024" in res.stderr
+
+
+def test_passed_tests_are_listed_then_left_out_of_the_main_run(tmp_path):
+    """The record plugin lists the node ids of a passing session (NPHT_TRITON_PASSED); the
+    main run (tests/conftest.py, NPHT_DESELECT_PASSED) deselects exactly those, and runs
+    everything when the list is absent."""
+    pytest.importorskip("triton")
+    listed = tmp_path / "passed.txt"
+    tests = ["tests/test_mkl.py", "tests/test_triton_check.py::test_cover_keeps_every_type_and_value"]
+    env = dict(os.environ, NPHT_TRITON_PASSED=str(listed), NPHT_TRITON_SPECS=str(tmp_path / "specs.pkl"),
+               PYTHONPATH=os.pathsep.join(filter(None, [os.path.join(ROOT, "tools"), os.environ.get("PYTHONPATH")])))
+    env.pop("NPHT_DESELECT_PASSED", None)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "triton_record", "-k", "not every_vml_op",
+                          *tests], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-2000:]
+    ids = listed.read_text().split()
+    assert sorted(ids) == sorted(["tests/test_mkl.py::test_import_npht_resolves_before_user_code",
+                                  "tests/test_mkl.py::test_results_unchanged_by_the_warm_up",
+                                  "tests/test_triton_check.py::test_cover_keeps_every_type_and_value"])
+
+    main_env = {k: v for k, v in os.environ.items() if k != "NPHT_DESELECT_PASSED"}
+    main = subprocess.run([sys.executable, "-m", "pytest", "-q", *tests], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(main_env, NPHT_DESELECT_PASSED=str(listed)))
+    assert main.returncode == 0, main.stdout[-2000:]
+    assert "1 passed, 3 deselected" in main.stdout and "3 Triton tests passed" in main.stdout
+
+    listed.unlink()
+    full = subprocess.run([sys.executable, "-m", "pytest", "-q", *tests], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(main_env, NPHT_DESELECT_PASSED=str(listed)))
+    assert full.returncode == 0 and "4 passed" in full.stdout and "no test left out" in full.stdout
+
+
+def test_a_failing_record_session_lists_nothing(tmp_path):
+    pytest.importorskip("triton")
+    listed = tmp_path / "passed.txt"
+    (tmp_path / "test_red.py").write_text("def test_ok():\n    pass\n\ndef test_red():\n    assert False\n")
+    env = dict(os.environ, NPHT_TRITON_PASSED=str(listed), NPHT_TRITON_SPECS=str(tmp_path / "specs.pkl"),
+               PYTHONPATH=os.pathsep.join(filter(None, [os.path.join(ROOT, "tools"), os.environ.get("PYTHONPATH")])))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "triton_record", "-p", "no:cacheprovider",
+                          str(tmp_path / "test_red.py")], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert run.returncode == 1 and "1 failed, 1 passed" in run.stdout
+    assert not listed.exists()

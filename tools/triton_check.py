@@ -16,6 +16,11 @@
    architecture allows (``SHARED_LIMIT``: it compiles, then fails to load). Each compiled
    kernel's registers per thread and stack bytes (spills) are printed from the cubin;
    spills are listed at the end (a note, not a failure).
+3. With ``--passed FILE`` (as ``make test`` calls it), the node ids of the recorded tests are
+   written to FILE once all of them passed; ``make test``'s main pytest run then leaves
+   exactly those out (tests/conftest.py, NPHT_DESELECT_PASSED): each Triton test runs once
+   per ``make test``, with the block sizes a GPU gets (stricter than the interpreter's
+   larger ones: more chunks per ray and per tile).
 
     python tools/triton_check.py                 # sm_80 and sm_90
     python tools/triton_check.py --archs 90 --jobs 4
@@ -41,8 +46,11 @@ TESTS = ["tests/ops/test_triplane.py", "tests/ops/test_triplane_autograd.py", "t
          "tests/ops/test_mlp_mm.py"]
 
 
-def record(path: str) -> None:
+def record(path: str, passed: str | None = None) -> None:
     env = dict(os.environ, TRITON_INTERPRET="1", NPHT_TRITON_GPU_BLOCKS="1", NPHT_TRITON_SPECS=path)
+    env.pop("NPHT_TRITON_PASSED", None)
+    if passed:  # the node ids of the tests that passed (all of them, or the file is not written)
+        env["NPHT_TRITON_PASSED"] = os.path.abspath(passed)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.path.join(ROOT, "tools"), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "triton_record", "-k", "triton", *TESTS]
     print("record:", " ".join(cmd[1:]), flush=True)
@@ -169,8 +177,12 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=max(1, min(4, os.cpu_count() or 1)))
     p.add_argument("--timeout", type=float, default=120.0, help="seconds one kernel may take to compile")
     p.add_argument("--specs", help="compile launches recorded earlier (a pickle) instead of recording")
+    p.add_argument("--passed", help="write the node ids of the recorded tests here once all of them passed "
+                                    "(make test leaves them out of its main pytest run)")
     p.add_argument("--compile-one", nargs=3, metavar=("SPECS", "INDEX", "ARCH"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.passed and os.path.exists(args.passed):  # never a list left by an earlier run
+        os.remove(args.passed)
     os.environ.pop("TRITON_INTERPRET", None)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the GPU default; silences Triton's notice
     if args.compile_one:
@@ -190,7 +202,7 @@ def main(argv=None) -> int:
     else:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "specs.pkl")
-            record(path)
+            record(path, args.passed)
             with open(path, "rb") as f:
                 specs = pickle.load(f)
     chosen = cover(specs)

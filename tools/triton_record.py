@@ -2,7 +2,11 @@
 tests make under the interpreter (TRITON_INTERPRET=1) as the kernel's module and name, the
 type of each argument (pointer element type, integer width, float) or the value of each
 constexpr, and the launch options (num_warps). Written to the pickle file named by
-NPHT_TRITON_SPECS at exit. Loaded with ``-p triton_record`` (tools/ on PYTHONPATH)."""
+NPHT_TRITON_SPECS at exit. Loaded with ``-p triton_record`` (tools/ on PYTHONPATH).
+
+When NPHT_TRITON_PASSED names a file and the whole session passed, the node ids of the
+tests that passed are written there, one per line (``make test`` then leaves them out of
+its main run: they just ran, with the GPU's block sizes)."""
 
 from __future__ import annotations
 
@@ -60,6 +64,22 @@ def _recording_run(self, *args, grid, warmup, **kwargs):
 
 
 InterpretedFunction.run = _recording_run
+
+
+_PASSED: list = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and report.passed:
+        _PASSED.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = os.environ.get("NPHT_TRITON_PASSED")
+    if path and exitstatus == 0 and _PASSED:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            f.write("".join(n + "\n" for n in sorted(set(_PASSED))))
 
 
 @atexit.register
