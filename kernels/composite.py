@@ -288,7 +288,7 @@ def _np2(x):
     return triton.next_power_of_2(max(int(x), 1))
 
 
-def _blocks(R, n_hint, K):
+def _blocks(R, n_hint, K, backward=False):
     """(BLOCK_R, BLOCK_S, BLOCK_K, num_warps) for R rays of about n_hint samples."""
     if _BLOCKS is not None:
         br, bs, bk = _BLOCKS
@@ -300,13 +300,18 @@ def _blocks(R, n_hint, K):
         bk = min(64, _np2(K))
         return br, bs, bk, 4
     # float64 tiles, a dozen or two live in the backward: keep them at 256 elements
-    # (2 per thread with 4 warps), and the [BLOCK_R, BLOCK_S, BLOCK_K] value tiles at 1024
+    # (2 per thread with 4 warps), and the [BLOCK_R, BLOCK_S, BLOCK_K] value tiles at 1024.
+    # The backward runs 8 warps (1 element per thread): with 4, the cubins (tools/triton_check.py's
+    # compile) of the renderer's launch, packed float32 with K=3 values, at each of these tiles
+    # (4x64, 8x32, 16x16) spilled 240-1064 stack bytes at 255 registers on sm_80 and sm_90; with 8,
+    # 239-254 registers and no spill, the same 8 warps per SM (2 blocks of 4 or 1 of 8). Static
+    # figures only: no GPU has timed either.
     bs = min(64, max(16, _np2(n_hint)))
     br = 256 // bs
     while br > 1 and triton.cdiv(R, br) < 256:  # enough programs to fill the GPU
         br //= 2
     bk = max(1, min(_np2(K), 1024 // (br * bs)))
-    return br, bs, bk, 4
+    return br, bs, bk, 8 if backward else 4
 
 
 def _layout(sdf, values, offsets):
@@ -384,7 +389,7 @@ def composite_bwd(grad_rendered, grad_depth, grad_opacity, grad_weights, sdf, z,
         if need_values else sdf.new_empty(0)
     if R == 0 or M == 0 or not (run_dtau or run_values):
         return gsdf, gz, gbeta, gvalues
-    br, bs, bk, num_warps = _blocks(R, n_hint, K)
+    br, bs, bk, num_warps = _blocks(R, n_hint, K, backward=True)
     _composite_bwd_kernel[(triton.cdiv(R, br),)](
         grad_rendered.contiguous() if has_gr else sdf,
         grad_depth.contiguous() if has_gd else sdf,
