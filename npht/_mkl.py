@@ -1,8 +1,8 @@
 """Work-around for a oneMKL race that silently lowers the accuracy of torch's CPU unary ops.
 
 ATen computes contiguous float32/float64 ``exp, log, sqrt, sin, ...`` with MKL's vector math
-library (VML), each intra-op worker thread calling it on its chunk. oneMKL 2024.2 (the
-version in the torch wheels, 2.10 to 2.13 at least) picks each VML function's kernel on its
+library (VML), each intra-op worker thread calling it on its chunk. oneMKL 2024.2 (in the
+torch wheels: 2.10 per the upstream report, 2.13.0 seen here) picks each VML function's kernel on its
 first call; when that first call runs on several threads at once, one thread can run the
 low-accuracy kernel for its whole chunk (pytorch/pytorch#188792). Measured on a 2-thread
 Intel Xeon VM with torch 2.13.0+cpu: the first ``torch.exp`` of 4000 float64 values had

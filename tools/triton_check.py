@@ -19,8 +19,8 @@
 3. With ``--passed FILE`` (as ``make test`` calls it), the node ids of the recorded tests are
    written to FILE once all of them passed; ``make test``'s main pytest run then leaves
    exactly those out (tests/conftest.py, NPHT_DESELECT_PASSED): each Triton test runs once
-   per ``make test``, with the block sizes a GPU gets (stricter than the interpreter's
-   larger ones: more chunks per ray and per tile).
+   per ``make test``, with the block sizes a GPU gets (smaller than the interpreter's: more
+   chunks per ray and per tile).
 
     python tools/triton_check.py                 # sm_80 and sm_90
     python tools/triton_check.py --archs 90 --jobs 4
