@@ -22,6 +22,20 @@ class BackendUnavailableError(ValueError, RuntimeError):
     also a RuntimeError, as it was before it had its own class."""
 
 
+def under_transform(*tensors) -> bool:
+    """Whether a torch.func transform (grad, vjp, jacrev, vmap, jvp, jacfwd) encloses this
+    call or one of ``tensors`` is a forward-mode AD dual tensor. torch.library's autograd
+    wrapper of a registered op is refused by functorch (pytorch/pytorch#168393) and drops
+    forward-mode tangents without a word, so the ops take another path there. False while
+    torch.compile traces (the registered ops are what it must see)."""
+    if torch._C._are_functorch_transforms_active():
+        return True
+    if torch.compiler.is_compiling():
+        return False
+    unpack = torch.autograd.forward_ad.unpack_dual
+    return any(t is not None and unpack(t).tangent is not None for t in tensors)
+
+
 def _load_compiled():
     """The compiled extension (or the ImportError explaining why it is missing), probed
     once at import so that backend choice is plain Python that torch.compile can trace."""

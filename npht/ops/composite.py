@@ -269,7 +269,10 @@ def volume_composite(
         backend: ``"auto"``, ``"cuda"``, ``"triton"``, ``"cpu"`` or ``"reference"``.
 
     Gradients flow to ``sdf``, ``z``, ``beta`` and ``values`` (second derivatives too,
-    through the reference). Returns a :class:`CompositeResult`.
+    through the reference). Under torch.func transforms (``grad``, ``vjp``, ``jacrev``,
+    ``vmap``, ``jvp``, ``jacfwd``) and forward-mode AD dual tensors the result comes from
+    the PyTorch reference (the same formula, unfused, differentiable in every mode).
+    Returns a :class:`CompositeResult`.
     """
     _check(sdf, z, beta if isinstance(beta, torch.Tensor) else sdf, values, ray_offsets)
     R = _num_rays(sdf, ray_offsets)
@@ -282,6 +285,12 @@ def volume_composite(
     if beta.dim() != 1 or beta.shape[0] not in (1, R):
         raise ValueError(f"beta must be a number, 0-d, [1] or [R] = [{R}], got shape {tuple(beta.shape)}")
     backend = _backend.resolve_backend(backend, sdf.device)
+    if _backend.under_transform(sdf, z, beta, values):
+        # torch.func / forward-mode AD: the registered op's autograd is not usable there
+        # (pytorch/pytorch#168393); the same formula in PyTorch ops is, in every mode
+        from npht.reference.render import _ref_composite
+
+        return CompositeResult(*_ref_composite(sdf, z, beta, values, ray_offsets, float(last_delta)))
     out = torch.ops.npht.volume_composite(
         sdf.contiguous(), z.contiguous(), beta.contiguous(),
         None if values is None else values.contiguous(),

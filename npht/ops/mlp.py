@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 
 from . import mlp_tmm
-from ._backend import kernels, resolve_backend
+from ._backend import kernels, resolve_backend, under_transform
 
 __all__ = ["matmul_precision", "softplus_mlp_with_grad"]
 
@@ -520,6 +520,12 @@ def softplus_mlp_with_grad(
         ``(y [...], dy_dx [..., D0])``, both differentiable (once) w.r.t. ``x``, the
         weights and the biases: a loss on ``dy_dx`` (eikonal, normals) backpropagates
         into all of them. Matches :func:`npht.reference.softplus_mlp_with_grad`.
+
+    Under torch.func transforms (``grad``, ``vjp``, ``jacrev``, ``vmap``, ``jvp``, ``jacfwd``)
+    and forward-mode AD dual tensors the result comes from the same math in PyTorch ops
+    (:func:`npht.reference.mlp.softplus_mlp_with_grad_explicit`: unfused, differentiable in
+    every mode); ``checkpoint``, ``chunk_size``, ``backend``, ``matmul`` and the storage
+    options do not apply there.
     """
     weights, biases = _check(x, weights, biases, beta, threshold, chunk_size)
     backend = _resolve(backend, x)
@@ -539,6 +545,12 @@ def softplus_mlp_with_grad(
         weights[-1] = weights[-1].contiguous()
     h_dtype = _resolve_storage_dtype("h_dtype", "pre-activations", h_dtype, x, matmul)
     d_dtype = _resolve_storage_dtype("d_dtype", "gradient-pass vectors", d_dtype, x, matmul)
+    if under_transform(x, *weights, *biases):
+        # torch.func / forward-mode AD: the registered op's autograd is not usable there
+        # (pytorch/pytorch#168393); the same math in PyTorch ops is, in every mode
+        from npht.reference.mlp import softplus_mlp_with_grad_explicit
+
+        return softplus_mlp_with_grad_explicit(x, weights, biases, float(beta), float(threshold))
     y, g, _, _ = torch.ops.npht.softplus_mlp_grad(
         x2, weights, biases, float(beta), float(threshold), needs_grad and not checkpoint,
         int(chunk_size), backend, matmul, keep_gradient_pass, h_dtype, d_dtype,

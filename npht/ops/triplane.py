@@ -5,6 +5,8 @@ Three custom ops form the chain that makes double backward work:
 ``npht::triplane_sample`` (forward) has as backward ``npht::triplane_sample_backward``,
 whose own backward is ``npht::triplane_sample_double_backward``. Each takes the backend
 name and calls the raw kernels of that backend (see csrc/bindings.cpp for the contract).
+Under torch.func transforms and forward-mode AD the same ops run through autograd.Functions
+with batching rules (below the registered ops' autograd).
 """
 
 from __future__ import annotations
@@ -244,6 +246,227 @@ def _bwd_backward(ctx, gg_planes, gg_points):
 _triplane_backward_op.register_autograd(_bwd_backward, setup_context=_bwd_setup_context)
 
 
+# ---- torch.func (functorch) transforms ----------------------------------------------------
+# torch.library's register_autograd wrapper is a legacy autograd.Function that functorch
+# refuses (pytorch/pytorch#168393, open in torch 2.13): under torch.func.grad / vjp / jacrev
+# the op would raise. While a transform is active, triplane_sample goes through the
+# autograd.Functions below instead (same three ops, same kernels); their vmap rules come
+# from the ops' own rules (register_vmap: the vmapped dimension folded into the points or
+# into the batch, one kernel launch whatever its size).
+
+
+def _fold_vmap(info, in_dims, planes_like, points_like, planes_out: bool):
+    """Fold the vmapped dimension of the ops' arguments into one launch.
+
+    ``planes_like`` / ``points_like``: ``(tensor or None, in_dim)`` of the arguments shaped
+    like the planes ``[B, 3, H, W, C]`` / like the points ``[B, N, ...]``. When no
+    planes-shaped argument is batched and no planes-shaped result is wanted, the V copies
+    are V times as many points of the same planes (``[B, V*N, ...]``, ``mode="points"``);
+    otherwise V*B batches (``mode="batch"``: unbatched arguments expanded). Returns
+    ``(mode, planes_like, points_like)`` folded."""
+    V = info.batch_size
+    by_points = not planes_out and all(t is None or d is None for t, d in planes_like)
+    if by_points:
+        pts = []
+        for t, d in points_like:
+            if t is None:
+                pts.append(None)
+                continue
+            t = t.movedim(d, 1) if d is not None else t.unsqueeze(1).expand(t.shape[0], V, *t.shape[1:])
+            pts.append(t.reshape(t.shape[0], V * t.shape[2], *t.shape[3:]).contiguous())
+        return "points", [t for t, _ in planes_like], pts
+
+    def batch(t, d):
+        if t is None:
+            return None
+        t = t.movedim(d, 0) if d is not None else t.unsqueeze(0).expand(V, *t.shape)
+        return t.reshape(V * t.shape[1], *t.shape[2:]).contiguous()
+
+    return "batch", [batch(t, d) for t, d in planes_like], [batch(t, d) for t, d in points_like]
+
+
+def _unfold(mode: str, V: int, t: torch.Tensor, wanted: bool = True):
+    """A result of a folded launch -> (tensor, out_dim); a not-wanted (empty) result stays
+    unbatched."""
+    if not wanted:
+        return t, None
+    if mode == "points":  # [B, V*N, ...] -> [B, V, N, ...]
+        return t.reshape(t.shape[0], V, t.shape[1] // V, *t.shape[2:]), 1
+    return t.reshape(V, t.shape[0] // V, *t.shape[1:]), 0
+
+
+@torch.library.register_vmap("npht::triplane_sample")
+def _fwd_vmap(info, in_dims, planes, points, *args):
+    mode, (planes,), (points,) = _fold_vmap(info, in_dims, [(planes, in_dims[0])], [(points, in_dims[1])], False)
+    return _unfold(mode, info.batch_size, torch.ops.npht.triplane_sample(planes, points, *args))
+
+
+@torch.library.register_vmap("npht::triplane_sample_backward")
+def _bwd_vmap(info, in_dims, grad_out, planes, points, axes, scale, aggregate, padding, align_corners, backend,
+              need_planes, need_points):
+    mode, (planes,), (grad_out, points) = _fold_vmap(
+        info, in_dims, [(planes, in_dims[1])], [(grad_out, in_dims[0]), (points, in_dims[2])], need_planes)
+    gp, gx = torch.ops.npht.triplane_sample_backward(
+        grad_out, planes, points, axes, scale, aggregate, padding, align_corners, backend, need_planes, need_points)
+    (gp, dp), (gx, dx) = _unfold(mode, info.batch_size, gp, need_planes), _unfold(mode, info.batch_size, gx, need_points)
+    return (gp, gx), (dp, dx)
+
+
+@torch.library.register_vmap("npht::triplane_sample_double_backward")
+def _bwd2_vmap(info, in_dims, gg_planes, gg_points, grad_out, planes, points, axes, scale, aggregate, padding,
+               align_corners, backend, need_grad_out, need_planes, need_points):
+    mode, (gg_planes, planes), (gg_points, grad_out, points) = _fold_vmap(
+        info, in_dims, [(gg_planes, in_dims[0]), (planes, in_dims[3])],
+        [(gg_points, in_dims[1]), (grad_out, in_dims[2]), (points, in_dims[4])], need_planes)
+    g_go, g_p, g_x = torch.ops.npht.triplane_sample_double_backward(
+        gg_planes, gg_points, grad_out, planes, points, axes, scale, aggregate, padding, align_corners, backend,
+        need_grad_out, need_planes, need_points)
+    V = info.batch_size
+    outs = [_unfold(mode, V, t, w) for t, w in ((g_go, need_grad_out), (g_p, need_planes), (g_x, need_points))]
+    return tuple(t for t, _ in outs), tuple(d for _, d in outs)
+
+
+_NOT_IMPLEMENTED = (
+    "npht.triplane_sample: this derivative is not implemented. The op is differentiable twice in reverse mode "
+    "(grad / vjp / jacrev of grad / vjp / jacrev, e.g. torch.func.jacrev(torch.func.jacrev(f)) for a Hessian) and "
+    "once in forward mode (jvp, jacfwd); forward mode over reverse mode (torch.func.hessian) and a third "
+    "derivative are not")
+
+
+def _forward_mode(*tensors) -> bool:
+    """Whether forward-mode AD is at work: a torch.func forward-mode transform (jvp, jacfwd)
+    encloses this call, or one of ``tensors`` is a dual tensor."""
+    if torch.compiler.is_compiling():
+        return False
+    if not torch._C._are_functorch_transforms_active():
+        unpack = torch.autograd.forward_ad.unpack_dual
+        return any(t is not None and unpack(t).tangent is not None for t in tensors)
+    try:
+        from torch._C._functorch import TransformType
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+        return any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
+    except (ImportError, AttributeError):  # private API: without it, torch's own error follows
+        return False
+
+
+class _Args:
+    """The ops' non-tensor arguments, held as one opaque object: functorch flattens tuples
+    and lists of an autograd.Function's inputs as pytrees, which the tangents of its
+    forward-mode rules would then not line up with."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: tuple):
+        self.values = values
+
+
+def _contiguous(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if t is None else t.contiguous()
+
+
+class _SampleFn(torch.autograd.Function):
+    """``npht::triplane_sample`` for torch.func transforms (reverse mode; no ``jvp``, which
+    torch.compile cannot trace)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(planes, points, args):
+        return torch.ops.npht.triplane_sample(planes, points, *args.values)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        planes, points, args = inputs
+        ctx.save_for_backward(planes, points)
+        ctx.args = args
+
+    @staticmethod
+    def backward(ctx, grad):
+        planes, points = ctx.saved_tensors
+        if _forward_mode(grad, planes, points):  # e.g. torch.func.hessian = jacfwd(jacrev(f))
+            raise NotImplementedError(_NOT_IMPLEMENTED)
+        need_planes, need_points = ctx.needs_input_grad[:2]
+        if not (need_planes or need_points):
+            return None, None, None
+        gp, gx = _SampleBackwardFn.apply(grad.contiguous(), planes, points, ctx.args, need_planes, need_points)
+        return gp if need_planes else None, gx if need_points else None, None
+
+
+class _SampleForwardModeFn(_SampleFn):
+    """:class:`_SampleFn` with forward mode (jvp, jacfwd, dual tensors)."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _SampleFn.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(*inputs[:2])
+        ctx.out_shape = output.shape
+
+    @staticmethod
+    def jvp(ctx, t_planes, t_points, _):
+        # one launch: the double backward's gradient w.r.t. grad_out is
+        # d(<gg_planes, J_planes^T go> + <gg_points, J_points^T go>) / d go
+        # = J_planes gg_planes + J_points gg_points, the JVP for tangents (gg_planes, gg_points)
+        planes, points = ctx.saved_tensors
+        zeros = planes.new_zeros(ctx.out_shape)
+        g_go, _, _ = _SampleDoubleBackwardFn.apply(
+            _contiguous(t_planes), _contiguous(t_points), zeros, planes, points, ctx.args, True, False, False)
+        return g_go
+
+
+class _SampleBackwardFn(torch.autograd.Function):
+    """``npht::triplane_sample_backward`` for torch.func transforms; its backward is the
+    double-backward op (a third derivative is not supported)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad_out, planes, points, args, need_planes, need_points):
+        return torch.ops.npht.triplane_sample_backward(grad_out, planes, points, *args.values, need_planes,
+                                                       need_points)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_out, planes, points, args, need_planes, need_points = inputs
+        ctx.save_for_backward(grad_out, planes, points)
+        ctx.args = args
+        ctx.made = (need_planes, need_points)
+
+    @staticmethod
+    def backward(ctx, gg_planes, gg_points):
+        grad_out, planes, points = ctx.saved_tensors
+        if _forward_mode(gg_planes, gg_points, grad_out, planes, points):
+            raise NotImplementedError(_NOT_IMPLEMENTED)
+        gg_planes = _usable(gg_planes) if ctx.made[0] else None
+        gg_points = _usable(gg_points) if ctx.made[1] else None
+        need_go, need_planes, need_points = ctx.needs_input_grad[:3]
+        need_planes = need_planes and gg_points is not None
+        if gg_planes is None and gg_points is None or not (need_go or need_planes or need_points):
+            return (None,) * 6
+        g_go, g_p, g_x = _SampleDoubleBackwardFn.apply(gg_planes, gg_points, grad_out, planes, points, ctx.args,
+                                                       need_go, need_planes, need_points)
+        return g_go if need_go else None, g_p if need_planes else None, g_x if need_points else None, None, None, None
+
+
+class _SampleDoubleBackwardFn(torch.autograd.Function):
+    """``npht::triplane_sample_double_backward`` for torch.func transforms: differentiating
+    it again (a third derivative) raises."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(gg_planes, gg_points, grad_out, planes, points, args, need_go, need_planes, need_points):
+        return torch.ops.npht.triplane_sample_double_backward(gg_planes, gg_points, grad_out, planes, points, *args.values,
+                                                             need_go, need_planes, need_points)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError(_NOT_IMPLEMENTED)
+
+
 # ---- public function -------------------------------------------------------------------
 
 
@@ -321,7 +544,12 @@ def triplane_sample(
 
     Differentiable w.r.t. ``planes`` and ``points`` to second order (eikonal and normal
     losses): the point-gradient is itself differentiable w.r.t. planes, points and the
-    upstream gradient.
+    upstream gradient. The same kernels serve torch.func: ``grad``, ``vjp``, ``jacrev``
+    and ``vmap`` (the vmapped copies folded into one launch), nested to second order
+    (``grad`` of a loss on ``vmap(grad(sdf))``; ``jacrev(jacrev(f))`` for a Hessian), and
+    forward mode to first order (``jvp``, ``jacfwd``, ``torch.autograd.forward_ad`` dual
+    tensors); forward over reverse (``torch.func.hessian``) and third derivatives raise
+    NotImplementedError.
     """
     _check_inputs(planes, points, channels_last)
     if aggregate not in _AGGREGATES:
@@ -336,13 +564,9 @@ def triplane_sample(
     axes = [a for pair in resolve_projection(projection) for a in pair]
     backend = _backend.resolve_backend(backend, planes.device)
     planes_cl = planes if channels_last else planes.permute(0, 1, 3, 4, 2)
-    return torch.ops.npht.triplane_sample(
-        planes_cl.contiguous(),
-        points.contiguous(),
-        axes,
-        2.0 / float(box_warp),
-        _AGGREGATES[aggregate],
-        _PADDINGS[padding_mode],
-        bool(align_corners),
-        backend,
-    )
+    args = (axes, 2.0 / float(box_warp), _AGGREGATES[aggregate], _PADDINGS[padding_mode], bool(align_corners),
+            backend)
+    if _backend.under_transform(planes, points):  # torch.func or forward-mode AD: the autograd.Functions
+        fn = _SampleForwardModeFn if _forward_mode(planes, points) else _SampleFn
+        return fn.apply(planes_cl.contiguous(), points.contiguous(), _Args(args))
+    return torch.ops.npht.triplane_sample(planes_cl.contiguous(), points.contiguous(), *args)

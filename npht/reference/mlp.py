@@ -34,6 +34,28 @@ def softplus_mlp_with_grad(x: torch.Tensor, weights: Sequence[torch.Tensor],
     return (y, g) if create else (y.detach(), g.detach())
 
 
+def softplus_mlp_with_grad_explicit(x: torch.Tensor, weights: Sequence[torch.Tensor],
+                                    biases: Sequence[torch.Tensor], beta: float = 100.0,
+                                    threshold: float = 20.0):
+    """``(y [...], dy/dx [..., D0])`` with the input gradient written out (the reverse pass
+    ``d_{l-1} = (d_l * softplus'(h_l)) W_l``) in PyTorch ops, no autograd call: differentiable
+    in every mode and under torch.func transforms (vmap included), where
+    :func:`softplus_mlp_with_grad`'s ``torch.autograd.grad`` cannot run."""
+    hs = []
+    a = x
+    for w, b in zip(weights[:-1], biases[:-1]):
+        h = F.linear(a, w, b)
+        hs.append(h)
+        a = F.softplus(h, beta, threshold)
+    y = F.linear(a, weights[-1], biases[-1]).squeeze(-1)
+    d = weights[-1][0]
+    for h, w in zip(reversed(hs), reversed(weights[:-1])):
+        # softplus'(h) = sigmoid(beta h), 1 on the linear branch beta h > threshold
+        s1 = torch.where(h * beta > threshold, torch.ones_like(h), torch.sigmoid(h * beta))
+        d = (d * s1) @ w
+    return y, d
+
+
 # ---- the fused MLP backward's elementwise steps, in PyTorch ops ----------------------------
 # The raw-kernel contract of csrc/bindings.cpp (npht_C::softplus_adjoint_ and
 # softplus_backward_add_), implemented by the unfused sequence the cpu/cuda/triton kernels
