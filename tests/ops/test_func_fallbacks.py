@@ -148,3 +148,19 @@ def test_explicit_gradient_matches_autograd():
 
     close(autograd_grads(loss(softplus_mlp_with_grad_explicit), (weights[0],)),
           autograd_grads(loss(npht.reference.softplus_mlp_with_grad), (weights[0],)))
+
+
+def test_gradcheck_forward_ad():
+    """gradcheck's forward-mode check through the PyTorch formulas."""
+    sdf, z, beta, values = (t.requires_grad_(True) for t in dense_inputs(R=2, S=4, K=2))
+
+    def comp(s, zz, b, v):
+        out = npht.volume_composite(s, zz, b, v, backend="cpu")
+        return out.rendered, out.depth, out.opacity
+
+    assert torch.autograd.gradcheck(comp, (sdf, z, beta, values), check_forward_ad=True)
+    x, weights, biases = mlp_inputs(M=3, D=3, width=4)
+    args = (x.requires_grad_(True), weights[0].requires_grad_(True))
+    assert torch.autograd.gradcheck(
+        lambda x, w0: npht.softplus_mlp_with_grad(x, [w0, *weights[1:]], biases, beta=10.0),
+        args, check_forward_ad=True)

@@ -213,3 +213,21 @@ def test_torch_compile_of_a_transform():
     planes, points = inputs("cpu", dtype=torch.float32)
     g = tf.grad(lambda X: npht.triplane_sample(planes, X, backend="cpu").square().sum())
     close(torch.compile(g, fullgraph=True)(points), g(points), rtol=1e-6, atol=1e-6)
+
+
+def test_gradcheck_forward_ad_and_batched_grads(backend, device):
+    """torch.autograd.gradcheck's forward-mode check (the jvp rule) and batched-gradient
+    checks (autograd.grad(is_grads_batched=True): the ops' batching rules under plain
+    autograd), to second order."""
+    planes, points = inputs(device, B=1, N=4, C=2, H=3, W=4)
+    planes.requires_grad_(True)
+    points.requires_grad_(True)
+
+    def fn(P, X):
+        return npht.triplane_sample(P, X, aggregate="concat", backend=backend)
+
+    fast = backend == "triton" and not torch.cuda.is_available()
+    assert torch.autograd.gradcheck(fn, (planes, points), eps=1e-6, atol=1e-7, check_forward_ad=True,
+                                    check_batched_grad=True, fast_mode=fast)
+    assert torch.autograd.gradgradcheck(fn, (planes, points), eps=1e-6, atol=1e-6, check_batched_grad=True,
+                                        fast_mode=fast)
