@@ -249,10 +249,12 @@ _triplane_backward_op.register_autograd(_bwd_backward, setup_context=_bwd_setup_
 # ---- torch.func (functorch) transforms ----------------------------------------------------
 # torch.library's register_autograd wrapper is a legacy autograd.Function that functorch
 # refuses (pytorch/pytorch#168393, open in torch 2.13): under torch.func.grad / vjp / jacrev
-# the op would raise. While a transform is active, triplane_sample goes through the
-# autograd.Functions below instead (same three ops, same kernels); their vmap rules come
-# from the ops' own rules (register_vmap: the vmapped dimension folded into the points or
-# into the batch, one kernel launch whatever its size).
+# the op would raise, and forward-mode AD (dual tensors) would lose its tangents without a
+# word. While a transform is active or an input is a dual tensor, triplane_sample goes
+# through the autograd.Functions below instead (same three ops, same kernels); their vmap
+# rules come from the ops' own rules (register_vmap: the vmapped dimension folded into the
+# points or into the batch, one kernel launch whatever its size), which plain autograd's
+# batched gradients (``autograd.grad(..., is_grads_batched=True)``) use too.
 
 
 def _fold_vmap(info, in_dims, planes_like, points_like, planes_out: bool):
