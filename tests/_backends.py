@@ -57,3 +57,14 @@ class OpCalls(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.calls.append((str(func), args))
         return func(*args, **(kwargs or {}))
+
+
+def close(actual, expected, rtol=1e-10, atol=1e-10):
+    """assert_close over (nested) tuples and lists of tensors; expected moved to actual's
+    device."""
+    if isinstance(expected, (tuple, list)):
+        assert len(actual) == len(expected)
+        for a, e in zip(actual, expected):
+            close(a, e, rtol, atol)
+        return
+    torch.testing.assert_close(actual, expected.to(actual.device), rtol=rtol, atol=atol)

@@ -9,18 +9,10 @@ import torch.autograd.forward_ad as fwAD
 import torch.func as tf
 
 import npht
+from _backends import close
 from npht.reference.mlp import softplus_mlp_with_grad_explicit
 
 DT = torch.float64
-
-
-def close(actual, expected, rtol=1e-10, atol=1e-10):
-    if isinstance(expected, (tuple, list)):
-        assert len(actual) == len(expected)
-        for a, e in zip(actual, expected):
-            close(a, e, rtol, atol)
-        return
-    torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
 
 
 def autograd_grads(fn, args):

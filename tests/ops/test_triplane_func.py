@@ -13,6 +13,7 @@ import torch.autograd.forward_ad as fwAD
 import torch.func as tf
 
 import npht
+from _backends import close
 from npht.ops import triplane as triplane_mod
 from npht.reference import triplane_sample as _reference
 
@@ -27,15 +28,6 @@ def inputs(device, dtype=torch.float64, B=2, N=7, C=3, H=5, W=4, seed=0):
     planes = torch.randn(B, 3, C, H, W, dtype=dtype, generator=gen).to(device)
     points = ((torch.rand(B, N, 3, dtype=dtype, generator=gen) * 2 - 1) * 1.1).to(device)
     return planes, points
-
-
-def close(actual, expected, rtol=1e-10, atol=1e-10):
-    if isinstance(expected, (tuple, list)):
-        assert len(actual) == len(expected)
-        for a, e in zip(actual, expected):
-            close(a, e, rtol, atol)
-        return
-    torch.testing.assert_close(actual, expected.to(actual.device), rtol=rtol, atol=atol)
 
 
 @pytest.fixture(autouse=True)
