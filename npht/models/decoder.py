@@ -43,7 +43,9 @@ class TriplaneDecoder(nn.Module):
         if points.shape[-1] != self.point_dim or points.shape[:-1] != features.shape[:-1]:
             raise ValueError(f"points must have shape {tuple(features.shape[:-1]) + (self.point_dim,)} (the features' "
                              f"leading dims, then {self.point_dim}), got {tuple(points.shape)}")
-        return self.net(torch.cat([features, points.to(features.dtype)], dim=-1)).squeeze(-1)
+        # the network's dtype (e.g. float32 for features sampled from float16/bfloat16 planes)
+        dtype = self.net[0].weight.dtype
+        return self.net(torch.cat([features.to(dtype), points.to(dtype)], dim=-1)).squeeze(-1)
 
     def sdf(self, planes: torch.Tensor, points: torch.Tensor, **sample_kwargs) -> torch.Tensor:
         """SDF of ``points [B, N, 3]`` for tri-planes ``planes`` (sampled with
@@ -115,6 +117,9 @@ class TriplaneDecoder(nn.Module):
                     planes.clone(), points.clone(), fused=fused, checkpoint=checkpoint, mlp_backend=mlp_backend,
                     mlp_chunk_size=mlp_chunk_size, mlp_matmul=mlp_matmul, mlp_keep_gradient_pass=mlp_keep_gradient_pass,
                     mlp_h_dtype=mlp_h_dtype, mlp_d_dtype=mlp_d_dtype, **sample_kwargs)
+        if not isinstance(points, torch.Tensor) or not points.is_floating_point():
+            raise TypeError("points must be a floating-point tensor [B, N, 3] (float32; float64 with float64 "
+                            f"planes), got {points.dtype if isinstance(points, torch.Tensor) else type(points).__name__}")
         create = torch.is_grad_enabled()
         with torch.enable_grad():
             pts = points if points.requires_grad else points.detach().requires_grad_()
@@ -126,7 +131,7 @@ class TriplaneDecoder(nn.Module):
                 )
             if fused:
                 weights, biases = self.layers()
-                x = torch.cat([feats, pts.to(feats.dtype)], dim=-1)
+                x = torch.cat([feats.to(weights[0].dtype), pts.to(weights[0].dtype)], dim=-1)
                 if not create:
                     x = x.detach()
                 chunk = {} if mlp_chunk_size is None else {"chunk_size": mlp_chunk_size}

@@ -11,6 +11,8 @@ so second derivatives are exact but not fused.
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import NamedTuple, Optional, Union
 
 import torch
@@ -206,7 +208,8 @@ def _check(sdf, z, beta, values, ray_offsets):
             )
         if sdf.dim() != 1:
             raise ValueError(f"packed sdf must be [M] (with ray_offsets), got shape {tuple(sdf.shape)}")
-        if not torch.compiler.is_compiling():  # a data-dependent check (one sync on a GPU)
+        # a data-dependent check (one sync on a GPU); not while tracing, nor on meta tensors
+        if not torch.compiler.is_compiling() and ray_offsets.device.type != "meta":
             first, last = int(ray_offsets[0]), int(ray_offsets[-1])
             falls = bool((ray_offsets[1:] < ray_offsets[:-1]).any())
             if first != 0 or last != sdf.shape[0] or falls:
@@ -277,7 +280,11 @@ def volume_composite(
     _check(sdf, z, beta if isinstance(beta, torch.Tensor) else sdf, values, ray_offsets)
     R = _num_rays(sdf, ray_offsets)
     if not isinstance(beta, torch.Tensor):
+        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 < float(beta) < math.inf:
+            raise ValueError(f"beta must be a positive finite number or a tensor, got {beta!r}")
         beta = torch.tensor([float(beta)], dtype=sdf.dtype, device=sdf.device)
+    if isinstance(last_delta, bool) or not isinstance(last_delta, numbers.Real) or not float(last_delta) >= 0:
+        raise ValueError(f"last_delta must be a non-negative number, got {last_delta!r}")
     if beta.dtype != sdf.dtype:
         raise TypeError(f"beta must have the dtype of sdf ({sdf.dtype}), got {beta.dtype}")
     if beta.dim() == 0:

@@ -359,6 +359,16 @@ def _backward(ctx, grad_y, grad_g, _grad_hs, _grad_ds):
 _mlp_grad_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+def _no_further_derivative(ctx, *grads):
+    raise NotImplementedError(
+        "npht.softplus_mlp_with_grad: its results (the value and the input gradient) are differentiable once; "
+        "a further derivative (the MLP's third) is not implemented")
+
+
+# a clear error instead of torch's suggestion to register an autograd formula
+_mlp_grad_backward_op.register_autograd(_no_further_derivative, setup_context=lambda ctx, inputs, output: None)
+
+
 # ---- public function --------------------------------------------------------------------
 
 
@@ -423,6 +433,8 @@ def _check(x, weights, biases, beta, threshold, chunk_size):
         raise ValueError(f"biases must match weights: got {len(biases)} biases for {len(weights)} weights")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    if x.shape[-1] < 1:
+        raise ValueError(f"x must be [..., D0] with D0 >= 1 input features, got shape {tuple(x.shape)}")
     fan_in = x.shape[-1]
     for i, (w, b) in enumerate(zip(weights, biases)):
         for name, t in ((f"weights[{i}]", w), (f"biases[{i}]", b)):

@@ -46,9 +46,15 @@ def resolve_projection(projection: Projection):
             )
         return PROJECTIONS[projection]
     try:
-        pairs = tuple((int(u), int(v)) for u, v in projection)
-    except (TypeError, ValueError):
+        pairs = tuple(tuple(projection[k]) for k in range(len(projection)))
+    except (TypeError, ValueError, KeyError, IndexError):
         pairs = ()
+    # axes are ints 0, 1, 2 (numpy / 0-d tensor ints too); 0.9 is not axis 0, nor True axis 1
+    ok = len(pairs) == 3 and all(len(pair) == 2 for pair in pairs) and all(
+        isinstance(a, numbers.Integral) and not isinstance(a, bool) or (
+            isinstance(a, torch.Tensor) and a.dim() == 0 and not a.is_floating_point() and a.dtype != torch.bool)
+        for pair in pairs for a in pair)
+    pairs = tuple((int(u), int(v)) for u, v in pairs) if ok else ()
     if len(pairs) != 3 or any(a not in (0, 1, 2) for pair in pairs for a in pair):
         raise ValueError(
             "projection must be a name or three (u, v) pairs of axes in {0, 1, 2}, "
@@ -172,6 +178,12 @@ def _(gg_planes, gg_points, grad_out, planes, points, axes, scale, aggregate, pa
 
 # ---- autograd: forward -> backward -> double backward ---------------------------------
 
+_NOT_IMPLEMENTED = (
+    "npht.triplane_sample: this derivative is not implemented. The op is differentiable twice in reverse mode "
+    "(grad / vjp / jacrev of grad / vjp / jacrev, e.g. torch.func.jacrev(torch.func.jacrev(f)) for a Hessian) and "
+    "once in forward mode (jvp, jacfwd); forward mode over reverse mode (torch.func.hessian) and a third "
+    "derivative are not")
+
 
 def _fwd_setup_context(ctx, inputs, output):
     planes, points, *args = inputs
@@ -244,6 +256,15 @@ def _bwd_backward(ctx, gg_planes, gg_points):
 
 
 _triplane_backward_op.register_autograd(_bwd_backward, setup_context=_bwd_setup_context)
+
+
+def _no_third_derivative(ctx, *grads):
+    raise NotImplementedError(_NOT_IMPLEMENTED)
+
+
+# a third derivative: a clear error (without an autograd formula torch's own error would
+# suggest registering one)
+_triplane_double_backward_op.register_autograd(_no_third_derivative, setup_context=lambda ctx, inputs, output: None)
 
 
 # ---- torch.func (functorch) transforms ----------------------------------------------------
@@ -326,13 +347,6 @@ def _bwd2_vmap(info, in_dims, gg_planes, gg_points, grad_out, planes, points, ax
     V = info.batch_size
     outs = [_unfold(mode, V, t, w) for t, w in ((g_go, need_grad_out), (g_p, need_planes), (g_x, need_points))]
     return tuple(t for t, _ in outs), tuple(d for _, d in outs)
-
-
-_NOT_IMPLEMENTED = (
-    "npht.triplane_sample: this derivative is not implemented. The op is differentiable twice in reverse mode "
-    "(grad / vjp / jacrev of grad / vjp / jacrev, e.g. torch.func.jacrev(torch.func.jacrev(f)) for a Hessian) and "
-    "once in forward mode (jvp, jacfwd); forward mode over reverse mode (torch.func.hessian) and a third "
-    "derivative are not")
 
 
 def _forward_mode(*tensors) -> bool:
@@ -553,10 +567,12 @@ def triplane_sample(
     tensors); forward over reverse (``torch.func.hessian``) and third derivatives raise
     NotImplementedError.
     """
+    if not isinstance(channels_last, bool):
+        raise TypeError(f"channels_last must be a bool, got {type(channels_last).__name__}")
     _check_inputs(planes, points, channels_last)
-    if aggregate not in _AGGREGATES:
+    if not isinstance(aggregate, str) or aggregate not in _AGGREGATES:
         raise ValueError(f"aggregate must be one of {tuple(_AGGREGATES)}, got {aggregate!r}")
-    if padding_mode not in _PADDINGS:
+    if not isinstance(padding_mode, str) or padding_mode not in _PADDINGS:
         raise ValueError(f"padding_mode must be one of {tuple(_PADDINGS)}, got {padding_mode!r}")
     if (isinstance(box_warp, bool) or not isinstance(box_warp, numbers.Real)
             or not (0 < float(box_warp) < math.inf)):

@@ -146,6 +146,8 @@ def _ref_packed_per_sample_beta(sdf, z, beta_s, values, offsets, last_delta):
         opacity.append(o)
         weights.append(w[0])
     w = torch.cat(weights) if weights else sdf.new_zeros(0)
+    if R == 0:
+        return sdf.new_zeros(0, K), sdf.new_zeros(0), sdf.new_zeros(0), w
     return torch.cat(rendered), torch.cat(depth), torch.cat(opacity), w
 
 

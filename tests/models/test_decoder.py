@@ -162,3 +162,25 @@ def test_decoder_point_shape_error():
         dec(torch.zeros(5, 4), torch.zeros(5, 2))
     with pytest.raises(ValueError, match=r"points must have shape \(5, 3\)"):
         dec(torch.zeros(5, 4), torch.zeros(4, 3))
+
+
+def test_half_precision_planes_with_a_float32_decoder():
+    """float16/bfloat16 planes (the op samples them in float32, returns their dtype) feed a
+    float32 decoder on both paths: the features are cast to the decoder's dtype."""
+    dec = TriplaneDecoder(feature_dim=4, hidden=8, num_layers=3)
+    planes = torch.randn(1, 3, 4, 8, 8).bfloat16()
+    points = torch.rand(1, 10, 3) * 2 - 1
+    expected = dec.sdf_and_gradient(planes.float(), points, fused=False)  # the same planes, in float32
+    for fused in (False, True):
+        sdf, grad = dec.sdf_and_gradient(planes, points, fused=fused)
+        assert sdf.dtype == grad.dtype == torch.float32
+        # only the bfloat16 rounding of the sampled features differs
+        torch.testing.assert_close(sdf, expected[0], rtol=0, atol=0.02)
+        torch.testing.assert_close(grad, expected[1], rtol=0, atol=0.05)
+    assert dec.sdf(planes.half(), points).dtype == torch.float32
+
+
+def test_integer_points_are_a_clear_error():
+    dec = TriplaneDecoder(feature_dim=4, hidden=8, num_layers=2)
+    with pytest.raises(TypeError, match="points must be a floating-point tensor"):
+        dec.sdf_and_gradient(torch.randn(1, 3, 4, 8, 8), torch.zeros(1, 10, 3, dtype=torch.long))

@@ -302,6 +302,24 @@ def test_errors():
             npht.volume_composite(flat_s, flat_z, 0.1, ray_offsets=torch.tensor(bad))
     with pytest.raises(ValueError, match="backend must be one of"):
         npht.volume_composite(sdf, z, 0.1, backend="metal")
+    for bad in (0.0, -0.1, float("inf"), float("nan"), "0.1", [0.1], True):  # NaN / garbage depths before
+        with pytest.raises(ValueError, match="beta must be a positive finite number or a tensor"):
+            npht.volume_composite(sdf, z, bad)
+    for bad in (-1.0, float("nan"), "1e10", None):
+        with pytest.raises(ValueError, match="last_delta must be a non-negative number"):
+            npht.volume_composite(sdf, z, 0.1, last_delta=bad)
+
+
+def test_meta_tensors_and_empty_packed_reference():
+    """Shapes on the meta device (the offsets' data check skipped there); no rays with a
+    per-ray beta of shape [0] on the reference backend (torch.cat of nothing before)."""
+    meta = npht.volume_composite(torch.zeros(5, device="meta"), torch.zeros(5, device="meta"), 0.1,
+                                 torch.zeros(5, 2, device="meta"), ray_offsets=torch.tensor([0, 2, 5], device="meta"))
+    assert [tuple(t.shape) for t in meta] == [(2, 2), (2,), (2,), (5,)]
+    empty, off = torch.zeros(0), torch.zeros(1, dtype=torch.long)
+    for backend in ("reference", "cpu"):
+        out = npht.volume_composite(empty, empty, torch.zeros(0), torch.zeros(0, 3), ray_offsets=off, backend=backend)
+        assert [tuple(t.shape) for t in out] == [(0, 3), (0,), (0,), (0,)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])

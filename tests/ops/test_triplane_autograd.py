@@ -103,7 +103,7 @@ def test_third_derivative_is_a_clear_error(backend, device):
     out = npht.triplane_sample(planes, points, backend=backend)
     (gx,) = torch.autograd.grad(out.sum(), points, create_graph=True)
     (hx,) = torch.autograd.grad((gx ** 2).sum(), points, create_graph=True)
-    with pytest.raises(RuntimeError, match="(?i)autograd"):
+    with pytest.raises(NotImplementedError, match="differentiable twice in reverse mode"):
         torch.autograd.grad(hx.sum(), points)
 
 

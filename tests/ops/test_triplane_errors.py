@@ -48,6 +48,12 @@ def test_channels_last_layout_is_named():
         (dict(projection="xyz"), r"projection must be one of \('npht', 'eg3d'\)"),
         (dict(projection=((0, 1), (1, 3), (0, 2))), r"three \(u, v\) pairs of axes"),
         (dict(projection=((0, 1), (1, 2))), r"three \(u, v\) pairs"),
+        # not truncated to axis 0 / read as axis 1
+        (dict(projection=((0.9, 1), (1, 2), (0, 2))), r"three \(u, v\) pairs of axes"),
+        (dict(projection=((True, 1), (1, 2), (0, 2))), r"three \(u, v\) pairs of axes"),
+        (dict(projection=((0, 1, 2), (1, 2), (0, 2))), r"three \(u, v\) pairs of axes"),
+        (dict(aggregate=["sum"]), r"aggregate must be one of .* got \['sum'\]"),  # TypeError: unhashable before
+        (dict(padding_mode=["zeros"]), r"padding_mode must be one of .* got \['zeros'\]"),
         (dict(box_warp=0), r"box_warp must be a positive finite number, got 0"),
         (dict(box_warp=float("inf")), r"box_warp must be a positive finite number, got inf"),
         (dict(box_warp=True), r"box_warp must be a positive finite number, got True"),
@@ -119,6 +125,13 @@ def test_option_types():
     planes, points = good()
     with pytest.raises(TypeError, match="align_corners must be a bool, got str"):
         npht.triplane_sample(planes, points, align_corners="yes")
+    for bad in ("no", 1):  # read as True before
+        with pytest.raises(TypeError, match="channels_last must be a bool"):
+            npht.triplane_sample(planes, points, channels_last=bad)
+    # axis pairs as numpy ints or an integer tensor
+    torch.testing.assert_close(
+        npht.triplane_sample(planes, points, projection=torch.tensor([[0, 1], [0, 2], [2, 0]])),
+        npht.triplane_sample(planes, points, projection=[[np.int64(0), 1], [0, 2], [2, 0]]))
     # any real number type for box_warp (numpy scalars included)
     torch.testing.assert_close(npht.triplane_sample(planes, points, box_warp=np.float32(1.5)),
                                npht.triplane_sample(planes, points, box_warp=1.5))
