@@ -40,6 +40,9 @@ def sdf_and_gradient_autograd(sdf_fn: Callable, points: torch.Tensor, create_gra
     with torch.enable_grad():
         pts = points.detach().requires_grad_()
         sdf = sdf_fn(pts)
+        if not (isinstance(sdf, torch.Tensor) and sdf.requires_grad):
+            raise ValueError("sdf_fn's result does not depend on the points through autograd (detached, computed "
+                             "under torch.no_grad(), or constant): the normals are its gradient w.r.t. the points")
         (grad,) = torch.autograd.grad(sdf.sum(), pts, create_graph=create_graph)
     return sdf, grad
 

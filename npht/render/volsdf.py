@@ -26,6 +26,7 @@ approximations are switchable and measured against it (tests, benchmarks/render.
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Tuple, Union
@@ -57,6 +58,26 @@ class Render:
     hit: torch.Tensor
     color: Optional[torch.Tensor] = None
     stats: dict = field(default_factory=dict)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _shape(t) -> str:
+    return f"shape {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+
+
+def _check_gradient_fn(result, points: torch.Tensor):
+    """``gradient_fn``'s ``(sdf [B, N], grad [B, N, 3])``, or a clear error."""
+    B, N = points.shape[:2]
+    ok = isinstance(result, (tuple, list)) and len(result) == 2 and all(isinstance(t, torch.Tensor) for t in result)
+    if not ok or tuple(result[0].shape) != (B, N) or tuple(result[1].shape) != (B, N, 3):
+        got = (f"({', '.join(_shape(t) for t in result)})" if isinstance(result, (tuple, list))
+               else _shape(result))
+        raise ValueError(f"gradient_fn must map points [B, N, 3] to (sdf [B, N], gradient [B, N, 3]); for points "
+                         f"{list(points.shape)} it returned {got}")
+    return result
 
 
 def _resolution(resolution) -> Tuple[int, int]:
@@ -126,10 +147,17 @@ class VolSDFRenderer:
             raise ValueError(f"weight_threshold must be in [0, 1) or None, got {self.weight_threshold!r}")
         if self.coarse_factor is not None and (int(self.coarse_factor) != self.coarse_factor or self.coarse_factor < 2):
             raise ValueError(f"coarse_factor must be an integer >= 2 or None, got {self.coarse_factor!r}")
-        if self.coarse_dilate < 0:
-            raise ValueError(f"coarse_dilate must be >= 0, got {self.coarse_dilate!r}")
-        if not self.bound_radius > 0:
-            raise ValueError(f"bound_radius must be > 0, got {self.bound_radius!r}")
+        if not _is_int(self.coarse_dilate) or self.coarse_dilate < 0:
+            raise ValueError(f"coarse_dilate must be an integer >= 0, got {self.coarse_dilate!r}")
+        if isinstance(self.bound_radius, bool) or not isinstance(self.bound_radius, numbers.Real) \
+                or not 0 < float(self.bound_radius) < math.inf:
+            raise ValueError(f"bound_radius must be a finite number > 0, got {self.bound_radius!r}")
+        if not _is_int(self.chunk) or self.chunk < 1:
+            raise ValueError(f"chunk must be a positive integer, got {self.chunk!r}")
+        if self.ray_chunk is not None and (not _is_int(self.ray_chunk) or self.ray_chunk < 1):
+            raise ValueError(f"ray_chunk must be a positive integer or None, got {self.ray_chunk!r}")
+        if self.gradient_fn is not None and not callable(self.gradient_fn):
+            raise TypeError(f"gradient_fn must be callable or None, got {type(self.gradient_fn).__name__}")
         if self.bound_box is not None:
             try:
                 _half_extent(self.bound_box, torch.zeros(0))
@@ -148,6 +176,8 @@ class VolSDFRenderer:
         ``"opencv"`` or ``"opengl"`` (pyrender's camera frame) for the normals."""
         if not callable(sdf_fn):
             raise TypeError(f"sdf_fn must be callable, got {type(sdf_fn).__name__}")
+        if color_fn is not None and not callable(color_fn):
+            raise TypeError(f"color_fn must be callable or None, got {type(color_fn).__name__}")
         if not isinstance(cameras, Cameras):
             raise TypeError(f"cameras must be npht.render.Cameras, got {type(cameras).__name__}")
         if convention not in ("world", "opencv", "opengl"):
@@ -276,14 +306,18 @@ class VolSDFRenderer:
         padded, j = pad_by_batch(pts, batch, B)  # [B, Nmax, 3]
         create = torch.is_grad_enabled()
         if self.gradient_fn is not None:
-            sdf_p, grad_p = self.gradient_fn(padded)
+            sdf_p, grad_p = _check_gradient_fn(self.gradient_fn(padded), padded)
         else:
             sdf_p, grad_p = sdf_and_gradient_autograd(sdf_fn, padded, create)
         grad_s = grad_p[batch, j].to(dt)
         normals = grad_s / grad_s.norm(dim=-1, keepdim=True).clamp(min=1e-12)
         values = normals
         if color_fn is not None:
-            values = torch.cat([normals, color_fn(padded)[batch, j].to(dt)], -1)
+            colors = color_fn(padded)
+            if not isinstance(colors, torch.Tensor) or colors.dim() != 3 or colors.shape[:2] != padded.shape[:2]:
+                raise ValueError(f"color_fn must map points [B, N, 3] to colours [B, N, C]; for points "
+                                 f"{list(padded.shape)} it returned {_shape(colors)}")
+            values = torch.cat([normals, colors[batch, j].to(dt)], -1)
         # tails: empty space (sdf 1e20: density exactly 0, no gradient), zero values
         sdf_s = torch.full((M,), 1e20, dtype=dt, device=dev).index_put((shade,), sdf_p[batch, j].to(dt))
         values = values.new_zeros(M, values.shape[1]).index_put((shade,), values)

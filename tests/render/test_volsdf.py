@@ -286,6 +286,36 @@ def test_errors():
             VolSDFRenderer(bound_box=bad)
 
 
+def test_option_and_callback_errors():
+    """Options and callbacks a render would otherwise meet as raw IndexErrors, range()
+    errors or all-NaN maps (bound_radius=inf)."""
+    cams = fibonacci_cameras(2, resolution=8)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="ray_chunk must be a positive integer or None"):
+            VolSDFRenderer(ray_chunk=bad)
+        with pytest.raises(ValueError, match="chunk must be a positive integer"):
+            VolSDFRenderer(chunk=bad)
+    for bad in (1.5, -1, True):
+        with pytest.raises(ValueError, match="coarse_dilate must be an integer >= 0"):
+            VolSDFRenderer(coarse_dilate=bad)
+    for bad in (float("inf"), float("nan"), 0.0, "1"):
+        with pytest.raises(ValueError, match="bound_radius must be a finite number > 0"):
+            VolSDFRenderer(bound_radius=bad)
+    with pytest.raises(TypeError, match="gradient_fn must be callable or None"):
+        VolSDFRenderer(gradient_fn=3)
+    with pytest.raises(TypeError, match="color_fn must be callable or None"):
+        render(sphere, cams, color_fn=3)
+    with torch.no_grad():
+        for bad in (lambda p: p.norm(dim=-1), lambda p: p[:1]):  # [B, N]; the wrong batch size
+            with pytest.raises(ValueError, match=r"color_fn must map points \[B, N, 3\] to colours \[B, N, C\]"):
+                render(sphere, cams, color_fn=bad)
+        for bad in (sphere, lambda p: (sphere(p), torch.zeros(2, 3))):  # the gradient missing; the wrong shape
+            with pytest.raises(ValueError, match=r"gradient_fn must map points \[B, N, 3\] to \(sdf \[B, N\]"):
+                render(sphere, cams, gradient_fn=bad)
+        with pytest.raises(ValueError, match="sdf_fn's result does not depend on the points through autograd"):
+            render(lambda p: sphere(p).detach(), cams)
+
+
 def test_training_mode_is_seeded_and_close_to_eval():
     """training=True randomises the sampler (VolSDF): reproducible with a generator, and the
     normal map stays close to the deterministic one."""
