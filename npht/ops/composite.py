@@ -275,7 +275,11 @@ def volume_composite(
     through the reference). Under torch.func transforms (``grad``, ``vjp``, ``jacrev``,
     ``vmap``, ``jvp``, ``jacfwd``) and forward-mode AD dual tensors the result comes from
     the PyTorch reference (the same formula, unfused, differentiable in every mode).
-    Returns a :class:`CompositeResult`.
+    Non-finite ``values`` (or upstream gradients) on a ray: the fused backends' backward
+    forms the sums over the samples behind each one as a ray total minus a prefix, so the
+    ``sdf`` and ``z`` gradients of every sample of that ray but the last become NaN; the
+    reference's reversed cumulative sums keep those behind the bad sample
+    finite (the loss is NaN either way). Returns a :class:`CompositeResult`.
     """
     _check(sdf, z, beta if isinstance(beta, torch.Tensor) else sdf, values, ray_offsets)
     R = _num_rays(sdf, ray_offsets)

@@ -450,3 +450,18 @@ def test_unread_results_reach_the_backward_as_none(backend, device, packed):
     torch.testing.assert_close(g_sdf, want[0], **TOL[torch.float64])
     torch.testing.assert_close(g_beta, want[1], **TOL[torch.float64])
     torch.testing.assert_close(gg, torch.autograd.grad(want[0].square().sum(), sdf)[0], **TOL[torch.float64])
+
+
+def test_non_finite_values_documented(backend, device):
+    """A NaN value on a ray: the fused backends' backward (ray total minus prefix) gives NaN
+    sdf gradients on every sample of that ray but the last; the reference only on the
+    samples up to the bad one. Other rays stay finite everywhere."""
+    sdf = torch.tensor([[0.3, 0.1, -0.05, -0.2, -0.4]] * 2, dtype=torch.float64, device=device).requires_grad_(True)
+    z = torch.linspace(1, 2, 5, dtype=torch.float64, device=device)[None].expand(2, 5).contiguous()
+    v = torch.randn(2, 5, 3, dtype=torch.float64).to(device)
+    v[0, 1, 0] = float("nan")
+    out = npht.volume_composite(sdf, z, 0.1, v, backend=backend)
+    (g,) = torch.autograd.grad(out.rendered.sum(), sdf)
+    nan = torch.isnan(g[0]).tolist()
+    assert nan == ([True, True, False, False, False] if backend == "reference" else [True] * 4 + [False])
+    assert torch.isfinite(g[1]).all()
