@@ -32,7 +32,9 @@ their cameras) and, unless ``--mesh-resolution 0``, ``mesh.ply`` (marching cubes
 to the unit ball). ``npht fit scan --expression CKPT``: a posed scan, fitted with an
 expression model (identity and expression codes jointly, then the expression alone, as
 ``npht eval``'s posed rows): ``z_ex`` in fit.npz, ``mesh.ply`` posed, ``neutral.ply``, and
-fit.png shows the neutral identity.
+fit.png shows the neutral identity. A previous fit's files in ``--out`` are removed first
+(those names only, said in one line); each file is written atomically (a temporary file,
+then ``os.replace``) and fit.json last: its presence means a complete run.
 """
 
 from __future__ import annotations
@@ -55,11 +57,19 @@ def read_scan(path: str, points: Optional[int] = 5000, seed: int = 0, scale: flo
     """The points ``[n, 3]`` (float32) of a scan file, mapped by ``x * scale + offset`` into
     the model's frame, at most ``points`` of them (a subset seeded by ``seed``; a mesh is
     sampled uniformly on its surface). Raises ValueError for a file that holds no ``[N, 3+]``
-    finite points, or whose points lie outside the unit sphere the heads are normalised to."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"scan {path!r} does not exist")
+    finite points, or whose points lie outside the unit sphere the heads are normalised to, and
+    for a ``scale`` that is not positive and finite or an ``offset`` that is not finite."""
+    _check_file(path, "--scan", "scan", "a points or mesh file (.npy, .npz, .xyz, .ply, .obj, ...)")
     if points is not None and (not isinstance(points, int) or points < 1):
         raise ValueError(f"points must be a positive int or None, got {points!r}")
+    try:
+        scale_ok, off = 0 < float(scale) < math.inf, np.asarray(offset, dtype=np.float64)
+    except (TypeError, ValueError):
+        scale_ok, off = False, np.zeros(0)
+    if not scale_ok:  # 0 collapses the scan to a point, a negative scale mirrors it
+        raise ValueError(f"--scale must be a positive finite number, got {scale!r}")
+    if off.shape != (3,) or not np.isfinite(off).all():
+        raise ValueError(f"--offset must be three finite numbers, got {offset!r}")
     ext = os.path.splitext(path)[1].lower()
     rng = np.random.default_rng(seed)
     if ext == ".npy":
@@ -98,7 +108,7 @@ def read_scan(path: str, points: Optional[int] = 5000, seed: int = 0, scale: flo
     arr = arr[:, :3].astype(np.float64)
     if not np.isfinite(arr).all():
         raise ValueError(f"scan {path!r}: {int((~np.isfinite(arr)).any(1).sum())} points are not finite")
-    arr = arr * float(scale) + np.asarray(offset, dtype=np.float64)
+    arr = arr * float(scale) + off
     if points is not None and len(arr) > points:
         arr = arr[np.sort(rng.choice(len(arr), points, replace=False))]
     r = np.linalg.norm(arr, axis=1)
@@ -110,10 +120,19 @@ def read_scan(path: str, points: Optional[int] = 5000, seed: int = 0, scale: flo
     return torch.from_numpy(arr.astype(np.float32))
 
 
+def _check_file(path: str, flag: str, what: str, expected: str) -> None:
+    """FileNotFoundError for a missing ``path``, ValueError for a folder (``expected``: the file it needs)."""
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a folder, not a file: it needs {expected}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path!r} {'do' if what.endswith('s') else 'does'} not exist")
+
+
 def read_npz(path: str, flag: str, needs: str) -> dict:
     """The arrays of the ``.npz`` archive ``path`` by name; a ValueError naming ``flag`` and
     what the file ``needs`` for anything else (``np.load`` gives a bare array for an
-    ``.npy``, which has no names to look up)."""
+    ``.npy``, which has no names to look up), and for an archive that cannot be read to the
+    end (truncated, corrupt: a bad CRC, a broken deflate stream, pickled arrays)."""
     try:
         f = np.load(path)
     except Exception as e:  # not a NumPy file at all (pickles refused)
@@ -123,7 +142,11 @@ def read_npz(path: str, flag: str, needs: str) -> dict:
         raise ValueError(f"{flag} {path!r} is a single array (.npy), not an .npz archive of named arrays; it needs "
                          f"{needs}")
     with f:
-        return {k: f[k] for k in f.files}
+        try:
+            return {k: f[k] for k in f.files}
+        except Exception as e:  # zipfile.BadZipFile, zlib.error, EOFError, ValueError (pickles), ...
+            raise ValueError(f"{flag} {path!r} is a damaged .npz archive (truncated or corrupt: "
+                             f"{type(e).__name__}: {e})") from None
 
 
 def _surface_points(vertices: np.ndarray, faces: np.ndarray, points: Optional[int], seed: int, path: str):
@@ -165,8 +188,7 @@ def read_cameras(path: str, pitch: float = 5.0, distance: float = 2.6, fov: floa
     """The cameras of an ``.npz``: ``K [V, 3, 3]`` + ``cam2world [V, 4, 4]`` (OpenCV) or ``yaws
     [V]``, their image size from ``normals [..., V, H, W, 3]`` or ``height`` / ``width``
     (``npht render --cameras``)."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"cameras {path!r} do not exist")
+    _check_file(path, "--cameras", "cameras", "an .npz with cameras (K and cam2world, or yaws)")
     data = read_npz(path, "--cameras", "K [V, 3, 3] and cam2world [V, 4, 4] (OpenCV convention) or yaws [V] "
                                        "(degrees), and normals [..., V, H, W, 3] or height and width")
     if "normals" in data and data["normals"].ndim >= 4:
@@ -185,8 +207,7 @@ def read_normal_maps(path: str, shape: int = 0, pitch: float = 5.0, distance: fl
     """``(cameras [V], normals [V, H, W, 3], mask [V, H, W])`` from an ``.npz`` as ``npht
     render`` writes it (see the module's text); ``shape`` picks one of ``[S, V, ...]`` maps;
     ``pitch`` / ``distance`` / ``fov`` apply to ``yaws`` cameras when the file has none."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"normal maps {path!r} do not exist")
+    _check_file(path, "--normals", "normal maps", "an .npz with normals and cameras (as npht render's normals.npz)")
     data = read_npz(path, "--normals", "normals [V, H, W, 3] (or [S, V, H, W, 3]), optional mask, and the cameras: "
                                        "K [V, 3, 3] and cam2world [V, 4, 4] (OpenCV convention) or yaws [V] (degrees)")
     if "normals" not in data:
@@ -265,22 +286,39 @@ def _check_common(args) -> None:
     check_device(args.device)
 
 
+#: every file ``npht fit`` writes in ``--out`` (fit.json last: its presence means a complete run)
+_OUTPUTS = ("fit.npz", "fit.png", "neutral.ply", "mesh.ply", "fit.json")
+
+
+def _replace_previous(out: str) -> None:
+    """Remove a previous fit's files from ``out`` (only _OUTPUTS), saying so: a new
+    run that writes fewer files (no picture, no mesh) or is interrupted leaves none of
+    another run's."""
+    previous = [name for name in _OUTPUTS if os.path.isfile(os.path.join(out, name))]
+    if previous:
+        print(f"npht fit: replacing the previous fit in {out} ({', '.join(previous)})")
+        for name in previous:
+            os.remove(os.path.join(out, name))
+
+
 def _finish(args, trained, res, record: dict, picture, z_ex=None, expression=None, seconds=None,
             arrays=None) -> int:
-    """Writes fit.npz (the code, ``z_ex``, the history and ``arrays``), fit.json, fit.png
-    (``picture(path)``) and mesh.ply (with an expression model: the neutral mesh moved forward
-    to ``z_ex``, and neutral.ply)."""
+    """Writes fit.npz (the code, ``z_ex``, the history and ``arrays``), fit.png
+    (``picture(path)``), mesh.ply (with an expression model: the neutral mesh moved forward
+    to ``z_ex``, and neutral.ply) and, last, fit.json; each file atomically."""
+    import json
+
     from ..fit import posed_vertices
     from .mesh import extract_mesh, model_sdf_fn
-    from .fitting_eval import _write_json_atomic
+    from .renders import write_atomic
 
     os.makedirs(args.out, exist_ok=True)
     code = res.code[0].cpu()
     extra = dict(arrays or {})
     if z_ex is not None:
         extra["z_ex"] = z_ex.reshape(-1).cpu().numpy()
-    np.savez_compressed(os.path.join(args.out, "fit.npz"), code=code.numpy(), **extra,
-                        **{k: np.asarray(v, dtype=np.float64) for k, v in res.history.items()})
+    extra.update({k: np.asarray(v, dtype=np.float64) for k, v in res.history.items()})
+    write_atomic(os.path.join(args.out, "fit.npz"), lambda tmp: np.savez_compressed(tmp, code=code.numpy(), **extra))
     picture(os.path.join(args.out, "fit.png"))
     if args.mesh_resolution:
         t0 = time.perf_counter()
@@ -290,12 +328,12 @@ def _finish(args, trained, res, record: dict, picture, z_ex=None, expression=Non
         if expression is not None:
             import trimesh
 
-            mesh.export(os.path.join(args.out, "neutral.ply"))
+            write_atomic(os.path.join(args.out, "neutral.ply"), mesh.export)
             with torch.no_grad():
                 v = posed_vertices(expression, torch.as_tensor(mesh.vertices, dtype=torch.float32, device=args.device),
                                    code.to(args.device), z_ex.reshape(-1).to(args.device))
             mesh = trimesh.Trimesh(v.cpu().double().numpy(), mesh.faces, process=False)
-        mesh.export(os.path.join(args.out, "mesh.ply"))
+        write_atomic(os.path.join(args.out, "mesh.ply"), mesh.export)
         record["mesh"] = dict(resolution=args.mesh_resolution, vertices=int(len(mesh.vertices)),
                               faces=int(len(mesh.faces)), seconds=time.perf_counter() - t0)
     seconds = res.seconds if seconds is None else seconds
@@ -303,7 +341,12 @@ def _finish(args, trained, res, record: dict, picture, z_ex=None, expression=Non
                   relative_reg=args.relative_reg,
                   loss_first=res.losses[0] if res.losses else None, loss_last=res.losses[-1] if res.losses else None,
                   device=str(args.device), seed=args.seed)
-    _write_json_atomic(os.path.join(args.out, "fit.json"), record)
+
+    def dump(tmp):
+        with open(tmp, "w") as f:
+            json.dump(record, f, indent=1)
+
+    write_atomic(os.path.join(args.out, "fit.json"), dump)
     return 0
 
 
@@ -314,10 +357,15 @@ def _fit_scan_main(args) -> int:
     from .renders import image_grid, normals_to_rgb, render_identities, view_cameras
 
     _check_common(args)
+    if args.no_expression_refine and not args.expression:
+        raise ValueError("--no-expression-refine applies to a posed scan's fit: it needs --expression CKPT")
+    if args.resolution < 0:
+        raise ValueError(f"--resolution must be 0 (no picture) or positive, got {args.resolution}")
     schedule = _schedule(args)
     pts = read_scan(args.scan, args.points, args.seed, args.scale, tuple(args.offset))
     trained = load_identity(args.model, args.device)
     expr = load_expression(args.expression, args.device).model if args.expression else None
+    _replace_previous(args.out)
     pts = pts.to(args.device)
     init = trained.codes.mean(0).to(args.device)
     z_ex0 = None if expr is None else _mean_code(expr, int(expr.z_ex_dim)).to(args.device)
@@ -356,9 +404,12 @@ def _fit_normals_main(args) -> int:
     from .renders import image_grid, normals_to_rgb, render_identities, trained_sampler
 
     _check_common(args)
+    if args.resolution < 0:
+        raise ValueError(f"--resolution must be 0 (the maps' own) or positive, got {args.resolution}")
     schedule = _schedule(args)
     cams, target, mask = read_normal_maps(args.normals, args.shape, args.pitch, args.distance, args.fov)
     trained = load_identity(args.model, args.device)
+    _replace_previous(args.out)
     init = trained.codes.mean(0).to(args.device)
 
     def maps(code):
@@ -394,7 +445,8 @@ def _fit_normals_main(args) -> int:
 
 def _common_args(p, mesh_default: int) -> None:
     p.add_argument("--model", required=True, help="identity checkpoint (npht train identity)")
-    p.add_argument("--out", required=True, help="output folder (fit.npz, fit.json, fit.png, mesh.ply)")
+    p.add_argument("--out", required=True, help="output folder (fit.npz, fit.json, fit.png, mesh.ply; a previous "
+                                                "fit's files there are replaced)")
     p.add_argument("--iterations", type=int, default=700, help="Adam steps (NPHM's schedule scaled; default 700)")
     p.add_argument("--lambda-id", type=float, default=None,
                    help="weight of the latent prior ||z||^2 (default NPHM's 0.05, divided by 5 at 2/7 and 5/7 of the "
@@ -449,7 +501,8 @@ def add_fit_parser(subparsers):
     n.add_argument("--shape", type=int, default=0, help="which shape of an [S, V, H, W, 3] file (default 0)")
     n.add_argument("--convention", choices=("opengl", "opencv", "world"), default="opengl",
                    help="the normals' frame (default opengl: npht render's)")
-    n.add_argument("--resolution", type=int, default=0, help="render resolution of the fit (default: the maps')")
+    n.add_argument("--resolution", type=int, default=0,
+                   help="render resolution of the fit, the maps resampled to it (default 0: the maps' own)")
     n.add_argument("--views-per-chunk", type=int, default=None,
                    help="views rendered per backward (memory; default: all)")
     n.add_argument("--tile", type=int, default=None,

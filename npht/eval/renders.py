@@ -14,6 +14,11 @@ back), one PNG per shape (its views side by side, normals as ``(n + 1) / 2`` on 
 ``grid.png`` (all of them, captioned) and, with ``--mesh-resolution R``,
 ``meshes/<name>.ply`` (marching cubes at ``R^3``, clipped to the unit ball). ``--cameras
 NPZ`` renders from a file's cameras instead (:func:`npht.eval.fit_command.read_cameras`).
+A previous render's files in ``--out`` are removed first (normals.npz, grid.png, and the PNGs
+and meshes of the names in that normals.npz: no other file), and each file is written
+atomically (a temporary file, then ``os.replace``: an interrupted run leaves no truncated file).
+A shape given twice (``--identities 0 ada``) is rendered once; ``--identities none``: no
+training identity.
 Rendering runs without grad, rays in chunks (``ray_chunk``), with the error-bound sampler
 the model was trained with, skipping converged rays, and npht's sample-efficient shading
 (weights below 1e-6 not shaded).
@@ -30,7 +35,26 @@ import numpy as np
 import torch
 
 __all__ = ["view_cameras", "normals_to_rgb", "image_grid", "trained_sampler", "render_identities", "select_codes",
-           "read_codes", "add_render_parser"]
+           "read_codes", "write_atomic", "add_render_parser"]
+
+
+def write_atomic(path: str, write) -> str:
+    """``write(tmp)`` to a temporary file next to ``path`` (``<name>.tmp-<pid><ext>``: the
+    real extension kept, for writers that infer the format from it, e.g. PIL and trimesh),
+    then ``os.replace`` it onto ``path``: an interrupted or failed write leaves the previous
+    file (or none), never a truncated one, and removes the temporary file. Returns ``path``."""
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp-{os.getpid()}{ext}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+    return path
 
 
 def view_cameras(yaws: Sequence[float], size: int, distance: float = 2.6, fov: float = 30.0, pitch: float = 5.0):
@@ -68,8 +92,7 @@ def image_grid(rows: List[List[np.ndarray]], captions: Optional[List[str]] = Non
             draw.text((pad, y), captions[i], fill="black")
         for j, img in enumerate(row):
             canvas.paste(Image.fromarray(img), (pad + j * (w + pad), y + cap))
-    canvas.save(path)
-    return path
+    return write_atomic(path, canvas.save)
 
 
 def trained_sampler(trained):
@@ -158,6 +181,9 @@ def read_codes(paths: Sequence[str], z_dim: int):
 
     codes, names = [], []
     for path in paths:
+        if os.path.isdir(path):
+            raise ValueError(f"--codes {path!r} is a folder, not a file: give .npz files (npht fit's fit.npz, npht "
+                             f"render's normals.npz)")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"codes {path!r} do not exist")
         stem = os.path.splitext(os.path.basename(path))[0]
@@ -201,6 +227,11 @@ def _render_main(args) -> int:
     else:
         cams = view_cameras(args.yaws, args.resolution, distance=args.distance, fov=args.fov, pitch=args.pitch)
     trained = load_identity(args.model, args.device)
+    if args.identities and "none" in args.identities and "none" not in (trained.identity_names or {}):
+        if len(args.identities) > 1:
+            raise ValueError(f"--identities none (no training identity) cannot come with others, got "
+                             f"{' '.join(args.identities)}")
+        args.identities = []
     if args.codes:
         given, given_names = read_codes(args.codes, int(trained.codes.shape[1]))
         picked = [] if args.identities is None else args.identities
@@ -211,7 +242,14 @@ def _render_main(args) -> int:
             codes, names = given, given_names
     else:
         codes, names = select_codes(trained, args.identities, args.samples, args.seed)
+    codes, names, repeated = _unique(codes, names)
+    if repeated:
+        print(f"npht render: {', '.join(repeated)} given more than once: rendered once")
     os.makedirs(args.out, exist_ok=True)  # before the renders: an unwritable folder fails now, not after them
+    previous = _previous_render(args.out)
+    if previous:
+        print(f"npht render: replacing the previous render in {args.out} ({len(previous)} files)")
+        _remove(previous)
     t0 = time.perf_counter()
     normals, mask = render_identities(trained, codes, cams, device=args.device, ray_chunk=args.ray_chunk,
                                       progress=not args.no_progress)
@@ -221,7 +259,8 @@ def _render_main(args) -> int:
     if not args.cameras:
         arrays.update(yaws=np.array(args.yaws, dtype=np.float32), pitch=np.float32(args.pitch),
                       distance=np.float32(args.distance), fov=np.float32(args.fov))
-    np.savez_compressed(os.path.join(args.out, "normals.npz"), **arrays)
+    # normals.npz first: its names tell a later run which PNGs and meshes this one wrote
+    write_atomic(os.path.join(args.out, "normals.npz"), lambda tmp: np.savez_compressed(tmp, **arrays))
     rows = [[normals_to_rgb(n, m) for n, m in zip(normals[i], mask[i])] for i in range(len(names))]
     for name, row in zip(names, rows):
         image_grid([row], None, os.path.join(args.out, f"{_file_name(name)}.png"))
@@ -248,12 +287,57 @@ def _write_meshes(trained, codes, names, args) -> None:
     for code, name in tqdm(list(zip(codes, names)), desc="meshes", disable=args.no_progress, leave=False):
         mesh = extract_mesh(model_sdf_fn(trained.model, code.to(args.device)), resolution=args.mesh_resolution,
                             device=args.device, clip_radius=1.0, sparse=args.sparse_mesh)
-        mesh.export(os.path.join(folder, f"{_file_name(name)}.ply"))
+        write_atomic(os.path.join(folder, f"{_file_name(name)}.ply"), mesh.export)
     print(f"extracted {len(names)} meshes at {args.mesh_resolution}^3 in {time.perf_counter() - t0:.1f} s -> {folder}")
 
 
 def _file_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "shape"
+
+
+def _unique(codes: torch.Tensor, names: List[str]):
+    """``(codes, names, repeated)``: each (name, code) once, in the order of first
+    occurrence (``--identities 0 ada`` names one identity twice); ``repeated`` the names
+    dropped."""
+    keep, repeated, first = [], [], {}
+    for i, name in enumerate(names):
+        j = first.setdefault(name, i)
+        if j != i and torch.equal(codes[i], codes[j]):
+            if name not in repeated:
+                repeated.append(name)
+            continue
+        keep.append(i)
+    if not repeated:
+        return codes, names, []
+    return codes[keep], [names[i] for i in keep], repeated
+
+
+def _previous_render(out: str) -> List[str]:
+    """The files a previous ``npht render`` wrote in ``out`` that are still there:
+    normals.npz, grid.png and, for the names in that normals.npz, ``<name>.png`` and
+    ``meshes/<name>.ply`` (no other file: a normals.npz that cannot be read names none)."""
+    npz = os.path.join(out, "normals.npz")
+    files, names = [npz, os.path.join(out, "grid.png")], []
+    if os.path.isfile(npz):
+        try:
+            with np.load(npz) as f:
+                names = [str(n) for n in f["names"].reshape(-1)] if "names" in f.files else []
+        except Exception:  # truncated or not npht's: its shapes' PNGs cannot be told from other files
+            names = []
+    for name in names:
+        files += [os.path.join(out, f"{_file_name(name)}.png"), os.path.join(out, "meshes", f"{_file_name(name)}.ply")]
+    return sorted({f for f in files if os.path.isfile(f)})
+
+
+def _remove(files: List[str]) -> None:
+    """Remove ``files``, then their folders' ``meshes`` left empty."""
+    for f in files:
+        os.remove(f)
+    for folder in {os.path.dirname(f) for f in files if os.path.basename(os.path.dirname(f)) == "meshes"}:
+        try:
+            os.rmdir(folder)
+        except OSError:  # other files in it
+            pass
 
 
 def add_render_parser(subparsers):
@@ -268,7 +352,8 @@ def add_render_parser(subparsers):
     p.add_argument("--model", required=True, help="identity checkpoint (npht train identity)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--identities", nargs="*", default=None, metavar="ID",
-                   help="code indices or identity names (default: the first four; none: only --samples)")
+                   help="code indices or identity names (default: the first four; 'none' or a bare --identities: "
+                        "no training identity, only --samples / --codes)")
     p.add_argument("--samples", type=int, default=0, help="codes drawn from a Gaussian fitted to the training codes")
     p.add_argument("--codes", nargs="+", default=None, metavar="NPZ",
                    help="codes from files: npht fit's fit.npz (code) or npht render's normals.npz (codes, names); "

@@ -328,3 +328,121 @@ def test_fit_normals_fused_gradient_gives_the_same_fit(checkpoint, tmp_path):
     start = load_identity(checkpoint).codes.mean(0).numpy()
     assert np.abs(codes[0] - start).max() > 1e-3  # the fit moved
     np.testing.assert_allclose(codes[1], codes[0], rtol=0, atol=1e-5)
+
+
+def _listing(folder):
+    return sorted(os.listdir(folder))
+
+
+def _scan_args(checkpoint, scan, out, *more):
+    return ["fit", "scan", "--model", checkpoint, "--scan", str(scan), "--out", str(out), "--points", "200",
+            "--iterations", "2", "--device", "cpu", "--no-progress", *more]
+
+
+def test_fit_rerun_replaces_the_previous_fit(checkpoint, surface, tmp_path, capsys):
+    """A second fit into the same --out removes the first's files (fit.png, mesh.ply stayed
+    when the new run wrote none), says so in one line, and leaves other files alone."""
+    pts, _ = surface
+    np.save(tmp_path / "p.npy", pts)
+    out = tmp_path / "fit"
+    assert main(_scan_args(checkpoint, tmp_path / "p.npy", out, "--resolution", "8", "--yaws", "0",
+                           "--mesh-resolution", "12")) == 0
+    assert _listing(out) == ["fit.json", "fit.npz", "fit.png", "mesh.ply"]
+    assert "replacing" not in capsys.readouterr().out
+    (out / "notes.txt").write_text("mine")
+    assert main(_scan_args(checkpoint, tmp_path / "p.npy", out, "--resolution", "0", "--mesh-resolution", "0",
+                           "--seed", "1")) == 0
+    printed = capsys.readouterr().out
+    assert f"npht fit: replacing the previous fit in {out} (fit.npz, fit.png, mesh.ply, fit.json)" in printed
+    assert _listing(out) == ["fit.json", "fit.npz", "notes.txt"]
+    assert _fit_json(out)["seed"] == 1
+    # a refused command removes nothing
+    assert main(_scan_args(checkpoint, tmp_path / "p.npy", out, "--scale", "0")) == 2
+    assert _listing(out) == ["fit.json", "fit.npz", "notes.txt"]
+
+
+def test_fit_interrupted_leaves_no_partial_file_and_no_fit_json(checkpoint, surface, tmp_path, monkeypatch, capsys):
+    """Each file through a temporary file and os.replace, fit.json last: a run interrupted
+    while writing the mesh leaves fit.npz and fit.png complete, no mesh.ply (nor its
+    temporary) and no fit.json, so nothing claims a complete run; the previous run's fit.json
+    is gone too (it described another fit than this fit.npz)."""
+    import trimesh
+
+    pts, _ = surface
+    np.save(tmp_path / "p.npy", pts)
+    out = tmp_path / "fit"
+    args = _scan_args(checkpoint, tmp_path / "p.npy", out, "--resolution", "8", "--yaws", "0", "--mesh-resolution",
+                      "12")
+    assert main(args) == 0
+    first = np.load(out / "fit.npz")["code"]
+
+    def export(self, path, *a, **k):
+        with open(path, "wb") as f:
+            f.write(b"ply\npart")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trimesh.Trimesh, "export", export)
+    assert main(args + ["--seed", "3"]) == 130
+    assert _listing(out) == ["fit.npz", "fit.png"]
+    assert not np.array_equal(np.load(out / "fit.npz")["code"], first)  # this run's
+    monkeypatch.undo()
+
+    def savez(path, **arrays):
+        with open(path, "wb") as f:
+            f.write(b"PK\x03\x04 part")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez_compressed", savez)
+    assert main(args) == 130
+    assert "replacing the previous fit" in capsys.readouterr().out
+    assert _listing(out) == []
+
+
+def test_fit_cli_input_errors(checkpoint, surface, tmp_path, capsys):
+    """Folders given as files, a --scale that is not positive and finite, --no-expression-refine
+    without --expression, a negative --resolution, a damaged .npz: one-line errors, exit 2,
+    before any work."""
+    pts, _ = surface
+    np.save(tmp_path / "p.npy", pts)
+    scan = tmp_path / "p.npy"
+    out = tmp_path / "o"
+
+    def error(args):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("npht: error: ") and len(err.splitlines()) == 1, err
+        return err
+
+    (tmp_path / "folder.ply").mkdir()
+    e = error(_scan_args(checkpoint, tmp_path / "folder.ply", out))
+    assert "--scan " in e and "is a folder, not a file: it needs a points or mesh file" in e
+    for scale in ("0", "-1", "nan", "inf"):
+        assert "--scale must be a positive finite number" in error(_scan_args(checkpoint, scan, out, "--scale", scale))
+    assert "--offset must be three finite numbers" in error(_scan_args(checkpoint, scan, out, "--offset", "0", "nan",
+                                                                       "0"))
+    assert "--no-expression-refine applies to a posed scan's fit: it needs --expression" in \
+        error(_scan_args(checkpoint, scan, out, "--no-expression-refine"))
+    assert "--resolution must be 0 (no picture) or positive, got -2" in \
+        error(_scan_args(checkpoint, scan, out, "--resolution", "-2"))
+    normals = ["fit", "normals", "--model", checkpoint, "--out", str(out), "--iterations", "1", "--device", "cpu",
+               "--no-progress"]
+    e = error(normals + ["--normals", str(tmp_path)])
+    assert "--normals " in e and "is a folder, not a file: it needs an .npz with normals" in e
+    n = np.zeros((1, 64, 64, 3), np.float32)
+    n[..., 2] = 1.0
+    np.savez_compressed(tmp_path / "maps.npz", normals=n + np.random.rand(*n.shape).astype(np.float32),
+                        yaws=np.zeros(1))
+    assert "--resolution must be 0 (the maps' own) or positive, got -8" in \
+        error(normals + ["--normals", str(tmp_path / "maps.npz"), "--resolution", "-8"])
+    data = bytearray((tmp_path / "maps.npz").read_bytes())
+    data[200:260] = b"\0" * 60
+    (tmp_path / "bad.npz").write_bytes(bytes(data))
+    e = error(normals + ["--normals", str(tmp_path / "bad.npz")])
+    assert "is a damaged .npz archive (truncated or corrupt" in e
+    assert not out.exists()
+    with pytest.raises(ValueError, match="--scale must be a positive finite number"):
+        read_scan(str(scan), scale=0.0)
+    # --resolution 0 of fit normals is documented: the maps' own
+    with pytest.raises(SystemExit):
+        main(["fit", "normals", "--help"])
+    assert "(default 0: the maps' own)" in " ".join(capsys.readouterr().out.split())

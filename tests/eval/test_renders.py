@@ -207,3 +207,152 @@ def test_render_codes_from_an_npy_is_a_clear_error(checkpoint, tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.startswith("npht: error: --codes ") and "not an .npz archive" in err and "codes [n, z]" in err, err
     assert len(err.splitlines()) == 1
+
+
+def _listing(folder):
+    return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, fs in os.walk(folder) for f in fs)
+
+
+def test_render_rerun_replaces_the_previous_render(checkpoint, tmp_path, capsys):
+    """A second render into the same --out removes the first's normals.npz, grid.png, PNGs and
+    meshes (those of the names in its normals.npz), says so in one line, and leaves other
+    files alone: no stale ada.png / cy.png next to a render of bob only."""
+    out = tmp_path / "r"
+    base = ["render", "--model", checkpoint, "--out", str(out), "--resolution", "8", "--yaws", "0", "--device", "cpu",
+            "--no-progress"]
+    assert main(base + ["--identities", "0", "1", "2", "--mesh-resolution", "12"]) == 0
+    assert _listing(out) == ["ada.png", "bob.png", "cy.png", "grid.png", "meshes/ada.ply", "meshes/bob.ply",
+                             "meshes/cy.ply", "normals.npz"]
+    assert "replacing" not in capsys.readouterr().out
+    (out / "notes.png").write_bytes(b"mine")
+    (out / "meshes" / "mine.ply").write_bytes(b"mine")
+    assert main(base + ["--identities", "bob"]) == 0
+    printed = capsys.readouterr().out
+    assert f"npht render: replacing the previous render in {out} (8 files)" in printed
+    assert _listing(out) == ["bob.png", "grid.png", "meshes/mine.ply", "normals.npz", "notes.png"]
+    assert list(np.load(out / "normals.npz")["names"]) == ["bob"]
+    os.remove(out / "meshes" / "mine.ply")
+    assert main(base + ["--identities", "cy", "--mesh-resolution", "12"]) == 0
+    assert main(base + ["--samples", "1", "--identities"]) == 0  # the empty meshes/ folder goes too
+    assert _listing(out) == ["grid.png", "normals.npz", "notes.png", "sample_0.png"]
+    assert not (out / "meshes").exists()
+
+
+def test_render_interrupted_leaves_no_partial_file(checkpoint, tmp_path, monkeypatch, capsys):
+    """Every file goes through a temporary file and os.replace: a writer interrupted after it
+    wrote part of its file (Ctrl-C) leaves neither a truncated final file nor the temporary."""
+    from PIL import Image as PILImage
+
+    out = tmp_path / "r"
+    args = ["render", "--model", checkpoint, "--out", str(out), "--resolution", "8", "--yaws", "0", "--identities",
+            "ada", "--device", "cpu", "--no-progress"]
+    real_savez = np.savez_compressed
+
+    def savez(path, **arrays):
+        with open(path, "wb") as f:
+            f.write(b"PK\x03\x04 part of an archive")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez_compressed", savez)
+    assert main(args) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert _listing(out) == []
+    monkeypatch.setattr(np, "savez_compressed", real_savez)
+
+    def save(self, path, *a, **k):
+        with open(path, "wb") as f:
+            f.write(b"\x89PNG part")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(PILImage.Image, "save", save)
+    with pytest.raises(OSError, match="disk full"):
+        main(args)
+    assert _listing(out) == ["normals.npz"]  # the complete archive, no PNG, no temporary file
+    assert list(np.load(out / "normals.npz")["names"]) == ["ada"]
+    monkeypatch.undo()
+    import trimesh
+
+    def export(self, path, *a, **k):
+        open(path, "wb").write(b"ply\npart")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trimesh.Trimesh, "export", export)
+    assert main(args + ["--mesh-resolution", "12"]) == 130
+    assert _listing(out) == ["ada.png", "grid.png", "normals.npz"]  # meshes/ made, no ada.ply nor its temporary
+
+
+def test_write_atomic_keeps_the_extension_and_the_previous_file(tmp_path):
+    from npht.eval.renders import write_atomic
+
+    seen = []
+
+    def write(tmp):
+        seen.append(os.path.basename(tmp))
+        with open(tmp, "w") as f:
+            f.write("new")
+
+    path = str(tmp_path / "a.png")
+    assert write_atomic(path, write) == path and open(path).read() == "new"
+    assert seen == [f"a.tmp-{os.getpid()}.png"]
+
+    def fail(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        write_atomic(path, fail)
+    assert open(path).read() == "new" and os.listdir(tmp_path) == ["a.png"]
+
+
+def test_render_identities_given_twice_or_none(checkpoint, tmp_path, capsys):
+    out = tmp_path / "r"
+    base = ["render", "--model", checkpoint, "--out", str(out), "--resolution", "8", "--yaws", "0", "--device", "cpu",
+            "--no-progress"]
+    # 0 is ada: rendered once, in the order of first mention, with a note
+    assert main(base + ["--identities", "0", "bob", "ada", "1", "cy"]) == 0
+    printed = capsys.readouterr().out
+    assert "npht render: ada, bob given more than once: rendered once" in printed
+    assert "rendered 3 shapes x 1 views" in printed
+    assert list(np.load(out / "normals.npz")["names"]) == ["ada", "bob", "cy"]
+    # a code from a file that is an identity given too: once
+    assert main(base + ["--identities", "cy", "--codes", str(out / "normals.npz")]) == 0
+    assert "cy given more than once" in capsys.readouterr().out
+    assert list(np.load(out / "normals.npz")["names"]) == ["cy", "ada", "bob"]
+    # --identities none, as the help says: no training identity (a bare --identities too)
+    assert "'none' or a bare --identities: no training identity, only --samples / --codes" in _help(capsys, "render")
+    assert main(base + ["--identities", "none", "--samples", "2"]) == 0
+    assert list(np.load(out / "normals.npz")["names"]) == ["sample_0", "sample_1"]
+    assert main(base + ["--identities", "none", "ada"]) == 2
+    assert "--identities none (no training identity) cannot come with others" in capsys.readouterr().err
+    assert main(base + ["--identities", "none"]) == 2
+    assert "nothing to render" in capsys.readouterr().err
+
+
+def _help(capsys, *command):
+    with pytest.raises(SystemExit):
+        main([*command, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_render_damaged_or_folder_codes_are_clear_errors(checkpoint, tmp_path, capsys):
+    good = tmp_path / "good.npz"
+    np.savez_compressed(good, codes=np.random.rand(40, 16).astype(np.float32))
+    data = bytearray(good.read_bytes())
+    data[100:140] = b"\0" * 40  # inside the deflate stream: a bad CRC or a broken stream when read
+    (tmp_path / "bad.npz").write_bytes(bytes(data))
+    (tmp_path / "half.npz").write_bytes(bytes(data[: len(data) // 2]))
+    base = ["render", "--model", checkpoint, "--out", str(tmp_path / "o"), "--resolution", "8", "--device", "cpu",
+            "--no-progress"]
+    for name, says in (("bad.npz", "is a damaged .npz archive (truncated or corrupt"),
+                       ("half.npz", "is not an .npz archive")):
+        assert main(base + ["--codes", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("npht: error: --codes ") and says in err and len(err.splitlines()) == 1, err
+    assert main(base + ["--codes", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder, not a file" in err and len(err.splitlines()) == 1
+    assert main(base + ["--cameras", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("npht: error: --cameras ") and "is a folder, not a file" in err
+    assert not os.path.exists(tmp_path / "o")
