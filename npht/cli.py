@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from dataclasses import fields
 from typing import List, Optional
@@ -97,6 +98,19 @@ _PREPARE_HELP = {
 }
 
 
+class _StoreGiven(argparse.Action):
+    """Stores the value like ``store`` and records the flag's ``dest`` in ``namespace.given``:
+    which settings the command line set (a default may mean "not asked for")."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.given = frozenset(getattr(namespace, "given", ())) | {self.dest}
+
+
+#: PrepareConfig fields of the procedural heads only: a folder source refuses them
+_SYNTHETIC_ONLY = ("identities", "expressions", "mesh_resolution")
+
+
 def _add_prepare(sub) -> None:
     from .data.prepare import PrepareConfig
 
@@ -117,8 +131,9 @@ def _add_prepare(sub) -> None:
         if f.name == "source":
             continue
         p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
-                       default=getattr(defaults, f.name), help=_PREPARE_HELP[f.name],
+                       default=getattr(defaults, f.name), help=_PREPARE_HELP[f.name], action=_StoreGiven,
                        **({"choices": ("auto", "folder", "nphm")} if f.name == "layout" else {}))
+    p.set_defaults(given=frozenset())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -148,12 +163,26 @@ def _run_prepare(args) -> int:
     from .data.prepare import PrepareConfig, prepare
 
     check_out_folder(args.out)
+    if args.source != "synthetic":
+        flags = ", ".join("--" + k.replace("_", "-") for k in _SYNTHETIC_ONLY if k in args.given)
+        if flags:
+            raise ValueError(f"{flags}: procedural heads only (--source synthetic); a folder source prepares all "
+                             f"its identities and expressions (prepare a folder holding those you want)")
     config = PrepareConfig(**{f.name: getattr(args, f.name) for f in fields(PrepareConfig)})
-    manifest = prepare(config, args.out, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
+    manifest = prepare(config, args.out, workers=args.workers, overwrite=args.overwrite, progress=not args.quiet,
+                       clamp_test_identities="test_identities" not in args.given)
     n_id = len(manifest["identities"])
-    print(f"prepared {len(manifest['records'])} records of {n_id} identities in {manifest['seconds']:.1f} s "
-          f"-> {args.out}")
+    n_test = manifest["config"]["test_identities"]
+    print(f"prepared {len(manifest['records'])} records of {n_id} identities ({n_test} held out as the test split) "
+          f"in {manifest['seconds']:.1f} s -> {args.out}")
     return 0
+
+
+def _cli_message(message: str) -> str:
+    """An error's message as the command line says it: the Python API's ``overwrite=True
+    (--overwrite)`` / ``--resume (resume=True)`` name the flag alone."""
+    message = re.sub(r"\b\w+=True \((--[\w-]+)\)", r"\1", message)
+    return re.sub(r"(--[\w-]+) \(\w+=True\)", r"\1", message)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -164,7 +193,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if args.command in ("train", "eval", "fit", "render", "demo"):
             return args.func(args)
     except (ValueError, FileNotFoundError) as e:
-        print(f"npht: error: {e}", file=sys.stderr)
+        print(f"npht: error: {_cli_message(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # the trainers save a checkpoint first (npht.train.runlog.train_loop)
         print(f"npht: interrupted{': ' + str(e) if str(e) else ''}", file=sys.stderr)

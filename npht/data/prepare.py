@@ -27,6 +27,7 @@ work unit is one identity, so a synthetic identity's meshes are marched once).
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
@@ -40,6 +41,9 @@ import numpy as np
 from .records import HeadMesh, atomic_save_npz, load_mesh, save_mesh
 
 __all__ = ["PrepareConfig", "prepare", "open_source", "camera_rig", "NORMAL_SCALE", "OtherSettingsError"]
+
+#: the smallest marching-cubes grid of the procedural heads (npht.data.synthetic.extract_mesh)
+MIN_MESH_RESOLUTION = 8
 
 #: Normal maps are stored as uint8 ``round((n + 1) / 2 * NORMAL_SCALE)`` (the 8-bit
 #: colour a pyrender ground truth has anyway: ~0.2 degree quantisation).
@@ -88,8 +92,20 @@ class PrepareConfig:
                              f"{self.identities} and {self.expressions}")
         if self.source != "synthetic" and not os.path.isdir(self.source):
             raise FileNotFoundError(f"source must be 'synthetic' or an existing folder, got {self.source!r}")
-        if self.cameras and not 16 <= self.resolution <= 1024:
-            raise ValueError(f"resolution must be in [16, 1024], got {self.resolution}")
+        if self.source == "synthetic" and self.mesh_resolution < MIN_MESH_RESOLUTION:
+            raise ValueError(f"mesh_resolution (--mesh-resolution) must be >= {MIN_MESH_RESOLUTION} (the procedural "
+                             f"heads' marching-cubes grid), got {self.mesh_resolution}")
+        if self.cameras:
+            if not 16 <= self.resolution <= 1024:
+                raise ValueError(f"resolution must be in [16, 1024], got {self.resolution}")
+            fov = self.fov_degrees
+            if isinstance(fov, bool) or not isinstance(fov, (int, float)) or not 0 < fov < 180:
+                raise ValueError(f"fov_degrees (--fov-degrees) must be in (0, 180), got {fov!r}")
+            r = self.camera_radius
+            if isinstance(r, bool) or not isinstance(r, (int, float)) or not 1 < r < math.inf:
+                raise ValueError(f"camera_radius (--camera-radius) must be a finite number > 1: the heads are "
+                                 f"normalised into the unit sphere and the cameras must see them from outside it, "
+                                 f"got {r!r}")
         if self.surface_face + self.surface_nonface < 1:
             raise ValueError("surface_face + surface_nonface must be >= 1")
         return self
@@ -445,14 +461,19 @@ def _atomic_json(path: str, obj) -> None:
 
 
 def prepare(config: PrepareConfig, out: str, *, workers: int = 1, overwrite: bool = False,
-            progress: bool = True) -> dict:
+            progress: bool = True, clamp_test_identities: bool = True) -> dict:
     """Prepare ``config`` into folder ``out`` and return the manifest (also written to
     ``out/manifest.json``). ``workers`` processes share the identities (each one renders
     and samples a whole identity). Re-running finishes an interrupted run.
 
-    The source is opened, listed and checked before ``config.json`` is written: a run
-    refused at the start (wrong layout, bad counts) leaves nothing that would refuse the
-    corrected command as "other settings"."""
+    At least one identity is kept for training: with ``clamp_test_identities`` (default)
+    ``test_identities`` beyond all but one identity holds out all but one, and the
+    manifest's ``config`` records the real count; without it (``npht data prepare`` with
+    ``--test-identities`` given) that is a ValueError.
+
+    The settings are checked, and the source opened, listed and checked, before
+    ``config.json`` is written: a run refused at the start (bad settings, wrong layout, bad
+    counts) leaves nothing that would refuse the corrected command as "other settings"."""
     config.validate()
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -460,6 +481,11 @@ def prepare(config: PrepareConfig, out: str, *, workers: int = 1, overwrite: boo
     identities = sorted(source.identities())
     if not identities:
         raise ValueError(f"source {config.source!r} holds no identities")
+    n_test = min(config.test_identities, len(identities) - 1)
+    if n_test < config.test_identities and not clamp_test_identities:
+        raise ValueError(f"test_identities (--test-identities) must be at most {len(identities) - 1} (the source "
+                         f"has {len(identities)} identities and at least one is kept for training), got "
+                         f"{config.test_identities}")
     expressions = {i: source.expressions(i) for i in identities}
     stored = _check_config(out, config, identities, overwrite)
     _check_correspondence_source(config, source, identities, expressions)
@@ -496,10 +522,10 @@ def prepare(config: PrepareConfig, out: str, *, workers: int = 1, overwrite: boo
             pool.shutdown()
     finally:
         bar.close()
-    n_test = min(config.test_identities, max(len(identities) - 1, 0))
     split = {ident: ("test" if k >= len(identities) - n_test else "train") for k, ident in enumerate(identities)}
     records = [dict(r, split=split[r["identity"]]) for ident in identities for r in results[ident]]
-    manifest = dict(version=1, config=config.fingerprint(), identities=identities, records=records,
+    manifest = dict(version=1, config=dict(config.fingerprint(), test_identities=n_test), identities=identities,
+                    records=records,
                     seconds=round(time.perf_counter() - t0, 2))
     _atomic_json(os.path.join(out, "manifest.json"), manifest)
     return manifest

@@ -100,6 +100,11 @@ def _npm_config(preset: str, base, **overrides):
     return TrainConfig.preset("npm", counts=base.counts, batch_size=base.batch_size, **overrides)
 
 
+#: a demo training run stopped by Ctrl-C / SIGTERM continues when the demo runs again (it has
+#: no --resume: re-running reuses the data and continues the runs from their checkpoints)
+_RESUME_HINT = "continue: run the same `npht demo` command again"
+
+
 def _stage(name: str, timings: Dict[str, float]):
     """Context manager printing and timing one stage."""
     class _S:
@@ -165,6 +170,7 @@ def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: 
         run_dir = os.path.join(out, "runs", name.lower())
         with _stage(f"train {name}", timings):
             tr = IdentityTrainer(tcfg, data, run_dir, resume=True)
+            tr.resume_hint = _RESUME_HINT
             left = cfg.train_steps - tr.global_step
             if left > 0:
                 tr.train(max_steps=left)
@@ -174,6 +180,7 @@ def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: 
         ecfg = ExpressionConfig.preset(cfg.preset if cfg.preset in EXPRESSION_PRESETS else "thesis", device=device,
                                        seed=seed, progress=progress)
         etr = ExpressionTrainer(ecfg, data, ckpts["TP"], os.path.join(out, "runs", "expression"), resume=True)
+        etr.resume_hint = _RESUME_HINT
         left = cfg.expression_steps - etr.global_step
         if left > 0:
             etr.train(max_steps=left)

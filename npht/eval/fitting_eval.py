@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 import warnings
 from typing import Dict, Mapping, Optional, Union
@@ -147,6 +148,11 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
                     posed_scans=len(posed_records), refine_expression=refine_expression)
     partial_path = os.path.join(out_dir, "eval_partial.json") if out_dir else None
     done = _resumable_rows(partial_path, settings, [*loaded.values(), *posers.values()]) if resume else {}
+    if out_dir and not done:  # starting again: no mesh or table of an earlier run may pass for this one's
+        removed = _remove_outputs(out_dir)
+        if removed:
+            print(f"npht eval: starting again in {out_dir}: removed {len(removed)} files of the previous evaluation "
+                  f"({', '.join(_summarise(removed))})", file=sys.stderr, flush=True)
     per_identity = []
     meshes_dir = os.path.join(out_dir, "meshes") if out_dir else None
     if meshes_dir:
@@ -231,6 +237,30 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
         if os.path.exists(partial_path):
             os.remove(partial_path)
     return result
+
+
+#: the files an evaluation writes in its out_dir (besides meshes/*.ply)
+_OUTPUTS = ("eval.json", "eval.md", "eval_partial.json", "eval_partial.json.tmp")
+
+
+def _remove_outputs(out_dir: str) -> list:
+    """Removes what an evaluation writes in ``out_dir`` (:data:`_OUTPUTS` and ``meshes/*.ply``);
+    returns their paths relative to it."""
+    removed = [name for name in _OUTPUTS if os.path.isfile(os.path.join(out_dir, name))]
+    meshes = os.path.join(out_dir, "meshes")
+    if os.path.isdir(meshes):
+        removed += [os.path.join("meshes", n) for n in sorted(os.listdir(meshes))
+                    if n.endswith(".ply") and os.path.isfile(os.path.join(meshes, n))]
+    for rel in removed:
+        os.remove(os.path.join(out_dir, rel))
+    return removed
+
+
+def _summarise(paths: list) -> list:
+    """``paths`` with the meshes counted as one entry (``meshes/*.ply``)."""
+    out = [p for p in paths if not p.startswith("meshes" + os.sep)]
+    n = len(paths) - len(out)
+    return out + ([f"{n} meshes/*.ply"] if n else [])
 
 
 def _plain(obj):
@@ -358,10 +388,20 @@ def _eval_main(args) -> int:
             name, sep, path = spec.partition("=")
             if not sep or not name or not path:
                 raise ValueError(f"{flag} must be NAME=CHECKPOINT, got {spec!r}")
+            if name in out:
+                raise ValueError(f"{flag} {name} is given twice ({out[name]!r} and {path!r}): give each name once")
             out[name] = path
         return out
 
+    for flag, value, least in (("--scan-points", args.scan_points, 1), ("--metric-points", args.metric_points, 1),
+                               ("--mesh-resolution", args.mesh_resolution, 2), ("--iterations", args.iterations, 1)):
+        if value is not None and value < least:
+            raise ValueError(f"{flag} must be >= {least}, got {value}")
+    if not args.noise >= 0 or args.noise == float("inf"):
+        raise ValueError(f"--noise must be a finite number >= 0, got {args.noise}")
     models, expressions = pairs(args.model, "--model"), pairs(args.expression, "--expression")
+    if args.no_expression_refine and not expressions:
+        raise ValueError("--no-expression-refine applies to the posed rows, which need --expression NAME=CKPT")
     schedule = FitSchedule() if args.iterations is None else _scaled_schedule(args.iterations)
     schedule = schedule.replace(relative_reg={"auto": "auto", "true": True, "false": False}[args.relative_reg])
     result = evaluate_models(models, args.data, split=args.split, scan_points=args.scan_points,

@@ -224,8 +224,9 @@ class ExpressionTrainer(CheckpointedRun):
         self.out_dir = os.fspath(out_dir)
         self._refuse_overwrite(resume)
         self.device = torch.device(cfg.device)
-        self.identity_checkpoint = os.fspath(identity_checkpoint)
-        from .loading import read_identity_checkpoint
+        from .loading import checkpoint_file, read_identity_checkpoint
+
+        self.identity_checkpoint = checkpoint_file(identity_checkpoint, "identity")  # a run folder: its checkpoint
 
         id_cfg, id_ckpt = read_identity_checkpoint(self.identity_checkpoint)
         id_state = id_ckpt["model"]

@@ -244,6 +244,22 @@ def auto_decoder_optimizers(net_params, code_params, cfg, no_decay_params=()):
             torch.optim.lr_scheduler.StepLR(opt_codes, cfg.decay_interval_codes, cfg.lr_decay))
 
 
+def _check_normal_maps(data_root: str, views: int) -> None:
+    """A ValueError in the command line's terms when the prepared folder ``data_root`` has
+    fewer cameras per record than the ``views`` normal maps a step of a run with the 2D
+    losses draws (HeadDataset's own error names its argument, no flag)."""
+    from ..data.prepare import load_manifest
+
+    cameras = load_manifest(data_root).get("config", {}).get("cameras", 0)
+    if not cameras:
+        raise ValueError(f"{data_root} has no normal maps (prepared with --cameras 0), and this preset trains with the "
+                         f"2D losses, which need them: prepare the data again with --cameras N (e.g. 128), or train "
+                         f"without normal maps (--preset npm: the NPM baseline, 3D losses only)")
+    if views > cameras:
+        raise ValueError(f"{data_root} has {cameras} normal maps per record (prepared with --cameras {cameras}); the "
+                         f"run draws {views} per step: prepare the data with --cameras {views} or more")
+
+
 class IdentityTrainer(CheckpointedRun):
     KIND = "identity"
 
@@ -266,6 +282,8 @@ class IdentityTrainer(CheckpointedRun):
         if self.world > 1 and self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
         views = cfg.views if cfg.uses_2d else 0
+        if dataset is None and views:
+            _check_normal_maps(data_root, views)
         self.dataset = dataset if dataset is not None else HeadDataset(
             data_root, "train", counts=cfg.counts, views=views, seed=cfg.seed)
         n_id = len(self.dataset.identity_index)

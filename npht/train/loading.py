@@ -17,7 +17,7 @@ import torch
 from .config import TrainConfig
 
 __all__ = ["TrainedIdentity", "TrainedExpression", "load_identity", "load_expression", "read_identity_checkpoint",
-           "checkpoint_kind", "check_kind"]
+           "checkpoint_kind", "check_kind", "checkpoint_file"]
 
 
 @dataclass
@@ -63,12 +63,26 @@ class TrainedExpression:
         return self.model.codes.weight.detach()
 
 
+def checkpoint_file(path: str, kind: str = "") -> str:
+    """The checkpoint file ``path`` names: ``path`` itself, or ``path/checkpoint.pt`` for a run
+    folder (what ``npht train`` writes there). FileNotFoundError for a folder without one or
+    a path that does not exist."""
+    path = os.fspath(path)
+    what = f"{kind + ' ' if kind else ''}checkpoint"
+    if os.path.isdir(path):
+        inner = os.path.join(path, "checkpoint.pt")
+        if not os.path.isfile(inner):
+            raise FileNotFoundError(f"{what} {path!r} is a directory without checkpoint.pt")
+        return inner
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path!r} does not exist")
+    return path
+
+
 def _read(path: str, map_location, kind: str = "") -> dict:
     from .checkpoint import load_checkpoint
 
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{kind + ' ' if kind else ''}checkpoint {path!r} does not exist")
+    path = checkpoint_file(path, kind)
     try:
         s = load_checkpoint(path, map_location)
     except Exception as e:  # not a torch file at all
@@ -101,8 +115,9 @@ def check_kind(s, path: str, kind: str) -> None:
 
 
 def read_identity_checkpoint(path: str, map_location="cpu") -> Tuple[TrainConfig, dict]:
-    """``(TrainConfig, checkpoint dict)`` of an ``npht train identity`` checkpoint; a
-    FileNotFoundError / ValueError naming the file for anything else."""
+    """``(TrainConfig, checkpoint dict)`` of an ``npht train identity`` checkpoint (a run folder:
+    its ``checkpoint.pt``); a FileNotFoundError / ValueError naming the file for anything else."""
+    path = checkpoint_file(path, "identity")
     s = _read(path, map_location, "identity")
     check_kind(s, path, "identity")
     try:
@@ -117,6 +132,7 @@ def load_identity(path: str, device="cpu") -> TrainedIdentity:
     from ..render import LaplaceDensity
     from .identity import build_identity_model
 
+    path = checkpoint_file(path, "identity")
     cfg, s = read_identity_checkpoint(path)
     model = build_identity_model(cfg, s["model"]["codes.weight"].shape[0])
     model.load_state_dict(s["model"])
@@ -129,10 +145,12 @@ def load_identity(path: str, device="cpu") -> TrainedIdentity:
 
 
 def load_expression(path: str, device="cpu") -> TrainedExpression:
-    """The expression model of an ``npht train expression`` checkpoint."""
+    """The expression model of an ``npht train expression`` checkpoint (a run folder: its
+    ``checkpoint.pt``)."""
     from ..models import ExpressionModel
     from .expression import ExpressionConfig
 
+    path = checkpoint_file(path, "expression")
     s = _read(path, "cpu", "expression")
     check_kind(s, path, "expression")
     cfg = ExpressionConfig.from_saved(s["config"])  # older checkpoints: their layout

@@ -12,7 +12,11 @@ import threading
 import time
 from typing import Callable, Optional, Sequence
 
-__all__ = ["RunLog", "Stopped", "train_loop"]
+__all__ = ["RunLog", "Stopped", "train_loop", "RESUME_HINT"]
+
+#: how a stopped run continues, in :class:`Stopped`'s message (``npht train``'s flag); a
+#: trainer's ``resume_hint`` attribute replaces it (``npht demo``: re-running resumes)
+RESUME_HINT = "continue with --resume"
 
 
 class RunLog:
@@ -219,6 +223,12 @@ def train_loop(trainer, end_epoch: int, max_steps: Optional[int], *, desc: str, 
     cfg = trainer.cfg
     taken = 0
     bar = None
+    if trainer.epoch >= end_epoch and (max_steps is None or max_steps > 0):
+        if getattr(trainer, "rank", 0) == 0:  # no step to take: no empty progress bar
+            n = trainer.global_step
+            print(f"{trainer.out_dir}: the run is already complete ({trainer.epoch} of {end_epoch} epochs, {n} "
+                  f"step{'s' if n != 1 else ''} done): nothing to train", file=sys.stderr, flush=True)
+        show_bar = False
     if show_bar:
         from tqdm.auto import tqdm
         bar = tqdm(total=max_steps, desc=desc, dynamic_ncols=True)
@@ -279,4 +289,4 @@ def train_loop(trainer, end_epoch: int, max_steps: Optional[int], *, desc: str, 
         trainer.log.close()   # TensorBoard's last scalars, also after an exception or Ctrl-C
     if stopping:
         raise Stopped(f"stopped at step {trainer.global_step} ({signal.Signals(stop.signum).name}); checkpoint "
-                      f"{trainer.ckpt_path} (continue with --resume)", stop.signum)
+                      f"{trainer.ckpt_path} ({getattr(trainer, 'resume_hint', RESUME_HINT)})", stop.signum)

@@ -183,6 +183,34 @@ def test_eval_interrupted_continues_where_it_stopped(demo, tmp_path, monkeypatch
     assert fresh["resumed_results"] == 0 and fresh["methods"] == whole["methods"]
 
 
+def test_eval_started_again_removes_the_previous_outputs(demo, tmp_path, capsys):
+    """A re-run that does not resume (other settings: here without the expression model) leaves
+    no mesh of the earlier run; run folders stand for their checkpoints (--model TP=RUN)."""
+    out, _ = demo
+    runs = os.path.join(out, "runs")
+    args = ["eval", "--data", os.path.join(out, "data"), "--model", f"TP={runs}/tp", "--out", str(tmp_path),
+            "--mesh-resolution", "16", "--metric-points", "500", "--scan-points", "200", "--iterations", "2",
+            "--no-progress"]
+    assert cli_main(args + ["--expression", f"TP={runs}/expression"]) == 0
+    with open(tmp_path / "eval.json") as f:
+        first = json.load(f)
+    assert first["settings"]["checkpoints"]["TP"] == f"{runs}/tp/checkpoint.pt"
+    assert any(n.endswith("_TP_posed.ply") for n in os.listdir(tmp_path / "meshes"))
+    (tmp_path / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert cli_main(args) == 0
+    captured = capsys.readouterr()
+    with open(tmp_path / "eval.json") as f:
+        second = json.load(f)
+    assert sorted(os.listdir(tmp_path / "meshes")) == sorted(
+        f"{r['identity']}_{m}.ply" for r in second["per_identity"] for m in ("TP", "gt"))
+    n = 2 * len(first["per_identity"])   # each scan: the method's mesh and the ground truth
+    assert f"npht eval: starting again in {tmp_path}: removed {n + 2} files of the previous evaluation (eval.json, " \
+           f"eval.md, {n} meshes/*.ply)" in captured.err, captured.err
+    assert (tmp_path / "notes.txt").read_text() == "mine"   # not the command's: kept
+    assert "| TP posed |" not in (tmp_path / "eval.md").read_text()
+
+
 def test_eval_posed_scans_with_an_expression_model(demo, tmp_path, capsys):
     out, _ = demo
     runs = os.path.join(out, "runs")

@@ -127,3 +127,34 @@ def test_prepare_accepts_no_progress():
     args = build_parser().parse_args(["data", "prepare", "--source", "synthetic", "--out", "x", "--no-progress"])
     assert args.quiet
     assert not build_parser().parse_args(["data", "prepare", "--source", "synthetic", "--out", "x"]).quiet
+
+
+EVAL = ["eval", "--data", "NODATA", "--model", "TP=NO.pt", "--device", "cpu", "--no-progress"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model", "TP=OTHER.pt"], "--model TP is given twice ('NO.pt' and 'OTHER.pt'): give each name once"),
+    (["--expression", "TP=A.pt", "--expression", "TP=B.pt"],
+     "--expression TP is given twice ('A.pt' and 'B.pt'): give each name once"),
+    (["--scan-points", "0"], "--scan-points must be >= 1, got 0"),
+    (["--metric-points", "0"], "--metric-points must be >= 1, got 0"),
+    (["--mesh-resolution", "1"], "--mesh-resolution must be >= 2, got 1"),
+    (["--iterations", "0"], "--iterations must be >= 1, got 0"),
+    (["--noise", "-0.1"], "--noise must be a finite number >= 0, got -0.1"),
+    (["--no-expression-refine"],
+     "--no-expression-refine applies to the posed rows, which need --expression NAME=CKPT"),
+])
+def test_eval_flags_checked_first_by_their_names(extra, message, tmp_path, capsys):
+    """Checked before the (missing) data and checkpoints, each message naming its flag."""
+    assert main(EVAL + ["--out", str(tmp_path / "o")] + extra) == 2
+    assert capsys.readouterr().err == f"npht: error: {message}\n"
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_errors_name_flags_not_keywords():
+    from npht.cli import _cli_message
+
+    assert _cli_message("use another folder or overwrite=True (--overwrite)") == "use another folder or --overwrite"
+    assert _cli_message("x holds a run: pass --resume (resume=True) to continue it") == \
+        "x holds a run: pass --resume to continue it"
+    assert _cli_message("n_points must be >= 1") == "n_points must be >= 1"

@@ -290,6 +290,16 @@ def test_non_finite_step_is_skipped(data_root, identity_ckpt, tmp_path, monkeypa
     assert tr.nonfinite_run == 0 and any(not torch.equal(before[k], v) for k, v in tr.model.state_dict().items())
 
 
+def test_identity_run_folder_for_its_checkpoint(data_root, identity_ckpt, tmp_path, capsys):
+    """`--identity RUN`: the run folder's checkpoint.pt (the path recorded is the file's)."""
+    run = os.path.dirname(identity_ckpt)
+    tr = ExpressionTrainer(_cfg(), data_root, run, tmp_path / "e")
+    assert tr.identity_checkpoint == identity_ckpt
+    assert main(["train", "expression", "--data", data_root, "--identity", str(tmp_path), "--out",
+                 str(tmp_path / "x"), "--no-progress", "--device", "cpu"]) == 2
+    assert f"identity checkpoint {str(tmp_path)!r} is a directory without checkpoint.pt" in capsys.readouterr().err
+
+
 def test_a_new_run_refuses_a_folder_holding_one(data_root, identity_ckpt, tmp_path, capsys):
     out = tmp_path / "run"
     ExpressionTrainer(_cfg(), data_root, identity_ckpt, out).train(max_steps=1)

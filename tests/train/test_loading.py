@@ -44,3 +44,28 @@ def test_old_expression_checkpoint_loads_with_its_layout(tmp_path):
     x = torch.rand(1, 5, 3)
     z = torch.randn(1, 6)
     torch.testing.assert_close(loaded.model(x, z, torch.tensor([1])), old(x, z, torch.tensor([1])))
+
+
+def test_a_run_folder_stands_for_its_checkpoint(tmp_path):
+    """`--model RUN` / `--identity RUN`: a folder holding checkpoint.pt loads it; a folder without
+    one is named as such, not as a path that does not exist."""
+    import pytest
+
+    from npht.train.loading import read_identity_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    net = NPMBaseline(3, 8, 32, 6)
+    torch.save({"config": _npm_config().to_dict(), "model": net.state_dict()}, run / "checkpoint.pt")
+    loaded = load_identity(run)
+    assert loaded.path == str(run / "checkpoint.pt")   # the file (eval's resume key: its size and time)
+    x = torch.rand(1, 7, 3)
+    torch.testing.assert_close(loaded.model(x, torch.tensor([1])), net(x, torch.tensor([1])))
+    assert read_identity_checkpoint(str(run))[0].model == "npm"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for load in (load_identity, load_expression, read_identity_checkpoint):
+        with pytest.raises(FileNotFoundError, match=r"checkpoint '.*empty' is a directory without checkpoint.pt"):
+            load(str(empty))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_identity(tmp_path / "missing.pt")
