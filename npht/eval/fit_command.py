@@ -353,7 +353,7 @@ def _finish(args, trained, res, record: dict, picture, z_ex=None, expression=Non
 def _fit_scan_main(args) -> int:
     from ..fit import fit_expression, fit_identity
     from ..fit.fitting import _mean_code
-    from ..train.loading import load_expression, load_identity
+    from ..train.loading import check_expression_pair, load_expression, load_identity
     from .renders import image_grid, normals_to_rgb, render_identities, view_cameras
 
     _check_common(args)
@@ -364,7 +364,11 @@ def _fit_scan_main(args) -> int:
     schedule = _schedule(args)
     pts = read_scan(args.scan, args.points, args.seed, args.scale, tuple(args.offset))
     trained = load_identity(args.model, args.device)
-    expr = load_expression(args.expression, args.device).model if args.expression else None
+    expr = None
+    if args.expression:
+        loaded_expr = load_expression(args.expression, args.device)
+        check_expression_pair(trained, loaded_expr)
+        expr = loaded_expr.model
     _replace_previous(args.out)
     pts = pts.to(args.device)
     init = trained.codes.mean(0).to(args.device)

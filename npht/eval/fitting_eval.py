@@ -109,6 +109,7 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
     import trimesh
 
     from ..fit import FitSchedule, fit_expression, fit_identity, posed_vertices
+    from ..train.loading import check_expression_pair
     from .mesh import extract_mesh, model_sdf_fn
     from .metrics import DEFAULT_THRESHOLD, evaluate_meshes
 
@@ -132,6 +133,7 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
         if expr.model.z_id_dim != loaded[name].model.z_dim:
             raise ValueError(f"the expression model given for {name!r} takes z_id of {expr.model.z_id_dim} dims, "
                              f"the identity model's codes have {loaded[name].model.z_dim}")
+        check_expression_pair(loaded[name], expr)
     records = list(range(len(ds)))[:identities]
     posed_records = []
     if posers:

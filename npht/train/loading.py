@@ -17,7 +17,8 @@ import torch
 from .config import TrainConfig
 
 __all__ = ["TrainedIdentity", "TrainedExpression", "load_identity", "load_expression", "read_identity_checkpoint",
-           "checkpoint_kind", "check_kind", "checkpoint_file"]
+           "checkpoint_kind", "check_kind", "checkpoint_file",
+           "check_expression_pair"]
 
 
 @dataclass
@@ -61,6 +62,21 @@ class TrainedExpression:
     @property
     def codes(self) -> torch.Tensor:
         return self.model.codes.weight.detach()
+
+
+def check_expression_pair(identity: "TrainedIdentity", expression: "TrainedExpression") -> None:
+    """ValueError unless ``expression`` was trained on ``identity`` (its frozen identity codes
+    are that model's codes): an expression model fitted with another identity run's codes
+    deforms the wrong shapes without any other sign."""
+    mine, theirs = expression.z_id, identity.codes
+    if mine.shape[-1] != theirs.shape[-1]:
+        raise ValueError(f"the expression model {expression.path!r} is conditioned on identity codes of size "
+                         f"{mine.shape[-1]}, the identity model {identity.path!r} has codes of size "
+                         f"{theirs.shape[-1]}")
+    if mine.shape != theirs.shape or not torch.equal(mine.cpu(), theirs.cpu()):
+        raise ValueError(f"the expression model {expression.path!r} was trained on another identity model than "
+                         f"{identity.path!r} (its frozen identity codes differ): give the identity checkpoint "
+                         f"it was trained with (npht train expression --identity)")
 
 
 def checkpoint_file(path: str, kind: str = "") -> str:

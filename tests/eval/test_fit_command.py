@@ -149,6 +149,13 @@ def test_fit_posed_scan_with_an_expression_model(checkpoint, expression_checkpoi
     assert main(["fit", "scan", "--model", checkpoint, "--expression", other, "--scan", str(tmp_path / "posed.npy"),
                  "--out", str(tmp_path / "x"), "--iterations", "1", "--device", "cpu", "--no-progress"]) == 2
     assert "conditioned on identity codes of size 5" in capsys.readouterr().err
+    # ... and one on codes of the right size from another identity run (accepted before)
+    s = torch.load(expression_checkpoint, weights_only=False)
+    s["z_id"] = s["z_id"] + 0.5
+    save_atomic(s, other)
+    assert main(["fit", "scan", "--model", checkpoint, "--expression", other, "--scan", str(tmp_path / "posed.npy"),
+                 "--out", str(tmp_path / "x"), "--iterations", "1", "--device", "cpu", "--no-progress"]) == 2
+    assert "was trained on another identity model than" in capsys.readouterr().err
 
 
 def test_read_scan_formats_agree(checkpoint, surface, tmp_path):

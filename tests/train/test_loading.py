@@ -2,6 +2,7 @@
 load: a config without the field means the old layout (the skip layer takes hidden + in);
 new configs default to NPHM's (the layer before the skip outputs hidden - in)."""
 
+import pytest
 import torch
 
 from npht.models import ExpressionModel, NPMBaseline
@@ -69,3 +70,21 @@ def test_a_run_folder_stands_for_its_checkpoint(tmp_path):
             load(str(empty))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_identity(tmp_path / "missing.pt")
+
+
+def test_check_expression_pair():
+    """An expression model is accepted only with the identity model whose codes it was
+    trained on (npht eval / npht fit scan --expression)."""
+    from types import SimpleNamespace
+
+    from npht.train.loading import check_expression_pair
+
+    codes = torch.randn(3, 5)
+    identity = SimpleNamespace(codes=codes, path="id.pt")
+    check_expression_pair(identity, SimpleNamespace(z_id=codes.clone(), path="ex.pt"))
+    with pytest.raises(ValueError, match="was trained on another identity model than 'id.pt'"):
+        check_expression_pair(identity, SimpleNamespace(z_id=codes + 0.5, path="ex.pt"))
+    with pytest.raises(ValueError, match="was trained on another identity model"):
+        check_expression_pair(identity, SimpleNamespace(z_id=codes[:2], path="ex.pt"))
+    with pytest.raises(ValueError, match="conditioned on identity codes of size 4, the identity model 'id.pt' has"):
+        check_expression_pair(identity, SimpleNamespace(z_id=codes[:, :4], path="ex.pt"))
