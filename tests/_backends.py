@@ -68,3 +68,11 @@ def close(actual, expected, rtol=1e-10, atol=1e-10):
             close(a, e, rtol, atol)
         return
     torch.testing.assert_close(actual, expected.to(actual.device), rtol=rtol, atol=atol)
+
+
+def interrupted_savez(path, **arrays):
+    """A stand-in for np.savez_compressed that writes part of an archive and is then
+    interrupted (Ctrl-C): what atomic writers must not leave behind."""
+    with open(path, "wb") as f:
+        f.write(b"PK\x03\x04 part of an archive")
+    raise KeyboardInterrupt

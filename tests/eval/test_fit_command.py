@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from _backends import interrupted_savez
 from npht.cli import main
 from npht.eval.fit_command import read_normal_maps, read_scan
 from npht.eval.mesh import extract_mesh, model_sdf_fn
@@ -394,12 +395,7 @@ def test_fit_interrupted_leaves_no_partial_file_and_no_fit_json(checkpoint, surf
     assert not np.array_equal(np.load(out / "fit.npz")["code"], first)  # this run's
     monkeypatch.undo()
 
-    def savez(path, **arrays):
-        with open(path, "wb") as f:
-            f.write(b"PK\x03\x04 part")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(np, "savez_compressed", savez)
+    monkeypatch.setattr(np, "savez_compressed", interrupted_savez)
     assert main(args) == 130
     assert "replacing the previous fit" in capsys.readouterr().out
     assert _listing(out) == []

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from _backends import interrupted_savez
 from npht.cli import main
 from npht.eval.renders import render_identities, select_codes, view_cameras
 from npht.train.checkpoint import save_atomic
@@ -248,12 +249,7 @@ def test_render_interrupted_leaves_no_partial_file(checkpoint, tmp_path, monkeyp
             "ada", "--device", "cpu", "--no-progress"]
     real_savez = np.savez_compressed
 
-    def savez(path, **arrays):
-        with open(path, "wb") as f:
-            f.write(b"PK\x03\x04 part of an archive")
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(np, "savez_compressed", savez)
+    monkeypatch.setattr(np, "savez_compressed", interrupted_savez)
     assert main(args) == 130
     assert "interrupted" in capsys.readouterr().err
     assert _listing(out) == []
