@@ -246,13 +246,17 @@ _OUTPUTS = ("eval.json", "eval.md", "eval_partial.json", "eval_partial.json.tmp"
 
 
 def _remove_outputs(out_dir: str) -> list:
-    """Removes what an evaluation writes in ``out_dir`` (:data:`_OUTPUTS` and ``meshes/*.ply``);
-    returns their paths relative to it."""
+    """Removes what an evaluation wrote in ``out_dir`` (:data:`_OUTPUTS`, and in ``meshes/`` the
+    scans' meshes: ``<scan>_gt.ply`` and the ``<scan>_<method>.ply`` beside it; only when an
+    earlier evaluation's table or partial results are there, so that no one else's .ply is
+    taken for one); returns their paths relative to it."""
     removed = [name for name in _OUTPUTS if os.path.isfile(os.path.join(out_dir, name))]
     meshes = os.path.join(out_dir, "meshes")
-    if os.path.isdir(meshes):
-        removed += [os.path.join("meshes", n) for n in sorted(os.listdir(meshes))
-                    if n.endswith(".ply") and os.path.isfile(os.path.join(meshes, n))]
+    if removed and os.path.isdir(meshes):
+        names = sorted(n for n in os.listdir(meshes) if n.endswith(".ply") and os.path.isfile(os.path.join(meshes, n)))
+        scans = {n[:-len("_gt.ply")] for n in names if n.endswith("_gt.ply")}
+        removed += [os.path.join("meshes", n) for n in names
+                    if any(n.startswith(scan + "_") for scan in scans)]
     for rel in removed:
         os.remove(os.path.join(out_dir, rel))
     return removed

@@ -197,17 +197,19 @@ def test_eval_started_again_removes_the_previous_outputs(demo, tmp_path, capsys)
     assert first["settings"]["checkpoints"]["TP"] == f"{runs}/tp/checkpoint.pt"
     assert any(n.endswith("_TP_posed.ply") for n in os.listdir(tmp_path / "meshes"))
     (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "meshes" / "my_scan.ply").write_text("mine")  # no <scan>_gt.ply beside it: not the command's
     capsys.readouterr()
     assert cli_main(args) == 0
     captured = capsys.readouterr()
     with open(tmp_path / "eval.json") as f:
         second = json.load(f)
     assert sorted(os.listdir(tmp_path / "meshes")) == sorted(
-        f"{r['identity']}_{m}.ply" for r in second["per_identity"] for m in ("TP", "gt"))
+        [f"{r['identity']}_{m}.ply" for r in second["per_identity"] for m in ("TP", "gt")] + ["my_scan.ply"])
     n = 2 * len(first["per_identity"])   # each scan: the method's mesh and the ground truth
     assert f"npht eval: starting again in {tmp_path}: removed {n + 2} files of the previous evaluation (eval.json, " \
            f"eval.md, {n} meshes/*.ply)" in captured.err, captured.err
     assert (tmp_path / "notes.txt").read_text() == "mine"   # not the command's: kept
+    assert (tmp_path / "meshes" / "my_scan.ply").read_text() == "mine"
     assert "| TP posed |" not in (tmp_path / "eval.md").read_text()
 
 
