@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from npht.ops.composite import volume_composite
-from npht.render.cameras import Cameras, _half_extent, generate_rays, ray_bounds, world_normals_to_camera
+from npht.render.cameras import Cameras, _half_extent, _shape, generate_rays, ray_bounds, world_normals_to_camera
 from npht.render.density import LaplaceDensity
 from npht.render.renderer import check_density, probe_sdf_batch, sdf_and_gradient_autograd
 from npht.render.sampler import ErrorBoundSampler, evaluate_sdf, pad_by_batch
@@ -64,16 +64,12 @@ def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def _shape(t) -> str:
-    return f"shape {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
-
-
 def _check_gradient_fn(result, points: torch.Tensor):
     """``gradient_fn``'s ``(sdf [B, N], grad [B, N, 3])``, or a clear error."""
     B, N = points.shape[:2]
     ok = isinstance(result, (tuple, list)) and len(result) == 2 and all(isinstance(t, torch.Tensor) for t in result)
     if not ok or tuple(result[0].shape) != (B, N) or tuple(result[1].shape) != (B, N, 3):
-        got = (f"({', '.join(_shape(t) for t in result)})" if isinstance(result, (tuple, list))
+        got = (f"({', '.join(str(_shape(t)) for t in result)})" if isinstance(result, (tuple, list))
                else _shape(result))
         raise ValueError(f"gradient_fn must map points [B, N, 3] to (sdf [B, N], gradient [B, N, 3]); for points "
                          f"{list(points.shape)} it returned {got}")
