@@ -38,6 +38,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .._atomic import write_json_atomic
 from .records import HeadMesh, atomic_save_npz, load_mesh, save_mesh
 
 __all__ = ["PrepareConfig", "prepare", "open_source", "camera_rig", "NORMAL_SCALE", "OtherSettingsError"]
@@ -453,13 +454,6 @@ def _clear(out: str) -> None:
             os.unlink(os.path.join(out, name))
 
 
-def _atomic_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
 def prepare(config: PrepareConfig, out: str, *, workers: int = 1, overwrite: bool = False,
             progress: bool = True, clamp_test_identities: bool = True) -> dict:
     """Prepare ``config`` into folder ``out`` and return the manifest (also written to
@@ -493,7 +487,7 @@ def prepare(config: PrepareConfig, out: str, *, workers: int = 1, overwrite: boo
     if overwrite:
         _clear(out)
     if stored is not None:
-        _atomic_json(os.path.join(out, "config.json"), stored)
+        write_json_atomic(os.path.join(out, "config.json"), stored)
     t0 = time.perf_counter()
     from tqdm.auto import tqdm
 
@@ -527,7 +521,7 @@ def prepare(config: PrepareConfig, out: str, *, workers: int = 1, overwrite: boo
     manifest = dict(version=1, config=dict(config.fingerprint(), test_identities=n_test), identities=identities,
                     records=records,
                     seconds=round(time.perf_counter() - t0, 2))
-    _atomic_json(os.path.join(out, "manifest.json"), manifest)
+    write_json_atomic(os.path.join(out, "manifest.json"), manifest)
     return manifest
 
 

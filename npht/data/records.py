@@ -14,6 +14,8 @@ from typing import Optional, Tuple
 
 import numpy as np
 
+from .._atomic import new_file_mode, write_atomic  # noqa: F401  (new_file_mode: re-exported)
+
 __all__ = ["HeadMesh", "new_file_mode", "atomic_save_npz", "load_npz", "save_mesh", "load_mesh"]
 
 
@@ -79,40 +81,15 @@ class HeadMesh:
         return trimesh.Trimesh(self.vertices, self.faces, process=False)
 
 
-def new_file_mode() -> int:
-    """The mode ``open()`` gives a new file here (0o666 less the umask). ``tempfile.mkstemp``
-    makes 0o600 files whatever the umask, and ``os.replace`` keeps that: the atomic writers
-    set their files to this mode, as a plain save would make them (readable by the group on
-    a shared project folder)."""
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def atomic_save_npz(path, compressed: bool = False, **arrays) -> None:
-    """Write ``arrays`` to ``path`` (.npz) through a temporary file in the same folder and
-    ``os.replace``: a run killed at any moment leaves either the old file or the new one,
-    never a truncated file. The file gets the mode a plain save would give it."""
-    import os
-    import tempfile
-
-    path = os.fspath(path)
-    folder = os.path.dirname(path) or "."
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
-    os.fchmod(fd, new_file_mode())
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """Write ``arrays`` to ``path`` (.npz) through :func:`npht._atomic.write_atomic`: a run
+    killed at any moment leaves either the old file or the new one, never a truncated file.
+    The file gets the mode a plain save would give it."""
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.savez would append .npz to another name
             (np.savez_compressed if compressed else np.savez)(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+    write_atomic(path, write)
 
 
 def load_npz(path) -> dict:

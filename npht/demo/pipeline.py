@@ -23,7 +23,6 @@ Everything lands in ``out`` (PNG grids, PLY meshes, JSON/markdown metrics and ti
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -33,6 +32,7 @@ from typing import Dict, Optional
 
 import torch
 
+from .._atomic import write_atomic, write_json_atomic, write_text_atomic
 from ..eval.renders import image_grid, normals_to_rgb, trained_sampler, view_cameras
 
 __all__ = ["DemoConfig", "run_demo", "add_demo_parser"]
@@ -207,8 +207,8 @@ def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: 
                                                      device, os.path.join(out, "normal_maps.png"))
         gt = test_ds.mesh(0)
         scan = partial_point_cloud(gt, cfg.scan_points, resolution=256, generator=seed)
-        trimesh.PointCloud(scan.points.numpy()).export(os.path.join(fit_dir, "partial_scan.ply"))
-        gt.to_trimesh().export(os.path.join(fit_dir, "ground_truth.ply"))
+        write_atomic(os.path.join(fit_dir, "partial_scan.ply"), trimesh.PointCloud(scan.points.numpy()).export)
+        write_atomic(os.path.join(fit_dir, "ground_truth.ply"), gt.to_trimesh().export)
         cams = view_cameras([20.0], cfg.view_resolution)
         metrics, fit_row = {}, [normals_to_rgb(*_mesh_maps(gt_renderer, gt, cams))]
         for name, trained in models.items():
@@ -217,7 +217,7 @@ def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: 
                                    seed=seed, progress=progress)
                 mesh = extract_mesh(model_sdf_fn(trained.model, res.code), resolution=cfg.grid_resolution,
                                     device=device, progress=progress, clip_radius=1.0)
-                mesh.export(os.path.join(fit_dir, f"{name}.ply"))
+                write_atomic(os.path.join(fit_dir, f"{name}.ply"), mesh.export)
                 metrics[name] = evaluate_meshes(mesh, gt, n_points=cfg.metric_points, seed=seed,
                                          device=device)
                 metrics[name]["fit_seconds"] = res.seconds
@@ -225,7 +225,7 @@ def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: 
         R = cfg.view_resolution
         with _stage(f"fit TP to {R}x{R} normal maps", timings):
             normal_fit, mesh = _normal_map_fit(tp, gt, gt_renderer, cfg, device, seed, progress)
-            mesh.export(os.path.join(fit_dir, "TP_normal_maps.ply"))
+            write_atomic(os.path.join(fit_dir, "TP_normal_maps.ply"), mesh.export)
             normal_fit.update(evaluate_meshes(mesh, gt, n_points=cfg.metric_points, seed=seed, device=device))
             fit_row.append(normals_to_rgb(*_mesh_maps(gt_renderer, mesh, cams)))
         images["fit"] = image_grid([fit_row], ["ground truth | fitted: " + " | ".join(models) + " | TP (2D)"],
@@ -239,19 +239,16 @@ def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: 
         gt_renderer.close()
     table = {"methods": {k: {r: {m: v[r][m] for m in ("chamfer_l1", "normal_consistency", "f_score")}
                              for r in ("face", "head") if r in v} for k, v in metrics.items()}}
-    with open(os.path.join(out, "metrics.json"), "w") as f:
-        json.dump({"identity": test_ds.records[0]["identity"], "scan_points": cfg.scan_points,
-                   "grid_resolution": cfg.grid_resolution, "metric_points": cfg.metric_points,
-                   "fit_iterations": cfg.fit_iterations, "metrics": metrics, "normal_map_fit": normal_fit}, f,
-                  indent=1)
-    with open(os.path.join(out, "metrics.md"), "w") as f:
-        f.write(markdown_table(table) + "\n")
+    write_json_atomic(os.path.join(out, "metrics.json"),
+                      {"identity": test_ds.records[0]["identity"], "scan_points": cfg.scan_points,
+                       "grid_resolution": cfg.grid_resolution, "metric_points": cfg.metric_points,
+                       "fit_iterations": cfg.fit_iterations, "metrics": metrics, "normal_map_fit": normal_fit})
+    write_text_atomic(os.path.join(out, "metrics.md"), markdown_table(table) + "\n")
 
     # 6. timings ---------------------------------------------------------------------
     with _stage("time npht vs reference ops", timings):
         rows = op_timings(device, quick=cfg.timing_quick, reps=cfg.timing_reps, seed=seed)
-        with open(os.path.join(out, "timing.md"), "w") as f:
-            f.write(format_table(rows) + "\n")
+        write_text_atomic(os.path.join(out, "timing.md"), format_table(rows) + "\n")
 
     summary = {
         "device": _device_name(device), "torch": torch.__version__, "seconds": time.perf_counter() - t_all,
@@ -260,8 +257,7 @@ def run_demo(out: str = "outputs/demo", *, device: Optional[str] = None, quick: 
         "timing": rows, "images": images, "checkpoints": {**ckpts, "expression": expr_ckpt},
         "fit_dir": fit_dir,
     }
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=1)
+    write_json_atomic(os.path.join(out, "summary.json"), summary)
     _print_summary(summary, out, markdown_table(table), format_table(rows))
     return summary
 
@@ -375,7 +371,7 @@ def _transfer_grid(tp, expr, dataset, shown, gt_renderer, cfg, device, fit_dir, 
         verts = transfer_expression(expr.model, expr.codes[0], z_id).vertices(
             torch.as_tensor(neutral.vertices, dtype=torch.float32, device=device))
         posed = trimesh.Trimesh(verts.detach().cpu().numpy().reshape(-1, 3), neutral.faces, process=False)
-        posed.export(os.path.join(fit_dir, f"transfer_{src_identity}-{src_expression}_to_{name}.ply"))
+        write_atomic(os.path.join(fit_dir, f"transfer_{src_identity}-{src_expression}_to_{name}.ply"), posed.export)
         row += [normals_to_rgb(*_mesh_maps(gt_renderer, neutral, cams)), normals_to_rgb(*_mesh_maps(gt_renderer, posed, cams))]
     label = f"{src_expression} of {src_identity} -> neutral | posed"
     return image_grid([row], [label], path)

@@ -306,11 +306,9 @@ def _finish(args, trained, res, record: dict, picture, z_ex=None, expression=Non
     """Writes fit.npz (the code, ``z_ex``, the history and ``arrays``), fit.png
     (``picture(path)``), mesh.ply (with an expression model: the neutral mesh moved forward
     to ``z_ex``, and neutral.ply) and, last, fit.json; each file atomically."""
-    import json
-
     from ..fit import posed_vertices
     from .mesh import extract_mesh, model_sdf_fn
-    from .renders import write_atomic
+    from .._atomic import write_atomic, write_json_atomic
 
     os.makedirs(args.out, exist_ok=True)
     code = res.code[0].cpu()
@@ -342,11 +340,7 @@ def _finish(args, trained, res, record: dict, picture, z_ex=None, expression=Non
                   loss_first=res.losses[0] if res.losses else None, loss_last=res.losses[-1] if res.losses else None,
                   device=str(args.device), seed=args.seed)
 
-    def dump(tmp):
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=1)
-
-    write_atomic(os.path.join(args.out, "fit.json"), dump)
+    write_json_atomic(os.path.join(args.out, "fit.json"), record)
     return 0
 
 

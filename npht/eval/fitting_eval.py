@@ -38,6 +38,8 @@ from typing import Dict, Mapping, Optional, Union
 import numpy as np
 import torch
 
+from .._atomic import write_atomic, write_json_atomic, write_text_atomic
+
 __all__ = ["evaluate_models", "markdown_table", "METRIC_KEYS", "add_eval_parser"]
 
 #: (metric key, column title, higher is better)
@@ -199,15 +201,15 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
             scores["final_fit_loss"] = losses[-1] if losses else float("nan")
             row["methods"][method] = scores
             if meshes_dir:
-                mesh.export(os.path.join(meshes_dir, f"{name}_{method.replace(' ', '_')}.ply"))
+                write_atomic(os.path.join(meshes_dir, f"{name}_{method.replace(' ', '_')}.ply"), mesh.export)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(scan=name, method=method, chamfer=f"{scores['head']['chamfer_l1']:.4f}")
         if meshes_dir:
-            gt.to_trimesh().export(os.path.join(meshes_dir, f"{name}_gt.ply"))
+            write_atomic(os.path.join(meshes_dir, f"{name}_gt.ply"), gt.to_trimesh().export)
         per_identity.append(row)
         if partial_path:
-            _write_json_atomic(partial_path, {"settings": _plain(settings),
+            write_json_atomic(partial_path, {"settings": _plain(settings),
                                               "files": _checkpoint_files([*loaded.values(), *posers.values()]),
                                               "per_identity": per_identity})
 
@@ -232,10 +234,8 @@ def evaluate_models(models: Mapping[str, Union[str, object]], data_root: str, *,
               "resumed_results": sum(len(r["methods"]) for r in done.values())}
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "eval.json"), "w") as f:
-            json.dump(result, f, indent=1)
-        with open(os.path.join(out_dir, "eval.md"), "w") as f:
-            f.write(markdown_table(result) + "\n")
+        write_json_atomic(os.path.join(out_dir, "eval.json"), result)
+        write_text_atomic(os.path.join(out_dir, "eval.md"), markdown_table(result) + "\n")
         if os.path.exists(partial_path):
             os.remove(partial_path)
     return result
@@ -285,13 +285,6 @@ def _checkpoint_files(trained) -> list:
         except OSError:
             out.append([t.path, None, None])
     return out
-
-
-def _write_json_atomic(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
 
 
 def _resumable_rows(path: Optional[str], settings: dict, trained) -> Dict[tuple, dict]:

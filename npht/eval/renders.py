@@ -34,27 +34,10 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
+from .._atomic import write_atomic
+
 __all__ = ["view_cameras", "normals_to_rgb", "image_grid", "trained_sampler", "render_identities", "select_codes",
            "read_codes", "write_atomic", "add_render_parser"]
-
-
-def write_atomic(path: str, write) -> str:
-    """``write(tmp)`` to a temporary file next to ``path`` (``<name>.tmp-<pid><ext>``: the
-    real extension kept, for writers that infer the format from it, e.g. PIL and trimesh),
-    then ``os.replace`` it onto ``path``: an interrupted or failed write leaves the previous
-    file (or none), never a truncated one, and removes the temporary file. Returns ``path``."""
-    root, ext = os.path.splitext(path)
-    tmp = f"{root}.tmp-{os.getpid()}{ext}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-        raise
-    return path
 
 
 def view_cameras(yaws: Sequence[float], size: int, distance: float = 2.6, fov: float = 30.0, pitch: float = 5.0):

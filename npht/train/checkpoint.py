@@ -8,14 +8,13 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import warnings
 from typing import Optional
 
 import numpy as np
 import torch
 
-from ..data.records import new_file_mode
+from .._atomic import new_file_mode, write_atomic
 
 __all__ = ["save_atomic", "new_file_mode", "load_checkpoint", "rng_state", "set_rng_state", "split_legacy_param_groups",
            "config_differences", "check_limits", "RESUME_MAY_CHANGE", "CheckpointedRun"]
@@ -36,19 +35,8 @@ def config_differences(saved, current, may_change=RESUME_MAY_CHANGE) -> list:
 def save_atomic(obj, path: str) -> None:
     """``torch.save`` to a temporary file in the same folder, then ``os.replace``: a
     crash mid-write leaves the previous file at ``path`` intact. The file gets the mode a
-    plain save would give it (:func:`npht.data.records.new_file_mode`)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
-    os.fchmod(fd, new_file_mode())
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    plain save would give it (:func:`npht._atomic.write_atomic`)."""
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:

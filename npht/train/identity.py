@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._atomic import write_atomic
 from ..ops._backend import resolve_backend
 from ..ops.mlp import matmul_precision
 from .checkpoint import CheckpointedRun, check_limits, cli_overrides, resume_or_preset_config
@@ -636,8 +637,7 @@ class IdentityTrainer(CheckpointedRun):
 
         grid = torch.cat([row(pred), row(gt)], 0)
         path = os.path.join(self.out_dir, "images", f"step_{self.global_step:07d}.png")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        Image.fromarray((grid.numpy() * 255).round().astype(np.uint8)).save(path)
+        write_atomic(path, Image.fromarray((grid.numpy() * 255).round().astype(np.uint8)).save)
         return path
 
 

@@ -12,6 +12,8 @@ import threading
 import time
 from typing import Callable, Optional, Sequence
 
+from .._atomic import write_atomic
+
 __all__ = ["RunLog", "Stopped", "train_loop", "RESUME_HINT"]
 
 #: how a stopped run continues, in :class:`Stopped`'s message (``npht train``'s flag); a
@@ -48,12 +50,7 @@ class RunLog:
         keep = [r for r in rows if not (r.get("step") or "").strip().isdigit() or int(r["step"]) <= step]
         if len(keep) == len(rows) or not fields:
             return
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=fields)
-            w.writeheader()
-            w.writerows(keep)
-        os.replace(tmp, self.path)
+        write_csv_atomic(self.path, fields, keep)
 
     def write(self, row: dict, step: int) -> None:
         new = not os.path.exists(self.path)
@@ -80,13 +77,7 @@ class RunLog:
             if tuple(reader.fieldnames or ()) == self.columns:
                 return
             rows = list(reader)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=self.columns, extrasaction="ignore")
-            w.writeheader()
-            for r in rows:
-                w.writerow({k: r.get(k) or "" for k in self.columns})
-        os.replace(tmp, self.path)
+        write_csv_atomic(self.path, self.columns, [{k: r.get(k) or "" for k in self.columns} for r in rows])
 
     def tensorboard(self):
         """The SummaryWriter, or ``None`` without the tensorboard package. The first one
@@ -290,3 +281,14 @@ def train_loop(trainer, end_epoch: int, max_steps: Optional[int], *, desc: str, 
     if stopping:
         raise Stopped(f"stopped at step {trainer.global_step} ({signal.Signals(stop.signum).name}); checkpoint "
                       f"{trainer.ckpt_path} ({getattr(trainer, 'resume_hint', RESUME_HINT)})", stop.signum)
+
+
+def write_csv_atomic(path: str, fields: Sequence[str], rows) -> None:
+    """``rows`` (dicts) under a ``fields`` header to ``path``, through :func:`npht._atomic.write_atomic`."""
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+    write_atomic(path, write)

@@ -277,30 +277,6 @@ def test_render_interrupted_leaves_no_partial_file(checkpoint, tmp_path, monkeyp
     assert _listing(out) == ["ada.png", "grid.png", "normals.npz"]  # meshes/ made, no ada.ply nor its temporary
 
 
-def test_write_atomic_keeps_the_extension_and_the_previous_file(tmp_path):
-    from npht.eval.renders import write_atomic
-
-    seen = []
-
-    def write(tmp):
-        seen.append(os.path.basename(tmp))
-        with open(tmp, "w") as f:
-            f.write("new")
-
-    path = str(tmp_path / "a.png")
-    assert write_atomic(path, write) == path and open(path).read() == "new"
-    assert seen == [f"a.tmp-{os.getpid()}.png"]
-
-    def fail(tmp):
-        with open(tmp, "w") as f:
-            f.write("half")
-        raise RuntimeError("boom")
-
-    with pytest.raises(RuntimeError, match="boom"):
-        write_atomic(path, fail)
-    assert open(path).read() == "new" and os.listdir(tmp_path) == ["a.png"]
-
-
 def test_render_identities_given_twice_or_none(checkpoint, tmp_path, capsys):
     out = tmp_path / "r"
     base = ["render", "--model", checkpoint, "--out", str(out), "--resolution", "8", "--yaws", "0", "--device", "cpu",
