@@ -17,8 +17,11 @@ NPZ`` renders from a file's cameras instead (:func:`npht.eval.fit_command.read_c
 A previous render's files in ``--out`` are removed first (normals.npz, grid.png, and the PNGs
 and meshes of the names in that normals.npz: no other file), and each file is written
 atomically (a temporary file, then ``os.replace``: an interrupted run leaves no truncated file).
-A shape given twice (``--identities 0 ada``) is rendered once; ``--identities none``: no
-training identity.
+A shape given twice (``--identities 0 ada``) is rendered once; different codes under one
+name (two fit.npz in folders of one name) are renamed ``head``, ``head_2``, ...; a shape's
+files are named after it (characters other than letters, digits and ``-_.`` replaced by
+``_``, names that would give one file name or ``grid`` numbered); ``--identities none``:
+no training identity.
 Rendering runs without grad, rays in chunks (``ray_chunk``), with the error-bound sampler
 the model was trained with, skipping converged rays, and npht's sample-efficient shading
 (weights below 1e-6 not shaded).
@@ -225,9 +228,11 @@ def _render_main(args) -> int:
             codes, names = given, given_names
     else:
         codes, names = select_codes(trained, args.identities, args.samples, args.seed)
-    codes, names, repeated = _unique(codes, names)
+    codes, names, repeated, renamed = _unique(codes, names)
     if repeated:
         print(f"npht render: {', '.join(repeated)} given more than once: rendered once")
+    if renamed:
+        print("npht render: different codes under one name renamed: " + ", ".join(f"{a} -> {b}" for a, b in renamed))
     os.makedirs(args.out, exist_ok=True)  # before the renders: an unwritable folder fails now, not after them
     previous = _previous_render(args.out)
     if previous:
@@ -245,8 +250,8 @@ def _render_main(args) -> int:
     # normals.npz first: its names tell a later run which PNGs and meshes this one wrote
     write_atomic(os.path.join(args.out, "normals.npz"), lambda tmp: np.savez_compressed(tmp, **arrays))
     rows = [[normals_to_rgb(n, m) for n, m in zip(normals[i], mask[i])] for i in range(len(names))]
-    for name, row in zip(names, rows):
-        image_grid([row], None, os.path.join(args.out, f"{_file_name(name)}.png"))
+    for stem, row in zip(_file_names(names), rows):
+        image_grid([row], None, os.path.join(args.out, f"{stem}.png"))
     image_grid(rows, names, os.path.join(args.out, "grid.png"))
     views = len(names) * len(cams)
     size = f"{cams.height}^2" if cams.height == cams.width else f"{cams.height}x{cams.width}"
@@ -267,32 +272,64 @@ def _write_meshes(trained, codes, names, args) -> None:
     folder = os.path.join(args.out, "meshes")
     os.makedirs(folder, exist_ok=True)
     t0 = time.perf_counter()
-    for code, name in tqdm(list(zip(codes, names)), desc="meshes", disable=args.no_progress, leave=False):
+    for code, stem in tqdm(list(zip(codes, _file_names(names))), desc="meshes", disable=args.no_progress,
+                           leave=False):
         mesh = extract_mesh(model_sdf_fn(trained.model, code.to(args.device)), resolution=args.mesh_resolution,
                             device=args.device, clip_radius=1.0, sparse=args.sparse_mesh)
-        write_atomic(os.path.join(folder, f"{_file_name(name)}.ply"), mesh.export)
+        write_atomic(os.path.join(folder, f"{stem}.ply"), mesh.export)
     print(f"extracted {len(names)} meshes at {args.mesh_resolution}^3 in {time.perf_counter() - t0:.1f} s -> {folder}")
 
 
 def _file_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "shape"
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name).lstrip(".") or "shape"
+
+
+def _file_names(names: Sequence[str]) -> List[str]:
+    """The file stem of each shape's PNG and mesh: its name with characters other than
+    letters, digits, ``-_.`` replaced by ``_``, made unique (``_2``, ``_3``, ... where two
+    names give one stem, compared without case: case-insensitive file systems) and never
+    ``grid`` (the contact sheet). A function of ``names`` alone: a later run finds the files
+    of a previous one from the names in its normals.npz."""
+    taken, out = {"grid"}, []
+    for name in names:
+        stem = base = _file_name(name)
+        k = 1
+        while stem.lower() in taken:
+            k += 1
+            stem = f"{base}_{k}"
+        taken.add(stem.lower())
+        out.append(stem)
+    return out
 
 
 def _unique(codes: torch.Tensor, names: List[str]):
-    """``(codes, names, repeated)``: each (name, code) once, in the order of first
-    occurrence (``--identities 0 ada`` names one identity twice); ``repeated`` the names
-    dropped."""
-    keep, repeated, first = [], [], {}
+    """``(codes, names, repeated, renamed)``: each (name, code) once, in the order of first
+    occurrence (``--identities 0 ada`` names one identity twice; ``repeated``: the names
+    dropped); a name given to different codes (two fit.npz in folders of one name) made
+    unique with ``_2``, ``_3``, ... (``renamed``: (old, new) pairs)."""
+    keep, repeated, kept_of = [], [], {}
     for i, name in enumerate(names):
-        j = first.setdefault(name, i)
-        if j != i and torch.equal(codes[i], codes[j]):
+        if any(torch.equal(codes[i], codes[j]) for j in kept_of.get(name, ())):
             if name not in repeated:
                 repeated.append(name)
             continue
+        kept_of.setdefault(name, []).append(i)
         keep.append(i)
-    if not repeated:
-        return codes, names, []
-    return codes[keep], [names[i] for i in keep], repeated
+    codes = codes[keep] if len(keep) != len(names) else codes
+    used, taken = {names[i] for i in keep}, set()
+    kept, renamed = [], []
+    for i in keep:
+        name = names[i]
+        if name in taken:   # a different code under a name already given to one
+            k = 2
+            while f"{name}_{k}" in used:
+                k += 1
+            renamed.append((name, f"{name}_{k}"))
+            name = f"{name}_{k}"
+            used.add(name)
+        taken.add(name)
+        kept.append(name)
+    return codes, kept, repeated, renamed
 
 
 def _previous_render(out: str) -> List[str]:
@@ -307,8 +344,8 @@ def _previous_render(out: str) -> List[str]:
                 names = [str(n) for n in f["names"].reshape(-1)] if "names" in f.files else []
         except Exception:  # truncated or not npht's: its shapes' PNGs cannot be told from other files
             names = []
-    for name in names:
-        files += [os.path.join(out, f"{_file_name(name)}.png"), os.path.join(out, "meshes", f"{_file_name(name)}.ply")]
+    for stem in _file_names(names):
+        files += [os.path.join(out, f"{stem}.png"), os.path.join(out, "meshes", f"{stem}.ply")]
     return sorted({f for f in files if os.path.isfile(f)})
 
 

@@ -328,3 +328,35 @@ def test_render_damaged_or_folder_codes_are_clear_errors(checkpoint, tmp_path, c
     err = capsys.readouterr().err
     assert err.startswith("npht: error: --cameras ") and "is a folder, not a file" in err
     assert not os.path.exists(tmp_path / "o")
+
+
+def test_render_codes_under_one_name_get_files_of_their_own(checkpoint, tmp_path, capsys):
+    """Two fits in folders of one name (fits/a/head, fits/b/head): both rendered, the second
+    renamed head_2 (said in one line); names whose file names would collide (case, the
+    characters replaced, the contact sheet `grid`) get files of their own; a re-run finds
+    and replaces all of them."""
+    trained = load_identity(checkpoint, "cpu")
+    z = int(trained.codes.shape[1])
+    paths = []
+    for i, folder in enumerate(["a", "b"]):
+        (tmp_path / "fits" / folder / "head").mkdir(parents=True)
+        paths.append(str(tmp_path / "fits" / folder / "head" / "fit.npz"))
+        np.savez(paths[-1], code=np.full(z, 0.1 * (i + 1), dtype=np.float32))
+    named = tmp_path / "named.npz"
+    np.savez(named, codes=np.stack([np.full(z, v, dtype=np.float32) for v in (0.3, 0.4, 0.5, 0.6)]),
+             names=np.array(["grid", "x y", "x_y", "X_Y"]))
+    out = tmp_path / "r"
+    base = ["render", "--model", checkpoint, "--out", str(out), "--resolution", "8", "--yaws", "0", "--device", "cpu",
+            "--no-progress"]
+    assert main(base + ["--codes", *paths, str(named), "--mesh-resolution", "12"]) == 0
+    printed = capsys.readouterr().out
+    assert "npht render: different codes under one name renamed: head -> head_2" in printed
+    assert list(np.load(out / "normals.npz")["names"]) == ["head", "head_2", "grid", "x y", "x_y", "X_Y"]
+    stems = ["head", "head_2", "grid_2", "x_y", "x_y_2", "X_Y_3"]
+    assert _listing(out) == sorted(["grid.png", "normals.npz", *[f"{s}.png" for s in stems],
+                                    *[f"meshes/{s}.ply" for s in stems]])
+    assert Image.open(out / "grid.png").size != Image.open(out / "grid_2.png").size  # the sheet, not a shape
+    np.testing.assert_allclose(np.load(out / "normals.npz")["codes"][:2, 0], [0.1, 0.2])  # each its own code
+    assert main(base + ["--identities", "ada"]) == 0
+    assert "(14 files)" in capsys.readouterr().out
+    assert _listing(out) == ["ada.png", "grid.png", "normals.npz"]
