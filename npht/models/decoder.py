@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from npht.ops import softplus_mlp_with_grad, triplane_sample
+from npht.ops._backend import under_transform
 
 from .deepsdf import center_zero_level_
 
@@ -120,27 +121,24 @@ class TriplaneDecoder(nn.Module):
         if not isinstance(points, torch.Tensor) or not points.is_floating_point():
             raise TypeError("points must be a floating-point tensor [B, N, 3] (float32; float64 with float64 "
                             f"planes), got {points.dtype if isinstance(points, torch.Tensor) else type(points).__name__}")
+        mlp_options = dict(backend=mlp_backend, matmul=mlp_matmul, h_dtype=mlp_h_dtype, d_dtype=mlp_d_dtype,
+                           **({} if mlp_chunk_size is None else {"chunk_size": mlp_chunk_size}))
+        if under_transform(planes, points):
+            return self._sdf_and_gradient_func(planes, points, fused, dict(mlp_options, checkpoint=checkpoint),
+                                               sample_kwargs)
         create = torch.is_grad_enabled()
         with torch.enable_grad():
             pts = points if points.requires_grad else points.detach().requires_grad_()
-            feats = triplane_sample(planes, pts, **sample_kwargs)
-            if feats.shape[-1] != self.feature_dim:
-                raise ValueError(
-                    f"the tri-plane features have {feats.shape[-1]} channels, the decoder expects "
-                    f"{self.feature_dim}"
-                )
+            feats = self._features(planes, pts, sample_kwargs)
             if fused:
                 weights, biases = self.layers()
                 x = torch.cat([feats.to(weights[0].dtype), pts.to(weights[0].dtype)], dim=-1)
                 if not create:
                     x = x.detach()
-                chunk = {} if mlp_chunk_size is None else {"chunk_size": mlp_chunk_size}
                 sdf, grad_x = softplus_mlp_with_grad(x, weights, biases, beta=self.beta,
                                                      checkpoint=checkpoint or not create,
-                                                     backend=mlp_backend, matmul=mlp_matmul,
                                                      keep_gradient_pass=mlp_keep_gradient_pass and create
-                                                     and not checkpoint, h_dtype=mlp_h_dtype, d_dtype=mlp_d_dtype,
-                                                     **chunk)
+                                                     and not checkpoint, **mlp_options)
                 grad_feat, grad_pts = grad_x.split([self.feature_dim, grad_x.shape[-1] - self.feature_dim], -1)
                 # chain the feature gradient through the tri-plane op's backward (which
                 # skips the planes' gradient: the engine tells it this call does not use it)
@@ -151,4 +149,31 @@ class TriplaneDecoder(nn.Module):
                 (grad,) = torch.autograd.grad(sdf.sum(), pts, create_graph=create)
         if not create:
             sdf, grad = sdf.detach(), grad.detach()
+        return sdf, grad
+
+    def _features(self, planes, points, sample_kwargs):
+        feats = triplane_sample(planes, points, **sample_kwargs)
+        if feats.shape[-1] != self.feature_dim:
+            raise ValueError(f"the tri-plane features have {feats.shape[-1]} channels, the decoder expects "
+                             f"{self.feature_dim}")
+        return feats
+
+    def _sdf_and_gradient_func(self, planes, points, fused, mlp_options, sample_kwargs):
+        """:meth:`sdf_and_gradient` under torch.func transforms (vmap, grad, jacrev, ...,
+        e.g. per-sample gradients through ``functional_call``) and forward-mode AD, where
+        ``requires_grad_`` and ``torch.autograd.grad`` are refused: the gradient w.r.t. the
+        points is a ``torch.func.vjp``, differentiable w.r.t. everything the enclosing
+        transforms differentiate (second order in reverse mode)."""
+        from torch.func import vjp
+
+        if fused:
+            weights, biases = self.layers()
+            feats, feats_vjp = vjp(lambda p: self._features(planes, p, sample_kwargs), points)
+            x = torch.cat([feats.to(weights[0].dtype), points.to(weights[0].dtype)], dim=-1)
+            sdf, grad_x = softplus_mlp_with_grad(x, weights, biases, beta=self.beta, **mlp_options)
+            grad_feat, grad_pts = grad_x.split([self.feature_dim, grad_x.shape[-1] - self.feature_dim], -1)
+            (grad_via_planes,) = feats_vjp(grad_feat.to(feats.dtype))
+            return sdf, grad_pts + grad_via_planes
+        sdf, sdf_vjp = vjp(lambda p: self(self._features(planes, p, sample_kwargs), p), points)
+        (grad,) = sdf_vjp(torch.ones_like(sdf))
         return sdf, grad

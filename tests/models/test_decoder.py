@@ -184,3 +184,65 @@ def test_integer_points_are_a_clear_error():
     dec = TriplaneDecoder(feature_dim=4, hidden=8, num_layers=2)
     with pytest.raises(TypeError, match="points must be a floating-point tensor"):
         dec.sdf_and_gradient(torch.randn(1, 3, 4, 8, 8), torch.zeros(1, 10, 3, dtype=torch.long))
+
+
+def _eikonal(grad):
+    return (grad.norm(dim=-1) - 1).square().mean()
+
+
+class _EikonalLoss(torch.nn.Module):
+    """The eikonal loss of ``dec`` at given points, as a module for torch.func.functional_call."""
+
+    def __init__(self, dec, planes, kw):
+        super().__init__()
+        self.dec, self.planes, self.kw = dec, planes, kw
+
+    def forward(self, points):
+        return _eikonal(self.dec.sdf_and_gradient(self.planes, points, **self.kw)[1])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_sdf_and_gradient_under_torch_func(fused, backend):
+    """sdf_and_gradient inside torch.func transforms (requires_grad_ / autograd.grad are
+    refused there): vmap over point sets, per-sample eikonal gradients of the decoder's
+    parameters (functional_call + grad + vmap) and of the planes, and the Hessian w.r.t.
+    the points (jacrev of the gradient), each against plain autograd."""
+    import torch.func as tf
+
+    torch.manual_seed(0)
+    dec = TriplaneDecoder(feature_dim=4, hidden=16, num_layers=3).double()
+    planes = torch.randn(1, 3, 4, 5, 6, dtype=torch.float64) * 0.5
+    sets = torch.rand(3, 1, 7, 3, dtype=torch.float64) * 1.6 - 0.8
+    kw = dict(fused=fused, backend=backend)
+
+    # vmap over point sets: the values and gradients of a loop of plain calls
+    sdf_v, grad_v = tf.vmap(lambda p: dec.sdf_and_gradient(planes, p, **kw))(sets)
+    for i, p in enumerate(sets):
+        s, g = dec.sdf_and_gradient(planes, p, **kw)
+        torch.testing.assert_close(sdf_v[i], s)
+        torch.testing.assert_close(grad_v[i], g)
+
+    # per-sample gradients of an eikonal loss w.r.t. the decoder's parameters
+    module = _EikonalLoss(dec, planes, kw)
+    params = {k: v.detach() for k, v in module.named_parameters()}
+    per_sample = tf.vmap(tf.grad(lambda prm, p: tf.functional_call(module, prm, (p,))), in_dims=(None, 0))(params, sets)
+    for i, p in enumerate(sets):
+        expected = torch.autograd.grad(module(p), list(module.parameters()), allow_unused=True,
+                                       materialize_grads=True)  # the last bias: not in the gradient
+        for (name, got), want in zip(per_sample.items(), expected):
+            torch.testing.assert_close(got[i], want, msg=name)
+        assert sum(int(w.abs().sum() > 0) for w in expected) == len(expected) - 1
+
+    # the planes' gradient of the eikonal loss, and the Hessian w.r.t. the points
+    p = sets[0]
+    got = tf.grad(lambda pl: _eikonal(dec.sdf_and_gradient(pl, p, **kw)[1]))(planes)
+    pl = planes.clone().requires_grad_()
+    (want,) = torch.autograd.grad(_eikonal(dec.sdf_and_gradient(pl, p, **kw)[1]), pl)
+    torch.testing.assert_close(got, want)
+    hess = tf.jacrev(lambda q: dec.sdf_and_gradient(planes, q, **kw)[1].sum(1))(p)  # [1, 3, 1, 7, 3]
+    q = p.clone().requires_grad_()
+    g = dec.sdf_and_gradient(planes, q, **kw)[1].sum(1)
+    rows = torch.stack([torch.autograd.grad(g[0, j], q, retain_graph=True)[0] for j in range(3)])  # [3, 1, 7, 3]
+    torch.testing.assert_close(hess[0], rows)
+    assert hess.abs().sum() > 0
