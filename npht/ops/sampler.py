@@ -4,7 +4,8 @@ and ``npht::eb_merge``. Each takes the backend name and calls the raw kernels of
 backend (contract in csrc/bindings.cpp; reference: ``npht.reference.sampler.eb_*``).
 
 The sampler runs without grad (its samples are depths, not differentiated), so these ops
-have no autograd formula: their outputs never require grad.
+have no autograd formula: their outputs never require grad. Under ``torch.vmap`` the
+vmapped dimension is folded into the rays: one launch for all the sets of rays.
 
 Numerics: the kernels compute in float64 and round results to the input dtype; the
 bisection keeps its interval ends in the input dtype like the reference. Outputs agree
@@ -65,6 +66,46 @@ def _eb_merge_op(z: torch.Tensor, samples: torch.Tensor,
 def _(z, samples, backend):
     shape = (z.shape[0], z.shape[1] + samples.shape[1])
     return z.new_empty(shape), z.new_empty(shape, dtype=torch.int64)
+
+
+# ---- vmap: the ops work ray by ray, so a vmapped dimension folds into the rays ----------
+
+
+def _fold_rays(info, in_dims, args):
+    """The op's arguments with the vmapped dimension folded into the rays: a tensor with a
+    vmapped dim ``[.., V, ..]`` becomes ``[V * R, ...]``, one without it is repeated for each
+    of the V slices; other arguments unchanged. Returns ``(args, R)``."""
+    V, R, out = info.batch_size, None, []
+    for a, d in zip(args, in_dims):
+        if isinstance(a, torch.Tensor):
+            a = a.movedim(d, 0) if d is not None else a.expand(V, *a.shape)
+            R = a.shape[1]
+            a = a.reshape(V * R, *a.shape[2:]).contiguous()
+        out.append(a)
+    return out, R
+
+
+def _unfold(t: torch.Tensor, V: int, R: int) -> torch.Tensor:
+    return t.reshape(V, R, *t.shape[1:])
+
+
+@torch.library.register_vmap("npht::eb_bisect_beta")
+def _(info, in_dims, *args):
+    folded, R = _fold_rays(info, in_dims, args)
+    return _unfold(torch.ops.npht.eb_bisect_beta(*folded), info.batch_size, R), 0
+
+
+@torch.library.register_vmap("npht::eb_upsample")
+def _(info, in_dims, *args):
+    folded, R = _fold_rays(info, in_dims, args)
+    return _unfold(torch.ops.npht.eb_upsample(*folded), info.batch_size, R), 0
+
+
+@torch.library.register_vmap("npht::eb_merge")
+def _(info, in_dims, *args):
+    folded, R = _fold_rays(info, in_dims, args)
+    merged, order = torch.ops.npht.eb_merge(*folded)
+    return (_unfold(merged, info.batch_size, R), _unfold(order, info.batch_size, R)), (0, 0)
 
 
 # ---- input validation --------------------------------------------------------------------

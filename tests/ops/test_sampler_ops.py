@@ -207,6 +207,48 @@ def test_odd_sizes(backend, device, R, n, k):
     assert mz.shape == (R, 0) and oz.shape == (R, 0)
 
 
+def test_vmap_folds_into_the_rays(backend, device, monkeypatch):
+    """torch.vmap over sets of rays runs each op's kernel once on the folded rays (counted:
+    functorch's per-sample fallback would call it once per set, and its warning for these
+    ops does not reach Python's warnings) and gives each set what a call of its own gives;
+    unbatched arguments are shared, a vmapped dim may sit anywhere, nested vmap too."""
+    import types
+
+    import torch.func as tf
+
+    V, R, n, k = 3, 5, 9, 4
+    zs, sdfs = zip(*[make_rays(R, n, torch.float64, "smooth", device, seed=10 + v) for v in range(V)])
+    z, sdf = torch.stack(zs), torch.stack(sdfs)
+    beta_hi = ref.initial_beta(z.reshape(V * R, n), EPS).reshape(V, R)
+    u = torch.rand(R, k, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).to(device)
+    calls = []
+    kernels = ops._backend.kernels
+
+    def counting(name, part):
+        real = kernels(name, part)
+
+        def count(fn):
+            return lambda *a: (calls.append(fn), getattr(real, fn)(*a))[1]
+        return types.SimpleNamespace(**{fn: count(fn) for fn in ("eb_bisect_beta", "eb_upsample", "eb_merge")})
+
+    monkeypatch.setattr(ops._backend, "kernels", counting)
+    beta = tf.vmap(lambda a, b, c: ops.eb_bisect_beta(a, b, BETA0, c, EPS, 4, backend=backend))(z, sdf, beta_hi)
+    samples = tf.vmap(lambda a, b, c: ops.eb_upsample(a, b, c, u, "bound", 1e-6, backend=backend),
+                      in_dims=(0, 2, 1))(z, sdf.movedim(0, 2), beta.t())
+    merged, order = tf.vmap(lambda a, b: ops.eb_merge(a, b, backend=backend))(z, torch.sort(samples, -1).values)
+    nested = tf.vmap(tf.vmap(lambda a, b, c: ops.eb_bisect_beta(a, b, BETA0, c, EPS, 4, backend=backend)))(
+        z.reshape(V, R, 1, n), sdf.reshape(V, R, 1, n), beta_hi.reshape(V, R, 1))
+    assert calls == ["eb_bisect_beta", "eb_upsample", "eb_merge", "eb_bisect_beta"]
+    for v in range(V):
+        b = ops.eb_bisect_beta(z[v], sdf[v], BETA0, beta_hi[v], EPS, 4, backend=backend)
+        assert torch.equal(beta[v], b) and torch.equal(nested[v, :, 0], b)
+        s = ops.eb_upsample(z[v], sdf[v], b, u, "bound", 1e-6, backend=backend)
+        assert torch.equal(samples[v], s)
+        m, o = ops.eb_merge(z[v], torch.sort(s, -1).values, backend=backend)
+        assert torch.equal(merged[v], m) and torch.equal(order[v], o)
+    assert beta.shape == (V, R) and samples.shape == (V, R, k) and merged.shape == (V, R, n + k)
+
+
 def test_beta0_holds_returns_beta0(backend, device):
     """Where the bound holds at beta0 the result is beta0 itself; iters = 0 gives beta_hi
     elsewhere."""
