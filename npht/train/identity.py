@@ -9,23 +9,23 @@ discriminator update with R1 on the real maps. ``train(epochs)`` loops over the 
 a CSV log, image grids and atomic checkpoints; a resumed run repeats the uninterrupted
 one bit for bit.
 
-Data parallel (``torchrun --nproc_per_node N -m npht train identity ...``):
-:func:`setup_distributed` starts the process group from torchrun's environment (nccl on
-GPUs, one per ``LOCAL_RANK``; gloo on CPUs). Each rank takes ``batch_size`` items of the
-epoch's permutation (``rank::world``, padded to a multiple of ``world`` like
-``DistributedSampler``), so the global batch is ``batch_size x world``, and a step on N
-ranks is a step on the combined batch (tested on gloo): the model runs under
-:class:`torch.nn.parallel.DistributedDataParallel` (:class:`_IdentityStep`, the whole
-generator-side forward), the discriminator under its own DDP; reduced by hand are the
-sparse gradient of the auto-decoder codes (see :func:`_reduce_sparse_grad`) and the
-density's, which only the stages rendering into the loss use (out of DDP, so that DDP
-runs without ``find_unused_parameters``; see :func:`_reduce_dense_grads`).
+Data parallel (``torchrun --nproc_per_node N -m npht train identity ...``; the helpers are
+in :mod:`npht.train.distributed`): ``setup_distributed`` starts the process group from
+torchrun's environment (nccl on GPUs, one per ``LOCAL_RANK``; gloo on CPUs). Each rank
+takes ``batch_size`` items of the epoch's permutation (``rank::world``, padded to a
+multiple of ``world`` like ``DistributedSampler``), so the global batch is ``batch_size x
+world``, and a step on N ranks is a step on the combined batch (tested on gloo): the model
+runs under :class:`torch.nn.parallel.DistributedDataParallel` (:class:`_IdentityStep`, the
+whole generator-side forward), the discriminator under its own DDP; reduced by hand are
+the sparse gradient of the auto-decoder codes (``reduce_sparse_grad``) and the density's,
+which only the stages rendering into the loss use (out of DDP, so that DDP runs without
+``find_unused_parameters``; ``reduce_dense_grads``).
 On GPUs the generator's BatchNorm becomes SyncBatchNorm; on CPU (gloo) it normalises each
 rank's batch (DDP refuses SyncBatchNorm there; a warning says so), so there the equality
 holds only for generators without BatchNorm (the test's plane_resolution 16).
 The error-bound sampler stops its rounds when the rays of all ranks have converged (its
-``reduce_unconverged``: see :func:`_any_rank`), as on the combined batch. Not
-batch-independent: the sampler's jitter (a stream per rank and step; switch it off with
+``reduce_unconverged``: ``any_rank``), as on the combined batch. Not batch-independent:
+the sampler's jitter (a stream per rank and step; switch it off with
 ``render_jitter=False``).
 """
 
@@ -49,6 +49,8 @@ import torch.nn.functional as F
 from .._atomic import write_atomic
 from ..ops._backend import resolve_backend
 from ..ops.mlp import matmul_precision
+from .distributed import (any_rank, rank_and_world, reduce_dense_grads, reduce_sparse_grad,
+                          setup_distributed)
 from .checkpoint import CheckpointedRun, check_limits, cli_overrides, resume_or_preset_config
 from .runlog import train_loop
 from .config import PRESETS, TrainConfig
@@ -81,100 +83,15 @@ def collate(items: List[dict]) -> dict:
     return out
 
 
-def _dist():
-    d = torch.distributed
-    if d.is_available() and d.is_initialized():
-        return d.get_rank(), d.get_world_size()
-    return 0, 1
-
-
-def setup_distributed(device: str = "cpu") -> tuple:
-    """Under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment): start the default
-    process group if nobody did (backend nccl for a cuda ``device``, gloo otherwise) and,
-    for cuda, make ``cuda:LOCAL_RANK`` the current device. Returns ``(device, started)``:
-    the device this rank trains on and whether the group was started here (then
-    :func:`torch.distributed.destroy_process_group` is the caller's). A plain run returns
-    ``(device, False)`` and touches nothing."""
-    d = torch.distributed
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not d.is_available():
-        return device, False
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        device = f"cuda:{local}"
-    if d.is_initialized():
-        return device, False
-    d.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return device, True
-
-
 def _seed_of(*keys: int) -> int:
     """A 63-bit seed from integer keys (independent streams for distinct keys)."""
     return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, np.uint64)[0]) >> 1
 
 
-def _reduce_sparse_grad(p: torch.nn.Parameter, world: int) -> None:
-    """Make ``p.grad`` (sparse COO: the codes' embedding) the mean over the ranks, the
-    gradient of the combined batch's loss (each rank's loss is the mean over its items, the
-    combined loss the mean over all): all rows of all ranks, summed where they meet, / world.
-
-    Written by hand because DDP does not reduce sparse gradients under nccl (and gloo's
-    sparse all-reduce is no help on GPUs), so the embedding is excluded from DDP. The
-    ranks' (indices, values) are padded to the largest count and all-gathered."""
-    d = torch.distributed
-    g = p.grad
-    if g is None:
-        g = torch.sparse_coo_tensor(torch.zeros(1, 0, dtype=torch.long, device=p.device),
-                                    p.new_zeros((0,) + p.shape[1:]), p.shape, check_invariants=False)
-    g = g.coalesce()
-    idx, val = g._indices(), g._values()
-    n = torch.tensor([idx.shape[1]], device=p.device)
-    counts = [torch.zeros_like(n) for _ in range(world)]
-    d.all_gather(counts, n)
-    counts = [int(c) for c in counts]
-    m = max(counts)
-    pad_i = idx.new_zeros(idx.shape[0], m)
-    pad_i[:, :idx.shape[1]] = idx
-    pad_v = val.new_zeros((m,) + val.shape[1:])
-    pad_v[:val.shape[0]] = val
-    all_i = [torch.empty_like(pad_i) for _ in range(world)]
-    all_v = [torch.empty_like(pad_v) for _ in range(world)]
-    d.all_gather(all_i, pad_i)
-    d.all_gather(all_v, pad_v)
-    idx = torch.cat([i[:, :c] for i, c in zip(all_i, counts)], 1)
-    val = torch.cat([v[:c] for v, c in zip(all_v, counts)], 0) / world
-    p.grad = torch.sparse_coo_tensor(idx, val, p.shape, check_invariants=False).coalesce()
-
-
-def _reduce_dense_grads(params, world: int) -> None:
-    """Make each ``p.grad`` of ``params`` the mean over the ranks, as DDP does for the
-    parameters it reduces (zeros for a rank without one). Every rank calls it at the same
-    step: for the density, kept out of DDP (see :class:`IdentityTrainer`), in the stages
-    whose loss has the rendered maps."""
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-        torch.distributed.all_reduce(p.grad)
-        p.grad.div_(world)
-
-
-def _any_rank(flag: torch.Tensor) -> torch.Tensor:
-    """``flag`` (a 0-dim int tensor) maxed over the ranks, in place: the error-bound
-    sampler's ``reduce_unconverged``, so that every rank runs as many rounds as one process
-    sampling the combined batch would (it stops when all rays of all ranks meet eps). The
-    sampler makes ``flag`` on the rays' device, the trainer's: CPU under gloo, the rank's
-    GPU under nccl. The ranks render at the same steps (``render_maps`` runs in the DDP
-    forward of each) at the same resolution, so they call it equally often; nothing renders
-    on one rank alone (``save_images`` draws the maps the step rendered)."""
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return flag
-
-
 class _IdentityStep(torch.nn.Module):
     """The generator side of one step as a module: holds the model (the parameters
     DistributedDataParallel reduces, but the codes) and the density (reduced by hand, see
-    :func:`_reduce_dense_grads`) and returns ``(terms, maps)`` of
+    :func:`reduce_dense_grads`) and returns ``(terms, maps)`` of
     :meth:`IdentityTrainer._losses`. The discriminator is *not* a submodule: the generator
     loss runs it unwrapped with ``requires_grad`` off; it is trained by its own step."""
 
@@ -279,7 +196,7 @@ class IdentityTrainer(CheckpointedRun):
             resolve_backend("triton", self.device)  # fails here, not at the first step, where Triton cannot run
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
-        self.rank, self.world = _dist()
+        self.rank, self.world = rank_and_world()
         if self.world > 1 and self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
         views = cfg.views if cfg.uses_2d else 0
@@ -313,7 +230,7 @@ class IdentityTrainer(CheckpointedRun):
                 raise ValueError(f"disc_optimizer must be 'sgd' or 'adam', got {cfg.disc_optimizer!r}")
             self.sched_d = torch.optim.lr_scheduler.StepLR(self.opt_d, cfg.decay_interval, cfg.lr_decay)
         # data parallel: DDP over the generator-side step (codes excluded: their sparse
-        # gradient is reduced by _reduce_sparse_grad) and over D for its own update
+        # gradient is reduced by reduce_sparse_grad) and over D for its own update
         if self.world > 1 and self.device.type == "cuda":
             # BatchNorm (the generator's) normalises over the global batch, as one process would
             # (SyncBatchNorm reuses the Parameters: the optimisers above still hold them). DDP
@@ -334,7 +251,7 @@ class IdentityTrainer(CheckpointedRun):
             # left with grad None): the density's beta alone goes unused, wherever the rendered
             # maps are not in the generator loss (stages 2-3 drop L_nmr and L_g; 3D-only models).
             # So the density stays out of DDP like the codes, its gradient reduced by hand in the
-            # stages that render into the loss (_reduce_dense_grads); the model's parameters all
+            # stages that render into the loss (reduce_dense_grads); the model's parameters all
             # get one from any term of the SDF's value (_uses_sdf_values: presets, every stage).
             ignore = ["model.codes.weight"] + [f"density.{n}" for n, _ in self.density.named_parameters()]
             DDP._set_params_and_buffers_to_ignore_for_model(self.step_module, ignore)
@@ -437,7 +354,7 @@ class IdentityTrainer(CheckpointedRun):
         # on the combined batch (all ranks render here at the same steps: a collective per round)
         sampler = ErrorBoundSampler(n, ne, nx, cfg.sampler_eps, cfg.beta_iters, cfg.max_total_iters,
                                     skip_converged=cfg.skip_converged,
-                                    reduce_unconverged=_any_rank if self.world > 1 else None)
+                                    reduce_unconverged=any_rank if self.world > 1 else None)
 
         def sdf_fn(p):
             return dec.sdf(rep, p, **kw)
@@ -541,9 +458,9 @@ class IdentityTrainer(CheckpointedRun):
             terms["total"].backward()      # DDP averages the dense gradients over the ranks
         if self.world > 1:
             for p in self.code_params:
-                _reduce_sparse_grad(p, self.world)
+                reduce_sparse_grad(p, self.world)
             if self._maps_in_loss(weights):   # the density (not in DDP): used in these stages only
-                _reduce_dense_grads(self.density.parameters(), self.world)
+                reduce_dense_grads(self.density.parameters(), self.world)
         # after the reduction, as in one process (so every rank skips the same steps)
         norms = (_clip(self.net_params, cfg.grad_clip), _clip(self.code_params, cfg.grad_clip_codes))
         finite = self._update_if_finite(norms, (self.opt, self.opt_codes), "generator side", buffers)

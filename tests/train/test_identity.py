@@ -133,7 +133,7 @@ def test_cpu_data_parallel_warns_about_batchnorm(data_root, tmp_path, monkeypatc
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        monkeypatch.setattr(identity_mod, "_dist", lambda: (0, 2))   # a 2-rank run, as rank 0 sees it
+        monkeypatch.setattr(identity_mod, "rank_and_world", lambda: (0, 2))   # a 2-rank run, as rank 0 sees it
         with pytest.warns(UserWarning, match="BatchNorm normalises each rank's batch"):
             IdentityTrainer(_cfg((0, 5, 5)), data_root, tmp_path / "bn")
         assert any(isinstance(m, torch.nn.BatchNorm2d) for m in IdentityTrainer(
