@@ -180,9 +180,9 @@ def _(gg_planes, gg_points, grad_out, planes, points, axes, scale, aggregate, pa
 
 _NOT_IMPLEMENTED = (
     "npht.triplane_sample: this derivative is not implemented. The op is differentiable twice in reverse mode "
-    "(grad / vjp / jacrev of grad / vjp / jacrev, e.g. torch.func.jacrev(torch.func.jacrev(f)) for a Hessian) and "
-    "once in forward mode (jvp, jacfwd); forward mode over reverse mode (torch.func.hessian) and a third "
-    "derivative are not")
+    "(grad / vjp / jacrev of grad / vjp / jacrev, e.g. torch.func.jacrev(torch.func.jacrev(f)) for a Hessian), "
+    "once in forward mode (jvp, jacfwd) and in forward mode over reverse mode (torch.func.hessian); reverse mode "
+    "over forward mode and a third derivative are not")
 
 
 def _fwd_setup_context(ctx, inputs, output):
@@ -399,12 +399,12 @@ class _SampleFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         planes, points = ctx.saved_tensors
-        if _forward_mode(grad, planes, points):  # e.g. torch.func.hessian = jacfwd(jacrev(f))
-            raise NotImplementedError(_NOT_IMPLEMENTED)
         need_planes, need_points = ctx.needs_input_grad[:2]
         if not (need_planes or need_points):
             return None, None, None
-        gp, gx = _SampleBackwardFn.apply(grad.contiguous(), planes, points, ctx.args, need_planes, need_points)
+        # forward mode over this backward (torch.func.hessian = jacfwd(jacrev(f))): the class with a jvp
+        gp, gx = _backward_fn(grad, planes, points).apply(grad.contiguous(), planes, points, ctx.args,
+                                                          need_planes, need_points)
         return gp if need_planes else None, gx if need_points else None, None
 
 
@@ -424,7 +424,7 @@ class _SampleForwardModeFn(_SampleFn):
         # = J_planes gg_planes + J_points gg_points, the JVP for tangents (gg_planes, gg_points)
         planes, points = ctx.saved_tensors
         zeros = planes.new_zeros(ctx.out_shape)
-        g_go, _, _ = _SampleDoubleBackwardFn.apply(
+        g_go, _, _ = _double_backward_fn(t_planes, t_points, planes, points).apply(
             _contiguous(t_planes), _contiguous(t_points), zeros, planes, points, ctx.args, True, False, False)
         return g_go
 
@@ -463,6 +463,43 @@ class _SampleBackwardFn(torch.autograd.Function):
         return g_go if need_go else None, g_p if need_planes else None, g_x if need_points else None, None, None, None
 
 
+class _SampleBackwardForwardModeFn(_SampleBackwardFn):
+    """:class:`_SampleBackwardFn` with forward mode: forward over reverse, e.g.
+    ``torch.func.hessian`` (``jacfwd(jacrev(f))``), or a dual tensor's reverse-mode gradient."""
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _SampleBackwardFn.setup_context(ctx, inputs, output)
+        ctx.save_for_forward(*inputs[:3])
+        ctx.outs = tuple((t.shape, t.dtype) for t in output)
+
+    @staticmethod
+    def jvp(ctx, t_grad_out, t_planes, t_points, *_):
+        # The backward is linear in grad_out and (its points part) in the planes, so those
+        # tangents go through the backward kernel itself. The points' tangent: the double
+        # backward with gg_points = t_points gives d/dplanes <t, grad_points> (the mixed second
+        # derivative of <grad_out, f>, = d grad_planes / dpoints . t) and d/dpoints <t,
+        # grad_points> (its Hessian w.r.t. each point, symmetric, . t). At most three launches.
+        # (Through the Functions, not the raw ops: an enclosing transform then differentiates
+        # the backward again or refuses, never drops a tangent.)
+        grad_out, planes, points = ctx.saved_tensors
+        need_planes, need_points = ctx.made
+        t_gp, t_gx = (planes.new_zeros(shape, dtype=dtype) for shape, dtype in ctx.outs)
+        if t_grad_out is not None:
+            gp, gx = _backward_fn(t_grad_out, planes, points).apply(
+                t_grad_out.contiguous(), planes, points, ctx.args, need_planes, need_points)
+            t_gp, t_gx = t_gp + gp, t_gx + gx
+        if t_planes is not None and need_points:
+            _, gx = _backward_fn(grad_out, t_planes, points).apply(
+                grad_out, t_planes.contiguous(), points, ctx.args, False, True)
+            t_gx = t_gx + gx
+        if t_points is not None:
+            _, gp, gx = _double_backward_fn(t_points, grad_out, planes, points).apply(
+                None, t_points.contiguous(), grad_out, planes, points, ctx.args, False, need_planes, need_points)
+            t_gp, t_gx = t_gp + gp, t_gx + gx
+        return t_gp, t_gx
+
+
 class _SampleDoubleBackwardFn(torch.autograd.Function):
     """``npht::triplane_sample_double_backward`` for torch.func transforms: differentiating
     it again (a third derivative) raises."""
@@ -481,6 +518,25 @@ class _SampleDoubleBackwardFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, *grads):
         raise NotImplementedError(_NOT_IMPLEMENTED)
+
+
+class _SampleDoubleBackwardForwardModeFn(_SampleDoubleBackwardFn):
+    """:class:`_SampleDoubleBackwardFn` where forward mode is at work: its jvp (a third
+    derivative) raises npht's message rather than torch's generic one."""
+
+    @staticmethod
+    def jvp(ctx, *tangents):
+        raise NotImplementedError(_NOT_IMPLEMENTED)
+
+
+def _backward_fn(*tensors):
+    """The backward op's Function: with a jvp where forward mode is at work (forward over
+    reverse), else without (torch.compile cannot trace a custom jvp)."""
+    return _SampleBackwardForwardModeFn if _forward_mode(*tensors) else _SampleBackwardFn
+
+
+def _double_backward_fn(*tensors):
+    return _SampleDoubleBackwardForwardModeFn if _forward_mode(*tensors) else _SampleDoubleBackwardFn
 
 
 # ---- public function -------------------------------------------------------------------
@@ -564,7 +620,8 @@ def triplane_sample(
     and ``vmap`` (the vmapped copies folded into one launch), nested to second order
     (``grad`` of a loss on ``vmap(grad(sdf))``; ``jacrev(jacrev(f))`` for a Hessian), and
     forward mode to first order (``jvp``, ``jacfwd``, ``torch.autograd.forward_ad`` dual
-    tensors); forward over reverse (``torch.func.hessian``) and third derivatives raise
+    tensors) and forward over reverse (``torch.func.hessian``; the backward's jvp from the
+    backward and double-backward kernels); reverse over forward and third derivatives raise
     NotImplementedError.
     """
     if not isinstance(channels_last, bool):
