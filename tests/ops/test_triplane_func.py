@@ -233,9 +233,10 @@ def test_torch_compile_of_a_transform():
 
 
 def test_gradcheck_forward_ad_and_batched_grads(backend, device):
-    """torch.autograd.gradcheck's forward-mode check (the jvp rule) and batched-gradient
-    checks (autograd.grad(is_grads_batched=True): the ops' batching rules under plain
-    autograd), to second order."""
+    """torch.autograd.gradcheck's forward-mode check (the jvp rule), gradgradcheck's
+    forward-over-reverse check (the backward's jvp rule) and batched-gradient checks
+    (autograd.grad(is_grads_batched=True): the ops' batching rules under plain autograd),
+    to second order."""
     planes, points = inputs(device, B=1, N=4, C=2, H=3, W=4)
     planes.requires_grad_(True)
     points.requires_grad_(True)
@@ -247,4 +248,4 @@ def test_gradcheck_forward_ad_and_batched_grads(backend, device):
     assert torch.autograd.gradcheck(fn, (planes, points), eps=1e-6, atol=1e-7, check_forward_ad=True,
                                     check_batched_grad=True, fast_mode=fast)
     assert torch.autograd.gradgradcheck(fn, (planes, points), eps=1e-6, atol=1e-6, check_batched_grad=True,
-                                        fast_mode=fast)
+                                        check_fwd_over_rev=True, fast_mode=fast)
