@@ -128,9 +128,10 @@ def _triplane_backward_op(
     need_planes: bool,
     need_points: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    # contiguous: autograd and functorch may hand over materialised zeros as expanded views
     gp, gx = _backend.kernels(backend).triplane_bwd(
-        grad_out, planes, points, _flat_axes(axes), scale, aggregate, padding, align_corners,
-        need_planes, need_points,
+        grad_out.contiguous(), planes.contiguous(), points.contiguous(), _flat_axes(axes), scale, aggregate,
+        padding, align_corners, need_planes, need_points,
     )
     return gp, gx
 
@@ -161,8 +162,9 @@ def _triplane_double_backward_op(
     need_points: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     g_go, g_p, g_x = _backend.kernels(backend).triplane_bwd2(
-        gg_planes, gg_points, grad_out, planes, points, _flat_axes(axes), scale, aggregate,
-        padding, align_corners, need_grad_out, need_planes, need_points,
+        _contiguous(gg_planes), _contiguous(gg_points), grad_out.contiguous(), planes.contiguous(),
+        points.contiguous(), _flat_axes(axes), scale, aggregate, padding, align_corners, need_grad_out,
+        need_planes, need_points,
     )
     return g_go, g_p, g_x
 
@@ -181,8 +183,8 @@ def _(gg_planes, gg_points, grad_out, planes, points, axes, scale, aggregate, pa
 _NOT_IMPLEMENTED = (
     "npht.triplane_sample: this derivative is not implemented. The op is differentiable twice in reverse mode "
     "(grad / vjp / jacrev of grad / vjp / jacrev, e.g. torch.func.jacrev(torch.func.jacrev(f)) for a Hessian), "
-    "once in forward mode (jvp, jacfwd) and in forward mode over reverse mode (torch.func.hessian); reverse mode "
-    "over forward mode and a third derivative are not")
+    "once in forward mode (jvp, jacfwd), and forward over reverse (torch.func.hessian) or reverse over forward "
+    "(jacrev(jacfwd(f))); forward over forward (jacfwd(jacfwd(f))) and a third derivative are not")
 
 
 def _fwd_setup_context(ctx, inputs, output):
@@ -274,8 +276,9 @@ _triplane_double_backward_op.register_autograd(_no_third_derivative, setup_conte
 # word. While a transform is active or an input is a dual tensor, triplane_sample goes
 # through the autograd.Functions below instead (same three ops, same kernels); their vmap
 # rules come from the ops' own rules (register_vmap: the vmapped dimension folded into the
-# points or into the batch, one kernel launch whatever its size), which plain autograd's
-# batched gradients (``autograd.grad(..., is_grads_batched=True)``) use too.
+# points or into the batch, one kernel launch whatever its size). Plain autograd's batched
+# gradients (``autograd.grad(..., is_grads_batched=True)``) batch with torch's legacy vmap
+# prototype, which does not see these rules: correct, one launch per copy.
 
 
 def _fold_vmap(info, in_dims, planes_like, points_like, planes_out: bool):
@@ -423,10 +426,54 @@ class _SampleForwardModeFn(_SampleFn):
         # d(<gg_planes, J_planes^T go> + <gg_points, J_points^T go>) / d go
         # = J_planes gg_planes + J_points gg_points, the JVP for tangents (gg_planes, gg_points)
         planes, points = ctx.saved_tensors
-        zeros = planes.new_zeros(ctx.out_shape)
-        g_go, _, _ = _double_backward_fn(t_planes, t_points, planes, points).apply(
-            _contiguous(t_planes), _contiguous(t_points), zeros, planes, points, ctx.args, True, False, False)
+        return _SampleJvpFn.apply(_contiguous(t_planes), _contiguous(t_points), planes, points, ctx.args,
+                                  planes.new_zeros(ctx.out_shape))
+
+
+class _SampleJvpFn(torch.autograd.Function):
+    """The forward's JVP ``J_planes t_planes + J_points t_points`` as a Function of the
+    tangents, the planes and the points, so that reverse mode can go through it (reverse
+    over forward: ``jacrev(jacfwd(f))``, ``grad`` of a ``jvp``). Forward: one launch of the
+    double backward (its gradient w.r.t. grad_out is this JVP). Backward for a cotangent
+    ``c``: the tangents' gradients are the backward's (``J^T c``, one launch); the planes'
+    and points' are the double backward's for gg = the tangents and grad_out = ``c`` (one
+    launch: ``d<c, J t>/d(planes, points)``, the mixed and second derivatives)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(t_planes, t_points, planes, points, args, zeros):
+        # zeros: grad_out, made by the caller (at the transforms' level, so batched as they need)
+        g_go, _, _ = torch.ops.npht.triplane_sample_double_backward(
+            t_planes, t_points, zeros, planes, points, *args.values, True, False, False)
         return g_go
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        t_planes, t_points, planes, points, args, _ = inputs
+        ctx.save_for_backward(t_planes, t_points, planes, points)
+        ctx.save_for_forward(t_planes, t_points, planes, points)  # functorch's batched jvp wants them
+        ctx.args = args
+
+    @staticmethod
+    def backward(ctx, c):
+        t_planes, t_points, planes, points = ctx.saved_tensors
+        need_tp, need_tx, need_planes, need_points = ctx.needs_input_grad[:4]
+        c = c.contiguous()
+        g_tp = g_tx = g_p = g_x = None
+        if need_tp or need_tx:
+            g_tp, g_tx = _backward_fn(c, planes, points).apply(c, planes, points, ctx.args, need_tp, need_tx)
+        need_planes = need_planes and t_points is not None  # the planes enter J t only through J_points t_points
+        need_points = need_points and (t_planes is not None or t_points is not None)
+        if need_planes or need_points:
+            _, g_p, g_x = _double_backward_fn(c, t_planes, t_points, planes, points).apply(
+                t_planes, t_points, c, planes, points, ctx.args, False, need_planes, need_points)
+        return (g_tp if need_tp else None, g_tx if need_tx else None, g_p if need_planes else None,
+                g_x if need_points else None, None, None)
+
+    @staticmethod
+    def jvp(ctx, *tangents):  # forward over forward (jacfwd(jacfwd(f))): not implemented
+        raise NotImplementedError(_NOT_IMPLEMENTED)
 
 
 class _SampleBackwardFn(torch.autograd.Function):
@@ -620,9 +667,10 @@ def triplane_sample(
     and ``vmap`` (the vmapped copies folded into one launch), nested to second order
     (``grad`` of a loss on ``vmap(grad(sdf))``; ``jacrev(jacrev(f))`` for a Hessian), and
     forward mode to first order (``jvp``, ``jacfwd``, ``torch.autograd.forward_ad`` dual
-    tensors) and forward over reverse (``torch.func.hessian``; the backward's jvp from the
-    backward and double-backward kernels); reverse over forward and third derivatives raise
-    NotImplementedError.
+    tensors), and mixed to second order: forward over reverse (``torch.func.hessian``; the
+    backward's jvp from the backward and double-backward kernels) and reverse over forward
+    (``jacrev(jacfwd(f))``, ``grad`` of a ``jvp``); forward over forward and third
+    derivatives raise NotImplementedError.
     """
     if not isinstance(channels_last, bool):
         raise TypeError(f"channels_last must be a bool, got {type(channels_last).__name__}")

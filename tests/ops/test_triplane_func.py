@@ -149,11 +149,12 @@ def test_forward_mode(backend, device):
     close(tangent, expected[1])
 
 
-def test_forward_over_reverse(backend, device):
-    """torch.func.hessian (jacfwd over jacrev: the backward's jvp, built from the backward
-    and double-backward kernels) w.r.t. the planes, the points and both, and a dual
-    tensor's reverse-mode gradient (its tangent: the Hessian times the tangent), against
-    the reference's reverse-over-reverse Hessian."""
+def test_mixed_modes_second_order(backend, device):
+    """Forward over reverse (torch.func.hessian = jacfwd(jacrev): the backward's jvp, from
+    the backward and double-backward kernels) and reverse over forward (jacrev(jacfwd), grad
+    of a jvp: the JVP's own backward, from the same kernels) w.r.t. the planes, the points
+    and both, and a dual tensor's reverse-mode gradient (its tangent: the Hessian times the
+    tangent), against the reference's reverse-over-reverse Hessian."""
     planes, points = inputs(device, B=2, N=3, C=2, H=4, W=3)
     for kw in (dict(), dict(aggregate="concat", align_corners=True, padding_mode="border")):
         C = 6 if kw else 2
@@ -166,8 +167,17 @@ def test_forward_over_reverse(backend, device):
             return f(P, X, impl=lambda P, X: reference(P, X, **kw))
 
         for argnums in (0, 1, (0, 1)):
-            close(tf.hessian(f, argnums=argnums)(planes, points),
-                  tf.jacrev(tf.jacrev(r, argnums=argnums), argnums=argnums)(planes, points))
+            expected = tf.jacrev(tf.jacrev(r, argnums=argnums), argnums=argnums)(planes, points)
+            close(tf.hessian(f, argnums=argnums)(planes, points), expected)
+            close(tf.jacrev(tf.jacfwd(f, argnums=argnums), argnums=argnums)(planes, points), expected)
+        # grad of a JVP w.r.t. the planes and the points
+        t = torch.randn_like(points)
+
+        def jvp_loss(impl):
+            return lambda P, X: tf.jvp(lambda Y: impl(P, Y), (X,), (t,))[1].square().sum()
+
+        close(tf.grad(jvp_loss(lambda P, X: npht.triplane_sample(P, X, backend=backend, **kw)), argnums=(0, 1))(
+            planes, points), tf.grad(jvp_loss(lambda P, X: reference(P, X, **kw)), argnums=(0, 1))(planes, points))
     t = torch.randn_like(points)
     grads = []
     for fn in (f, r):
@@ -187,10 +197,12 @@ def test_not_implemented_derivatives_raise(backend, device):
     def sdf(P, X):
         return (npht.triplane_sample(P, X, backend=backend) @ head).sum()
 
-    reverse_over_forward = lambda: tf.grad(lambda P: tf.jacfwd(sdf, argnums=1)(P, points).sum())(planes)  # noqa: E731
+    forward_over_forward = lambda: tf.jacfwd(tf.jacfwd(sdf, argnums=1), argnums=1)(planes, points)  # noqa: E731
     third = lambda: tf.grad(lambda X: tf.grad(lambda X: tf.grad(sdf, argnums=1)(planes, X).square().sum())(X).sum())(points)  # noqa: E731,E501
     hessian_of_gradient = lambda: tf.jacfwd(tf.hessian(sdf, argnums=1), argnums=1)(planes, points)  # noqa: E731
-    for case in (reverse_over_forward, third, hessian_of_gradient):
+    grad_of_reverse_over_forward = lambda: tf.grad(  # noqa: E731
+        lambda X: tf.jacrev(tf.jacfwd(sdf, argnums=1), argnums=1)(planes, X).sum())(points)
+    for case in (forward_over_forward, third, hessian_of_gradient, grad_of_reverse_over_forward):
         with pytest.raises(NotImplementedError, match="differentiable twice in reverse mode"):
             case()
 
@@ -235,8 +247,8 @@ def test_torch_compile_of_a_transform():
 def test_gradcheck_forward_ad_and_batched_grads(backend, device):
     """torch.autograd.gradcheck's forward-mode check (the jvp rule), gradgradcheck's
     forward-over-reverse check (the backward's jvp rule) and batched-gradient checks
-    (autograd.grad(is_grads_batched=True): the ops' batching rules under plain autograd),
-    to second order."""
+    (autograd.grad(is_grads_batched=True), torch's legacy vmap prototype: one launch per
+    copy), to second order."""
     planes, points = inputs(device, B=1, N=4, C=2, H=3, W=4)
     planes.requires_grad_(True)
     points.requires_grad_(True)
