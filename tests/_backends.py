@@ -76,3 +76,14 @@ def interrupted_savez(path, **arrays):
     with open(path, "wb") as f:
         f.write(b"PK\x03\x04 part of an archive")
     raise KeyboardInterrupt
+
+
+def call_counter(calls: dict):
+    """``counting(name, fn)``: ``fn`` wrapped to add 1 to ``calls[name]`` on each call (for
+    monkeypatching a function whose calls a test counts)."""
+    def counting(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+    return counting

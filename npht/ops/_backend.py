@@ -36,6 +36,33 @@ def under_transform(*tensors) -> bool:
     return any(t is not None and unpack(t).tangent is not None for t in tensors)
 
 
+def forward_mode(*tensors) -> bool:
+    """Whether forward-mode AD is at work: a torch.func forward-mode transform (jvp, jacfwd)
+    encloses this call, or one of ``tensors`` is a dual tensor."""
+    if torch.compiler.is_compiling():
+        return False
+    if not torch._C._are_functorch_transforms_active():
+        unpack = torch.autograd.forward_ad.unpack_dual
+        return any(t is not None and unpack(t).tangent is not None for t in tensors)
+    try:
+        from torch._C._functorch import TransformType
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+        return any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
+    except (ImportError, AttributeError):  # private API: without it, torch's own error follows
+        return False
+
+
+class OpaqueArgs:
+    """The ops' non-tensor arguments, held as one opaque object: functorch flattens tuples
+    and lists of an autograd.Function's inputs as pytrees, which the tangents of its
+    forward-mode rules would then not line up with."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, values: tuple):
+        self.values = values
+
+
 def _load_compiled():
     """The compiled extension (or the ImportError explaining why it is missing), probed
     once at import so that backend choice is plain Python that torch.compile can trace."""

@@ -6,7 +6,9 @@ Ops: ``npht::volume_composite`` (forward) whose backward is
 ``npht::volume_composite_backward`` (the fused kernels). The backward's own derivative
 (double backward, rarely needed: compositing is first-order in the renderer, the normals'
 double backward happens in the SDF) is computed by autograd through the PyTorch reference,
-so second derivatives are exact but not fused.
+so second derivatives are exact but not fused. Under torch.func transforms the same two ops
+run through autograd.Functions, with batching rules that fold the vmapped copies into the
+rays (one launch); forward-mode AD takes the PyTorch reference (see the section below).
 """
 
 from __future__ import annotations
@@ -147,45 +149,200 @@ def _bwd_setup_context(ctx, inputs, output):
 
 
 def _bwd_backward(ctx, gg_sdf, gg_z, gg_beta, gg_values):
-    """Double backward by autograd through the reference compositing."""
-    from npht.reference.render import _ref_composite
-
-    g_r, g_d, g_o, g_w, sdf, z, beta, values, offsets = ctx.saved_tensors
-    R = _num_rays(sdf, offsets)
-    ups = [g_r, g_d, g_o, g_w]
-    with torch.enable_grad():
-        leaves = [None if t is None else t.detach().requires_grad_() for t in ups + [sdf, z, beta, values]]
-        gl = leaves[:4]
-        s_, z_, b_, v_ = leaves[4:]
-        b_ray = b_.reshape(-1).expand(R) if b_.shape[0] != R else b_.reshape(-1)
-        outs = _ref_composite(s_, z_, b_ray, v_, offsets, ctx.last_delta)
-        pairs = [(o, g) for o, g in zip(outs, gl) if g is not None]
-        firsts = [s_, z_, b_ray] + ([v_] if v_ is not None else [])
-        if pairs:
-            grads = torch.autograd.grad([o for o, _ in pairs], firsts, [g for _, g in pairs],
-                                        create_graph=True, allow_unused=True)
-        else:
-            grads = [None] * len(firsts)
-        ggs = [gg_sdf, gg_z, gg_beta] + ([gg_values] if v_ is not None else [])
-        terms = [(g, gg) for g, gg, need in zip(grads, ggs, ctx.needs)
-                 if g is not None and gg is not None and gg.numel() > 0 and need]
-        wanted = [t for t in leaves if t is not None and t.requires_grad]
-        if terms:
-            second = torch.autograd.grad([g for g, _ in terms], wanted, [gg for _, gg in terms],
-                                         allow_unused=True)
-        else:
-            second = [None] * len(wanted)
-    result = dict(zip([id(t) for t in wanted], second))
-    out = [None if t is None else result.get(id(t)) for t in leaves]
+    """Double backward through the PyTorch reference (:func:`_reference_double_backward`:
+    differentiable again, so a third derivative is exact too)."""
+    ggs = [g if need and g is not None and g.numel() > 0 else None
+           for g, need in zip((gg_sdf, gg_z, gg_beta, gg_values), ctx.needs)]
     mask = ctx.needs_input_grad
     # inputs: g_r, g_d, g_o, g_w, sdf, z, beta, values, offsets, 6 non-tensors, weights
-    # (the forward's weights are a hint: their dependence on sdf/z/beta is in the above)
-    grads_in = out[:8] + [None]
-    grads_in = [g if (i < len(mask) and mask[i]) else None for i, g in enumerate(grads_in)]
-    return tuple(grads_in) + (None,) * 7
+    # (the forward's weights are a hint: their dependence on sdf/z/beta is in the reference)
+    if all(g is None for g in ggs) or not any(mask[:8]):
+        return (None,) * 16
+    grads = _reference_double_backward(ctx.saved_tensors, ggs, ctx.last_delta)
+    return tuple(g if mask[i] else None for i, g in enumerate(grads)) + (None,) * 8
 
 
 _composite_backward_op.register_autograd(_bwd_backward, setup_context=_bwd_setup_context)
+
+
+# ---- torch.func (functorch) transforms ----------------------------------------------------
+# As for npht.triplane_sample (npht/ops/triplane.py): torch.library's register_autograd
+# wrapper is refused by functorch (pytorch/pytorch#168393, open in torch 2.13) and drops
+# forward-mode tangents without a word. Under grad / vjp / jacrev / vmap the two ops run
+# through the autograd.Functions below instead (same ops, same kernels). Rays are
+# independent, so the ops' vmap rules (used by vmap, jacrev, vmap of a vjp function) turn V
+# vmapped copies into V times as many rays of one launch: dense [V, R, S] -> [V*R, S],
+# packed [V, M] -> [V*M] with copy v's offsets shifted by v*M. (Plain autograd's
+# autograd.grad(..., is_grads_batched=True) batches with torch's legacy vmap prototype, which
+# ignores register_vmap rules and loops over the copies.) The double backward is the
+# reference's, as with plain autograd (taken by torch.func.vjp here, so that it composes with
+# the transforms). Forward mode (jvp, jacfwd, dual tensors) has no fused formula, the
+# kernels computing vector-Jacobian products only: there volume_composite evaluates the
+# reference compositing.
+
+
+def _fold(t: Optional[torch.Tensor], d: Optional[int], V: int) -> Optional[torch.Tensor]:
+    """A per-ray or per-sample argument ``[N, ...]`` with the vmapped dimension at ``d``
+    (None: shared by the V copies) -> the copies one after the other, ``[V*N, ...]``."""
+    if t is None:
+        return None
+    t = t.movedim(d, 0) if d is not None else t.expand(V, *t.shape)
+    return t.reshape(V * t.shape[1], *t.shape[2:]).contiguous()
+
+
+def _fold_beta(beta: torch.Tensor, d: Optional[int], V: int, R: int) -> torch.Tensor:
+    """beta ``[1]`` (shared) or ``[R]`` -> the folded rays' beta: unchanged when one value
+    serves every ray of every copy, else ``[V*R]``."""
+    if d is None and beta.shape[0] == 1:
+        return beta
+    b = beta.movedim(d, 0) if d is not None else beta.expand(V, *beta.shape)
+    return b.expand(V, R).reshape(V * R).contiguous()
+
+
+def _fold_offsets(offsets: Optional[torch.Tensor], d: Optional[int], V: int, M: int) -> Optional[torch.Tensor]:
+    """CSR offsets ``[R + 1]`` over M samples -> those of the V copies' V*R rays over the
+    V*M folded samples (copy v's offsets shifted by v*M)."""
+    if offsets is None:
+        return None
+    o = offsets.movedim(d, 0) if d is not None else offsets.expand(V, *offsets.shape)
+    shift = torch.arange(V, device=o.device, dtype=o.dtype)[:, None] * M
+    return torch.cat([(o[:, :-1] + shift).reshape(-1), o.new_full((1,), V * M)])
+
+
+def _fold_rays(V, in_dims, sdf, z, beta, values, offsets):
+    """The ops' common arguments (sdf, z, beta, values, offsets) folded into one launch."""
+    d_sdf, d_z, d_beta, d_values, d_offsets = in_dims
+    sdf_f = _fold(sdf, d_sdf, V)
+    offsets_f = _fold_offsets(offsets, d_offsets, V, sdf_f.shape[0] // V)
+    R = sdf_f.shape[0] // V if offsets is None else (offsets_f.shape[0] - 1) // V
+    return sdf_f, _fold(z, d_z, V), _fold_beta(beta, d_beta, V, R), _fold(values, d_values, V), offsets_f
+
+
+def _unfold(t: torch.Tensor, V: int, wanted: bool = True):
+    """A result of a folded launch ``[V*N, ...]`` -> ``([V, N, ...], 0)``; a not-wanted
+    (empty) result stays unbatched."""
+    if not wanted:
+        return t, None
+    return t.reshape(V, t.shape[0] // V, *t.shape[1:]), 0
+
+
+@torch.library.register_vmap("npht::volume_composite")
+def _composite_vmap(info, in_dims, sdf, z, beta, values, offsets, last_delta, backend):
+    V = info.batch_size
+    folded = _fold_rays(V, in_dims[:5], sdf, z, beta, values, offsets)
+    outs = [_unfold(t, V) for t in torch.ops.npht.volume_composite(*folded, last_delta, backend)]
+    return tuple(t for t, _ in outs), tuple(d for _, d in outs)
+
+
+@torch.library.register_vmap("npht::volume_composite_backward")
+def _composite_backward_vmap(info, in_dims, g_rendered, g_depth, g_opacity, g_weights, sdf, z, beta, values, offsets,
+                             last_delta, backend, need_sdf, need_z, need_beta, need_values, weights=None):
+    V = info.batch_size
+    folded = _fold_rays(V, in_dims[4:9], sdf, z, beta, values, offsets)
+    ups = [_fold(t, d, V) for t, d in zip((g_rendered, g_depth, g_opacity, g_weights), in_dims[:4])]
+    hint = _fold(weights, in_dims[15] if len(in_dims) > 15 else None, V)
+    grads = torch.ops.npht.volume_composite_backward(
+        *ups, *folded, last_delta, backend, need_sdf, need_z, need_beta, need_values, hint)
+    wanted = (need_sdf, need_z, need_beta, need_values and values is not None)
+    outs = [_unfold(t, V, w) for t, w in zip(grads, wanted)]
+    return tuple(t for t, _ in outs), tuple(d for _, d in outs)
+
+
+def _reference_double_backward(saved, ggs, last_delta: float):
+    """The derivative of the compositing's backward by the reference: the vjp of the
+    reference's vjp (what plain autograd's :func:`_bwd_backward` computes), by torch.func so
+    that it runs under the transforms (and is differentiable again). ``saved``: the
+    backward op's upstream gradients (None where absent), sdf, z, beta, values, offsets;
+    ``ggs``: the gradients of its results (None where absent; beta's per ray). Returns the
+    gradients w.r.t. the four upstream gradients, sdf, z, beta and values."""
+    from npht.reference.render import _ref_composite
+
+    *ups, sdf, z, beta, values, offsets = saved
+    R = _num_rays(sdf, offsets)
+    present = [i for i, g in enumerate(ups) if g is not None]
+    vals = () if values is None else (values,)
+
+    def reference_vjp(ups_present, sdf, z, beta, vals):
+        def composite(s, zz, b, vv):
+            outs = _ref_composite(s, zz, b, vv[0] if vv else None, offsets, last_delta)
+            return tuple(outs[i] for i in present)
+
+        beta_ray = beta if beta.shape[0] == R else beta.expand(R)  # the op's beta gradient is per ray
+        return torch.func.vjp(composite, sdf, z, beta_ray, vals)[1](ups_present)
+
+    firsts, vjp_fn = torch.func.vjp(reference_vjp, tuple(ups[i] for i in present), sdf, z, beta, vals)
+    gg_sdf, gg_z, gg_beta, gg_values = ggs
+    cot = tuple(torch.zeros_like(f) if g is None else g for f, g in zip(firsts[:3], (gg_sdf, gg_z, gg_beta)))
+    cot += (tuple(torch.zeros_like(f) if gg_values is None else gg_values for f in firsts[3]),)
+    g_ups, g_sdf, g_z, g_beta, g_vals = vjp_fn(cot)
+    out_ups = [None] * 4
+    for i, g in zip(present, g_ups):
+        out_ups[i] = g
+    return (*out_ups, g_sdf, g_z, g_beta, g_vals[0] if g_vals else None)
+
+
+class _CompositeFn(torch.autograd.Function):
+    """``npht::volume_composite`` for torch.func transforms (reverse mode); its backward is
+    :class:`_CompositeBackwardFn`."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(sdf, z, beta, values, offsets, args):
+        return torch.ops.npht.volume_composite(sdf, z, beta, values, offsets, *args.values)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        sdf, z, beta, values, offsets, args = inputs
+        ctx.save_for_backward(sdf, z, beta, values, offsets, output[3])
+        ctx.args = args  # last_delta, backend
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, g_rendered, g_depth, g_opacity, g_weights):
+        sdf, z, beta, values, offsets, weights = ctx.saved_tensors
+        need_sdf, need_z, need_beta, need_values = ctx.needs_input_grad[:4]
+        need_values = need_values and values is not None
+        ups = [_usable(g) for g in (g_rendered, g_depth, g_opacity, g_weights)]
+        if all(g is None for g in ups) or not (need_sdf or need_z or need_beta or need_values):
+            return (None,) * 6
+        g_sdf, g_z, g_beta, g_values = _CompositeBackwardFn.apply(
+            *ups, sdf, z, beta, values, offsets, weights.detach(),
+            _backend.OpaqueArgs(ctx.args.values + (need_sdf, need_z, need_beta, need_values)))
+        if need_beta and beta.shape[0] != g_beta.shape[0]:  # shared beta: sum the rays' shares
+            g_beta = g_beta.sum(0, keepdim=True)
+        return (g_sdf if need_sdf else None, g_z if need_z else None, g_beta if need_beta else None,
+                g_values if need_values else None, None, None)
+
+
+class _CompositeBackwardFn(torch.autograd.Function):
+    """``npht::volume_composite_backward`` for torch.func transforms; its backward is the
+    reference's double backward (:func:`_reference_double_backward`)."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(g_rendered, g_depth, g_opacity, g_weights, sdf, z, beta, values, offsets, weights, args):
+        last_delta, backend, need_sdf, need_z, need_beta, need_values = args.values
+        return torch.ops.npht.volume_composite_backward(
+            g_rendered, g_depth, g_opacity, g_weights, sdf, z, beta, values, offsets, last_delta, backend,
+            need_sdf, need_z, need_beta, need_values, weights)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        *tensors, _weights, args = inputs  # the weights are a hint: their dependence is in the reference
+        ctx.save_for_backward(*tensors)
+        ctx.last_delta = args.values[0]
+        ctx.made = args.values[2:]
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, gg_sdf, gg_z, gg_beta, gg_values):
+        ggs = [_usable(g) if made else None for g, made in zip((gg_sdf, gg_z, gg_beta, gg_values), ctx.made)]
+        if all(g is None for g in ggs) or not any(ctx.needs_input_grad[:8]):
+            return (None,) * 11
+        grads = _reference_double_backward(ctx.saved_tensors, ggs, ctx.last_delta)
+        return tuple(g if need else None for g, need in zip(grads, ctx.needs_input_grad)) + (None,) * 3
 
 
 _DTYPES = (torch.float32, torch.float64)
@@ -272,9 +429,14 @@ def volume_composite(
         backend: ``"auto"``, ``"cuda"``, ``"triton"``, ``"cpu"`` or ``"reference"``.
 
     Gradients flow to ``sdf``, ``z``, ``beta`` and ``values`` (second derivatives too,
-    through the reference). Under torch.func transforms (``grad``, ``vjp``, ``jacrev``,
-    ``vmap``, ``jvp``, ``jacfwd``) and forward-mode AD dual tensors the result comes from
-    the PyTorch reference (the same formula, unfused, differentiable in every mode).
+    through the reference). The fused kernels also serve torch.func's reverse-mode
+    transforms, ``grad``, ``vjp``, ``jacrev`` and ``vmap`` (the vmapped copies folded into
+    the rays of one launch, dense or packed), nested (``vmap(grad(f))``; ``grad`` of a loss
+    on a gradient, whose second derivative comes from the reference as with plain
+    autograd), and inside ``torch.compile``. Forward mode (``jvp``, ``jacfwd``,
+    ``torch.func.hessian``, ``torch.autograd.forward_ad`` dual tensors) has no fused
+    formula: there the result comes from the PyTorch reference (the same formula, unfused,
+    differentiable in every mode).
     Non-finite ``values`` (or upstream gradients) on a ray: the fused backends' backward
     forms the sums over the samples behind each one as a ray total minus a prefix, so the
     ``sdf`` and ``z`` gradients of every sample of that ray but the last become NaN; the
@@ -298,10 +460,15 @@ def volume_composite(
     backend = _backend.resolve_backend(backend, sdf.device)
     if _backend.under_transform(sdf, z, beta, values):
         # torch.func / forward-mode AD: the registered op's autograd is not usable there
-        # (pytorch/pytorch#168393); the same formula in PyTorch ops is, in every mode
-        from npht.reference.render import _ref_composite
+        # (pytorch/pytorch#168393)
+        if _backend.forward_mode(sdf, z, beta, values):  # no fused forward-mode formula: the reference's
+            from npht.reference.render import _ref_composite
 
-        return CompositeResult(*_ref_composite(sdf, z, beta, values, ray_offsets, float(last_delta)))
+            return CompositeResult(*_ref_composite(sdf, z, beta, values, ray_offsets, float(last_delta)))
+        return CompositeResult(*_CompositeFn.apply(
+            sdf.contiguous(), z.contiguous(), beta.contiguous(), None if values is None else values.contiguous(),
+            None if ray_offsets is None else ray_offsets.contiguous(),
+            _backend.OpaqueArgs((float(last_delta), backend))))
     out = torch.ops.npht.volume_composite(
         sdf.contiguous(), z.contiguous(), beta.contiguous(),
         None if values is None else values.contiguous(),

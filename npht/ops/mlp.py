@@ -38,7 +38,10 @@ makes about twenty passes), and the sweep down's ``hbar_l += abar_l s'(h_l)``.
 branch above ``threshold`` (first derivative 1, second derivative 0 there).
 
 Registered with torch.library: ``npht::softplus_mlp_grad`` (forward, its autograd is
-``npht::softplus_mlp_grad_backward``). A third derivative is not supported.
+``npht::softplus_mlp_grad_backward``, whose own derivative, the MLP's third, is computed
+unfused from the explicit formula by torch.func: rarely needed). Under torch.func
+transforms the same two ops run through autograd.Functions with batching rules; forward-mode
+AD takes the explicit PyTorch formula (see the section below).
 """
 
 from __future__ import annotations
@@ -49,9 +52,10 @@ import numbers
 from typing import Iterator, List, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
+from torch.utils import _pytree as pytree
 
-from . import mlp_tmm
+from . import mlp_rows, mlp_tmm
+from . import _backend
 from ._backend import kernels, resolve_backend, under_transform
 
 __all__ = ["matmul_precision", "softplus_mlp_with_grad"]
@@ -81,114 +85,6 @@ def matmul_precision(precision: str) -> Iterator[None]:
         yield
     finally:
         torch.set_float32_matmul_precision(old)
-
-
-def _sp1(g: torch.Tensor, h: torch.Tensor, beta: float, threshold: float) -> torch.Tensor:
-    """``g * softplus'(h)``: torch's own softplus backward kernel (one pass; derivative 1
-    on the linear branch ``beta * h > threshold``)."""
-    return torch.ops.aten.softplus_backward(g, h, beta, threshold)
-
-
-def _reverse(hs, weights, beta, threshold, d_out=None):
-    """Reverse pass over the rows of hs: ``g = d_{-1}``; ``d_l`` (l = 0 .. L-3) written into
-    ``d_out`` when given."""
-    d = weights[-1][0]  # d_{L-2}: the output row, broadcast over the rows
-    for l in range(len(weights) - 2, -1, -1):
-        e = _sp1(d, hs[l], beta, threshold)
-        d = e @ weights[l] if (d_out is None or l == 0) else torch.mm(e, weights[l], out=d_out[l - 1])
-    return d
-
-
-def _reverse_kept(hs, weights, ds, beta, threshold):
-    """The reverse pass' products for the backward: ``es[l] = e_l = d_l s'(h_l)`` for
-    l = 0 .. L-2 (the weight gradients' left factors, then the adjoint kernel's input),
-    from the kept ``d_l`` (``ds``, row slices) or from the reverse pass again (the ``d_l``
-    dropped as it goes, ``g`` itself not computed)."""
-    d_out = weights[-1][0]  # d_{L-2}: the output row, broadcast over the rows
-    if ds:
-        return [_sp1(d, h, beta, threshold) for d, h in zip([*ds, d_out], hs)]
-    d, es = d_out, []
-    for l in range(len(weights) - 2, -1, -1):
-        e = _sp1(d, hs[l], beta, threshold)
-        es.append(e)
-        if l > 0:
-            d = e @ weights[l]
-    es.reverse()
-    return es
-
-
-def _forward_rows(x, weights, biases, beta, threshold, h_out=None, d_out=None, *, values=True):
-    """Rows of x -> (y [rows], g [rows, D0], hs); the pre-activations are written into
-    ``h_out`` (row slices of the saved buffers) when given, the reverse pass' ``d_l`` into
-    ``d_out``. ``values=False`` (the checkpointed backward's recompute): ``(None, None, hs)``,
-    neither the output layer nor the gradient pass run."""
-    hs = []
-    a = x
-    for l in range(len(weights) - 1):
-        if h_out is None:
-            h = torch.addmm(biases[l], a, weights[l].t())
-        else:
-            h = torch.addmm(biases[l], a, weights[l].t(), out=h_out[l])
-        hs.append(h)
-        if not values and l == len(weights) - 2:
-            return None, None, hs
-        a = F.softplus(h, beta, threshold)
-    y = torch.addmm(biases[-1], a, weights[-1].t()).squeeze(-1)
-    del a
-    g = _reverse(hs, weights, beta, threshold, d_out)
-    return y, g, hs
-
-
-def _backward_rows(gy, gg, x, weights, hs, ds, beta, threshold, gW, gb, need_x, k):
-    """Accumulate the rows' weight/bias gradients into gW, gb; return grad_x (or None).
-    ``k``: the module of the elementwise kernels (npht_C, npht.kernels.mlp or the
-    reference). ``ds``: the rows' kept reverse-pass vectors, or empty (recomputed). Working
-    memory: the rows' ``e_l = d_l s'(h_l)`` (overwritten in place by the adjoint
-    contributions) and a few temporaries of the rows' size."""
-    L = len(weights)
-    w_out = weights[-1][0]
-    h_adj: List[Optional[torch.Tensor]] = [None] * (L - 1)
-    if gg is not None:  # sweep up: adjoint of the reverse pass
-        es = _reverse_kept(hs, weights, ds, beta, threshold)
-        dbar = gg
-        for l in range(L - 1):
-            if gW is not None:
-                gW[l].addmm_(es[l].t(), dbar)
-            ebar = dbar @ weights[l].t()
-            del dbar
-            # in place: h_adj = ebar * d_l * s''(h_l) = ebar * e_l * s''/s' (into e_l's
-            # buffer), ebar <- ebar * s'(h_l)
-            e_l, es[l] = es[l], None
-            k.softplus_adjoint_(ebar, e_l, hs[l], beta, threshold)
-            h_adj[l], dbar = e_l, ebar
-            del e_l, ebar
-        if gW is not None:
-            gW[-1][0].add_(dbar.sum(0))
-        del dbar, es
-    abar = None
-    if gy is not None:  # output layer
-        if gW is not None:
-            gW[-1].addmm_(gy[None, :], F.softplus(hs[-1], beta, threshold))
-            gb[-1].add_(gy.sum())
-        abar = torch.outer(gy, w_out)
-    for l in range(L - 2, -1, -1):  # sweep down: adjoint of the forward pass
-        if abar is None:
-            hbar = h_adj[l]
-        elif h_adj[l] is None:
-            hbar = _sp1(abar, hs[l], beta, threshold)
-        else:  # hbar = h_adj + abar * s'(h_l), in h_adj's buffer
-            hbar = h_adj[l]
-            k.softplus_backward_add_(hbar, abar, hs[l], beta, threshold)
-        del abar
-        h_adj[l] = None
-        if gW is not None:
-            a_prev = x if l == 0 else F.softplus(hs[l - 1], beta, threshold)
-            gW[l].addmm_(hbar.t(), a_prev)
-            gb[l].add_(hbar.sum(0))
-            del a_prev
-        abar = hbar @ weights[l] if (l > 0 or need_x) else None
-        del hbar
-    return abar
 
 
 # ---- registered ops ---------------------------------------------------------------------
@@ -228,7 +124,7 @@ def _mlp_grad_impl(x, weights, biases, beta, threshold, save, chunk, backend, ma
     M = x.shape[0]
     hs = [x.new_empty(M, w.shape[0], dtype=h_dtype) for w in weights[:-1]] if save else []
     ds = [x.new_empty(M, w.shape[0], dtype=d_dtype) for w in weights[:-2]] if (save and keep) else []
-    rows = _forward_rows if matmul == "torch" else functools.partial(
+    rows = mlp_rows.forward_rows if matmul == "torch" else functools.partial(
         mlp_tmm.forward_rows, mm=kernels("triton", "mlp_mm"), h_dtype=h_dtype, d_dtype=d_dtype)
     if M <= chunk:
         y, g, _ = rows(x, weights, biases, beta, threshold, hs or None, ds or None)
@@ -280,7 +176,7 @@ def _mlp_grad_backward_impl(grad_y, grad_g, x, weights, biases, hs, ds, beta, th
     M = x.shape[0]
     k = kernels(backend, "mlp")
     if matmul == "torch":
-        rows_fwd, rows_bwd = _forward_rows, functools.partial(_backward_rows, k=k)
+        rows_fwd, rows_bwd = mlp_rows.forward_rows, functools.partial(mlp_rows.backward_rows, k=k)
     else:
         mm = kernels("triton", "mlp_mm")
         rows_fwd = functools.partial(mlp_tmm.forward_rows, mm=mm, h_dtype=h_dtype, d_dtype=d_dtype)
@@ -359,14 +255,208 @@ def _backward(ctx, grad_y, grad_g, _grad_hs, _grad_ds):
 _mlp_grad_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _no_further_derivative(ctx, *grads):
-    raise NotImplementedError(
-        "npht.softplus_mlp_with_grad: its results (the value and the input gradient) are differentiable once; "
-        "a further derivative (the MLP's third) is not implemented")
+def _explicit_double_backward(grad_y, grad_g, x, weights, biases, beta, threshold, gg_x, gg_w, gg_b):
+    """The derivative of the fused backward (the MLP's third derivative; rarely needed: an
+    eikonal loss needs the second), unfused: the vjp of the vjp of
+    :func:`npht.reference.mlp.softplus_mlp_with_grad_explicit`, by torch.func (so it runs
+    under the transforms too, and is differentiable again). ``grad_y``, ``grad_g``: the
+    backward's upstream gradients (None: absent); ``gg_*``: the gradients of its results
+    (None or empty: absent). Returns the gradients w.r.t. ``grad_y``, ``grad_g``, ``x``, the
+    weights and the biases (None for an absent upstream gradient)."""
+    from npht.reference.mlp import softplus_mlp_with_grad_explicit
+
+    def mlp(x, ws, bs):
+        return softplus_mlp_with_grad_explicit(x, ws, bs, beta, threshold)
+
+    def backward(gy, gg, x, ws, bs):
+        return torch.func.vjp(mlp, x, ws, bs)[1]((gy, gg))
+
+    gy = grad_y if grad_y is not None else x.new_zeros(x.shape[:1])
+    gg = grad_g if grad_g is not None else torch.zeros_like(x)
+    (gx, gws, gbs), vjp = torch.func.vjp(backward, gy, gg, x, tuple(weights), tuple(biases))
+
+    def cot(t, like):
+        return torch.zeros_like(like) if t is None or t.numel() == 0 else t
+
+    g_gy, g_gg, g_x, g_ws, g_bs = vjp((cot(gg_x, gx), tuple(cot(t, w) for t, w in zip(gg_w, gws)),
+                                       tuple(cot(t, b) for t, b in zip(gg_b, gbs))))
+    return (g_gy if grad_y is not None else None, g_gg if grad_g is not None else None, g_x, list(g_ws),
+            list(g_bs))
 
 
-# a clear error instead of torch's suggestion to register an autograd formula
-_mlp_grad_backward_op.register_autograd(_no_further_derivative, setup_context=lambda ctx, inputs, output: None)
+def _bwd_setup_context(ctx, inputs, output):
+    grad_y, grad_g, x, weights, biases, hs, ds, beta, threshold, *_ = inputs
+    ctx.save_for_backward(grad_y, grad_g, x, *weights, *biases)
+    ctx.n_layers, ctx.n_state = len(weights), (len(hs), len(ds))
+    ctx.beta, ctx.threshold = float(beta), float(threshold)
+    ctx.set_materialize_grads(False)
+
+
+def _bwd_backward(ctx, gg_x, gg_w, gg_b):
+    grad_y, grad_g, x, *params = ctx.saved_tensors
+    L = ctx.n_layers
+    g_gy, g_gg, g_x, g_w, g_b = _explicit_double_backward(
+        grad_y, grad_g, x, params[:L], params[L:], ctx.beta, ctx.threshold, gg_x,
+        [None] * L if gg_w is None else gg_w, [None] * L if gg_b is None else gg_b)
+    nh, nd = ctx.n_state
+    return (g_gy, g_gg, g_x, g_w, g_b, [None] * nh, [None] * nd) + (None,) * 9
+
+
+_mlp_grad_backward_op.register_autograd(_bwd_backward, setup_context=_bwd_setup_context)
+
+
+# ---- torch.func (functorch) transforms ----------------------------------------------------
+# As for npht.triplane_sample (npht/ops/triplane.py): torch.library's register_autograd
+# wrapper is refused by functorch (pytorch/pytorch#168393, open in torch 2.13) and drops
+# forward-mode tangents without a word. Under grad / vjp / jacrev / vmap the two ops run
+# through the autograd.Functions below instead (same ops, same kernels, same options), with
+# the ops' own vmap rules (vmap, jacrev, vmap of a vjp function):
+# - one MLP, V sets of points (only x or the upstream gradients batched, and no weight
+#   gradient asked of the backward): the copies are V times as many rows of one launch;
+# - weights or biases batched (an ensemble of MLPs), or the backward's weight gradients
+#   wanted (they are sums over the rows, which a folded launch would add across the copies):
+#   one launch per copy.
+# Forward mode (jvp, jacfwd, dual tensors) has no fused formula (the backward computes
+# vector-Jacobian products; the JVP of the gradient output is a Hessian-vector product no
+# kernel computes): there softplus_mlp_with_grad evaluates the same math in PyTorch ops.
+# Plain autograd's
+# autograd.grad(..., is_grads_batched=True) batches with torch's legacy vmap prototype
+# (torch._vmap_internals), which ignores register_vmap rules and cannot loop over these ops'
+# list results: it raises; torch.func.vmap over a torch.func.vjp function does the same.
+
+
+def _fold_rows(t: Optional[torch.Tensor], d: Optional[int], V: int) -> Optional[torch.Tensor]:
+    """A per-row argument ``[M, ...]`` with the vmapped dimension at ``d`` (None: shared by
+    the V copies) -> the copies' rows one after the other, ``[V*M, ...]``."""
+    if t is None:
+        return None
+    t = t.movedim(d, 0) if d is not None else t.expand(V, *t.shape)
+    return t.reshape(V * t.shape[1], *t.shape[2:]).contiguous()
+
+
+def _unfold_rows(t: torch.Tensor, V: int) -> torch.Tensor:
+    return t.reshape(V, t.shape[0] // V, *t.shape[1:])
+
+
+def _per_copy(info, in_dims, op, *args):
+    """The batched call as one call of ``op`` per vmapped copy, results stacked (dim 0)."""
+    def select(a, d, v):
+        if isinstance(a, (list, tuple)):
+            return [select(t, dt, v) for t, dt in zip(a, d)]
+        return a if d is None else a.select(d, v).contiguous()
+
+    outs = [pytree.tree_flatten(op(*(select(a, d, v) for a, d in zip(args, in_dims))))
+            for v in range(info.batch_size)]
+    stacked = [torch.stack(leaves) for leaves in zip(*(flat for flat, _ in outs))]
+    return pytree.tree_unflatten(stacked, outs[0][1]), 0
+
+
+def _one_mlp(weight_dims, bias_dims) -> bool:
+    return all(d is None for d in (*weight_dims, *bias_dims))
+
+
+@torch.library.register_vmap("npht::softplus_mlp_grad")
+def _mlp_grad_vmap(info, in_dims, x, weights, biases, *args):
+    if not _one_mlp(in_dims[1], in_dims[2]):  # an ensemble: one launch per MLP
+        return _per_copy(info, in_dims, torch.ops.npht.softplus_mlp_grad, x, weights, biases, *args)
+    V = info.batch_size  # x is batched: V sets of points of one MLP
+    y, g, hs, ds = torch.ops.npht.softplus_mlp_grad(_fold_rows(x, in_dims[0], V), weights, biases, *args)
+    return (_unfold_rows(y, V), _unfold_rows(g, V), [_unfold_rows(h, V) for h in hs],
+            [_unfold_rows(d, V) for d in ds]), 0
+
+
+@torch.library.register_vmap("npht::softplus_mlp_grad_backward")
+def _mlp_grad_backward_vmap(info, in_dims, grad_y, grad_g, x, weights, biases, hs, ds, beta, threshold, chunk,
+                            need_x, need_params, *args):
+    op = torch.ops.npht.softplus_mlp_grad_backward
+    if need_params or not _one_mlp(in_dims[3], in_dims[4]):  # per-copy weight gradients, or an ensemble
+        return _per_copy(info, in_dims, op, grad_y, grad_g, x, weights, biases, hs, ds, beta, threshold, chunk,
+                         need_x, need_params, *args)
+    V = info.batch_size
+
+    def rows(ts, dims):
+        return [_fold_rows(t, d, V) for t, d in zip(ts, dims)]
+
+    gx, gW, gb = op(_fold_rows(grad_y, in_dims[0], V), _fold_rows(grad_g, in_dims[1], V),
+                    _fold_rows(x, in_dims[2], V), weights, biases, rows(hs, in_dims[5]), rows(ds, in_dims[6]),
+                    beta, threshold, chunk, need_x, need_params, *args)
+    # no weight gradients asked: their results are empty, unbatched
+    return (_unfold_rows(gx, V) if need_x else gx, gW, gb), (0 if need_x else None, None, None)
+
+
+class _MlpGradFn(torch.autograd.Function):
+    """``npht::softplus_mlp_grad`` for torch.func transforms (reverse mode): ``(y, g, *hs,
+    *ds)`` from ``(x, args, *weights, *biases)``; its backward is :class:`_MlpGradBackwardFn`."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x, args, *params):
+        L = len(params) // 2
+        y, g, hs, ds = torch.ops.npht.softplus_mlp_grad(x, list(params[:L]), list(params[L:]), *args.values)
+        return (y, g, *hs, *ds)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, args, *params = inputs
+        _, _, *saved = output
+        ctx.save_for_backward(x, *params, *saved)
+        ctx.mark_non_differentiable(*saved)  # saved state (hs, ds), not results
+        ctx.set_materialize_grads(False)
+        ctx.args = args
+        ctx.n_layers = len(params) // 2
+        ctx.n_saved_h = ctx.n_layers - 1 if saved else 0
+
+    @staticmethod
+    def backward(ctx, grad_y, grad_g, *_saved_grads):
+        L, nh = ctx.n_layers, ctx.n_saved_h
+        x, *rest = ctx.saved_tensors
+        params, hs, ds = rest[:2 * L], rest[2 * L:2 * L + nh], rest[2 * L + nh:]
+        need_x, need_params = ctx.needs_input_grad[0], any(ctx.needs_input_grad[2:])
+        if grad_y is None and grad_g is None or not (need_x or need_params):
+            return (None,) * (2 + 2 * L)
+        beta, threshold, _save, chunk, backend, matmul, _keep, h_dtype, d_dtype = ctx.args.values
+        args = _backend.OpaqueArgs((L, len(hs), len(ds), beta, threshold, chunk, need_x, need_params, backend,
+                                    matmul, h_dtype, d_dtype))
+        gx, *g_params = _MlpGradBackwardFn.apply(_usable(grad_y), _usable(grad_g), x, args, *params, *hs, *ds)
+        return (gx if need_x else None, None,
+                *(g if need else None for g, need in zip(g_params, ctx.needs_input_grad[2:])))
+
+
+class _MlpGradBackwardFn(torch.autograd.Function):
+    """``npht::softplus_mlp_grad_backward`` for torch.func transforms: ``(gx, *g_weights,
+    *g_biases)``; its derivative is :func:`_explicit_double_backward`, as with plain autograd."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(grad_y, grad_g, x, args, *tensors):
+        L, nh, nd, beta, threshold, chunk, need_x, need_params, backend, matmul, h_dtype, d_dtype = args.values
+        weights, biases = list(tensors[:L]), list(tensors[L:2 * L])
+        hs, ds = list(tensors[2 * L:2 * L + nh]), list(tensors[2 * L + nh:2 * L + nh + nd])
+        gx, gW, gb = torch.ops.npht.softplus_mlp_grad_backward(
+            grad_y, grad_g, x, weights, biases, hs, ds, beta, threshold, chunk, need_x, need_params, backend,
+            matmul, h_dtype, d_dtype)
+        return (gx, *gW, *gb)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_y, grad_g, x, args, *tensors = inputs
+        L, _, _, beta, threshold = args.values[:5]
+        ctx.save_for_backward(grad_y, grad_g, x, *tensors[:2 * L])
+        ctx.n_layers, ctx.n_inputs = L, len(inputs)
+        ctx.beta, ctx.threshold = beta, threshold
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, gg_x, *gg_params):
+        grad_y, grad_g, x, *params = ctx.saved_tensors
+        L = ctx.n_layers
+        g_gy, g_gg, g_x, g_w, g_b = _explicit_double_backward(
+            grad_y, grad_g, x, params[:L], params[L:], ctx.beta, ctx.threshold, gg_x, gg_params[:L],
+            gg_params[L:2 * L])
+        grads = (g_gy, g_gg, g_x, None, *g_w, *g_b)
+        return grads + (None,) * (ctx.n_inputs - len(grads))
 
 
 # ---- public function --------------------------------------------------------------------
@@ -533,11 +623,22 @@ def softplus_mlp_with_grad(
         weights and the biases: a loss on ``dy_dx`` (eikonal, normals) backpropagates
         into all of them. Matches :func:`npht.reference.softplus_mlp_with_grad`.
 
-    Under torch.func transforms (``grad``, ``vjp``, ``jacrev``, ``vmap``, ``jvp``, ``jacfwd``)
-    and forward-mode AD dual tensors the result comes from the same math in PyTorch ops
-    (:func:`npht.reference.mlp.softplus_mlp_with_grad_explicit`: unfused, differentiable in
-    every mode); ``checkpoint``, ``chunk_size``, ``backend``, ``matmul`` and the storage
-    options do not apply there.
+    The same fused op serves torch.func's reverse-mode transforms, ``grad``, ``vjp``,
+    ``jacrev`` and ``vmap``, with every option above: ``vmap`` over points (only ``x`` or the
+    upstream gradients batched) folds the copies into the rows of one launch; over
+    weights/biases (an ensemble), and the backward's batched weight gradients (``jacrev``
+    w.r.t. the weights), run one launch per copy. Beyond the fused first derivative of
+    ``(y, dy_dx)`` (what an eikonal loss needs), derivatives of the op's backward (``grad`` of
+    a loss on ``grad(y)``, ``jacrev(jacrev(y))``, a third derivative) are computed unfused
+    from the explicit formula, in plain autograd and under the transforms alike. Forward mode
+    (``jvp``, ``jacfwd``, ``torch.func.hessian``, ``torch.autograd.forward_ad`` dual
+    tensors) has no fused formula: there the result comes from the same math in PyTorch
+    ops (:func:`npht.reference.mlp.softplus_mlp_with_grad_explicit`: unfused,
+    differentiable in every mode), where ``checkpoint``, ``chunk_size``, ``backend``,
+    ``matmul`` and the storage options do not apply; so does a transform inside
+    ``torch.compile`` (a limitation of torch 2.13's tracing of these autograd.Functions).
+    ``autograd.grad(..., is_grads_batched=True)`` raises (torch's legacy vmap prototype
+    cannot batch the op): vmap a ``torch.func.vjp`` function instead.
     """
     weights, biases = _check(x, weights, biases, beta, threshold, chunk_size)
     backend = _resolve(backend, x)
@@ -559,12 +660,22 @@ def softplus_mlp_with_grad(
     d_dtype = _resolve_storage_dtype("d_dtype", "gradient-pass vectors", d_dtype, x, matmul)
     if under_transform(x, *weights, *biases):
         # torch.func / forward-mode AD: the registered op's autograd is not usable there
-        # (pytorch/pytorch#168393); the same math in PyTorch ops is, in every mode
-        from npht.reference.mlp import softplus_mlp_with_grad_explicit
+        # (pytorch/pytorch#168393)
+        # no fused forward-mode formula: the same math in PyTorch ops; likewise inside
+        # torch.compile, whose Dynamo (torch 2.13) binds the arguments of an autograd.Function
+        # whose forward takes *args wrongly (the Functions' *params)
+        if torch.compiler.is_compiling() or _backend.forward_mode(x, *weights, *biases):
+            from npht.reference.mlp import softplus_mlp_with_grad_explicit
 
-        return softplus_mlp_with_grad_explicit(x, weights, biases, float(beta), float(threshold))
-    y, g, _, _ = torch.ops.npht.softplus_mlp_grad(
-        x2, weights, biases, float(beta), float(threshold), needs_grad and not checkpoint,
-        int(chunk_size), backend, matmul, keep_gradient_pass, h_dtype, d_dtype,
-    )
+            return softplus_mlp_with_grad_explicit(x, weights, biases, float(beta), float(threshold))
+        # a tensor wrapped by vmap does not say whether a grad transform around it tracks it:
+        # save for the backward whenever grad mode is on
+        args = (float(beta), float(threshold), torch.is_grad_enabled() and not checkpoint, int(chunk_size), backend,
+                matmul, keep_gradient_pass, h_dtype, d_dtype)
+        y, g, *_ = _MlpGradFn.apply(x2, _backend.OpaqueArgs(args), *weights, *biases)
+    else:
+        y, g, _, _ = torch.ops.npht.softplus_mlp_grad(
+            x2, weights, biases, float(beta), float(threshold), needs_grad and not checkpoint,
+            int(chunk_size), backend, matmul, keep_gradient_pass, h_dtype, d_dtype,
+        )
     return y.reshape(lead), g.reshape(*lead, D0)

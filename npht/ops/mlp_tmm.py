@@ -1,6 +1,6 @@
 """The passes of the fused softplus-MLP gradient with Triton products (``matmul="triton"``
-of :func:`npht.softplus_mlp_with_grad`; the torch-product passes and the registered ops are
-in npht/ops/mlp.py, whose ``_forward_rows`` / ``_backward_rows`` these mirror). ``mm`` is
+of :func:`npht.softplus_mlp_with_grad`; the torch-product passes are in npht/ops/mlp_rows.py,
+whose ``forward_rows`` / ``backward_rows`` these mirror, the registered ops in npht/ops/mlp.py). ``mm`` is
 npht.kernels.mlp_mm, ``k`` the module of the backward's elementwise kernels.
 
 kernels/mlp_mm.py fuses the elementwise steps into the products' prologues and epilogues
@@ -20,7 +20,7 @@ import torch
 
 def forward_rows(x, weights, biases, beta, threshold, h_out=None, d_out=None, *, mm, h_dtype=None, d_dtype=None,
                  values=True):
-    """``_forward_rows`` with Triton products: ``h_l = s(h_{l-1}) W_l^T + b_l`` (the
+    """``mlp_rows.forward_rows`` with Triton products: ``h_l = s(h_{l-1}) W_l^T + b_l`` (the
     softplus in the product's prologue), ``d_{l-1} = (d_l s'(h_l)) W_l`` likewise. The
     pre-activations are stored in ``h_dtype``, the gradient pass' vectors ``d_l`` (not ``g``)
     in ``d_dtype`` (float16: computed in float32, rounded). ``values=False``: the
@@ -44,7 +44,7 @@ def forward_rows(x, weights, biases, beta, threshold, h_out=None, d_out=None, *,
 
 
 def backward_rows(gy, gg, x, weights, hs, ds, beta, threshold, gW, gb, need_x, *, k, mm, d_dtype=None):
-    """``_backward_rows`` with Triton products. Sweep up: the reverse pass' ``d_l`` (kept,
+    """``mlp_rows.backward_rows`` with Triton products. Sweep up: the reverse pass' ``d_l`` (kept,
     or recomputed by products with ``s'`` in their prologue), then per layer
     ``gW_l += (d_l s'(h_l))^T dbar`` (a reduction with the ``s'`` in its prologue) and one
     product ``ebar = dbar W_l^T`` whose epilogue gives ``dbar_l = ebar s'(h_l)`` and the

@@ -352,33 +352,6 @@ def _bwd2_vmap(info, in_dims, gg_planes, gg_points, grad_out, planes, points, ax
     return tuple(t for t, _ in outs), tuple(d for _, d in outs)
 
 
-def _forward_mode(*tensors) -> bool:
-    """Whether forward-mode AD is at work: a torch.func forward-mode transform (jvp, jacfwd)
-    encloses this call, or one of ``tensors`` is a dual tensor."""
-    if torch.compiler.is_compiling():
-        return False
-    if not torch._C._are_functorch_transforms_active():
-        unpack = torch.autograd.forward_ad.unpack_dual
-        return any(t is not None and unpack(t).tangent is not None for t in tensors)
-    try:
-        from torch._C._functorch import TransformType
-        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
-        return any(i.key() == TransformType.Jvp for i in retrieve_all_functorch_interpreters())
-    except (ImportError, AttributeError):  # private API: without it, torch's own error follows
-        return False
-
-
-class _Args:
-    """The ops' non-tensor arguments, held as one opaque object: functorch flattens tuples
-    and lists of an autograd.Function's inputs as pytrees, which the tangents of its
-    forward-mode rules would then not line up with."""
-
-    __slots__ = ("values",)
-
-    def __init__(self, values: tuple):
-        self.values = values
-
-
 def _contiguous(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return None if t is None else t.contiguous()
 
@@ -497,7 +470,7 @@ class _SampleBackwardFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gg_planes, gg_points):
         grad_out, planes, points = ctx.saved_tensors
-        if _forward_mode(gg_planes, gg_points, grad_out, planes, points):
+        if _backend.forward_mode(gg_planes, gg_points, grad_out, planes, points):
             raise NotImplementedError(_NOT_IMPLEMENTED)
         gg_planes = _usable(gg_planes) if ctx.made[0] else None
         gg_points = _usable(gg_points) if ctx.made[1] else None
@@ -579,11 +552,11 @@ class _SampleDoubleBackwardForwardModeFn(_SampleDoubleBackwardFn):
 def _backward_fn(*tensors):
     """The backward op's Function: with a jvp where forward mode is at work (forward over
     reverse), else without (torch.compile cannot trace a custom jvp)."""
-    return _SampleBackwardForwardModeFn if _forward_mode(*tensors) else _SampleBackwardFn
+    return _SampleBackwardForwardModeFn if _backend.forward_mode(*tensors) else _SampleBackwardFn
 
 
 def _double_backward_fn(*tensors):
-    return _SampleDoubleBackwardForwardModeFn if _forward_mode(*tensors) else _SampleDoubleBackwardFn
+    return _SampleDoubleBackwardForwardModeFn if _backend.forward_mode(*tensors) else _SampleDoubleBackwardFn
 
 
 # ---- public function -------------------------------------------------------------------
@@ -690,6 +663,6 @@ def triplane_sample(
     args = (axes, 2.0 / float(box_warp), _AGGREGATES[aggregate], _PADDINGS[padding_mode], bool(align_corners),
             backend)
     if _backend.under_transform(planes, points):  # torch.func or forward-mode AD: the autograd.Functions
-        fn = _SampleForwardModeFn if _forward_mode(planes, points) else _SampleFn
-        return fn.apply(planes_cl.contiguous(), points.contiguous(), _Args(args))
+        fn = _SampleForwardModeFn if _backend.forward_mode(planes, points) else _SampleFn
+        return fn.apply(planes_cl.contiguous(), points.contiguous(), _backend.OpaqueArgs(args))
     return torch.ops.npht.triplane_sample(planes_cl.contiguous(), points.contiguous(), *args)

@@ -1,7 +1,9 @@
 """npht.volume_composite and npht.softplus_mlp_with_grad under torch.func transforms and
-forward-mode AD: computed there by the same formulas in PyTorch ops (the registered ops'
-autograd is refused by functorch, pytorch/pytorch#168393, and drops forward-mode tangents
-without a word). Checked against the registered ops' plain autograd."""
+forward-mode AD (the registered ops' autograd is refused by functorch,
+pytorch/pytorch#168393, and drops forward-mode tangents without a word): reverse mode runs
+the fused ops through their autograd.Functions and vmap rules (tests/ops/test_composite_func.py
+and tests/ops/test_mlp_func.py check that path in depth), forward mode the same formulas in
+PyTorch ops. Checked against the registered ops' plain autograd."""
 
 import pytest
 import torch
@@ -11,6 +13,7 @@ import torch.func as tf
 import npht
 from _backends import close
 from npht.reference.mlp import softplus_mlp_with_grad_explicit
+from test_mlp_func import mlp_inputs
 
 DT = torch.float64
 
@@ -79,20 +82,9 @@ def test_composite_vmap_jacrev_and_forward_mode():
 # ---- the SDF decoder's value and gradient ----------------------------------------------
 
 
-def mlp_inputs(seed=0, M=9, D=5, width=8):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(M, D, dtype=DT, generator=gen) * 0.5
-    weights = [torch.randn(width, D, dtype=DT, generator=gen) * 0.4,
-               torch.randn(width, width, dtype=DT, generator=gen) * 0.3,
-               torch.randn(1, width, dtype=DT, generator=gen) * 0.3]
-    biases = [torch.randn(width, dtype=DT, generator=gen) * 0.5, torch.randn(width, dtype=DT, generator=gen) * 0.5,
-              torch.randn(1, dtype=DT, generator=gen)]
-    return x, weights, biases
-
-
 @pytest.mark.parametrize("beta", [10.0, 100.0])  # 100: some pre-activations on softplus' linear branch
 def test_mlp_eikonal_under_grad(beta):
-    x, weights, biases = mlp_inputs()
+    x, weights, biases = mlp_inputs("cpu")
 
     def loss(x, w0, w1, b0):
         y, g = npht.softplus_mlp_with_grad(x, [w0, w1, weights[2]], [b0, biases[1], biases[2]], beta=beta,
@@ -107,7 +99,7 @@ def test_mlp_eikonal_under_grad(beta):
 
 
 def test_mlp_vmap_and_forward_mode():
-    x, weights, biases = mlp_inputs(M=4)
+    x, weights, biases = mlp_inputs("cpu", M=4)
 
     def value(p):  # one point -> the scalar field
         return npht.softplus_mlp_with_grad(p, weights, biases, beta=10.0)[0]
@@ -129,7 +121,7 @@ def test_mlp_vmap_and_forward_mode():
 def test_explicit_gradient_matches_autograd():
     """The explicit reverse pass equals the autograd reference, value and gradient, and
     under a second derivative."""
-    x, weights, biases = mlp_inputs()
+    x, weights, biases = mlp_inputs("cpu")
     y, g = softplus_mlp_with_grad_explicit(x, weights, biases, 100.0, 20.0)
     y_ref, g_ref = npht.reference.softplus_mlp_with_grad(x, weights, biases, 100.0, 20.0)
     close(y, y_ref)
@@ -151,7 +143,7 @@ def test_gradcheck_forward_ad():
         return out.rendered, out.depth, out.opacity
 
     assert torch.autograd.gradcheck(comp, (sdf, z, beta, values), check_forward_ad=True)
-    x, weights, biases = mlp_inputs(M=3, D=3, width=4)
+    x, weights, biases = mlp_inputs("cpu", M=3, D=3, width=4)
     args = (x.requires_grad_(True), weights[0].requires_grad_(True))
     assert torch.autograd.gradcheck(
         lambda x, w0: npht.softplus_mlp_with_grad(x, [w0, *weights[1:]], biases, beta=10.0),

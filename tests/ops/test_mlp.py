@@ -130,13 +130,28 @@ def test_empty_input():
     assert weights[0].grad is not None and weights[0].grad.abs().sum() == 0
 
 
-def test_third_derivative_is_an_error():
-    weights, biases = make_mlp((3, 4, 1))
-    x = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
-    _, g = npht.softplus_mlp_with_grad(x, weights, biases)
-    (gx,) = torch.autograd.grad(g.square().sum(), x, create_graph=True)
-    with pytest.raises(NotImplementedError, match="differentiable once; a further derivative"):
-        torch.autograd.grad(gx.sum(), x)
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_third_derivative_matches_the_explicit_formula(backend):
+    """The fused backward's own derivative (the MLP's third; the vjp of the vjp of the
+    explicit formula, unfused): gradients of a loss on the gradients of an eikonal-style
+    loss match plain autograd through softplus_mlp_with_grad_explicit, in every input."""
+    from npht.reference.mlp import softplus_mlp_with_grad_explicit
+
+    weights, biases = make_mlp((3, 6, 6, 1), requires_grad=False)
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+    def third(fn):
+        leaves = [t.clone().requires_grad_() for t in (x, *weights, *biases)]
+        y, g = fn(leaves[0], leaves[1:4], leaves[4:])
+        first = torch.autograd.grad((g.norm(dim=-1) - 1).square().sum() + y.square().sum(), leaves,
+                                    create_graph=True)
+        return torch.autograd.grad(sum(t.square().sum() for t in first), leaves)
+
+    got = third(lambda a, W, B: npht.softplus_mlp_with_grad(a, W, B, beta=10.0, backend=backend))
+    want = third(lambda a, W, B: softplus_mlp_with_grad_explicit(a, W, B, 10.0, 20.0))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+        assert b.abs().sum() > 0
 
 
 def opcheck_mlp_ops(device, backend, matmul, h_dtype=torch.float32, d_dtype=torch.float32):

@@ -5,7 +5,6 @@ torch.library's autograd wrapper is refused by functorch (pytorch/pytorch#168393
 the op's own autograd.Functions every transform below would raise, and forward-mode AD
 would silently drop the tangent."""
 
-import warnings
 
 import pytest
 import torch
@@ -30,12 +29,8 @@ def inputs(device, dtype=torch.float64, B=2, N=7, C=3, H=5, W=4, seed=0):
     return planes, points
 
 
-@pytest.fixture(autouse=True)
-def _no_batched_fallback():
-    """vmap must use the ops' own batching rules, not functorch's per-sample loop."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*performance drop.*")
-        yield
+# vmap must use the ops' own batching rules, not functorch's per-sample loop (which warns)
+pytestmark = pytest.mark.filterwarnings("error:.*performance drop")
 
 
 @pytest.mark.parametrize("aggregate", ["sum", "mean", "concat"])
