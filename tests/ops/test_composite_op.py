@@ -198,16 +198,21 @@ def test_opaque_surface_depth(backend, device):
     assert abs(out.depth.item() - 1.5) < 5e-3
 
 
+def _tiny(packed, device, counts=(3, 0, 1, 4)):
+    """float64 (sdf, z, per-ray beta, values, offsets) of a few rays (packed: ``counts``
+    samples each) for the derivative checks."""
+    if packed:
+        sdf, z, v, off = _packed(list(counts), 2, torch.float64, device)
+    else:
+        (sdf, z, v), off = _rays(3, 4, 2, torch.float64, device), None
+    R = 3 if off is None else len(counts)
+    beta = torch.rand(R, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 0.3 + 0.2
+    return sdf, z, beta.to(device), v, off
+
+
 @pytest.mark.parametrize("packed", [False, True])
 def test_gradcheck_gradgradcheck(backend, device, packed):
-    torch.manual_seed(0)
-    if packed:
-        sdf, z, v, off = _packed([3, 0, 1, 4], 2, torch.float64, device)
-        R = 4
-    else:
-        sdf, z, v = _rays(3, 4, 2, torch.float64, device)
-        off, R = None, 3
-    beta = (torch.rand(R, dtype=torch.float64) * 0.3 + 0.2).to(device)
+    sdf, z, beta, v, off = _tiny(packed, device)
     ins = [t.clone().requires_grad_() for t in (sdf, z, beta, v)]
 
     def f(s, zz, b, vv):
@@ -222,13 +227,7 @@ def test_third_derivative_matches_reference(backend, device, packed):
     """The double backward (the reference's, by torch.func) is differentiable again: a third
     derivative through the op equals plain autograd's through the reference compositing
     (it was silently missing terms while the double backward detached its inputs)."""
-    if packed:
-        sdf, z, v, off = _packed([3, 0, 2, 4], 2, torch.float64, device)
-        R = 4
-    else:
-        sdf, z, v = _rays(3, 4, 2, torch.float64, device)
-        off, R = None, 3
-    beta = (torch.rand(R, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 0.3 + 0.2).to(device)
+    sdf, z, beta, v, off = _tiny(packed, device, counts=(3, 0, 2, 4))
 
     def third(fn):
         ins = [t.clone().requires_grad_() for t in (sdf, z, beta, v)]
