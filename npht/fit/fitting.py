@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -506,21 +507,18 @@ def fit_normal_maps(model: nn.Module, cameras, target_normals: torch.Tensor, mas
         data_total = 0.0
         if triplane:
             planes = model.planes(z)                      # [1, 3, C, R, R], generated once
-            planes_d = planes.detach().requires_grad_(True)
+            # a channels-last leaf: every tile's render samples it without a copy
+            planes_d = planes.detach().permute(0, 1, 3, 4, 2).contiguous().requires_grad_(True)
         for s in range(0, V, chunk):
             idx = list(range(s, min(s + chunk, V)))
             v = len(idx)
-            if triplane:
-                rep = planes_d.expand(v, *planes_d.shape[1:])
-                dec, kw = model.decoder, model.sample_kwargs
-
-                def sdf_fn(p, rep=rep, dec=dec, kw=kw):
-                    return dec.sdf(rep, p, **kw)
+            if triplane:  # the v views' points sampled together from the one set of planes
+                sdf_fn, sdf_and_gradient_fn = model.decoder.grouped(planes_d, v, channels_last=True,
+                                                                     **model.sample_kwargs)
                 render_v = renderer
                 if fused_gradient is not None:
-                    def grad_fn(p, rep=rep, dec=dec, kw=kw):
-                        return dec.sdf_and_gradient(rep, p, fused=True, **fused_gradient, **kw)
-                    render_v = replace(renderer, gradient_fn=grad_fn)
+                    render_v = replace(renderer, gradient_fn=partial(sdf_and_gradient_fn, fused=True,
+                                                                     **fused_gradient))
             else:
                 sdf_fn, render_v = model.sdf_fn(z.expand(v, -1)), renderer
             for (y, x, h, w) in tiles:
@@ -532,7 +530,7 @@ def fit_normal_maps(model: nn.Module, cameras, target_normals: torch.Tensor, mas
                 part.backward()
                 data_total += float(part.detach())
         if triplane:
-            planes.backward(planes_d.grad)
+            planes.backward(planes_d.grad.permute(0, 1, 4, 2, 3))
         reg = schedule.lambda_id_at(i) * _sq(z) / unit_id
         reg.backward()
         return None, dict(loss=data_total + float(reg.detach()), data=data_total, reg=float(reg.detach()))

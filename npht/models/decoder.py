@@ -53,6 +53,42 @@ class TriplaneDecoder(nn.Module):
         :func:`npht.triplane_sample`, thesis default: sum aggregation)."""
         return self(triplane_sample(planes, points, **sample_kwargs), points)
 
+    def grouped(self, planes: torch.Tensor, group: int, **sample_kwargs):
+        """``(sdf_fn, sdf_and_gradient_fn)`` of the shapes of ``planes [B, 3, C, H, W]`` for
+        points ``[B * group, n, 3]`` whose row ``b * group + g`` belongs to shape ``b`` (e.g.
+        the ``group`` cameras rendering each shape, as :func:`npht.render.render` calls its
+        SDF). A shape's rows are sampled together from its planes, put in the kernels'
+        channels-last layout once, here: not from ``planes.repeat_interleave(group, 0)``
+        (``group`` copies of the planes and of their gradient) nor with a layout copy per
+        call (the renderer calls the SDF once per sampler round and chunk). The values are
+        those of the repeated planes. ``sdf_and_gradient_fn(points, **options)`` takes
+        :meth:`sdf_and_gradient`'s options (``fused``, ``checkpoint``, ...)."""
+        if isinstance(group, bool) or not isinstance(group, int) or group < 1:
+            raise ValueError(f"group must be an int >= 1, got {group!r}")
+        if sample_kwargs.pop("channels_last", False):
+            planes_cl = planes
+        else:
+            if planes.dim() != 5:
+                raise ValueError(f"planes must be [B, 3, C, H, W], got shape {tuple(planes.shape)}")
+            planes_cl = planes.permute(0, 1, 3, 4, 2).contiguous()
+        kw = dict(sample_kwargs, channels_last=True)
+        B = planes_cl.shape[0]
+
+        def rows(points: torch.Tensor) -> torch.Tensor:
+            if points.dim() != 3 or points.shape[0] != B * group:
+                raise ValueError(f"points must be [B * group = {B * group}, n, 3] (row b * group + g: shape b), "
+                                 f"got {tuple(points.shape)}")
+            return points.reshape(B, group * points.shape[1], points.shape[2])
+
+        def sdf_fn(points: torch.Tensor) -> torch.Tensor:
+            return self.sdf(planes_cl, rows(points), **kw).reshape(points.shape[:2])
+
+        def sdf_and_gradient_fn(points: torch.Tensor, **options):
+            sdf, grad = self.sdf_and_gradient(planes_cl, rows(points), **options, **kw)
+            return sdf.reshape(points.shape[:2]), grad.reshape(points.shape)
+
+        return sdf_fn, sdf_and_gradient_fn
+
     @torch.no_grad()
     def geometric_init_(self, radius: float = 0.5, feature_std: float = 1e-2,
                         generator: Optional[torch.Generator] = None) -> "TriplaneDecoder":

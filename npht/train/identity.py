@@ -347,8 +347,7 @@ class IdentityTrainer(CheckpointedRun):
         cfg, dec, kw = self.cfg, self.model.decoder, self.model.sample_kwargs
         cam_idx = batch["camera_index"]                       # [B, V]
         B, V = cam_idx.shape
-        rep = planes.repeat_interleave(V, 0)                  # camera b*V+v sees identity b
-        cams = self.rig[cam_idx.reshape(-1).tolist()]
+        cams = self.rig[cam_idx.reshape(-1).tolist()]        # camera b*V+v sees identity b
         n, ne, nx = cfg.samples
         # under DDP the sampler's rounds stop when the rays of all ranks have converged, as
         # on the combined batch (all ranks render here at the same steps: a collective per round)
@@ -356,14 +355,11 @@ class IdentityTrainer(CheckpointedRun):
                                     skip_converged=cfg.skip_converged,
                                     reduce_unconverged=any_rank if self.world > 1 else None)
 
-        def sdf_fn(p):
-            return dec.sdf(rep, p, **kw)
-
+        sdf_fn, sdf_and_gradient_fn = dec.grouped(planes, V, **kw)  # identity b's V cameras sampled together
         if cfg.fused_gradient and not cfg.bf16:
             def grad_fn(p):
                 with self._precision():
-                    return dec.sdf_and_gradient(rep, p, fused=True, checkpoint=cfg.fused_checkpoint,
-                                                **cfg.fused_kwargs(), **kw)
+                    return sdf_and_gradient_fn(p, fused=True, checkpoint=cfg.fused_checkpoint, **cfg.fused_kwargs())
         elif cfg.tf32:  # the renderer's own autograd shading, in TF32
             def grad_fn(p):
                 with self._precision():

@@ -246,3 +246,36 @@ def test_sdf_and_gradient_under_torch_func(fused, backend):
     rows = torch.stack([torch.autograd.grad(g[0, j], q, retain_graph=True)[0] for j in range(3)])  # [3, 1, 7, 3]
     torch.testing.assert_close(hess[0], rows)
     assert hess.abs().sum() > 0
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_grouped_equals_repeated_planes(fused):
+    """decoder.grouped(planes, V): the rows of a shape's V cameras sampled together from its
+    planes equal each row sampled from planes.repeat_interleave(V, 0) (values, the points'
+    gradient, and the gradients of a loss on both to the planes and the decoder)."""
+    torch.manual_seed(0)
+    dec = TriplaneDecoder(feature_dim=4, hidden=16, num_layers=3).double()
+    planes = (torch.randn(2, 3, 4, 6, 5, dtype=torch.float64) * 0.5).requires_grad_()
+    points = torch.rand(2 * 3, 7, 3, dtype=torch.float64) * 1.6 - 0.8
+
+    def loss(sdf, grad):
+        return sdf.square().sum() + (grad.norm(dim=-1) - 1).square().sum()
+
+    sdf_fn, both_fn = dec.grouped(planes, 3)
+    s, g = both_fn(points, fused=fused)
+    assert s.shape == (6, 7) and g.shape == (6, 7, 3)
+    torch.testing.assert_close(sdf_fn(points), s)
+    got = torch.autograd.grad(loss(s, g), [planes, *dec.parameters()])
+    rep = planes.repeat_interleave(3, 0)
+    s0, g0 = dec.sdf_and_gradient(rep, points, fused=fused)
+    torch.testing.assert_close(s, s0)
+    torch.testing.assert_close(g, g0)
+    for a, b in zip(got, torch.autograd.grad(loss(s0, g0), [planes, *dec.parameters()])):
+        torch.testing.assert_close(a, b)
+    # channels-last planes as they are; bad rows and groups named
+    cl = planes.detach().permute(0, 1, 3, 4, 2).contiguous()
+    torch.testing.assert_close(dec.grouped(cl, 3, channels_last=True)[0](points), s.detach())
+    with pytest.raises(ValueError, match=r"points must be \[B \* group = 6, n, 3\]"):
+        sdf_fn(points[:5])
+    with pytest.raises(ValueError, match="group must be an int >= 1"):
+        dec.grouped(planes, 0)
