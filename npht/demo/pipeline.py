@@ -291,7 +291,7 @@ def _normal_map_fit(tp, gt, gt_renderer, cfg, device, seed: int, progress: bool)
     init = tp.codes.mean(0)
 
     def angle(code):
-        n, m = _model_maps(tp, code[None].expand(len(cams), -1), cams, device)   # view b sees code b
+        n, m = _model_maps(tp, code[None], cams, device, group=len(cams))   # every view sees the code
         both = m & mask
         cos = (n * target).sum(-1).clamp(-1, 1)[both]
         return math.degrees(float(torch.acos(cos).mean())) if cos.numel() else float("nan")
@@ -307,15 +307,15 @@ def _normal_map_fit(tp, gt, gt_renderer, cfg, device, seed: int, progress: bool)
     return rec, mesh
 
 
-def _model_maps(trained, codes: torch.Tensor, cameras, device):
+def _model_maps(trained, codes: torch.Tensor, cameras, device, group: int = 1):
     """npht renders (opengl normals, opacity mask) of ``codes [B, z]`` or indices ``[B]``,
-    shape b seen by camera b, with the error-bound sampler the model was trained with,
-    npht's sample-efficient shading and converged-ray skipping."""
+    shape b seen by cameras b * group .. (b + 1) * group - 1, with the error-bound sampler
+    the model was trained with, npht's sample-efficient shading and converged-ray skipping."""
     from ..render import render
 
     sampler = trained_sampler(trained)
     with torch.no_grad():
-        sdf_fn = trained.model.sdf_fn(codes.to(device))
+        sdf_fn = trained.model.sdf_fn(codes.to(device), group=group)
     out = render(sdf_fn, cameras.to(device), density=trained.density, convention="opengl", sampler=sampler,
                  weight_threshold=1e-6)
     return out.normals.detach(), out.opacity.detach() > 0.5

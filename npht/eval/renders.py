@@ -109,8 +109,7 @@ def render_identities(trained, codes: torch.Tensor, cameras, *, device="cpu", ra
     normals, masks = [], []
     with torch.no_grad():
         for code in tqdm(codes, desc="render", disable=not progress, leave=False):
-            batch = code.to(device)[None].expand(V, *code.shape)
-            out = renderer(trained.model.sdf_fn(batch), cams, None, convention=convention)
+            out = renderer(trained.model.sdf_fn(code.to(device)[None], group=V), cams, None, convention=convention)
             normals.append(out.normals.cpu())
             masks.append((out.opacity > 0.5).cpu())
     if not normals:

@@ -520,7 +520,7 @@ def fit_normal_maps(model: nn.Module, cameras, target_normals: torch.Tensor, mas
                     render_v = replace(renderer, gradient_fn=partial(sdf_and_gradient_fn, fused=True,
                                                                      **fused_gradient))
             else:
-                sdf_fn, render_v = model.sdf_fn(z.expand(v, -1)), renderer
+                sdf_fn, render_v = model.sdf_fn(z, group=v), renderer
             for (y, x, h, w) in tiles:
                 cams = crop(cams_r[idx], y, x, h, w) if (h, w) != (R, R) else cams_r[idx]
                 out = render_v(sdf_fn, cams, None, training=jitter, generator=gen, convention=convention)

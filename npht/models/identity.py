@@ -9,7 +9,7 @@ without the 2D objectives: a training configuration, not a model change.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 from torch import nn
@@ -82,16 +82,14 @@ class IdentityModel(nn.Module):
         self._check_points(points, planes.shape[0])
         return self.decoder.sdf(planes, points, **self.sample_kwargs)
 
-    def sdf_fn(self, identity: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """A callable ``points [B, n, 3] -> sdf [B, n]`` (shape b = identity b), as
-        :func:`npht.render.render` takes it. The planes are generated once, here, so the
-        renderer's many evaluations reuse them; gradients reach the generator and codes."""
+    def sdf_fn(self, identity: torch.Tensor, group: int = 1) -> Callable[[torch.Tensor], torch.Tensor]:
+        """A callable ``points [B * group, n, 3] -> sdf [B * group, n]`` (row b * group + g:
+        identity b, e.g. ``group`` cameras per identity), as :func:`npht.render.render` takes
+        it. The planes are generated once per identity, here, and put in the sampling
+        kernels' layout once (:meth:`TriplaneDecoder.grouped`), so the renderer's many
+        evaluations reuse them; gradients reach the generator and codes."""
         planes = self.planes(identity)
-        decoder, kwargs = self.decoder, self.sample_kwargs
-
-        def fn(points: torch.Tensor) -> torch.Tensor:
-            return decoder.sdf(planes, points, **kwargs)
-
+        fn = self.decoder.grouped(planes, group, **self.sample_kwargs)[0]
         fn.planes = planes
         return fn
 

@@ -52,9 +52,13 @@ class NPMBaseline(nn.Module):
         zx = z[:, None, :].expand(-1, points.shape[1], -1).to(dt)
         return self.mlp(torch.cat([zx, points.to(dt)], dim=-1)).squeeze(-1)
 
-    def sdf_fn(self, identity: torch.Tensor):
-        """``points [B, n, 3] -> sdf [B, n]`` for :func:`npht.render.render`."""
+    def sdf_fn(self, identity: torch.Tensor, group: int = 1):
+        """``points [B * group, n, 3] -> sdf [B * group, n]`` (row b * group + g: identity b)
+        for :func:`npht.render.render`."""
+        if isinstance(group, bool) or not isinstance(group, int) or group < 1:
+            raise ValueError(f"group must be an int >= 1, got {group!r}")
         z = self.latent(identity)
+        z = z.repeat_interleave(group, 0) if group > 1 else z
         return lambda points: self(points, z)
 
     def sdf_and_gradient(self, points: torch.Tensor, identity: torch.Tensor):

@@ -137,6 +137,23 @@ def test_identity_sdf_fn_drives_renderer_and_reaches_codes():
     assert (grad.abs().sum(dim=1) > 0).tolist() == [True, True]
 
 
+def test_sdf_fn_groups_cameras_per_identity():
+    """sdf_fn(identity, group=V): rows b*V .. b*V+V-1 belong to identity b; the same values as
+    the codes repeated V times (planes generated once per identity: the generator runs on B
+    codes, not B*V), for the tri-plane model and the NPM baseline."""
+    torch.manual_seed(0)
+    points = torch.rand(2 * 3, 5, 3) * 1.6 - 0.8
+    ids = torch.tensor([1, 0])
+    for model in (tiny_identity(num=2), NPMBaseline(2, z_dim=8, hidden=32, layers=8, skip=4)):
+        with torch.no_grad():
+            grouped = model.sdf_fn(ids, group=3)
+            torch.testing.assert_close(grouped(points), model.sdf_fn(ids.repeat_interleave(3))(points))
+        if hasattr(grouped, "planes"):
+            assert grouped.planes.shape[0] == 2
+        with pytest.raises(ValueError, match="group must be an int >= 1"):
+            model.sdf_fn(ids, group=0)
+
+
 def test_identity_accepts_codes_and_checks_args():
     model = tiny_identity()
     z = torch.randn(2, 8, requires_grad=True)
