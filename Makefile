@@ -7,7 +7,7 @@ NVCC ?= nvcc
 CUDA_ARCHS ?= 80 90
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: torch install install-test install-bench test demo bench cuda-check triton-check clean
+.PHONY: torch install install-test install-bench test demo bench cuda-check cuda-emu triton-check clean
 
 torch:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install "$(TORCH_SPEC)"
@@ -25,7 +25,7 @@ install-bench: install
 # the Triton tests triton-check's record phase ran and passed (GPU block sizes) are left out
 # of the main run: each runs once per `make test`
 TRITON_PASSED = build/triton-check-passed.txt
-test: install-test cuda-check triton-check
+test: install-test cuda-check cuda-emu triton-check
 	NPHT_DESELECT_PASSED=$(TRITON_PASSED) $(PYTHON) -m pytest -q tests
 
 # The main job: data, training (TP, TP_3D, NPM, expression), 256^2 renders, fitting, meshes,
@@ -61,6 +61,15 @@ cuda-check:
 		$(NVCC) -x c++ -std=c++17 -c -Xcompiler -fsyntax-only,-Wall,-Werror,-Wno-c++20-extensions \
 			-I$$stub $$tinc -Icsrc/include -Icsrc -DNPHT_WITH_CUDA $$cpp -o /dev/null; \
 	done
+
+# Run csrc's CUDA kernels and their torch glue without a GPU: tools/cuda_emu builds them with
+# the host compiler for CPU tensors (warps as fibers, real shuffles and atomics), and the op
+# tests of the cpu backend run with the CPU kernels replaced by them (sm_90 code; sm_80 for
+# the kernels that differ). tests/test_cuda_emu.py tests the emulator itself.
+cuda-emu: install-test
+	$(PYTHON) tools/cuda_emu/build.py
+	NPHT_CUDA_EMU=900 $(PYTHON) -m pytest -q -p no:cacheprovider tests/ops -k "not triton"
+	NPHT_CUDA_EMU=800 $(PYTHON) -m pytest -q -p no:cacheprovider tests/ops/test_triplane.py tests/ops/test_triplane_autograd.py -k cpu
 
 # Compile every Triton kernel for sm_80 and sm_90 without a GPU: the Triton tests run under
 # the interpreter with the GPU's block sizes, recording each launch, then triton.compile

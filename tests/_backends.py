@@ -12,6 +12,9 @@ import npht
 
 IN_CI = bool(os.environ.get("CI"))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The name the cpu backend's compiled kernels give themselves in error messages: "cuda" when
+# NPHT_CUDA_EMU makes them csrc's CUDA kernels under the emulator (tests/conftest.py).
+CPU_KERNELS = "cuda" if os.environ.get("NPHT_CUDA_EMU") else "cpu"
 
 
 def load_script(folder: str, name: str):

@@ -35,6 +35,17 @@ def device(backend):
     return backend_device(backend)
 
 
+if os.environ.get("NPHT_CUDA_EMU"):
+    # NPHT_CUDA_EMU=900 (or 800): the whole run's CPU kernels are csrc's CUDA kernels under the
+    # emulator of tools/cuda_emu (sm_90 / sm_80 code), so the cpu-backend tests test those.
+    from _backends import load_script as _load_script
+
+    _emu_build = _load_script("tools/cuda_emu", "build")
+    _EMU = _emu_build.load()
+    _emu_ctx = _emu_build.cpu_kernels_replaced(_EMU, int(os.environ["NPHT_CUDA_EMU"]))
+    _emu_ctx.__enter__()
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
@@ -63,6 +74,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_terminal_summary(terminalreporter):
+    if os.environ.get("NPHT_CUDA_EMU"):
+        launches, threads = _EMU.stats()
+        terminalreporter.write_line(f"NPHT_CUDA_EMU: the CPU kernels were the emulated CUDA kernels (sm_"
+                                    f"{int(os.environ['NPHT_CUDA_EMU']) // 10}): {launches} launches, "
+                                    f"{threads} threads")
     path = os.environ.get("NPHT_DESELECT_PASSED")
     if path:
         n = len(_LEFT_OUT)

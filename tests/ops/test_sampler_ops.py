@@ -26,7 +26,7 @@ from npht.ops import sampler as ops
 from npht.reference import sampler as ref
 from npht.render import ErrorBoundSampler, fibonacci_cameras, generate_rays, ray_sphere_bounds
 
-from _backends import require_backend
+from _backends import CPU_KERNELS, require_backend
 
 # the Triton interpreter (numpy) warns where exp overflows to inf, which the math clamps
 pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
@@ -314,7 +314,7 @@ def test_raw_kernel_errors():
     require_backend("cpu")
     C = torch.ops.npht_C
     z, sdf, beta, u = _args()
-    with pytest.raises(RuntimeError, match=r"npht_C \(cpu\): sdf must have the shape of z"):
+    with pytest.raises(RuntimeError, match=rf"npht_C \({CPU_KERNELS}\): sdf must have the shape of z"):
         C.eb_bisect_beta(z, sdf[:, :4].contiguous(), BETA0, beta, EPS, 3)
     with pytest.raises(RuntimeError, match="beta_hi must have the dtype of z"):
         C.eb_bisect_beta(z, sdf, BETA0, beta.float(), EPS, 3)

@@ -1,0 +1,74 @@
+// Kernels that test npht's CUDA emulator itself (tests/test_cuda_emu.py): the CUDA semantics
+// it claims (thread / block indices, shuffles, atomics, launch limits) on known answers, and
+// the errors it must raise. Compiled by build.py like csrc's kernels (launches rewritten).
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "selftest_cuda.h"
+
+namespace npht_selftest {
+namespace {
+
+// out[t] = the value of the lane that __shfl_*_sync(mode) reads for thread t.
+__global__ void shfl_kernel(const float* in, float* out, int mode, int arg, int width) {
+  const int t = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  const float v = in[t];
+  float r = 0.f;
+  if (mode == 0) r = __shfl_xor_sync(0xffffffffu, v, arg, width);
+  if (mode == 1) r = __shfl_down_sync(0xffffffffu, v, static_cast<unsigned>(arg), width);
+  if (mode == 2) r = __shfl_up_sync(0xffffffffu, v, static_cast<unsigned>(arg), width);
+  if (mode == 3) r = __shfl_sync(0xffffffffu, v, arg, width);
+  out[t] = r;
+}
+
+// Sum over the warp by xor shuffles after threads t >= n returned: undefined on a GPU when
+// a warp is partly exited, an error in the emulator.
+__global__ void early_exit_kernel(float* out, int n) {
+  const int t = static_cast<int>(blockIdx.x * blockDim.x + threadIdx.x);
+  if (t >= n) return;
+  float v = 1.f;
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  out[t] = v;
+}
+
+// Each thread writes its indices: out[linear thread id] = (tx, ty, tz, bx, by, bz).
+__global__ void index_kernel(float* out) {
+  const int64_t block = (static_cast<int64_t>(blockIdx.z) * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x;
+  const int64_t thread = (static_cast<int64_t>(threadIdx.z) * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
+  float* o = out + 6 * (block * blockDim.x * blockDim.y * blockDim.z + thread);
+  o[0] = threadIdx.x, o[1] = threadIdx.y, o[2] = threadIdx.z;
+  o[3] = blockIdx.x, o[4] = blockIdx.y, o[5] = blockIdx.z;
+}
+
+// A grid-stride loop adding 1 to counts[i] for every i < n, by atomics (float and double).
+__global__ void visit_kernel(float* counts, double* total, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    atomicAdd(counts + i, 1.f);
+    atomicAdd(total, 1.0);
+  }
+}
+
+}  // namespace
+
+cudaError_t shfl_cuda(const float* in, float* out, int n, int mode, int arg, int width) {
+  shfl_kernel<<<n / 32, 32, 0, nullptr>>>(in, out, mode, arg, width);
+  return cudaGetLastError();
+}
+
+cudaError_t early_exit_cuda(float* out, int n, int threads) {
+  early_exit_kernel<<<1, threads, 0, nullptr>>>(out, n);
+  return cudaGetLastError();
+}
+
+cudaError_t index_cuda(float* out, const unsigned* grid, const unsigned* block) {
+  index_kernel<<<dim3(grid[0], grid[1], grid[2]), dim3(block[0], block[1], block[2]), 0, nullptr>>>(out);
+  return cudaGetLastError();
+}
+
+cudaError_t visit_cuda(float* counts, double* total, int64_t n, unsigned blocks, unsigned threads) {
+  visit_kernel<<<blocks, threads, 0, nullptr>>>(counts, total, n);
+  return cudaGetLastError();
+}
+
+}  // namespace npht_selftest
