@@ -64,12 +64,15 @@ cuda-check:
 
 # Run csrc's CUDA kernels and their torch glue without a GPU: tools/cuda_emu builds them with
 # the host compiler for CPU tensors (warps as fibers, real shuffles and atomics), and the op
-# tests of the cpu backend run with the CPU kernels replaced by them (sm_90 code; sm_80 for
-# the kernels that differ). tests/test_cuda_emu.py tests the emulator itself.
+# tests of the cpu backend run with the CPU kernels replaced by them: sm_90 code, then sm_80
+# code with blocks, warps and lanes in reverse order (races give other values).
+# tests/test_cuda_emu.py tests the emulator itself.
 cuda-emu: install-test
 	$(PYTHON) tools/cuda_emu/build.py
 	NPHT_CUDA_EMU=900 $(PYTHON) -m pytest -q -p no:cacheprovider tests/ops -k "not triton"
-	NPHT_CUDA_EMU=800 $(PYTHON) -m pytest -q -p no:cacheprovider tests/ops/test_triplane.py tests/ops/test_triplane_autograd.py -k cpu
+	NPHT_CUDA_EMU=800 NPHT_CUDA_EMU_ORDER=reverse $(PYTHON) -m pytest -q -p no:cacheprovider \
+		tests/ops/test_triplane.py tests/ops/test_triplane_autograd.py tests/ops/test_composite_op.py \
+		tests/ops/test_sampler_ops.py tests/ops/test_mlp.py -k "not triton"
 
 # Compile every Triton kernel for sm_80 and sm_90 without a GPU: the Triton tests run under
 # the interpreter with the GPU's block sizes, recording each launch, then triton.compile

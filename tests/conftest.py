@@ -37,11 +37,12 @@ def device(backend):
 
 if os.environ.get("NPHT_CUDA_EMU"):
     # NPHT_CUDA_EMU=900 (or 800): the whole run's CPU kernels are csrc's CUDA kernels under the
-    # emulator of tools/cuda_emu (sm_90 / sm_80 code), so the cpu-backend tests test those.
+    # emulator of tools/cuda_emu (sm_90 / sm_80 code), so the cpu-backend tests test those
+    # (NPHT_CUDA_EMU_ASAN=1: its AddressSanitizer build; tools/cuda_emu/build.py --asan-pytest).
     from _backends import load_script as _load_script
 
     _emu_build = _load_script("tools/cuda_emu", "build")
-    _EMU = _emu_build.load()
+    _EMU = _emu_build.load(asan=bool(os.environ.get("NPHT_CUDA_EMU_ASAN")))
     _emu_ctx = _emu_build.cpu_kernels_replaced(_EMU, int(os.environ["NPHT_CUDA_EMU"]))
     _emu_ctx.__enter__()
 

@@ -5,6 +5,8 @@ for a shuffle that exited lanes do not reach), its launch rewriting, and that re
 CPU kernels really routes npht's ops through the emulated CUDA kernels and back.
 `make cuda-emu` (part of `make test`) then runs the ops' cpu-backend tests on them."""
 
+import os
+
 import pytest
 import torch
 
@@ -13,6 +15,8 @@ import npht
 from _backends import load_script
 
 build = load_script("tools/cuda_emu", "build")
+pytestmark = pytest.mark.skipif(bool(os.environ.get("NPHT_CUDA_EMU")),
+                                reason="compares the emulator with the CPU kernels, which NPHT_CUDA_EMU replaces")
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +77,16 @@ def test_grid_stride_loop_with_atomics(emu):
     counts, total = emu.selftest_visit(1000, 3, 64)  # 192 threads, each visiting ~5 indices
     assert counts.tolist() == [1.0] * 1000
     assert total.item() == 1000.0
+
+
+@pytest.mark.parametrize("order", ["forward", "reverse"])
+def test_execution_order(emu, monkeypatch, order):
+    """Threads run block by block, warp by warp, lane by lane; NPHT_CUDA_EMU_ORDER=reverse
+    reverses all three (make cuda-emu's sm_80 pass runs so: a race shows as other values)."""
+    monkeypatch.setenv("NPHT_CUDA_EMU_ORDER", order)
+    seq = emu.selftest_order(3, 64)
+    expected = torch.arange(192, dtype=torch.float64)
+    assert torch.equal(seq, expected if order == "forward" else expected.flip(0))
 
 
 def test_launch_rewriting():

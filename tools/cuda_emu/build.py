@@ -14,7 +14,9 @@ sm_80 (their functions prefixed `sm80_`). The glue `csrc/**/*_cuda.cpp` is compi
 unchanged against the stand-in headers of include/.
 
 Command line: `python tools/cuda_emu/build.py` builds (ninja, incremental) and prints the
-functions.
+functions; `python tools/cuda_emu/build.py --asan-pytest tests/ops -k "not triton"` runs
+pytest on the AddressSanitizer build (out-of-bounds accesses of the kernels and glue abort
+with a report).
 """
 
 from __future__ import annotations
@@ -83,23 +85,49 @@ def sources(build_dir: Path) -> list[str]:
     return units
 
 
-def load(verbose: bool = False, build_dir: str | os.PathLike | None = None):
-    """Build (incrementally) and import the emulator module."""
+def load(verbose: bool = False, build_dir: str | os.PathLike | None = None, asan: bool = False):
+    """Build (incrementally) and import the emulator module. ``asan``: the kernels and glue
+    instrumented by AddressSanitizer (out-of-bounds reads and writes of the tensors, which
+    torch allocates with malloc, are reported and abort); the process must have started
+    with libasan preloaded (see ``asan_environment``)."""
     from torch.utils.cpp_extension import load as load_extension
 
-    bdir = Path(build_dir) if build_dir else ROOT / "build" / "cuda_emu"
+    name = "npht_cuda_emu" + ("_asan" if asan else "")
+    bdir = Path(build_dir) if build_dir else ROOT / "build" / name
     bdir.mkdir(parents=True, exist_ok=True)
+    sanitize = ["-fsanitize=address", "-fno-omit-frame-pointer"] if asan else []
     return load_extension(
-        name="npht_cuda_emu",
+        name=name,
         sources=sources(bdir),
         extra_include_paths=[str(HERE / "include"), str(ROOT / "csrc" / "include"), str(ROOT / "csrc"),
                              str(HERE / "selftest")],
-        extra_cflags=["-O1", "-g0", "-std=c++17", "-ffp-contract=off", "-Wno-unknown-pragmas", "-pthread"],
-        extra_ldflags=["-pthread"],
+        extra_cflags=["-O1", "-g0", "-std=c++17", "-ffp-contract=off", "-Wno-unknown-pragmas", "-pthread"] + sanitize,
+        extra_ldflags=["-pthread"] + sanitize,
         build_directory=str(bdir),
         with_cuda=False,
         verbose=verbose,
     )
+
+
+def asan_environment(env: dict | None = None) -> dict:
+    """``env`` (default os.environ) plus what a Python process needs to load the ``asan``
+    module: libasan preloaded, leak checks off (Python's own allocations are not freed at
+    exit), and the kernels' own errors only."""
+    import subprocess
+
+    def runtime(name):
+        path = subprocess.run(["c++", f"-print-file-name={name}"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        if not os.path.isabs(path):
+            raise RuntimeError(f"the C++ compiler has no {name} (install its AddressSanitizer runtime)")
+        return os.path.realpath(path)
+
+    env = dict(os.environ if env is None else env)
+    # libstdc++ right after libasan: ASan finds the real __cxa_throw when it starts (else the
+    # first C++ exception, e.g. a TORCH_CHECK, aborts in its interceptor)
+    env["LD_PRELOAD"] = " ".join(filter(None, [runtime("libasan.so"), runtime("libstdc++.so"), env.get("LD_PRELOAD")]))
+    env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=0:halt_on_error=1"
+    return env
 
 
 def emulated_ops(module, arch: int = MAIN_ARCH) -> dict:
@@ -153,6 +181,16 @@ def cpu_kernels_replaced(module, arch: int = MAIN_ARCH):
 
 
 if __name__ == "__main__":
-    module = load(verbose="-v" in sys.argv)
+    if sys.argv[1:2] == ["--asan-pytest"]:
+        # python tools/cuda_emu/build.py --asan-pytest tests/ops -k "not triton": pytest with the
+        # cpu backend's kernels replaced by the AddressSanitizer build of the emulated CUDA ones
+        # (built and imported by tests/conftest.py, in the process that has libasan preloaded)
+        env = asan_environment()
+        env.setdefault("NPHT_CUDA_EMU", str(MAIN_ARCH))
+        env["NPHT_CUDA_EMU_ASAN"] = "1"
+        os.execvpe(sys.executable, [sys.executable, "-m", "pytest", *sys.argv[2:]], env)
+    if "--asan" in sys.argv and "asan" not in os.environ.get("LD_PRELOAD", ""):
+        os.execvpe(sys.executable, [sys.executable, *sys.argv], asan_environment())
+    module = load(verbose="-v" in sys.argv, asan="--asan" in sys.argv)
     print(module.__file__)
     print(" ".join(sorted(n for n in dir(module) if not n.startswith("_"))))

@@ -3,7 +3,7 @@
 // each runs until it finishes or reaches a warp-synchronous operation (__shfl_*_sync,
 // __syncwarp), which releases once every lane of the warp has reached it and then exchanges
 // the values as on a GPU. Warps and blocks run one after the other, lanes in lane order
-// (deterministic). Atomics are atomics; half / bfloat16 are c10's types (same bits,
+// (deterministic; NPHT_CUDA_EMU_ORDER=reverse reverses blocks, warps and lanes). Atomics are atomics; half / bfloat16 are c10's types (same bits,
 // round-to-nearest-even conversions); `__CUDA_ARCH__` is whatever the translation unit
 // defines after including this header (tools/cuda_emu/build.py: 900, and 800).
 //
@@ -12,10 +12,10 @@
 // output allocation), warp shuffles (a full-mask shuffle that an exited lane of the warp does
 // not reach is an error here, undefined behaviour on a GPU), the accumulation by atomics.
 // What it does not: timing, memory coalescing, nvcc's code generation and fast-math
-// intrinsics, out-of-bounds accesses (host memory does not fault where a GPU's would),
-// races between threads (lanes switch only at warp-synchronous operations, warps never
+// intrinsics, races between threads (lanes switch only at warp-synchronous operations, warps never
 // overlap), shared memory and __syncthreads (csrc's kernels use neither; a kernel that does
-// fails to compile here).
+// fails to compile here). Out-of-bounds accesses: with build.py's AddressSanitizer build
+// (`build.py --asan-pytest ...`), reads and writes past a tensor abort with a report.
 #pragma once
 
 #include <math.h>
@@ -172,6 +172,14 @@ struct Warp {
   }
 };
 
+// NPHT_CUDA_EMU_ORDER=reverse: blocks, the warps of a block and the lanes of a warp run in
+// reverse order (a kernel whose results depend on the order of its threads beyond float
+// rounding -- a race -- then gives other values).
+inline bool reversed_order() {
+  const char* v = getenv("NPHT_CUDA_EMU_ORDER");
+  return v && strcmp(v, "reverse") == 0;
+}
+
 inline thread_local Warp* this_warp = nullptr;
 inline thread_local int this_lane = 0;
 
@@ -206,7 +214,8 @@ inline std::string run_warp(Warp& w, const std::function<void()>& body) {
   const uint3 outer_idx = threadIdx;
   this_warp = &w;
   for (;;) {
-    for (int l = 0; l < w.lanes && w.error.empty(); ++l) {
+    for (int i = 0; i < w.lanes && w.error.empty(); ++i) {
+      const int l = reversed_order() ? w.lanes - 1 - i : i;
       if (w.done[l] || w.waiting[l]) continue;
       this_lane = l;
       threadIdx = w.idx[l];
@@ -329,11 +338,14 @@ struct Launch {
     ++stats().launches;
     stats().threads += nthreads * grid.x * grid.y * grid.z;
     std::string failure;
-    for (unsigned bz = 0; bz < grid.z && failure.empty(); ++bz)
-      for (unsigned by = 0; by < grid.y && failure.empty(); ++by)
-        for (unsigned bx = 0; bx < grid.x && failure.empty(); ++bx)
-          for (uint64_t w0 = 0; w0 < nthreads && failure.empty(); w0 += 32)
-            failure = run_warp(uint3{bx, by, bz}, w0, nthreads, args...);
+    const bool rev = reversed_order();
+    const uint64_t nblocks = uint64_t(grid.x) * grid.y * grid.z, nwarps = (nthreads + 31) / 32;
+    for (uint64_t i = 0; i < nblocks && failure.empty(); ++i) {
+      const uint64_t blk = rev ? nblocks - 1 - i : i;
+      const uint3 b{unsigned(blk % grid.x), unsigned(blk / grid.x % grid.y), unsigned(blk / (uint64_t(grid.x) * grid.y))};
+      for (uint64_t j = 0; j < nwarps && failure.empty(); ++j)
+        failure = run_warp(b, 32 * (rev ? nwarps - 1 - j : j), nthreads, args...);
+    }
     if (!failure.empty()) throw std::runtime_error("npht cuda emulator: kernel failed: " + failure);
   }
 

@@ -45,6 +45,13 @@ std::tuple<at::Tensor, at::Tensor> selftest_visit(int64_t n, int64_t blocks, int
   return {counts, total};
 }
 
+at::Tensor selftest_order(int64_t blocks, int64_t threads) {
+  at::Tensor seq = at::full({blocks * threads}, -1.0, at::kDouble), counter = at::zeros({1}, at::kDouble);
+  check(npht_selftest::order_cuda(seq.data_ptr<double>(), counter.data_ptr<double>(), static_cast<unsigned>(blocks),
+                                  static_cast<unsigned>(threads)));
+  return seq;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(npht_emu_selftest, CUDA, m) {
@@ -52,4 +59,5 @@ TORCH_LIBRARY_IMPL(npht_emu_selftest, CUDA, m) {
   m.impl("selftest_early_exit", &selftest_early_exit);
   m.impl("selftest_index", &selftest_index);
   m.impl("selftest_visit", &selftest_visit);
+  m.impl("selftest_order", &selftest_order);
 }

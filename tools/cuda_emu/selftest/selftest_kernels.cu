@@ -49,7 +49,17 @@ __global__ void visit_kernel(float* counts, double* total, int64_t n) {
   }
 }
 
+// seq[thread] = the order in which the threads ran (an atomic counter's old value).
+__global__ void order_kernel(double* seq, double* counter) {
+  seq[blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x] = atomicAdd(counter, 1.0);
+}
+
 }  // namespace
+
+cudaError_t order_cuda(double* seq, double* counter, unsigned blocks, unsigned threads) {
+  order_kernel<<<blocks, threads, 0, nullptr>>>(seq, counter);
+  return cudaGetLastError();
+}
 
 cudaError_t shfl_cuda(const float* in, float* out, int n, int mode, int arg, int width) {
   shfl_kernel<<<n / 32, 32, 0, nullptr>>>(in, out, mode, arg, width);
