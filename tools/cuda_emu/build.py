@@ -1,9 +1,11 @@
 """Build npht's CUDA emulator: csrc's CUDA kernels and their torch glue, compiled by the host
 compiler for CPU tensors (see include/cuda_runtime.h for what it checks and what it cannot).
 
-    from tools.cuda_emu.build import load
-    emu = load()                       # a module: emu.triplane_fwd(...), emu.sm80_triplane_fwd(...)
+    build = load_script("tools/cuda_emu", "build")  # tests/_backends.py: tools/ is no package
+    emu = build.load()                 # a module: emu.triplane_fwd(...), emu.sm80_triplane_fwd(...)
     emu.composite_fwd(sdf, z, beta, None, None, 0.0)   # the CUDA op's contract, on CPU tensors
+    with build.cpu_kernels_replaced(emu):              # npht's cpu backend runs the CUDA kernels
+        npht.triplane_sample(planes, points, backend="cpu")
 
 Every `csrc/**/*_kernels.cu` is copied to the build folder with its launches
 `kernel<<<grid, block, shmem, stream>>>(args)` rewritten to
