@@ -323,23 +323,29 @@ def test_build_info():
     assert info["cpu"] is True, info.get("compiled_error")
 
 
-def test_cpu_gradients_do_not_depend_on_the_thread_count():
+@pytest.mark.parametrize("C", [8, 33])
+def test_cpu_gradients_do_not_depend_on_the_thread_count(C):
     """The CPU backward fuses both gradients into one pass per plane when there are at
-    least as many planes (B * 3) as threads, and runs two passes otherwise: same
-    operations in the same order, so bitwise the same gradients."""
+    least as many planes (B * 3) as threads, and runs two passes otherwise (the double
+    backward's plane scatter: one task per plane whatever the threads): same operations
+    in the same order, so bitwise the same gradients."""
     gen = torch.Generator().manual_seed(0)
-    P = torch.randn(1, 3, 8, 17, 13, generator=gen).requires_grad_()
+    P = torch.randn(1, 3, C, 17, 13, generator=gen).requires_grad_()
     X = ((torch.rand(1, 5000, 3, generator=gen) * 2.2 - 1.1)).requires_grad_()
-    go = torch.randn(1, 5000, 8, generator=gen)
+    go = torch.randn(1, 5000, C, generator=gen)
+    gg = torch.randn(1, 5000, 3, generator=gen)
     threads = torch.get_num_threads()
     got = []
     try:
-        for n in (1, 4):  # 3 planes >= 1 thread: fused; 3 < 4: two passes
+        for n in (1, 4, 7):  # 3 planes >= 1 thread: fused; 3 < 4, 7: two passes
             torch.set_num_threads(n)
-            got.append(torch.autograd.grad(npht.triplane_sample(P, X, backend="cpu"), (P, X), go))
+            g_planes, g_points = torch.autograd.grad(npht.triplane_sample(P, X, backend="cpu"), (P, X), go,
+                                                     create_graph=True)
+            got.append((g_planes, g_points) + torch.autograd.grad(g_points, (P, X), gg))
     finally:
         torch.set_num_threads(threads)
-    assert all(torch.equal(a, b) for a, b in zip(*got))
+    for other in got[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(got[0], other))
 
 
 def test_triton_block_override(monkeypatch):
