@@ -63,9 +63,10 @@ cuda-check:
 	done
 
 # Run csrc's CUDA kernels and their torch glue without a GPU: tools/cuda_emu builds them with
-# the host compiler for CPU tensors (warps as fibers, real shuffles and atomics), and the op
-# tests of the cpu backend run with the CPU kernels replaced by them: sm_90 code, then sm_80
-# code with blocks, warps and lanes in reverse order (races give other values).
+# the host compiler for CPU tensors (a block's threads as fibers: shuffles, __syncthreads,
+# atomics), and the op tests of the cpu backend run with the CPU kernels replaced by them:
+# sm_90 code, then sm_80 code with blocks and threads in reverse order (order dependence
+# gives other values).
 # tests/test_cuda_emu.py tests the emulator itself.
 cuda-emu: install-test
 	$(PYTHON) tools/cuda_emu/build.py

@@ -1,7 +1,8 @@
 """npht's CUDA emulator (tools/cuda_emu): csrc's CUDA kernels and their torch glue built by
 the host compiler for CPU tensors. Here: the emulator's own semantics on known answers (warp
-shuffles, thread and block indices, grid-stride loops with atomics, launch limits, the error
-for a shuffle that exited lanes do not reach), its launch rewriting, and that replacing the
+shuffles, __syncthreads with shared memory, thread and block indices, grid-stride loops with
+atomics, launch limits, execution order, the errors for a shuffle or __syncthreads that
+exited threads do not reach), its launch rewriting, and that replacing the
 CPU kernels really routes npht's ops through the emulated CUDA kernels and back.
 `make cuda-emu` (part of `make test`) then runs the ops' cpu-backend tests on them."""
 
@@ -56,6 +57,18 @@ def test_shuffle_after_exited_lanes_is_an_error(emu):
         emu.selftest_early_exit(56, 64)
 
 
+@pytest.mark.parametrize("threads", [1, 32, 256, 1024])
+def test_syncthreads_and_shared_memory(emu, threads):
+    x = torch.randint(-50, 50, (3 * threads,)).float()  # small integers: exact float sums
+    assert emu.selftest_block_sum(x, threads).tolist() == x.view(3, threads).sum(1).tolist()
+
+
+def test_syncthreads_after_exited_threads_is_an_error(emu):
+    assert emu.selftest_early_sync(64, 64).tolist() == [1.0] * 64
+    with pytest.raises(RuntimeError, match=r"__syncthreads reached by 40 of the block's 64 threads \(24 had exited\)"):
+        emu.selftest_early_sync(40, 64)
+
+
 @pytest.mark.parametrize(("grid", "block"), [((3, 2, 2), (4, 3, 2)), ((5, 1, 1), (33, 1, 1)), ((1, 1, 1), (1024, 1, 1))])
 def test_thread_and_block_indices(emu, grid, block):
     got = emu.selftest_index(list(grid), list(block))
@@ -81,8 +94,9 @@ def test_grid_stride_loop_with_atomics(emu):
 
 @pytest.mark.parametrize("order", ["forward", "reverse"])
 def test_execution_order(emu, monkeypatch, order):
-    """Threads run block by block, warp by warp, lane by lane; NPHT_CUDA_EMU_ORDER=reverse
-    reverses all three (make cuda-emu's sm_80 pass runs so: a race shows as other values)."""
+    """Blocks run one after the other, the threads of a block in thread order;
+    NPHT_CUDA_EMU_ORDER=reverse reverses both (make cuda-emu's sm_80 pass runs so: a kernel
+    depending on its threads' order beyond float rounding shows other values)."""
     monkeypatch.setenv("NPHT_CUDA_EMU_ORDER", order)
     seq = emu.selftest_order(3, 64)
     expected = torch.arange(192, dtype=torch.float64)

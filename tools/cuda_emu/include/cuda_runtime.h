@@ -1,20 +1,23 @@
 // npht's CUDA emulator (tools/cuda_emu): the part of the CUDA runtime and device language
-// that csrc's kernels use, on the host. The lanes of a warp are fibers on the calling thread:
-// each runs until it finishes or reaches a warp-synchronous operation (__shfl_*_sync,
-// __syncwarp), which releases once every lane of the warp has reached it and then exchanges
-// the values as on a GPU. Warps and blocks run one after the other, lanes in lane order
-// (deterministic; NPHT_CUDA_EMU_ORDER=reverse reverses blocks, warps and lanes). Atomics are atomics; half / bfloat16 are c10's types (same bits,
+// that csrc's kernels use, on the host. The threads of a block are fibers on the calling
+// thread: each runs until it finishes or reaches a barrier -- a warp-synchronous operation
+// (__shfl_*_sync, __syncwarp) or __syncthreads -- which releases once every thread it names
+// has reached it (shuffles then exchange the values as on a GPU). Blocks run one after the
+// other, threads resume in thread order (deterministic; NPHT_CUDA_EMU_ORDER=reverse reverses
+// blocks and threads). Atomics are atomics; __shared__ variables are shared by a block's
+// threads (static; no dynamic shared memory); half / bfloat16 are c10's types (same bits,
 // round-to-nearest-even conversions); `__CUDA_ARCH__` is whatever the translation unit
 // defines after including this header (tools/cuda_emu/build.py: 900, and 800).
 //
 // What it checks: thread and block index arithmetic, grid-stride loops, launch
 // configurations (the limits of a real launch), the torch glue (argument marshalling,
-// output allocation), warp shuffles (a full-mask shuffle that an exited lane of the warp does
-// not reach is an error here, undefined behaviour on a GPU), the accumulation by atomics.
+// output allocation), barriers (a full-mask shuffle or a __syncthreads that some threads
+// never reach -- exited, or waiting at another barrier -- is an error here, undefined
+// behaviour or a hang on a GPU), the accumulation by atomics.
 // What it does not: timing, memory coalescing, nvcc's code generation and fast-math
-// intrinsics, races between threads (lanes switch only at warp-synchronous operations, warps never
-// overlap), shared memory and __syncthreads (csrc's kernels use neither; a kernel that does
-// fails to compile here). Out-of-bounds accesses: with build.py's AddressSanitizer build
+// intrinsics, races between threads (threads switch only at barriers; blocks never
+// overlap; NPHT_CUDA_EMU_ORDER=reverse exposes order dependence, not every race), dynamic
+// shared memory. Out-of-bounds accesses: with build.py's AddressSanitizer build
 // (`build.py --asan-pytest ...`), reads and writes past a tensor abort with a report.
 #pragma once
 
@@ -32,7 +35,9 @@
 
 #include <cstdlib>
 #include <exception>
+#include <algorithm>
 #include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -45,6 +50,7 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __shared__ static  // see "blocks and warps" below
 
 struct uint3 {
   unsigned x, y, z;
@@ -142,129 +148,179 @@ inline float4 atomicAdd(float4* p, float4 v) {
   return {atomicAdd(&p->x, v.x), atomicAdd(&p->y, v.y), atomicAdd(&p->z, v.z), atomicAdd(&p->w, v.w)};
 }
 
-// ---- warps ----------------------------------------------------------------------------------
-// The 32 lanes of a warp are fibers (ucontext) on the launching thread: each runs until it
-// finishes or reaches a warp-synchronous operation; when every lane waits there, all are
-// released. Deterministic (lanes resume in lane order) and cheap (no OS threads).
+// ---- blocks and warps ------------------------------------------------------------------------
+// The threads of a block are fibers (ucontext) on the launching thread: each runs until it
+// finishes or reaches a barrier -- its warp's (__shfl_*_sync, __syncwarp) or the block's
+// (__syncthreads) -- which releases once every thread it names is there. Deterministic:
+// fibers resume in thread order (NPHT_CUDA_EMU_ORDER=reverse: reversed). __shared__
+// variables are function statics: one copy, which the threads of a block share and the
+// blocks, running one after the other, reuse (uninitialised contents are as on a GPU:
+// whatever the previous block left).
 namespace npht_emu {
 
-struct Warp {
-  static constexpr size_t kStack = 256 * 1024;  // per lane, below a guard page
-  int lanes = 32;
+enum : char { kRunning = 0, kAtWarpBarrier = 1, kAtBlockBarrier = 2, kDone = 3 };
+
+struct Block {
+  static constexpr size_t kStack = 128 * 1024;  // per thread, below a guard page
+  static constexpr int kMaxThreads = 1024;
+  int threads = 0;
   ucontext_t scheduler;
-  ucontext_t ctx[32];
-  bool waiting[32], done[32];
-  uint3 idx[32];
+  ucontext_t ctx[kMaxThreads];
+  char state[kMaxThreads];
+  uint3 idx[kMaxThreads];
   const std::function<void()>* body = nullptr;
   std::string error;
-  alignas(16) unsigned char slot[32][16];
+  alignas(16) unsigned char slot[kMaxThreads][16];
 
-  static unsigned char* stacks() {  // one set per host thread, reused by every warp
+  static unsigned char* stacks() {  // one set per host thread, reused by every block
     static thread_local unsigned char* s = nullptr;
     if (!s) {
       const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-      void* m = mmap(nullptr, 32 * (kStack + page), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      if (m == MAP_FAILED) throw std::runtime_error("npht cuda emulator: no memory for the lanes' stacks");
+      void* m = mmap(nullptr, kMaxThreads * (kStack + page), PROT_READ | PROT_WRITE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+      if (m == MAP_FAILED) throw std::runtime_error("npht cuda emulator: no memory for the threads' stacks");
       s = static_cast<unsigned char*>(m);
-      for (int l = 0; l < 32; ++l) mprotect(s + l * (kStack + page), page, PROT_NONE);  // overflow -> SIGSEGV
+      for (int t = 0; t < kMaxThreads; ++t) mprotect(s + t * (kStack + page), page, PROT_NONE);  // overflow: SIGSEGV
     }
     return s;
   }
 };
 
-// NPHT_CUDA_EMU_ORDER=reverse: blocks, the warps of a block and the lanes of a warp run in
-// reverse order (a kernel whose results depend on the order of its threads beyond float
-// rounding -- a race -- then gives other values).
+// NPHT_CUDA_EMU_ORDER=reverse: blocks and the threads of a block run in reverse order (a
+// kernel whose results depend on the order of its threads beyond float rounding -- a race --
+// then gives other values).
 inline bool reversed_order() {
   const char* v = getenv("NPHT_CUDA_EMU_ORDER");
   return v && strcmp(v, "reverse") == 0;
 }
 
-inline thread_local Warp* this_warp = nullptr;
-inline thread_local int this_lane = 0;
+inline thread_local Block* this_block = nullptr;
+inline thread_local int this_thread = 0;  // linear index in the block
+inline int lane_of(int t) { return t & 31; }
 
-inline void lane_entry() {
-  Warp* w = this_warp;
+inline void thread_entry() {
+  Block* k = this_block;
   try {
-    (*w->body)();
+    (*k->body)();
   } catch (const std::exception& e) {
-    if (w->error.empty()) w->error = std::string("exception in a thread: ") + e.what();
+    if (k->error.empty()) k->error = std::string("exception in a thread: ") + e.what();
   } catch (...) {
-    if (w->error.empty()) w->error = "unknown exception in a thread";
+    if (k->error.empty()) k->error = "unknown exception in a thread";
   }
-  w->done[this_lane] = true;
-  swapcontext(&w->ctx[this_lane], &w->scheduler);
+  k->state[this_thread] = kDone;
+  swapcontext(&k->ctx[this_thread], &k->scheduler);
 }
 
-// Runs `body` as the lanes of one warp; returns an error message or "".
-inline std::string run_warp(Warp& w, const std::function<void()>& body) {
-  unsigned char* stacks = Warp::stacks();
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  w.body = &body;
-  for (int l = 0; l < w.lanes; ++l) {
-    getcontext(&w.ctx[l]);
-    w.ctx[l].uc_stack.ss_sp = stacks + l * (Warp::kStack + page) + page;
-    w.ctx[l].uc_stack.ss_size = Warp::kStack;
-    w.ctx[l].uc_link = nullptr;
-    makecontext(&w.ctx[l], lane_entry, 0);
-    w.waiting[l] = w.done[l] = false;
+// Why no barrier can release: a warp operation or __syncthreads that some threads never reach.
+inline std::string stuck(const Block& k) {
+  const int warps = (k.threads + 31) / 32;
+  for (int w = 0; w < warps; ++w) {
+    int at = 0, done = 0, lanes = 0;
+    for (int t = 32 * w; t < k.threads && t < 32 * w + 32; ++t, ++lanes)
+      at += k.state[t] == kAtWarpBarrier, done += k.state[t] == kDone;
+    if (at > 0 && at < lanes)
+      return "a full-mask warp operation was reached by " + std::to_string(at) + " lanes: " +
+             (done ? std::to_string(done) + " lanes of the warp had exited" :
+                     std::to_string(lanes - at - done) + " lanes of the warp wait at __syncthreads") +
+             " (warp " + std::to_string(w) + ")";
   }
-  Warp* const outer = this_warp;
-  const int outer_lane = this_lane;
+  int at = 0, done = 0;
+  for (int t = 0; t < k.threads; ++t) at += k.state[t] == kAtBlockBarrier, done += k.state[t] == kDone;
+  return "__syncthreads reached by " + std::to_string(at) + " of the block's " + std::to_string(k.threads) +
+         " threads (" + std::to_string(done) + " had exited)";
+}
+
+// Runs `body` as the threads of one block; returns an error message or "".
+inline std::string run_block(Block& k, const std::function<void()>& body) {
+  unsigned char* stacks = Block::stacks();
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  k.body = &body;
+  for (int t = 0; t < k.threads; ++t) {
+    getcontext(&k.ctx[t]);
+    k.ctx[t].uc_stack.ss_sp = stacks + t * (Block::kStack + page) + page;
+    k.ctx[t].uc_stack.ss_size = Block::kStack;
+    k.ctx[t].uc_link = nullptr;
+    makecontext(&k.ctx[t], thread_entry, 0);
+    k.state[t] = kRunning;
+  }
+  Block* const outer = this_block;
+  const int outer_thread = this_thread;
   const uint3 outer_idx = threadIdx;
-  this_warp = &w;
+  this_block = &k;
+  const bool rev = reversed_order();
+  const int warps = (k.threads + 31) / 32;
   for (;;) {
-    for (int i = 0; i < w.lanes && w.error.empty(); ++i) {
-      const int l = reversed_order() ? w.lanes - 1 - i : i;
-      if (w.done[l] || w.waiting[l]) continue;
-      this_lane = l;
-      threadIdx = w.idx[l];
-      swapcontext(&w.scheduler, &w.ctx[l]);
+    // Warp by warp (a warp's 32 stacks stay in cache): run its threads until each has
+    // finished or waits at a barrier; when all wait at the warp's, release and go on.
+    for (int i = 0; i < warps && k.error.empty(); ++i) {
+      const int w = rev ? warps - 1 - i : i;
+      const int t0 = 32 * w, n = std::min(32, k.threads - t0);
+      for (;;) {
+        for (int j = 0; j < n && k.error.empty(); ++j) {
+          const int t = t0 + (rev ? n - 1 - j : j);
+          if (k.state[t] != kRunning) continue;
+          this_thread = t;
+          threadIdx = k.idx[t];
+          swapcontext(&k.scheduler, &k.ctx[t]);
+        }
+        if (!k.error.empty()) break;
+        bool full = true;
+        for (int t = t0; t < t0 + n; ++t) full &= k.state[t] == kAtWarpBarrier;
+        if (!full) break;
+        for (int t = t0; t < t0 + n; ++t) k.state[t] = kRunning;
+      }
     }
-    if (!w.error.empty()) break;
-    int n_done = 0, n_wait = 0;
-    for (int l = 0; l < w.lanes; ++l) n_done += w.done[l], n_wait += w.waiting[l];
-    if (n_done == w.lanes) break;
-    if (n_done > 0) {
-      w.error = "a full-mask warp operation was reached by " + std::to_string(n_wait) + " lanes: " +
-                std::to_string(n_done) + " lanes of the warp had exited";
+    if (!k.error.empty()) break;
+    bool all_done = true, all_at_block = true;
+    for (int t = 0; t < k.threads; ++t) {
+      all_done &= k.state[t] == kDone;
+      all_at_block &= k.state[t] == kAtBlockBarrier;
+    }
+    if (all_done) break;
+    if (!all_at_block) {  // a barrier that some threads never reach
+      k.error = stuck(k);
       break;
     }
-    for (int l = 0; l < w.lanes; ++l) w.waiting[l] = false;  // every lane arrived: release
+    for (int t = 0; t < k.threads; ++t) k.state[t] = kRunning;  // __syncthreads releases
   }
-  this_warp = outer;
-  this_lane = outer_lane;
+  this_block = outer;
+  this_thread = outer_thread;
   threadIdx = outer_idx;
-  return w.error;
+  return k.error;
 }
 
-// Every lane of the warp waits here for the others (a full-mask *_sync).
-inline void warp_sync() {
-  Warp* w = this_warp;
-  w->waiting[this_lane] = true;
-  swapcontext(&w->ctx[this_lane], &w->scheduler);
+inline void wait_at(char barrier) {
+  Block* k = this_block;
+  k->state[this_thread] = barrier;
+  swapcontext(&k->ctx[this_thread], &k->scheduler);
 }
 
-[[noreturn]] inline void warp_fail(const std::string& msg) {
-  Warp* w = this_warp;
-  if (w->error.empty()) w->error = msg;
-  w->done[this_lane] = true;
-  swapcontext(&w->ctx[this_lane], &w->scheduler);
+[[noreturn]] inline void thread_fail(const std::string& msg) {
+  Block* k = this_block;
+  if (k->error.empty()) k->error = msg;
+  k->state[this_thread] = kDone;
+  swapcontext(&k->ctx[this_thread], &k->scheduler);
   std::abort();  // never resumed
 }
 
 template <typename T>
 T shfl(unsigned mask, T v, int src_of_lane(int lane, int arg, int width), int arg, int width, const char* what) {
   static_assert(sizeof(T) <= 16 && std::is_trivially_copyable<T>::value, "shuffle of this type");
-  if (mask != 0xffffffffu) warp_fail(std::string(what) + ": only the full mask is emulated");
+  if (mask != 0xffffffffu) thread_fail(std::string(what) + ": only the full mask is emulated");
   if (width <= 0 || width > 32 || (width & (width - 1)))
-    warp_fail(std::string(what) + ": width must be a power of two <= 32");
-  Warp* w = this_warp;
-  memcpy(w->slot[this_lane], &v, sizeof(T));
-  warp_sync();
+    thread_fail(std::string(what) + ": width must be a power of two <= 32");
+  Block* k = this_block;
+  const int t = this_thread, base = t & ~31;
+  memcpy(k->slot[t], &v, sizeof(T));
+  wait_at(kAtWarpBarrier);
+  const int src = base + src_of_lane(lane_of(t), arg, width);
   T r;
-  memcpy(&r, w->slot[src_of_lane(this_lane, arg, width)], sizeof(T));
-  warp_sync();  // nobody overwrites its slot before every lane has read
+  if (src < k->threads) {
+    memcpy(&r, k->slot[src], sizeof(T));
+  } else {
+    r = v;  // a lane the (partial) warp does not have: undefined on a GPU
+  }
+  wait_at(kAtWarpBarrier);  // nobody overwrites its slot before every lane has read
   return r;
 }
 
@@ -302,9 +358,10 @@ T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
   return npht_emu::shfl(mask, v, npht_emu::idx_lane, src, width, "__shfl_sync");
 }
 inline void __syncwarp(unsigned mask = 0xffffffffu) {
-  if (mask != 0xffffffffu) npht_emu::warp_fail("__syncwarp: only the full mask is emulated");
-  npht_emu::warp_sync();
+  if (mask != 0xffffffffu) npht_emu::thread_fail("__syncwarp: only the full mask is emulated");
+  npht_emu::wait_at(npht_emu::kAtWarpBarrier);
 }
+inline void __syncthreads() { npht_emu::wait_at(npht_emu::kAtBlockBarrier); }
 
 // ---- launches -------------------------------------------------------------------------------
 namespace npht_emu {
@@ -339,33 +396,34 @@ struct Launch {
     stats().threads += nthreads * grid.x * grid.y * grid.z;
     std::string failure;
     const bool rev = reversed_order();
-    const uint64_t nblocks = uint64_t(grid.x) * grid.y * grid.z, nwarps = (nthreads + 31) / 32;
+    const uint64_t nblocks = uint64_t(grid.x) * grid.y * grid.z;
     for (uint64_t i = 0; i < nblocks && failure.empty(); ++i) {
       const uint64_t blk = rev ? nblocks - 1 - i : i;
-      const uint3 b{unsigned(blk % grid.x), unsigned(blk / grid.x % grid.y), unsigned(blk / (uint64_t(grid.x) * grid.y))};
-      for (uint64_t j = 0; j < nwarps && failure.empty(); ++j)
-        failure = run_warp(b, 32 * (rev ? nwarps - 1 - j : j), nthreads, args...);
+      failure = run_block(uint3{unsigned(blk % grid.x), unsigned(blk / grid.x % grid.y),
+                                unsigned(blk / (uint64_t(grid.x) * grid.y))},
+                          static_cast<int>(nthreads), args...);
     }
     if (!failure.empty()) throw std::runtime_error("npht cuda emulator: kernel failed: " + failure);
   }
 
   template <typename... Args>
-  std::string run_warp(uint3 b, uint64_t w0, uint64_t nthreads, const Args&... args) const {
-    Warp warp;
-    warp.lanes = static_cast<int>(nthreads - w0 < 32 ? nthreads - w0 : 32);
-    for (int l = 0; l < warp.lanes; ++l) {
-      const uint64_t t = w0 + l;
-      warp.idx[l] = uint3{unsigned(t % block.x), unsigned(t / block.x % block.y),
-                          unsigned(t / (uint64_t(block.x) * block.y))};
-    }
+  std::string run_block(uint3 b, int nthreads, const Args&... args) const {
+    static thread_local std::unique_ptr<Block> reused;  // ~1 MB: allocated once per host thread
+    if (!reused) reused.reset(new Block);
+    Block* k = reused.get();
+    k->threads = nthreads;
+    k->error.clear();
+    for (int t = 0; t < nthreads; ++t)
+      k->idx[t] = uint3{unsigned(t % block.x), unsigned(t / block.x % block.y),
+                        unsigned(t / (uint64_t(block.x) * block.y))};
     blockIdx = b;
     blockDim = block;
     gridDim = grid;
     const std::function<void()> body = [&] { kernel(args...); };
-    const std::string error = npht_emu::run_warp(warp, body);
+    const std::string error = npht_emu::run_block(*k, body);
     if (error.empty()) return error;
     return error + " (block " + std::to_string(b.x) + ", " + std::to_string(b.y) + ", " +
-           std::to_string(b.z) + ", warp " + std::to_string(w0 / 32) + ")";
+           std::to_string(b.z) + ")";
   }
 };
 

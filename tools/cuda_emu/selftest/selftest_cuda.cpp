@@ -45,6 +45,20 @@ std::tuple<at::Tensor, at::Tensor> selftest_visit(int64_t n, int64_t blocks, int
   return {counts, total};
 }
 
+at::Tensor selftest_block_sum(const at::Tensor& in, int64_t threads) {
+  TORCH_CHECK(in.scalar_type() == at::kFloat && in.dim() == 1 && in.numel() % threads == 0, "in: float [blocks * threads]");
+  at::Tensor x = in.contiguous(), out = at::full({x.numel() / threads}, -1.f);
+  check(npht_selftest::block_sum_cuda(x.data_ptr<float>(), out.data_ptr<float>(), static_cast<unsigned>(out.numel()),
+                                      static_cast<unsigned>(threads)));
+  return out;
+}
+
+at::Tensor selftest_early_sync(int64_t n, int64_t threads) {
+  at::Tensor out = at::zeros({threads}, at::kFloat);
+  check(npht_selftest::early_sync_cuda(out.data_ptr<float>(), static_cast<int>(n), static_cast<unsigned>(threads)));
+  return out;
+}
+
 at::Tensor selftest_order(int64_t blocks, int64_t threads) {
   at::Tensor seq = at::full({blocks * threads}, -1.0, at::kDouble), counter = at::zeros({1}, at::kDouble);
   check(npht_selftest::order_cuda(seq.data_ptr<double>(), counter.data_ptr<double>(), static_cast<unsigned>(blocks),
@@ -60,4 +74,6 @@ TORCH_LIBRARY_IMPL(npht_emu_selftest, CUDA, m) {
   m.impl("selftest_index", &selftest_index);
   m.impl("selftest_visit", &selftest_visit);
   m.impl("selftest_order", &selftest_order);
+  m.impl("selftest_block_sum", &selftest_block_sum);
+  m.impl("selftest_early_sync", &selftest_early_sync);
 }

@@ -49,12 +49,45 @@ __global__ void visit_kernel(float* counts, double* total, int64_t n) {
   }
 }
 
+// out[block] = the sum of the block's values by a tree in shared memory (blockDim.x a power
+// of two): every step needs the block's previous step (without __syncthreads the emulator
+// would run thread 0 to its end on values nobody has written yet).
+__global__ void block_sum_kernel(const float* in, float* out) {
+  __shared__ float buf[1024];
+  const unsigned t = threadIdx.x;
+  buf[t] = in[blockIdx.x * blockDim.x + t];
+  __syncthreads();
+  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (t < s) buf[t] += buf[t + s];
+    __syncthreads();
+  }
+  if (t == 0) out[blockIdx.x] = buf[0];
+}
+
+// __syncthreads after threads t >= n returned: undefined on a GPU, an error here.
+__global__ void early_sync_kernel(float* out, int n) {
+  const int t = static_cast<int>(threadIdx.x);
+  if (t >= n) return;
+  __syncthreads();
+  out[t] = 1.f;
+}
+
 // seq[thread] = the order in which the threads ran (an atomic counter's old value).
 __global__ void order_kernel(double* seq, double* counter) {
   seq[blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x] = atomicAdd(counter, 1.0);
 }
 
 }  // namespace
+
+cudaError_t block_sum_cuda(const float* in, float* out, unsigned blocks, unsigned threads) {
+  block_sum_kernel<<<blocks, threads, 0, nullptr>>>(in, out);
+  return cudaGetLastError();
+}
+
+cudaError_t early_sync_cuda(float* out, int n, unsigned threads) {
+  early_sync_kernel<<<1, threads, 0, nullptr>>>(out, n);
+  return cudaGetLastError();
+}
 
 cudaError_t order_cuda(double* seq, double* counter, unsigned blocks, unsigned threads) {
   order_kernel<<<blocks, threads, 0, nullptr>>>(seq, counter);
