@@ -126,6 +126,8 @@ def test_cpu_kernels_replaced_and_restored(emu):
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
     npht.triplane_sample(planes, points, backend="cpu")
     assert emu.stats()[0] == before + 1
+    with pytest.raises(ValueError, match=r"arch must be one of \(900, 800\), got 90"):
+        build.emulated_ops(emu, 90)
     for arch in (900, 800):
         ops = build.emulated_ops(emu, arch)
         assert set(ops) == {"triplane_fwd", "triplane_bwd", "triplane_bwd2", "composite_fwd", "composite_bwd",

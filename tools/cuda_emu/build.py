@@ -135,6 +135,8 @@ def asan_environment(env: dict | None = None) -> dict:
 def emulated_ops(module, arch: int = MAIN_ARCH) -> dict:
     """{op name of npht_C: the emulator's function} for one architecture (the main one's
     kernels stand in for an architecture that has no kernels of its own)."""
+    if arch not in (MAIN_ARCH,) + EXTRA_ARCHS:
+        raise ValueError(f"arch must be one of {(MAIN_ARCH,) + EXTRA_ARCHS}, got {arch!r}")
     names = [n for n in dir(module) if not n.startswith(("_", "sm", "selftest_")) and n != "stats"]
     prefix = "" if arch == MAIN_ARCH else f"sm{arch // 10}_"
     return {n: _positional(n, getattr(module, prefix + n, getattr(module, n))) for n in names}
