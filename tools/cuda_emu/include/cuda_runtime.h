@@ -250,7 +250,7 @@ inline std::string run_block(Block& k, const std::function<void()>& body) {
   const bool rev = reversed_order();
   const int warps = (k.threads + 31) / 32;
   for (;;) {
-    // Warp by warp (a warp's 32 stacks stay in cache): run its threads until each has
+    // Warp by warp: run a warp's threads until each has finished or waits at a barrier;
     // finished or waits at a barrier; when all wait at the warp's, release and go on.
     for (int i = 0; i < warps && k.error.empty(); ++i) {
       const int w = rev ? warps - 1 - i : i;
