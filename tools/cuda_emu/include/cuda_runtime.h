@@ -251,7 +251,7 @@ inline std::string run_block(Block& k, const std::function<void()>& body) {
   const int warps = (k.threads + 31) / 32;
   for (;;) {
     // Warp by warp: run a warp's threads until each has finished or waits at a barrier;
-    // finished or waits at a barrier; when all wait at the warp's, release and go on.
+    // when all of them wait at the warp's barrier, release them and go on.
     for (int i = 0; i < warps && k.error.empty(); ++i) {
       const int w = rev ? warps - 1 - i : i;
       const int t0 = 32 * w, n = std::min(32, k.threads - t0);
